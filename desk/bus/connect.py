@@ -1,0 +1,51 @@
+"""Connect to NATS from settings, with callbacks that log what the connection goes through."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+
+from desk.bus.logging import get_logger
+from desk.bus.settings import BusSettings
+
+log = get_logger("desk.bus")
+
+
+async def connect(settings: BusSettings, name: str, **options: Any) -> Client:
+    """Connect with reconnects forever, logging errors, disconnects and reconnects."""
+
+    async def error_cb(exc: Exception) -> None:
+        log.warning("nats.error", error=repr(exc))
+
+    async def disconnected_cb() -> None:
+        log.warning("nats.disconnected")
+
+    async def reconnected_cb() -> None:
+        log.info("nats.reconnected", url=str(nc.connected_url.netloc if nc.connected_url else ""))
+
+    async def closed_cb() -> None:
+        log.info("nats.closed")
+
+    auth: dict[str, Any] = {}
+    if settings.nats_creds:
+        auth["user_credentials"] = settings.nats_creds
+    elif settings.nats_user:
+        auth["user"] = settings.nats_user
+        auth["password"] = settings.nats_password or ""
+    nc = await nats.connect(
+        servers=settings.servers,
+        name=name,
+        connect_timeout=settings.nats_connect_timeout,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        error_cb=error_cb,
+        disconnected_cb=disconnected_cb,
+        reconnected_cb=reconnected_cb,
+        closed_cb=closed_cb,
+        **auth,
+        **options,
+    )
+    log.info("nats.connected", url=str(nc.connected_url.netloc if nc.connected_url else ""), name=name)
+    return nc

@@ -1,0 +1,57 @@
+"""Decimal strings on the wire: parsing with specific errors, formatting without exponent noise.
+
+Depends on nothing but the standard library, so the SDK can use it too.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+from desk.bus.errors import DeskError
+
+#: Larger than any quantity or price a paper account can mean; anything above is a typo or an attack.
+ABSURD = Decimal("1e12")
+ZERO = Decimal(0)
+
+
+def parse_decimal(field: str, value: str, *, positive: bool = True, required: bool = True, maximum: Decimal = ABSURD) -> Decimal | None:
+    """Parse ``value`` (a decimal string) for ``field``; ``None`` when empty and not required.
+
+    Refuses (DeskError INVALID_FIELD) what is not a number, NaN, infinities, zero or negative
+    values where ``positive``, and anything above ``maximum``.
+    """
+    if value == "":
+        if required:
+            raise DeskError("INVALID_FIELD", f"{field} is required")
+        return None
+    try:
+        number = Decimal(value)
+    except (InvalidOperation, ValueError):
+        raise DeskError("INVALID_FIELD", f"{field} {value!r} is not a decimal number") from None
+    if not number.is_finite():
+        raise DeskError("INVALID_FIELD", f"{field} must be a finite number, got {value!r}")
+    if positive and number <= 0:
+        raise DeskError("INVALID_FIELD", f"{field} must be positive, got {value}")
+    if abs(number) > maximum:
+        raise DeskError("INVALID_FIELD", f"{field} {value} is larger than the limit {fmt(maximum)}")
+    return number
+
+
+def fmt(value: Decimal | int | None, places: int | None = None) -> str:
+    """Format for the wire: plain notation, no exponent, trailing zeros trimmed ("" for None)."""
+    if value is None:
+        return ""
+    number = Decimal(value)
+    if places is not None:
+        number = number.quantize(Decimal(1).scaleb(-places))
+    if number == 0:
+        return "0"
+    text = format(number, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def dec(value: str, default: Decimal = ZERO) -> Decimal:
+    """Wire string to Decimal for values the desk itself wrote ("" -> ``default``)."""
+    return Decimal(value) if value else default

@@ -1,0 +1,131 @@
+"""The one lifecycle every service has.
+
+SIGINT/SIGTERM set an ``asyncio.Event``; an ``AsyncExitStack`` holds connect -> micro service ->
+the service's own tasks; on the way out everything is closed in reverse and the connection is
+drained within a bounded timeout, with a log line if work was left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from desk.bus.connect import connect
+from desk.bus.logging import configure_logging, get_logger
+from desk.bus.settings import BusSettings
+
+log = get_logger("desk.bus")
+
+
+@dataclass
+class ServiceRuntime:
+    """What a service's start function gets: the connection, an exit stack, a stop event."""
+
+    name: str
+    nc: Client
+    js: JetStreamContext
+    stack: contextlib.AsyncExitStack
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    failure: BaseException | None = None
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` for the life of the service; if it fails, the service stops with an error.
+
+        The task is cancelled (and awaited) when the service shuts down.
+        """
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if t.cancelled():
+                return
+            exc = t.exception()
+            if exc is not None:
+                log.error("service.task_failed", task=name, error=repr(exc), exc_info=exc)
+                self.failure = exc
+                self.stop.set()
+
+        task.add_done_callback(done)
+
+        async def cancel() -> None:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+        self.stack.push_async_callback(cancel)
+        return task
+
+
+StartFn = Callable[[ServiceRuntime], Awaitable[None]]
+
+
+async def serve(
+    name: str,
+    settings: BusSettings,
+    start: StartFn,
+    *,
+    install_signals: bool = True,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+) -> int:
+    """Connect, run ``start``, wait for a signal or a failed task, then shut down cleanly.
+
+    Tests run services in-process with ``install_signals=False``, their own ``stop`` event, and
+    wait on ``ready`` (set once ``start`` has returned and the service is serving).
+    Returns the process exit code: 0 after a signal, 1 after a failure.
+    """
+    nc = await connect(settings, name)
+    runtime = ServiceRuntime(name=name, nc=nc, js=nc.jetstream(), stack=contextlib.AsyncExitStack())
+    if stop is not None:
+        runtime.stop = stop
+    loop = asyncio.get_running_loop()
+    if install_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, runtime.stop.set)
+    try:
+        async with runtime.stack:
+            await start(runtime)
+            log.info("service.started", name=name)
+            if ready is not None:
+                ready.set()
+            await runtime.stop.wait()
+            log.info("service.stopping", name=name, reason="failure" if runtime.failure else "signal")
+    except Exception as exc:  # start-up failed: say why, exit non-zero
+        log.error("service.start_failed", name=name, error=repr(exc), exc_info=exc)
+        runtime.failure = exc
+    finally:
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        await drain(nc, settings.drain_timeout)
+    log.info("service.stopped", name=name)
+    return 1 if runtime.failure else 0
+
+
+async def drain(nc: Client, timeout: float) -> None:
+    """Drain ``nc`` (in-flight handlers and acks finish) within ``timeout`` seconds, then close."""
+    if nc.is_closed:
+        return
+    try:
+        await asyncio.wait_for(nc.drain(), timeout)
+    except (asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 - shutdown must finish whatever happened
+        pending = nc.pending_data_size if hasattr(nc, "pending_data_size") else None
+        log.warning("service.drain_incomplete", error=repr(exc), timeout=timeout, pending_bytes=pending)
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+def run(name: str, settings: BusSettings, start: StartFn) -> None:
+    """Entry point for ``python -m services.<name>``: logging, then :func:`serve`, then exit."""
+    configure_logging(name, settings.log_level, settings.log_format)
+    raise SystemExit(asyncio.run(serve(name, settings, start)))

@@ -1,0 +1,50 @@
+"""Settings every service shares, read from the environment once, validated, frozen."""
+
+from __future__ import annotations
+
+import sys
+from typing import TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BusSettings(BaseSettings):
+    """Base of every service's settings. Environment variables are the field names upper-cased
+    (``NATS_URL``, ``LOG_LEVEL``...); services add their own fields with a prefix of their own."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_file=None)
+
+    nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated")
+    nats_user: str | None = Field(default=None, description="NATS user name, if the server wants one")
+    nats_password: str | None = Field(default=None, description="NATS password")
+    nats_creds: str | None = Field(default=None, description="path to a NATS .creds file")
+    nats_connect_timeout: float = Field(default=5.0, gt=0)
+    log_level: str = Field(default="info", pattern=r"^(?i)(debug|info|warning|error)$")
+    log_format: str = Field(default="auto", pattern=r"^(auto|json|console)$")
+    drain_timeout: float = Field(default=10.0, gt=0, description="seconds allowed for a clean shutdown")
+
+    @property
+    def servers(self) -> list[str]:
+        return [s.strip() for s in self.nats_url.split(",") if s.strip()]
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+class SettingsError(SystemExit):
+    """Start-up refused because of bad settings; the message lists every bad value."""
+
+
+def load_settings(cls: type[S], **overrides: object) -> S:
+    """Build ``cls`` from the environment (plus ``overrides``), or exit with one line per bad value."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix") or "")
+        lines = [f"invalid settings for {cls.__name__}:"]
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"])
+            lines.append(f"  {(prefix + name).upper()}={error.get('input')!r}: {error['msg']}")
+        print("\n".join(lines), file=sys.stderr)
+        raise SettingsError(2) from None

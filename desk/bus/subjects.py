@@ -1,0 +1,113 @@
+"""Every subject, stream and bucket name of the desk, in one module (see docs/architecture.md §2)."""
+
+from __future__ import annotations
+
+import re
+
+# Market data -----------------------------------------------------------------------------------
+MD_BAR = "md.bar.{symbol}"
+MD_TRADE = "md.trade.{symbol}"
+MD_QUOTE = "md.quote.{symbol}"
+MD_ALL = "md.>"
+
+# Orders -----------------------------------------------------------------------------------------
+ORDER_SUBMIT = "desk.order.submit.{strategy_id}"
+ORDER_CANCEL = "desk.order.cancel.{strategy_id}"
+ORDER_SUBMIT_ALL = "desk.order.submit.*"
+ORDER_CANCEL_ALL = "desk.order.cancel.*"
+BROKER_ORDERS = "desk.broker.{venue}.orders"
+
+# Executions -------------------------------------------------------------------------------------
+EXEC = "desk.exec.{strategy_id}"
+EXEC_ALL = "desk.exec.>"
+
+# Heartbeats and risk ------------------------------------------------------------------------------
+HEARTBEAT = "desk.hb.{strategy_id}"
+HEARTBEAT_ALL = "desk.hb.*"
+RISK_HALT = "desk.risk.halt"
+RISK_RESUME = "desk.risk.resume"
+RISK_STATUS = "desk.risk.status"
+
+# Ledger queries -----------------------------------------------------------------------------------
+LEDGER_POSITIONS = "desk.ledger.positions"
+LEDGER_ORDERS = "desk.ledger.orders"
+LEDGER_FILLS = "desk.ledger.fills"
+LEDGER_PNL = "desk.ledger.pnl"
+LEDGER_LEADERBOARD = "desk.ledger.leaderboard"
+LEDGER_EQUITY = "desk.ledger.equity"
+
+# Orchestrator control -----------------------------------------------------------------------------
+CTL_DEPLOY = "desk.ctl.strategy.deploy"
+CTL_START = "desk.ctl.strategy.start"
+CTL_STOP = "desk.ctl.strategy.stop"
+CTL_RESTART = "desk.ctl.strategy.restart"
+CTL_STATUS = "desk.ctl.strategy.status"
+CTL_LIST = "desk.ctl.strategy.list"
+CTL_LOGS = "desk.ctl.strategy.logs"
+
+# JetStream ----------------------------------------------------------------------------------------
+STREAM_EXECUTIONS = "EXECUTIONS"
+STREAM_ORDERS = "ORDERS"
+LEDGER_DURABLE = "ledger"
+ROUTER_DURABLE_PREFIX = "router"
+
+# KV buckets ---------------------------------------------------------------------------------------
+KV_PRICES = "DESK_PRICES"            # key = symbol, value = Trade (last price)
+KV_STRATEGIES = "DESK_STRATEGIES"    # key = strategy_id, value = StrategySpec
+KV_RISK = "DESK_RISK"                # key = "halt.global" / "halt.<strategy_id>", value = HaltRequest
+KV_ORDER_IDS = "DESK_ORDER_IDS"      # key = "<strategy_id>.<client_order_id>", value = OrderAck
+
+# Validation ---------------------------------------------------------------------------------------
+STRATEGY_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9.]{0,15}$")
+CLIENT_ORDER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+VENUE_RE = re.compile(r"^[a-z0-9_-]{1,16}$")
+
+
+def token(subject: str, index: int) -> str:
+    """The subject's token at ``index`` (negative counts from the end); "" when absent."""
+    parts = subject.split(".")
+    try:
+        return parts[index]
+    except IndexError:
+        return ""
+
+
+def md_bar(symbol: str) -> str:
+    return MD_BAR.format(symbol=symbol)
+
+
+def md_trade(symbol: str) -> str:
+    return MD_TRADE.format(symbol=symbol)
+
+
+def md_quote(symbol: str) -> str:
+    return MD_QUOTE.format(symbol=symbol)
+
+
+def order_submit(strategy_id: str) -> str:
+    return ORDER_SUBMIT.format(strategy_id=strategy_id)
+
+
+def order_cancel(strategy_id: str) -> str:
+    return ORDER_CANCEL.format(strategy_id=strategy_id)
+
+
+def broker_orders(venue: str) -> str:
+    return BROKER_ORDERS.format(venue=venue)
+
+
+def execution(strategy_id: str) -> str:
+    return EXEC.format(strategy_id=strategy_id)
+
+
+def heartbeat(strategy_id: str) -> str:
+    return HEARTBEAT.format(strategy_id=strategy_id)
+
+
+def order_id_key(strategy_id: str, client_order_id: str) -> str:
+    return f"{strategy_id}.{client_order_id}"
+
+
+def halt_key(strategy_id: str) -> str:
+    return f"halt.{strategy_id}" if strategy_id else "halt.global"

