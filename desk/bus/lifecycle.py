@@ -95,6 +95,7 @@ async def serve(
     try:
         async with runtime.stack:
             await start(runtime)
+            await barrier(nc)
             log.info("service.started", name=name)
             if ready is not None:
                 ready.set()
@@ -112,13 +113,24 @@ async def serve(
     return 1 if runtime.failure else 0
 
 
+async def barrier(nc: Client, timeout: float = 5.0) -> None:
+    """Return once the server has processed every SUB sent so far.
+
+    nats-py 2.16's ``flush()`` writes its PING straight to the socket, ahead of the buffered SUB
+    commands, so a service could report ready before its endpoints are subscribed. A request goes
+    through the same buffer as the SUBs: its "no responders" answer proves they were processed.
+    """
+    with contextlib.suppress(Exception):
+        await nc.request(nc.new_inbox(), b"", timeout=timeout)
+
+
 async def drain(nc: Client, timeout: float) -> None:
     """Drain ``nc`` (in-flight handlers and acks finish) within ``timeout`` seconds, then close."""
     if nc.is_closed:
         return
     try:
         await asyncio.wait_for(nc.drain(), timeout)
-    except (asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 - shutdown must finish whatever happened
+    except (TimeoutError, Exception) as exc:  # noqa: BLE001 - shutdown must finish whatever happened
         pending = nc.pending_data_size if hasattr(nc, "pending_data_size") else None
         log.warning("service.drain_incomplete", error=repr(exc), timeout=timeout, pending_bytes=pending)
         with contextlib.suppress(Exception):

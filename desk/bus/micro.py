@@ -66,7 +66,7 @@ class DeskService:
             except DeskError as err:
                 await self._refuse(name, req, err, error_body(err, req.subject, request) if error_body else None)
                 return
-            except Exception as exc:  # noqa: BLE001 - a bug must not take the endpoint down
+            except Exception as exc:
                 log.error("endpoint.internal_error", endpoint=name, subject=req.subject, error=repr(exc), exc_info=exc)
                 err = DeskError("INTERNAL", f"internal error: {exc!r}", status=500)
                 await self._refuse(name, req, err, error_body(err, req.subject, request) if error_body else None)

@@ -54,7 +54,7 @@ ROUTER_DURABLE_PREFIX = "router"
 # KV buckets ---------------------------------------------------------------------------------------
 KV_PRICES = "DESK_PRICES"            # key = symbol, value = Trade (last price)
 KV_STRATEGIES = "DESK_STRATEGIES"    # key = strategy_id, value = StrategySpec
-KV_RISK = "DESK_RISK"                # key = "halt.global" / "halt.<strategy_id>", value = HaltRequest
+KV_RISK = "DESK_RISK"                # key = "halt._global" / "halt.<strategy_id>", value = HaltRequest
 KV_ORDER_IDS = "DESK_ORDER_IDS"      # key = "<strategy_id>.<client_order_id>", value = OrderAck
 
 # Validation ---------------------------------------------------------------------------------------
@@ -110,4 +110,5 @@ def order_id_key(strategy_id: str, client_order_id: str) -> str:
 
 
 def halt_key(strategy_id: str) -> str:
-    return f"halt.{strategy_id}" if strategy_id else "halt.global"
+    # "_global" cannot collide with a strategy id: ids start with a letter or digit.
+    return f"halt.{strategy_id}" if strategy_id else "halt._global"

@@ -1,0 +1,1 @@
+"""The ``desk`` command: run the embedded desk, control strategies, read the books."""

@@ -1,0 +1,209 @@
+"""The embedded desk (``desk up``): nats-server, every service and the strategies on one machine.
+
+Services run as child processes in their own session, so Ctrl-C reaches only ``desk up``, which then
+stops them in reverse start order (orchestrator first, so strategies stop before the router; nats-server
+last) and leaves nothing behind. Each child also gets SIGTERM if ``desk up`` itself dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client
+
+from desk.bus import streams
+from desk.bus.logging import get_logger
+from desk.bus.testing import NatsServer
+
+log = get_logger("desk.up")
+
+#: Start order; shutdown runs in reverse.
+SERVICES = ("marketdata", "ledger", "broker_gateway", "order_router", "orchestrator")
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    env: dict[str, str]
+    log_path: Path
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+
+
+@dataclass
+class EmbeddedDesk:
+    """Runs the whole desk until ``stop`` is set."""
+
+    data_dir: Path
+    strategies_dir: Path
+    port: int = 4222
+    extra_env: dict[str, str] = field(default_factory=dict)
+    deploy_strategies: bool = True
+    max_restarts: int = 5
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    server: NatsServer | None = None
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    def _env(self, url: str) -> dict[str, str]:
+        root = Path(__file__).resolve().parents[2]
+        env = dict(os.environ)
+        env.update(
+            NATS_URL=url,
+            PYTHONPATH=os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")])),
+            PYTHONUNBUFFERED="1",
+            LOG_FORMAT="json",
+            LEDGER_DB_PATH=str(self.data_dir / "ledger.db"),
+            ORCH_STRATEGIES_DIR=str(self.strategies_dir),
+            ORCH_LOG_DIR=str(self.log_dir / "strategies"),
+            ORCH_RUNTIME="process",
+            ORCH_AUTODEPLOY="true" if self.deploy_strategies else "false",
+            BROKER=env.get("BROKER", "sim"),
+        )
+        env.setdefault("MD_FEED", "synthetic")
+        env.update(self.extra_env)
+        return env
+
+    async def run(self) -> int:
+        """Start everything, supervise until ``stop``, shut down cleanly. Returns an exit code."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.server = NatsServer(
+            store_dir=self.data_dir / "nats", port=self.port, log_file=self.log_dir / "nats-server.log"
+        )
+        try:
+            await asyncio.to_thread(self.server.start)
+        except RuntimeError as exc:
+            log.error("desk.nats_failed", error=str(exc), hint=f"is port {self.port} taken? try --port")
+            return 1
+        code = 0
+        try:
+            nc = await nats.connect(self.server.url)
+            try:
+                await streams.ensure_all(nc.jetstream())
+                env = self._env(self.server.url)
+                for name in SERVICES:
+                    self.services[name] = ServiceProcess(name, env, self.log_dir / f"{name}.log")
+                    await self._spawn(self.services[name])
+                    if not await self._wait_ready(nc, name, timeout=30):
+                        log.error("desk.service_not_ready", service=name, log=str(self.services[name].log_path))
+                        self._print_tail(self.services[name].log_path)
+                        return 1
+                    log.info("desk.service_ready", service=name, pid=self.services[name].process.pid)  # type: ignore[union-attr]
+                self.ready.set()
+                log.info("desk.up", nats=self.server.url, data_dir=str(self.data_dir))
+                code = await self._supervise()
+            finally:
+                await nc.close()
+        finally:
+            await self._shutdown()
+        return code
+
+    async def _spawn(self, svc: ServiceProcess) -> None:
+        handle = svc.log_path.open("ab")
+        try:
+            svc.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", f"services.{svc.name}",
+                env=svc.env, stdin=asyncio.subprocess.DEVNULL, stdout=handle, stderr=handle,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        finally:
+            handle.close()
+        svc.started_at = time.monotonic()
+
+    async def _wait_ready(self, nc: Client, name: str, timeout: float) -> bool:
+        """Ready when the service answers its NATS micro PING (or false if it exits or times out)."""
+        svc = self.services[name]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if svc.process is not None and svc.process.returncode is not None:
+                return False
+            try:
+                await nc.request(f"$SRV.PING.{name}", b"", timeout=0.5)
+                return True
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                # Start-up in progress: the PING is how readiness is observed (no other signal exists
+                # before the service is on the bus); bounded by ``timeout``.
+                if self.stop.is_set():
+                    return False
+                await asyncio.sleep(0.2)
+        return False
+
+    async def _supervise(self) -> int:
+        """Wait for ``stop`` or a service exit; restart a crashed service with backoff."""
+        stop_wait = asyncio.create_task(self.stop.wait())
+        try:
+            while not self.stop.is_set():
+                waits = {
+                    asyncio.create_task(s.process.wait(), name=s.name): s  # type: ignore[union-attr]
+                    for s in self.services.values()
+                }
+                done, _ = await asyncio.wait({stop_wait, *waits}, return_when=asyncio.FIRST_COMPLETED)
+                for task in waits:
+                    task.cancel()
+                if stop_wait in done:
+                    return 0
+                for task in done:
+                    svc = waits[task]
+                    code = svc.process.returncode if svc.process else None  # type: ignore[union-attr]
+                    log.error("desk.service_exited", service=svc.name, exit_code=code, log=str(svc.log_path))
+                    self._print_tail(svc.log_path)
+                    if svc.restarts >= self.max_restarts:
+                        log.error("desk.giving_up", service=svc.name, restarts=svc.restarts)
+                        return 1
+                    delay = min(2 ** svc.restarts, 30)
+                    svc.restarts += 1
+                    log.warning("desk.service_restarting", service=svc.name, delay_s=delay, attempt=svc.restarts)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(stop_wait), delay)
+                    if self.stop.is_set():
+                        return 0
+                    await self._spawn(svc)
+            return 0
+        finally:
+            stop_wait.cancel()
+
+    async def _shutdown(self) -> None:
+        for name in reversed(SERVICES):
+            svc = self.services.get(name)
+            if svc is None or svc.process is None or svc.process.returncode is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                svc.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(svc.process.wait(), 20)
+            except TimeoutError:
+                log.warning("desk.service_killed", service=name, reason="did not stop within 20 s")
+                with contextlib.suppress(ProcessLookupError):
+                    svc.process.kill()
+                await svc.process.wait()
+            log.info("desk.service_stopped", service=name, exit_code=svc.process.returncode)
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)
+        log.info("desk.down")
+
+    @staticmethod
+    def _print_tail(path: Path, lines: int = 15) -> None:
+        with contextlib.suppress(OSError):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            for line in tail:
+                print(f"  | {line}", file=sys.stderr)

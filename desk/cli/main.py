@@ -1,0 +1,381 @@
+"""``desk``: the Quant Desk command line.
+
+Run the embedded desk (``desk up``), control strategies, read the books, engage the kill switch and
+decode bus traffic. Every command that prints data takes ``--json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import nats
+import typer
+from google.protobuf.message import Message
+
+from desk.bus import codec, subjects
+from desk.bus.errors import DeskError
+from desk.bus.logging import configure_logging
+from desk.bus.request import request
+from desk.cli.render import console, enum_name, err_console, money, print_json, signed_money, table, ts
+from desk.v1 import ledger_pb2, orders_pb2, strategy_pb2
+
+app = typer.Typer(
+    name="desk",
+    help="Quant Desk: an automated paper-trading desk on NATS. `desk up` runs the whole desk locally.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+R = TypeVar("R", bound=Message)
+
+
+class Options:
+    nats_url: str = "nats://127.0.0.1:4222"
+    as_json: bool = False
+    timeout: float = 5.0
+
+
+opts = Options()
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+StrategyOpt = Annotated[str, typer.Option("--strategy", "-s", help="Only this strategy id.")]
+MemberOpt = Annotated[str, typer.Option("--member", "-m", help="Only this member (config.json user_id).")]
+SymbolOpt = Annotated[str, typer.Option("--symbol", help="Only this symbol.")]
+LimitOpt = Annotated[int, typer.Option("--limit", "-n", min=1, max=10000, help="At most this many rows.")]
+
+
+@app.callback()
+def main(
+    nats_url: Annotated[str, typer.Option("--nats-url", envvar="NATS_URL", help="NATS server to talk to.")] = opts.nats_url,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for a reply.")] = 5.0,
+) -> None:
+    opts.nats_url = nats_url
+    opts.timeout = timeout
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _call(subject: str, message: Message, reply_type: type[R], who: str) -> R:
+    """One request to a running desk, with errors a person can act on."""
+
+    async def go() -> R:
+        try:
+            nc = await nats.connect(opts.nats_url, connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False)
+        except Exception as exc:  # noqa: BLE001 - any connect failure means the same thing to the user
+            raise DeskError("NO_DESK", f"cannot reach NATS at {opts.nats_url} ({exc!r}); is the desk running? (`make run`)") from None
+        try:
+            return await request(nc, subject, message, reply_type, timeout=opts.timeout)
+        except nats.errors.NoRespondersError:
+            raise DeskError("NO_SERVICE", f"no {who} is running on {opts.nats_url} (nothing answers {subject})") from None
+        except nats.errors.TimeoutError:
+            raise DeskError("TIMEOUT", f"{who} did not answer {subject} within {opts.timeout}s") from None
+        finally:
+            await nc.close()
+
+    try:
+        return asyncio.run(go())
+    except DeskError as err:
+        _fail(f"{err.code}: {err.message}")
+        raise AssertionError("unreachable") from None
+
+
+# --------------------------------------------------------------------------------------------- up
+
+
+@app.command()
+def up(
+    data_dir: Annotated[Path, typer.Option(help="Where NATS JetStream, the ledger database and logs live.")] = Path("var"),
+    strategies_dir: Annotated[Path, typer.Option("--strategies", help="Folder of strategies to deploy.")] = Path("strategies"),
+    port: Annotated[int, typer.Option(help="Port for the local nats-server (127.0.0.1).")] = 4222,
+    no_strategies: Annotated[bool, typer.Option("--no-strategies", help="Start the services only.")] = False,
+    feed: Annotated[str, typer.Option(help="Market data feed: synthetic or replay.")] = "synthetic",
+    symbols: Annotated[str, typer.Option(help="Comma-separated symbols for the synthetic feed.")] = "",
+) -> None:
+    """Run the embedded desk: nats-server, every service, the sim broker, the synthetic feed and the
+    strategies, all local. Ctrl-C stops everything; the ledger and JetStream data stay in DATA_DIR."""
+    from desk.cli.embedded import EmbeddedDesk
+
+    configure_logging("desk", "info", "console")
+    extra = {"MD_FEED": feed}
+    if symbols:
+        extra["MD_SYMBOLS"] = symbols
+    desk = EmbeddedDesk(
+        data_dir=data_dir.resolve(), strategies_dir=strategies_dir.resolve(), port=port,
+        extra_env=extra, deploy_strategies=not no_strategies,
+    )
+
+    async def go() -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, desk.stop.set)
+        ready = asyncio.create_task(desk.ready.wait())
+        runner = asyncio.create_task(desk.run())
+        await asyncio.wait({ready, runner}, return_when=asyncio.FIRST_COMPLETED)
+        if desk.ready.is_set():
+            console.print(
+                f"[bold green]desk is up[/bold green] on nats://127.0.0.1:{port} — data in {data_dir}/, logs in "
+                f"{data_dir}/logs/.\nTry: [bold]desk status[/bold], [bold]desk positions[/bold], "
+                f"[bold]desk leaderboard[/bold], [bold]nats sub 'desk.>'[/bold]. Ctrl-C stops the desk."
+            )
+        ready.cancel()
+        return await runner
+
+    raise typer.Exit(asyncio.run(go()))
+
+
+# ------------------------------------------------------------------------------------ strategies
+
+
+def _control(subject: str, name: str) -> strategy_pb2.StrategyStatusList:
+    return _call(subject, strategy_pb2.StrategyControl(strategy_id=name), strategy_pb2.StrategyStatusList, "orchestrator")
+
+
+def _print_status(result: strategy_pb2.StrategyStatusList, as_json: bool) -> None:
+    if as_json:
+        print_json(result)
+        return
+    table(
+        "strategies",
+        ["strategy", "member", "state", "runtime", "pid", "restarts", "last heartbeat", "error"],
+        [
+            [s.strategy_id, s.member_id, enum_name(strategy_pb2.StrategyState.Name(s.state)), s.runtime,
+             s.pid or s.container_id[:12], s.restarts, ts(s.last_heartbeat_ns), s.last_error]
+            for s in result.strategies
+        ],
+    )
+    if result.message:
+        console.print(result.message)
+
+
+@app.command()
+def deploy(name: Annotated[str, typer.Argument(help="Strategy folder name; all strategies if omitted.")] = "", as_json: JsonOpt = False) -> None:
+    """(Re)read a strategy's folder, register it and start it."""
+    _print_status(_control(subjects.CTL_DEPLOY, name), as_json)
+
+
+@app.command()
+def stop(name: Annotated[str, typer.Argument(help="Strategy to stop; all if omitted.")] = "", as_json: JsonOpt = False) -> None:
+    """Stop a strategy (it is not restarted until deployed or started again)."""
+    _print_status(_control(subjects.CTL_STOP, name), as_json)
+
+
+@app.command()
+def start(name: Annotated[str, typer.Argument(help="Strategy to start; all if omitted.")] = "", as_json: JsonOpt = False) -> None:
+    """Start a stopped strategy."""
+    _print_status(_control(subjects.CTL_START, name), as_json)
+
+
+@app.command()
+def restart(name: Annotated[str, typer.Argument(help="Strategy to restart.")], as_json: JsonOpt = False) -> None:
+    """Restart a strategy now."""
+    _print_status(_control(subjects.CTL_RESTART, name), as_json)
+
+
+@app.command()
+def status(name: Annotated[str, typer.Argument(help="One strategy; all if omitted.")] = "", as_json: JsonOpt = False) -> None:
+    """Strategies' state: running, crashed (with the last error), stopped; last heartbeat."""
+    _print_status(_control(subjects.CTL_STATUS, name), as_json)
+
+
+@app.command()
+def logs(
+    name: Annotated[str, typer.Argument(help="Strategy whose output to show.")],
+    tail: Annotated[int, typer.Option("--tail", "-n", min=1, max=10000, help="Lines from the end.")] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """A strategy's recent output (stdout and stderr)."""
+    reply = _call(subjects.CTL_LOGS, strategy_pb2.LogsRequest(strategy_id=name, tail=tail), strategy_pb2.LogsReply, "orchestrator")
+    if as_json:
+        print_json(reply)
+        return
+    for line in reply.lines:
+        sys.stdout.write(line.rstrip("\n") + "\n")
+
+
+# ------------------------------------------------------------------------------------------ books
+
+
+def _query(strategy: str, member: str, symbol: str, limit: int) -> ledger_pb2.LedgerQuery:
+    return ledger_pb2.LedgerQuery(strategy_id=strategy, member_id=member, symbol=symbol.upper(), limit=limit)
+
+
+@app.command()
+def positions(strategy: StrategyOpt = "", member: MemberOpt = "", symbol: SymbolOpt = "", limit: LimitOpt = 100, as_json: JsonOpt = False) -> None:
+    """Open positions per strategy, with average cost and P&L."""
+    reply = _call(subjects.LEDGER_POSITIONS, _query(strategy, member, symbol, limit), ledger_pb2.PositionsReply, "ledger")
+    if as_json:
+        print_json(reply)
+        return
+    table(
+        "positions",
+        ["strategy", "member", "symbol", "qty", "avg cost", "last", "market value", "unrealized", "realized"],
+        [[p.strategy_id, p.member_id, p.symbol, p.qty, money(p.avg_cost), money(p.last_price), money(p.market_value),
+          signed_money(p.unrealized_pnl), signed_money(p.realized_pnl)] for p in reply.positions],
+        numeric=["qty", "avg cost", "last", "market value", "unrealized", "realized"],
+    )
+
+
+@app.command()
+def orders(strategy: StrategyOpt = "", member: MemberOpt = "", symbol: SymbolOpt = "", limit: LimitOpt = 50, as_json: JsonOpt = False) -> None:
+    """Orders, newest first, with their status."""
+    reply = _call(subjects.LEDGER_ORDERS, _query(strategy, member, symbol, limit), ledger_pb2.OrdersReply, "ledger")
+    if as_json:
+        print_json(reply)
+        return
+    from desk.v1 import common_pb2, executions_pb2
+
+    table(
+        "orders",
+        ["time", "strategy", "client order id", "symbol", "side", "type", "tif", "qty", "limit", "stop", "status", "filled", "avg price"],
+        [[ts(o.created_ns), o.strategy_id, o.client_order_id, o.symbol, enum_name(common_pb2.Side.Name(o.side)),
+          enum_name(common_pb2.OrderType.Name(o.type)), enum_name(common_pb2.TimeInForce.Name(o.time_in_force)),
+          o.qty or o.notional, o.limit_price, o.stop_price, enum_name(executions_pb2.OrderStatus.Name(o.status)),
+          o.filled_qty, money(o.avg_price)] for o in reply.orders],
+        numeric=["qty", "limit", "stop", "filled", "avg price"],
+    )
+
+
+@app.command()
+def fills(strategy: StrategyOpt = "", member: MemberOpt = "", symbol: SymbolOpt = "", limit: LimitOpt = 50, as_json: JsonOpt = False) -> None:
+    """Fills (executions), newest first."""
+    reply = _call(subjects.LEDGER_FILLS, _query(strategy, member, symbol, limit), ledger_pb2.FillsReply, "ledger")
+    if as_json:
+        print_json(reply)
+        return
+    from desk.v1 import common_pb2
+
+    table(
+        "fills",
+        ["time", "strategy", "member", "symbol", "side", "qty", "price", "fee", "execution id"],
+        [[ts(f.event_ns), f.strategy_id, f.member_id, f.symbol, enum_name(common_pb2.Side.Name(f.side)), f.qty,
+          money(f.price), f.fee, f.execution_id[:8]] for f in reply.fills],
+        numeric=["qty", "price", "fee"],
+    )
+
+
+def _pnl_rows(rows: Any, first: str) -> list[list[Any]]:
+    return [[r.strategy_id if first == "strategy" else r.member_id, r.member_id, money(r.cash), money(r.market_value),
+             money(r.equity), signed_money(r.realized_pnl), signed_money(r.unrealized_pnl), money(r.fees),
+             signed_money(r.total_pnl), f"{r.return_pct}%", r.fills] for r in rows]
+
+
+@app.command()
+def pnl(strategy: StrategyOpt = "", member: MemberOpt = "", as_json: JsonOpt = False) -> None:
+    """Realized and unrealized P&L per strategy and per member."""
+    reply = _call(subjects.LEDGER_PNL, _query(strategy, member, "", 1000), ledger_pb2.PnlReply, "ledger")
+    if as_json:
+        print_json(reply)
+        return
+    columns = ["cash", "market value", "equity", "realized", "unrealized", "fees", "total P&L", "return", "fills"]
+    table("P&L per strategy", ["strategy", "member", *columns], _pnl_rows(reply.strategies, "strategy"), numeric=columns)
+    table("P&L per member", ["member", "member ", *columns], _pnl_rows(reply.members, "member"), numeric=columns)
+
+
+@app.command()
+def leaderboard(limit: LimitOpt = 20, as_json: JsonOpt = False) -> None:
+    """Members ranked by return."""
+    reply = _call(subjects.LEDGER_LEADERBOARD, ledger_pb2.LedgerQuery(limit=limit), ledger_pb2.LeaderboardReply, "ledger")
+    if as_json:
+        print_json(reply)
+        return
+    table(
+        "leaderboard",
+        ["#", "member", "equity", "total P&L", "return", "strategies", "fills"],
+        [[r.rank, r.member_id, money(r.equity), signed_money(r.total_pnl), f"{r.return_pct}%", r.strategies, r.fills] for r in reply.rows],
+        numeric=["equity", "total P&L", "return", "strategies", "fills"],
+    )
+
+
+@app.command()
+def equity(strategy: StrategyOpt = "", member: MemberOpt = "", limit: LimitOpt = 100, as_json: JsonOpt = False) -> None:
+    """Equity snapshots over time (the data behind equity curves)."""
+    reply = _call(subjects.LEDGER_EQUITY, _query(strategy, member, "", limit), ledger_pb2.EquityReply, "ledger")
+    if as_json:
+        print_json(reply)
+        return
+    table("equity", ["time", "strategy", "member", "equity", "cash", "realized", "unrealized"],
+          [[ts(p.ts_ns), p.strategy_id, p.member_id, money(p.equity), money(p.cash), signed_money(p.realized_pnl),
+            signed_money(p.unrealized_pnl)] for p in reply.points],
+          numeric=["equity", "cash", "realized", "unrealized"])
+
+
+# ------------------------------------------------------------------------------------------- risk
+
+
+def _halt(subject: str, name: str, reason: str, as_json: bool) -> None:
+    import getpass
+
+    ack = _call(subject, orders_pb2.HaltRequest(strategy_id=name, reason=reason, requested_by=getpass.getuser()),
+                orders_pb2.HaltAck, "order_router")
+    if as_json:
+        print_json(ack)
+        return
+    state = "[red]HALTED[/red]" if ack.global_halted else "trading"
+    console.print(f"desk: {state}; halted strategies: {', '.join(ack.halted_strategies) or 'none'}")
+    if ack.message:
+        console.print(ack.message)
+
+
+@app.command()
+def halt(
+    name: Annotated[str, typer.Argument(help="Strategy to halt; the whole desk if omitted.")] = "",
+    reason: Annotated[str, typer.Option(help="Why (kept with the halt).")] = "manual halt",
+    as_json: JsonOpt = False,
+) -> None:
+    """Kill switch: refuse new orders (cancels still pass), for one strategy or the whole desk."""
+    _halt(subjects.RISK_HALT, name, reason, as_json)
+
+
+@app.command()
+def resume(name: Annotated[str, typer.Argument(help="Strategy to resume; the whole desk if omitted.")] = "", as_json: JsonOpt = False) -> None:
+    """Lift a halt."""
+    _halt(subjects.RISK_RESUME, name, "", as_json)
+
+
+# ----------------------------------------------------------------------------------------- decode
+
+
+@app.command()
+def decode(
+    subject: Annotated[str, typer.Argument(help="The subject the body was published on (chooses the type).")],
+    type_name: Annotated[str, typer.Option("--type", "-t", help="Message type, e.g. OrderAck, for subjects without one (replies).")] = "",
+) -> None:
+    """Read one message body on stdin, print it as JSON.
+
+    For live traffic: nats sub 'desk.>' --translate 'desk decode {{Subject}}'
+    """
+    data = sys.stdin.buffer.read()
+    if type_name:
+        full = type_name if "." in type_name else f"desk.v1.{type_name}"
+        message_type = codec.MESSAGE_TYPES.get(full)
+        if message_type is None:
+            _fail(f"unknown message type {type_name!r}; known: {', '.join(sorted(n.split('.')[-1] for n in codec.MESSAGE_TYPES))}", 2)
+    else:
+        message_type = codec.type_for_subject(subject)
+        if message_type is None:
+            _fail(f"no message type is mapped to subject {subject!r}; pass --type (e.g. --type OrderAck for replies)", 2)
+    assert message_type is not None
+    try:
+        message = codec.decode(data, message_type)
+    except DeskError as err:
+        _fail(f"{err.code}: {err.message}", 1)
+        return
+    sys.stdout.write(codec.to_json(message) + "\n")
+
+
+def run() -> None:  # pragma: no cover - console entry alias
+    with contextlib.suppress(KeyboardInterrupt):
+        app()
+
+
+_unused: Callable[..., Awaitable[Any]] | None = None

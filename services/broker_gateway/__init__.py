@@ -1,0 +1,6 @@
+"""broker_gateway: consumes routed orders for one venue and publishes execution reports.
+
+``service.py`` is the async shell (JetStream work queue in, ``EXECUTIONS`` out); ``brokers/`` holds
+the venues behind one :class:`~services.broker_gateway.brokers.base.Broker` interface: ``sim`` (a
+pure matching engine) now, ``alpaca`` later.
+"""

@@ -1,0 +1,420 @@
+"""The ledger's async shell: EXECUTIONS consumer -> SQLite, KV watches, snapshots, query endpoints.
+
+Consumption: durable pull consumer ``ledger`` on ``EXECUTIONS`` (explicit ack). Each loop fetches up
+to ``LEDGER_BATCH_SIZE`` messages, books the whole batch in ONE SQLite transaction, commits, and only
+then acks every message. A crash between commit and ack redelivers the batch; the store skips
+execution ids it already has, so nothing is booked twice. Messages that do not decode are logged
+(``execution.malformed``), stored nowhere, and terminated so they never block the consumer.
+
+Test hook: :meth:`LedgerService.wait_for` awaits a condition on :class:`LedgerStats`, which is
+updated and notified after every committed-and-acked batch and every equity snapshot (an
+``asyncio.Condition``; no polling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import nats.errors
+import structlog
+from google.protobuf.message import Message
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+import desk
+from desk.bus import codec, streams, subjects
+from desk.bus.decimals import fmt, parse_decimal
+from desk.bus.errors import DeskError
+from desk.bus.lifecycle import ServiceRuntime
+from desk.bus.logging import get_logger
+from desk.bus.micro import add_service
+from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, strategy_pb2
+from services.ledger import queries
+from services.ledger.reports import Booking, parse_booking
+from services.ledger.settings import Settings
+from services.ledger.store import LedgerStore, now_ns
+
+NAME = "ledger"
+R = TypeVar("R", bound=Message)
+ACK_WAIT = 30.0
+log = get_logger("ledger")
+
+
+@dataclass
+class LedgerStats:
+    """Counters of what this ledger process has done (also the test hook's state)."""
+
+    batches: int = 0
+    messages: int = 0  # acked or terminated, after their batch committed
+    fills_booked: int = 0
+    events_stored: int = 0
+    duplicates: int = 0
+    malformed: int = 0
+    snapshots: int = 0
+    strategies_seen: int = 0
+    prices_seen: int = 0
+
+
+class LedgerService:
+    """``start`` wires everything onto a :class:`ServiceRuntime`; construction does no I/O."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = LedgerStore(settings.ledger_db_path, settings.ledger_default_initial_cash)
+        self.stats = LedgerStats()
+        self.prices: dict[str, Decimal] = {}
+        self._changed = asyncio.Condition()
+        self._runtime: ServiceRuntime | None = None
+
+    # -- test hook ------------------------------------------------------------------------------
+
+    async def wait_for(self, predicate: Callable[[LedgerStats], bool], timeout: float = 10.0) -> LedgerStats:
+        """Wait until ``predicate(stats)`` holds (checked after every batch, snapshot and KV update)."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self.stats)), timeout)
+        return self.stats
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # -- start ----------------------------------------------------------------------------------
+
+    async def start(self, runtime: ServiceRuntime) -> None:
+        self._runtime = runtime
+        await self.store.open()
+        runtime.stack.push_async_callback(self.store.close)
+
+        js = runtime.js
+        await streams.ensure_stream(js, streams.EXECUTIONS)
+        prices_kv = await streams.ensure_bucket(js, subjects.KV_PRICES)
+        strategies_kv = await streams.ensure_bucket(js, subjects.KV_STRATEGIES)
+        # Specs and prices first, so the first batch already knows members and initial cash.
+        await self._watch(runtime, strategies_kv, self._on_strategy, "strategies")
+        await self._watch(runtime, prices_kv, self._on_price, "prices")
+
+        await self._ensure_consumer(js)
+        info = await js.consumer_info(subjects.STREAM_EXECUTIONS, subjects.LEDGER_DURABLE)
+
+        svc = await add_service(runtime, NAME, desk.__version__, "the desk's books: orders, fills, positions, P&L")
+        await svc.add_endpoint("positions", subjects.LEDGER_POSITIONS, ledger_pb2.LedgerQuery, self.positions)
+        await svc.add_endpoint("orders", subjects.LEDGER_ORDERS, ledger_pb2.LedgerQuery, self.orders)
+        await svc.add_endpoint("fills", subjects.LEDGER_FILLS, ledger_pb2.LedgerQuery, self.fills)
+        await svc.add_endpoint("pnl", subjects.LEDGER_PNL, ledger_pb2.LedgerQuery, self.pnl)
+        await svc.add_endpoint("leaderboard", subjects.LEDGER_LEADERBOARD, ledger_pb2.LedgerQuery, self.leaderboard)
+        await svc.add_endpoint("equity", subjects.LEDGER_EQUITY, ledger_pb2.LedgerQuery, self.equity)
+
+        consumer = runtime.spawn(self._consume(runtime), "ledger.consume")
+        runtime.spawn(self._snapshots(runtime), "ledger.snapshots")
+
+        async def finish_batch() -> None:
+            # Runs before the spawn's cancel (LIFO): the loop sees ``stop`` and ends after the batch
+            # in hand is committed and acked, instead of being cancelled in the middle of it.
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(consumer), self.settings.drain_timeout)
+
+        runtime.stack.push_async_callback(finish_batch)
+        log.info(
+            "ledger.ready",
+            db=str(self.store.path),
+            resume_stream_seq=info.ack_floor.stream_seq if info.ack_floor else 0,
+            pending=info.num_pending,
+            ack_pending=info.num_ack_pending,
+            schema_version=await self.store.schema_version(),
+        )
+
+    # -- consumer -------------------------------------------------------------------------------
+
+    def _consumer_config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=subjects.LEDGER_DURABLE,
+            name=subjects.LEDGER_DURABLE,
+            filter_subject=subjects.EXEC_ALL,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ACK_WAIT,
+            max_ack_pending=max(1000, self.settings.ledger_batch_size * 4),
+            description="the ledger: books every execution once",
+        )
+
+    async def _ensure_consumer(self, js: JetStreamContext) -> None:
+        # Create, or update an existing durable to this config (CREATE without action does both).
+        await js.add_consumer(subjects.STREAM_EXECUTIONS, self._consumer_config())
+
+    async def _subscribe(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
+        await self._ensure_consumer(js)
+        return await js.pull_subscribe_bind(
+            durable=subjects.LEDGER_DURABLE, stream=subjects.STREAM_EXECUTIONS
+        )
+
+    async def _consume(self, runtime: ServiceRuntime) -> None:
+        nc, js = runtime.nc, runtime.js
+        sub = await self._subscribe(js)
+        reconnects = nc.stats["reconnects"]
+        try:
+            while not runtime.stop.is_set():
+                if nc.stats["reconnects"] != reconnects:
+                    # Pull subscriptions can go quiet after a server restart (nats.py #504): re-create.
+                    reconnects = nc.stats["reconnects"]
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                    sub = await self._subscribe(js)
+                    log.info("consumer.resubscribed", reconnects=reconnects)
+                try:
+                    msgs = await sub.fetch(self.settings.ledger_batch_size, timeout=self.settings.ledger_fetch_timeout)
+                except nats.errors.TimeoutError:
+                    continue
+                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+                    return
+                except Exception as exc:  # noqa: BLE001 - server gone, consumer deleted...: back off, re-create
+                    log.warning("consumer.fetch_failed", error=repr(exc))
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(runtime.stop.wait(), 1.0)
+                    if runtime.stop.is_set():
+                        return
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                    try:
+                        sub = await self._subscribe(js)
+                    except Exception as sub_exc:  # noqa: BLE001 - retried on the next round
+                        log.warning("consumer.subscribe_failed", error=repr(sub_exc))
+                    continue
+                if msgs:  # a fetch can also end empty (status-only replies)
+                    await self.process_batch(msgs)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def process_batch(self, msgs: list[Msg]) -> None:
+        """Decode, book in one transaction, commit, then ack the good and terminate the malformed."""
+        good: list[tuple[Msg, Booking]] = []
+        bad: list[Msg] = []
+        now = now_ns()
+        for msg in msgs:
+            report: executions_pb2.ExecutionReport | None = None
+            try:
+                report = codec.decode(msg.data, executions_pb2.ExecutionReport, msg.headers)
+                good.append((msg, parse_booking(report, msg.data, now)))
+            except DeskError as err:
+                bad.append(msg)
+                with structlog.contextvars.bound_contextvars(
+                    execution_id=report.execution_id if report else "",
+                    strategy_id=report.strategy_id if report else "",
+                ):
+                    log.warning(
+                        "execution.malformed",
+                        subject=msg.subject,
+                        stream_seq=_stream_seq(msg),
+                        code=err.code,
+                        reason=err.message,
+                    )
+        result = await self.store.apply_batch([booking for _, booking in good])
+        for msg, _ in good:
+            await msg.ack()
+        for msg in bad:
+            await msg.term()
+        for execution_id in result.duplicates:
+            with structlog.contextvars.bound_contextvars(execution_id=execution_id):
+                log.debug("execution.duplicate")
+        self.stats.batches += 1
+        self.stats.messages += len(msgs)
+        self.stats.fills_booked += result.fills_booked
+        self.stats.events_stored += result.events_stored
+        self.stats.duplicates += len(result.duplicates)
+        self.stats.malformed += len(bad)
+        log.info(
+            "fills.booked",
+            count=result.fills_booked,
+            events=result.events_stored,
+            duplicates=len(result.duplicates),
+            malformed=len(bad),
+            last_stream_seq=_stream_seq(msgs[-1]) if msgs else 0,
+        )
+        await self._notify()
+
+    # -- KV watches -----------------------------------------------------------------------------
+
+    async def _watch(
+        self, runtime: ServiceRuntime, kv: KeyValue, handle: Callable[[Any], Any], what: str
+    ) -> None:
+        """Apply every current entry of ``kv`` now, then follow updates for the life of the service."""
+        watcher = await kv.watchall()
+        runtime.stack.push_async_callback(_stop_watcher, watcher)
+        initial = 0
+        while True:
+            entry = await watcher.updates(timeout=10.0)  # type: ignore[no-untyped-call]
+            if entry is None:
+                break
+            await handle(entry)
+            initial += 1
+        log.info("kv.synced", bucket=what, entries=initial)
+
+        async def follow() -> None:
+            async for entry in watcher:
+                if entry is not None:
+                    await handle(entry)
+
+        runtime.spawn(follow(), f"ledger.watch.{what}")
+
+    async def _on_strategy(self, entry: KeyValue.Entry) -> None:
+        if entry.operation in (KV_DEL, KV_PURGE) or entry.value is None:
+            return  # a strategy undeployed keeps its books
+        try:
+            spec = codec.decode(entry.value, strategy_pb2.StrategySpec)
+            strategy_id = spec.strategy_id or entry.key
+            if not subjects.STRATEGY_ID_RE.match(strategy_id):
+                raise DeskError("INVALID_FIELD", f"strategy_id {strategy_id!r} is not a valid strategy id")
+            initial = parse_decimal("initial_cash", spec.initial_cash, required=False)
+        except DeskError as err:
+            log.warning("strategy.malformed", key=entry.key, code=err.code, reason=err.message)
+            return
+        await self.store.upsert_strategy(strategy_id, spec.member_id, initial, spec.name, now_ns())
+        self.stats.strategies_seen += 1
+        log.info("strategy.upserted", strategy_id=strategy_id, member_id=spec.member_id, initial_cash=fmt(initial))
+        await self._notify()
+
+    async def _on_price(self, entry: KeyValue.Entry) -> None:
+        if entry.operation in (KV_DEL, KV_PURGE) or entry.value is None:
+            self.prices.pop(entry.key, None)
+            return
+        try:
+            trade = codec.decode(entry.value, marketdata_pb2.Trade)
+            price = parse_decimal("price", trade.price)
+        except DeskError as err:
+            log.warning("price.malformed", key=entry.key, code=err.code, reason=err.message)
+            return
+        assert price is not None
+        self.prices[trade.symbol or entry.key] = price
+        self.stats.prices_seen += 1
+        await self._notify()
+
+    # -- equity snapshots -----------------------------------------------------------------------
+
+    async def _snapshots(self, runtime: ServiceRuntime) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(runtime.stop.wait(), self.settings.ledger_snapshot_interval)
+                return
+            except TimeoutError:
+                pass
+            written = await self.snapshot()
+            log.debug("equity.snapshot", strategies=written)
+
+    async def snapshot(self) -> int:
+        """Write one equity row per strategy, valued at the last known prices."""
+        ts = now_ns()
+        valuations = await self._valuations("", "")
+        rows = [
+            ledger_pb2.EquityPoint(
+                strategy_id=v.strategy_id,
+                member_id=v.member_id,
+                ts_ns=ts,
+                equity=fmt(v.equity),
+                cash=fmt(v.cash),
+                realized_pnl=fmt(v.realized_pnl),
+                unrealized_pnl=fmt(v.unrealized_pnl),
+            )
+            for v in valuations
+        ]
+        written = await self.store.write_snapshots(rows)
+        self.stats.snapshots += 1
+        await self._notify()
+        return written
+
+    # -- queries --------------------------------------------------------------------------------
+
+    async def _valuations(self, strategy_id: str, member_id: str) -> list[queries.Valuation]:
+        accounts = await self.store.accounts(strategy_id, member_id)
+        positions = await self.store.positions(strategy_id, member_id)
+        counts = await self.store.fill_counts()
+        by_strategy: dict[str, list[Any]] = {}
+        for row in positions:
+            by_strategy.setdefault(row.strategy_id, []).append(row.position)
+        return [
+            queries.value_strategy(
+                a.strategy_id, a.member_id, a.account, by_strategy.get(a.strategy_id, []), self.prices,
+                counts.get(a.strategy_id, 0),
+            )
+            for a in accounts
+        ]
+
+    async def positions(self, query: ledger_pb2.LedgerQuery, subject: str) -> ledger_pb2.PositionsReply:
+        _check_query(query)
+        rows = await self.store.positions(query.strategy_id, query.member_id, query.symbol)
+        reply = ledger_pb2.PositionsReply(
+            positions=[
+                queries.position_message(r.strategy_id, r.member_id, r.position, self.prices.get(r.position.symbol), r.updated_ns)
+                for r in rows[: queries.effective_limit(query.limit)]
+            ]
+        )
+        return _fit(reply, reply.positions)
+
+    async def orders(self, query: ledger_pb2.LedgerQuery, subject: str) -> ledger_pb2.OrdersReply:
+        _check_query(query)
+        reply = ledger_pb2.OrdersReply(orders=await self.store.orders(query, queries.effective_limit(query.limit)))
+        return _fit(reply, reply.orders)
+
+    async def fills(self, query: ledger_pb2.LedgerQuery, subject: str) -> ledger_pb2.FillsReply:
+        _check_query(query)
+        reply = ledger_pb2.FillsReply(fills=await self.store.fills(query, queries.effective_limit(query.limit)))
+        return _fit(reply, reply.fills)
+
+    async def pnl(self, query: ledger_pb2.LedgerQuery, subject: str) -> ledger_pb2.PnlReply:
+        _check_query(query)
+        valuations = await self._valuations(query.strategy_id, query.member_id)
+        limit = queries.effective_limit(query.limit)
+        reply = ledger_pb2.PnlReply(
+            strategies=[v.to_row() for v in valuations[:limit]],
+            members=[m.to_row() for m in queries.member_totals(valuations)[:limit]],
+        )
+        return _fit(reply, reply.strategies)
+
+    async def leaderboard(self, query: ledger_pb2.LedgerQuery, subject: str) -> ledger_pb2.LeaderboardReply:
+        _check_query(query)
+        valuations = await self._valuations(query.strategy_id, query.member_id)
+        rows = queries.leaderboard(queries.member_totals(valuations))
+        reply = ledger_pb2.LeaderboardReply(rows=rows[: queries.effective_limit(query.limit)])
+        return _fit(reply, reply.rows)
+
+    async def equity(self, query: ledger_pb2.LedgerQuery, subject: str) -> ledger_pb2.EquityReply:
+        _check_query(query)
+        reply = ledger_pb2.EquityReply(points=await self.store.equity(query, queries.effective_limit(query.limit)))
+        return _fit(reply, reply.points, from_front=True)
+
+
+def _check_query(query: ledger_pb2.LedgerQuery) -> None:
+    if query.strategy_id and not subjects.STRATEGY_ID_RE.match(query.strategy_id):
+        raise DeskError("INVALID_FIELD", f"strategy_id {query.strategy_id!r} is not a valid strategy id")
+    if query.symbol and not subjects.SYMBOL_RE.match(query.symbol):
+        raise DeskError("INVALID_FIELD", f"symbol {query.symbol!r} is not a valid symbol")
+    if len(query.member_id) > 64:
+        raise DeskError("INVALID_FIELD", "member_id is longer than 64 characters")
+    if query.since_ns < 0:
+        raise DeskError("INVALID_FIELD", "since_ns must not be negative")
+
+
+def _fit(reply: R, rows: Any, from_front: bool = False) -> R:
+    """Drop rows until the reply fits the desk's message limit (callers refuse larger bodies)."""
+    while rows and reply.ByteSize() > codec.MAX_MESSAGE_BYTES - 1024:
+        del rows[0 if from_front else -1]
+    return reply
+
+
+def _stream_seq(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:  # noqa: BLE001 - only for logging
+        return 0
+
+
+async def _stop_watcher(watcher: KeyValue.KeyWatcher) -> None:
+    with contextlib.suppress(Exception):
+        await watcher.stop()  # type: ignore[no-untyped-call]
+

@@ -1,0 +1,27 @@
+"""Ledger settings: the shared bus settings plus LEDGER_* (docs/architecture.md §8)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pydantic import Field
+
+from desk.bus.settings import BusSettings
+
+
+class Settings(BusSettings):
+    """Read from the environment once, validated, frozen."""
+
+    ledger_db_path: str = Field(default="var/ledger.db", description="SQLite file of the books (parent dirs are created)")
+    ledger_batch_size: int = Field(
+        default=256, ge=1, le=10000, description="executions fetched and booked per SQLite transaction"
+    )
+    ledger_snapshot_interval: float = Field(
+        default=10.0, gt=0, description="seconds between equity snapshots (one row per strategy)"
+    )
+    ledger_fetch_timeout: float = Field(
+        default=1.0, gt=0, le=30, description="seconds one fetch from the EXECUTIONS consumer waits for messages"
+    )
+    ledger_default_initial_cash: Decimal = Field(
+        default=Decimal(100000), gt=0, description="initial cash of a strategy whose spec gives none (or no spec yet)"
+    )

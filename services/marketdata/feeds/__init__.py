@@ -1,0 +1,1 @@
+"""Market data feeds: pure generators of bars, quotes and trades; the service owns the timer."""

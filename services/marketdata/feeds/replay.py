@@ -1,0 +1,210 @@
+"""The ``replay`` feed: bars from a CSV file, in file order, with the original spacing scaled.
+
+The file has the header ``timestamp,symbol,open,high,low,close,volume``; ``timestamp`` is ISO-8601
+(naive means UTC) or epoch seconds. Rows that cannot be used are returned as :class:`BadRow` (line
+number and reason) for the service to log, and skipped. Parsing is pure: it takes lines of text.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+
+from desk.bus import subjects
+from desk.bus.decimals import fmt, parse_decimal
+from desk.bus.errors import DeskError
+from desk.v1 import marketdata_pb2
+from services.marketdata.feeds.base import Scheduled, Tick, quote_around
+
+SOURCE = "replay"
+HEADER = ["timestamp", "symbol", "open", "high", "low", "close", "volume"]
+DEFAULT_INTERVAL_NS = 60 * 1_000_000_000
+
+
+class ReplayFileError(ValueError):
+    """The file as a whole cannot be replayed (no or wrong header, no usable row)."""
+
+
+@dataclass(frozen=True)
+class ReplayRow:
+    line: int
+    ts_ns: int
+    symbol: str
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+
+
+@dataclass(frozen=True)
+class BadRow:
+    line: int
+    reason: str
+
+
+@dataclass
+class ReplayData:
+    rows: list[ReplayRow] = field(default_factory=list)
+    bad_rows: list[BadRow] = field(default_factory=list)
+
+
+def _plain(value: Decimal) -> str:
+    """The file's own precision, in plain notation."""
+    return format(value, "f")
+
+
+def parse_timestamp(text: str) -> int:
+    """ISO-8601 (naive = UTC) or epoch seconds (may have decimals) -> epoch ns."""
+    text = text.strip()
+    if not text:
+        raise ValueError("timestamp is empty")
+    try:
+        seconds = Decimal(text)
+    except InvalidOperation:
+        seconds = None
+    if seconds is not None:
+        if not seconds.is_finite() or seconds < 0:
+            raise ValueError(f"timestamp {text!r} is not a valid epoch time")
+        return int(seconds * 1_000_000_000)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"timestamp {text!r} is neither ISO-8601 nor epoch seconds") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def _row(line: int, cells: list[str]) -> ReplayRow:
+    if len(cells) != len(HEADER):
+        raise ValueError(f"expected {len(HEADER)} columns, got {len(cells)}")
+    ts_text, symbol, *numbers = (c.strip() for c in cells)
+    ts_ns = parse_timestamp(ts_text)
+    if not subjects.SYMBOL_RE.match(symbol):
+        raise ValueError(f"symbol {symbol!r} is not a valid symbol")
+    try:
+        open_, high, low, close = (parse_decimal(name, value) for name, value in zip(HEADER[2:6], numbers[:4]))
+        volume = parse_decimal("volume", numbers[4], positive=False)
+    except DeskError as err:
+        raise ValueError(err.message) from None
+    assert open_ is not None and high is not None and low is not None and close is not None and volume is not None
+    if volume < 0:
+        raise ValueError(f"volume must not be negative, got {numbers[4]}")
+    if not (low <= min(open_, close) and max(open_, close) <= high):
+        raise ValueError(f"inconsistent bar: low {low} <= open {open_}, close {close} <= high {high} does not hold")
+    return ReplayRow(line, ts_ns, symbol, open_, high, low, close, volume)
+
+
+def parse_replay(lines: Iterable[str]) -> ReplayData:
+    """Parse the CSV text; raises :class:`ReplayFileError` when the header is missing or wrong."""
+    reader = csv.reader(lines)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ReplayFileError("the file is empty (expected the header " + ",".join(HEADER) + ")") from None
+    if [h.strip().lower() for h in header] != HEADER:
+        raise ReplayFileError(f"bad header {','.join(header)!r}: expected {','.join(HEADER)!r}")
+    data = ReplayData()
+    for cells in reader:
+        line = reader.line_num
+        if not cells or all(not c.strip() for c in cells):
+            continue
+        try:
+            data.rows.append(_row(line, cells))
+        except ValueError as exc:
+            data.bad_rows.append(BadRow(line, str(exc)))
+    return data
+
+
+def infer_intervals(rows: list[ReplayRow]) -> dict[str, int]:
+    """Bar length per symbol: the smallest positive gap between its bars (1 minute if unknown)."""
+    last: dict[str, int] = {}
+    gaps: dict[str, int] = {}
+    for row in rows:
+        previous = last.get(row.symbol)
+        if previous is not None and row.ts_ns > previous:
+            gap = row.ts_ns - previous
+            gaps[row.symbol] = min(gaps.get(row.symbol, gap), gap)
+        last[row.symbol] = row.ts_ns
+    return {row.symbol: gaps.get(row.symbol, DEFAULT_INTERVAL_NS) for row in rows}
+
+
+def delays(rows: list[ReplayRow], speed: float) -> list[float]:
+    """Seconds to wait before each row: the original gap divided by ``speed`` (0 = no waiting).
+
+    The first row is due at once; a timestamp going backwards is due at once too.
+    """
+    out: list[float] = []
+    previous: int | None = None
+    for row in rows:
+        if speed <= 0 or previous is None:
+            out.append(0.0)
+        else:
+            out.append(max(0, row.ts_ns - previous) / 1e9 / speed)
+        previous = row.ts_ns
+    return out
+
+
+class ReplayFeed:
+    """Replays ``data`` once, or forever with ``loop`` (each pass shifted to follow the last)."""
+
+    def __init__(self, data: ReplayData, speed: float, loop: bool = False) -> None:
+        if not data.rows:
+            raise ReplayFileError("no usable row in the file")
+        self.rows = data.rows
+        self.bad_rows = data.bad_rows
+        self.speed = speed
+        self.loop = loop
+        self.intervals = infer_intervals(self.rows)
+        self._delays = delays(self.rows, speed)
+        first, last = self.rows[0].ts_ns, max(r.ts_ns for r in self.rows)
+        # A loop's next pass starts one bar after the last one of this pass, so time only moves on.
+        self.pass_ns = last - first + min(self.intervals.values())
+
+    @property
+    def name(self) -> str:
+        return SOURCE
+
+    @property
+    def symbols(self) -> list[str]:
+        return list(dict.fromkeys(r.symbol for r in self.rows))
+
+    def initial(self) -> list[marketdata_pb2.Trade]:
+        """Nothing: replayed prices become known as their bars are replayed."""
+        return []
+
+    def schedule(self) -> Iterator[Scheduled]:
+        passes = 0
+        while True:
+            offset = passes * self.pass_ns
+            for i, (row, delay) in enumerate(zip(self.rows, self._delays)):
+                if i == 0 and passes > 0 and self.speed > 0:
+                    delay = (self.pass_ns - (self.rows[-1].ts_ns - self.rows[0].ts_ns)) / 1e9 / self.speed
+                yield Scheduled(delay, self.tick(row, offset))
+            passes += 1
+            if not self.loop:
+                return
+
+    def tick(self, row: ReplayRow, offset_ns: int = 0) -> Tick:
+        interval = self.intervals[row.symbol]
+        start = row.ts_ns + offset_ns
+        end = start + interval
+        bar = marketdata_pb2.Bar(
+            symbol=row.symbol,
+            open=_plain(row.open),
+            high=_plain(row.high),
+            low=_plain(row.low),
+            close=_plain(row.close),
+            volume=fmt(row.volume),
+            start_ns=start,
+            interval_ns=interval,
+            source=SOURCE,
+        )
+        quote = quote_around(row.symbol, row.close, end, SOURCE)
+        trade = marketdata_pb2.Trade(symbol=row.symbol, price=_plain(row.close), size="100", ts_ns=end, source=SOURCE)
+        return Tick(bar=bar, quote=quote, trade=trade)

@@ -1,0 +1,46 @@
+"""Settings of the marketdata service (environment variables MD_*, plus the bus's)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from desk.bus import subjects
+from desk.bus.settings import BusSettings
+
+SAMPLE_BARS = Path(__file__).parent / "data" / "sample_bars.csv"
+
+
+class Settings(BusSettings):
+    md_feed: Literal["synthetic", "replay"] = Field(
+        default="synthetic", description="feed to run: synthetic (seeded random walk) or replay (CSV bars)"
+    )
+    md_symbols: str = Field(
+        default="AAPL,MSFT,SPY,TSLA,NVDA", description="comma-separated symbols of the synthetic feed"
+    )
+    md_interval: float = Field(default=1.0, gt=0, le=3600, description="seconds between synthetic bars")
+    md_seed: int = Field(default=7, description="seed of the synthetic feed (same seed, same prices)")
+    md_replay_file: Path = Field(
+        default=SAMPLE_BARS, description="CSV of bars for the replay feed (timestamp,symbol,open,high,low,close,volume)"
+    )
+    md_replay_speed: float = Field(
+        default=60.0, ge=0, description="replay speed-up: original spacing / speed (0 = as fast as possible)"
+    )
+    md_replay_loop: bool = Field(default=False, description="start the replay file again when it ends")
+
+    @field_validator("md_symbols")
+    @classmethod
+    def _symbols_are_valid(cls, value: str) -> str:
+        symbols = [s.strip() for s in value.split(",") if s.strip()]
+        if not symbols:
+            raise ValueError("at least one symbol is needed")
+        bad = [s for s in symbols if not subjects.SYMBOL_RE.match(s)]
+        if bad:
+            raise ValueError(f"invalid symbols {bad}: expected upper-case tickers like AAPL or BRK.B")
+        return ",".join(dict.fromkeys(symbols))
+
+    @property
+    def symbols(self) -> list[str]:
+        return self.md_symbols.split(",")

@@ -1,0 +1,1 @@
+"""Where strategies run: ``process`` (a local subprocess) now, ``docker`` later."""

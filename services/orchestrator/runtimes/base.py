@@ -1,0 +1,51 @@
+"""The runtime protocol: what the orchestrator needs from anything that runs a strategy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from desk.v1 import strategy_pb2
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """One run of one strategy (a process, a container)."""
+
+    strategy_id: str
+    pid: int = 0
+    container_id: str = ""
+    started_ns: int = 0
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """How a run ended: ``exit_code`` (negative = killed by that signal), a ``reason`` for people,
+    and ``last_error``, the last error line it wrote (empty after a clean exit)."""
+
+    exit_code: int
+    reason: str
+    last_error: str = ""
+
+
+class Runtime(Protocol):
+    @property
+    def name(self) -> str:
+        """"process", "docker"..."""
+        ...
+
+    async def start(self, spec: strategy_pb2.StrategySpec) -> RunHandle:
+        """Start the strategy; raises (any exception, with a clear message) when it cannot."""
+        ...
+
+    async def stop(self, handle: RunHandle, timeout: float) -> None:
+        """Ask the run to stop (SIGTERM or equivalent), force it after ``timeout`` seconds."""
+        ...
+
+    async def wait(self, handle: RunHandle) -> ExitInfo:
+        """Wait for the run to end (whoever ended it) and say how it ended."""
+        ...
+
+    async def logs(self, strategy_id: str, tail: int) -> list[str]:
+        """The last ``tail`` lines the strategy wrote (across its runs)."""
+        ...

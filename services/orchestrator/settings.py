@@ -1,0 +1,46 @@
+"""Settings of the orchestrator (environment variables ORCH_*, plus the bus's)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from desk.bus.settings import BusSettings
+from services.orchestrator.runtimes.process import DEFAULT_COMMAND
+
+#: The repository root (PYTHONPATH of strategy processes, so strategy_sdk and desk_client import).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BusSettings):
+    orch_strategies_dir: Path = Field(
+        default=Path("strategies"), description="folder of strategies: <id>/strategy.py + <id>/config.json"
+    )
+    orch_runtime: Literal["process"] = Field(
+        default="process", description="where strategies run: process (local subprocesses; docker comes later)"
+    )
+    orch_autodeploy: bool = Field(default=True, description="deploy every enabled strategy when the service starts")
+    orch_log_dir: Path = Field(default=Path("var/logs"), description="folder of the strategies' <id>.log files")
+    orch_process_command: str = Field(
+        default=DEFAULT_COMMAND,
+        description="command of the process runtime; {python}, {path} and {strategy_id} are filled in",
+    )
+    orch_repo_root: Path = Field(default=REPO_ROOT, description="PYTHONPATH given to strategy processes")
+    orch_backoff_initial: float = Field(default=1.0, gt=0, description="seconds before the first restart after a crash")
+    orch_backoff_max: float = Field(default=60.0, gt=0, description="longest wait between restarts, seconds")
+    orch_stable_after: float = Field(
+        default=60.0, gt=0, description="seconds of running after which a crash counts as the first again"
+    )
+    orch_max_restarts: int = Field(
+        default=10, ge=0, description="restarts after consecutive quick crashes before a strategy is FAILED"
+    )
+    orch_stop_timeout: float = Field(default=10.0, gt=0, description="seconds between SIGTERM and SIGKILL on stop")
+
+    @field_validator("orch_process_command")
+    @classmethod
+    def _command_names_the_strategy(cls, value: str) -> str:
+        if "{path}" not in value and "{strategy_id}" not in value:
+            raise ValueError("the command must contain {path} (or {strategy_id}) to know which strategy to run")
+        return value

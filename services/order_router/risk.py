@@ -1,0 +1,289 @@
+"""Pre-trade risk on per-strategy virtual accounts: pure, no I/O, clock injected.
+
+A :class:`VirtualAccount` holds a strategy's cash and signed positions, rebuilt from its
+``ExecutionReport`` s, plus reservations for its open orders, so that several open orders cannot
+together spend more cash or sell more shares than the account has.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from desk.bus.decimals import ZERO, dec, fmt
+from desk.v1 import common_pb2, executions_pb2, strategy_pb2
+from services.order_router.validation import ValidOrder, refusal
+
+Clock = Callable[[], float]
+
+RATE_WINDOW_SECONDS = 60.0
+
+TERMINAL_STATUSES = frozenset(
+    {
+        executions_pb2.ORDER_STATUS_FILLED,
+        executions_pb2.ORDER_STATUS_CANCELED,
+        executions_pb2.ORDER_STATUS_EXPIRED,
+        executions_pb2.ORDER_STATUS_REJECTED,
+    }
+)
+_FILLS = frozenset({executions_pb2.EXEC_TYPE_PARTIAL_FILL, executions_pb2.EXEC_TYPE_FILL})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits one strategy trades under."""
+
+    max_order_notional: Decimal
+    max_position_notional: Decimal
+    max_orders_per_minute: int
+    allow_short: bool
+
+    @classmethod
+    def resolve(cls, spec: strategy_pb2.RiskLimits, defaults: Limits) -> Limits:
+        """``spec``'s limits, with ``defaults`` wherever a field is empty or zero (or unparsable)."""
+
+        def amount(text: str, default: Decimal) -> Decimal:
+            try:
+                value = Decimal(text) if text else ZERO
+            except ArithmeticError:
+                return default
+            return value if value.is_finite() and value > 0 else default
+
+        return cls(
+            max_order_notional=amount(spec.max_order_notional, defaults.max_order_notional),
+            max_position_notional=amount(spec.max_position_notional, defaults.max_position_notional),
+            max_orders_per_minute=spec.max_orders_per_minute or defaults.max_orders_per_minute,
+            allow_short=spec.allow_short or defaults.allow_short,
+        )
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What an accepted order holds until it is final: shares (sells) or cash (buys)."""
+
+    symbol: str
+    side: common_pb2.Side
+    qty: Decimal          # for notional orders, estimated from the valuation price
+    notional: Decimal
+    unit_price: Decimal
+
+
+@dataclass
+class OpenOrder:
+    order_id: str
+    symbol: str
+    side: common_pb2.Side
+    remaining_qty: Decimal
+    reserved_notional: Decimal
+    unit_price: Decimal
+    by_notional: bool = False
+
+
+def _valuation_price(order: ValidOrder, last_price: Decimal | None) -> Decimal:
+    if order.limit_price is not None:
+        return order.limit_price
+    if last_price is None or last_price <= 0:
+        raise refusal("NO_MARKET_PRICE", f"no last price for {order.symbol} to value a {_type_name(order)} order")
+    return last_price
+
+
+def _type_name(order: ValidOrder) -> str:
+    return str(common_pb2.OrderType.Name(order.type)).removeprefix("ORDER_TYPE_").lower().replace("_", "-")
+
+
+@dataclass
+class VirtualAccount:
+    """One strategy's cash, positions and open-order reservations.
+
+    ``cash`` is ``initial_cash`` plus what fills did to it, so the initial cash may be learnt (or
+    changed) after fills were applied. Reports are applied at most once, by execution id.
+    """
+
+    strategy_id: str
+    initial_cash: Decimal
+    clock: Clock = time.monotonic
+    cash_change: Decimal = ZERO
+    positions: dict[str, Decimal] = field(default_factory=dict)
+    open_orders: dict[str, OpenOrder] = field(default_factory=dict)
+    closed_orders: set[str] = field(default_factory=set)
+    seen_executions: set[str] = field(default_factory=set)
+    _accepted_at: collections.deque[float] = field(default_factory=collections.deque)
+
+    # -- state ------------------------------------------------------------------------------------
+    @property
+    def cash(self) -> Decimal:
+        return self.initial_cash + self.cash_change
+
+    def position(self, symbol: str) -> Decimal:
+        return self.positions.get(symbol, ZERO)
+
+    @property
+    def reserved_buy_notional(self) -> Decimal:
+        return sum((o.reserved_notional for o in self.open_orders.values() if o.side == common_pb2.SIDE_BUY), ZERO)
+
+    @property
+    def buying_power(self) -> Decimal:
+        return self.cash - self.reserved_buy_notional
+
+    def reserved_qty(self, symbol: str, side: common_pb2.Side) -> Decimal:
+        return sum(
+            (o.remaining_qty for o in self.open_orders.values() if o.symbol == symbol and o.side == side), ZERO
+        )
+
+    def is_open(self, order_id: str) -> bool:
+        return order_id in self.open_orders
+
+    def is_closed(self, order_id: str) -> bool:
+        return order_id in self.closed_orders
+
+    def orders_in_window(self) -> int:
+        horizon = self.clock() - RATE_WINDOW_SECONDS
+        while self._accepted_at and self._accepted_at[0] <= horizon:
+            self._accepted_at.popleft()
+        return len(self._accepted_at)
+
+    # -- pre-trade check --------------------------------------------------------------------------
+    def check(self, order: ValidOrder, limits: Limits, last_price: Decimal | None) -> Reservation:
+        """Refuse ``order`` (DeskError) if it breaks a limit; else what accepting it would reserve."""
+        if self.orders_in_window() >= limits.max_orders_per_minute:
+            raise refusal(
+                "RATE_LIMIT", f"more than {limits.max_orders_per_minute} orders in {RATE_WINDOW_SECONDS:g} seconds"
+            )
+        if order.notional is not None:
+            # A notional order spends its notional; its share count is estimated at the last price.
+            unit_price = _valuation_price(order, last_price)
+            notional = order.notional
+            qty = notional / unit_price
+        else:
+            assert order.qty is not None
+            unit_price = _valuation_price(order, last_price)
+            qty = order.qty
+            notional = qty * unit_price
+
+        if notional > limits.max_order_notional:
+            raise refusal(
+                "MAX_ORDER_NOTIONAL",
+                f"order notional {fmt(notional, 2)} exceeds the limit of {fmt(limits.max_order_notional)}",
+            )
+
+        position = self.position(order.symbol)
+        if order.is_buy:
+            if notional > self.buying_power:
+                raise refusal(
+                    "INSUFFICIENT_BUYING_POWER",
+                    f"order needs {fmt(notional, 2)} but buying power is {fmt(self.buying_power, 2)}",
+                )
+            resulting = position + self.reserved_qty(order.symbol, common_pb2.SIDE_BUY) + qty
+        else:
+            sellable = position - self.reserved_qty(order.symbol, common_pb2.SIDE_SELL)
+            if qty > sellable and not limits.allow_short:
+                raise refusal(
+                    "SHORT_NOT_ALLOWED",
+                    f"selling {fmt(qty)} {order.symbol} with {fmt(max(sellable, ZERO))} available would open a short",
+                )
+            resulting = sellable - qty
+
+        resulting_notional = abs(resulting) * unit_price
+        if resulting_notional > limits.max_position_notional:
+            raise refusal(
+                "MAX_POSITION_NOTIONAL",
+                f"resulting {order.symbol} position of {fmt(resulting)} ({fmt(resulting_notional, 2)}) exceeds the "
+                f"limit of {fmt(limits.max_position_notional)}",
+            )
+        return Reservation(order.symbol, order.side, qty, notional, unit_price)
+
+    def reserve(self, order_id: str, reservation: Reservation, by_notional: bool = False) -> None:
+        """Hold ``reservation`` for an accepted order and count it against the rate limit.
+
+        A no-op for an order already known from its execution reports (they may overtake us).
+        """
+        self._accepted_at.append(self.clock())
+        if order_id in self.open_orders or order_id in self.closed_orders:
+            return
+        self.open_orders[order_id] = OpenOrder(
+            order_id=order_id,
+            symbol=reservation.symbol,
+            side=reservation.side,
+            remaining_qty=reservation.qty,
+            reserved_notional=reservation.notional,
+            unit_price=reservation.unit_price,
+            by_notional=by_notional,
+        )
+
+    # -- execution reports ------------------------------------------------------------------------
+    def apply(self, report: executions_pb2.ExecutionReport) -> bool:
+        """Apply one report (fills move cash and positions; reservations follow the order).
+
+        Returns False when the report was already applied (same execution id).
+        """
+        if report.execution_id in self.seen_executions:
+            return False
+        self.seen_executions.add(report.execution_id)
+
+        fill_qty = dec(report.fill_qty)
+        fill_price = dec(report.fill_price)
+        is_fill = report.exec_type in _FILLS and fill_qty > 0
+        known = self.open_orders.get(report.order_id)
+        side = report.side or (known.side if known is not None else common_pb2.SIDE_UNSPECIFIED)
+        if is_fill and side in (common_pb2.SIDE_BUY, common_pb2.SIDE_SELL):
+            gross = fill_qty * fill_price
+            fee = dec(report.fee)
+            if side == common_pb2.SIDE_BUY:
+                self.positions[report.symbol] = self.position(report.symbol) + fill_qty
+                self.cash_change -= gross + fee
+            else:
+                self.positions[report.symbol] = self.position(report.symbol) - fill_qty
+                self.cash_change += gross - fee
+
+        order_id = report.order_id
+        if report.status in TERMINAL_STATUSES:
+            self.open_orders.pop(order_id, None)
+            self.closed_orders.add(order_id)
+            return True
+        if order_id in self.closed_orders:
+            return True
+        order = self.open_orders.get(order_id)
+        if order is None:
+            # An order accepted by another replica (or before a restart): reserve what it still holds.
+            self._adopt(report)
+        elif is_fill:
+            if order.by_notional:
+                order.reserved_notional = max(ZERO, order.reserved_notional - fill_qty * fill_price)
+                order.remaining_qty = order.reserved_notional / order.unit_price if order.unit_price else ZERO
+            else:
+                order.remaining_qty = (
+                    dec(report.leaves_qty) if report.leaves_qty else max(ZERO, order.remaining_qty - fill_qty)
+                )
+                order.reserved_notional = order.remaining_qty * order.unit_price
+        return True
+
+    def _adopt(self, report: executions_pb2.ExecutionReport) -> None:
+        unit_price = ZERO
+        for text in (report.limit_price, report.stop_price, report.avg_price, report.fill_price):
+            if text and dec(text) > 0:
+                unit_price = dec(text)
+                break
+        if report.leaves_qty:
+            remaining = dec(report.leaves_qty)
+        elif report.order_qty:
+            remaining = max(ZERO, dec(report.order_qty) - dec(report.cum_qty))
+        else:
+            remaining = ZERO
+        by_notional = not report.order_qty and bool(report.notional)
+        if by_notional:
+            notional = max(ZERO, dec(report.notional) - dec(report.cum_qty) * dec(report.avg_price))
+            remaining = notional / unit_price if unit_price else ZERO
+        else:
+            notional = remaining * unit_price
+        self.open_orders[report.order_id] = OpenOrder(
+            order_id=report.order_id,
+            symbol=report.symbol,
+            side=report.side,
+            remaining_qty=remaining,
+            reserved_notional=notional,
+            unit_price=unit_price,
+            by_notional=by_notional,
+        )

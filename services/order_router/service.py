@@ -1,0 +1,467 @@
+"""The order router's async shell: KV watches, the executions follower and the micro endpoints.
+
+All decisions live in :mod:`validation` and :mod:`risk`; this module only moves messages:
+
+* ``submit`` (``desk.order.submit.*``): decode -> subject/fields -> known strategy and symbol -> halt
+  -> idempotency (``DESK_ORDER_IDS``) -> risk -> publish ``RoutedOrder`` (``Nats-Msg-Id`` = order id)
+  -> store the ack -> reply.
+* ``cancel`` (``desk.order.cancel.*``): forwards a ``RoutedOrder{cancel}`` for an open order (also
+  while halted).
+* ``halt`` / ``resume`` / ``risk_status`` (``desk.risk.*``): the kill switch in ``DESK_RISK``; every
+  replica watches the bucket, so a halt applies everywhere and survives restarts.
+
+Start-up loads the three KV buckets and replays the whole ``EXECUTIONS`` stream (ordered push
+consumer) before the endpoints are registered, so a replica never answers from half-built accounts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from nats.js.api import DeliverPolicy
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
+
+import desk
+from desk.bus import codec, streams, subjects
+from desk.bus.decimals import dec, fmt
+from desk.bus.errors import DeskError
+from desk.bus.lifecycle import ServiceRuntime
+from desk.bus.logging import get_logger
+from desk.bus.micro import add_service
+from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2, strategy_pb2
+from services.order_router import NAME
+from services.order_router.risk import Clock, Limits, VirtualAccount
+from services.order_router.settings import Settings
+from services.order_router.validation import (
+    check_known,
+    order_id_for,
+    refusal,
+    reject_reason,
+    validate_cancel,
+    validate_halt,
+    validate_order,
+)
+
+log = get_logger("order_router")
+
+GLOBAL_HALT_KEY = subjects.halt_key("")
+MSG_ID = "Nats-Msg-Id"
+
+
+class Router:
+    """One router replica. Construct (no I/O), then ``await start(runtime)`` inside ``serve``."""
+
+    def __init__(self, settings: Settings, clock: Clock = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.defaults = Limits(
+            max_order_notional=settings.router_default_max_order_notional,
+            max_position_notional=settings.router_default_max_position_notional,
+            max_orders_per_minute=settings.router_default_max_orders_per_minute,
+            allow_short=False,
+        )
+        self.prices: dict[str, Decimal | None] = {}          # symbol -> last price (None: unusable)
+        self.strategies: dict[str, strategy_pb2.StrategySpec] = {}
+        self.halts: dict[str, orders_pb2.HaltRequest] = {}   # DESK_RISK key -> request
+        self._halt_revisions: dict[str, int] = {}
+        self.accounts: dict[str, VirtualAccount] = {}
+        self.applied_executions: set[str] = set()
+        self._changed = asyncio.Condition()  # notified after every KV update and execution report
+        self._runtime: ServiceRuntime | None = None
+        self._kv: dict[str, KeyValue] = {}
+
+    # -- start-up ---------------------------------------------------------------------------------
+    async def start(self, runtime: ServiceRuntime) -> None:
+        self._runtime = runtime
+        js = runtime.js
+        await streams.ensure_stream(js, streams.ORDERS)
+        await streams.ensure_stream(js, streams.EXECUTIONS)
+        for bucket in (subjects.KV_PRICES, subjects.KV_STRATEGIES, subjects.KV_RISK, subjects.KV_ORDER_IDS):
+            self._kv[bucket] = await streams.ensure_bucket(js, bucket)
+
+        await self._watch(runtime, subjects.KV_STRATEGIES, self._on_strategy)
+        await self._watch(runtime, subjects.KV_PRICES, self._on_price)
+        await self._watch(runtime, subjects.KV_RISK, self._on_risk)
+        await self._follow_executions(runtime)
+
+        svc = await add_service(
+            runtime, NAME, desk.__version__, "validation, pre-trade risk and routing of strategy orders",
+            metadata={"venue": self.settings.router_venue},
+        )
+        await svc.add_endpoint(
+            "submit", subjects.ORDER_SUBMIT_ALL, orders_pb2.OrderRequest, self.submit, error_body=self._order_refused
+        )
+        await svc.add_endpoint(
+            "cancel", subjects.ORDER_CANCEL_ALL, orders_pb2.CancelRequest, self.cancel, error_body=self._cancel_refused
+        )
+        await svc.add_endpoint("halt", subjects.RISK_HALT, orders_pb2.HaltRequest, self.halt)
+        await svc.add_endpoint("resume", subjects.RISK_RESUME, orders_pb2.HaltRequest, self.resume)
+        await svc.add_endpoint("risk_status", subjects.RISK_STATUS, orders_pb2.HaltRequest, self.risk_status)
+        log.info(
+            "router.ready",
+            venue=self.settings.router_venue,
+            strategies=len(self.strategies),
+            symbols=len(self.prices),
+            halts=sorted(self.halts),
+            executions=len(self.applied_executions),
+        )
+
+    async def _watch(self, runtime: ServiceRuntime, bucket: str, apply: Callable[[Any], None]) -> None:
+        """Follow every key of ``bucket``; returns once the current values are applied."""
+        watcher = await self._kv[bucket].watchall()
+        runtime.stack.push_async_callback(watcher.stop)
+        loaded = asyncio.Event()
+
+        async def follow() -> None:
+            async for entry in watcher:
+                if entry is None:  # the watcher's "initial values done" marker
+                    loaded.set()
+                    continue
+                try:
+                    apply(entry)
+                except DeskError as err:
+                    log.warning("kv.bad_value", bucket=bucket, key=entry.key, code=err.code, error=err.message)
+                await self._notify()
+
+        runtime.spawn(follow(), name=f"watch-{bucket}")
+        await asyncio.wait_for(loaded.wait(), self.settings.router_startup_timeout)
+
+    @staticmethod
+    def _deleted(entry: KeyValue.Entry) -> bool:
+        return entry.operation in (KV_DEL, KV_PURGE)
+
+    def _on_strategy(self, entry: KeyValue.Entry) -> None:
+        if self._deleted(entry):
+            self.strategies.pop(entry.key, None)
+            return
+        spec = codec.decode(entry.value or b"", strategy_pb2.StrategySpec)
+        self.strategies[entry.key] = spec
+        account = self.accounts.get(entry.key)
+        if account is not None:
+            account.initial_cash = self._initial_cash(entry.key)
+
+    def _on_price(self, entry: KeyValue.Entry) -> None:
+        if self._deleted(entry):
+            self.prices.pop(entry.key, None)
+            return
+        trade = codec.decode(entry.value or b"", marketdata_pb2.Trade)
+        try:
+            price: Decimal | None = dec(trade.price)
+        except ArithmeticError:
+            price = None
+        self.prices[entry.key] = price if price is not None and price.is_finite() and price > 0 else None
+
+    def _on_risk(self, entry: KeyValue.Entry) -> None:
+        # Our own halt/resume already applied its revision; an older event must not undo a newer one.
+        if entry.revision is not None and entry.revision <= self._halt_revisions.get(entry.key, 0):
+            return
+        if entry.revision is not None:
+            self._halt_revisions[entry.key] = entry.revision
+        if self._deleted(entry):
+            if self.halts.pop(entry.key, None) is not None:
+                log.info("risk.resumed", key=entry.key, source="watch")
+            return
+        self.halts[entry.key] = codec.decode(entry.value or b"", orders_pb2.HaltRequest)
+        log.warning("risk.halted", key=entry.key, reason=self.halts[entry.key].reason, source="watch")
+
+    async def _follow_executions(self, runtime: ServiceRuntime) -> None:
+        """Ordered push consumer over all of EXECUTIONS; returns once the start-up backlog is applied."""
+        info = await runtime.js.stream_info(subjects.STREAM_EXECUTIONS)
+        last_seq = info.state.last_seq if info.state.messages else 0
+        replayed = asyncio.Event()
+        if last_seq == 0:
+            replayed.set()
+
+        async def on_report(msg: Any) -> None:
+            try:
+                report = codec.decode(msg.data, executions_pb2.ExecutionReport, msg.headers)
+                await self.apply_report(report)
+            except DeskError as err:
+                log.warning("execution.bad_report", subject=msg.subject, code=err.code, error=err.message)
+            except Exception as exc:
+                log.error("execution.apply_failed", subject=msg.subject, error=repr(exc), exc_info=exc)
+            finally:
+                if msg.metadata.sequence.stream >= last_seq:
+                    replayed.set()
+
+        sub = await runtime.js.subscribe(
+            subjects.EXEC_ALL,
+            stream=subjects.STREAM_EXECUTIONS,
+            cb=on_report,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        runtime.stack.push_async_callback(sub.unsubscribe)
+        await asyncio.wait_for(replayed.wait(), self.settings.router_startup_timeout)
+        log.info("executions.replayed", last_seq=last_seq, accounts=len(self.accounts))
+
+    # -- accounts ---------------------------------------------------------------------------------
+    def _initial_cash(self, strategy_id: str) -> Decimal:
+        spec = self.strategies.get(strategy_id)
+        if spec is not None and spec.initial_cash:
+            try:
+                cash = Decimal(spec.initial_cash)
+            except ArithmeticError:
+                cash = Decimal(0)
+            if cash.is_finite() and cash > 0:
+                return cash
+        return self.settings.router_default_initial_cash
+
+    def account(self, strategy_id: str) -> VirtualAccount:
+        account = self.accounts.get(strategy_id)
+        if account is None:
+            account = VirtualAccount(strategy_id, self._initial_cash(strategy_id), clock=self.clock)
+            self.accounts[strategy_id] = account
+        return account
+
+    async def apply_report(self, report: executions_pb2.ExecutionReport) -> None:
+        with structlog.contextvars.bound_contextvars(
+            strategy_id=report.strategy_id, client_order_id=report.client_order_id, execution_id=report.execution_id
+        ):
+            if self.account(report.strategy_id).apply(report):
+                log.debug("execution.applied", exec_type=executions_pb2.ExecType.Name(report.exec_type))
+        self.applied_executions.add(report.execution_id)
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Test hook: return once ``predicate()`` holds after some KV update or execution report."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
+
+    async def wait_for_execution(self, execution_id: str, timeout: float = 5.0) -> None:
+        """Test hook: return once the report ``execution_id`` has been applied."""
+        await self.wait_until(lambda: execution_id in self.applied_executions, timeout)
+
+    # -- submit -----------------------------------------------------------------------------------
+    async def submit(self, request: orders_pb2.OrderRequest, subject: str) -> orders_pb2.OrderAck:
+        with structlog.contextvars.bound_contextvars(
+            strategy_id=request.strategy_id, client_order_id=request.client_order_id
+        ):
+            return await self._submit(request, subject)
+
+    async def _submit(self, request: orders_pb2.OrderRequest, subject: str) -> orders_pb2.OrderAck:
+        order = validate_order(request, subject)
+        check_known(order, self.strategies, self.prices)
+        self._check_not_halted(order.strategy_id)
+
+        key = subjects.order_id_key(order.strategy_id, order.client_order_id)
+        stored = await self._stored_ack(key)
+        if stored is not None:
+            stored.duplicate = True
+            log.info("order.duplicate", order_id=stored.order_id)
+            return stored
+
+        spec = self.strategies[order.strategy_id]
+        account = self.account(order.strategy_id)
+        reservation = account.check(order, Limits.resolve(spec.risk, self.defaults), self.prices.get(order.symbol))
+
+        order_id = order.order_id
+        routed = orders_pb2.RoutedOrder(
+            order_id=order_id,
+            strategy_id=order.strategy_id,
+            member_id=spec.member_id,
+            routed_ns=time.time_ns(),
+            new_order=request,
+        )
+        duplicate = await self._route(routed, msg_id=order_id)
+        if not duplicate:
+            account.reserve(order_id, reservation, by_notional=order.notional is not None)
+
+        ack = orders_pb2.OrderAck(
+            strategy_id=order.strategy_id,
+            client_order_id=order.client_order_id,
+            order_id=order_id,
+            accepted=True,
+            ts_ns=time.time_ns(),
+        )
+        first = await self._store_ack(key, ack)
+        if first is not None:  # another replica answered the same request first
+            first.duplicate = True
+            log.info("order.duplicate", order_id=order_id, raced=True)
+            return first
+        ack.duplicate = duplicate
+        log.info(
+            "order.accepted",
+            order_id=order_id,
+            symbol=order.symbol,
+            side=common_pb2.Side.Name(order.side).removeprefix("SIDE_"),
+            qty=fmt(reservation.qty),
+            notional=fmt(reservation.notional, 2),
+            routed_before=duplicate,
+        )
+        return ack
+
+    def _check_not_halted(self, strategy_id: str) -> None:
+        for key in (GLOBAL_HALT_KEY, subjects.halt_key(strategy_id)):
+            halt = self.halts.get(key)
+            if halt is not None:
+                scope = "the desk" if key == GLOBAL_HALT_KEY else f"strategy {strategy_id}"
+                raise refusal("HALTED", f"trading is halted for {scope}: {halt.reason or 'no reason given'}")
+
+    async def _stored_ack(self, key: str) -> orders_pb2.OrderAck | None:
+        try:
+            entry = await self._kv[subjects.KV_ORDER_IDS].get(key)
+        except (KeyNotFoundError, KeyDeletedError):
+            return None
+        return codec.decode(entry.value or b"", orders_pb2.OrderAck)
+
+    async def _store_ack(self, key: str, ack: orders_pb2.OrderAck) -> orders_pb2.OrderAck | None:
+        """Store the first ack; returns the ack already stored when another replica won the race."""
+        data, _ = codec.encode(ack)
+        try:
+            await self._kv[subjects.KV_ORDER_IDS].create(key, data)
+        except KeyWrongLastSequenceError:
+            return await self._stored_ack(key)
+        except Exception as exc:  # noqa: BLE001 - the order is routed; a retry is deduped by Nats-Msg-Id
+            log.warning("order.ack_not_stored", key=key, error=repr(exc))
+        return None
+
+    async def _route(self, routed: orders_pb2.RoutedOrder, msg_id: str | None = None) -> bool:
+        """Publish to the venue's work stream; True when JetStream says it already had it."""
+        assert self._runtime is not None
+        data, headers = codec.encode(routed)
+        if msg_id:
+            headers[MSG_ID] = msg_id
+        try:
+            ack = await self._runtime.js.publish(
+                subjects.broker_orders(self.settings.router_venue),
+                data,
+                headers=headers,
+                stream=subjects.STREAM_ORDERS,
+            )
+        except Exception as exc:  # noqa: BLE001 - answered as a specific, retryable refusal
+            log.error("order.route_failed", order_id=routed.order_id, error=repr(exc))
+            raise refusal("INTERNAL", f"could not route the order ({exc!r}); retry with the same client_order_id")
+        return bool(ack.duplicate)
+
+    def _order_refused(
+        self, err: DeskError, subject: str, request: orders_pb2.OrderRequest | None
+    ) -> orders_pb2.OrderAck:
+        strategy_id = request.strategy_id if request is not None else subjects.token(subject, -1)
+        client_order_id = request.client_order_id if request is not None else ""
+        reason = reject_reason(err.code)
+        log.warning(
+            "order.rejected",
+            strategy_id=strategy_id,
+            client_order_id=client_order_id,
+            reason=orders_pb2.RejectReason.Name(reason).removeprefix("REJECT_REASON_"),
+            message=err.message,
+        )
+        return orders_pb2.OrderAck(
+            strategy_id=strategy_id,
+            client_order_id=client_order_id,
+            order_id=order_id_for(strategy_id, client_order_id) if client_order_id else "",
+            accepted=False,
+            reason=reason,
+            message=err.message,
+            ts_ns=time.time_ns(),
+        )
+
+    # -- cancel -----------------------------------------------------------------------------------
+    async def cancel(self, request: orders_pb2.CancelRequest, subject: str) -> orders_pb2.CancelAck:
+        with structlog.contextvars.bound_contextvars(
+            strategy_id=request.strategy_id, client_order_id=request.client_order_id
+        ):
+            order_id = validate_cancel(request, subject)
+            account = self.accounts.get(request.strategy_id)
+            if account is not None and account.is_closed(order_id):
+                raise refusal("ORDER_CLOSED", f"order {request.client_order_id} is already final")
+            known = account is not None and account.is_open(order_id)
+            if not known:
+                # Accepted (here or by another replica) but no execution report seen yet.
+                key = subjects.order_id_key(request.strategy_id, request.client_order_id)
+                known = await self._stored_ack(key) is not None
+            if not known:
+                raise refusal("UNKNOWN_ORDER", f"no order {request.client_order_id} for strategy {request.strategy_id}")
+            spec = self.strategies.get(request.strategy_id)
+            routed = orders_pb2.RoutedOrder(
+                order_id=order_id,
+                strategy_id=request.strategy_id,
+                member_id=spec.member_id if spec is not None else "",
+                routed_ns=time.time_ns(),
+                cancel=request,
+            )
+            await self._route(routed)
+            log.info("cancel.forwarded", order_id=order_id)
+            return orders_pb2.CancelAck(
+                strategy_id=request.strategy_id,
+                client_order_id=request.client_order_id,
+                order_id=order_id,
+                accepted=True,
+                ts_ns=time.time_ns(),
+            )
+
+    def _cancel_refused(
+        self, err: DeskError, subject: str, request: orders_pb2.CancelRequest | None
+    ) -> orders_pb2.CancelAck:
+        strategy_id = request.strategy_id if request is not None else subjects.token(subject, -1)
+        client_order_id = request.client_order_id if request is not None else ""
+        reason = reject_reason(err.code)
+        log.warning(
+            "cancel.rejected",
+            strategy_id=strategy_id,
+            client_order_id=client_order_id,
+            reason=orders_pb2.RejectReason.Name(reason).removeprefix("REJECT_REASON_"),
+            message=err.message,
+        )
+        return orders_pb2.CancelAck(
+            strategy_id=strategy_id,
+            client_order_id=client_order_id,
+            order_id=order_id_for(strategy_id, client_order_id) if client_order_id else "",
+            accepted=False,
+            reason=reason,
+            message=err.message,
+            ts_ns=time.time_ns(),
+        )
+
+    # -- kill switch ------------------------------------------------------------------------------
+    async def halt(self, request: orders_pb2.HaltRequest, subject: str) -> orders_pb2.HaltAck:
+        validate_halt(request)
+        key = subjects.halt_key(request.strategy_id)
+        data, _ = codec.encode(request)
+        revision = await self._kv[subjects.KV_RISK].put(key, data)
+        self._apply_halt_write(key, revision, request)
+        log.warning(
+            "risk.halted",
+            strategy_id=request.strategy_id or "*",
+            reason=request.reason,
+            requested_by=request.requested_by,
+        )
+        return self._halt_state(f"halted {'the desk' if not request.strategy_id else request.strategy_id}")
+
+    async def resume(self, request: orders_pb2.HaltRequest, subject: str) -> orders_pb2.HaltAck:
+        validate_halt(request)
+        key = subjects.halt_key(request.strategy_id)
+        assert self._runtime is not None
+        # kv.delete() does not return the marker's revision, which we need to order it against the
+        # watch; so publish the KV delete marker ourselves (the KV protocol: KV-Operation: DEL).
+        ack = await self._runtime.js.publish(f"$KV.{subjects.KV_RISK}.{key}", b"", headers={KV_OP: KV_DEL})
+        self._apply_halt_write(key, ack.seq, None)
+        log.info("risk.resumed", strategy_id=request.strategy_id or "*", requested_by=request.requested_by)
+        return self._halt_state(f"resumed {'the desk' if not request.strategy_id else request.strategy_id}")
+
+    async def risk_status(self, request: orders_pb2.HaltRequest, subject: str) -> orders_pb2.HaltAck:
+        return self._halt_state("")
+
+    def _apply_halt_write(self, key: str, revision: int, request: orders_pb2.HaltRequest | None) -> None:
+        if revision <= self._halt_revisions.get(key, 0):
+            return
+        self._halt_revisions[key] = revision
+        if request is None:
+            self.halts.pop(key, None)
+        else:
+            self.halts[key] = request
+
+    def _halt_state(self, message: str) -> orders_pb2.HaltAck:
+        halted = sorted(key.removeprefix("halt.") for key in self.halts if key != GLOBAL_HALT_KEY)
+        return orders_pb2.HaltAck(global_halted=GLOBAL_HALT_KEY in self.halts, halted_strategies=halted, message=message)

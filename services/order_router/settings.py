@@ -1,0 +1,32 @@
+"""Settings of the order router (environment variables ROUTER_*, plus the shared NATS_*/LOG_*)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pydantic import Field
+
+from desk.bus.settings import BusSettings
+
+
+class Settings(BusSettings):
+    """The router's settings; each field is read from the upper-cased env var of its name."""
+
+    router_venue: str = Field(
+        default="sim", pattern=r"^[a-z0-9_-]{1,16}$", description="venue whose gateway gets routed orders"
+    )
+    router_default_max_order_notional: Decimal = Field(
+        default=Decimal(25000), gt=0, description="largest order notional when a strategy's spec sets none"
+    )
+    router_default_max_position_notional: Decimal = Field(
+        default=Decimal(50000), gt=0, description="largest absolute position notional per symbol, by default"
+    )
+    router_default_max_orders_per_minute: int = Field(
+        default=60, gt=0, description="orders a strategy may send in any 60 s window, by default"
+    )
+    router_default_initial_cash: Decimal = Field(
+        default=Decimal(100000), gt=0, description="virtual account cash when a strategy's spec sets none"
+    )
+    router_startup_timeout: float = Field(
+        default=30.0, gt=0, description="seconds allowed to load KV state and replay executions at start"
+    )

@@ -1,0 +1,216 @@
+"""Order and cancel validation: pure functions, no I/O.
+
+Every refusal is a :class:`DeskError` whose ``code`` is the name of a ``RejectReason`` without its
+prefix (``"INVALID_FIELD"``) and whose ``status`` is the micro error code sent with it:
+
+====================================================  ======
+reasons                                               status
+====================================================  ======
+MALFORMED, INVALID_FIELD, WRONG_SUBJECT               400  bad input
+UNKNOWN_SYMBOL, UNKNOWN_STRATEGY, UNKNOWN_ORDER       404  unknown
+HALTED, ORDER_CLOSED                                  409  conflict with the desk's state
+PAYLOAD_TOO_LARGE                                     413
+RATE_LIMIT                                            429
+INSUFFICIENT_BUYING_POWER, SHORT_NOT_ALLOWED,         403  refused by pre-trade risk
+MAX_ORDER_NOTIONAL, MAX_POSITION_NOTIONAL
+NO_MARKET_PRICE, INTERNAL                             503  the desk cannot value or route it now
+====================================================  ======
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Container
+from dataclasses import dataclass
+from decimal import Decimal
+
+from desk.bus import subjects
+from desk.bus.decimals import parse_decimal
+from desk.bus.errors import DeskError
+from desk.v1 import common_pb2, orders_pb2
+
+#: Micro error status per reason (see the module docstring).
+STATUS: dict[str, int] = {
+    "MALFORMED": 400,
+    "INVALID_FIELD": 400,
+    "WRONG_SUBJECT": 400,
+    "UNKNOWN_SYMBOL": 404,
+    "UNKNOWN_STRATEGY": 404,
+    "UNKNOWN_ORDER": 404,
+    "HALTED": 409,
+    "ORDER_CLOSED": 409,
+    "PAYLOAD_TOO_LARGE": 413,
+    "RATE_LIMIT": 429,
+    "INSUFFICIENT_BUYING_POWER": 403,
+    "SHORT_NOT_ALLOWED": 403,
+    "MAX_ORDER_NOTIONAL": 403,
+    "MAX_POSITION_NOTIONAL": 403,
+    "NO_MARKET_PRICE": 503,
+    "INTERNAL": 503,
+}
+
+#: DeskError codes from the bus layer that are not reasons of their own.
+_CODE_ALIASES = {"WRONG_TYPE": "MALFORMED"}
+
+# Decimal places accepted on the wire: fractional shares go to 9 places (Alpaca's limit), prices to
+# 6 (sub-penny quotes for cheap stocks), notional amounts are money in cents.
+QTY_PLACES = 9
+PRICE_PLACES = 6
+NOTIONAL_PLACES = 2
+
+_SIDES = {common_pb2.SIDE_BUY, common_pb2.SIDE_SELL}
+_TYPES = {common_pb2.ORDER_TYPE_MARKET, common_pb2.ORDER_TYPE_LIMIT, common_pb2.ORDER_TYPE_STOP, common_pb2.ORDER_TYPE_STOP_LIMIT}
+_TIFS = {common_pb2.TIME_IN_FORCE_DAY, common_pb2.TIME_IN_FORCE_GTC, common_pb2.TIME_IN_FORCE_IOC, common_pb2.TIME_IN_FORCE_FOK}
+_WITH_LIMIT = {common_pb2.ORDER_TYPE_LIMIT, common_pb2.ORDER_TYPE_STOP_LIMIT}
+_WITH_STOP = {common_pb2.ORDER_TYPE_STOP, common_pb2.ORDER_TYPE_STOP_LIMIT}
+
+
+def refusal(code: str, message: str) -> DeskError:
+    """A DeskError for reason ``code`` with the status of :data:`STATUS`."""
+    return DeskError(code, message, status=STATUS.get(code, 400))
+
+
+def reject_reason(code: str) -> orders_pb2.RejectReason:
+    """The ``RejectReason`` for a DeskError code; INTERNAL for codes the wire has no reason for."""
+    name = "REJECT_REASON_" + _CODE_ALIASES.get(code, code)
+    try:
+        reason: orders_pb2.RejectReason = orders_pb2.RejectReason.Value(name)
+    except ValueError:
+        return orders_pb2.REJECT_REASON_INTERNAL
+    return reason
+
+
+def order_id_for(strategy_id: str, client_order_id: str) -> str:
+    """The desk order id: deterministic, so a retry maps to the same id (and the same Nats-Msg-Id)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"desk:{strategy_id}:{client_order_id}"))
+
+
+@dataclass(frozen=True)
+class ValidOrder:
+    """An ``OrderRequest`` that passed field validation, with its numbers parsed."""
+
+    strategy_id: str
+    client_order_id: str
+    symbol: str
+    side: common_pb2.Side
+    type: common_pb2.OrderType
+    time_in_force: common_pb2.TimeInForce
+    qty: Decimal | None
+    notional: Decimal | None
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    extended_hours: bool
+
+    @property
+    def order_id(self) -> str:
+        return order_id_for(self.strategy_id, self.client_order_id)
+
+    @property
+    def is_buy(self) -> bool:
+        return bool(self.side == common_pb2.SIDE_BUY)
+
+
+def _places(value: Decimal) -> int:
+    exponent = value.normalize().as_tuple().exponent
+    assert isinstance(exponent, int)  # finite numbers only reach here
+    return max(0, -exponent)
+
+
+def _number(field: str, text: str, places: int, *, required: bool = False) -> Decimal | None:
+    value = parse_decimal(field, text, required=required)
+    if value is not None and _places(value) > places:
+        raise refusal("INVALID_FIELD", f"{field} {text} has more than {places} decimal places")
+    return value
+
+
+def check_subject(strategy_id: str, subject: str) -> None:
+    """The message's strategy_id must be the subject's last token, and a valid id."""
+    subject_id = subjects.token(subject, -1)
+    if strategy_id != subject_id:
+        raise refusal(
+            "WRONG_SUBJECT", f"strategy_id {strategy_id!r} does not match the subject's strategy {subject_id!r}"
+        )
+    if not subjects.STRATEGY_ID_RE.match(strategy_id):
+        raise refusal("INVALID_FIELD", f"strategy_id {strategy_id!r} is not a valid strategy id")
+
+
+def check_client_order_id(client_order_id: str) -> None:
+    if not client_order_id:
+        raise refusal("INVALID_FIELD", "client_order_id is required (the SDK fills one in; send a unique id per order)")
+    if not subjects.CLIENT_ORDER_ID_RE.match(client_order_id):
+        raise refusal("INVALID_FIELD", f"client_order_id {client_order_id!r} must match [A-Za-z0-9_-]{{1,64}}")
+
+
+def validate_order(request: orders_pb2.OrderRequest, subject: str) -> ValidOrder:
+    """Check every field of ``request`` received on ``subject``; the first problem is raised."""
+    check_subject(request.strategy_id, subject)
+    check_client_order_id(request.client_order_id)
+    if not subjects.SYMBOL_RE.match(request.symbol):
+        raise refusal("INVALID_FIELD", f"symbol {request.symbol!r} must match [A-Z][A-Z0-9.]{{0,15}}")
+    if request.side not in _SIDES:
+        raise refusal("INVALID_FIELD", "side must be BUY or SELL")
+    if request.type not in _TYPES:
+        raise refusal("INVALID_FIELD", "type must be MARKET, LIMIT, STOP or STOP_LIMIT")
+    if request.time_in_force not in _TIFS:
+        raise refusal("INVALID_FIELD", "time_in_force must be DAY, GTC, IOC or FOK")
+
+    if bool(request.qty) == bool(request.notional):
+        raise refusal("INVALID_FIELD", "exactly one of qty and notional must be set")
+    qty = _number("qty", request.qty, QTY_PLACES)
+    notional = _number("notional", request.notional, NOTIONAL_PLACES)
+    if notional is not None and (
+        request.type != common_pb2.ORDER_TYPE_MARKET or request.time_in_force != common_pb2.TIME_IN_FORCE_DAY
+    ):
+        raise refusal("INVALID_FIELD", "notional orders must be MARKET orders with time_in_force DAY")
+
+    type_name = common_pb2.OrderType.Name(request.type).removeprefix("ORDER_TYPE_")
+    if request.type in _WITH_LIMIT and not request.limit_price:
+        raise refusal("INVALID_FIELD", f"limit_price is required for {type_name} orders")
+    if request.type not in _WITH_LIMIT and request.limit_price:
+        raise refusal("INVALID_FIELD", f"limit_price is not allowed on {type_name} orders")
+    if request.type in _WITH_STOP and not request.stop_price:
+        raise refusal("INVALID_FIELD", f"stop_price is required for {type_name} orders")
+    if request.type not in _WITH_STOP and request.stop_price:
+        raise refusal("INVALID_FIELD", f"stop_price is not allowed on {type_name} orders")
+    limit_price = _number("limit_price", request.limit_price, PRICE_PLACES)
+    stop_price = _number("stop_price", request.stop_price, PRICE_PLACES)
+
+    if request.extended_hours and (
+        request.type != common_pb2.ORDER_TYPE_LIMIT or request.time_in_force != common_pb2.TIME_IN_FORCE_DAY
+    ):
+        raise refusal("INVALID_FIELD", "extended_hours orders must be LIMIT orders with time_in_force DAY")
+
+    return ValidOrder(
+        strategy_id=request.strategy_id,
+        client_order_id=request.client_order_id,
+        symbol=request.symbol,
+        side=request.side,
+        type=request.type,
+        time_in_force=request.time_in_force,
+        qty=qty,
+        notional=notional,
+        limit_price=limit_price,
+        stop_price=stop_price,
+        extended_hours=request.extended_hours,
+    )
+
+
+def check_known(order: ValidOrder, strategies: Container[str], symbols: Container[str]) -> None:
+    """The strategy must be registered (DESK_STRATEGIES) and the symbol priced (DESK_PRICES)."""
+    if order.strategy_id not in strategies:
+        raise refusal("UNKNOWN_STRATEGY", f"strategy {order.strategy_id!r} is not registered with the desk")
+    if order.symbol not in symbols:
+        raise refusal("UNKNOWN_SYMBOL", f"symbol {order.symbol!r} has no market data on the desk")
+
+
+def validate_cancel(request: orders_pb2.CancelRequest, subject: str) -> str:
+    """Check a cancel; returns the order id it is about."""
+    check_subject(request.strategy_id, subject)
+    check_client_order_id(request.client_order_id)
+    return order_id_for(request.strategy_id, request.client_order_id)
+
+
+def validate_halt(request: orders_pb2.HaltRequest) -> None:
+    """A halt names no strategy (the whole desk) or a valid strategy id."""
+    if request.strategy_id and not subjects.STRATEGY_ID_RE.match(request.strategy_id):
+        raise refusal("INVALID_FIELD", f"strategy_id {request.strategy_id!r} is not a valid strategy id")

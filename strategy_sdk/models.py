@@ -1,0 +1,259 @@
+"""What a strategy sees: market data, fills, order updates and order results, with Decimal fields.
+
+These are plain frozen dataclasses, converted from the wire (``desk.v1`` protobuf messages) by the
+runner and built by :mod:`strategy_sdk.testing` for backtests. Quantities and prices are always
+:class:`~decimal.Decimal`; timestamps are int64 nanoseconds since the Unix epoch (``*_ns``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from desk.bus.decimals import dec
+from desk.v1 import common_pb2, executions_pb2, marketdata_pb2
+
+__all__ = [
+    "Bar",
+    "CancelResult",
+    "Fill",
+    "OpenOrder",
+    "OrderResult",
+    "OrderUpdate",
+    "Quote",
+    "Trade",
+    "side_name",
+    "status_name",
+]
+
+
+def _ns_to_datetime(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1_000_000_000, tz=UTC)
+
+
+def side_name(side: int) -> str:
+    """``SIDE_BUY`` -> ``"buy"``; ``""`` when unspecified."""
+    if side == common_pb2.SIDE_BUY:
+        return "buy"
+    if side == common_pb2.SIDE_SELL:
+        return "sell"
+    return ""
+
+
+def status_name(status: int) -> str:
+    """``ORDER_STATUS_PARTIALLY_FILLED`` -> ``"partially_filled"``."""
+    name: str = executions_pb2.OrderStatus.Name(status)
+    return name.removeprefix("ORDER_STATUS_").lower()
+
+
+def _exec_type_name(exec_type: int) -> str:
+    name: str = executions_pb2.ExecType.Name(exec_type)
+    return name.removeprefix("EXEC_TYPE_").lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """One OHLCV bar of ``symbol`` starting at ``start_ns`` and lasting ``interval_ns``."""
+
+    symbol: str
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal = Decimal(0)
+    start_ns: int = 0
+    interval_ns: int = 0
+    vwap: Decimal | None = None
+    trade_count: int = 0
+    source: str = ""
+
+    @property
+    def timestamp(self) -> datetime:
+        """The bar's start as an aware UTC datetime."""
+        return _ns_to_datetime(self.start_ns)
+
+    @classmethod
+    def from_proto(cls, bar: marketdata_pb2.Bar) -> Bar:
+        return cls(
+            symbol=bar.symbol,
+            open=dec(bar.open),
+            high=dec(bar.high),
+            low=dec(bar.low),
+            close=dec(bar.close),
+            volume=dec(bar.volume),
+            start_ns=bar.start_ns,
+            interval_ns=bar.interval_ns,
+            vwap=Decimal(bar.vwap) if bar.vwap else None,
+            trade_count=bar.trade_count,
+            source=bar.source,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Trade:
+    """A last-sale print."""
+
+    symbol: str
+    price: Decimal
+    size: Decimal = Decimal(0)
+    ts_ns: int = 0
+    source: str = ""
+
+    @classmethod
+    def from_proto(cls, trade: marketdata_pb2.Trade) -> Trade:
+        return cls(trade.symbol, dec(trade.price), dec(trade.size), trade.ts_ns, trade.source)
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """Best bid and offer."""
+
+    symbol: str
+    bid_price: Decimal
+    bid_size: Decimal
+    ask_price: Decimal
+    ask_size: Decimal
+    ts_ns: int = 0
+    source: str = ""
+
+    @classmethod
+    def from_proto(cls, quote: marketdata_pb2.Quote) -> Quote:
+        return cls(
+            quote.symbol,
+            dec(quote.bid_price),
+            dec(quote.bid_size),
+            dec(quote.ask_price),
+            dec(quote.ask_size),
+            quote.ts_ns,
+            quote.source,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One execution of one of the strategy's orders (``side`` is ``"buy"`` or ``"sell"``)."""
+
+    execution_id: str
+    order_id: str
+    client_order_id: str
+    symbol: str
+    side: str
+    qty: Decimal
+    price: Decimal
+    fee: Decimal
+    cum_qty: Decimal
+    leaves_qty: Decimal
+    order_status: str
+    venue: str = ""
+    ts_ns: int = 0
+
+    @classmethod
+    def from_report(cls, report: executions_pb2.ExecutionReport) -> Fill:
+        return cls(
+            execution_id=report.execution_id,
+            order_id=report.order_id,
+            client_order_id=report.client_order_id,
+            symbol=report.symbol,
+            side=side_name(report.side),
+            qty=dec(report.fill_qty),
+            price=dec(report.fill_price),
+            fee=dec(report.fee),
+            cum_qty=dec(report.cum_qty),
+            leaves_qty=dec(report.leaves_qty),
+            order_status=status_name(report.status),
+            venue=report.venue,
+            ts_ns=report.event_ns,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUpdate:
+    """Every execution report of an order: ``exec_type`` says what happened, ``status`` where it is now.
+
+    ``exec_type`` is one of new, partial_fill, fill, canceled, expired, rejected, cancel_rejected;
+    ``status`` one of new, partially_filled, filled, canceled, expired, rejected.
+    """
+
+    order_id: str
+    client_order_id: str
+    symbol: str
+    side: str
+    exec_type: str
+    status: str
+    order_qty: Decimal | None
+    cum_qty: Decimal
+    leaves_qty: Decimal
+    avg_price: Decimal | None
+    text: str = ""
+    ts_ns: int = 0
+
+    @property
+    def is_final(self) -> bool:
+        """True once the order can no longer fill (filled, canceled, expired, rejected)."""
+        return self.status in ("filled", "canceled", "expired", "rejected")
+
+    @classmethod
+    def from_report(cls, report: executions_pb2.ExecutionReport) -> OrderUpdate:
+        return cls(
+            order_id=report.order_id,
+            client_order_id=report.client_order_id,
+            symbol=report.symbol,
+            side=side_name(report.side),
+            exec_type=_exec_type_name(report.exec_type),
+            status=status_name(report.status),
+            order_qty=Decimal(report.order_qty) if report.order_qty else None,
+            cum_qty=dec(report.cum_qty),
+            leaves_qty=dec(report.leaves_qty),
+            avg_price=Decimal(report.avg_price) if report.avg_price else None,
+            text=report.text,
+            ts_ns=report.event_ns,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OrderResult:
+    """The desk's answer to an order: accepted (routed to the venue) or refused with a reason.
+
+    ``reason`` is the reject reason's name without its prefix (``"INSUFFICIENT_BUYING_POWER"``),
+    ``"TIMEOUT"`` when the router did not answer (after one retry with the same client order id),
+    ``"UNAVAILABLE"`` when no router listens; ``""`` when accepted. ``duplicate`` is true when the
+    router answered with the stored ack of an earlier identical request.
+    """
+
+    accepted: bool
+    order_id: str
+    client_order_id: str
+    reason: str = ""
+    message: str = ""
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """The desk's answer to a cancel: accepted means forwarded; the outcome comes as an OrderUpdate."""
+
+    accepted: bool
+    order_id: str
+    client_order_id: str
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(slots=True)
+class OpenOrder:
+    """An order of this strategy that may still fill (``self.open_orders`` values)."""
+
+    order_id: str
+    client_order_id: str
+    symbol: str
+    side: str
+    type: str
+    time_in_force: str
+    qty: Decimal | None
+    notional: Decimal | None = None
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    filled_qty: Decimal = Decimal(0)
+    status: str = "pending_new"
+    created_ns: int = 0

@@ -1,0 +1,231 @@
+"""Order arguments in, ``OrderRequest`` out, and the strategy's own books from its execution reports.
+
+Pure logic, no I/O: the live runner and the backtest (:mod:`strategy_sdk.testing`) share it.
+
+Numbers: quantities and prices may be given as :class:`~decimal.Decimal`, ``int`` or ``str``.
+A ``float`` is accepted too, converted through ``str()`` (so ``0.1`` means ``Decimal("0.1")``, not
+the binary fraction) with a one-time warning, because a float price is usually a bug waiting to
+happen; no float arithmetic is ever done on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from desk.bus import subjects
+from desk.bus.decimals import ABSURD, dec, fmt
+from desk.v1 import common_pb2, executions_pb2, orders_pb2
+from strategy_sdk.models import Fill, OpenOrder, OrderUpdate, side_name
+
+log = logging.getLogger("strategy_sdk")
+
+Number = Decimal | int | str | float
+
+SIDES = {"buy": common_pb2.SIDE_BUY, "sell": common_pb2.SIDE_SELL}
+ORDER_TYPES = {
+    "market": common_pb2.ORDER_TYPE_MARKET,
+    "limit": common_pb2.ORDER_TYPE_LIMIT,
+    "stop": common_pb2.ORDER_TYPE_STOP,
+    "stop_limit": common_pb2.ORDER_TYPE_STOP_LIMIT,
+}
+TIME_IN_FORCE = {
+    "day": common_pb2.TIME_IN_FORCE_DAY,
+    "gtc": common_pb2.TIME_IN_FORCE_GTC,
+    "ioc": common_pb2.TIME_IN_FORCE_IOC,
+    "fok": common_pb2.TIME_IN_FORCE_FOK,
+}
+TYPE_NAMES = {v: k for k, v in ORDER_TYPES.items()}
+TIF_NAMES = {v: k for k, v in TIME_IN_FORCE.items()}
+FINAL_STATUSES = frozenset(
+    {
+        executions_pb2.ORDER_STATUS_FILLED,
+        executions_pb2.ORDER_STATUS_CANCELED,
+        executions_pb2.ORDER_STATUS_EXPIRED,
+        executions_pb2.ORDER_STATUS_REJECTED,
+    }
+)
+_float_warned = False
+
+
+def to_decimal(field_name: str, value: Number | None, *, required: bool = False) -> Decimal | None:
+    """``value`` as a positive finite Decimal, or ValueError naming ``field_name``."""
+    global _float_warned
+    if value is None:
+        if required:
+            raise ValueError(f"{field_name} is required")
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{field_name} must be a number, got {value!r}")  # noqa: TRY004 - one error type for bad orders
+    if isinstance(value, float):
+        if not _float_warned:
+            _float_warned = True
+            log.warning("order.float_argument: %s=%r converted via str(); prefer Decimal or str", field_name, value)
+        value = str(value)
+    if not isinstance(value, (Decimal, int, str)):
+        raise ValueError(  # noqa: TRY004 - one error type for bad order arguments
+            f"{field_name} must be a Decimal, int or str, got {type(value).__name__}"
+        )
+    try:
+        number = Decimal(value)
+    except (InvalidOperation, ValueError):
+        raise ValueError(f"{field_name} {value!r} is not a number") from None
+    if not number.is_finite() or number <= 0:
+        raise ValueError(f"{field_name} must be a positive finite number, got {value!r}")
+    if number > ABSURD:
+        raise ValueError(f"{field_name} {value!r} is larger than the limit {fmt(ABSURD)}")
+    return number
+
+
+def new_client_order_id(strategy_id: str) -> str:
+    """A fresh id matching ``[A-Za-z0-9_-]{1,64}``: ``<strategy_id[:20]>-<24 hex digits>``."""
+    return f"{strategy_id[:20]}-{uuid.uuid4().hex[:24]}"
+
+
+def _choice(field_name: str, value: str, choices: Mapping[str, Any]) -> Any:
+    key = value.lower() if isinstance(value, str) else value
+    if key not in choices:
+        raise ValueError(f"{field_name} must be one of {', '.join(choices)}; got {value!r}")
+    return choices[key]
+
+
+def build_order_request(
+    strategy_id: str,
+    symbol: str,
+    side: str,
+    qty: Number | None = None,
+    notional: Number | None = None,
+    type: str = "market",
+    limit_price: Number | None = None,
+    stop_price: Number | None = None,
+    time_in_force: str = "day",
+    client_order_id: str | None = None,
+    extended_hours: bool = False,
+) -> orders_pb2.OrderRequest:
+    """Validate the arguments once, here (ValueError with a clear message), and build the request."""
+    if not isinstance(symbol, str) or not subjects.SYMBOL_RE.match(symbol):
+        raise ValueError(f"symbol must match {subjects.SYMBOL_RE.pattern} (upper case), got {symbol!r}")
+    side_value = _choice("side", side, SIDES)
+    type_value = _choice("type", type, ORDER_TYPES)
+    tif_value = _choice("time_in_force", time_in_force, TIME_IN_FORCE)
+    qty_d = to_decimal("qty", qty)
+    notional_d = to_decimal("notional", notional)
+    if (qty_d is None) == (notional_d is None):
+        raise ValueError("give exactly one of qty and notional")
+    if notional_d is not None and type_value != common_pb2.ORDER_TYPE_MARKET:
+        raise ValueError("notional orders must be market orders")
+    limit_d = to_decimal("limit_price", limit_price)
+    stop_d = to_decimal("stop_price", stop_price)
+    needs_limit = type_value in (common_pb2.ORDER_TYPE_LIMIT, common_pb2.ORDER_TYPE_STOP_LIMIT)
+    needs_stop = type_value in (common_pb2.ORDER_TYPE_STOP, common_pb2.ORDER_TYPE_STOP_LIMIT)
+    if needs_limit and limit_d is None:
+        raise ValueError(f"{type} orders need a limit_price")
+    if not needs_limit and limit_d is not None:
+        raise ValueError(f"{type} orders take no limit_price")
+    if needs_stop and stop_d is None:
+        raise ValueError(f"{type} orders need a stop_price")
+    if not needs_stop and stop_d is not None:
+        raise ValueError(f"{type} orders take no stop_price")
+    if client_order_id is None:
+        client_order_id = new_client_order_id(strategy_id)
+    elif not isinstance(client_order_id, str) or not subjects.CLIENT_ORDER_ID_RE.match(client_order_id):
+        raise ValueError(f"client_order_id must match {subjects.CLIENT_ORDER_ID_RE.pattern}, got {client_order_id!r}")
+    return orders_pb2.OrderRequest(
+        strategy_id=strategy_id,
+        client_order_id=client_order_id,
+        symbol=symbol,
+        side=side_value,
+        type=type_value,
+        time_in_force=tif_value,
+        qty=fmt(qty_d),
+        notional=fmt(notional_d),
+        limit_price=fmt(limit_d),
+        stop_price=fmt(stop_d),
+        extended_hours=extended_hours,
+    )
+
+
+def open_order_from_request(request: orders_pb2.OrderRequest, order_id: str) -> OpenOrder:
+    return OpenOrder(
+        order_id=order_id,
+        client_order_id=request.client_order_id,
+        symbol=request.symbol,
+        side=side_name(request.side),
+        type=TYPE_NAMES.get(request.type, ""),
+        time_in_force=TIF_NAMES.get(request.time_in_force, ""),
+        qty=Decimal(request.qty) if request.qty else None,
+        notional=Decimal(request.notional) if request.notional else None,
+        limit_price=Decimal(request.limit_price) if request.limit_price else None,
+        stop_price=Decimal(request.stop_price) if request.stop_price else None,
+        created_ns=time.time_ns(),
+    )
+
+
+@dataclass
+class Account:
+    """Positions, cash and open orders of one strategy, derived from its own execution reports.
+
+    Reports are applied once each (keyed by execution id), because a plain subscription sees a
+    gateway's republished report again even when the stream deduplicates it.
+    """
+
+    cash: Decimal = Decimal(100000)
+    positions: dict[str, Decimal] = field(default_factory=dict)
+    open_orders: dict[str, OpenOrder] = field(default_factory=dict)
+    _seen: set[str] = field(default_factory=set)
+    _closed: set[str] = field(default_factory=set)
+
+    def position(self, symbol: str) -> Decimal:
+        return self.positions.get(symbol, Decimal(0))
+
+    def order_accepted(self, request: orders_pb2.OrderRequest, order_id: str) -> None:
+        cid = request.client_order_id
+        # A duplicate ack (a retry) must not resurrect an order whose final report was already booked.
+        if cid not in self.open_orders and cid not in self._closed:
+            self.open_orders[request.client_order_id] = open_order_from_request(request, order_id)
+
+    def apply(self, report: executions_pb2.ExecutionReport) -> tuple[Fill | None, OrderUpdate] | None:
+        """Book ``report``; returns the fill (if any) and the update, or None for a repeat."""
+        if report.execution_id:
+            if report.execution_id in self._seen:
+                return None
+            self._seen.add(report.execution_id)
+        fill: Fill | None = None
+        if report.exec_type in (executions_pb2.EXEC_TYPE_FILL, executions_pb2.EXEC_TYPE_PARTIAL_FILL):
+            fill = Fill.from_report(report)
+            value = fill.qty * fill.price
+            if report.side == common_pb2.SIDE_BUY:
+                self.positions[fill.symbol] = self.position(fill.symbol) + fill.qty
+                self.cash -= value + fill.fee
+            else:
+                self.positions[fill.symbol] = self.position(fill.symbol) - fill.qty
+                self.cash += value - fill.fee
+        update = OrderUpdate.from_report(report)
+        cid = report.client_order_id
+        if report.status in FINAL_STATUSES:
+            self.open_orders.pop(cid, None)
+            self._closed.add(cid)
+        else:
+            order = self.open_orders.get(cid)
+            if order is None and report.exec_type != executions_pb2.EXEC_TYPE_CANCEL_REJECTED:
+                order = OpenOrder(
+                    order_id=report.order_id,
+                    client_order_id=cid,
+                    symbol=report.symbol,
+                    side=side_name(report.side),
+                    type=TYPE_NAMES.get(report.type, ""),
+                    time_in_force=TIF_NAMES.get(report.time_in_force, ""),
+                    qty=Decimal(report.order_qty) if report.order_qty else None,
+                    limit_price=Decimal(report.limit_price) if report.limit_price else None,
+                    stop_price=Decimal(report.stop_price) if report.stop_price else None,
+                )
+                self.open_orders[cid] = order
+            if order is not None:
+                order.status = update.status
+                order.filled_qty = dec(report.cum_qty)
+        return fill, update

@@ -1,0 +1,228 @@
+"""The :class:`Strategy` base class members subclass.
+
+A strategy overrides any of the hooks (each may be a plain or an ``async`` method) and trades with
+``await self.buy(...)``, ``await self.sell(...)``, ``await self.submit_order(...)`` and
+``await self.cancel(...)``. Hooks never run concurrently: the runner (or the backtest) hands them
+one event at a time, so a strategy needs no locks.
+
+Example::
+
+    from decimal import Decimal
+    from strategy_sdk import Bar, Strategy
+
+    class BuyTheDip(Strategy):
+        async def on_bar(self, bar: Bar) -> None:
+            if bar.close < bar.open * Decimal("0.99") and self.position(bar.symbol) == 0:
+                result = await self.buy(bar.symbol, 10)
+                if not result.accepted:
+                    self.log.warning("order refused: %s %s", result.reason, result.message)
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+from desk.v1 import orders_pb2
+from strategy_sdk.models import Bar, CancelResult, Fill, OpenOrder, OrderResult, OrderUpdate, Quote, Trade
+from strategy_sdk.orders import Account, Number, build_order_request
+
+__all__ = ["HOOKS", "OrderGateway", "Strategy", "StrategyContext", "call_hook"]
+
+HOOKS = ("on_start", "on_bar", "on_trade", "on_quote", "on_fill", "on_order_update", "on_stop")
+
+
+class OrderGateway(Protocol):
+    """Where a strategy's orders go: the desk's router (live) or the backtest's simulator."""
+
+    async def submit(self, request: orders_pb2.OrderRequest) -> OrderResult: ...
+
+    async def cancel(self, client_order_id: str) -> CancelResult: ...
+
+
+@dataclass
+class StrategyContext:
+    """Everything a running strategy is attached to; made by the runner or the backtest."""
+
+    strategy_id: str
+    member_id: str
+    config: dict[str, Any]
+    account: Account
+    gateway: OrderGateway
+    log: logging.Logger
+    orders_sent: int = 0
+    errors: int = 0
+    last_error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def call_hook(fn: Callable[..., Any], *args: Any) -> None:
+    """Call a hook and await its result when it is awaitable (sync and async hooks both work)."""
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        await result
+
+
+class Strategy:
+    """Base class of every desk strategy. Override the hooks you need; all are optional."""
+
+    _ctx: StrategyContext
+
+    # Hooks ------------------------------------------------------------------------------------
+    def on_start(self) -> Any:
+        """Called once, after the connection is up and the books are recovered, before any event."""
+
+    def on_bar(self, bar: Bar) -> Any:
+        """A bar of one of the strategy's symbols."""
+
+    def on_trade(self, trade: Trade) -> Any:
+        """A trade print (subscribed only when the strategy overrides this hook)."""
+
+    def on_quote(self, quote: Quote) -> Any:
+        """A quote (subscribed only when the strategy overrides this hook)."""
+
+    def on_fill(self, fill: Fill) -> Any:
+        """One of the strategy's orders (partly) filled; position and cash already include it."""
+
+    def on_order_update(self, update: OrderUpdate) -> Any:
+        """Any execution report of the strategy's orders (new, fills, canceled, expired, rejected)."""
+
+    def on_stop(self) -> Any:
+        """Called once on shutdown; orders may still be sent from here."""
+
+    # Wiring -------------------------------------------------------------------------------------
+    def attach(self, context: StrategyContext) -> None:
+        """Bind the strategy to a runner or backtest (done for you; subclasses need not call it)."""
+        self._ctx = context
+
+    @property
+    def context(self) -> StrategyContext:
+        try:
+            return self._ctx
+        except AttributeError:
+            raise RuntimeError(
+                "this strategy is not attached to a desk: run it with `python -m strategy_sdk run` "
+                "or strategy_sdk.testing.run_backtest"
+            ) from None
+
+    # Identity and books -------------------------------------------------------------------------
+    @property
+    def strategy_id(self) -> str:
+        return self.context.strategy_id
+
+    @property
+    def member_id(self) -> str:
+        return self.context.member_id
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The strategy's config.json as a dict."""
+        return self.context.config
+
+    @property
+    def log(self) -> logging.Logger:
+        """A stdlib logger named ``strategy.<strategy_id>``; its lines go to stderr."""
+        return self.context.log
+
+    @property
+    def cash(self) -> Decimal:
+        return self.context.account.cash
+
+    def position(self, symbol: str) -> Decimal:
+        """Signed quantity held in ``symbol`` (negative when short)."""
+        return self.context.account.position(symbol)
+
+    @property
+    def positions(self) -> dict[str, Decimal]:
+        """Every non-zero position, as a copy."""
+        return {s: q for s, q in self.context.account.positions.items() if q != 0}
+
+    @property
+    def open_orders(self) -> dict[str, OpenOrder]:
+        """Orders that may still fill, by client order id (a copy)."""
+        return dict(self.context.account.open_orders)
+
+    # Orders -------------------------------------------------------------------------------------
+    async def submit_order(
+        self,
+        symbol: str,
+        side: str,
+        qty: Number | None = None,
+        notional: Number | None = None,
+        type: str = "market",
+        limit_price: Number | None = None,
+        stop_price: Number | None = None,
+        time_in_force: str = "day",
+        client_order_id: str | None = None,
+        extended_hours: bool = False,
+    ) -> OrderResult:
+        """Send an order; returns the desk's answer. Nonsense arguments raise ValueError.
+
+        ``side`` is "buy" or "sell"; ``type`` "market", "limit", "stop" or "stop_limit";
+        ``time_in_force`` "day", "gtc", "ioc" or "fok". Give exactly one of ``qty`` and ``notional``.
+        Numbers may be Decimal, int or str; a float is converted through ``str()`` (0.1 -> "0.1") with a
+        one-time warning, and no float arithmetic is ever done.
+        A client order id is generated when absent; re-sending with the same id is safe (the router
+        answers with the first result instead of placing a second order).
+        """
+        ctx = self.context
+        request = build_order_request(
+            ctx.strategy_id,
+            symbol,
+            side,
+            qty=qty,
+            notional=notional,
+            type=type,
+            limit_price=limit_price,
+            stop_price=stop_price,
+            time_in_force=time_in_force,
+            client_order_id=client_order_id,
+            extended_hours=extended_hours,
+        )
+        ctx.orders_sent += 1
+        result = await ctx.gateway.submit(request)
+        if result.accepted:
+            ctx.account.order_accepted(request, result.order_id)
+        return result
+
+    async def buy(
+        self,
+        symbol: str,
+        qty: Number,
+        *,
+        type: str = "market",
+        limit_price: Number | None = None,
+        stop_price: Number | None = None,
+        time_in_force: str = "day",
+        client_order_id: str | None = None,
+    ) -> OrderResult:
+        """Buy ``qty`` of ``symbol`` (a market order unless ``type`` says otherwise)."""
+        return await self.submit_order(
+            symbol, "buy", qty, type=type, limit_price=limit_price, stop_price=stop_price,
+            time_in_force=time_in_force, client_order_id=client_order_id,
+        )
+
+    async def sell(
+        self,
+        symbol: str,
+        qty: Number,
+        *,
+        type: str = "market",
+        limit_price: Number | None = None,
+        stop_price: Number | None = None,
+        time_in_force: str = "day",
+        client_order_id: str | None = None,
+    ) -> OrderResult:
+        """Sell ``qty`` of ``symbol`` (a market order unless ``type`` says otherwise)."""
+        return await self.submit_order(
+            symbol, "sell", qty, type=type, limit_price=limit_price, stop_price=stop_price,
+            time_in_force=time_in_force, client_order_id=client_order_id,
+        )
+
+    async def cancel(self, client_order_id: str) -> CancelResult:
+        """Ask to cancel an open order; the outcome arrives as an :class:`OrderUpdate`."""
+        return await self.context.gateway.cancel(client_order_id)

@@ -1,0 +1,199 @@
+"""strategy_sdk.testing: the in-process backtest members use in their own unit tests."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from desk.v1 import common_pb2, executions_pb2
+from strategy_sdk import Bar, Fill, OrderUpdate, Strategy
+from strategy_sdk.orders import Account
+from strategy_sdk.testing import make_bars, run_backtest, run_backtest_async, to_bar
+
+
+class Crossover(Strategy):
+    """Fast 2 / slow 3 SMA crossover, market orders of 10."""
+
+    def on_start(self) -> None:
+        self.closes: list[Decimal] = []
+        self.above: bool | None = None
+
+    async def on_bar(self, bar: Bar) -> None:
+        self.closes.append(bar.close)
+        if len(self.closes) < 3:
+            return
+        fast = sum(self.closes[-2:], Decimal(0)) / 2
+        slow = sum(self.closes[-3:], Decimal(0)) / 3
+        above, was = fast > slow, self.above
+        self.above = above
+        if was is None or above == was:
+            return
+        if above and self.position(bar.symbol) == 0:
+            await self.buy(bar.symbol, 10)
+        elif not above and self.position(bar.symbol) > 0:
+            await self.sell(bar.symbol, self.position(bar.symbol))
+
+
+CROSSING = ["10", "10", "10", "9", "8", "9", "11", "12", "11", "9", "8", "8"]
+
+
+def test_crossover_buys_on_golden_cross_and_sells_on_death_cross_at_the_next_open() -> None:
+    result = run_backtest(Crossover(), make_bars("AAPL", CROSSING))
+
+    # Golden cross on bar 6 (close 11) -> bought at bar 7's open (11); death cross on bar 9 -> sold at bar 10's open (9).
+    assert [(f.side, f.qty, f.price) for f in result.fills] == [
+        ("buy", Decimal(10), Decimal(11)),
+        ("sell", Decimal(10), Decimal(9)),
+    ]
+    assert result.positions == {}
+    assert result.cash == Decimal(100000) - 110 + 90
+    assert result.errors == 0
+    assert len(result.equity_curve) == len(CROSSING)
+    assert result.equity_curve[7][1] == Decimal(100000) - 110 + 10 * 12  # marked at bar 7's close
+
+
+def test_fees_and_slippage_are_charged_on_market_fills() -> None:
+    result = run_backtest(Crossover(), make_bars("AAPL", CROSSING), fee_bps=10, slippage_bps=100)
+    buy, sell = result.fills
+    assert (buy.price, sell.price) == (Decimal("11.11"), Decimal("8.91"))
+    assert buy.fee == Decimal("0.1111")
+    assert result.cash == Decimal(100000) - Decimal("111.1") - Decimal("0.1111") + Decimal("89.1") - Decimal("0.0891")
+
+
+class LimitThenCancel(Strategy):
+    """Bar 0: a buy limit at 98.50 and a far-away buy limit at 50; bar 2: cancel the far one."""
+
+    def on_start(self) -> None:
+        self.updates: list[OrderUpdate] = []
+        self.fills: list[Fill] = []
+        self.bars = 0
+        self.cancel_results: list[Any] = []
+
+    async def on_bar(self, bar: Bar) -> None:
+        self.bars += 1
+        if self.bars == 1:
+            await self.buy(bar.symbol, 5, type="limit", limit_price="98.50", client_order_id="near")
+            await self.buy(bar.symbol, 5, type="limit", limit_price=Decimal(50), client_order_id="far")
+        if self.bars == 3:
+            self.cancel_results.append(await self.cancel("far"))
+            self.cancel_results.append(await self.cancel("far"))
+            self.cancel_results.append(await self.cancel("nobody"))
+
+    def on_fill(self, fill: Fill) -> None:
+        self.fills.append(fill)
+
+    def on_order_update(self, update: OrderUpdate) -> None:
+        self.updates.append(update)
+
+
+def test_limit_orders_fill_only_when_a_later_bar_crosses_and_cancels_work() -> None:
+    strategy = LimitThenCancel()
+    # closes 100, 100, 99, 97, 98 -> bar 3 opens at 99 and trades down to 97: the 98.50 bid fills at 98.50.
+    result = run_backtest(strategy, make_bars("AAPL", ["100", "100", "99", "97", "98"]))
+
+    assert [(f.client_order_id, f.price, f.qty) for f in result.fills] == [("near", Decimal("98.50"), Decimal(5))]
+    assert strategy.fills == result.fills
+    assert result.positions == {"AAPL": Decimal(5)}
+    assert result.cash == Decimal(100000) - 5 * Decimal("98.50")
+    by_id = {o.client_order_id: o for o in result.orders}
+    assert (by_id["near"].status, by_id["far"].status) == ("filled", "canceled")
+    assert [(u.client_order_id, u.exec_type) for u in strategy.updates] == [
+        ("near", "new"), ("far", "new"), ("far", "canceled"), ("near", "fill"),
+    ]
+    accepted, again, unknown = strategy.cancel_results
+    assert accepted.accepted and not again.accepted and not unknown.accepted
+    assert (again.reason, unknown.reason) == ("ORDER_CLOSED", "UNKNOWN_ORDER")
+
+
+def test_a_limit_order_that_gaps_through_fills_at_the_better_open() -> None:
+    class GapBuyer(Strategy):
+        async def on_bar(self, bar: Bar) -> None:
+            if not self.open_orders and self.position(bar.symbol) == 0:
+                await self.buy(bar.symbol, 1, type="limit", limit_price="95")
+
+    bars = [to_bar({"symbol": "MSFT", "open": "100", "high": "100", "low": "99", "close": "100"}),
+            to_bar({"symbol": "MSFT", "open": "90", "high": "91", "low": "89", "close": "90"})]
+    result = run_backtest(GapBuyer, bars)
+    assert [f.price for f in result.fills] == [Decimal(90)]
+
+
+class Fragile(Strategy):
+    def on_start(self) -> None:
+        self.seen = 0
+
+    def on_bar(self, bar: Bar) -> None:
+        self.seen += 1
+        if bar.close < 100:
+            raise RuntimeError(f"cannot handle {bar.close}")
+
+
+def test_hook_exceptions_are_counted_and_the_backtest_goes_on() -> None:
+    strategy = Fragile()
+    result = run_backtest(strategy, make_bars("AAPL", ["101", "99", "102", "98", "103"]))
+    assert strategy.seen == 5
+    assert result.errors == 2
+    assert "cannot handle 99" in result.error_messages[0]
+
+
+def test_an_exception_in_on_start_is_raised_to_the_test() -> None:
+    class Broken(Strategy):
+        def on_start(self) -> None:
+            raise KeyError("missing param")
+
+    with pytest.raises(KeyError, match="missing param"):
+        run_backtest(Broken(), make_bars("AAPL", ["1"]))
+
+
+def test_orders_beyond_free_cash_or_position_are_refused_like_the_router_does() -> None:
+    class Greedy(Strategy):
+        def on_start(self) -> None:
+            self.results: list[Any] = []
+
+        async def on_bar(self, bar: Bar) -> None:
+            if len(self.results) == 0:
+                self.results.append(await self.buy(bar.symbol, 600))   # 60000 of 100000
+                self.results.append(await self.buy(bar.symbol, 600))   # 60000 more: refused
+                self.results.append(await self.sell(bar.symbol, 1))    # nothing held: refused
+
+    strategy = Greedy()
+    run_backtest(strategy, make_bars("AAPL", ["100", "100"]))
+    assert [r.accepted for r in strategy.results] == [True, False, False]
+    assert [r.reason for r in strategy.results[1:]] == ["INSUFFICIENT_BUYING_POWER", "SHORT_NOT_ALLOWED"]
+
+
+def test_bars_may_be_dicts_or_csv_rows_with_iso_timestamps() -> None:
+    rows: list[dict[str, Any]] = [
+        {"symbol": "AAPL", "open": "1.5", "high": "2", "low": "1", "close": "1.75", "volume": "10",
+         "timestamp": "2026-01-02T14:30:00Z"},
+        {"symbol": "AAPL", "open": 2, "high": 2, "low": 2, "close": 2},
+    ]
+    result = run_backtest(Crossover, rows)
+    assert result.errors == 0
+    assert to_bar(rows[0]).timestamp.isoformat() == "2026-01-02T14:30:00+00:00"
+    assert to_bar(rows[0]).close == Decimal("1.75")
+
+
+async def test_backtests_also_run_from_async_tests() -> None:
+    bars = make_bars("AAPL", CROSSING)
+    from_thread = run_backtest(Crossover(), bars)
+    awaited = await run_backtest_async(Crossover(), bars)
+    def trades(fills: list[Fill]) -> list[tuple[str, Decimal, Decimal]]:
+        return [(f.side, f.qty, f.price) for f in fills]
+
+    assert trades(from_thread.fills) == trades(awaited.fills) == [
+        ("buy", Decimal(10), Decimal(11)), ("sell", Decimal(10), Decimal(9)),
+    ]
+
+
+def test_account_books_each_execution_once_even_when_repeated() -> None:
+    account = Account(cash=Decimal(1000))
+    report = executions_pb2.ExecutionReport(
+        execution_id="e1", client_order_id="c1", order_id="o1", symbol="AAPL", side=common_pb2.SIDE_BUY,
+        exec_type=executions_pb2.EXEC_TYPE_FILL, status=executions_pb2.ORDER_STATUS_FILLED,
+        fill_qty="2", fill_price="10.5", fee="0.01", cum_qty="2", leaves_qty="0",
+    )
+    assert account.apply(report) is not None
+    assert account.apply(report) is None
+    assert (account.position("AAPL"), account.cash) == (Decimal(2), Decimal("978.99"))
