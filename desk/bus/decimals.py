@@ -14,7 +14,9 @@ ABSURD = Decimal("1e12")
 ZERO = Decimal(0)
 
 
-def parse_decimal(field: str, value: str, *, positive: bool = True, required: bool = True, maximum: Decimal = ABSURD) -> Decimal | None:
+def parse_decimal(
+    field: str, value: str, *, positive: bool = True, required: bool = True, maximum: Decimal = ABSURD
+) -> Decimal | None:
     """Parse ``value`` (a decimal string) for ``field``; ``None`` when empty and not required.
 
     Refuses (DeskError INVALID_FIELD) what is not a number, NaN, infinities, zero or negative

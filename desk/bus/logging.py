@@ -34,7 +34,9 @@ def configure_logging(service: str, level: str = "info", fmt: str = "auto") -> N
         cache_logger_on_first_use=False,
     )
     structlog.contextvars.bind_contextvars(service=service)
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s %(levelname)s %(message)s"
+    )
 
 
 def get_logger(name: str | None = None) -> Any:

@@ -49,7 +49,10 @@ BUCKETS: dict[str, KeyValueConfig] = {
         bucket=subjects.KV_STRATEGIES, description="StrategySpec per strategy id", history=5, storage=StorageType.FILE
     ),
     subjects.KV_RISK: KeyValueConfig(
-        bucket=subjects.KV_RISK, description="kill switch: halt._global, halt.<strategy>", history=5, storage=StorageType.FILE
+        bucket=subjects.KV_RISK,
+        description="kill switch: halt._global, halt.<strategy>",
+        history=5,
+        storage=StorageType.FILE,
     ),
     subjects.KV_ORDER_IDS: KeyValueConfig(
         bucket=subjects.KV_ORDER_IDS,

@@ -52,10 +52,10 @@ LEDGER_DURABLE = "ledger"
 ROUTER_DURABLE_PREFIX = "router"
 
 # KV buckets ---------------------------------------------------------------------------------------
-KV_PRICES = "DESK_PRICES"            # key = symbol, value = Trade (last price)
-KV_STRATEGIES = "DESK_STRATEGIES"    # key = strategy_id, value = StrategySpec
-KV_RISK = "DESK_RISK"                # key = "halt._global" / "halt.<strategy_id>", value = HaltRequest
-KV_ORDER_IDS = "DESK_ORDER_IDS"      # key = "<strategy_id>.<client_order_id>", value = OrderAck
+KV_PRICES = "DESK_PRICES"  # key = symbol, value = Trade (last price)
+KV_STRATEGIES = "DESK_STRATEGIES"  # key = strategy_id, value = StrategySpec
+KV_RISK = "DESK_RISK"  # key = "halt._global" / "halt.<strategy_id>", value = HaltRequest
+KV_ORDER_IDS = "DESK_ORDER_IDS"  # key = "<strategy_id>.<client_order_id>", value = OrderAck
 
 # Validation ---------------------------------------------------------------------------------------
 STRATEGY_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")

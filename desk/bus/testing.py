@@ -17,7 +17,9 @@ import tempfile
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
+
+from desk.bus.process import die_with_parent
 
 if TYPE_CHECKING:
     import asyncio
@@ -71,20 +73,30 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 15.0) -> NatsServer:
+    def start(self, timeout: float = 15.0) -> Self:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         args = [
             nats_server_binary(),
-            "-a", self.host,
-            "-p", str(self.requested_port if self.port == 0 else self.port),
+            "-a",
+            self.host,
+            "-p",
+            str(self.requested_port if self.port == 0 else self.port),
             "-js",
-            "-sd", str(self.store_dir),
+            "-sd",
+            str(self.store_dir),
         ]
         if self.config_file:
             args += ["-c", str(self.config_file)]
         args += self.extra_args
+        # Own session: a Ctrl-C meant for `desk up` must not stop the server before the services drain.
         self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only calls prctl(2), no locks, no allocation in Python
         )
         self._lines = queue.Queue()
         self._reader = threading.Thread(target=self._read_log, args=(self.process,), daemon=True)
@@ -136,7 +148,7 @@ class NatsServer:
             self.process.stderr.close()
         self.process = None
 
-    def restart(self, timeout: float = 15.0) -> NatsServer:
+    def restart(self, timeout: float = 15.0) -> Self:
         """Stop and start again on the same port with the same store (JetStream state survives)."""
         self.stop()
         return self.start(timeout)
@@ -147,7 +159,7 @@ class NatsServer:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> NatsServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:

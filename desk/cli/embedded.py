@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import sys
@@ -22,18 +21,13 @@ from nats.aio.client import Client
 
 from desk.bus import streams
 from desk.bus.logging import get_logger
+from desk.bus.process import die_with_parent
 from desk.bus.testing import NatsServer
 
 log = get_logger("desk.up")
 
 #: Start order; shutdown runs in reverse.
 SERVICES = ("marketdata", "ledger", "broker_gateway", "order_router", "orchestrator")
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -122,9 +116,15 @@ class EmbeddedDesk:
         handle = svc.log_path.open("ab")
         try:
             svc.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", f"services.{svc.name}",
-                env=svc.env, stdin=asyncio.subprocess.DEVNULL, stdout=handle, stderr=handle,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                sys.executable,
+                "-m",
+                f"services.{svc.name}",
+                env=svc.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=handle,
+                stderr=handle,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         finally:
             handle.close()
@@ -170,7 +170,7 @@ class EmbeddedDesk:
                     if svc.restarts >= self.max_restarts:
                         log.error("desk.giving_up", service=svc.name, restarts=svc.restarts)
                         return 1
-                    delay = min(2 ** svc.restarts, 30)
+                    delay = min(2**svc.restarts, 30)
                     svc.restarts += 1
                     log.warning("desk.service_restarting", service=svc.name, delay_s=delay, attempt=svc.restarts)
                     with contextlib.suppress(asyncio.TimeoutError):

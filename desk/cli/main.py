@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -53,7 +52,9 @@ LimitOpt = Annotated[int, typer.Option("--limit", "-n", min=1, max=10000, help="
 
 @app.callback()
 def main(
-    nats_url: Annotated[str, typer.Option("--nats-url", envvar="NATS_URL", help="NATS server to talk to.")] = opts.nats_url,
+    nats_url: Annotated[
+        str, typer.Option("--nats-url", envvar="NATS_URL", help="NATS server to talk to.")
+    ] = opts.nats_url,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for a reply.")] = 5.0,
 ) -> None:
     opts.nats_url = nats_url
@@ -69,14 +70,24 @@ def _call(subject: str, message: Message, reply_type: type[R], who: str) -> R:
     """One request to a running desk, with errors a person can act on."""
 
     async def go() -> R:
+        async def quiet(exc: Exception) -> None:  # the failure is reported once, below
+            pass
+
         try:
-            nc = await nats.connect(opts.nats_url, connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False)
+            # max_reconnect_attempts must be > 0 for nats-py to give up on an unreachable server
+            nc = await nats.connect(
+                opts.nats_url, connect_timeout=2, max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=quiet
+            )
         except Exception as exc:  # noqa: BLE001 - any connect failure means the same thing to the user
-            raise DeskError("NO_DESK", f"cannot reach NATS at {opts.nats_url} ({exc!r}); is the desk running? (`make run`)") from None
+            raise DeskError(
+                "NO_DESK", f"cannot reach NATS at {opts.nats_url} ({exc!r}); is the desk running? (`make run`)"
+            ) from None
         try:
             return await request(nc, subject, message, reply_type, timeout=opts.timeout)
         except nats.errors.NoRespondersError:
-            raise DeskError("NO_SERVICE", f"no {who} is running on {opts.nats_url} (nothing answers {subject})") from None
+            raise DeskError(
+                "NO_SERVICE", f"no {who} is running on {opts.nats_url} (nothing answers {subject})"
+            ) from None
         except nats.errors.TimeoutError:
             raise DeskError("TIMEOUT", f"{who} did not answer {subject} within {opts.timeout}s") from None
         finally:
@@ -94,8 +105,12 @@ def _call(subject: str, message: Message, reply_type: type[R], who: str) -> R:
 
 @app.command()
 def up(
-    data_dir: Annotated[Path, typer.Option(help="Where NATS JetStream, the ledger database and logs live.")] = Path("var"),
-    strategies_dir: Annotated[Path, typer.Option("--strategies", help="Folder of strategies to deploy.")] = Path("strategies"),
+    data_dir: Annotated[Path, typer.Option(help="Where NATS JetStream, the ledger database and logs live.")] = Path(
+        "var"
+    ),
+    strategies_dir: Annotated[Path, typer.Option("--strategies", help="Folder of strategies to deploy.")] = Path(
+        "strategies"
+    ),
     port: Annotated[int, typer.Option(help="Port for the local nats-server (127.0.0.1).")] = 4222,
     no_strategies: Annotated[bool, typer.Option("--no-strategies", help="Start the services only.")] = False,
     feed: Annotated[str, typer.Option(help="Market data feed: synthetic or replay.")] = "synthetic",
@@ -110,8 +125,11 @@ def up(
     if symbols:
         extra["MD_SYMBOLS"] = symbols
     desk = EmbeddedDesk(
-        data_dir=data_dir.resolve(), strategies_dir=strategies_dir.resolve(), port=port,
-        extra_env=extra, deploy_strategies=not no_strategies,
+        data_dir=data_dir.resolve(),
+        strategies_dir=strategies_dir.resolve(),
+        port=port,
+        extra_env=extra,
+        deploy_strategies=not no_strategies,
     )
 
     async def go() -> int:
@@ -137,7 +155,9 @@ def up(
 
 
 def _control(subject: str, name: str) -> strategy_pb2.StrategyStatusList:
-    return _call(subject, strategy_pb2.StrategyControl(strategy_id=name), strategy_pb2.StrategyStatusList, "orchestrator")
+    return _call(
+        subject, strategy_pb2.StrategyControl(strategy_id=name), strategy_pb2.StrategyStatusList, "orchestrator"
+    )
 
 
 def _print_status(result: strategy_pb2.StrategyStatusList, as_json: bool) -> None:
@@ -148,8 +168,16 @@ def _print_status(result: strategy_pb2.StrategyStatusList, as_json: bool) -> Non
         "strategies",
         ["strategy", "member", "state", "runtime", "pid", "restarts", "last heartbeat", "error"],
         [
-            [s.strategy_id, s.member_id, enum_name(strategy_pb2.StrategyState.Name(s.state)), s.runtime,
-             s.pid or s.container_id[:12], s.restarts, ts(s.last_heartbeat_ns), s.last_error]
+            [
+                s.strategy_id,
+                s.member_id,
+                enum_name(strategy_pb2.StrategyState.Name(s.state)),
+                s.runtime,
+                s.pid or s.container_id[:12],
+                s.restarts,
+                ts(s.last_heartbeat_ns),
+                s.last_error,
+            ]
             for s in result.strategies
         ],
     )
@@ -158,19 +186,26 @@ def _print_status(result: strategy_pb2.StrategyStatusList, as_json: bool) -> Non
 
 
 @app.command()
-def deploy(name: Annotated[str, typer.Argument(help="Strategy folder name; all strategies if omitted.")] = "", as_json: JsonOpt = False) -> None:
+def deploy(
+    name: Annotated[str, typer.Argument(help="Strategy folder name; all strategies if omitted.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
     """(Re)read a strategy's folder, register it and start it."""
     _print_status(_control(subjects.CTL_DEPLOY, name), as_json)
 
 
 @app.command()
-def stop(name: Annotated[str, typer.Argument(help="Strategy to stop; all if omitted.")] = "", as_json: JsonOpt = False) -> None:
+def stop(
+    name: Annotated[str, typer.Argument(help="Strategy to stop; all if omitted.")] = "", as_json: JsonOpt = False
+) -> None:
     """Stop a strategy (it is not restarted until deployed or started again)."""
     _print_status(_control(subjects.CTL_STOP, name), as_json)
 
 
 @app.command()
-def start(name: Annotated[str, typer.Argument(help="Strategy to start; all if omitted.")] = "", as_json: JsonOpt = False) -> None:
+def start(
+    name: Annotated[str, typer.Argument(help="Strategy to start; all if omitted.")] = "", as_json: JsonOpt = False
+) -> None:
     """Start a stopped strategy."""
     _print_status(_control(subjects.CTL_START, name), as_json)
 
@@ -182,7 +217,9 @@ def restart(name: Annotated[str, typer.Argument(help="Strategy to restart.")], a
 
 
 @app.command()
-def status(name: Annotated[str, typer.Argument(help="One strategy; all if omitted.")] = "", as_json: JsonOpt = False) -> None:
+def status(
+    name: Annotated[str, typer.Argument(help="One strategy; all if omitted.")] = "", as_json: JsonOpt = False
+) -> None:
     """Strategies' state: running, crashed (with the last error), stopped; last heartbeat."""
     _print_status(_control(subjects.CTL_STATUS, name), as_json)
 
@@ -194,7 +231,9 @@ def logs(
     as_json: JsonOpt = False,
 ) -> None:
     """A strategy's recent output (stdout and stderr)."""
-    reply = _call(subjects.CTL_LOGS, strategy_pb2.LogsRequest(strategy_id=name, tail=tail), strategy_pb2.LogsReply, "orchestrator")
+    reply = _call(
+        subjects.CTL_LOGS, strategy_pb2.LogsRequest(strategy_id=name, tail=tail), strategy_pb2.LogsReply, "orchestrator"
+    )
     if as_json:
         print_json(reply)
         return
@@ -210,23 +249,49 @@ def _query(strategy: str, member: str, symbol: str, limit: int) -> ledger_pb2.Le
 
 
 @app.command()
-def positions(strategy: StrategyOpt = "", member: MemberOpt = "", symbol: SymbolOpt = "", limit: LimitOpt = 100, as_json: JsonOpt = False) -> None:
+def positions(
+    strategy: StrategyOpt = "",
+    member: MemberOpt = "",
+    symbol: SymbolOpt = "",
+    limit: LimitOpt = 100,
+    as_json: JsonOpt = False,
+) -> None:
     """Open positions per strategy, with average cost and P&L."""
-    reply = _call(subjects.LEDGER_POSITIONS, _query(strategy, member, symbol, limit), ledger_pb2.PositionsReply, "ledger")
+    reply = _call(
+        subjects.LEDGER_POSITIONS, _query(strategy, member, symbol, limit), ledger_pb2.PositionsReply, "ledger"
+    )
     if as_json:
         print_json(reply)
         return
     table(
         "positions",
         ["strategy", "member", "symbol", "qty", "avg cost", "last", "market value", "unrealized", "realized"],
-        [[p.strategy_id, p.member_id, p.symbol, p.qty, money(p.avg_cost), money(p.last_price), money(p.market_value),
-          signed_money(p.unrealized_pnl), signed_money(p.realized_pnl)] for p in reply.positions],
+        [
+            [
+                p.strategy_id,
+                p.member_id,
+                p.symbol,
+                p.qty,
+                money(p.avg_cost),
+                money(p.last_price),
+                money(p.market_value),
+                signed_money(p.unrealized_pnl),
+                signed_money(p.realized_pnl),
+            ]
+            for p in reply.positions
+        ],
         numeric=["qty", "avg cost", "last", "market value", "unrealized", "realized"],
     )
 
 
 @app.command()
-def orders(strategy: StrategyOpt = "", member: MemberOpt = "", symbol: SymbolOpt = "", limit: LimitOpt = 50, as_json: JsonOpt = False) -> None:
+def orders(
+    strategy: StrategyOpt = "",
+    member: MemberOpt = "",
+    symbol: SymbolOpt = "",
+    limit: LimitOpt = 50,
+    as_json: JsonOpt = False,
+) -> None:
     """Orders, newest first, with their status."""
     reply = _call(subjects.LEDGER_ORDERS, _query(strategy, member, symbol, limit), ledger_pb2.OrdersReply, "ledger")
     if as_json:
@@ -236,17 +301,51 @@ def orders(strategy: StrategyOpt = "", member: MemberOpt = "", symbol: SymbolOpt
 
     table(
         "orders",
-        ["time", "strategy", "client order id", "symbol", "side", "type", "tif", "qty", "limit", "stop", "status", "filled", "avg price"],
-        [[ts(o.created_ns), o.strategy_id, o.client_order_id, o.symbol, enum_name(common_pb2.Side.Name(o.side)),
-          enum_name(common_pb2.OrderType.Name(o.type)), enum_name(common_pb2.TimeInForce.Name(o.time_in_force)),
-          o.qty or o.notional, o.limit_price, o.stop_price, enum_name(executions_pb2.OrderStatus.Name(o.status)),
-          o.filled_qty, money(o.avg_price)] for o in reply.orders],
+        [
+            "time",
+            "strategy",
+            "client order id",
+            "symbol",
+            "side",
+            "type",
+            "tif",
+            "qty",
+            "limit",
+            "stop",
+            "status",
+            "filled",
+            "avg price",
+        ],
+        [
+            [
+                ts(o.created_ns),
+                o.strategy_id,
+                o.client_order_id,
+                o.symbol,
+                enum_name(common_pb2.Side.Name(o.side)),
+                enum_name(common_pb2.OrderType.Name(o.type)),
+                enum_name(common_pb2.TimeInForce.Name(o.time_in_force)),
+                o.qty or o.notional,
+                o.limit_price,
+                o.stop_price,
+                enum_name(executions_pb2.OrderStatus.Name(o.status)),
+                o.filled_qty,
+                money(o.avg_price),
+            ]
+            for o in reply.orders
+        ],
         numeric=["qty", "limit", "stop", "filled", "avg price"],
     )
 
 
 @app.command()
-def fills(strategy: StrategyOpt = "", member: MemberOpt = "", symbol: SymbolOpt = "", limit: LimitOpt = 50, as_json: JsonOpt = False) -> None:
+def fills(
+    strategy: StrategyOpt = "",
+    member: MemberOpt = "",
+    symbol: SymbolOpt = "",
+    limit: LimitOpt = 50,
+    as_json: JsonOpt = False,
+) -> None:
     """Fills (executions), newest first."""
     reply = _call(subjects.LEDGER_FILLS, _query(strategy, member, symbol, limit), ledger_pb2.FillsReply, "ledger")
     if as_json:
@@ -257,16 +356,41 @@ def fills(strategy: StrategyOpt = "", member: MemberOpt = "", symbol: SymbolOpt 
     table(
         "fills",
         ["time", "strategy", "member", "symbol", "side", "qty", "price", "fee", "execution id"],
-        [[ts(f.event_ns), f.strategy_id, f.member_id, f.symbol, enum_name(common_pb2.Side.Name(f.side)), f.qty,
-          money(f.price), f.fee, f.execution_id[:8]] for f in reply.fills],
+        [
+            [
+                ts(f.event_ns),
+                f.strategy_id,
+                f.member_id,
+                f.symbol,
+                enum_name(common_pb2.Side.Name(f.side)),
+                f.qty,
+                money(f.price),
+                f.fee,
+                f.execution_id[:8],
+            ]
+            for f in reply.fills
+        ],
         numeric=["qty", "price", "fee"],
     )
 
 
 def _pnl_rows(rows: Any, first: str) -> list[list[Any]]:
-    return [[r.strategy_id if first == "strategy" else r.member_id, r.member_id, money(r.cash), money(r.market_value),
-             money(r.equity), signed_money(r.realized_pnl), signed_money(r.unrealized_pnl), money(r.fees),
-             signed_money(r.total_pnl), f"{r.return_pct}%", r.fills] for r in rows]
+    return [
+        [
+            r.strategy_id if first == "strategy" else r.member_id,
+            r.member_id,
+            money(r.cash),
+            money(r.market_value),
+            money(r.equity),
+            signed_money(r.realized_pnl),
+            signed_money(r.unrealized_pnl),
+            money(r.fees),
+            signed_money(r.total_pnl),
+            f"{r.return_pct}%",
+            r.fills,
+        ]
+        for r in rows
+    ]
 
 
 @app.command()
@@ -277,21 +401,28 @@ def pnl(strategy: StrategyOpt = "", member: MemberOpt = "", as_json: JsonOpt = F
         print_json(reply)
         return
     columns = ["cash", "market value", "equity", "realized", "unrealized", "fees", "total P&L", "return", "fills"]
-    table("P&L per strategy", ["strategy", "member", *columns], _pnl_rows(reply.strategies, "strategy"), numeric=columns)
+    table(
+        "P&L per strategy", ["strategy", "member", *columns], _pnl_rows(reply.strategies, "strategy"), numeric=columns
+    )
     table("P&L per member", ["member", "member ", *columns], _pnl_rows(reply.members, "member"), numeric=columns)
 
 
 @app.command()
 def leaderboard(limit: LimitOpt = 20, as_json: JsonOpt = False) -> None:
     """Members ranked by return."""
-    reply = _call(subjects.LEDGER_LEADERBOARD, ledger_pb2.LedgerQuery(limit=limit), ledger_pb2.LeaderboardReply, "ledger")
+    reply = _call(
+        subjects.LEDGER_LEADERBOARD, ledger_pb2.LedgerQuery(limit=limit), ledger_pb2.LeaderboardReply, "ledger"
+    )
     if as_json:
         print_json(reply)
         return
     table(
         "leaderboard",
         ["#", "member", "equity", "total P&L", "return", "strategies", "fills"],
-        [[r.rank, r.member_id, money(r.equity), signed_money(r.total_pnl), f"{r.return_pct}%", r.strategies, r.fills] for r in reply.rows],
+        [
+            [r.rank, r.member_id, money(r.equity), signed_money(r.total_pnl), f"{r.return_pct}%", r.strategies, r.fills]
+            for r in reply.rows
+        ],
         numeric=["equity", "total P&L", "return", "strategies", "fills"],
     )
 
@@ -303,10 +434,23 @@ def equity(strategy: StrategyOpt = "", member: MemberOpt = "", limit: LimitOpt =
     if as_json:
         print_json(reply)
         return
-    table("equity", ["time", "strategy", "member", "equity", "cash", "realized", "unrealized"],
-          [[ts(p.ts_ns), p.strategy_id, p.member_id, money(p.equity), money(p.cash), signed_money(p.realized_pnl),
-            signed_money(p.unrealized_pnl)] for p in reply.points],
-          numeric=["equity", "cash", "realized", "unrealized"])
+    table(
+        "equity",
+        ["time", "strategy", "member", "equity", "cash", "realized", "unrealized"],
+        [
+            [
+                ts(p.ts_ns),
+                p.strategy_id,
+                p.member_id,
+                money(p.equity),
+                money(p.cash),
+                signed_money(p.realized_pnl),
+                signed_money(p.unrealized_pnl),
+            ]
+            for p in reply.points
+        ],
+        numeric=["equity", "cash", "realized", "unrealized"],
+    )
 
 
 # ------------------------------------------------------------------------------------------- risk
@@ -315,8 +459,12 @@ def equity(strategy: StrategyOpt = "", member: MemberOpt = "", limit: LimitOpt =
 def _halt(subject: str, name: str, reason: str, as_json: bool) -> None:
     import getpass
 
-    ack = _call(subject, orders_pb2.HaltRequest(strategy_id=name, reason=reason, requested_by=getpass.getuser()),
-                orders_pb2.HaltAck, "order_router")
+    ack = _call(
+        subject,
+        orders_pb2.HaltRequest(strategy_id=name, reason=reason, requested_by=getpass.getuser()),
+        orders_pb2.HaltAck,
+        "order_router",
+    )
     if as_json:
         print_json(ack)
         return
@@ -337,7 +485,10 @@ def halt(
 
 
 @app.command()
-def resume(name: Annotated[str, typer.Argument(help="Strategy to resume; the whole desk if omitted.")] = "", as_json: JsonOpt = False) -> None:
+def resume(
+    name: Annotated[str, typer.Argument(help="Strategy to resume; the whole desk if omitted.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
     """Lift a halt."""
     _halt(subjects.RISK_RESUME, name, "", as_json)
 
@@ -348,7 +499,9 @@ def resume(name: Annotated[str, typer.Argument(help="Strategy to resume; the who
 @app.command()
 def decode(
     subject: Annotated[str, typer.Argument(help="The subject the body was published on (chooses the type).")],
-    type_name: Annotated[str, typer.Option("--type", "-t", help="Message type, e.g. OrderAck, for subjects without one (replies).")] = "",
+    type_name: Annotated[
+        str, typer.Option("--type", "-t", help="Message type, e.g. OrderAck, for subjects without one (replies).")
+    ] = "",
 ) -> None:
     """Read one message body on stdin, print it as JSON.
 
@@ -359,11 +512,16 @@ def decode(
         full = type_name if "." in type_name else f"desk.v1.{type_name}"
         message_type = codec.MESSAGE_TYPES.get(full)
         if message_type is None:
-            _fail(f"unknown message type {type_name!r}; known: {', '.join(sorted(n.split('.')[-1] for n in codec.MESSAGE_TYPES))}", 2)
+            _fail(
+                f"unknown message type {type_name!r}; known: {', '.join(sorted(n.split('.')[-1] for n in codec.MESSAGE_TYPES))}",
+                2,
+            )
     else:
         message_type = codec.type_for_subject(subject)
         if message_type is None:
-            _fail(f"no message type is mapped to subject {subject!r}; pass --type (e.g. --type OrderAck for replies)", 2)
+            _fail(
+                f"no message type is mapped to subject {subject!r}; pass --type (e.g. --type OrderAck for replies)", 2
+            )
     assert message_type is not None
     try:
         message = codec.decode(data, message_type)
@@ -376,6 +534,3 @@ def decode(
 def run() -> None:  # pragma: no cover - console entry alias
     with contextlib.suppress(KeyboardInterrupt):
         app()
-
-
-_unused: Callable[..., Awaitable[Any]] | None = None

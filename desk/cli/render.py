@@ -14,7 +14,8 @@ from rich.table import Table
 
 from desk.bus import codec
 
-console = Console()
+# Not a terminal (piped, captured): wide enough that tables never truncate ids.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 
@@ -30,10 +31,18 @@ def ts(ns: int) -> str:
 
 
 def enum_name(value: str) -> str:
-    """"ORDER_STATUS_PARTIALLY_FILLED" -> "partially_filled"."""
-    for prefix in ("ORDER_STATUS_", "EXEC_TYPE_", "SIDE_", "ORDER_TYPE_", "TIME_IN_FORCE_", "STRATEGY_STATE_", "REJECT_REASON_"):
+    """ "ORDER_STATUS_PARTIALLY_FILLED" -> "partially_filled"."""
+    for prefix in (
+        "ORDER_STATUS_",
+        "EXEC_TYPE_",
+        "SIDE_",
+        "ORDER_TYPE_",
+        "TIME_IN_FORCE_",
+        "STRATEGY_STATE_",
+        "REJECT_REASON_",
+    ):
         if value.startswith(prefix):
-            return value[len(prefix):].lower()
+            return value[len(prefix) :].lower()
     return value
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO
 
 from desk.bus.logging import get_logger
+from desk.bus.process import die_with_parent
 from desk.v1 import strategy_pb2
 from services.orchestrator.runtimes.base import ExitInfo, RunHandle
 
@@ -109,6 +110,7 @@ class ProcessRuntime:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # its own process group: a stop reaches its children too
+            preexec_fn=die_with_parent,  # and an orchestrator killed outright takes it along
         )
         handle = RunHandle(strategy_id=spec.strategy_id, pid=process.pid, started_ns=time.time_ns())
         log_file = (self.log_dir / f"{spec.strategy_id}.log").open("a", encoding="utf-8")
