@@ -1,0 +1,235 @@
+"""The embedded desk end to end: `desk up` as a user runs it, the example strategies (one in the
+old desk's exact form) trading on the synthetic feed, fills booked once in the ledger, Ctrl-C
+leaving nothing behind, and a second `desk up` keeping the books without booking anything twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from desk.bus import codec, subjects
+from desk.v1 import executions_pb2
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+DESK = [sys.executable, "-m", "desk.cli"]
+EXAMPLES = ("ma_crossover", "mean_reversion", "legacy_momentum")
+MEMBERS = {"ma_crossover": "alice", "mean_reversion": "bob", "legacy_momentum": "carol", "old_desk_form": "dave"}
+FILL_TYPES = (executions_pb2.EXEC_TYPE_FILL, executions_pb2.EXEC_TYPE_PARTIAL_FILL)
+
+# A strategy exactly as the old desk ran them: stdin JSON lines in, desk_client.place_order out.
+OLD_DESK_STRATEGY = '''\
+import sys
+import json
+from desk_client import place_order
+
+bought = False
+for line in sys.stdin:
+    data = json.loads(line)
+    if data["symbol"] != "SPY":
+        continue
+    if not bought:
+        result = place_order(data["symbol"], 3, "buy", "market", "day")
+        print("placed", result["id"], result["status"], flush=True)
+        bought = result["status"] == "accepted"
+'''
+OLD_DESK_CONFIG = {"user_id": "dave", "name": "Old desk buyer", "description": "buys SPY once", "version": "1.0.0", "env": {}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Desk:
+    """`desk up` in a child process of its own session, as a terminal user would run it."""
+
+    def __init__(self, data_dir: Path, strategies: Path, port: int) -> None:
+        self.data_dir, self.strategies, self.port = data_dir, strategies, port
+        self.process: asyncio.subprocess.Process | None = None
+        self.output: list[str] = []
+        self.up = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def start(self, *extra: str) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), MD_INTERVAL="0.25", COLUMNS="200")
+        self.process = await asyncio.create_subprocess_exec(
+            *DESK, "up", "--data-dir", str(self.data_dir), "--strategies", str(self.strategies),
+            "--port", str(self.port), *extra,
+            cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._reader = asyncio.create_task(self._read())
+        up = asyncio.create_task(self.up.wait())
+        done, _ = await asyncio.wait({up, self._reader}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        if up not in done:
+            up.cancel()
+            raise AssertionError("desk up did not come up:\n" + "".join(self.output[-40:]))
+
+    async def _read(self) -> None:
+        assert self.process and self.process.stdout
+        async for raw in self.process.stdout:
+            line = raw.decode(errors="replace")
+            self.output.append(line)
+            if "desk is up" in line:
+                self.up.set()
+
+    async def interrupt(self) -> int:
+        """Ctrl-C: SIGINT to `desk up` only; returns its exit code."""
+        assert self.process
+        self.process.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(self.process.wait(), 90)
+        if self._reader:
+            await asyncio.wait_for(self._reader, 10)
+        return code
+
+    def cli(self, *args: str) -> object:
+        result = subprocess.run(
+            [*DESK, "--nats-url", self.url, *args, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+
+@pytest.fixture
+def strategies(tmp_path: Path) -> Path:
+    folder = tmp_path / "strategies"
+    for name in EXAMPLES:
+        shutil.copytree(ROOT / "strategies" / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "old_desk_form").mkdir()
+    (folder / "old_desk_form" / "strategy.py").write_text(OLD_DESK_STRATEGY)
+    (folder / "old_desk_form" / "config.json").write_text(json.dumps(OLD_DESK_CONFIG))
+    return folder
+
+
+@pytest.fixture
+async def desk(tmp_path: Path, strategies: Path) -> AsyncIterator[Desk]:
+    desk = Desk(tmp_path / "var", strategies, free_port())
+    yield desk
+    if desk.process and desk.process.returncode is None:
+        desk.process.kill()
+        await desk.process.wait()
+
+
+async def follow(nc: Client, subject: str) -> asyncio.Queue[nats.aio.msg.Msg]:
+    queue: asyncio.Queue[nats.aio.msg.Msg] = asyncio.Queue()
+
+    async def put(msg: nats.aio.msg.Msg) -> None:
+        queue.put_nowait(msg)
+
+    await nc.subscribe(subject, cb=put)
+    return queue
+
+
+async def ledger_caught_up(nc: Client, acks: asyncio.Queue[nats.aio.msg.Msg], timeout: float = 60) -> int:
+    """Wait until the ledger has acked every message now in EXECUTIONS (its acks are events on
+    $JS.ACK.EXECUTIONS.ledger.>, the stream sequence is the subject's 6th token). Returns that count."""
+    last = (await nc.jetstream().stream_info(subjects.STREAM_EXECUTIONS)).state.last_seq
+    acked: set[int] = set()
+    info = await nc.jetstream().consumer_info(subjects.STREAM_EXECUTIONS, subjects.LEDGER_DURABLE)
+    acked.update(range(1, info.ack_floor.stream_seq + 1))
+    async with asyncio.timeout(timeout):
+        while not set(range(1, last + 1)) <= acked:
+            msg = await acks.get()
+            acked.add(int(msg.subject.split(".")[5]))
+    return last
+
+
+async def stream_fills(nc: Client) -> dict[str, executions_pb2.ExecutionReport]:
+    """Every fill report in EXECUTIONS, by execution id, read with an ephemeral ordered consumer."""
+    js = nc.jetstream()
+    last = (await js.stream_info(subjects.STREAM_EXECUTIONS)).state.last_seq
+    fills: dict[str, executions_pb2.ExecutionReport] = {}
+    sub = await js.subscribe(subjects.EXEC_ALL, ordered_consumer=True)
+    try:
+        async with asyncio.timeout(60):
+            while last:
+                msg = await sub.next_msg(timeout=30)
+                report = codec.decode(msg.data, executions_pb2.ExecutionReport, msg.headers)
+                if report.exec_type in FILL_TYPES:
+                    fills[report.execution_id] = report
+                if msg.metadata.sequence.stream >= last:
+                    break
+    finally:
+        await sub.unsubscribe()
+    return fills
+
+
+async def test_the_embedded_desk_trades_books_every_fill_once_and_survives_a_restart(desk: Desk) -> None:
+    await desk.start()
+    nc = await nats.connect(desk.url)
+    try:
+        executions = await follow(nc, subjects.EXEC_ALL)
+        acks = await follow(nc, f"$JS.ACK.{subjects.STREAM_EXECUTIONS}.{subjects.LEDGER_DURABLE}.>")
+
+        # Every strategy, the old-desk ones included, gets at least one fill from the sim.
+        filled: set[str] = set()
+        async with asyncio.timeout(120):
+            while filled != set(MEMBERS):
+                msg = await executions.get()
+                report = codec.decode(msg.data, executions_pb2.ExecutionReport, msg.headers)
+                if report.exec_type in FILL_TYPES:
+                    assert report.member_id == MEMBERS[report.strategy_id]
+                    filled.add(report.strategy_id)
+
+        await ledger_caught_up(nc, acks)
+        fills = desk.cli("fills", "--limit", "10000")
+        booked_members = {f["member_id"] for f in fills["fills"]}  # type: ignore[index]
+        assert set(MEMBERS.values()) <= booked_members
+        old_desk = [f for f in fills["fills"] if f["strategy_id"] == "old_desk_form"]  # type: ignore[index]
+        assert old_desk and {(f["member_id"], f["symbol"], f["qty"]) for f in old_desk} == {("dave", "SPY", "3")}
+
+        board = desk.cli("leaderboard")
+        assert {row["member_id"] for row in board["rows"]} >= set(MEMBERS.values())  # type: ignore[index]
+        assert [row["rank"] for row in board["rows"]] == list(range(1, len(board["rows"]) + 1))  # type: ignore[index]
+
+        status = desk.cli("status")
+        pids = {s["strategy_id"]: s["pid"] for s in status["strategies"]}  # type: ignore[index]
+        assert set(pids) == set(MEMBERS) and all(pids.values())
+        assert {s["state"] for s in status["strategies"]} == {"STRATEGY_STATE_RUNNING"}  # type: ignore[index]
+    finally:
+        await nc.close()
+
+    # Ctrl-C: a clean exit, and no strategy, service or server left running.
+    assert await desk.interrupt() == 0, "".join(desk.output[-40:])
+    for pid in pids.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", desk.port)) != 0, "nats-server still listening"
+
+    # A second run on the same data keeps the ledger and books no fill twice.
+    await desk.start("--no-strategies")
+    nc = await nats.connect(desk.url)
+    try:
+        acks = await follow(nc, f"$JS.ACK.{subjects.STREAM_EXECUTIONS}.{subjects.LEDGER_DURABLE}.>")
+        await ledger_caught_up(nc, acks)
+        in_stream = await stream_fills(nc)
+        booked = desk.cli("fills", "--limit", "10000")["fills"]  # type: ignore[index]
+        booked_ids = [f["execution_id"] for f in booked]
+        assert len(booked_ids) == len(set(booked_ids)), "a fill was booked twice"
+        assert set(booked_ids) == set(in_stream), "the ledger and the EXECUTIONS stream disagree"
+        for f in fills["fills"]:  # type: ignore[index]
+            assert f["execution_id"] in set(booked_ids)
+    finally:
+        await nc.close()
+    assert await desk.interrupt() == 0
