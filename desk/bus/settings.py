@@ -19,9 +19,11 @@ class BusSettings(BaseSettings):
     nats_user: str | None = Field(default=None, description="NATS user name, if the server wants one")
     nats_password: str | None = Field(default=None, description="NATS password")
     nats_creds: str | None = Field(default=None, description="path to a NATS .creds file")
-    nats_connect_timeout: float = Field(default=5.0, gt=0)
-    log_level: str = Field(default="info", pattern=r"^(?i)(debug|info|warning|error)$")
-    log_format: str = Field(default="auto", pattern=r"^(auto|json|console)$")
+    nats_connect_timeout: float = Field(default=5.0, gt=0, description="seconds allowed for one connection attempt")
+    log_level: str = Field(default="info", pattern=r"^(?i)(debug|info|warning|error)$", description="debug, info, warning or error")
+    log_format: str = Field(
+        default="auto", pattern=r"^(auto|json|console)$", description="json, console, or auto (console on a terminal)"
+    )
     drain_timeout: float = Field(default=10.0, gt=0, description="seconds allowed for a clean shutdown")
 
     @property
