@@ -50,3 +50,26 @@ def load_settings(cls: type[S], **overrides: object) -> S:
             lines.append(f"  {(prefix + name).upper()}={error.get('input')!r}: {error['msg']}")
         print("\n".join(lines), file=sys.stderr)
         raise SettingsError(2) from None
+
+
+def settings_help(cls: type[BaseSettings]) -> str:
+    """One line per environment variable of ``cls``: name, description, default."""
+    lines = ["environment variables:"]
+    for name, info in cls.model_fields.items():
+        default = "" if info.default is None else f" (default: {info.default})"
+        lines.append(f"  {name.upper():<38} {info.description or ''}{default}")
+    return "\n".join(lines)
+
+
+def service_settings(prog: str, description: str, cls: type[S], argv: list[str] | None = None) -> S:
+    """A service's command line: ``--help`` explains it and lists its settings; the settings
+    themselves come from the environment, validated (exit 2 with one line per bad value)."""
+    import argparse
+
+    argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=settings_help(cls),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)
+    return load_settings(cls)

@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from desk.bus.lifecycle import run
-from desk.bus.settings import load_settings
+from desk.bus.settings import service_settings
+from services.broker_gateway.service import NAME, BrokerNotAvailable, make_start
+from services.broker_gateway.settings import Settings
 
-from .service import NAME, BrokerNotAvailable, make_start
-from .settings import Settings
-
-
-def _epilog() -> str:
-    lines = ["environment variables:"]
-    for name, field in Settings.model_fields.items():
-        default = "" if field.default is None else f" (default {field.default})"
-        lines.append(f"  {name.upper():<26} {field.description or ''}{default}")
-    return "\n".join(lines)
+DESCRIPTION = (
+    "Quant Desk broker gateway: consumes routed orders from the ORDERS stream (desk.broker.<venue>.orders), "
+    "hands them to the broker (sim: a local matching simulator fed by md.*) and publishes every execution "
+    "report to EXECUTIONS (desk.exec.<strategy_id>)."
+)
 
 
 def main(argv: list[str] | None = None) -> None:
-    argparse.ArgumentParser(
-        prog="python -m services.broker_gateway",
-        description="Consume routed orders from the ORDERS stream (desk.broker.<venue>.orders), hand them to "
-        "the broker (sim: a local matching simulator fed by md.*) and publish every execution report "
-        "to EXECUTIONS (desk.exec.<strategy_id>).",
-        epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    ).parse_args(argv)
-    settings = load_settings(Settings)
+    settings = service_settings("python -m services.broker_gateway", DESCRIPTION, Settings, argv)
     try:
         start = make_start(settings)
     except BrokerNotAvailable as exc:

@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
-
 from desk.bus.lifecycle import run
-from desk.bus.settings import BusSettings, load_settings
+from desk.bus.settings import service_settings
 from services.ledger.service import NAME, LedgerService
 from services.ledger.settings import Settings
 
-
-def _env_help() -> str:
-    lines = ["environment:"]
-    for name, info in Settings.model_fields.items():
-        default = info.default
-        own = name not in BusSettings.model_fields
-        lines.append(f"  {name.upper():<28} {info.description or ''} (default: {default})" + ("" if own else " [bus]"))
-    return "\n".join(lines)
+DESCRIPTION = (
+    "Quant Desk ledger: books executions from the EXECUTIONS stream into SQLite (single writer) "
+    "and answers desk.ledger.* queries."
+)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m services.ledger",
-        description="Quant Desk ledger: books executions from the EXECUTIONS stream into SQLite (single writer) "
-        "and answers desk.ledger.* queries.",
-        epilog=_env_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.parse_args(argv)
-    settings = load_settings(Settings)
+    settings = service_settings("python -m services.ledger", DESCRIPTION, Settings, argv)
     run(NAME, settings, LedgerService(settings).start)
 
 
