@@ -59,7 +59,9 @@ KV_ORDER_IDS = "DESK_ORDER_IDS"  # key = "<strategy_id>.<client_order_id>", valu
 
 # Validation ---------------------------------------------------------------------------------------
 STRATEGY_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9.]{0,15}$")
+# No "." in symbols: a symbol is one subject token (md.bar.<SYMBOL>). Class shares are written
+# without it (BRKB); the Alpaca gateway will translate when it lands.
+SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9]{0,15}$")
 CLIENT_ORDER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 VENUE_RE = re.compile(r"^[a-z0-9_-]{1,16}$")
 

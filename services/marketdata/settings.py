@@ -38,7 +38,7 @@ class Settings(BusSettings):
             raise ValueError("at least one symbol is needed")
         bad = [s for s in symbols if not subjects.SYMBOL_RE.match(s)]
         if bad:
-            raise ValueError(f"invalid symbols {bad}: expected upper-case tickers like AAPL or BRK.B")
+            raise ValueError(f"invalid symbols {bad}: expected upper-case tickers like AAPL or BRKB (no dots: a symbol is one subject token)")
         return ",".join(dict.fromkeys(symbols))
 
     @property
