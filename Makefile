@@ -57,7 +57,9 @@ resume: $(STAMP) ## lift a halt (NAME=one strategy, else the whole desk)
 proto: $(STAMP) ## regenerate desk/v1/*_pb2.py(i) from protos/ with grpcio-tools
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. protos/desk/v1/*.proto
 
-test: $(STAMP) ## every test: unit, then integration (real nats-server), then end-to-end (the whole desk)
+test: $(STAMP) ## lint and types, then unit, integration (real nats-server) and end-to-end (the whole desk) tests
+	$(VENV)/bin/ruff check desk services strategy_sdk desk_client tests
+	$(VENV)/bin/mypy desk services strategy_sdk desk_client
 	$(PYTEST) tests/unit
 	$(PYTEST) tests/integration
 	$(PYTEST) tests/e2e

@@ -68,11 +68,12 @@ class DeskService:
                 return
             except Exception as exc:
                 log.error("endpoint.internal_error", endpoint=name, subject=req.subject, error=repr(exc), exc_info=exc)
-                err = DeskError("INTERNAL", f"internal error: {exc!r}", status=500)
-                await self._refuse(name, req, err, error_body(err, req.subject, request) if error_body else None)
+                internal = DeskError("INTERNAL", f"internal error: {exc!r}", status=500)
+                body = error_body(internal, req.subject, request) if error_body else None
+                await self._refuse(name, req, internal, body)
                 return
-            body, headers = codec.encode(reply)
-            await req.respond(body, headers=headers)
+            data, headers = codec.encode(reply)
+            await req.respond(data, headers=headers)
 
         await self.service.add_endpoint(name=name, subject=subject, handler=handle, queue_group=queue_group)
 

@@ -164,7 +164,7 @@ class EmbeddedDesk:
                     return 0
                 for task in done:
                     svc = waits[task]
-                    code = svc.process.returncode if svc.process else None  # type: ignore[union-attr]
+                    code = svc.process.returncode if svc.process else None
                     log.error("desk.service_exited", service=svc.name, exit_code=code, log=str(svc.log_path))
                     self._print_tail(svc.log_path)
                     if svc.restarts >= self.max_restarts:

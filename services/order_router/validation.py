@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Container
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import cast
 
 from desk.bus import subjects
 from desk.bus.decimals import parse_decimal
@@ -73,11 +74,10 @@ def refusal(code: str, message: str) -> DeskError:
 def reject_reason(code: str) -> orders_pb2.RejectReason:
     """The ``RejectReason`` for a DeskError code; INTERNAL for codes the wire has no reason for."""
     name = "REJECT_REASON_" + _CODE_ALIASES.get(code, code)
-    try:
-        reason: orders_pb2.RejectReason = orders_pb2.RejectReason.Value(name)
-    except ValueError:
+    if name not in orders_pb2.RejectReason.DESCRIPTOR.values_by_name:
         return orders_pb2.REJECT_REASON_INTERNAL
-    return reason
+    # the generated stubs type Value() as int; it is one of RejectReason's values by construction
+    return cast(orders_pb2.RejectReason, orders_pb2.RejectReason.Value(name))
 
 
 def order_id_for(strategy_id: str, client_order_id: str) -> str:

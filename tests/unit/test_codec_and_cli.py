@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def desk(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "desk.cli", *args], input=stdin, capture_output=True, cwd=ROOT, timeout=60)
+    return subprocess.run([sys.executable, "-m", "desk.cli", *args], input=stdin, capture_output=True, cwd=ROOT, timeout=60, check=False)
 
 
 @pytest.mark.parametrize(
