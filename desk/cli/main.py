@@ -374,22 +374,17 @@ def fills(
     )
 
 
-def _pnl_rows(rows: Any, first: str) -> list[list[Any]]:
+def _pnl_figures(r: ledger_pb2.PnlRow) -> list[Any]:
     return [
-        [
-            r.strategy_id if first == "strategy" else r.member_id,
-            r.member_id,
-            money(r.cash),
-            money(r.market_value),
-            money(r.equity),
-            signed_money(r.realized_pnl),
-            signed_money(r.unrealized_pnl),
-            money(r.fees),
-            signed_money(r.total_pnl),
-            f"{r.return_pct}%",
-            r.fills,
-        ]
-        for r in rows
+        money(r.cash),
+        money(r.market_value),
+        money(r.equity),
+        signed_money(r.realized_pnl),
+        signed_money(r.unrealized_pnl),
+        money(r.fees),
+        signed_money(r.total_pnl),
+        f"{r.return_pct}%",
+        r.fills,
     ]
 
 
@@ -401,10 +396,10 @@ def pnl(strategy: StrategyOpt = "", member: MemberOpt = "", as_json: JsonOpt = F
         print_json(reply)
         return
     columns = ["cash", "market value", "equity", "realized", "unrealized", "fees", "total P&L", "return", "fills"]
-    table(
-        "P&L per strategy", ["strategy", "member", *columns], _pnl_rows(reply.strategies, "strategy"), numeric=columns
-    )
-    table("P&L per member", ["member", "member ", *columns], _pnl_rows(reply.members, "member"), numeric=columns)
+    strategy_rows = [[r.strategy_id, r.member_id, *_pnl_figures(r)] for r in reply.strategies]
+    table("P&L per strategy", ["strategy", "member", *columns], strategy_rows, numeric=columns)
+    member_rows = [[r.member_id, *_pnl_figures(r)] for r in reply.members]
+    table("P&L per member", ["member", *columns], member_rows, numeric=columns)
 
 
 @app.command()
