@@ -10,7 +10,15 @@ DATA   ?= var
 NAME   ?=
 PYTEST := $(PY) -m pytest -q
 
+# Docker: images, compose. OFFLINE=1 builds from a local Debian base image (no registry needed).
+OFFLINE    ?=
+BASE_IMAGE ?= $(if $(OFFLINE),quantdesk/base:bookworm,python:3.11-slim-bookworm)
+COMPOSE    ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+PROJECT    ?= quantdesk
+WHEELS     := deploy/build/wheels
+
 .DEFAULT_GOAL := help
+.PHONY: wheels base-image build strategy-image up down clean-docker test-docker
 .PHONY: help setup run deploy stop status logs positions leaderboard halt resume proto test test-unit \
         test-integration test-e2e lint typecheck clean
 
@@ -53,6 +61,35 @@ halt: $(STAMP) ## kill switch: refuse new orders (NAME=one strategy, else the wh
 
 resume: $(STAMP) ## lift a halt (NAME=one strategy, else the whole desk)
 	$(DESK) resume $(NAME)
+
+wheels: $(STAMP) ## download every Python wheel the images need into deploy/build/wheels (on the host)
+	rm -rf $(WHEELS) && mkdir -p $(WHEELS)
+	$(PY) -m pip wheel --quiet --wheel-dir $(WHEELS) '.[docker,alpaca]'
+	cp $(VENV)/bin/nats-server deploy/build/nats-server
+
+base-image: ## make quantdesk/base:bookworm offline with debootstrap (root, Docker engine)
+	deploy/offline/make-base-image.sh quantdesk/base:bookworm
+
+build: wheels $(if $(OFFLINE),base-image) ## build the service and NATS images (and the strategy image)
+	docker build --quiet -f deploy/Dockerfile.nats -t quantdesk/nats:latest .
+	docker build --quiet -f deploy/Dockerfile.service --build-arg BASE_IMAGE=$(BASE_IMAGE) -t quantdesk/service:latest .
+	$(MAKE) --no-print-directory strategy-image SKIP_WHEELS=1
+
+strategy-image: $(if $(SKIP_WHEELS),,wheels) ## build the strategy runtime image (strategy_sdk + desk_client)
+	docker build --quiet -f deploy/Dockerfile.strategy --build-arg BASE_IMAGE=$(BASE_IMAGE) -t quantdesk/strategy:latest .
+
+up: ## run the desk under compose, in the background (make build first)
+	DESK_STRATEGIES_DIR=$(CURDIR)/strategies $(COMPOSE) -p $(PROJECT) up -d
+
+down: ## stop the compose desk and its strategy containers (volumes are kept)
+	-$(DESK) stop
+	$(COMPOSE) -p $(PROJECT) down
+
+clean-docker: ## remove the compose desk, its volumes, strategy containers and networks, and the images
+	-$(COMPOSE) -p $(PROJECT) down --volumes --remove-orphans
+	-docker ps -aq --filter label=quantdesk.strategy | xargs -r docker rm -f
+	-docker network ls -q --filter label=quantdesk.strategy | xargs -r docker network rm
+	-docker image rm quantdesk/service:latest quantdesk/strategy:latest quantdesk/nats:latest
 
 proto: $(STAMP) ## regenerate desk/v1/*_pb2.py(i) from protos/ with grpcio-tools
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. protos/desk/v1/*.proto

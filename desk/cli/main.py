@@ -166,7 +166,7 @@ def _print_status(result: strategy_pb2.StrategyStatusList, as_json: bool) -> Non
         return
     table(
         "strategies",
-        ["strategy", "member", "state", "runtime", "pid", "restarts", "last heartbeat", "error"],
+        ["strategy", "member", "state", "runtime", "pid / container", "restarts", "last heartbeat", "error"],
         [
             [
                 s.strategy_id,

@@ -36,8 +36,18 @@ class RiskLimits(_message.Message):
     allow_short: bool
     def __init__(self, max_order_notional: _Optional[str] = ..., max_position_notional: _Optional[str] = ..., max_orders_per_minute: _Optional[int] = ..., allow_short: _Optional[bool] = ...) -> None: ...
 
+class Resources(_message.Message):
+    __slots__ = ("memory", "cpus", "pids")
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    PIDS_FIELD_NUMBER: _ClassVar[int]
+    memory: str
+    cpus: str
+    pids: int
+    def __init__(self, memory: _Optional[str] = ..., cpus: _Optional[str] = ..., pids: _Optional[int] = ...) -> None: ...
+
 class StrategySpec(_message.Message):
-    __slots__ = ("strategy_id", "member_id", "name", "description", "version", "env", "initial_cash", "risk", "symbols", "legacy", "path", "runtime")
+    __slots__ = ("strategy_id", "member_id", "name", "description", "version", "env", "initial_cash", "risk", "symbols", "legacy", "path", "runtime", "resources")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +67,7 @@ class StrategySpec(_message.Message):
     LEGACY_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
     strategy_id: str
     member_id: str
     name: str
@@ -69,7 +80,8 @@ class StrategySpec(_message.Message):
     legacy: bool
     path: str
     runtime: str
-    def __init__(self, strategy_id: _Optional[str] = ..., member_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., version: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., initial_cash: _Optional[str] = ..., risk: _Optional[_Union[RiskLimits, _Mapping]] = ..., symbols: _Optional[_Iterable[str]] = ..., legacy: _Optional[bool] = ..., path: _Optional[str] = ..., runtime: _Optional[str] = ...) -> None: ...
+    resources: Resources
+    def __init__(self, strategy_id: _Optional[str] = ..., member_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., version: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., initial_cash: _Optional[str] = ..., risk: _Optional[_Union[RiskLimits, _Mapping]] = ..., symbols: _Optional[_Iterable[str]] = ..., legacy: _Optional[bool] = ..., path: _Optional[str] = ..., runtime: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("strategy_id", "ts_ns", "bars_seen", "orders_sent", "errors", "sdk_version", "last_error")

@@ -6,12 +6,13 @@ import sys
 
 from desk.bus.lifecycle import run
 from desk.bus.settings import service_settings
-from services.broker_gateway.service import NAME, BrokerNotAvailable, make_start
+from services.broker_gateway.service import NAME, BrokerNotAvailable, build_broker, check_broker, make_start
 from services.broker_gateway.settings import Settings
 
 DESCRIPTION = (
     "Quant Desk broker gateway: consumes routed orders from the ORDERS stream (desk.broker.<venue>.orders), "
-    "hands them to the broker (sim: a local matching simulator fed by md.*) and publishes every execution "
+    "hands them to the broker (sim: a local matching simulator fed by md.*; alpaca: Alpaca paper trading "
+    "through alpaca-py, ALPACA_API_KEY/ALPACA_SECRET_KEY) and publishes every execution "
     "report to EXECUTIONS (desk.exec.<strategy_id>)."
 )
 
@@ -19,7 +20,9 @@ DESCRIPTION = (
 def main(argv: list[str] | None = None) -> None:
     settings = service_settings("python -m services.broker_gateway", DESCRIPTION, Settings, argv)
     try:
-        start = make_start(settings)
+        broker = build_broker(settings)
+        check_broker(broker)  # Alpaca: a wrong key is one clear line now, not a retry loop later
+        start = make_start(settings, broker)
     except BrokerNotAvailable as exc:
         print(f"broker_gateway: {exc.code}", file=sys.stderr)
         raise SystemExit(2) from None

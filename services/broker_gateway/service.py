@@ -41,7 +41,7 @@ from desk.bus.logging import get_logger
 from desk.bus.micro import DeskService, add_service
 from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2
 
-from .brokers.base import Broker, MarketUpdate
+from .brokers.base import Broker, BrokerUnavailable, MarketUpdate, Reports, StreamingBroker
 from .brokers.sim import SimBroker, SimConfig, SimEngine
 from .settings import Settings
 
@@ -75,7 +75,7 @@ class BrokerNotAvailable(SystemExit):
 
 
 def build_broker(settings: Settings, clock: Callable[[], int] = time.time_ns) -> Broker:
-    """The broker ``settings.broker`` names. ``alpaca`` is a later issue and refuses to start."""
+    """The broker ``settings.broker`` names (no I/O yet; missing Alpaca keys refuse start-up)."""
     if settings.broker == "sim":
         config = SimConfig(
             slippage_bps=settings.sim_slippage_bps,
@@ -85,9 +85,25 @@ def build_broker(settings: Settings, clock: Callable[[], int] = time.time_ns) ->
             participation=settings.sim_participation,
         )
         return SimBroker(SimEngine(config, clock=clock))
-    raise BrokerNotAvailable(
-        f"BROKER={settings.broker} is not implemented in this build of broker_gateway; use BROKER=sim"
-    )
+    if settings.broker == "alpaca":
+        from .brokers.alpaca import AlpacaBroker, AlpacaCredentialsError, alpaca_config
+
+        try:
+            return AlpacaBroker(alpaca_config(settings), clock=clock)
+        except AlpacaCredentialsError as exc:
+            raise BrokerNotAvailable(exc.code) from None
+    raise BrokerNotAvailable(f"BROKER={settings.broker} is not supported; use BROKER=sim or BROKER=alpaca")
+
+
+def check_broker(broker: Broker) -> None:
+    """Start-up check before the service runs (Alpaca: the keys are accepted), else BrokerNotAvailable."""
+    check = getattr(broker, "check_credentials", None)
+    if check is None:
+        return
+    try:
+        check()
+    except SystemExit as exc:
+        raise BrokerNotAvailable(exc.code) from None
 
 
 def make_start(settings: Settings, broker: Broker | None = None) -> StartFn:
@@ -110,6 +126,7 @@ class BrokerGateway:
         self._js: JetStreamContext | None = None
         self._service: DeskService | None = None
         self._md_subs: list[Subscription] = []
+        self._flushes: set[asyncio.Task[bool]] = set()
         self.counts: collections.Counter[str] = collections.Counter()
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -132,6 +149,12 @@ class BrokerGateway:
         # Unwound in reverse: the order loop finishes first, then resting orders expire, then
         # the micro service stops and the lifecycle drains.
         runtime.stack.push_async_callback(self._expire_resting_orders)
+        if isinstance(self.broker, StreamingBroker):
+            await service.add_endpoint(
+                "positions", f"desk.broker.{self.venue}.positions", ledger_pb2.LedgerQuery, self._positions
+            )
+            # connected and reconciled before the first routed order is fetched
+            await self.broker.start(self._emit)
         if self.broker.wants_market_data:
             for subject in _MD_TYPES:
                 self._md_subs.append(await runtime.nc.subscribe(subject, cb=self._on_market_data))
@@ -148,6 +171,8 @@ class BrokerGateway:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         reports = await self.broker.shutdown()
+        if self._flushes:
+            await asyncio.wait(set(self._flushes), timeout=PUBLISH_TIMEOUT)
         if reports:
             log.info("gateway.expiring_resting_orders", count=len(reports))
         self._outbox.extend(reports)
@@ -233,12 +258,17 @@ class BrokerGateway:
             except DeskError as err:
                 await self._refuse(msg, err)
                 return
+            except BrokerUnavailable as exc:
+                self.counts["orders_deferred"] += 1
+                log.warning("order.deferred", error=str(exc))
+                await msg.nak(delay=RETRY_PAUSE)  # redelivered later; the venue dedups by client order id
+                return
             except Exception as exc:
                 self.counts["orders_failed"] += 1
                 log.error("order.failed", error=repr(exc), exc_info=exc)
                 await msg.term()
                 return
-            if not reports:
+            if not reports and not isinstance(self.broker, StreamingBroker):
                 log.info("order.duplicate", action=action)
             self._outbox.extend(reports)
             if await self._flush():
@@ -275,6 +305,15 @@ class BrokerGateway:
             await self._flush()
 
     # --- execution reports -------------------------------------------------------------------------
+
+    def _emit(self, reports: Reports) -> None:
+        """A streaming broker's sink: queue the reports in order, publish them soon."""
+        if not reports:
+            return
+        self._outbox.extend(reports)
+        task = asyncio.create_task(self._flush(), name="gateway.flush")
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
 
     async def _flush(self) -> bool:
         """Publish the outbox in order, each awaiting its PubAck; False if one publish failed."""
@@ -320,6 +359,16 @@ class BrokerGateway:
             and (not query.member_id or o.member_id == query.member_id)
         ]
         return ledger_pb2.OrdersReply(orders=orders[: query.limit or 100])
+
+    async def _positions(self, query: ledger_pb2.LedgerQuery, subject: str) -> ledger_pb2.PositionsReply:
+        assert isinstance(self.broker, StreamingBroker)
+        try:
+            positions = await self.broker.positions()
+        except BrokerUnavailable as exc:
+            raise DeskError("VENUE_UNAVAILABLE", str(exc), 503) from None
+        return ledger_pb2.PositionsReply(
+            positions=[p for p in positions if not query.symbol or p.symbol == query.symbol]
+        )
 
     def _stats_data(self, endpoint: EndpointStats) -> dict[str, Any]:
         refusals: dict[str, int] = {}

@@ -1,22 +1,22 @@
-"""Settings of the broker gateway (environment: BROKER, SIM_*; plus the bus's NATS_URL, LOG_*...)."""
+"""Settings of the broker gateway (environment: BROKER, SIM_*, ALPACA_*; plus the bus's NATS_URL, LOG_*...)."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from desk.bus.settings import BusSettings
 
-SUPPORTED_BROKERS = ("sim",)
+SUPPORTED_BROKERS = ("sim", "alpaca")
 
 
 class Settings(BusSettings):
     """Frozen, validated at start-up; every field is the upper-cased environment variable."""
 
     broker: Literal["sim", "alpaca"] = Field(
-        default="sim", description="the venue this gateway fronts: sim (local simulator) or alpaca (not in this build)"
+        default="sim", description="the venue this gateway fronts: sim (local simulator) or alpaca (paper trading via alpaca-py)"
     )
     sim_slippage_bps: Decimal = Field(
         default=Decimal(2), ge=0, le=1000, description="sim: market fills move against the order by this many bps"
@@ -33,6 +33,31 @@ class Settings(BusSettings):
     )
     gateway_max_ack_pending: int = Field(
         default=64, ge=1, description="routed orders delivered to the gateway and not yet acked, at most"
+    )
+
+    # Alpaca (BROKER=alpaca). The keys are SecretStr: never printed, logged or passed to strategies.
+    alpaca_api_key: SecretStr | None = Field(default=None, description="alpaca: API key id (paper); required with BROKER=alpaca")
+    alpaca_secret_key: SecretStr | None = Field(default=None, description="alpaca: API secret key; required with BROKER=alpaca")
+    alpaca_paper: bool = Field(default=True, description="alpaca: paper trading (true) or live (false)")
+    alpaca_rest_url: str | None = Field(
+        default=None, description="alpaca: REST base URL override (tests: the fake; no trailing slash)"
+    )
+    alpaca_stream_url: str | None = Field(
+        default=None, description="alpaca: trade_updates websocket URL override (full URL, with /stream)"
+    )
+    alpaca_timeout: float = Field(default=10.0, gt=0, description="alpaca: seconds allowed for one REST call")
+    alpaca_retry_budget: float = Field(
+        default=30.0, gt=0, description="alpaca: seconds one operation may spend retrying 429/5xx/timeouts"
+    )
+    alpaca_retry_backoff: float = Field(
+        default=0.5, gt=0, description="alpaca: first pause between retries (doubles each time, at most 8 s)"
+    )
+    alpaca_reconcile_lookback: float = Field(
+        default=86400.0, gt=0,
+        description="alpaca: after a restart, seconds of orders and fills to reconcile (republishing is idempotent)",
+    )
+    alpaca_reconnect_backoff: float = Field(
+        default=1.0, gt=0, description="alpaca: first pause before reconnecting a dropped trade_updates stream"
     )
 
     @property

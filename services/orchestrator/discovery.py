@@ -136,6 +136,38 @@ def _symbols(value: Any) -> list[str]:
     return list(dict.fromkeys(value))
 
 
+_MEMORY_RE = re.compile(r"^[1-9][0-9]*[kmg]?$")
+
+
+def _resources(value: Any) -> strategy_pb2.Resources:
+    """``resources`` {memory: "256m", cpus: "0.5", pids: 64}: container limits of the docker runtime."""
+    resources = strategy_pb2.Resources()
+    if value is None:
+        return resources
+    if not isinstance(value, dict):
+        raise StrategyConfigError(f"resources must be an object, got {type(value).__name__}")
+    unknown = set(value) - {"memory", "cpus", "pids"}
+    if unknown:
+        raise StrategyConfigError(f"resources has unknown keys {sorted(unknown)}: use memory, cpus, pids")
+    memory = value.get("memory")
+    if memory is not None:
+        if not isinstance(memory, str) or not _MEMORY_RE.match(memory.lower()):
+            raise StrategyConfigError(f"resources.memory must look like \"256m\" or \"1g\", got {memory!r}")
+        resources.memory = memory.lower()
+    cpus = value.get("cpus")
+    if cpus is not None:
+        number = _decimal("resources.cpus", cpus)
+        if Decimal(number) > 64:
+            raise StrategyConfigError(f"resources.cpus {number} is more than a machine has")
+        resources.cpus = number
+    pids = value.get("pids")
+    if pids is not None:
+        if isinstance(pids, bool) or not isinstance(pids, int) or not 8 <= pids <= 4096:
+            raise StrategyConfigError(f"resources.pids must be a whole number from 8 to 4096, got {pids!r}")
+        resources.pids = pids
+    return resources
+
+
 def validate_strategy(
     strategy_id: str, config_text: str, strategy_source: str, path: str = "", default_runtime: str = "process"
 ) -> DiscoveredStrategy:
@@ -177,6 +209,7 @@ def validate_strategy(
         legacy=is_legacy(strategy_source),
         path=path,
         runtime=runtime,
+        resources=_resources(config.get("resources")),
     )
     return DiscoveredStrategy(spec=spec, enabled=enabled)
 

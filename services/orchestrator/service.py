@@ -63,12 +63,7 @@ class Orchestrator:
         self, settings: Settings, runtime: Runtime | None = None, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.settings = settings
-        self.runtime: Runtime = runtime or ProcessRuntime(
-            nats_url=settings.nats_url,
-            log_dir=settings.orch_log_dir,
-            repo_root=settings.orch_repo_root,
-            command=settings.orch_process_command,
-        )
+        self.runtime: Runtime = runtime or make_runtime(settings)
         self.clock = clock
         self.policy = RestartPolicy(
             backoff_initial=settings.orch_backoff_initial,
@@ -102,6 +97,7 @@ class Orchestrator:
         await svc.add_endpoint("list", subjects.CTL_LIST, control, self.on_list)
         await svc.add_endpoint("logs", subjects.CTL_LOGS, strategy_pb2.LogsRequest, self.on_logs)
         sub = await runtime.nc.subscribe(subjects.HEARTBEAT_ALL, cb=self._on_heartbeat)
+        await self.runtime.cleanup()
         # Unwound in reverse: strategies stop first, then the subscription, then the micro service.
         runtime.stack.push_async_callback(sub.unsubscribe)
         runtime.stack.push_async_callback(self.shutdown)
@@ -339,6 +335,33 @@ class Orchestrator:
                 + "; ".join(f"{sid}: {error}" for sid, error in sorted(self.invalid.items()))
             )
         return strategy_pb2.StrategyStatusList(strategies=[self.status(m) for m in targets], message=" | ".join(notes))
+
+
+def make_runtime(settings: Settings) -> Runtime:
+    """The runtime the settings ask for (ORCH_RUNTIME)."""
+    if settings.orch_runtime == "docker":
+        import docker  # only the docker runtime needs the Docker SDK
+
+        from services.orchestrator.runtimes.docker import DockerRuntime
+
+        return DockerRuntime(
+            client=docker.from_env(),
+            image=settings.orch_docker_image,
+            host_strategies_dir=settings.orch_docker_host_strategies_dir,
+            strategies_dir=settings.orch_strategies_dir,
+            log_dir=settings.orch_log_dir,
+            nats_url=settings.orch_docker_nats_url,
+            nats_container=settings.orch_docker_nats_container,
+            default_memory=settings.orch_docker_memory,
+            default_cpus=settings.orch_docker_cpus,
+            default_pids=settings.orch_docker_pids,
+        )
+    return ProcessRuntime(
+        nats_url=settings.nats_url,
+        log_dir=settings.orch_log_dir,
+        repo_root=settings.orch_repo_root,
+        command=settings.orch_process_command,
+    )
 
 
 def make_start(settings: Settings, **options: Any) -> Callable[[ServiceRuntime], Any]:

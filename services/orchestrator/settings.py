@@ -18,8 +18,8 @@ class Settings(BusSettings):
     orch_strategies_dir: Path = Field(
         default=Path("strategies"), description="folder of strategies: <id>/strategy.py + <id>/config.json"
     )
-    orch_runtime: Literal["process"] = Field(
-        default="process", description="where strategies run: process (local subprocesses; docker comes later)"
+    orch_runtime: Literal["process", "docker"] = Field(
+        default="process", description="where strategies run: process (local subprocesses) or docker (containers)"
     )
     orch_autodeploy: bool = Field(default=True, description="deploy every enabled strategy when the service starts")
     orch_log_dir: Path = Field(default=Path("var/logs"), description="folder of the strategies' <id>.log files")
@@ -37,6 +37,25 @@ class Settings(BusSettings):
         default=10, ge=0, description="restarts after consecutive quick crashes before a strategy is FAILED"
     )
     orch_stop_timeout: float = Field(default=10.0, gt=0, description="seconds between SIGTERM and SIGKILL on stop")
+    orch_docker_image: str = Field(default="quantdesk/strategy:latest", description="docker: the strategy runtime image")
+    orch_docker_host_strategies_dir: Path | None = Field(
+        default=None,
+        description="docker: the strategies folder's path on the Docker host (for bind mounts); "
+        "default: the source of this container's ORCH_STRATEGIES_DIR mount, or ORCH_STRATEGIES_DIR itself",
+    )
+    orch_docker_nats_url: str = Field(
+        default="nats://nats:4222", description="docker: NATS as strategy containers reach it on their network"
+    )
+    orch_docker_nats_container: str = Field(
+        default="", description="docker: the NATS container to join to strategy networks; default: compose service nats"
+    )
+    orch_docker_memory: str = Field(
+        default="256m", pattern=r"^[1-9][0-9]*[kmgKMG]?$", description="docker: default memory limit per strategy"
+    )
+    orch_docker_cpus: str = Field(
+        default="0.5", pattern=r"^[0-9]+(\.[0-9]+)?$", description="docker: default CPU limit per strategy"
+    )
+    orch_docker_pids: int = Field(default=128, ge=8, le=4096, description="docker: default pids limit per strategy")
 
     @field_validator("orch_process_command")
     @classmethod

@@ -10,12 +10,17 @@ issue that adds it, and needs no change to the methods below.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2
 
 MarketUpdate = marketdata_pb2.Bar | marketdata_pb2.Trade | marketdata_pb2.Quote
 Reports = list[executions_pb2.ExecutionReport]
+
+
+class BrokerUnavailable(Exception):
+    """The venue did not answer in time: the routed order is retried later (nak), not dropped."""
 
 
 class Broker(Protocol):
@@ -49,4 +54,17 @@ class Broker(Protocol):
 
     def open_orders(self) -> list[ledger_pb2.OrderRecord]:
         """The orders resting at the venue now (the service's ``book`` endpoint and STATS)."""
+        ...
+
+
+@runtime_checkable
+class StreamingBroker(Protocol):
+    """A venue with its own event stream (Alpaca): reports arrive through ``emit`` at any time."""
+
+    async def start(self, emit: Callable[[Reports], None], timeout: float = 30.0) -> None:
+        """Connect and reconcile; return once the broker may take new work."""
+        ...
+
+    async def positions(self) -> list[ledger_pb2.Position]:
+        """The account's positions at the venue (symbol, signed qty, avg cost)."""
         ...

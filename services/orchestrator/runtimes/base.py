@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from desk.v1 import strategy_pb2
+
+# "ValueError: boom", "strategy_sdk.errors.ConfigError: ...", "Error: ...", "FATAL ...".
+_ERROR_LINE_RE = re.compile(
+    r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b|.*\b(error|fatal|critical)\b)", re.IGNORECASE
+)
+
+
+def is_error_line(line: str) -> bool:
+    """Whether a line a strategy wrote reads as its error (a traceback's last line, say)."""
+    return bool(line.strip()) and not line[:1].isspace() and bool(_ERROR_LINE_RE.match(line.strip()))
+
+
+def last_error_line(lines: Iterable[str]) -> str:
+    """The last error-looking line, else the last non-blank one ("" when there is none)."""
+    last_error = last_line = ""
+    for line in lines:
+        if line.strip():
+            last_line = line.strip()
+            if is_error_line(line):
+                last_error = line.strip()
+    return last_error or last_line
 
 
 @dataclass(frozen=True)
@@ -48,4 +71,8 @@ class Runtime(Protocol):
 
     async def logs(self, strategy_id: str, tail: int) -> list[str]:
         """The last ``tail`` lines the strategy wrote (across its runs)."""
+        ...
+
+    async def cleanup(self) -> None:
+        """Remove what a previous orchestrator left running (called once at start)."""
         ...

@@ -16,7 +16,6 @@ import asyncio
 import collections
 import contextlib
 import os
-import re
 import shlex
 import signal
 import sys
@@ -29,15 +28,13 @@ from typing import IO
 from desk.bus.logging import get_logger
 from desk.bus.process import die_with_parent
 from desk.v1 import strategy_pb2
-from services.orchestrator.runtimes.base import ExitInfo, RunHandle
+from services.orchestrator.runtimes.base import ExitInfo, RunHandle, is_error_line
 
 log = get_logger("orchestrator")
 
 DEFAULT_COMMAND = "{python} -m strategy_sdk run {path}"
 RING_LINES = 1000
 BASE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
-# "ValueError: boom", "strategy_sdk.errors.ConfigError: ...", "Error: ...", "FATAL ...".
-_ERROR_LINE_RE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b|.*\b(error|fatal|critical)\b)", re.IGNORECASE)
 MAX_LINE = 4000
 
 
@@ -142,7 +139,7 @@ class ProcessRuntime:
             run.log_file.flush()
             if is_stderr and line.strip():
                 run.last_stderr = line.strip()
-                if not line[:1].isspace() and _ERROR_LINE_RE.match(line.strip()):
+                if is_error_line(line):
                     run.last_error = line.strip()
 
     async def wait(self, handle: RunHandle) -> ExitInfo:
@@ -184,6 +181,9 @@ class ProcessRuntime:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(handle.pid, signal.SIGKILL)
             await run.process.wait()
+
+    async def cleanup(self) -> None:
+        """Nothing to do: strategy processes die with the orchestrator (PR_SET_PDEATHSIG)."""
 
     async def logs(self, strategy_id: str, tail: int) -> list[str]:
         ring = self._rings.get(strategy_id)

@@ -1,0 +1,434 @@
+"""The ``alpaca`` venue: Alpaca paper trading through alpaca-py, as a :class:`~.base.Broker`.
+
+* REST: alpaca-py's ``TradingClient`` is synchronous (requests), so every call runs in a worker
+  thread (``asyncio.to_thread``) and never stalls the event loop. alpaca-py sets no timeout and
+  retries 429/504 itself with 3 s sleeps; the gateway replaces both: its session has a timeout on
+  every request, alpaca-py's own retry is off, and :class:`AlpacaRest` retries 429, 5xx and
+  timeouts with exponential backoff within ``ALPACA_RETRY_BUDGET`` seconds.
+* A POST that reached Alpaca but whose reply was lost is retried with the same client order id;
+  Alpaca refuses it (422, 40010001) and the gateway looks the order up
+  (``GET /v2/orders:by_client_order_id``) instead of failing.
+* Order updates come from ``TradingStream`` (``trade_updates``) running on the gateway's loop. Every
+  (re)connect of that stream runs :meth:`AlpacaBroker.reconcile` before events are consumed and
+  before new orders are taken: open orders, orders and FILL activities since the last event seen
+  (after a restart: ``ALPACA_RECONCILE_LOOKBACK``), so a fill made while the stream was down is
+  reported, and one reported already is not reported again (deterministic execution ids; see
+  :mod:`.alpaca_book`).
+* Keys: only this process holds them (``SecretStr`` settings); they are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import random
+import time
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import requests
+
+from desk.bus.decimals import fmt
+from desk.bus.logging import get_logger
+from desk.v1 import common_pb2, ledger_pb2, orders_pb2
+
+from .alpaca_book import TIFS, AlpacaBook, AlpacaOrder, Fill, alpaca_client_order_id, dec, to_ns
+from .base import BrokerUnavailable, MarketUpdate, Reports
+
+with warnings.catch_warnings():
+    # alpaca-py 0.44's TradingStream imports websockets.legacy, deprecated since websockets 14
+    warnings.filterwarnings("ignore", message="websockets.legacy is deprecated", category=DeprecationWarning)
+    from alpaca.common.exceptions import APIError
+    from alpaca.trading.client import TradingClient
+    from alpaca.common.enums import Sort
+    from alpaca.trading.enums import OrderSide, QueryOrderStatus, TimeInForce
+    from alpaca.trading.requests import (
+        GetOrdersRequest,
+        LimitOrderRequest,
+        MarketOrderRequest,
+        OrderRequest,
+        StopLimitOrderRequest,
+        StopOrderRequest,
+    )
+    from alpaca.trading.stream import TradingStream
+
+log = get_logger("broker_gateway.alpaca")
+T = TypeVar("T")
+Emit = Callable[[Reports], None]
+
+DUPLICATE_CLIENT_ORDER_ID = 40010001
+MAX_BACKOFF = 8.0
+PAGE = 500
+
+
+class AlpacaUnavailable(BrokerUnavailable):
+    """Alpaca did not answer within the retry budget: the routed order is retried later (nak)."""
+
+
+class AlpacaCredentialsError(SystemExit):
+    """Missing or refused keys: start-up stops with one line (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class AlpacaConfig:
+    api_key: str
+    secret_key: str
+    paper: bool = True
+    rest_url: str | None = None
+    stream_url: str | None = None
+    timeout: float = 10.0
+    retry_budget: float = 30.0
+    retry_backoff: float = 0.5
+    reconcile_lookback: float = 86400.0
+    reconnect_backoff: float = 1.0
+
+    def __repr__(self) -> str:  # never show the keys
+        return f"AlpacaConfig(paper={self.paper}, rest_url={self.rest_url!r}, stream_url={self.stream_url!r})"
+
+
+class TimeoutSession(requests.Session):
+    """A requests session that puts a timeout on every request (alpaca-py passes none)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.timeout = timeout
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self.timeout)
+        return super().request(method, url, *args, **kwargs)
+
+
+def make_trading_client(config: AlpacaConfig) -> TradingClient:
+    client = TradingClient(config.api_key, config.secret_key, paper=config.paper, url_override=config.rest_url)
+    client._session.close()  # replaced: same behaviour plus a timeout on every request
+    client._session = TimeoutSession(config.timeout)
+    client._retry = 0  # alpaca-py's own retry sleeps 3 s in the worker thread; AlpacaRest retries instead
+    return client
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, APIError):
+        status = exc.status_code or 0
+        return status == 429 or status >= 500
+    return isinstance(exc, requests.exceptions.Timeout | requests.exceptions.ConnectionError)
+
+
+def api_code(exc: APIError) -> int | None:
+    with contextlib.suppress(Exception):
+        return int(exc.code)
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, APIError):
+        message = ""
+        with contextlib.suppress(Exception):
+            message = str(exc.message)
+        return f"alpaca {exc.status_code} {api_code(exc)}: {message or str(exc)[:200]}"
+    return f"alpaca unreachable: {type(exc).__name__}"
+
+
+class AlpacaRest:
+    """alpaca-py's REST calls off the event loop, with a retry budget for 429/5xx/timeouts."""
+
+    def __init__(self, client: TradingClient, config: AlpacaConfig, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.client = client
+        self.config = config
+        self._sleep = sleep
+        self.retries = 0
+
+    async def call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        deadline = time.monotonic() + self.config.retry_budget
+        pause = self.config.retry_backoff
+        while True:
+            try:
+                return await asyncio.to_thread(fn, *args)
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise
+                if time.monotonic() + pause > deadline:
+                    log.error("alpaca.retry_budget_exhausted", call=what, error=describe(exc))
+                    raise AlpacaUnavailable(f"{what}: {describe(exc)}") from exc
+                self.retries += 1
+                log.warning("alpaca.retrying", call=what, error=describe(exc), pause=round(pause, 3))
+                await self._sleep(pause * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not crypto
+                pause = min(pause * 2, MAX_BACKOFF)
+
+
+class DeskTradingStream(TradingStream):
+    """alpaca-py's TradingStream, plus a hook run after every (re)connect, before events are consumed."""
+
+    def __init__(self, config: AlpacaConfig, on_connected: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(config.api_key, config.secret_key, paper=config.paper, url_override=config.stream_url)
+        self._on_connected = on_connected
+        self._reconnect_min_backoff = config.reconnect_backoff
+
+    async def _start_ws(self) -> None:
+        await super()._start_ws()
+        await self._on_connected()
+
+
+def order_request(routed: orders_pb2.RoutedOrder) -> OrderRequest:
+    """The alpaca-py request for a routed order (client_order_id = ``<strategy_id>.<client_order_id>``)."""
+    request = routed.new_order
+    fields: dict[str, Any] = {
+        "symbol": request.symbol,
+        "side": OrderSide.BUY if request.side == common_pb2.SIDE_BUY else OrderSide.SELL,
+        "time_in_force": TimeInForce(TIFS.get(request.time_in_force, "day")),
+        "client_order_id": alpaca_client_order_id(routed.strategy_id, request.client_order_id),
+    }
+    if request.extended_hours:
+        fields["extended_hours"] = True
+    if request.qty:
+        fields["qty"] = float(Decimal(request.qty))
+    else:
+        fields["notional"] = float(Decimal(request.notional))
+    if request.type == common_pb2.ORDER_TYPE_LIMIT:
+        return LimitOrderRequest(limit_price=float(Decimal(request.limit_price)), **fields)
+    if request.type == common_pb2.ORDER_TYPE_STOP:
+        return StopOrderRequest(stop_price=float(Decimal(request.stop_price)), **fields)
+    if request.type == common_pb2.ORDER_TYPE_STOP_LIMIT:
+        return StopLimitOrderRequest(
+            limit_price=float(Decimal(request.limit_price)), stop_price=float(Decimal(request.stop_price)), **fields
+        )
+    return MarketOrderRequest(**fields)
+
+
+def fill_from_activity(row: dict[str, Any]) -> Fill:
+    activity_id = str(row.get("id", ""))
+    return Fill(
+        alpaca_order_id=str(row["order_id"]), cum_qty=dec(row["cum_qty"]) or Decimal(0),
+        qty=dec(row["qty"]) or Decimal(0), price=dec(row["price"]) or Decimal(0),
+        event_ns=to_ns(dt.datetime.fromisoformat(str(row["transaction_time"]).replace("Z", "+00:00"))),
+        alpaca_execution_id=activity_id.split("::")[-1],
+    )
+
+
+class AlpacaBroker:
+    """The :class:`~.base.Broker` for Alpaca. Reports go out through ``emit`` as soon as they are known
+    (from REST replies and the stream alike, in the order the book made them); ``submit`` and
+    ``cancel`` return ``[]``."""
+
+    venue = "alpaca"
+    wants_market_data = False
+    reports_async = True
+
+    def __init__(self, config: AlpacaConfig, clock: Callable[[], int] = time.time_ns,
+                 client: TradingClient | None = None) -> None:
+        if not config.api_key or not config.secret_key:
+            raise AlpacaCredentialsError("BROKER=alpaca needs ALPACA_API_KEY and ALPACA_SECRET_KEY (paper keys)")
+        self.config = config
+        self.rest = AlpacaRest(client or make_trading_client(config), config)
+        self.book = AlpacaBook(clock)
+        self._clock = clock
+        self._emit: Emit = lambda reports: None
+        self._stream: DeskTradingStream | None = None
+        self._stream_task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()  # set while reconciled and connected
+        self._reconcile_lock = asyncio.Lock()
+        self.reconciles = 0
+        self.connects = 0
+        self._started_ns = clock()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def check_credentials(self) -> None:
+        """Start-up check (synchronous, before the service runs): one GET /v2/account."""
+        try:
+            self.rest.client.get_account()
+        except APIError as exc:
+            if exc.status_code in (401, 403):
+                raise AlpacaCredentialsError(
+                    f"Alpaca refused ALPACA_API_KEY/ALPACA_SECRET_KEY (HTTP {exc.status_code}); check the paper keys"
+                ) from None
+            raise AlpacaCredentialsError(f"Alpaca account check failed: {describe(exc)}") from None
+        except requests.exceptions.RequestException as exc:
+            raise AlpacaCredentialsError(f"Alpaca unreachable at start-up: {type(exc).__name__}") from None
+
+    async def start(self, emit: Emit, timeout: float = 30.0) -> None:
+        """Connect the stream; return once the first reconcile is done (before any new work)."""
+        self._emit = emit
+        self._stream = DeskTradingStream(self.config, self._on_connected)
+        self._stream.subscribe_trade_updates(self._on_trade_update)
+        self._stream_task = asyncio.create_task(self._stream._run_forever(), name="alpaca.trade_updates")
+        ready = asyncio.create_task(self._ready.wait())
+        done, _ = await asyncio.wait({ready, self._stream_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if ready not in done:
+            ready.cancel()
+            await self.stop()
+            raise AlpacaUnavailable(f"trade_updates stream not connected and reconciled within {timeout} s")
+
+    async def stop(self) -> None:
+        if self._stream_task is not None:
+            self._stream_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._stream_task
+            self._stream_task = None
+        if self._stream is not None:
+            with contextlib.suppress(Exception):
+                await self._stream.close()
+        await asyncio.to_thread(self.rest.client._session.close)
+
+    async def _on_connected(self) -> None:
+        self.connects += 1
+        self._ready.clear()
+        log.info("alpaca.stream_connected", connects=self.connects)
+        await self.reconcile()
+        self._ready.set()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    # --- Broker ------------------------------------------------------------------------------------
+
+    async def submit(self, routed: orders_pb2.RoutedOrder) -> Reports:
+        await self._ready.wait()
+        order = self.book.remember(routed)
+        if order.alpaca_ids or order.is_final:
+            return []  # a redelivered routed order: already placed (or refused)
+        client_order_id = alpaca_client_order_id(routed.strategy_id, routed.new_order.client_order_id)
+        try:
+            request = order_request(routed)
+        except (ValueError, ArithmeticError) as exc:
+            self._emit(self.book.rejected(order, f"invalid order for alpaca: {exc}"))
+            return []
+        try:
+            placed = await self.rest.call("submit_order", self.rest.client.submit_order, request)
+        except APIError as exc:
+            if api_code(exc) != DUPLICATE_CLIENT_ORDER_ID:
+                log.warning("alpaca.order_refused", error=describe(exc))
+                self._emit(self.book.rejected(order, describe(exc)))
+                return []
+            log.info("alpaca.duplicate_client_order_id", alpaca_client_order_id=client_order_id)
+            placed = await self.rest.call("get_order_by_client_id", self.rest.client.get_order_by_client_id,
+                                          client_order_id)
+        self._emit(self.book.on_order(AlpacaOrder.from_model(placed)))
+        return []
+
+    async def cancel(self, routed: orders_pb2.RoutedOrder) -> Reports:
+        await self._ready.wait()
+        order = self.book.orders.get(routed.order_id)
+        if order is None:
+            client_order_id = alpaca_client_order_id(routed.strategy_id, routed.cancel.client_order_id)
+            try:
+                found = await self.rest.call("get_order_by_client_id", self.rest.client.get_order_by_client_id,
+                                             client_order_id)
+            except APIError as exc:
+                return self.book.cancel_rejected(routed, f"unknown order {routed.order_id}: {describe(exc)}")
+            self._emit(self.book.on_order(AlpacaOrder.from_model(found)))
+            order = self.book.orders.get(routed.order_id)
+        if order is None or not order.alpaca_ids:
+            return self.book.cancel_rejected(routed, f"unknown order {routed.order_id}")
+        if order.is_final:
+            return self.book.cancel_rejected(routed, "order is already closed")
+        alpaca_id = order.alpaca_ids[-1]
+        try:
+            await self.rest.call("cancel_order_by_id", self.rest.client.cancel_order_by_id, alpaca_id)
+        except APIError as exc:
+            return self.book.cancel_rejected(routed, describe(exc))
+        snapshot = await self.rest.call("get_order_by_id", self.rest.client.get_order_by_id, alpaca_id)
+        self._emit(self.book.on_order(AlpacaOrder.from_model(snapshot)))
+        return []
+
+    async def on_market_data(self, update: MarketUpdate) -> Reports:
+        return []
+
+    async def shutdown(self) -> Reports:
+        await self.stop()
+        return []  # orders rest at Alpaca across a restart; the next start reconciles them
+
+    def open_orders(self) -> list[ledger_pb2.OrderRecord]:
+        return self.book.open_orders()
+
+    async def positions(self) -> list[ledger_pb2.Position]:
+        """The account's positions at Alpaca (the ``positions`` endpoint, for ``desk reconcile``)."""
+        rows = await self.rest.call("get_all_positions", self.rest.client.get_all_positions)
+        result = []
+        for row in rows:
+            qty = dec(row.qty) or Decimal(0)
+            side = str(getattr(row.side, "value", row.side))
+            if side == "short" and qty > 0:
+                qty = -qty
+            result.append(ledger_pb2.Position(
+                symbol=str(row.symbol), qty=fmt(qty), avg_cost=fmt(dec(row.avg_entry_price)),
+                cost_basis=fmt(dec(row.cost_basis)), last_price=fmt(dec(row.current_price)),
+                market_value=fmt(dec(row.market_value)), unrealized_pnl=fmt(dec(row.unrealized_pl)),
+                updated_ns=self._clock(),
+            ))
+        return result
+
+    # --- stream and reconciliation -----------------------------------------------------------------
+
+    async def _on_trade_update(self, update: Any) -> None:
+        try:
+            alpaca = AlpacaOrder.from_model(update.order)
+            event = str(getattr(update.event, "value", update.event))
+            fill = None
+            if update.qty is not None and update.price is not None:
+                fill = Fill(
+                    alpaca_order_id=alpaca.id, cum_qty=alpaca.filled_qty, qty=dec(update.qty) or Decimal(0),
+                    price=dec(update.price) or Decimal(0), event_ns=to_ns(update.timestamp),
+                    alpaca_execution_id=str(update.execution_id or ""),
+                )
+            self._emit(self.book.on_update(event, alpaca, fill))
+        except Exception as exc:  # noqa: BLE001 - one bad event must not stop the stream
+            log.error("alpaca.trade_update_failed", error=repr(exc), exc_info=exc)
+
+    async def reconcile(self) -> None:
+        """Open orders, then orders and fills since the last event seen, into the book (idempotent)."""
+        async with self._reconcile_lock:
+            since_ns = (self.book.last_event_ns or self._started_ns - int(self.config.reconcile_lookback * 1e9))
+            since = dt.datetime.fromtimestamp((since_ns - 5_000_000_000) / 1e9, dt.UTC)  # 5 s of overlap
+            client = self.rest.client
+            open_orders = await self.rest.call("get_orders", client.get_orders,
+                                               GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=PAGE, direction=Sort.ASC))
+            recent = await self.rest.call("get_orders", client.get_orders, GetOrdersRequest(
+                status=QueryOrderStatus.ALL, after=since, limit=PAGE, direction=Sort.ASC))
+            orders = {str(o.id): AlpacaOrder.from_model(o) for o in [*open_orders, *recent]}
+            fills = await self._fills_since(since)
+            reports: Reports = []
+            for alpaca in orders.values():  # NEW for every desk order first, fills next, final states last
+                if self.book.attach(alpaca) is not None:
+                    reports += self.book.on_order(AlpacaOrder(**{**alpaca.__dict__, "status": "new"}))
+            for fill in fills:
+                alpaca_or_none = orders.get(fill.alpaca_order_id)
+                if alpaca_or_none is None:
+                    model = await self.rest.call("get_order_by_id", client.get_order_by_id, fill.alpaca_order_id)
+                    alpaca_or_none = orders[fill.alpaca_order_id] = AlpacaOrder.from_model(model)
+                reports += self.book.on_fill(AlpacaOrder(**{**alpaca_or_none.__dict__, "status": "new"}), fill)
+            for alpaca in orders.values():
+                reports += self.book.on_order(alpaca)
+            self.reconciles += 1
+            log.info("alpaca.reconciled", orders=len(orders), fills=len(fills), reports=len(reports),
+                     since=since.isoformat())
+            self._emit(reports)
+
+    async def _fills_since(self, since: dt.datetime) -> list[Fill]:
+        fills: list[Fill] = []
+        params: dict[str, Any] = {"after": since.isoformat(), "direction": "asc", "page_size": 100}
+        while True:
+            rows = await self.rest.call("account_activities_fill", self.rest.client.get,
+                                        "/account/activities/FILL", dict(params))
+            rows = rows if isinstance(rows, list) else []
+            fills.extend(fill_from_activity(r) for r in rows if r.get("order_id"))
+            if len(rows) < params["page_size"]:
+                return fills
+            params["page_token"] = rows[-1]["id"]
+
+
+def alpaca_config(settings: Any) -> AlpacaConfig:
+    """The broker's config from the gateway's settings (the keys leave their SecretStr only here)."""
+    key = settings.alpaca_api_key.get_secret_value() if settings.alpaca_api_key else ""
+    secret = settings.alpaca_secret_key.get_secret_value() if settings.alpaca_secret_key else ""
+    if not key or not secret:
+        raise AlpacaCredentialsError("BROKER=alpaca needs ALPACA_API_KEY and ALPACA_SECRET_KEY (paper keys)")
+    return AlpacaConfig(
+        api_key=key, secret_key=secret, paper=settings.alpaca_paper, rest_url=settings.alpaca_rest_url,
+        stream_url=settings.alpaca_stream_url, timeout=settings.alpaca_timeout,
+        retry_budget=settings.alpaca_retry_budget, retry_backoff=settings.alpaca_retry_backoff,
+        reconcile_lookback=settings.alpaca_reconcile_lookback, reconnect_backoff=settings.alpaca_reconnect_backoff,
+    )

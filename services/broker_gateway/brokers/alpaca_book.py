@@ -1,0 +1,380 @@
+"""The ``alpaca`` venue's books, pure: Alpaca's orders, events and fills in, the desk's reports out.
+
+No I/O. :class:`AlpacaBook` tracks every desk order the gateway placed at Alpaca and turns what Alpaca
+says about it (the REST reply to a POST, ``trade_updates`` events, ``GET /v2/orders`` snapshots and
+``GET /v2/account/activities/FILL`` rows after a reconnect) into :class:`ExecutionReport` s, each
+exactly once per process; across processes the execution ids are deterministic, so re-publishing
+after a restart is absorbed by the EXECUTIONS stream's ``Nats-Msg-Id`` dedup, the router's
+``seen_executions`` and the ledger's unique execution id.
+
+Identity (docs/alpaca.md):
+
+* Alpaca ``client_order_id`` = ``<strategy_id>.<client_order_id>``: unique per account because the
+  desk's ids are unique per strategy, and neither part may contain a dot, so it splits back into the
+  desk order after a restart (desk ``order_id`` = uuid5 of both, as the router makes it).
+* Execution ids: a fill is ``uuid5("alpaca:<alpaca order id>:fill:<cum qty after it>")``. The
+  stream event (the order's ``filled_qty``) and the activity row (``cum_qty``) both give it, so a
+  fill seen both ways is one fill. Alpaca's own execution id travels in the report's ``text``
+  (activity ids are ``<time>::<uuid>``; whether that uuid always equals the stream's execution id
+  is not documented, so the desk does not depend on it). Other events: ``uuid5("alpaca:<id>:<event>")``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from desk.bus.decimals import fmt
+from desk.v1 import common_pb2, executions_pb2, ledger_pb2, orders_pb2
+
+from .base import Reports
+
+E = executions_pb2
+ER = executions_pb2.ExecutionReport
+ZERO = Decimal(0)
+VENUE = "alpaca"
+
+SIDES = {common_pb2.SIDE_BUY: "buy", common_pb2.SIDE_SELL: "sell"}
+TYPES = {
+    common_pb2.ORDER_TYPE_MARKET: "market", common_pb2.ORDER_TYPE_LIMIT: "limit",
+    common_pb2.ORDER_TYPE_STOP: "stop", common_pb2.ORDER_TYPE_STOP_LIMIT: "stop_limit",
+}
+TIFS = {
+    common_pb2.TIME_IN_FORCE_DAY: "day", common_pb2.TIME_IN_FORCE_GTC: "gtc",
+    common_pb2.TIME_IN_FORCE_IOC: "ioc", common_pb2.TIME_IN_FORCE_FOK: "fok",
+}
+_SIDE_OF = {v: k for k, v in SIDES.items()}
+_TYPE_OF = {v: k for k, v in TYPES.items()}
+_TIF_OF = {v: k for k, v in TIFS.items()}
+
+# Alpaca order statuses that end an order without a (further) fill, as the desk's exec types.
+TERMINAL = {
+    "canceled": (E.EXEC_TYPE_CANCELED, E.ORDER_STATUS_CANCELED),
+    "expired": (E.EXEC_TYPE_EXPIRED, E.ORDER_STATUS_EXPIRED),
+    "done_for_day": (E.EXEC_TYPE_EXPIRED, E.ORDER_STATUS_EXPIRED),
+    "rejected": (E.EXEC_TYPE_REJECTED, E.ORDER_STATUS_REJECTED),
+    "suspended": (E.EXEC_TYPE_REJECTED, E.ORDER_STATUS_REJECTED),
+    "stopped": (E.EXEC_TYPE_CANCELED, E.ORDER_STATUS_CANCELED),
+}
+FILL_EVENTS = {"fill", "partial_fill"}
+
+
+def alpaca_client_order_id(strategy_id: str, client_order_id: str) -> str:
+    """The ``client_order_id`` the desk sends Alpaca for a strategy's order."""
+    return f"{strategy_id}.{client_order_id}"
+
+
+def parse_client_order_id(value: str) -> tuple[str, str] | None:
+    """``(strategy_id, client_order_id)`` of an Alpaca order the desk placed, else ``None``."""
+    parts = value.split(".")
+    if len(parts) != 2 or not all(parts):
+        return None
+    return parts[0], parts[1]
+
+
+def desk_order_id(strategy_id: str, client_order_id: str) -> str:
+    """The router's order id: ``uuid5(NAMESPACE_URL, "desk:<strategy_id>:<client_order_id>")``."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"desk:{strategy_id}:{client_order_id}"))
+
+
+def execution_id(*parts: object) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "alpaca:" + ":".join(str(p) for p in parts)))
+
+
+def canonical(value: Decimal) -> str:
+    """A quantity as a stable key: ``10``, ``10.0`` and ``1E+1`` are one fill."""
+    text = format(value.normalize(), "f")
+    return text
+
+
+def to_ns(ts: dt.datetime | None) -> int:
+    if ts is None:
+        return 0
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=dt.UTC)
+    return int(ts.timestamp()) * 1_000_000_000 + ts.microsecond * 1000
+
+
+def dec(value: Any) -> Decimal | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    return Decimal(str(value))
+
+
+def enum_value(value: Any) -> str:
+    """alpaca-py hands enums (``OrderSide.BUY``) or plain strings; the wire value either way."""
+    return str(getattr(value, "value", value))
+
+
+@dataclass
+class AlpacaOrder:
+    """What the book needs of an Alpaca order (from alpaca-py's ``Order`` via :func:`from_model`)."""
+
+    id: str
+    client_order_id: str
+    symbol: str
+    side: str
+    type: str
+    time_in_force: str
+    status: str
+    qty: Decimal | None
+    notional: Decimal | None
+    filled_qty: Decimal
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    updated_ns: int
+    created_ns: int
+
+    @classmethod
+    def from_model(cls, order: Any) -> AlpacaOrder:
+        return cls(
+            id=str(order.id), client_order_id=str(order.client_order_id), symbol=str(order.symbol),
+            side=enum_value(order.side), type=enum_value(order.type or order.order_type),
+            time_in_force=enum_value(order.time_in_force), status=enum_value(order.status),
+            qty=dec(order.qty), notional=dec(order.notional), filled_qty=dec(order.filled_qty) or ZERO,
+            limit_price=dec(order.limit_price), stop_price=dec(order.stop_price),
+            updated_ns=to_ns(order.updated_at), created_ns=to_ns(order.created_at),
+        )
+
+
+@dataclass
+class Fill:
+    """One execution at Alpaca (a ``fill``/``partial_fill`` event or a FILL activity)."""
+
+    alpaca_order_id: str
+    cum_qty: Decimal  # the Alpaca order's filled quantity after this execution
+    qty: Decimal
+    price: Decimal
+    event_ns: int
+    alpaca_execution_id: str = ""
+
+
+@dataclass
+class DeskOrder:
+    """A desk order as placed at Alpaca; its fills may come from several Alpaca orders."""
+
+    order_id: str
+    strategy_id: str
+    member_id: str
+    client_order_id: str
+    symbol: str
+    side: int
+    type: int
+    tif: int
+    qty: Decimal | None
+    notional: Decimal | None
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    created_ns: int
+    alpaca_ids: list[str] = field(default_factory=list)
+    cum_qty: Decimal = ZERO
+    cost: Decimal = ZERO
+    status: int = E.ORDER_STATUS_NEW
+    reported: set[str] = field(default_factory=set)  # execution ids already reported
+    filled_at_alpaca: dict[str, Decimal] = field(default_factory=dict)  # alpaca order id -> qty booked
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in (E.ORDER_STATUS_FILLED, E.ORDER_STATUS_CANCELED, E.ORDER_STATUS_EXPIRED,
+                               E.ORDER_STATUS_REJECTED)
+
+    @property
+    def leaves_qty(self) -> Decimal | None:
+        if self.is_final:
+            return ZERO
+        return None if self.qty is None else self.qty - self.cum_qty
+
+    @property
+    def avg_price(self) -> Decimal | None:
+        return self.cost / self.cum_qty if self.cum_qty else None
+
+
+class AlpacaBook:
+    """Every desk order placed at Alpaca this process knows, and the reports they owe."""
+
+    def __init__(self, clock: Callable[[], int]) -> None:
+        self._clock = clock
+        self.orders: dict[str, DeskOrder] = {}  # desk order id -> order
+        self._by_alpaca_id: dict[str, DeskOrder] = {}
+        self._by_client_id: dict[str, DeskOrder] = {}  # alpaca client_order_id -> order
+        self.members: dict[str, str] = {}  # strategy_id -> member_id, from routed orders
+        self.last_event_ns = 0  # newest event time seen from Alpaca (the reconcile's "since")
+
+    # --- identity ----------------------------------------------------------------------------------
+
+    def remember(self, routed: orders_pb2.RoutedOrder) -> DeskOrder:
+        """The desk order a routed ``new_order`` is (created on first sight)."""
+        if routed.member_id:
+            self.members[routed.strategy_id] = routed.member_id
+        known = self.orders.get(routed.order_id)
+        if known is not None:
+            return known
+        request = routed.new_order
+        order = DeskOrder(
+            order_id=routed.order_id, strategy_id=routed.strategy_id, member_id=routed.member_id,
+            client_order_id=request.client_order_id, symbol=request.symbol, side=request.side,
+            type=request.type, tif=request.time_in_force, qty=dec(request.qty), notional=dec(request.notional),
+            limit_price=dec(request.limit_price), stop_price=dec(request.stop_price), created_ns=self._clock(),
+        )
+        self.orders[order.order_id] = order
+        self._by_client_id[alpaca_client_order_id(order.strategy_id, order.client_order_id)] = order
+        return order
+
+    def attach(self, alpaca: AlpacaOrder) -> DeskOrder | None:
+        """The desk order behind an Alpaca order (rebuilt from its client_order_id after a restart)."""
+        known = self._by_alpaca_id.get(alpaca.id)
+        if known is not None:
+            return known
+        ids = parse_client_order_id(alpaca.client_order_id)
+        if ids is None:
+            return None  # not placed by the desk
+        strategy_id, client_order_id = ids
+        order_id = desk_order_id(strategy_id, client_order_id)
+        order = self._by_client_id.get(alpaca.client_order_id) or self.orders.get(order_id)
+        if order is None:
+            order = DeskOrder(
+                order_id=order_id, strategy_id=strategy_id, member_id=self.members.get(strategy_id, ""),
+                client_order_id=client_order_id, symbol=alpaca.symbol, side=_SIDE_OF.get(alpaca.side, 0),
+                type=_TYPE_OF.get(alpaca.type, 0), tif=_TIF_OF.get(alpaca.time_in_force, 0), qty=alpaca.qty,
+                notional=alpaca.notional, limit_price=alpaca.limit_price, stop_price=alpaca.stop_price,
+                created_ns=alpaca.created_ns,
+            )
+            self.orders[order_id] = order
+            self._by_client_id[alpaca.client_order_id] = order
+        if alpaca.id not in order.alpaca_ids:
+            order.alpaca_ids.append(alpaca.id)
+        self._by_alpaca_id[alpaca.id] = order
+        return order
+
+    def by_alpaca_id(self, alpaca_id: str) -> DeskOrder | None:
+        return self._by_alpaca_id.get(alpaca_id)
+
+    # --- what Alpaca says --------------------------------------------------------------------------
+
+    def on_order(self, alpaca: AlpacaOrder) -> Reports:
+        """A snapshot (POST reply, GET, an event's order): NEW once, and a terminal state once.
+
+        Fills never come from a snapshot (it has no per-execution breakdown): they come from
+        :meth:`on_fill`. A terminal state is reported only once the fills add up to Alpaca's
+        ``filled_qty``, so a cancel after a partial fill never overtakes that fill."""
+        order = self.attach(alpaca)
+        if order is None:
+            return []
+        self._seen(alpaca.updated_ns)
+        reports = self._new(order, alpaca)
+        if alpaca.status in TERMINAL and not order.is_final:
+            filled_here = self._filled_from(order, alpaca.id)
+            if filled_here >= alpaca.filled_qty:
+                exec_type, status = TERMINAL[alpaca.status]
+                reports += self._emit(order, execution_id(alpaca.id, alpaca.status), exec_type, status,
+                                      event_ns=alpaca.updated_ns, text=f"alpaca order {alpaca.status}")
+        return reports
+
+    def on_fill(self, alpaca: AlpacaOrder, fill: Fill) -> Reports:
+        order = self.attach(alpaca)
+        if order is None:
+            return []
+        self._seen(fill.event_ns)
+        reports = self._new(order, alpaca)
+        exec_id = execution_id(fill.alpaca_order_id, "fill", canonical(fill.cum_qty))
+        if exec_id in order.reported:
+            return reports
+        order.cum_qty += fill.qty
+        order.cost += fill.qty * fill.price
+        order.filled_at_alpaca[fill.alpaca_order_id] = self._filled_from(order, fill.alpaca_order_id) + fill.qty
+        if order.qty is not None:
+            done = order.cum_qty >= order.qty
+        else:  # a notional order: done when Alpaca says so and every fill is in
+            done = alpaca.status == "filled" and order.filled_at_alpaca[fill.alpaca_order_id] >= alpaca.filled_qty
+        exec_type, status = (E.EXEC_TYPE_FILL, E.ORDER_STATUS_FILLED) if done else (
+            E.EXEC_TYPE_PARTIAL_FILL, E.ORDER_STATUS_PARTIALLY_FILLED)
+        text = f"alpaca execution {fill.alpaca_execution_id}" if fill.alpaca_execution_id else ""
+        reports += self._emit(order, exec_id, exec_type, status, event_ns=fill.event_ns,
+                              fill_qty=fill.qty, fill_price=fill.price, text=text)
+        if alpaca.status in TERMINAL and not done:
+            reports += self.on_order(alpaca)  # a cancel that arrived with (or before) its last fill
+        return reports
+
+    def on_update(self, event: str, alpaca: AlpacaOrder, fill: Fill | None) -> Reports:
+        """A ``trade_updates`` event."""
+        if event in FILL_EVENTS and fill is not None:
+            return self.on_fill(alpaca, fill)
+        return self.on_order(alpaca)
+
+    def rejected(self, order: DeskOrder, text: str) -> Reports:
+        """Alpaca refused the POST (403/422...): one REJECTED report."""
+        return self._emit(order, execution_id("rejected", order.order_id), E.EXEC_TYPE_REJECTED,
+                          E.ORDER_STATUS_REJECTED, event_ns=self._clock(), text=text)
+
+    def cancel_rejected(self, routed: orders_pb2.RoutedOrder, text: str) -> Reports:
+        order = self.orders.get(routed.order_id)
+        now = self._clock()
+        report = ER(
+            execution_id=str(uuid.uuid4()), order_id=routed.order_id, client_order_id=routed.cancel.client_order_id,
+            strategy_id=routed.strategy_id, member_id=routed.member_id, exec_type=E.EXEC_TYPE_CANCEL_REJECTED,
+            status=order.status if order else E.ORDER_STATUS_UNSPECIFIED,  # type: ignore[arg-type]
+            symbol=order.symbol if order else "", venue=VENUE, text=text, event_ns=now, report_ns=now,
+        )
+        return [report]
+
+    def open_orders(self) -> list[ledger_pb2.OrderRecord]:
+        return [_record(o) for o in self.orders.values() if not o.is_final and o.alpaca_ids]
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    def _seen(self, event_ns: int) -> None:
+        self.last_event_ns = max(self.last_event_ns, event_ns)
+
+    @staticmethod
+    def _filled_from(order: DeskOrder, alpaca_id: str) -> Decimal:
+        return order.filled_at_alpaca.get(alpaca_id, ZERO)
+
+    def _new(self, order: DeskOrder, alpaca: AlpacaOrder) -> Reports:
+        exec_id = execution_id(order.order_id, "new")
+        if exec_id in order.reported:
+            return []
+        if order.qty is None and alpaca.qty is not None:
+            order.qty = alpaca.qty
+        return self._emit(order, exec_id, E.EXEC_TYPE_NEW, E.ORDER_STATUS_NEW, event_ns=alpaca.created_ns)
+
+    def _emit(
+        self, order: DeskOrder, exec_id: str, exec_type: int, status: int, *, event_ns: int,
+        fill_qty: Decimal | None = None, fill_price: Decimal | None = None, text: str = "",
+    ) -> Reports:
+        if exec_id in order.reported:
+            return []
+        order.reported.add(exec_id)
+        order.status = status
+        report = ER(
+            execution_id=exec_id, order_id=order.order_id, client_order_id=order.client_order_id,
+            venue_order_id=order.alpaca_ids[-1] if order.alpaca_ids else "", strategy_id=order.strategy_id,
+            member_id=order.member_id or self.members.get(order.strategy_id, ""),
+            exec_type=exec_type,  # type: ignore[arg-type]  # int values of the generated enums
+            status=order.status,  # type: ignore[arg-type]
+            symbol=order.symbol, side=order.side,  # type: ignore[arg-type]
+            type=order.type,  # type: ignore[arg-type]
+            time_in_force=order.tif,  # type: ignore[arg-type]
+            order_qty=fmt(order.qty), notional=fmt(order.notional), limit_price=fmt(order.limit_price),
+            stop_price=fmt(order.stop_price), fill_qty=fmt(fill_qty), fill_price=fmt(fill_price),
+            cum_qty=fmt(order.cum_qty), avg_price=fmt(order.avg_price), leaves_qty=fmt(order.leaves_qty),
+            fee=fmt(ZERO) if fill_qty is not None else "", venue=VENUE, text=text,
+            event_ns=event_ns or self._clock(), report_ns=self._clock(),
+        )
+        return [report]
+
+
+def _record(order: DeskOrder) -> ledger_pb2.OrderRecord:
+    return ledger_pb2.OrderRecord(
+        order_id=order.order_id, client_order_id=order.client_order_id, strategy_id=order.strategy_id,
+        member_id=order.member_id, symbol=order.symbol,
+        side=order.side, type=order.type, time_in_force=order.tif,  # type: ignore[arg-type]
+        qty=fmt(order.qty), notional=fmt(order.notional), limit_price=fmt(order.limit_price),
+        stop_price=fmt(order.stop_price), status=order.status,  # type: ignore[arg-type]
+        filled_qty=fmt(order.cum_qty), avg_price=fmt(order.avg_price), venue=VENUE, created_ns=order.created_ns,
+    )

@@ -1,0 +1,1 @@
+"""Fakes of outside services, real servers on 127.0.0.1 for tests."""

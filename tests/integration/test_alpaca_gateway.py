@@ -1,0 +1,325 @@
+"""The broker gateway with BROKER=alpaca: real alpaca-py against the fake Alpaca, real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from desk.bus import codec, subjects
+from desk.bus.request import request
+from desk.bus.testing import InProcessService, NatsServer, run_in_process
+from desk.v1 import common_pb2, executions_pb2, ledger_pb2, orders_pb2
+from services.broker_gateway.brokers.alpaca import AlpacaBroker, alpaca_config
+from services.broker_gateway.brokers.alpaca_book import desk_order_id
+from services.broker_gateway.service import NAME, make_start
+from services.broker_gateway.settings import Settings
+from tests.fakes.alpaca import FakeAlpaca
+
+pytestmark = pytest.mark.integration
+
+E = executions_pb2
+ORDERS_SUBJECT = subjects.broker_orders("alpaca")
+TIMEOUT = 15.0
+
+
+class Reports:
+    """Every execution report in EXECUTIONS, in stream order."""
+
+    def __init__(self, sub: JetStreamContext.PushSubscription) -> None:
+        self.sub = sub
+        self.seen: list[executions_pb2.ExecutionReport] = []
+
+    async def next(self) -> executions_pb2.ExecutionReport:
+        msg = await self.sub.next_msg(timeout=TIMEOUT)
+        report = codec.decode(msg.data, E.ExecutionReport, msg.headers)
+        assert msg.headers is not None and msg.headers["Nats-Msg-Id"] == report.execution_id
+        self.seen.append(report)
+        return report
+
+    async def until(self, predicate: Callable[[executions_pb2.ExecutionReport], bool]) -> executions_pb2.ExecutionReport:
+        while True:
+            report = await self.next()
+            if predicate(report):
+                return report
+
+    async def kinds(self, count: int) -> list[str]:
+        return [E.ExecType.Name((await self.next()).exec_type).removeprefix("EXEC_TYPE_") for _ in range(count)]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAlpaca]:
+    server = FakeAlpaca().start()
+    server.set_price("AAPL", "100")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def settings_for(nats_server: NatsServer, fake: FakeAlpaca, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "nats_url": nats_server.url, "drain_timeout": 5, "broker": "alpaca",
+        "alpaca_api_key": fake.key, "alpaca_secret_key": fake.secret,
+        "alpaca_rest_url": fake.rest_url, "alpaca_stream_url": fake.stream_url,
+        "alpaca_retry_backoff": 0.05, "alpaca_retry_budget": 10, "alpaca_reconnect_backoff": 0.05,
+        "gateway_ack_wait": 5,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class Gateway:
+    def __init__(self, service: InProcessService, broker: AlpacaBroker) -> None:
+        self.service, self.broker = service, broker
+
+
+async def start_gateway(nats_server: NatsServer, fake: FakeAlpaca, **overrides: Any) -> Gateway:
+    settings = settings_for(nats_server, fake, **overrides)
+    broker = AlpacaBroker(alpaca_config(settings))
+    service = await run_in_process(NAME, settings, make_start(settings, broker))
+    return Gateway(service, broker)
+
+
+@pytest.fixture
+async def gateway(nats_server: NatsServer, nc: Client, fake: FakeAlpaca) -> AsyncIterator[Gateway]:
+    gw = await start_gateway(nats_server, fake)
+    try:
+        yield gw
+    finally:
+        await gw.service.stop()
+
+
+@pytest.fixture
+async def reports(nc: Client) -> AsyncIterator[Reports]:
+    sub = await nc.jetstream().subscribe("desk.exec.>", ordered_consumer=True)
+    try:
+        yield Reports(sub)
+    finally:
+        await sub.unsubscribe()
+
+
+def oid(name: str, strategy: str = "alpha") -> str:
+    """The router's order id for client order id ``c-<name>``."""
+    return desk_order_id(strategy, f"c-{name}")
+
+
+def routed(name: str, strategy: str = "alpha", **fields: Any) -> orders_pb2.RoutedOrder:
+    request_fields: dict[str, Any] = {
+        "strategy_id": strategy, "client_order_id": f"c-{name}", "symbol": "AAPL",
+        "side": common_pb2.SIDE_BUY, "type": common_pb2.ORDER_TYPE_MARKET,
+        "time_in_force": common_pb2.TIME_IN_FORCE_DAY, "qty": "10",
+    }
+    request_fields.update(fields)
+    return orders_pb2.RoutedOrder(
+        order_id=oid(name, strategy), strategy_id=strategy, member_id="m1", routed_ns=1,
+        new_order=orders_pb2.OrderRequest(**request_fields),
+    )
+
+
+def cancel(name: str, strategy: str = "alpha") -> orders_pb2.RoutedOrder:
+    return orders_pb2.RoutedOrder(
+        order_id=oid(name, strategy), strategy_id=strategy, member_id="m1",
+        cancel=orders_pb2.CancelRequest(strategy_id=strategy, client_order_id=f"c-{name}"),
+    )
+
+
+async def route(nc: Client, message: orders_pb2.RoutedOrder) -> None:
+    data, headers = codec.encode(message)
+    if message.HasField("new_order"):
+        headers["Nats-Msg-Id"] = message.order_id
+    await nc.jetstream().publish(ORDERS_SUBJECT, data, headers=headers)
+
+
+async def stream_reports(nc: Client) -> list[executions_pb2.ExecutionReport]:
+    """Everything EXECUTIONS holds now (to prove nothing was stored twice)."""
+    sub = await nc.jetstream().subscribe("desk.exec.>", ordered_consumer=True)
+    info = await nc.jetstream().stream_info(subjects.STREAM_EXECUTIONS)
+    got = []
+    try:
+        for _ in range(info.state.messages):
+            msg = await sub.next_msg(timeout=TIMEOUT)
+            got.append(codec.decode(msg.data, E.ExecutionReport, msg.headers))
+    finally:
+        await sub.unsubscribe()
+    return got
+
+
+async def test_market_order_goes_to_alpaca_with_the_strategys_client_order_id_and_fills(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    await route(nc, routed("o1"))
+    new, fill = await reports.next(), await reports.next()
+    assert (new.exec_type, new.order_id, new.venue, new.order_qty) == (E.EXEC_TYPE_NEW, oid("o1"), "alpaca", "10")
+    assert (fill.exec_type, fill.status, fill.fill_qty, fill.fill_price, fill.cum_qty, fill.leaves_qty) == (
+        E.EXEC_TYPE_FILL, E.ORDER_STATUS_FILLED, "10", "100", "10", "0")
+    placed = fake.order("alpha.c-o1")
+    assert fill.venue_order_id == placed.id and (placed.status, placed.filled_qty) == ("filled", 10)
+    assert fill.text.startswith("alpaca execution ") and fill.text.split()[-1] in fake.activities[0]["id"]
+    assert (fill.strategy_id, fill.member_id, fill.client_order_id) == ("alpha", "m1", "c-o1")
+
+
+async def test_partial_fills_then_a_cancel_are_reported_in_order(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    await route(nc, routed("lim", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="95"))
+    assert await reports.kinds(1) == ["NEW"]
+    fake.fill("alpha.c-lim", "3", "95")
+    fake.fill("alpha.c-lim", "4", "94.5")
+    first, second = await reports.next(), await reports.next()
+    assert [(r.exec_type, r.fill_qty, r.fill_price, r.cum_qty, r.leaves_qty) for r in (first, second)] == [
+        (E.EXEC_TYPE_PARTIAL_FILL, "3", "95", "3", "7"), (E.EXEC_TYPE_PARTIAL_FILL, "4", "94.5", "7", "3")]
+    assert second.avg_price == "94.71428571428571428571428571"
+    await route(nc, cancel("lim"))
+    canceled = await reports.next()
+    assert (canceled.exec_type, canceled.status, canceled.cum_qty, canceled.leaves_qty) == (
+        E.EXEC_TYPE_CANCELED, E.ORDER_STATUS_CANCELED, "7", "0")
+    assert fake.order("alpha.c-lim").status == "canceled"
+
+
+async def test_refusals_from_alpaca_become_rejected_reports_with_its_code(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    await route(nc, routed("huge", qty="100000"))  # 10 M$ against 1 M$ of buying power
+    rejected = await reports.next()
+    assert (rejected.exec_type, rejected.status) == (E.EXEC_TYPE_REJECTED, E.ORDER_STATUS_REJECTED)
+    assert rejected.text == "alpaca 403 40310000: insufficient buying power"
+    await route(nc, cancel("ghost"))
+    cancel_rejected = await reports.next()
+    assert cancel_rejected.exec_type == E.EXEC_TYPE_CANCEL_REJECTED and "40410000" in cancel_rejected.text
+    # the gateway keeps working
+    await route(nc, routed("ok", qty="1"))
+    assert await reports.kinds(2) == ["NEW", "FILL"]
+
+
+async def test_a_post_whose_reply_was_lost_is_retried_refused_as_duplicate_and_looked_up(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    fake.inject(504, method="POST", path_prefix="/v2/orders", after_commit=True)
+    await route(nc, routed("lost", qty="2"))
+    await route(nc, routed("next", qty="1"))
+    # orders are handled one at a time: once "next" is reported, "lost" is done with
+    await reports.until(lambda r: r.order_id == oid("next"))
+    assert [E.ExecType.Name(r.exec_type) for r in reports.seen if r.order_id == oid("lost")] == [
+        "EXEC_TYPE_NEW", "EXEC_TYPE_FILL"]
+    assert (422, 40010001) in fake.refusals and (504, 50400000) in fake.refusals
+    assert ("GET", "/v2/orders:by_client_order_id") in fake.requests
+    assert [o.client_order_id for o in fake.call(lambda: list(fake.orders.values()))] == ["alpha.c-lost", "alpha.c-next"]
+    assert len(fake.activities) == 2
+
+
+async def test_rate_limited_calls_are_retried_with_backoff_then_succeed(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    fake.inject(429, count=2, method="POST")
+    fake.inject(503, method="GET", path_prefix="/v2/orders/")
+    await route(nc, routed("slow", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="90"))
+    assert await reports.kinds(1) == ["NEW"]
+    await route(nc, cancel("slow"))  # DELETE, then a GET that first meets a 503
+    assert await reports.kinds(1) == ["CANCELED"]
+    await route(nc, routed("next", qty="1"))
+    await reports.until(lambda r: r.order_id == oid("next"))
+    assert fake.refusals.count((429, 42910000)) == 2 and (503, 50300000) in fake.refusals
+    assert gateway.broker.rest.retries == 3
+
+
+async def test_fills_made_while_the_stream_was_down_are_reported_once_after_it_reconnects(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    await route(nc, routed("gap", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="99", qty="9"))
+    assert await reports.kinds(1) == ["NEW"]
+    reconciles = gateway.broker.reconciles
+    fake.drop_trade_streams(refuse_reconnect=True)
+    fake.fill("alpha.c-gap", "2", "99")  # no stream to carry these two
+    fake.fill("alpha.c-gap", "3", "98")
+    fake.allow_trade_streams()
+    first, second = await reports.next(), await reports.next()
+    assert [(r.fill_qty, r.cum_qty) for r in (first, second)] == [("2", "2"), ("3", "5")]
+    assert gateway.broker.reconciles > reconciles
+    fake.fill("alpha.c-gap", "4", "97")  # after the reconnect: through the stream again
+    last = await reports.next()
+    assert (last.exec_type, last.fill_qty, last.cum_qty) == (E.EXEC_TYPE_FILL, "4", "9")
+    stored = [r for r in await stream_reports(nc) if r.order_id == oid("gap")]
+    fills = [r for r in stored if r.fill_qty]
+    assert [r.fill_qty for r in fills] == ["2", "3", "4"]
+    assert len({r.execution_id for r in stored}) == len(stored) == 4
+
+
+async def test_a_restarted_gateway_reconciles_what_happened_while_it_was_down(
+    nats_server: NatsServer, nc: Client, fake: FakeAlpaca, reports: Reports
+) -> None:
+    first = await start_gateway(nats_server, fake)
+    await route(nc, routed("rest1", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="99", qty="5"))
+    await route(nc, routed("rest2", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="98", qty="5"))
+    await route(nc, routed("done", qty="1"))
+    assert await reports.kinds(4) == ["NEW", "NEW", "NEW", "FILL"]
+    assert await first.service.stop() == 0
+    fake.fill("alpha.c-rest1", "5", "99")  # nobody listening
+    fake.call(lambda: fake._cancel(fake._by_client_id("alpha.c-rest2").id))
+
+    second = await start_gateway(nats_server, fake)
+    try:
+        got = {(r.order_id, E.ExecType.Name(r.exec_type)) for r in [await reports.next(), await reports.next()]}
+        assert got == {(oid("rest1"), "EXEC_TYPE_FILL"), (oid("rest2"), "EXEC_TYPE_CANCELED")}
+        await route(nc, routed("after", qty="1"))
+        assert await reports.kinds(2) == ["NEW", "FILL"]
+    finally:
+        await second.service.stop()
+    stored = await stream_reports(nc)
+    assert len({r.execution_id for r in stored}) == len(stored) == 8  # republished NEWs were deduplicated
+    assert sorted(r.order_id for r in stored if r.fill_qty) == sorted([oid("after"), oid("done"), oid("rest1")])
+
+
+async def test_book_and_positions_endpoints_answer_from_alpaca(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    await route(nc, routed("p1", qty="3"))
+    await route(nc, routed("p2", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="50", qty="1"))
+    assert await reports.kinds(3) == ["NEW", "FILL", "NEW"]
+    reply = await request(nc, "desk.broker.alpaca.positions", ledger_pb2.LedgerQuery(), ledger_pb2.PositionsReply)
+    assert [(p.symbol, p.qty, p.avg_cost) for p in reply.positions] == [("AAPL", "3", "100")]
+    book = await request(nc, "desk.broker.alpaca.book", ledger_pb2.LedgerQuery(), ledger_pb2.OrdersReply)
+    assert [(o.order_id, o.limit_price, o.venue) for o in book.orders] == [(oid("p2"), "50", "alpaca")]
+
+
+def run_gateway(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("ALPACA_", "BROKER"))}
+    full.update(env)
+    return subprocess.run([sys.executable, "-m", "services.broker_gateway"], env=full, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_without_keys_the_alpaca_gateway_exits_2_with_one_line() -> None:
+    result = run_gateway({"BROKER": "alpaca", "NATS_URL": "nats://127.0.0.1:1"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "broker_gateway: BROKER=alpaca needs ALPACA_API_KEY and ALPACA_SECRET_KEY (paper keys)"]
+
+
+def test_a_wrong_key_exits_2_with_one_line_that_does_not_show_the_secret(fake: FakeAlpaca) -> None:
+    result = run_gateway({"BROKER": "alpaca", "NATS_URL": "nats://127.0.0.1:1", "ALPACA_API_KEY": fake.key,
+                          "ALPACA_SECRET_KEY": "wrong-secret-value", "ALPACA_REST_URL": fake.rest_url})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "broker_gateway: Alpaca refused ALPACA_API_KEY/ALPACA_SECRET_KEY (HTTP 401); check the paper keys"]
+    assert "wrong-secret-value" not in result.stdout + result.stderr
+    assert (401, 40110000) in fake.refusals
+
+
+async def test_orders_wait_for_the_stream_and_the_loop_stays_free_during_a_slow_call(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    # while a POST is being retried (two 429s) in a worker thread, the loop keeps answering requests
+    fake.inject(429, count=2, method="POST")
+    await route(nc, routed("bg", qty="1"))
+    book = await request(nc, "desk.broker.alpaca.book", ledger_pb2.LedgerQuery(), ledger_pb2.OrdersReply)
+    assert isinstance(book, ledger_pb2.OrdersReply)
+    assert await reports.kinds(2) == ["NEW", "FILL"]
+    await asyncio.wait_for(gateway.broker.wait_ready(), TIMEOUT)
