@@ -18,7 +18,7 @@ PROJECT    ?= quantdesk
 WHEELS     := deploy/build/wheels
 
 .DEFAULT_GOAL := help
-.PHONY: wheels base-image build strategy-image up down clean-docker test-docker
+.PHONY: bench wheels base-image build strategy-image up down clean-docker test-docker test-browser
 .PHONY: help setup run deploy stop status logs positions leaderboard halt resume proto test test-unit \
         test-integration test-e2e lint typecheck clean
 
@@ -64,7 +64,7 @@ resume: $(STAMP) ## lift a halt (NAME=one strategy, else the whole desk)
 
 wheels: $(STAMP) ## download every Python wheel the images need into deploy/build/wheels (on the host)
 	rm -rf $(WHEELS) && mkdir -p $(WHEELS)
-	$(PY) -m pip wheel --quiet --wheel-dir $(WHEELS) '.[docker,alpaca]'
+	$(PY) -m pip wheel --quiet --wheel-dir $(WHEELS) '.[docker]'
 	cp $(VENV)/bin/nats-server deploy/build/nats-server
 
 base-image: ## make quantdesk/base:bookworm offline with debootstrap (root, Docker engine)
@@ -94,12 +94,22 @@ clean-docker: ## remove the compose desk, its volumes, strategy containers and n
 proto: $(STAMP) ## regenerate desk/v1/*_pb2.py(i) from protos/ with grpcio-tools
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. protos/desk/v1/*.proto
 
-test: $(STAMP) ## lint and types, then unit, integration (real nats-server) and end-to-end (the whole desk) tests
-	$(VENV)/bin/ruff check desk services strategy_sdk desk_client tests
-	$(VENV)/bin/mypy desk services strategy_sdk desk_client
+test: $(STAMP) ## lint and types, then unit, integration (real nats-server), end-to-end and Docker tests
+	$(VENV)/bin/ruff check desk services strategy_sdk desk_client bench tests
+	$(VENV)/bin/mypy desk services strategy_sdk desk_client bench
 	$(PYTEST) tests/unit
 	$(PYTEST) tests/integration
 	$(PYTEST) tests/e2e
+	$(MAKE) --no-print-directory test-browser
+	deploy/ci/docker-stage.sh
+
+test-browser: $(STAMP) ## the dashboard in headless Chromium (installs Debian's chromium when missing)
+	@test -x /usr/bin/chromium || { echo "installing Debian's chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	$(PYTEST) -m browser tests/browser
+
+test-docker: $(STAMP) ## the compose desk under a real Docker engine (installs and starts one when it can)
+	deploy/ci/docker-stage.sh
 
 test-unit: $(STAMP) ## unit tests only (no servers)
 	$(PYTEST) tests/unit
@@ -110,11 +120,14 @@ test-integration: $(STAMP) ## integration tests against a real nats-server
 test-e2e: $(STAMP) ## the embedded desk end to end
 	$(PYTEST) tests/e2e
 
+bench: $(STAMP) ## benchmark the desk against bare NATS/SQLite limits (~5 min; table + bench/results/*.json)
+	$(PY) -m bench
+
 lint: $(STAMP) ## ruff
-	$(VENV)/bin/ruff check desk services strategy_sdk desk_client tests
+	$(VENV)/bin/ruff check desk services strategy_sdk desk_client bench tests
 
 typecheck: $(STAMP) ## mypy (strict on source)
-	$(VENV)/bin/mypy desk services strategy_sdk desk_client
+	$(VENV)/bin/mypy desk services strategy_sdk desk_client bench
 
 clean: ## remove the virtual environment, caches and the embedded desk's data (var/)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info $(DATA)

@@ -26,7 +26,7 @@ FULL = {
                           replicas=(1, 2, 4)),
     "uvloop": orders.Plan(sequential=1000, warmup=100, throughput_orders=2000, load_processes=2, concurrency=32,
                           replicas=(1,)),
-    "fanout": {"counts": (1, 10, 50), "duration": 8.0, "symbols": 50, "interval": 0.025},
+    "fanout": {"counts": (1, 10, 50), "duration": 6.0, "symbols": 50, "rate": 2000.0},
     "ledger": {"chunk": 20000, "budget_s": 70.0, "max_rows": 1_000_000},
 }
 QUICK = {
@@ -34,7 +34,7 @@ QUICK = {
                           replicas=(1, 2)),
     "uvloop": orders.Plan(sequential=100, warmup=10, throughput_orders=200, load_processes=1, concurrency=16,
                           replicas=(1,)),
-    "fanout": {"counts": (1, 4), "duration": 2.0, "symbols": 20, "interval": 0.02},
+    "fanout": {"counts": (1, 4), "duration": 2.0, "symbols": 20, "rate": 1000.0},
     "ledger": {"chunk": 2000, "budget_s": 4.0, "max_rows": 4000},
 }
 

@@ -237,23 +237,42 @@ async def subscriber(url: str, subject: str, decode: bool) -> None:
     _emit({"count": count, "first": first, "last": last, "latency_ms": lat_ms, "errors": len(errors)})
 
 
-async def publisher(url: str, subject_prefix: str, symbols: int, size: int, rate: float, duration: float) -> None:
-    """Bare feed: ``size``-byte bodies (a stamped ns first) on ``symbols`` subjects at ``rate`` msg/s."""
+async def publisher(
+    url: str, subject_prefix: str, symbols: int, size: int, rate: float, duration: float, desk: bool = False
+) -> None:
+    """A feed at ``rate`` msg/s over ``symbols`` subjects for ``duration`` s.
+
+    ``desk``: codec-encoded ``Bar`` s with Desk-Type headers, the way marketdata publishes them, whose
+    ``start_ns + interval_ns`` is the publish time; else raw ``size``-byte bodies with the ns stamp first.
+    """
+    from desk.bus import codec
+    from desk.v1 import marketdata_pb2
+
     nc = await _connect(url)
     pad = b"x" * max(0, size - 8)
-    subjects_ = [f"{subject_prefix}.S{i}" for i in range(symbols)]
+    names = [f"S{i:03d}" for i in range(symbols)]
+    subjects_ = [f"{subject_prefix}.{name}" for name in names]
+    interval_ns = 60_000_000_000
     sent = 0
     start = time.perf_counter()
-    batch = max(1, symbols)
     while (elapsed := time.perf_counter() - start) < duration:
         due = sent / rate if rate > 0 else 0
         if due > elapsed:
             await asyncio.sleep(due - elapsed)
-        stamp = struct.pack("<q", time.time_ns())
-        for subject in subjects_[:batch]:
-            await nc.publish(subject, stamp + pad)
-        sent += batch
-        if sent % (batch * 20) == 0:
+        for name, subject in zip(names, subjects_, strict=True):
+            now = time.time_ns()
+            if desk:
+                bar = marketdata_pb2.Bar(
+                    symbol=name, open="100.00", high="100.10", low="99.90", close="100.05", volume="12345",
+                    start_ns=now - interval_ns, interval_ns=interval_ns, vwap="100.01", trade_count=42,
+                    source="bench",
+                )
+                body, headers = codec.encode(bar)
+                await nc.publish(subject, body, headers=headers)
+            else:
+                await nc.publish(subject, struct.pack("<q", now) + pad)
+        sent += symbols
+        if sent % (symbols * 20) == 0:
             await nc.flush()
     await nc.flush()
     await nc.drain()

@@ -99,6 +99,11 @@ def broker_orders(venue: str) -> str:
     return BROKER_ORDERS.format(venue=venue)
 
 
+def broker_positions(venue: str) -> str:
+    """The venue account's positions (micro endpoint of streaming gateways: alpaca)."""
+    return f"desk.broker.{venue}.positions"
+
+
 def execution(strategy_id: str) -> str:
     return EXEC.format(strategy_id=strategy_id)
 

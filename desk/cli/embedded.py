@@ -27,7 +27,7 @@ from desk.bus.testing import NatsServer
 log = get_logger("desk.up")
 
 #: Start order; shutdown runs in reverse.
-SERVICES = ("marketdata", "ledger", "broker_gateway", "order_router", "orchestrator")
+SERVICES = ("marketdata", "ledger", "broker_gateway", "order_router", "orchestrator", "dashboard")
 
 
 @dataclass
@@ -53,6 +53,7 @@ class EmbeddedDesk:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     server: NatsServer | None = None
+    dashboard_url: str = ""
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     @property
@@ -75,6 +76,8 @@ class EmbeddedDesk:
             BROKER=env.get("BROKER", "sim"),
         )
         env.setdefault("MD_FEED", "synthetic")
+        env.setdefault("DASHBOARD_HOST", "127.0.0.1")
+        env.setdefault("DASHBOARD_PORT", "8080")
         env.update(self.extra_env)
         return env
 
@@ -99,10 +102,14 @@ class EmbeddedDesk:
                     self.services[name] = ServiceProcess(name, env, self.log_dir / f"{name}.log")
                     await self._spawn(self.services[name])
                     if not await self._wait_ready(nc, name, timeout=30):
+                        if self.stop.is_set():  # Ctrl-C during start-up: a clean stop, not a failure
+                            log.info("desk.start_interrupted", waiting_for=name)
+                            return 0
                         log.error("desk.service_not_ready", service=name, log=str(self.services[name].log_path))
                         self._print_tail(self.services[name].log_path)
                         return 1
                     log.info("desk.service_ready", service=name, pid=self.services[name].process.pid)  # type: ignore[union-attr]
+                self.dashboard_url = await self._dashboard_url(nc)
                 self.ready.set()
                 log.info("desk.up", nats=self.server.url, data_dir=str(self.data_dir))
                 code = await self._supervise()
@@ -111,6 +118,17 @@ class EmbeddedDesk:
         finally:
             await self._shutdown()
         return code
+
+    @staticmethod
+    async def _dashboard_url(nc: Client) -> str:
+        """The dashboard's real address, from its micro INFO metadata (it may have picked the port)."""
+        import json
+
+        try:
+            info = json.loads((await nc.request("$SRV.INFO.dashboard", b"", timeout=2)).data)
+            return str(info.get("metadata", {}).get("url", ""))
+        except (nats.errors.Error, ValueError):
+            return ""
 
     async def _spawn(self, svc: ServiceProcess) -> None:
         handle = svc.log_path.open("ab")

@@ -115,13 +115,16 @@ def up(
     no_strategies: Annotated[bool, typer.Option("--no-strategies", help="Start the services only.")] = False,
     feed: Annotated[str, typer.Option(help="Market data feed: synthetic or replay.")] = "synthetic",
     symbols: Annotated[str, typer.Option(help="Comma-separated symbols for the synthetic feed.")] = "",
+    dashboard_port: Annotated[
+        int, typer.Option(envvar="DASHBOARD_PORT", help="Port of the web dashboard on 127.0.0.1 (0 = any free port).")
+    ] = 8080,
 ) -> None:
     """Run the embedded desk: nats-server, every service, the sim broker, the synthetic feed and the
     strategies, all local. Ctrl-C stops everything; the ledger and JetStream data stay in DATA_DIR."""
     from desk.cli.embedded import EmbeddedDesk
 
     configure_logging("desk", "info", "console")
-    extra = {"MD_FEED": feed}
+    extra = {"MD_FEED": feed, "DASHBOARD_PORT": str(dashboard_port)}
     if symbols:
         extra["MD_SYMBOLS"] = symbols
     desk = EmbeddedDesk(
@@ -141,7 +144,8 @@ def up(
         await asyncio.wait({ready, runner}, return_when=asyncio.FIRST_COMPLETED)
         if desk.ready.is_set():
             console.print(
-                f"[bold green]desk is up[/bold green] on nats://127.0.0.1:{port} — data in {data_dir}/, logs in "
+                f"[bold green]desk is up[/bold green] on nats://127.0.0.1:{port}, dashboard on "
+                f"{desk.dashboard_url or '(not running)'} — data in {data_dir}/, logs in "
                 f"{data_dir}/logs/.\nTry: [bold]desk status[/bold], [bold]desk positions[/bold], "
                 f"[bold]desk leaderboard[/bold], [bold]nats sub 'desk.>'[/bold]. Ctrl-C stops the desk."
             )
@@ -446,6 +450,40 @@ def equity(strategy: StrategyOpt = "", member: MemberOpt = "", limit: LimitOpt =
         ],
         numeric=["equity", "cash", "realized", "unrealized"],
     )
+
+
+@app.command()
+def reconcile(
+    venue: Annotated[str, typer.Option("--venue", help="The broker gateway to compare with.")] = "alpaca",
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare the ledger's positions, summed per symbol across strategies, with the broker account's.
+
+    Prints every difference; exits 1 when there is one (0 when the books agree)."""
+    from desk.reconcile import compare, format_differences
+
+    ledger = _call(subjects.LEDGER_POSITIONS, ledger_pb2.LedgerQuery(limit=10000), ledger_pb2.PositionsReply, "ledger")
+    broker = _call(
+        subjects.broker_positions(venue), ledger_pb2.LedgerQuery(), ledger_pb2.PositionsReply, f"{venue} broker gateway"
+    )
+    differences = compare(ledger.positions, broker.positions)
+    if as_json:
+        print_json(
+            [
+                {
+                    "symbol": d.symbol,
+                    "ledger_qty": str(d.ledger_qty),
+                    "broker_qty": str(d.broker_qty),
+                    "difference": str(d.delta),
+                    "by_strategy": {s: str(q) for s, q in d.by_strategy},
+                }
+                for d in differences
+            ]
+        )
+    else:
+        for line in format_differences(differences, venue):
+            console.print(line, highlight=False)
+    raise typer.Exit(1 if differences else 0)
 
 
 # ------------------------------------------------------------------------------------------- risk

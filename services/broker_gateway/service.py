@@ -23,18 +23,22 @@ import collections
 import contextlib
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.kv import KeyValue
 from nats.micro.service import EndpointStats
 
 import desk
 from desk.bus import codec, streams, subjects
+from desk.bus.decimals import parse_decimal
 from desk.bus.errors import DeskError
 from desk.bus.lifecycle import ServiceRuntime, StartFn
 from desk.bus.logging import get_logger
@@ -127,6 +131,7 @@ class BrokerGateway:
         self._service: DeskService | None = None
         self._md_subs: list[Subscription] = []
         self._flushes: set[asyncio.Task[bool]] = set()
+        self._prices: KeyValue | None = None
         self.counts: collections.Counter[str] = collections.Counter()
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -151,10 +156,11 @@ class BrokerGateway:
         runtime.stack.push_async_callback(self._expire_resting_orders)
         if isinstance(self.broker, StreamingBroker):
             await service.add_endpoint(
-                "positions", f"desk.broker.{self.venue}.positions", ledger_pb2.LedgerQuery, self._positions
+                "positions", subjects.broker_positions(self.venue), ledger_pb2.LedgerQuery, self._positions
             )
             # connected and reconciled before the first routed order is fetched
-            await self.broker.start(self._emit)
+            self._prices = await streams.ensure_bucket(runtime.js, subjects.KV_PRICES)
+            await self.broker.start(self._emit, self._price_of)
         if self.broker.wants_market_data:
             for subject in _MD_TYPES:
                 self._md_subs.append(await runtime.nc.subscribe(subject, cb=self._on_market_data))
@@ -306,12 +312,32 @@ class BrokerGateway:
 
     # --- execution reports -------------------------------------------------------------------------
 
+    async def _flush_soon(self, attempts: int = 10) -> bool:
+        """Publish what a streaming broker emitted; a failed publish is retried (same ids, deduplicated)."""
+        for _ in range(attempts):
+            if await self._flush():
+                return True
+            await asyncio.sleep(RETRY_PAUSE)  # a retry pause, not synchronisation
+        log.error("execution.unpublished", count=len(self._outbox))  # the next order's flush retries them
+        return False
+
+    async def _price_of(self, symbol: str) -> Decimal | None:
+        """The last trade price in DESK_PRICES (the fair price internal crosses use), if any."""
+        if self._prices is None:
+            return None
+        try:
+            entry = await self._prices.get(symbol)
+            trade = codec.decode(entry.value or b"", marketdata_pb2.Trade)
+            return parse_decimal("price", trade.price, required=False)
+        except (nats.js.errors.KeyNotFoundError, DeskError):
+            return None
+
     def _emit(self, reports: Reports) -> None:
         """A streaming broker's sink: queue the reports in order, publish them soon."""
         if not reports:
             return
         self._outbox.extend(reports)
-        task = asyncio.create_task(self._flush(), name="gateway.flush")
+        task = asyncio.create_task(self._flush_soon(), name="gateway.flush")
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 

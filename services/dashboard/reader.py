@@ -33,6 +33,7 @@ T = TypeVar("T")
 EQUITY_POINTS = 1000  # the ledger's per-query maximum
 TABLE_ROWS = 25
 LOG_LINES = 60
+CENTS = Decimal("0.01")
 
 
 class Unavailable(Exception):
@@ -48,7 +49,16 @@ def ratio(value: Decimal | None) -> str:
 
 
 def money(value: Decimal) -> str:
-    return f"{value:,.2f}"
+    return _no_negative_zero(f"{value:,.2f}")
+
+
+def return_text(value: Decimal) -> str:
+    """Percent with three places: desk returns are often small fractions of a percent."""
+    return _no_negative_zero(f"{value:.3f}")
+
+
+def _no_negative_zero(text: str) -> str:
+    return text[1:] if text.startswith("-") and not text.strip("-0.,") else text
 
 
 def performance_row(p: metrics.Performance, rank: int) -> dict[str, Any]:
@@ -58,7 +68,7 @@ def performance_row(p: metrics.Performance, rank: int) -> dict[str, Any]:
         "member_id": p.member_id,
         "equity": money(p.equity),
         "total_pnl": money(p.total_pnl),
-        "return_pct": f"{p.return_pct:.2f}",
+        "return_pct": return_text(p.return_pct),
         "max_drawdown_pct": pct(p.max_drawdown),
         "sharpe": ratio(p.sharpe),
         "trades": p.trades,
@@ -171,7 +181,7 @@ class DeskReader:
         # Benchmark: buy-and-hold of the strategy's first traded symbol (its earliest fill; the
         # fills come newest first), or of its first configured symbol before it has traded.
         first_symbol = fills.fills[-1].symbol if fills.fills else (spec.symbols[0] if spec and spec.symbols else "")
-        prices = list(self.live.prices.get(first_symbol, ())) if first_symbol else []
+        prices = await self._soft(self.price_path(first_symbol), [], errors) if first_symbol else []
         benchmark = metrics.buy_and_hold(curve, prices)
         row = next((r for r in pnl.strategies if r.strategy_id == strategy_id), None)
         st = status.strategies[0] if status.strategies else None
@@ -189,13 +199,25 @@ class DeskReader:
             "benchmark_symbol": first_symbol,
             # Seconds, not nanoseconds: JavaScript numbers are exact only up to 2**53.
             "equity": [[ts / 1e9, str(v)] for ts, v in curve],
-            "benchmark": [[ts / 1e9, str(v)] for ts, v in benchmark],
+            "benchmark": [[ts / 1e9, str(v.quantize(CENTS))] for ts, v in benchmark],
             "positions": [_position(p) for p in positions.positions],
             "orders": [_order(o) for o in orders.orders],
             "fills": [_fill(f) for f in fills.fills[:TABLE_ROWS]],
             "logs": list(logs.lines),
             "errors": errors,
         }
+
+    async def price_path(self, symbol: str) -> list[metrics.Point]:
+        """The symbol's prices, oldest first: the feed's trades the dashboard recorded since it
+        started, and before those the desk's fill prices in that symbol (any strategy's, from the
+        ledger), so a benchmark reaches back before the dashboard's own start."""
+        live = list(self.live.prices.get(symbol, ()))
+        reply = await self._ask(
+            subjects.LEDGER_FILLS, ledger_pb2.LedgerQuery(symbol=symbol, limit=EQUITY_POINTS), ledger_pb2.FillsReply
+        )
+        start = live[0][0] if live else None
+        earlier = sorted((f.event_ns, dec(f.price)) for f in reply.fills if start is None or f.event_ns < start)
+        return earlier + live
 
     # -- the desk -------------------------------------------------------------------------------
 
@@ -318,7 +340,7 @@ def _pnl(row: ledger_pb2.PnlRow | None) -> Mapping[str, str]:
         "unrealized_pnl": money(dec(row.unrealized_pnl)),
         "fees": money(dec(row.fees)),
         "total_pnl": money(dec(row.total_pnl)),
-        "return_pct": f"{dec(row.return_pct):.2f}",
+        "return_pct": return_text(dec(row.return_pct)),
         "fills": str(row.fills),
     }
 

@@ -62,13 +62,6 @@ class DashboardService:
 
     async def start(self, runtime: ServiceRuntime) -> None:
         settings = self.settings
-        await add_service(
-            runtime,
-            NAME,
-            desk.__version__,
-            "the club's web page: leaderboard, strategy pages, desk health, live updates",
-            metadata={"host": settings.dashboard_host, "port": str(settings.dashboard_port)},
-        )
         await self.live.start(runtime.nc)
         reader = DeskReader(runtime.nc, self.live, settings.dashboard_request_timeout, settings.service_names)
         app = create_app(reader, self.live, self.auth, secure_cookie=settings.dashboard_secure_cookie)
@@ -100,6 +93,14 @@ class DashboardService:
             raise RuntimeError(f"web server did not start on {settings.dashboard_host}:{settings.dashboard_port}")
         host, port = self._bound(server)
         self.url = f"http://{host}:{port}/"
+        # Registered once listening, so INFO's metadata carries the real address (DASHBOARD_PORT=0 works).
+        await add_service(
+            runtime,
+            NAME,
+            desk.__version__,
+            "the club's web page: leaderboard, strategy pages, desk health, live updates",
+            metadata={"url": self.url, "operator_actions": "enabled" if self.auth.enabled else "disabled"},
+        )
         log.info("dashboard.listening", url=self.url, operator_actions=self.auth.enabled)
         print(f"dashboard: {self.url}", flush=True)
 

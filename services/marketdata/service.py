@@ -14,10 +14,12 @@ from nats.js.kv import KeyValue
 
 import desk
 from desk.bus import codec, subjects
+from desk.bus.errors import DeskError
 from desk.bus.lifecycle import ServiceRuntime, StartFn
 from desk.bus.logging import get_logger
 from desk.bus.micro import add_service
 from desk.bus.streams import ensure_bucket
+from desk.v1 import marketdata_pb2, strategy_pb2
 from services.marketdata.feeds.base import Feed, Tick
 from services.marketdata.feeds.replay import ReplayFeed, parse_replay
 from services.marketdata.feeds.synthetic import SyntheticFeed
@@ -57,6 +59,9 @@ class MarketData:
         self.stats = FeedStats()
 
     async def start(self, runtime: ServiceRuntime) -> None:
+        if self.settings.md_feed == "alpaca":
+            await self._start_alpaca(runtime)
+            return
         feed = build_feed(self.settings)
         prices = await ensure_bucket(runtime.js, subjects.KV_PRICES)
         # Known before ready: the router learns the symbol universe from DESK_PRICES.
@@ -100,6 +105,59 @@ class MarketData:
             await self._publish(runtime, prices, scheduled.tick)
         self.stats.finished = True
         log.info("feed.finished", feed=feed.name, ticks=self.stats.ticks)
+
+
+    async def _start_alpaca(self, runtime: ServiceRuntime) -> None:
+        """MD_FEED=alpaca: StockDataStream for the deployed strategies' symbols (feeds/alpaca.py)."""
+        from services.marketdata.feeds.alpaca import AlpacaFeed, wanted_symbols
+
+        key, secret = self.settings.alpaca_api_key, self.settings.alpaca_secret_key
+        if key is None or secret is None or not key.get_secret_value() or not secret.get_secret_value():
+            raise ValueError("MD_FEED=alpaca needs ALPACA_API_KEY and ALPACA_SECRET_KEY")
+        prices = await ensure_bucket(runtime.js, subjects.KV_PRICES)
+        strategies = await ensure_bucket(runtime.js, subjects.KV_STRATEGIES)
+
+        async def publish(message: marketdata_pb2.Bar | marketdata_pb2.Trade | marketdata_pb2.Quote) -> None:
+            subject = {marketdata_pb2.Bar: subjects.md_bar, marketdata_pb2.Trade: subjects.md_trade,
+                       marketdata_pb2.Quote: subjects.md_quote}[type(message)](message.symbol)
+            body, headers = codec.encode(message)
+            await runtime.nc.publish(subject, body, headers=headers)
+            if isinstance(message, marketdata_pb2.Trade):
+                await prices.put(message.symbol, message.SerializeToString())
+            self.stats.ticks += 1
+            self.stats.per_symbol[message.symbol] = self.stats.per_symbol.get(message.symbol, 0) + 1
+
+        feed = AlpacaFeed(key.get_secret_value(), secret.get_secret_value(), publish, url=self.settings.md_alpaca_url,
+                          feed=self.settings.md_alpaca_feed)
+        self.alpaca_feed = feed
+        specs: dict[str, strategy_pb2.StrategySpec] = {}
+        watcher = await strategies.watchall()
+        runtime.stack.push_async_callback(watcher.stop)
+        loaded = asyncio.Event()
+
+        async def follow() -> None:
+            async for entry in watcher:
+                if entry is None:
+                    loaded.set()
+                elif entry.operation is None and entry.value:
+                    try:
+                        specs[entry.key] = codec.decode(entry.value, strategy_pb2.StrategySpec)
+                    except DeskError as err:
+                        log.warning("kv.bad_value", bucket=subjects.KV_STRATEGIES, key=entry.key, error=err.message)
+                        continue
+                    if loaded.is_set():
+                        await feed.subscribe(wanted_symbols(specs.values(), []))
+
+        runtime.spawn(follow(), name="marketdata.strategies")
+        await asyncio.wait_for(loaded.wait(), 10)
+        await add_service(
+            runtime, NAME, desk.__version__,
+            "market data: publishes md.bar|quote|trade.<SYMBOL> and the last price per symbol in DESK_PRICES",
+            metadata={"feed": feed.name},
+        )
+        runtime.stack.push_async_callback(feed.stop)
+        await feed.start(wanted_symbols(specs.values(), self.settings.symbols))
+        log.info("feed.started", feed=feed.name, symbols=sorted(feed.symbols))
 
 
 def make_start(settings: Settings) -> StartFn:

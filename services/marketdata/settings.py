@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from desk.bus import subjects
 from desk.bus.settings import BusSettings
@@ -14,12 +14,20 @@ SAMPLE_BARS = Path(__file__).parent / "data" / "sample_bars.csv"
 
 
 class Settings(BusSettings):
-    md_feed: Literal["synthetic", "replay"] = Field(
-        default="synthetic", description="feed to run: synthetic (seeded random walk) or replay (CSV bars)"
+    md_feed: Literal["synthetic", "replay", "alpaca"] = Field(
+        default="synthetic",
+        description="feed to run: synthetic (seeded random walk), replay (CSV bars) or alpaca (StockDataStream)",
     )
     md_symbols: str = Field(
-        default="AAPL,MSFT,SPY,TSLA,NVDA", description="comma-separated symbols of the synthetic feed"
+        default="AAPL,MSFT,SPY,TSLA,NVDA",
+        description="comma-separated symbols of the synthetic feed; alpaca: used when no strategy names any",
     )
+    alpaca_api_key: SecretStr | None = Field(default=None, description="alpaca feed: API key id (MD_FEED=alpaca)")
+    alpaca_secret_key: SecretStr | None = Field(default=None, description="alpaca feed: API secret key")
+    md_alpaca_url: str | None = Field(
+        default=None, description="alpaca feed: market-data websocket URL override (full URL; tests: the fake)"
+    )
+    md_alpaca_feed: Literal["iex", "sip"] = Field(default="iex", description="alpaca feed: iex (free) or sip")
     md_interval: float = Field(default=1.0, gt=0, le=3600, description="seconds between synthetic bars")
     md_seed: int = Field(default=7, description="seed of the synthetic feed (same seed, same prices)")
     md_replay_file: Path = Field(

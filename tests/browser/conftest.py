@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -134,8 +135,10 @@ def running_desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDe
     (strategies / PROBE / "strategy.py").write_text(PROBE_STRATEGY)
     (strategies / PROBE / "config.json").write_text(json.dumps(PROBE_CONFIG))
     port = free_port()
+    # `desk up` starts the dashboard itself (any free port) and prints its address.
     env = dict(
         os.environ, PYTHONPATH=str(ROOT), MD_INTERVAL="0.25", LEDGER_SNAPSHOT_INTERVAL="1", COLUMNS="200",
+        DASHBOARD_PORT="0", DASHBOARD_OPERATOR_PASSWORD=OPERATOR_PASSWORD,
     )
     desk = Child(
         [sys.executable, "-m", "desk.cli", "up", "--data-dir", str(base / "var"), "--strategies", str(strategies),
@@ -143,22 +146,13 @@ def running_desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDe
         env,
         base / "desk-up.log",
     )
-    dashboard: Child | None = None
     try:
-        desk.wait_for_line("desk is up", timeout=120)
-        nats_url = f"nats://127.0.0.1:{port}"
-        dashboard = Child(
-            [sys.executable, "-m", "services.dashboard"],
-            dict(env, NATS_URL=nats_url, DASHBOARD_HOST="127.0.0.1", DASHBOARD_PORT="0",
-                 DASHBOARD_OPERATOR_PASSWORD=OPERATOR_PASSWORD, LOG_FORMAT="json"),
-            base / "dashboard.log",
-        )
-        line = dashboard.wait_for_line("dashboard: http://", timeout=30)
-        yield RunningDesk(nats_url, line.split("dashboard: ", 1)[1].strip().rstrip("/"), base)
+        line = desk.wait_for_line("desk is up", timeout=120)
+        match = re.search(r"dashboard on (http://[^\s/]+)", line)
+        assert match, f"no dashboard address in {line!r}"
+        yield RunningDesk(f"nats://127.0.0.1:{port}", match.group(1), base)
     finally:
-        if dashboard is not None:
-            assert dashboard.stop(signal.SIGTERM, 30) == 0, (base / "dashboard.log").read_text()[-3000:]
-        desk.stop(signal.SIGINT, 90)
+        assert desk.stop(signal.SIGINT, 90) == 0, (base / "desk-up.log").read_text()[-3000:]
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ not a logged-in operator."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from decimal import Decimal
@@ -168,6 +169,13 @@ async def test_the_desk_page_shows_service_health_the_kill_switch_and_last_price
     for name in ("marketdata", "ledger", "broker_gateway", "order_router", "orchestrator", "dashboard"):
         await expect(page.locator(f'#services tr[data-service="{name}"] td:nth-child(2)')).to_have_text("up")
     await expect(page.locator("#kill-switch")).to_have_text("trading: orders accepted")
+    # The dashboard is itself a NATS micro service; its INFO says where it serves.
+    nc = await nats.connect(running_desk.nats_url)
+    try:
+        info = json.loads((await nc.request("$SRV.INFO.dashboard", b"", timeout=5)).data)
+    finally:
+        await nc.close()
+    assert info["metadata"]["url"] == running_desk.url + "/"
     prices = page.locator("#prices tbody tr[data-symbol]")
     assert await prices.count() >= 1
     aapl = page.locator('#prices tr[data-symbol="AAPL"] td.price')

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import nats
 import pytest
-from nats.aio.client import Client
 
-from desk.bus import codec, subjects
+from desk.bus import codec
 from desk.v1 import executions_pb2
+from tests.support import FILL_TYPES, LEDGER_ACKS, follow, follow_executions, free_port, ledger_caught_up, stream_fills
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DESK = [sys.executable, "-m", "desk.cli"]
 EXAMPLES = ("ma_crossover", "mean_reversion", "legacy_momentum")
 MEMBERS = {"ma_crossover": "alice", "mean_reversion": "bob", "legacy_momentum": "carol", "old_desk_form": "dave"}
-FILL_TYPES = (executions_pb2.EXEC_TYPE_FILL, executions_pb2.EXEC_TYPE_PARTIAL_FILL)
 
 # A strategy exactly as the old desk ran them: stdin JSON lines in, desk_client.place_order out.
 OLD_DESK_STRATEGY = '''\
@@ -49,12 +48,6 @@ for line in sys.stdin:
 OLD_DESK_CONFIG = {"user_id": "dave", "name": "Old desk buyer", "description": "buys SPY once", "version": "1.0.0", "env": {}}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Desk:
     """`desk up` in a child process of its own session, as a terminal user would run it."""
 
@@ -70,7 +63,9 @@ class Desk:
         return f"nats://127.0.0.1:{self.port}"
 
     async def start(self, *extra: str) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT), MD_INTERVAL="0.25", COLUMNS="200")
+        self.up.clear()
+        self.output.clear()
+        env = dict(os.environ, PYTHONPATH=str(ROOT), MD_INTERVAL="0.25", COLUMNS="200", DASHBOARD_PORT="0")
         self.process = await asyncio.create_subprocess_exec(
             *DESK, "up", "--data-dir", str(self.data_dir), "--strategies", str(self.strategies),
             "--port", str(self.port), *extra,
@@ -130,66 +125,27 @@ async def desk(tmp_path: Path, strategies: Path) -> AsyncIterator[Desk]:
         await desk.process.wait()
 
 
-async def follow(nc: Client, subject: str) -> asyncio.Queue[nats.aio.msg.Msg]:
-    queue: asyncio.Queue[nats.aio.msg.Msg] = asyncio.Queue()
-
-    async def put(msg: nats.aio.msg.Msg) -> None:
-        queue.put_nowait(msg)
-
-    await nc.subscribe(subject, cb=put)
-    return queue
-
-
-async def ledger_caught_up(nc: Client, acks: asyncio.Queue[nats.aio.msg.Msg], timeout: float = 60) -> int:
-    """Wait until the ledger has acked every message now in EXECUTIONS (its acks are events on
-    $JS.ACK.EXECUTIONS.ledger.>, the stream sequence is the subject's 6th token). Returns that count."""
-    last = (await nc.jetstream().stream_info(subjects.STREAM_EXECUTIONS)).state.last_seq
-    acked: set[int] = set()
-    info = await nc.jetstream().consumer_info(subjects.STREAM_EXECUTIONS, subjects.LEDGER_DURABLE)
-    acked.update(range(1, info.ack_floor.stream_seq + 1))
-    async with asyncio.timeout(timeout):
-        while not set(range(1, last + 1)) <= acked:
-            msg = await acks.get()
-            acked.add(int(msg.subject.split(".")[5]))
-    return last
-
-
-async def stream_fills(nc: Client) -> dict[str, executions_pb2.ExecutionReport]:
-    """Every fill report in EXECUTIONS, by execution id, read with an ephemeral ordered consumer."""
-    js = nc.jetstream()
-    last = (await js.stream_info(subjects.STREAM_EXECUTIONS)).state.last_seq
-    fills: dict[str, executions_pb2.ExecutionReport] = {}
-    sub = await js.subscribe(subjects.EXEC_ALL, ordered_consumer=True)
-    try:
-        async with asyncio.timeout(60):
-            while last:
-                msg = await sub.next_msg(timeout=30)
-                report = codec.decode(msg.data, executions_pb2.ExecutionReport, msg.headers)
-                if report.exec_type in FILL_TYPES:
-                    fills[report.execution_id] = report
-                if msg.metadata.sequence.stream >= last:
-                    break
-    finally:
-        await sub.unsubscribe()
-    return fills
-
-
 async def test_the_embedded_desk_trades_books_every_fill_once_and_survives_a_restart(desk: Desk) -> None:
     await desk.start()
     nc = await nats.connect(desk.url)
     try:
-        executions = await follow(nc, subjects.EXEC_ALL)
-        acks = await follow(nc, f"$JS.ACK.{subjects.STREAM_EXECUTIONS}.{subjects.LEDGER_DURABLE}.>")
+        executions = await follow_executions(nc)
+        acks = await follow(nc, LEDGER_ACKS)
 
         # Every strategy, the old-desk ones included, gets at least one fill from the sim.
         filled: set[str] = set()
-        async with asyncio.timeout(120):
-            while filled != set(MEMBERS):
-                msg = await executions.get()
-                report = codec.decode(msg.data, executions_pb2.ExecutionReport, msg.headers)
-                if report.exec_type in FILL_TYPES:
-                    assert report.member_id == MEMBERS[report.strategy_id]
-                    filled.add(report.strategy_id)
+        try:
+            async with asyncio.timeout(120):
+                while filled != set(MEMBERS):
+                    msg = await executions.get()
+                    report = codec.decode(msg.data, executions_pb2.ExecutionReport, msg.headers)
+                    if report.exec_type in FILL_TYPES:
+                        assert report.member_id == MEMBERS[report.strategy_id]
+                        filled.add(report.strategy_id)
+        except TimeoutError:
+            logs = {name: (desk.data_dir / "logs" / "strategies" / f"{name}.log") for name in set(MEMBERS) - filled}
+            tails = {name: path.read_text()[-2000:] if path.exists() else "(no log)" for name, path in logs.items()}
+            raise AssertionError(f"no fill within 120 s for {sorted(set(MEMBERS) - filled)}: {tails}") from None
 
         await ledger_caught_up(nc, acks)
         fills = desk.cli("fills", "--limit", "10000")
@@ -221,7 +177,7 @@ async def test_the_embedded_desk_trades_books_every_fill_once_and_survives_a_res
     await desk.start("--no-strategies")
     nc = await nats.connect(desk.url)
     try:
-        acks = await follow(nc, f"$JS.ACK.{subjects.STREAM_EXECUTIONS}.{subjects.LEDGER_DURABLE}.>")
+        acks = await follow(nc, LEDGER_ACKS)
         await ledger_caught_up(nc, acks)
         in_stream = await stream_fills(nc)
         booked = desk.cli("fills", "--limit", "10000")["fills"]  # type: ignore[index]
@@ -232,4 +188,4 @@ async def test_the_embedded_desk_trades_books_every_fill_once_and_survives_a_res
             assert f["execution_id"] in set(booked_ids)
     finally:
         await nc.close()
-    assert await desk.interrupt() == 0
+    assert await desk.interrupt() == 0, "".join(desk.output[-40:])

@@ -7,16 +7,20 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from structlog.testing import capture_logs
 
+from desk import reconcile
 from desk.bus import codec, subjects
 from desk.bus.request import request
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
-from desk.v1 import common_pb2, executions_pb2, ledger_pb2, orders_pb2
+from desk.v1 import common_pb2, executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2, strategy_pb2
 from services.broker_gateway.brokers.alpaca import AlpacaBroker, alpaca_config
 from services.broker_gateway.brokers.alpaca_book import desk_order_id
 from services.broker_gateway.service import NAME, make_start
@@ -155,8 +159,11 @@ async def stream_reports(nc: Client) -> list[executions_pb2.ExecutionReport]:
 async def test_market_order_goes_to_alpaca_with_the_strategys_client_order_id_and_fills(
     nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
 ) -> None:
-    await route(nc, routed("o1"))
-    new, fill = await reports.next(), await reports.next()
+    with capture_logs() as logs:
+        await route(nc, routed("o1"))
+        new, fill = await reports.next(), await reports.next()
+    assert any(entry["event"] == "order.filled" for entry in logs)
+    assert fake.secret not in repr(logs) and fake.key not in repr(logs)
     assert (new.exec_type, new.order_id, new.venue, new.order_qty) == (E.EXEC_TYPE_NEW, oid("o1"), "alpaca", "10")
     assert (fill.exec_type, fill.status, fill.fill_qty, fill.fill_price, fill.cum_qty, fill.leaves_qty) == (
         E.EXEC_TYPE_FILL, E.ORDER_STATUS_FILLED, "10", "100", "10", "0")
@@ -323,3 +330,148 @@ async def test_orders_wait_for_the_stream_and_the_loop_stays_free_during_a_slow_
     assert isinstance(book, ledger_pb2.OrdersReply)
     assert await reports.kinds(2) == ["NEW", "FILL"]
     await asyncio.wait_for(gateway.broker.wait_ready(), TIMEOUT)
+
+
+# --- one account, many strategies ------------------------------------------------------------------
+
+
+async def put_price(nc: Client, symbol: str, price: str) -> None:
+    kv = await nc.jetstream().key_value(subjects.KV_PRICES)
+    data, _ = codec.encode(marketdata_pb2.Trade(symbol=symbol, price=price, size="1", ts_ns=1, source="test"))
+    await kv.put(symbol, data)
+
+
+def ledger_positions(stored: list[executions_pb2.ExecutionReport]) -> list[ledger_pb2.Position]:
+    """Per-strategy positions from the fills, as the ledger books them (signed qty per strategy and symbol)."""
+    totals: dict[tuple[str, str], Decimal] = {}
+    for r in stored:
+        if r.fill_qty:
+            sign = 1 if r.side == common_pb2.SIDE_BUY else -1
+            key = (r.strategy_id, r.symbol)
+            totals[key] = totals.get(key, Decimal(0)) + sign * Decimal(r.fill_qty)
+    return [ledger_pb2.Position(strategy_id=s, symbol=sym, qty=str(q)) for (s, sym), q in sorted(totals.items())]
+
+
+async def test_two_strategies_cross_inside_the_desk_without_a_wash_trade_and_books_reconcile(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    await put_price(nc, "AAPL", "100")
+    await route(nc, routed("a-buy", strategy="alpha", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="101", qty="10"))
+    assert await reports.kinds(1) == ["NEW"]
+    # beta sells 6 at market: at Alpaca it would meet alpha's resting buy (422, 42210000); the desk
+    # crosses 6 at the fair price 100 and places alpha's remaining 4 again
+    await route(nc, routed("b-sell", strategy="beta", side=common_pb2.SIDE_SELL, qty="6"))
+    alpha_fill = await reports.until(lambda r: r.order_id == oid("a-buy") and bool(r.fill_qty))
+    beta_fill = await reports.until(lambda r: r.order_id == oid("b-sell", "beta") and bool(r.fill_qty))
+    assert (alpha_fill.exec_type, alpha_fill.fill_qty, alpha_fill.fill_price, alpha_fill.leaves_qty) == (
+        E.EXEC_TYPE_PARTIAL_FILL, "6", "100", "4")
+    assert (beta_fill.exec_type, beta_fill.fill_qty, beta_fill.fill_price) == (E.EXEC_TYPE_FILL, "6", "100")
+    assert "internal cross" in beta_fill.text and "alpha" in beta_fill.text
+    assert fake.order("alpha.c-a-buy").status == "canceled" and fake.order("alpha.c-a-buy.2").qty == 4
+    # Alpaca fills alpha's re-placed 4 in two parts; they are alpha's
+    fake.fill("alpha.c-a-buy.2", "1", "100.5")
+    fake.fill("alpha.c-a-buy.2", "3", "100.25")
+    assert [(r.fill_qty, r.cum_qty) for r in [await reports.next(), await reports.next()]] == [("1", "7"), ("3", "10")]
+    # beta sells 2 more with nothing opposite resting: straight to Alpaca
+    await route(nc, routed("b-sell2", strategy="beta", side=common_pb2.SIDE_SELL, qty="2"))
+    assert await reports.kinds(2) == ["NEW", "FILL"]
+
+    assert all(code != 42210000 for _, code in fake.refusals)
+    stored = await stream_reports(nc)
+    books = ledger_positions(stored)
+    assert [(p.strategy_id, p.qty) for p in books] == [("alpha", "10"), ("beta", "-8")]
+    broker = await request(nc, "desk.broker.alpaca.positions", ledger_pb2.LedgerQuery(), ledger_pb2.PositionsReply)
+    assert [(p.symbol, p.qty) for p in broker.positions] == [("AAPL", "2")]
+    assert reconcile.compare(books, broker.positions) == []
+    assert reconcile.format_differences([], "alpaca") == ["reconcile: ledger and alpaca agree on every position"]
+
+
+async def test_an_order_that_cannot_cross_and_would_wash_trade_is_refused_by_the_desk_not_alpaca(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    await put_price(nc, "AAPL", "100")
+    await route(nc, routed("low-bid", strategy="alpha", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="90", qty="5"))
+    assert await reports.kinds(1) == ["NEW"]
+    await route(nc, routed("dump", strategy="beta", side=common_pb2.SIDE_SELL, qty="3"))  # alpha won't pay 100
+    refused = await reports.next()
+    assert (refused.order_id, refused.exec_type) == (oid("dump", "beta"), E.EXEC_TYPE_REJECTED)
+    assert "wash trade" in refused.text and "alpha" in refused.text
+    assert ("POST", "/v2/orders") in fake.requests and all(code != 42210000 for _, code in fake.refusals)
+    assert [o.client_order_id for o in fake.call(lambda: list(fake.orders.values()))] == ["alpha.c-low-bid"]
+
+
+async def test_one_strategys_resting_sell_does_not_block_anothers_sell_of_the_held_shares(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    await put_price(nc, "AAPL", "100")
+    await route(nc, routed("a-buy", strategy="alpha", qty="10"))
+    await route(nc, routed("a-exit", strategy="alpha", side=common_pb2.SIDE_SELL, type=common_pb2.ORDER_TYPE_LIMIT,
+                           limit_price="120", time_in_force=common_pb2.TIME_IN_FORCE_GTC, qty="10"))
+    assert await reports.kinds(3) == ["NEW", "FILL", "NEW"]  # alpha's 10 shares are now held by its exit
+    # beta sells 10: at Alpaca that is 403 40310000 (available 0, held_for_orders 10); the desk steps
+    # alpha's exit aside, sells, and places alpha's exit again
+    await route(nc, routed("b-sell", strategy="beta", side=common_pb2.SIDE_SELL, qty="10"))
+    beta_fill = await reports.until(lambda r: r.order_id == oid("b-sell", "beta") and bool(r.fill_qty))
+    assert (beta_fill.exec_type, beta_fill.fill_qty, beta_fill.fill_price) == (E.EXEC_TYPE_FILL, "10", "100")
+    fake.set_price("MSFT", "50")
+    await route(nc, routed("next", symbol="MSFT", qty="1"))  # handled once b-sell is completely done with
+    await reports.until(lambda r: r.order_id == oid("next") and bool(r.fill_qty))
+    replaced = fake.order("alpha.c-a-exit.2")
+    assert (replaced.status, replaced.qty, replaced.limit_price) == ("new", 10, 120)
+    assert fake.order("alpha.c-a-exit").status == "canceled"
+    assert (403, 40310000) in fake.refusals
+    stored = await stream_reports(nc)
+    exits = [r for r in stored if r.order_id == oid("a-exit")]
+    assert [E.ExecType.Name(r.exec_type) for r in exits] == ["EXEC_TYPE_NEW"]  # alive, never canceled for alpha
+    # the exit still works: Alpaca fills it and the fill is alpha's
+    fake.fill("alpha.c-a-exit.2", "10", "120")
+    exit_fill = await reports.until(lambda r: r.order_id == oid("a-exit") and bool(r.fill_qty))
+    assert (exit_fill.exec_type, exit_fill.strategy_id, exit_fill.fill_qty) == (E.EXEC_TYPE_FILL, "alpha", "10")
+    books = ledger_positions(await stream_reports(nc))
+    broker = await request(nc, "desk.broker.alpaca.positions", ledger_pb2.LedgerQuery(), ledger_pb2.PositionsReply)
+    assert [(p.strategy_id, p.symbol, p.qty) for p in books] == [
+        ("alpha", "AAPL", "0"), ("alpha", "MSFT", "1"), ("beta", "AAPL", "-10")]
+    assert [(p.symbol, p.qty) for p in broker.positions] == [("AAPL", "-10"), ("MSFT", "1")]
+    assert reconcile.compare(books, broker.positions) == []
+
+
+async def test_crossing_a_gateway_restart_and_the_real_ledger_end_with_a_clean_reconcile(
+    nats_server: NatsServer, nc: Client, fake: FakeAlpaca, reports: Reports, tmp_path: Path
+) -> None:
+    from services.ledger.service import LedgerService
+    from services.ledger.settings import Settings as LedgerSettings
+
+    kv = await nc.jetstream().key_value(subjects.KV_STRATEGIES)
+    for strategy, member in (("alpha", "alice"), ("beta", "bob")):
+        spec = strategy_pb2.StrategySpec(strategy_id=strategy, member_id=member, initial_cash="100000")
+        await kv.put(strategy, spec.SerializeToString())
+    await put_price(nc, "AAPL", "100")
+    ledger_settings = LedgerSettings(nats_url=nats_server.url, ledger_db_path=str(tmp_path / "ledger.db"), drain_timeout=5)
+    ledger = LedgerService(ledger_settings)
+    ledger_proc = await run_in_process("ledger", ledger_settings, ledger.start)
+    try:
+        first = await start_gateway(nats_server, fake)
+        await route(nc, routed("a-buy", strategy="alpha", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="101", qty="10"))
+        await route(nc, routed("b-sell", strategy="beta", side=common_pb2.SIDE_SELL, qty="6"))
+        await reports.until(lambda r: r.order_id == oid("b-sell", "beta") and bool(r.fill_qty))
+        await route(nc, routed("mark", qty="1", symbol="MSFT"))  # once reported, b-sell's re-placing is done
+        fake.set_price("MSFT", "50")
+        await reports.until(lambda r: r.order_id == oid("mark") and bool(r.fill_qty))
+        assert await first.service.stop() == 0
+        fake.fill("alpha.c-a-buy.2", "4", "100.5")  # while no gateway runs
+        second = await start_gateway(nats_server, fake)
+        try:
+            last = await reports.until(lambda r: r.order_id == oid("a-buy") and r.exec_type == E.EXEC_TYPE_FILL)
+            assert (last.fill_qty, last.fill_price) == ("4", "100.5")
+            stored = (await nc.jetstream().stream_info(subjects.STREAM_EXECUTIONS)).state.messages
+            await ledger.wait_for(lambda s: s.messages >= stored, timeout=TIMEOUT)
+            books = await request(nc, subjects.LEDGER_POSITIONS, ledger_pb2.LedgerQuery(limit=1000), ledger_pb2.PositionsReply)
+            broker = await request(nc, "desk.broker.alpaca.positions", ledger_pb2.LedgerQuery(), ledger_pb2.PositionsReply)
+        finally:
+            await second.service.stop()
+    finally:
+        await ledger_proc.stop()
+    assert sorted((p.strategy_id, p.symbol, p.qty) for p in books.positions if p.qty != "0") == [
+        ("alpha", "AAPL", "10"), ("alpha", "MSFT", "1"), ("beta", "AAPL", "-6")]
+    assert sorted((p.symbol, p.qty) for p in broker.positions) == [("AAPL", "4"), ("MSFT", "1")]
+    assert reconcile.compare(books.positions, broker.positions) == []

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import random
 import time
 import warnings
@@ -36,15 +37,27 @@ from desk.bus.decimals import fmt
 from desk.bus.logging import get_logger
 from desk.v1 import common_pb2, ledger_pb2, orders_pb2
 
-from .alpaca_book import TIFS, AlpacaBook, AlpacaOrder, Fill, alpaca_client_order_id, dec, to_ns
-from .base import BrokerUnavailable, MarketUpdate, Reports
+from . import netting
+from .alpaca_book import (
+    SIDES,
+    TIFS,
+    TYPES,
+    AlpacaBook,
+    AlpacaOrder,
+    DeskOrder,
+    Fill,
+    alpaca_client_order_id,
+    dec,
+    to_ns,
+)
+from .base import BrokerUnavailable, MarketUpdate, PriceSource, Reports
 
 with warnings.catch_warnings():
     # alpaca-py 0.44's TradingStream imports websockets.legacy, deprecated since websockets 14
     warnings.filterwarnings("ignore", message="websockets.legacy is deprecated", category=DeprecationWarning)
+    from alpaca.common.enums import Sort
     from alpaca.common.exceptions import APIError
     from alpaca.trading.client import TradingClient
-    from alpaca.common.enums import Sort
     from alpaca.trading.enums import OrderSide, QueryOrderStatus, TimeInForce
     from alpaca.trading.requests import (
         GetOrdersRequest,
@@ -61,6 +74,8 @@ T = TypeVar("T")
 Emit = Callable[[Reports], None]
 
 DUPLICATE_CLIENT_ORDER_ID = 40010001
+INSUFFICIENT_QTY = 40310000
+SETTLE_TIMEOUT = 10.0  # seconds a sell that needed held shares may take to finish before others are re-placed
 MAX_BACKOFF = 8.0
 PAGE = 500
 
@@ -99,7 +114,7 @@ class TimeoutSession(requests.Session):
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", self.timeout)
-        return super().request(method, url, *args, **kwargs)
+        return super().request(method, url, *args, **kwargs)  # type: ignore[arg-type]  # typeshed narrows Session.request
 
 
 def make_trading_client(config: AlpacaConfig) -> TradingClient:
@@ -155,7 +170,7 @@ class AlpacaRest:
                     raise AlpacaUnavailable(f"{what}: {describe(exc)}") from exc
                 self.retries += 1
                 log.warning("alpaca.retrying", call=what, error=describe(exc), pause=round(pause, 3))
-                await self._sleep(pause * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not crypto
+                await self._sleep(pause * (0.5 + random.random() / 2))
                 pause = min(pause * 2, MAX_BACKOFF)
 
 
@@ -163,27 +178,31 @@ class DeskTradingStream(TradingStream):
     """alpaca-py's TradingStream, plus a hook run after every (re)connect, before events are consumed."""
 
     def __init__(self, config: AlpacaConfig, on_connected: Callable[[], Awaitable[None]]) -> None:
-        super().__init__(config.api_key, config.secret_key, paper=config.paper, url_override=config.stream_url)
+        super().__init__(config.api_key, config.secret_key, paper=config.paper,
+                         url_override=config.stream_url)  # type: ignore[arg-type]  # alpaca-py types it str, None is its default
         self._on_connected = on_connected
         self._reconnect_min_backoff = config.reconnect_backoff
 
     async def _start_ws(self) -> None:
-        await super()._start_ws()
+        await super()._start_ws()  # type: ignore[no-untyped-call]  # alpaca-py is untyped here
         await self._on_connected()
 
 
-def order_request(routed: orders_pb2.RoutedOrder) -> OrderRequest:
-    """The alpaca-py request for a routed order (client_order_id = ``<strategy_id>.<client_order_id>``)."""
+def order_request(routed: orders_pb2.RoutedOrder, qty: Decimal | None = None, placement: int = 1) -> OrderRequest:
+    """The alpaca-py request for a routed order (client_order_id = ``<strategy_id>.<client_order_id>``),
+    for ``qty`` when only part of it goes to Alpaca (the rest was crossed inside the desk)."""
     request = routed.new_order
     fields: dict[str, Any] = {
         "symbol": request.symbol,
         "side": OrderSide.BUY if request.side == common_pb2.SIDE_BUY else OrderSide.SELL,
-        "time_in_force": TimeInForce(TIFS.get(request.time_in_force, "day")),
-        "client_order_id": alpaca_client_order_id(routed.strategy_id, request.client_order_id),
+        "time_in_force": TimeInForce(TIFS.get(int(request.time_in_force), "day")),
+        "client_order_id": alpaca_client_order_id(routed.strategy_id, request.client_order_id, placement),
     }
     if request.extended_hours:
         fields["extended_hours"] = True
-    if request.qty:
+    if qty is not None:
+        fields["qty"] = float(qty)
+    elif request.qty:
         fields["qty"] = float(Decimal(request.qty))
     else:
         fields["notional"] = float(Decimal(request.notional))
@@ -198,12 +217,21 @@ def order_request(routed: orders_pb2.RoutedOrder) -> OrderRequest:
     return MarketOrderRequest(**fields)
 
 
+def net_view(order: DeskOrder) -> netting.NetOrder:
+    return netting.NetOrder(
+        order_id=order.order_id, strategy_id=order.strategy_id, symbol=order.symbol,
+        side=SIDES.get(order.side, ""), type=TYPES.get(order.type, ""),
+        leaves=order.leaves_qty or Decimal(0), limit_price=order.limit_price, stop_price=order.stop_price,
+        created_ns=order.created_ns,
+    )
+
+
 def fill_from_activity(row: dict[str, Any]) -> Fill:
     activity_id = str(row.get("id", ""))
     return Fill(
         alpaca_order_id=str(row["order_id"]), cum_qty=dec(row["cum_qty"]) or Decimal(0),
         qty=dec(row["qty"]) or Decimal(0), price=dec(row["price"]) or Decimal(0),
-        event_ns=to_ns(dt.datetime.fromisoformat(str(row["transaction_time"]).replace("Z", "+00:00"))),
+        event_ns=to_ns(dt.datetime.fromisoformat(str(row["transaction_time"]))),
         alpaca_execution_id=activity_id.split("::")[-1],
     )
 
@@ -226,6 +254,10 @@ class AlpacaBroker:
         self.book = AlpacaBook(clock)
         self._clock = clock
         self._emit: Emit = lambda reports: None
+        self._prices: PriceSource | None = None
+        self._routed: dict[str, orders_pb2.RoutedOrder] = {}  # desk order id -> its routed order (re-placing)
+        self._symbol_locks: dict[str, asyncio.Lock] = {}
+        self._final: dict[str, asyncio.Event] = {}  # desk order id -> set once it is final
         self._stream: DeskTradingStream | None = None
         self._stream_task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()  # set while reconciled and connected
@@ -249,12 +281,22 @@ class AlpacaBroker:
         except requests.exceptions.RequestException as exc:
             raise AlpacaCredentialsError(f"Alpaca unreachable at start-up: {type(exc).__name__}") from None
 
-    async def start(self, emit: Emit, timeout: float = 30.0) -> None:
+    async def start(self, emit: Emit, prices: PriceSource | None = None, timeout: float = 30.0) -> None:
         """Connect the stream; return once the first reconcile is done (before any new work)."""
-        self._emit = emit
+        def emit_and_notify(reports: Reports) -> None:
+            emit(reports)
+            for report in reports:
+                order = self.book.orders.get(report.order_id)
+                waiter = self._final.get(report.order_id)
+                if waiter is not None and order is not None and order.is_final:
+                    waiter.set()
+
+        self._emit = emit_and_notify
+        self._prices = prices
         self._stream = DeskTradingStream(self.config, self._on_connected)
         self._stream.subscribe_trade_updates(self._on_trade_update)
-        self._stream_task = asyncio.create_task(self._stream._run_forever(), name="alpaca.trade_updates")
+        self._stream_task = asyncio.create_task(
+            self._stream._run_forever(), name="alpaca.trade_updates")  # type: ignore[no-untyped-call]  # untyped in alpaca-py
         ready = asyncio.create_task(self._ready.wait())
         done, _ = await asyncio.wait({ready, self._stream_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if ready not in done:
@@ -281,36 +323,134 @@ class AlpacaBroker:
         self._ready.set()
 
     async def wait_ready(self) -> None:
-        await self._ready.wait()
+        """Until the stream is connected and reconciled; AlpacaUnavailable after the retry budget."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), self.config.retry_budget)
+        except TimeoutError:
+            raise AlpacaUnavailable("trade_updates stream not connected and reconciled") from None
 
     # --- Broker ------------------------------------------------------------------------------------
 
     async def submit(self, routed: orders_pb2.RoutedOrder) -> Reports:
-        await self._ready.wait()
+        await self.wait_ready()
         order = self.book.remember(routed)
-        if order.alpaca_ids or order.is_final:
-            return []  # a redelivered routed order: already placed (or refused)
-        client_order_id = alpaca_client_order_id(routed.strategy_id, routed.new_order.client_order_id)
+        if order.alpaca_ids or order.is_final or order.cum_qty > 0:
+            return []  # a redelivered routed order: already placed, crossed or refused
+        self._routed[order.order_id] = routed
         try:
-            request = order_request(routed)
+            order_request(routed)
         except (ValueError, ArithmeticError) as exc:
             self._emit(self.book.rejected(order, f"invalid order for alpaca: {exc}"))
             return []
+        lock = self._symbol_locks.setdefault(order.symbol, asyncio.Lock())
+        async with lock:  # one netting decision per symbol at a time
+            send_qty = await self._net(order) if order.qty is not None else order.qty
+            if order.is_final or (send_qty is not None and send_qty <= 0):
+                return []
+            await self._place(routed, order, send_qty if send_qty != order.qty else None, placement=1)
+        return []
+
+    async def _net(self, order: DeskOrder) -> Decimal:
+        """Cross ``order`` with other strategies' resting orders (netting.plan); the quantity to send."""
+        resting = [net_view(o) for o in self.book.orders.values()
+                   if o.symbol == order.symbol and o.order_id != order.order_id and o.alpaca_ids and not o.is_final]
+        assert order.qty is not None
+        if not resting:
+            return order.qty
+        price = await self._prices(order.symbol) if self._prices is not None else None
+        plan = netting.plan(net_view(order), resting, price)
+        for seq, cross in enumerate(plan.crosses):
+            other = self.book.orders[cross.resting_order_id]
+            left = await self._pull(other)
+            qty = min(cross.qty, left, order.qty - order.cum_qty)
+            if qty > 0:
+                log.info("order.crossed_internally", with_order=other.order_id, with_strategy=other.strategy_id,
+                         qty=fmt(qty), price=fmt(cross.price))
+                self._emit(self.book.cross(order, other, qty, cross.price, seq))
+            if left - max(qty, Decimal(0)) > 0 and other.order_id in self._routed:
+                await self._place(self._routed[other.order_id], other, left - max(qty, Decimal(0)),
+                                  placement=len(other.alpaca_ids) + 1)
+        if plan.conflict is not None:
+            log.warning("order.net_refused", reason=plan.conflict)
+            self._emit(self.book.refused_remainder(order, plan.conflict))
+            return Decimal(0)
+        return order.qty - order.cum_qty
+
+    async def _pull(self, order: DeskOrder) -> Decimal:
+        """Cancel ``order``'s Alpaca order so its leaves can be crossed; its leaves now."""
+        alpaca_id = order.alpaca_ids[-1]
+        order.superseded.add(alpaca_id)
         try:
-            placed = await self.rest.call("submit_order", self.rest.client.submit_order, request)
+            await self.rest.call("cancel_order_by_id", self.rest.client.cancel_order_by_id, alpaca_id)
         except APIError as exc:
+            log.info("alpaca.pull_refused", alpaca_order_id=alpaca_id, error=describe(exc))
+        snapshot = AlpacaOrder.from_model(
+            await self.rest.call("get_order_by_id", self.rest.client.get_order_by_id, alpaca_id))
+        racing = snapshot.filled_qty - order.filled_at_alpaca.get(alpaca_id, Decimal(0))  # fills not yet seen
+        assert order.qty is not None
+        return max(order.qty - order.cum_qty - racing, Decimal(0))
+
+    async def _place(self, routed: orders_pb2.RoutedOrder, order: DeskOrder, qty: Decimal | None,
+                     placement: int, may_pull: bool = True) -> None:
+        client_order_id = alpaca_client_order_id(routed.strategy_id, routed.new_order.client_order_id, placement)
+        self.book.expect(order, client_order_id)
+        try:
+            placed = await self.rest.call("submit_order", self.rest.client.submit_order,
+                                          order_request(routed, qty, placement))
+        except APIError as exc:
+            if may_pull and placement == 1 and self._held_by_others(exc, order):
+                await self._sell_past_held_shares(routed, order, qty)
+                return
             if api_code(exc) != DUPLICATE_CLIENT_ORDER_ID:
                 log.warning("alpaca.order_refused", error=describe(exc))
-                self._emit(self.book.rejected(order, describe(exc)))
-                return []
+                self._emit(self.book.refused_remainder(order, describe(exc)))
+                return
             log.info("alpaca.duplicate_client_order_id", alpaca_client_order_id=client_order_id)
             placed = await self.rest.call("get_order_by_client_id", self.rest.client.get_order_by_client_id,
                                           client_order_id)
         self._emit(self.book.on_order(AlpacaOrder.from_model(placed)))
-        return []
+
+    def _resting_sells_of_others(self, order: DeskOrder) -> list[DeskOrder]:
+        return [o for o in self.book.orders.values()
+                if o.symbol == order.symbol and o.side == common_pb2.SIDE_SELL and o.strategy_id != order.strategy_id
+                and o.alpaca_ids and not o.is_final and o.order_id in self._routed]
+
+    def _held_by_others(self, exc: APIError, order: DeskOrder) -> bool:
+        """A 403 40310000 on a sell whose shares are held by other strategies' resting sells."""
+        if api_code(exc) != INSUFFICIENT_QTY or order.side != common_pb2.SIDE_SELL:
+            return False
+        try:
+            held = Decimal(str(json.loads(str(exc)).get("held_for_orders") or "0"))
+        except (ValueError, ArithmeticError, AttributeError):
+            return False
+        return held > 0 and bool(self._resting_sells_of_others(order))
+
+    async def _sell_past_held_shares(self, routed: orders_pb2.RoutedOrder, order: DeskOrder,
+                                     qty: Decimal | None) -> None:
+        """Another strategy's resting sell holds the shares: pull it, sell, then place it again.
+
+        One account cannot both keep shares reserved for strategy A's resting sell and sell them
+        for strategy B; the desk steps A's order aside until B's sell is done (Alpaca fills market
+        orders at once while the market is open), then places A's leaves again. If Alpaca refuses
+        A's order then, A's order is canceled with Alpaca's reason."""
+        pulled = self._resting_sells_of_others(order)
+        log.info("alpaca.pulling_resting_sells", orders=[o.order_id for o in pulled])
+        leaves = {o.order_id: await self._pull(o) for o in pulled}
+        done = self._final.setdefault(order.order_id, asyncio.Event())
+        try:
+            await self._place(routed, order, qty, placement=1, may_pull=False)
+            if not order.is_final:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), SETTLE_TIMEOUT)
+        finally:
+            self._final.pop(order.order_id, None)
+            for other in pulled:
+                left = leaves[other.order_id]
+                if left > 0:
+                    await self._place(self._routed[other.order_id], other, left, placement=len(other.alpaca_ids) + 1)
 
     async def cancel(self, routed: orders_pb2.RoutedOrder) -> Reports:
-        await self._ready.wait()
+        await self.wait_ready()
         order = self.book.orders.get(routed.order_id)
         if order is None:
             client_order_id = alpaca_client_order_id(routed.strategy_id, routed.cancel.client_order_id)
@@ -349,6 +489,8 @@ class AlpacaBroker:
         rows = await self.rest.call("get_all_positions", self.rest.client.get_all_positions)
         result = []
         for row in rows:
+            if isinstance(row, str):  # alpaca-py's raw-data typing; the client here returns models
+                continue
             qty = dec(row.qty) or Decimal(0)
             side = str(getattr(row.side, "value", row.side))
             if side == "short" and qty > 0:
@@ -375,7 +517,7 @@ class AlpacaBroker:
                     alpaca_execution_id=str(update.execution_id or ""),
                 )
             self._emit(self.book.on_update(event, alpaca, fill))
-        except Exception as exc:  # noqa: BLE001 - one bad event must not stop the stream
+        except Exception as exc:
             log.error("alpaca.trade_update_failed", error=repr(exc), exc_info=exc)
 
     async def reconcile(self) -> None:

@@ -38,12 +38,12 @@ ER = executions_pb2.ExecutionReport
 ZERO = Decimal(0)
 VENUE = "alpaca"
 
-SIDES = {common_pb2.SIDE_BUY: "buy", common_pb2.SIDE_SELL: "sell"}
-TYPES = {
+SIDES: dict[int, str] = {common_pb2.SIDE_BUY: "buy", common_pb2.SIDE_SELL: "sell"}
+TYPES: dict[int, str] = {
     common_pb2.ORDER_TYPE_MARKET: "market", common_pb2.ORDER_TYPE_LIMIT: "limit",
     common_pb2.ORDER_TYPE_STOP: "stop", common_pb2.ORDER_TYPE_STOP_LIMIT: "stop_limit",
 }
-TIFS = {
+TIFS: dict[int, str] = {
     common_pb2.TIME_IN_FORCE_DAY: "day", common_pb2.TIME_IN_FORCE_GTC: "gtc",
     common_pb2.TIME_IN_FORCE_IOC: "ioc", common_pb2.TIME_IN_FORCE_FOK: "fok",
 }
@@ -63,15 +63,17 @@ TERMINAL = {
 FILL_EVENTS = {"fill", "partial_fill"}
 
 
-def alpaca_client_order_id(strategy_id: str, client_order_id: str) -> str:
-    """The ``client_order_id`` the desk sends Alpaca for a strategy's order."""
-    return f"{strategy_id}.{client_order_id}"
+def alpaca_client_order_id(strategy_id: str, client_order_id: str, placement: int = 1) -> str:
+    """The ``client_order_id`` the desk sends Alpaca for a strategy's order; ``placement`` > 1 when
+    the order's leaves are placed again after an internal cross (``<strategy>.<client id>.<n>``)."""
+    base = f"{strategy_id}.{client_order_id}"
+    return base if placement == 1 else f"{base}.{placement}"
 
 
 def parse_client_order_id(value: str) -> tuple[str, str] | None:
     """``(strategy_id, client_order_id)`` of an Alpaca order the desk placed, else ``None``."""
     parts = value.split(".")
-    if len(parts) != 2 or not all(parts):
+    if len(parts) not in (2, 3) or not all(parts) or (len(parts) == 3 and not parts[2].isdigit()):
         return None
     return parts[0], parts[1]
 
@@ -178,6 +180,7 @@ class DeskOrder:
     status: int = E.ORDER_STATUS_NEW
     reported: set[str] = field(default_factory=set)  # execution ids already reported
     filled_at_alpaca: dict[str, Decimal] = field(default_factory=dict)  # alpaca order id -> qty booked
+    superseded: set[str] = field(default_factory=set)  # alpaca orders canceled by the desk to re-place leaves
 
     @property
     def is_final(self) -> bool:
@@ -236,7 +239,8 @@ class AlpacaBook:
             return None  # not placed by the desk
         strategy_id, client_order_id = ids
         order_id = desk_order_id(strategy_id, client_order_id)
-        order = self._by_client_id.get(alpaca.client_order_id) or self.orders.get(order_id)
+        base = alpaca_client_order_id(strategy_id, client_order_id)
+        order = self._by_client_id.get(base) or self.orders.get(order_id)
         if order is None:
             order = DeskOrder(
                 order_id=order_id, strategy_id=strategy_id, member_id=self.members.get(strategy_id, ""),
@@ -246,7 +250,7 @@ class AlpacaBook:
                 created_ns=alpaca.created_ns,
             )
             self.orders[order_id] = order
-            self._by_client_id[alpaca.client_order_id] = order
+            self._by_client_id[base] = order
         if alpaca.id not in order.alpaca_ids:
             order.alpaca_ids.append(alpaca.id)
         self._by_alpaca_id[alpaca.id] = order
@@ -268,6 +272,9 @@ class AlpacaBook:
             return []
         self._seen(alpaca.updated_ns)
         reports = self._new(order, alpaca)
+        later = order.alpaca_ids.index(alpaca.id) < len(order.alpaca_ids) - 1
+        if alpaca.id in order.superseded or (later and alpaca.status == "canceled"):
+            return reports  # the desk canceled it to place the leaves again: not the desk order's end
         if alpaca.status in TERMINAL and not order.is_final:
             filled_here = self._filled_from(order, alpaca.id)
             if filled_here >= alpaca.filled_qty:
@@ -288,7 +295,15 @@ class AlpacaBook:
         order.cum_qty += fill.qty
         order.cost += fill.qty * fill.price
         order.filled_at_alpaca[fill.alpaca_order_id] = self._filled_from(order, fill.alpaca_order_id) + fill.qty
-        if order.qty is not None:
+        latest = not order.alpaca_ids or order.alpaca_ids[-1] == fill.alpaca_order_id
+        if order.qty is not None and latest and alpaca.qty is not None:
+            # The newest Alpaca order always carries all of the desk order's leaves (first placement,
+            # or the leaves placed again after a cross), so its leaves are the desk order's: right even
+            # after a restart, when internal crosses made before it are not in this book.
+            leaves = max(alpaca.qty - fill.cum_qty, ZERO)
+            order.cum_qty = max(order.cum_qty, order.qty - leaves)
+            done = leaves == 0
+        elif order.qty is not None:
             done = order.cum_qty >= order.qty
         else:  # a notional order: done when Alpaca says so and every fill is in
             done = alpaca.status == "filled" and order.filled_at_alpaca[fill.alpaca_order_id] >= alpaca.filled_qty
@@ -306,6 +321,39 @@ class AlpacaBook:
         if event in FILL_EVENTS and fill is not None:
             return self.on_fill(alpaca, fill)
         return self.on_order(alpaca)
+
+    def cross(self, incoming: DeskOrder, resting: DeskOrder, qty: Decimal, price: Decimal, seq: int) -> Reports:
+        """An internal execution between two strategies' orders (no Alpaca order fills for it)."""
+        reports: Reports = []
+        now = self._clock()
+        for order, other in ((resting, incoming), (incoming, resting)):
+            exec_id = execution_id("cross", incoming.order_id, resting.order_id, seq, order.order_id)
+            if exec_id in order.reported:
+                continue
+            if execution_id(order.order_id, "new") not in order.reported:
+                reports += self._emit(order, execution_id(order.order_id, "new"), E.EXEC_TYPE_NEW,
+                                      E.ORDER_STATUS_NEW, event_ns=now)
+            order.cum_qty += qty
+            order.cost += qty * price
+            done = order.qty is not None and order.cum_qty >= order.qty
+            exec_type, status = (E.EXEC_TYPE_FILL, E.ORDER_STATUS_FILLED) if done else (
+                E.EXEC_TYPE_PARTIAL_FILL, E.ORDER_STATUS_PARTIALLY_FILLED)
+            reports += self._emit(order, exec_id, exec_type, status, event_ns=now, fill_qty=qty, fill_price=price,
+                                  text=f"internal cross with strategy {other.strategy_id} order {other.order_id}")
+        return reports
+
+    def expect(self, order: DeskOrder, alpaca_client_id: str) -> None:
+        """An Alpaca order about to be placed for ``order`` (so its events find it first)."""
+        self._by_client_id[alpaca_client_id] = order
+
+    def refused_remainder(self, order: DeskOrder, text: str) -> Reports:
+        """The desk will not send what is left of ``order``: REJECTED, or CANCELED after fills."""
+        if order.cum_qty > 0:
+            if execution_id(order.order_id, "new") not in order.reported:
+                return []
+            return self._emit(order, execution_id("remainder", order.order_id), E.EXEC_TYPE_CANCELED,
+                              E.ORDER_STATUS_CANCELED, event_ns=self._clock(), text=text)
+        return self.rejected(order, text)
 
     def rejected(self, order: DeskOrder, text: str) -> Reports:
         """Alpaca refused the POST (403/422...): one REJECTED report."""

@@ -10,13 +10,16 @@ issue that adds it, and needs no change to the methods below.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
 from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2
 
 MarketUpdate = marketdata_pb2.Bar | marketdata_pb2.Trade | marketdata_pb2.Quote
 Reports = list[executions_pb2.ExecutionReport]
+PriceSource = Callable[[str], Awaitable[Decimal | None]]
+"""The fair price of a symbol now (the last trade in DESK_PRICES), for crossing orders internally."""
 
 
 class BrokerUnavailable(Exception):
@@ -61,7 +64,8 @@ class Broker(Protocol):
 class StreamingBroker(Protocol):
     """A venue with its own event stream (Alpaca): reports arrive through ``emit`` at any time."""
 
-    async def start(self, emit: Callable[[Reports], None], timeout: float = 30.0) -> None:
+    async def start(self, emit: Callable[[Reports], None], prices: PriceSource | None = None,
+                    timeout: float = 30.0) -> None:
         """Connect and reconcile; return once the broker may take new work."""
         ...
 

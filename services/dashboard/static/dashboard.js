@@ -175,10 +175,12 @@
       document.getElementById("heartbeat").textContent = "bars " + h.bars_seen + " · orders " + h.orders_sent + " · errors " + h.errors;
       document.getElementById("heartbeat-age").dataset.tsMs = String(Math.floor(h.ts_ns / 1e6));
     });
-    setInterval(function () {
+    function heartbeatAge() {
       const age = document.getElementById("heartbeat-age");
       if (age.dataset.tsMs) age.textContent = "last beat " + Math.max(0, Math.round((Date.now() - Number(age.dataset.tsMs)) / 1000)) + " s ago";
-    }, 1000);
+    }
+    heartbeatAge();
+    setInterval(heartbeatAge, 1000);
     document.querySelectorAll(".op-control").forEach(function (button) {
       button.addEventListener("click", function () {
         operator("/operator/strategy/" + encodeURIComponent(button.dataset.strategy) + "/" + button.dataset.action).then(refresh);

@@ -149,6 +149,9 @@ class FakeAlpaca:
         self.trade_connections = 0  # authorized trade_updates connections so far
         self._trade_queues: set[asyncio.Queue[str | None]] = set()
         self._data_conns: dict[ServerConnection, dict[str, set[str]]] = {}
+        self.data_connections = 0  # authenticated market-data connections so far
+        self._data_changed = threading.Condition()
+        self._closing: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._http: asyncio.Server | None = None
@@ -265,13 +268,30 @@ class FakeAlpaca:
         self.call(lambda: setattr(self, "trade_streams_refused", False))
 
     def drop_data_streams(self) -> None:
-        async def run() -> None:
+        """Close every market-data connection (without waiting: the client may share the caller's loop)."""
+        def run() -> None:
             for conn in list(self._data_conns):
-                await conn.close()
-        self._run_coro(run())
+                task = asyncio.ensure_future(conn.close(1011, "injected drop"))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        self.call(run)
 
     def data_subscriptions(self) -> list[dict[str, set[str]]]:
         return self.call(lambda: [dict(s) for s in self._data_conns.values()])
+
+    def wait_data_subscribed(self, symbols: set[str], connections: int = 1, timeout: float = 15.0) -> None:
+        """Block (call it through ``asyncio.to_thread``) until connection number ``connections`` or later
+        has subscribed trades, quotes and bars of every symbol in ``symbols``."""
+        def done() -> bool:
+            return self.data_connections >= connections and any(
+                all(symbols <= subs[c] for c in ("trades", "quotes", "bars")) for subs in list(self._data_conns.values()))
+        with self._data_changed:
+            if not self._data_changed.wait_for(done, timeout):
+                raise TimeoutError(f"no market-data subscription to {sorted(symbols)} within {timeout} s")
+
+    def _notify_data(self) -> None:
+        with self._data_changed:
+            self._data_changed.notify_all()
 
     def publish_market(self, messages: list[dict[str, Any]]) -> int:
         """Send market-data messages (``T`` t/q/b with fields, ``t`` a datetime) to subscribed connections."""
@@ -493,7 +513,7 @@ class FakeAlpaca:
         elif status == "closed":
             orders = [o for o in orders if not o.is_open]
         if "after" in query:
-            after = dt.datetime.fromisoformat(query["after"].replace("Z", "+00:00"))
+            after = dt.datetime.fromisoformat(query["after"])
             orders = [o for o in orders if o.created_at > after]
         if "symbols" in query:
             wanted = set(query["symbols"].split(","))
@@ -505,8 +525,8 @@ class FakeAlpaca:
     def _list_activities(self, query: dict[str, str]) -> list[dict[str, Any]]:
         items = list(self.activities)
         if "after" in query:
-            after = dt.datetime.fromisoformat(query["after"].replace("Z", "+00:00"))
-            items = [a for a in items if dt.datetime.fromisoformat(a["transaction_time"].replace("Z", "+00:00")) > after]
+            after = dt.datetime.fromisoformat(query["after"])
+            items = [a for a in items if dt.datetime.fromisoformat(a["transaction_time"]) > after]
         if query.get("direction", "desc") == "desc":
             items.reverse()
         if "page_token" in query:
@@ -622,6 +642,7 @@ class FakeAlpaca:
             await conn.send(msgpack.packb([{"T": "success", "msg": "authenticated"}]))
             subs: dict[str, set[str]] = {"trades": set(), "quotes": set(), "bars": set()}
             self._data_conns[conn] = subs
+            self.data_connections += 1
             try:
                 async for frame in conn:
                     message = msgpack.unpackb(frame if isinstance(frame, bytes) else frame.encode())
@@ -636,6 +657,7 @@ class FakeAlpaca:
                            "updatedBars": [], "dailyBars": [], "statuses": [], "lulds": [],
                            "corrections": sorted(subs["trades"]), "cancelErrors": sorted(subs["trades"])}
                     await conn.send(msgpack.packb([ack]))
+                    self._notify_data()
             finally:
                 self._data_conns.pop(conn, None)
         except ConnectionClosed:

@@ -1,0 +1,208 @@
+"""The desk under `docker compose`, strategies in hardened containers: tests that can fail."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+
+import nats
+import pytest
+
+from tests.docker.conftest import BROKER_KEY, EXAMPLES, SERVICES, ComposeDesk, docker
+from tests.support import LEDGER_ACKS, follow, follow_executions, ledger_caught_up, wait_for_fills
+
+pytestmark = pytest.mark.docker
+
+
+def container(strategy_id: str) -> str:
+    return f"quantdesk-strategy-{strategy_id}"
+
+
+def probe(strategy_id: str, code: str) -> dict[str, object]:
+    """Run Python inside a strategy's container (same user, filesystem and network) -> its JSON."""
+    result = subprocess.run(
+        ["docker", "exec", container(strategy_id), "python", "-c", code],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    answer: dict[str, object] = json.loads(result.stdout)
+    return answer
+
+
+CONNECT = '''
+import json, socket, sys
+results = {}
+for target in sys.argv[1:] if len(sys.argv) > 1 else TARGETS:
+    host, port = target.rsplit(":", 1)
+    s = socket.socket(); s.settimeout(3)
+    try:
+        s.connect((host, int(port))); results[target] = "reachable"
+    except OSError as exc:
+        results[target] = f"blocked: {exc}"
+    finally:
+        s.close()
+print(json.dumps(results))
+'''
+
+
+def strategy_state(desk: ComposeDesk, strategy_id: str) -> dict[str, object]:
+    status = desk.desk("status", strategy_id)["strategies"]
+    assert isinstance(status, list)
+    return dict(status[0])
+
+
+@pytest.fixture(scope="module")
+def host_listener() -> Iterator[int]:
+    """A TCP server of ours on every host address: a strategy must not reach it."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("0.0.0.0", 0))
+    server.listen(16)
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                conn.close()
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(server.getsockname()[1])
+    stop.set()
+    thread.join(5)
+    server.close()
+
+
+def test_every_service_is_healthy_and_each_strategy_runs_in_its_own_labelled_container(compose_desk: ComposeDesk) -> None:
+    ps = compose_desk.compose("ps").stdout
+    for service in SERVICES:
+        line = next(line for line in ps.splitlines() if f"_{service}_" in line or f"-{service}-" in line)
+        assert "healthy" in line and "unhealthy" not in line, line
+
+    status = {s["strategy_id"]: s for s in compose_desk.desk("status")["strategies"]}  # type: ignore[union-attr]
+    for strategy_id in ("ma_crossover", "mean_reversion", "legacy_momentum", "idle_a", "idle_b"):
+        assert status[strategy_id]["state"] == "STRATEGY_STATE_RUNNING", status[strategy_id]
+        assert status[strategy_id]["runtime"] == "docker"
+        labels = json.loads(docker("inspect", "-f", "{{json .Config.Labels}}", container(strategy_id)))
+        assert labels["quantdesk.strategy"] == strategy_id
+        assert docker("inspect", "-f", "{{.Id}}", container(strategy_id)) == status[strategy_id]["container_id"]
+
+
+def test_fills_of_the_example_strategies_reach_the_ledger_and_the_leaderboard(compose_desk: ComposeDesk) -> None:
+    async def run() -> None:
+        nc = await nats.connect(compose_desk.url)
+        try:
+            executions = await follow_executions(nc)
+            acks = await follow(nc, LEDGER_ACKS)
+            await wait_for_fills(executions, EXAMPLES, timeout=180)
+            await ledger_caught_up(nc, acks)
+        finally:
+            await nc.close()
+
+    asyncio.run(run())
+    fills = compose_desk.desk("fills", "--limit", "10000")["fills"]
+    assert set(EXAMPLES.values()) <= {f["member_id"] for f in fills}  # type: ignore[union-attr,index]
+    board = compose_desk.desk("leaderboard")["rows"]
+    assert set(EXAMPLES.values()) <= {row["member_id"] for row in board}  # type: ignore[union-attr,index]
+
+
+def test_a_strategy_runs_as_non_root_on_a_read_only_root_filesystem_without_broker_keys(compose_desk: ComposeDesk) -> None:
+    facts = probe("idle_a", '''
+import json, os
+def can_write(path):
+    try:
+        with open(path, "w") as f: f.write("x")
+        return True
+    except OSError:
+        return False
+print(json.dumps({"uid": os.getuid(), "gid": os.getgid(), "root_fs": can_write("/owned"),
+                  "strategy_dir": can_write("/strategy/owned"), "tmp": can_write("/tmp/scratch"),
+                  "env": dict(os.environ), "caps": open("/proc/self/status").read().split("CapEff:")[1].split()[0]}))
+''')
+    assert facts["uid"] != 0 and facts["gid"] != 0
+    assert facts["root_fs"] is False and facts["strategy_dir"] is False and facts["tmp"] is True
+    assert int(str(facts["caps"]), 16) == 0, "capabilities left"
+    env = facts["env"]
+    assert isinstance(env, dict)
+    assert env["PURPOSE"] == "isolation-test" and env["DESK_STRATEGY_ID"] == "idle_a"
+    assert not any(BROKER_KEY in value for value in env.values())
+    assert not any(key.startswith("ALPACA") for key in env)
+    limits = json.loads(docker("inspect", "-f", "{{json .HostConfig}}", container("idle_a")))
+    assert limits["ReadonlyRootfs"] is True and limits["CapDrop"] == ["ALL"]
+    assert limits["Memory"] > 0 and limits["NanoCpus"] > 0 and limits["PidsLimit"] > 0
+    assert any("no-new-privileges" in opt for opt in limits["SecurityOpt"])
+
+
+def test_a_strategy_reaches_nats_and_nothing_else(compose_desk: ComposeDesk, host_listener: int) -> None:
+    def addresses(name: str) -> list[str]:
+        networks = json.loads(docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", name))
+        return [n["IPAddress"] for n in networks.values() if n["IPAddress"]]
+
+    def gateways(name: str) -> list[str]:
+        networks = json.loads(docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", name))
+        return [n["Gateway"] for n in networks.values() if n["Gateway"]]
+
+    ledger = next(line.split()[0] for line in compose_desk.compose("ps").stdout.splitlines() if "ledger" in line)
+    other_strategy = addresses(container("idle_b"))
+    targets = ["nats:4222"]
+    targets += [f"{ip}:{host_listener}" for ip in gateways(ledger)]  # the host, seen from the desk network
+    targets += [f"{ip}:{host_listener}" for ip in gateways(container("idle_a"))]  # the host, from its own
+    targets += [f"{ip}:8222" for ip in other_strategy]  # another strategy's container
+    targets += [f"{ip}:4222" for ip in addresses(ledger)]  # a service's container
+    assert len(targets) >= 3
+    reached = probe("idle_a", CONNECT.replace("TARGETS", repr(targets)))
+    assert reached.pop("nats:4222") == "reachable"
+    assert reached and all(str(v).startswith("blocked") for v in reached.values()), reached
+
+
+def test_a_strategy_past_its_memory_limit_is_killed_and_reported_while_the_rest_keep_running(
+    compose_desk: ComposeDesk,
+) -> None:
+    async def run() -> None:
+        nc = await nats.connect(compose_desk.url)
+        try:
+            async with asyncio.timeout(180):
+                while True:
+                    state = strategy_state(compose_desk, "hog")
+                    if "OOM" in str(state.get("last_error", "")):
+                        break
+                    await asyncio.sleep(1)  # the orchestrator's status is the observable; polled, bounded
+            for name in SERVICES:
+                await nc.request(f"$SRV.PING.{name}", b"", timeout=5)
+        finally:
+            await nc.close()
+
+    asyncio.run(run())
+    hog = strategy_state(compose_desk, "hog")
+    assert "memory limit of 64m" in str(hog["last_error"])
+    assert hog["state"] in ("STRATEGY_STATE_BACKOFF", "STRATEGY_STATE_RUNNING", "STRATEGY_STATE_STARTING",
+                            "STRATEGY_STATE_CRASHED", "STRATEGY_STATE_FAILED")
+    for strategy_id in ("ma_crossover", "idle_a", "idle_b"):
+        other = strategy_state(compose_desk, strategy_id)
+        assert other["state"] == "STRATEGY_STATE_RUNNING" and int(str(other.get("restarts", 0))) == 0, other
+
+
+def test_make_status_stop_and_deploy_work_against_the_containers(compose_desk: ComposeDesk) -> None:
+    status = compose_desk.make("status")
+    assert status.returncode == 0 and "idle_b" in status.stdout and "running" in status.stdout, status.stderr
+
+    stopped = compose_desk.make("stop", "NAME=idle_b")
+    assert stopped.returncode == 0, stopped.stderr
+    assert docker("inspect", "-f", "{{.State.Running}}", container("idle_b")) == "false"
+    assert strategy_state(compose_desk, "idle_b")["state"] == "STRATEGY_STATE_STOPPED"
+
+    deployed = compose_desk.make("deploy", "NAME=idle_b")
+    assert deployed.returncode == 0, deployed.stderr
+    assert docker("inspect", "-f", "{{.State.Running}}", container("idle_b")) == "true"
+    assert strategy_state(compose_desk, "idle_b")["state"] == "STRATEGY_STATE_RUNNING"
+
+    logs = compose_desk.make("logs", "NAME=ma_crossover")
+    assert logs.returncode == 0 and "ma_crossover ready" in logs.stdout

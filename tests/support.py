@@ -1,0 +1,121 @@
+"""Helpers shared by the end-to-end suites (embedded desk and Docker): wait on bus events, never sleep."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from desk.bus import codec, subjects
+from desk.v1 import executions_pb2
+
+FILL_TYPES = (executions_pb2.EXEC_TYPE_FILL, executions_pb2.EXEC_TYPE_PARTIAL_FILL)
+LEDGER_ACKS = f"$JS.ACK.{subjects.STREAM_EXECUTIONS}.{subjects.LEDGER_DURABLE}.>"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def follow(nc: Client, subject: str) -> asyncio.Queue[Msg]:
+    """Every message on ``subject`` from now on, in a queue."""
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def put(msg: Msg) -> None:
+        queue.put_nowait(msg)
+
+    await nc.subscribe(subject, cb=put)
+    await nc.flush()
+    return queue
+
+
+async def follow_executions(nc: Client) -> asyncio.Queue[Msg]:
+    """Every execution report in the EXECUTIONS stream, from its first message on (so none is
+    missed that happened before the test started listening), then live."""
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def put(msg: Msg) -> None:
+        queue.put_nowait(msg)
+
+    await nc.jetstream().subscribe(subjects.EXEC_ALL, ordered_consumer=True, cb=put)
+    return queue
+
+
+async def wait_for_fills(executions: asyncio.Queue[Msg], strategies: dict[str, str], timeout: float = 120) -> None:
+    """Until each strategy in ``strategies`` (id -> member) has a fill; checks each fill's member."""
+    filled: set[str] = set()
+    async with asyncio.timeout(timeout):
+        while filled != set(strategies):
+            msg = await executions.get()
+            report = codec.decode(msg.data, executions_pb2.ExecutionReport, msg.headers)
+            if report.exec_type in FILL_TYPES and report.strategy_id in strategies:
+                assert report.member_id == strategies[report.strategy_id]
+                filled.add(report.strategy_id)
+
+
+async def ledger_caught_up(nc: Client, acks: asyncio.Queue[Msg], timeout: float = 60) -> int:
+    """Wait until the ledger has acked every message now in EXECUTIONS.
+
+    Its acks are events on $JS.ACK.EXECUTIONS.ledger.> (the stream sequence is the subject's 6th
+    token); ``acks`` must be following that subject. Returns the stream's last sequence."""
+    js = nc.jetstream()
+    last = (await js.stream_info(subjects.STREAM_EXECUTIONS)).state.last_seq
+    info = await js.consumer_info(subjects.STREAM_EXECUTIONS, subjects.LEDGER_DURABLE)
+    acked = set(range(1, info.ack_floor.stream_seq + 1))
+    async with asyncio.timeout(timeout):
+        while not set(range(1, last + 1)) <= acked:
+            msg = await acks.get()
+            acked.add(int(msg.subject.split(".")[5]))
+    return last
+
+
+async def stream_fills(nc: Client) -> dict[str, executions_pb2.ExecutionReport]:
+    """Every fill report in EXECUTIONS, by execution id, read with an ephemeral ordered consumer."""
+    js = nc.jetstream()
+    last = (await js.stream_info(subjects.STREAM_EXECUTIONS)).state.last_seq
+    fills: dict[str, executions_pb2.ExecutionReport] = {}
+    if not last:
+        return fills
+    sub = await js.subscribe(subjects.EXEC_ALL, ordered_consumer=True)
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                msg = await sub.next_msg(timeout=30)
+                report = codec.decode(msg.data, executions_pb2.ExecutionReport, msg.headers)
+                if report.exec_type in FILL_TYPES:
+                    fills[report.execution_id] = report
+                if msg.metadata.sequence.stream >= last:
+                    return fills
+    finally:
+        await sub.unsubscribe()
+
+
+async def wait_for_services(url: str, names: tuple[str, ...], timeout: float = 180) -> None:
+    """Until every named NATS micro service answers PING (services start in their own time: the
+    PING is how their readiness is observed, bounded by ``timeout``)."""
+
+    async def quiet(exc: Exception) -> None:
+        pass
+
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1, error_cb=quiet)
+                break
+            except Exception:  # noqa: BLE001 - NATS itself is still starting
+                await asyncio.sleep(0.5)
+        try:
+            for name in names:
+                while True:
+                    try:
+                        await nc.request(f"$SRV.PING.{name}", b"", timeout=1)
+                        break
+                    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                        await asyncio.sleep(0.5)
+        finally:
+            await nc.close()
