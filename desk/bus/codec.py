@@ -42,6 +42,8 @@ _SUBJECT_TYPES: list[tuple[str, type[Message]]] = [
     ("desk.order.submit.*", orders_pb2.OrderRequest),
     ("desk.order.cancel.*", orders_pb2.CancelRequest),
     ("desk.broker.*.orders", orders_pb2.RoutedOrder),
+    ("desk.broker.*.book", ledger_pb2.LedgerQuery),
+    ("desk.broker.*.positions", ledger_pb2.LedgerQuery),
     ("desk.exec.*", executions_pb2.ExecutionReport),
     ("desk.hb.*", strategy_pb2.Heartbeat),
     ("desk.risk.halt", orders_pb2.HaltRequest),

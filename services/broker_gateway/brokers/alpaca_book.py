@@ -31,7 +31,7 @@ from typing import Any
 from desk.bus.decimals import fmt
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2, orders_pb2
 
-from .base import Reports
+from .base import OrderProgress, Reports
 
 E = executions_pb2
 ER = executions_pb2.ExecutionReport
@@ -158,7 +158,7 @@ class Fill:
 
 
 @dataclass
-class DeskOrder:
+class DeskOrder(OrderProgress):
     """A desk order as placed at Alpaca; its fills may come from several Alpaca orders."""
 
     order_id: str
@@ -181,21 +181,6 @@ class DeskOrder:
     reported: set[str] = field(default_factory=set)  # execution ids already reported
     filled_at_alpaca: dict[str, Decimal] = field(default_factory=dict)  # alpaca order id -> qty booked
     superseded: set[str] = field(default_factory=set)  # alpaca orders canceled by the desk to re-place leaves
-
-    @property
-    def is_final(self) -> bool:
-        return self.status in (E.ORDER_STATUS_FILLED, E.ORDER_STATUS_CANCELED, E.ORDER_STATUS_EXPIRED,
-                               E.ORDER_STATUS_REJECTED)
-
-    @property
-    def leaves_qty(self) -> Decimal | None:
-        if self.is_final:
-            return ZERO
-        return None if self.qty is None else self.qty - self.cum_qty
-
-    @property
-    def avg_price(self) -> Decimal | None:
-        return self.cost / self.cum_qty if self.cum_qty else None
 
 
 class AlpacaBook:

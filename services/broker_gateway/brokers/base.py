@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
 from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2
+from desk.v1 import executions_pb2 as E
 
 MarketUpdate = marketdata_pb2.Bar | marketdata_pb2.Trade | marketdata_pb2.Quote
 Reports = list[executions_pb2.ExecutionReport]
@@ -72,3 +73,32 @@ class StreamingBroker(Protocol):
     async def positions(self) -> list[ledger_pb2.Position]:
         """The account's positions at the venue (symbol, signed qty, avg cost)."""
         ...
+
+
+FINAL_STATUSES = frozenset(
+    {E.ORDER_STATUS_FILLED, E.ORDER_STATUS_CANCELED, E.ORDER_STATUS_EXPIRED, E.ORDER_STATUS_REJECTED}
+)
+
+
+class OrderProgress:
+    """What every venue's order record derives the same way from ``status``, ``qty``, ``cum_qty``
+    and ``cost`` (the sum of fill qty x price): finality, leaves and the average price."""
+
+    status: int
+    qty: Decimal | None
+    cum_qty: Decimal
+    cost: Decimal
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @property
+    def leaves_qty(self) -> Decimal | None:
+        if self.is_final:
+            return Decimal(0)
+        return None if self.qty is None else self.qty - self.cum_qty
+
+    @property
+    def avg_price(self) -> Decimal | None:
+        return self.cost / self.cum_qty if self.cum_qty else None

@@ -42,7 +42,7 @@ from desk.bus.decimals import fmt, parse_decimal
 from desk.bus.errors import DeskError
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2
 
-from .base import MarketUpdate, Reports
+from .base import MarketUpdate, OrderProgress, Reports
 
 Clock = Callable[[], int]
 """Returns the current time in int64 nanoseconds since the epoch."""
@@ -59,7 +59,6 @@ E = executions_pb2  # enum values: E.EXEC_TYPE_FILL, E.ORDER_STATUS_NEW...
 QTY_STEP = Decimal("1e-9")
 BPS = Decimal(10000)
 ZERO = Decimal(0)
-_FINAL = {E.ORDER_STATUS_FILLED, E.ORDER_STATUS_CANCELED, E.ORDER_STATUS_EXPIRED, E.ORDER_STATUS_REJECTED}
 SHUTDOWN_TEXT = "sim venue stopped; resting orders expire"
 
 
@@ -94,7 +93,7 @@ class SimConfig:
 
 
 @dataclass
-class SimOrder:
+class SimOrder(OrderProgress):
     """One order in the sim's book."""
 
     order_id: str
@@ -116,20 +115,6 @@ class SimOrder:
     status: int = E.ORDER_STATUS_NEW
     triggered: bool = False  # stop / stop-limit: the stop price has been reached
     canceled_by_request: bool = False
-
-    @property
-    def is_final(self) -> bool:
-        return self.status in _FINAL
-
-    @property
-    def leaves_qty(self) -> Decimal | None:
-        if self.is_final:
-            return ZERO
-        return None if self.qty is None else self.qty - self.cum_qty
-
-    @property
-    def avg_price(self) -> Decimal | None:
-        return self.cost / self.cum_qty if self.cum_qty else None
 
 
 @dataclass
