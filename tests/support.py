@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+from pathlib import Path
 
 import nats
 from nats.aio.client import Client
@@ -14,6 +16,12 @@ from desk.v1 import executions_pb2
 
 FILL_TYPES = (executions_pb2.EXEC_TYPE_FILL, executions_pb2.EXEC_TYPE_PARTIAL_FILL)
 LEDGER_ACKS = f"$JS.ACK.{subjects.STREAM_EXECUTIONS}.{subjects.LEDGER_DURABLE}.>"
+
+
+def desk_url(port: int, data_dir: Path) -> str:
+    """The embedded desk's NATS URL with the admin credentials `desk up` wrote into ``data_dir``."""
+    creds = json.loads((data_dir / "credentials" / "cli.json").read_text())
+    return f"nats://{creds['user']}:{creds['password']}@127.0.0.1:{port}"
 
 
 def free_port() -> int:

@@ -1,5 +1,9 @@
 """The embedded desk (``desk up``): nats-server, every service and the strategies on one machine.
 
+NATS runs with authorization: every service has its own user, the CLI an admin user (its password in
+``<data dir>/credentials/cli.json``, readable by this user only), and each strategy a user of its own
+that the orchestrator adds when it deploys it (see desk.bus.auth). Passwords are new on every run.
+
 Services run as child processes in their own session, so Ctrl-C reaches only ``desk up``, which then
 stops them in reverse start order (orchestrator first, so strategies stop before the router; nats-server
 last) and leaves nothing behind. Each child also gets SIGTERM if ``desk up`` itself dies.
@@ -19,7 +23,7 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client
 
-from desk.bus import streams
+from desk.bus import auth, streams
 from desk.bus.logging import get_logger
 from desk.bus.process import die_with_parent
 from desk.bus.testing import NatsServer
@@ -73,6 +77,9 @@ class EmbeddedDesk:
             ORCH_LOG_DIR=str(self.log_dir / "strategies"),
             ORCH_RUNTIME="process",
             ORCH_AUTODEPLOY="true" if self.deploy_strategies else "false",
+            ORCH_NATS_AUTH_FILE=str(self.nats_dir / "auth.conf"),
+            ORCH_NATS_BASE_USERS=str(self.nats_dir / "base-users.json"),
+            ORCH_NATS_PID_FILE=str(self.nats_dir / "nats.pid"),
             BROKER=env.get("BROKER", "sim"),
         )
         env.setdefault("MD_FEED", "synthetic")
@@ -81,11 +88,43 @@ class EmbeddedDesk:
         env.update(self.extra_env)
         return env
 
+    @property
+    def nats_dir(self) -> Path:
+        return self.data_dir / "nats"
+
+    @property
+    def credentials_file(self) -> Path:
+        """The CLI's NATS credentials for this desk (``desk`` finds it at var/credentials/cli.json)."""
+        return self.data_dir / "credentials" / "cli.json"
+
+    def _make_identities(self) -> dict[str, str]:
+        """Fresh NATS users for this run: one per service and one admin (for the CLI), stored hashed in
+        the users file the server includes; strategies' users are added by the orchestrator.
+        Returns the plain passwords by user."""
+        import json
+
+        passwords = {auth.service_user(name): auth.new_password() for name in SERVICES}
+        passwords[auth.ADMIN_USER] = auth.new_password()
+        base = [auth.user_entry(user, auth.hash_password(password)) for user, password in passwords.items()]
+        auth.write_private(self.nats_dir / "base-users.json", json.dumps(base))
+        auth.write_private(self.nats_dir / "auth.conf", auth.render_users(base))
+        auth.write_private(
+            self.nats_dir / "nats.conf",
+            f'pid_file: "{self.nats_dir / "nats.pid"}"\ninclude "auth.conf"\n',
+        )
+        auth.write_private(
+            self.credentials_file,
+            json.dumps({"user": auth.ADMIN_USER, "password": passwords[auth.ADMIN_USER]}),
+        )
+        return passwords
+
     async def run(self) -> int:
         """Start everything, supervise until ``stop``, shut down cleanly. Returns an exit code."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        passwords = await asyncio.to_thread(self._make_identities)
         self.server = NatsServer(
-            store_dir=self.data_dir / "nats", port=self.port, log_file=self.log_dir / "nats-server.log"
+            store_dir=self.nats_dir, port=self.port, log_file=self.log_dir / "nats-server.log",
+            config_file=self.nats_dir / "nats.conf",
         )
         try:
             await asyncio.to_thread(self.server.start)
@@ -94,12 +133,14 @@ class EmbeddedDesk:
             return 1
         code = 0
         try:
-            nc = await nats.connect(self.server.url)
+            nc = await nats.connect(self.server.url, user=auth.ADMIN_USER, password=passwords[auth.ADMIN_USER])
             try:
                 await streams.ensure_all(nc.jetstream())
                 env = self._env(self.server.url)
                 for name in SERVICES:
-                    self.services[name] = ServiceProcess(name, env, self.log_dir / f"{name}.log")
+                    user = auth.service_user(name)
+                    service_env = dict(env, NATS_USER=user, NATS_PASSWORD=passwords[user])
+                    self.services[name] = ServiceProcess(name, service_env, self.log_dir / f"{name}.log")
                     await self._spawn(self.services[name])
                     if not await self._wait_ready(nc, name, timeout=30):
                         if self.stop.is_set():  # Ctrl-C during start-up: a clean stop, not a failure

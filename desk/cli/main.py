@@ -39,6 +39,22 @@ class Options:
     nats_url: str = "nats://127.0.0.1:4222"
     as_json: bool = False
     timeout: float = 5.0
+    credentials: Path = Path("var/credentials/cli.json")
+
+
+def nats_auth() -> dict[str, str]:
+    """The CLI's NATS identity: NATS_USER/NATS_PASSWORD, else the embedded desk's credentials file
+    (written by `desk up`), else none (a desk without authorization)."""
+    import json
+    import os
+
+    if os.environ.get("NATS_USER"):
+        return {"user": os.environ["NATS_USER"], "password": os.environ.get("NATS_PASSWORD", "")}
+    try:
+        stored = json.loads(opts.credentials.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {"user": str(stored["user"]), "password": str(stored["password"])}
 
 
 opts = Options()
@@ -56,9 +72,17 @@ def main(
         str, typer.Option("--nats-url", envvar="NATS_URL", help="NATS server to talk to.")
     ] = opts.nats_url,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for a reply.")] = 5.0,
+    credentials: Annotated[
+        Path,
+        typer.Option(
+            "--credentials", envvar="DESK_CREDENTIALS",
+            help="NATS credentials of the embedded desk (written by `desk up`); NATS_USER/NATS_PASSWORD win.",
+        ),
+    ] = Options.credentials,
 ) -> None:
     opts.nats_url = nats_url
     opts.timeout = timeout
+    opts.credentials = credentials
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -70,15 +94,24 @@ def _call(subject: str, message: Message, reply_type: type[R], who: str) -> R:
     """One request to a running desk, with errors a person can act on."""
 
     async def go() -> R:
+        seen: list[Exception] = []
+
         async def quiet(exc: Exception) -> None:  # the failure is reported once, below
-            pass
+            seen.append(exc)
 
         try:
             # max_reconnect_attempts must be > 0 for nats-py to give up on an unreachable server
             nc = await nats.connect(
-                opts.nats_url, connect_timeout=2, max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=quiet
+                opts.nats_url, connect_timeout=2, max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=quiet,
+                **nats_auth(),
             )
         except Exception as exc:  # noqa: BLE001 - any connect failure means the same thing to the user
+            if any(isinstance(e, nats.errors.AuthorizationError) for e in seen):
+                raise DeskError(
+                    "NOT_AUTHORIZED",
+                    f"NATS at {opts.nats_url} refused our credentials: pass --credentials (the embedded desk writes "
+                    f"<data dir>/credentials/cli.json; tried {opts.credentials}) or set NATS_USER/NATS_PASSWORD",
+                ) from None
             raise DeskError(
                 "NO_DESK", f"cannot reach NATS at {opts.nats_url} ({exc!r}); is the desk running? (`make run`)"
             ) from None

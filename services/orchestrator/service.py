@@ -30,6 +30,7 @@ from desk.bus.micro import add_service
 from desk.bus.streams import ensure_bucket
 from desk.v1 import strategy_pb2
 from services.orchestrator.discovery import DiscoveredStrategy, Discovery, discover
+from services.orchestrator.identities import NatsIdentities
 from services.orchestrator.runtimes.base import ExitInfo, RunHandle, Runtime
 from services.orchestrator.runtimes.process import ProcessRuntime
 from services.orchestrator.settings import Settings
@@ -64,6 +65,16 @@ class Orchestrator:
     ) -> None:
         self.settings = settings
         self.runtime: Runtime = runtime or make_runtime(settings)
+        self.identities = (
+            NatsIdentities(
+                nats_url=settings.nats_url,
+                auth_file=settings.orch_nats_auth_file,
+                base_users_file=settings.orch_nats_base_users,
+                pid_file=settings.orch_nats_pid_file,
+            )
+            if settings.orch_nats_auth_file and settings.orch_nats_base_users and settings.orch_nats_pid_file
+            else None
+        )
         self.clock = clock
         self.policy = RestartPolicy(
             backoff_initial=settings.orch_backoff_initial,
@@ -239,7 +250,8 @@ class Orchestrator:
 
     async def _launch(self, m: Managed) -> None:
         try:
-            handle = await self.runtime.start(m.spec)
+            secrets = await self.identities.credentials(m.strategy_id) if self.identities else None
+            handle = await self.runtime.start(m.spec, secrets)
         except Exception as exc:  # noqa: BLE001 - a strategy that cannot start is a crash, not our failure
             log.error("strategy.start_failed", strategy_id=m.strategy_id, error=repr(exc))
             self._after_exit(m, ExitInfo(START_FAILED_EXIT_CODE, "could not start", f"could not start: {exc}"))

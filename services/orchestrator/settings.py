@@ -37,6 +37,13 @@ class Settings(BusSettings):
         default=10, ge=0, description="restarts after consecutive quick crashes before a strategy is FAILED"
     )
     orch_stop_timeout: float = Field(default=10.0, gt=0, description="seconds between SIGTERM and SIGKILL on stop")
+    orch_nats_auth_file: Path | None = Field(
+        default=None, description="NATS users file to add strategy users to (per-strategy identities); unset = off"
+    )
+    orch_nats_base_users: Path | None = Field(
+        default=None, description="JSON list of the service and admin users the users file always holds"
+    )
+    orch_nats_pid_file: Path | None = Field(default=None, description="nats-server's pid file, to signal a reload")
     orch_docker_image: str = Field(default="quantdesk/strategy:latest", description="docker: the strategy runtime image")
     orch_docker_host_strategies_dir: Path | None = Field(
         default=None,

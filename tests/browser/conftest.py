@@ -25,6 +25,8 @@ from typing import IO
 import pytest
 from playwright.async_api import Browser, async_playwright
 
+from tests.support import desk_url
+
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -150,7 +152,7 @@ def running_desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDe
         line = desk.wait_for_line("desk is up", timeout=120)
         match = re.search(r"dashboard on (http://[^\s/]+)", line)
         assert match, f"no dashboard address in {line!r}"
-        yield RunningDesk(f"nats://127.0.0.1:{port}", match.group(1), base)
+        yield RunningDesk(desk_url(port, base / "var"), match.group(1), base)
     finally:
         assert desk.stop(signal.SIGINT, 90) == 0, (base / "desk-up.log").read_text()[-3000:]
 

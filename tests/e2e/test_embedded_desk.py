@@ -20,7 +20,16 @@ import pytest
 
 from desk.bus import codec
 from desk.v1 import executions_pb2
-from tests.support import FILL_TYPES, LEDGER_ACKS, follow, follow_executions, free_port, ledger_caught_up, stream_fills
+from tests.support import (
+    FILL_TYPES,
+    LEDGER_ACKS,
+    desk_url,
+    follow,
+    follow_executions,
+    free_port,
+    ledger_caught_up,
+    stream_fills,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +69,8 @@ class Desk:
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        """With the admin credentials of this run (NATS runs with authorization)."""
+        return desk_url(self.port, self.data_dir)
 
     async def start(self, *extra: str) -> None:
         self.up.clear()
@@ -98,8 +108,8 @@ class Desk:
 
     def cli(self, *args: str) -> object:
         result = subprocess.run(
-            [*DESK, "--nats-url", self.url, *args, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            [*DESK, "--nats-url", f"nats://127.0.0.1:{self.port}", *args, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+            env=dict(os.environ, PYTHONPATH=str(ROOT), DESK_CREDENTIALS=str(self.data_dir / "credentials" / "cli.json")),
         )
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)

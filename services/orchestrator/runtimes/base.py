@@ -57,8 +57,11 @@ class Runtime(Protocol):
         """"process", "docker"..."""
         ...
 
-    async def start(self, spec: strategy_pb2.StrategySpec) -> RunHandle:
-        """Start the strategy; raises (any exception, with a clear message) when it cannot."""
+    async def start(self, spec: strategy_pb2.StrategySpec, secrets: dict[str, str] | None = None) -> RunHandle:
+        """Start the strategy; raises (any exception, with a clear message) when it cannot.
+
+        ``secrets`` (its NATS credentials) go into its environment only: never into the spec,
+        which is published on the bus."""
         ...
 
     async def stop(self, handle: RunHandle, timeout: float) -> None:

@@ -117,7 +117,7 @@ class DockerRuntime:
                 return Path(mount["Source"])
         raise RuntimeError(f"{target} is not a mount of this container: set ORCH_DOCKER_HOST_STRATEGIES_DIR")
 
-    def environment(self, spec: strategy_pb2.StrategySpec) -> dict[str, str]:
+    def environment(self, spec: strategy_pb2.StrategySpec, secrets: dict[str, str] | None = None) -> dict[str, str]:
         env = dict(spec.env)
         env.update(
             NATS_URL=self.nats_url,
@@ -128,9 +128,12 @@ class DockerRuntime:
             PYTHONDONTWRITEBYTECODE="1",
             HOME="/tmp",
         )
+        env.update(secrets or {})
         return env
 
-    def container_options(self, spec: strategy_pb2.StrategySpec, network: str) -> dict[str, Any]:
+    def container_options(
+        self, spec: strategy_pb2.StrategySpec, network: str, secrets: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """Everything ``containers.run`` gets for ``spec`` (pure: unit-tested)."""
         memory = spec.resources.memory or self.default_memory
         cpus = Decimal(spec.resources.cpus or self.default_cpus)
@@ -150,7 +153,7 @@ class DockerRuntime:
             "nano_cpus": int(cpus * 1_000_000_000),
             "pids_limit": pids,
             "network": network,
-            "environment": self.environment(spec),
+            "environment": self.environment(spec, secrets),
             "volumes": {str(self.host_strategies_dir / folder): {"bind": "/strategy", "mode": "ro"}},
             "labels": {
                 LABEL_STRATEGY: spec.strategy_id,
@@ -210,18 +213,18 @@ class DockerRuntime:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def _start(self, spec: strategy_pb2.StrategySpec) -> RunHandle:
+    def _start(self, spec: strategy_pb2.StrategySpec, secrets: dict[str, str] | None) -> RunHandle:
         name = CONTAINER_PREFIX + spec.strategy_id
         with contextlib.suppress(Exception):  # the previous run's container, kept for its logs
             self.client.containers.get(name).remove(force=True)
         network = self._ensure_network(spec.strategy_id)
-        options = self.container_options(spec, network)
+        options = self.container_options(spec, network, secrets)
         container = self.client.containers.run(**options)
         self._limits[container.id] = spec.resources.memory or self.default_memory
         return RunHandle(strategy_id=spec.strategy_id, container_id=container.id, started_ns=time.time_ns())
 
-    async def start(self, spec: strategy_pb2.StrategySpec) -> RunHandle:
-        handle = await asyncio.to_thread(self._start, spec)
+    async def start(self, spec: strategy_pb2.StrategySpec, secrets: dict[str, str] | None = None) -> RunHandle:
+        handle = await asyncio.to_thread(self._start, spec, secrets)
         banner = f"--- started container {handle.container_id[:12]} at {_now()} ---"
         self._append(spec.strategy_id, [banner])
         return handle

@@ -79,7 +79,7 @@ class ProcessRuntime:
         values = {"python": self.python, "path": spec.path, "strategy_id": spec.strategy_id}
         return [part.format(**values) for part in shlex.split(self.command)]
 
-    def environment(self, spec: strategy_pb2.StrategySpec) -> dict[str, str]:
+    def environment(self, spec: strategy_pb2.StrategySpec, secrets: dict[str, str] | None = None) -> dict[str, str]:
         env = dict(self.base_env)
         env.setdefault("PATH", os.defpath)
         env["PYTHONPATH"] = str(self.repo_root)
@@ -91,18 +91,19 @@ class ProcessRuntime:
             DESK_MEMBER_ID=spec.member_id,
             DESK_SYMBOLS=",".join(spec.symbols),
         )
+        env.update(secrets or {})
         return env
 
     def _ring(self, strategy_id: str) -> collections.deque[str]:
         return self._rings.setdefault(strategy_id, collections.deque(maxlen=RING_LINES))
 
-    async def start(self, spec: strategy_pb2.StrategySpec) -> RunHandle:
+    async def start(self, spec: strategy_pb2.StrategySpec, secrets: dict[str, str] | None = None) -> RunHandle:
         argv = self.argv(spec)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         process = await asyncio.create_subprocess_exec(
             *argv,
             cwd=spec.path or None,
-            env=self.environment(spec),
+            env=self.environment(spec, secrets),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

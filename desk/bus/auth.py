@@ -1,0 +1,102 @@
+"""NATS identities of the desk: a user per service, an admin user for the CLI, and a user per strategy
+with permissions that confine it to its own subjects.
+
+Why server config users reloaded on change (and not JWT users or auth callout): the embedded desk
+and compose each run one nats-server the desk itself configures, so the simplest mechanism with no
+extra tooling (no nsc, no operator/account keys) is enough: the orchestrator rewrites the users file
+and sends the server a reload (SIGHUP), which applies new users without restarting NATS or dropping
+anyone's connection. Passwords are stored only as bcrypt hashes in that file; a plain password
+exists only in the environment of the process that uses it.
+
+A strategy may publish only its own order/cancel subjects and heartbeats (and three ledger queries
+the SDK uses to recover its books), and subscribe only to market data, its own executions and its
+own reply inbox (``_INBOX_S.<strategy_id>``), so it cannot place orders as another strategy nor read
+another's fills or replies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from desk.bus import subjects
+
+STRATEGY_INBOX_ROOT = "_INBOX_S"
+ADMIN_USER = "desk-admin"
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def hash_password(password: str) -> str:
+    """bcrypt, as nats-server accepts in place of a plain password (cost 11: fast enough to reload)."""
+    import bcrypt
+
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=11)).decode()
+
+
+def service_user(service: str) -> str:
+    return f"svc-{service}"
+
+
+def strategy_user(strategy_id: str) -> str:
+    return f"strategy-{strategy_id}"
+
+
+def strategy_inbox_prefix(strategy_id: str) -> str:
+    return f"{STRATEGY_INBOX_ROOT}.{strategy_id}"
+
+
+def strategy_permissions(strategy_id: str) -> dict[str, Any]:
+    return {
+        "publish": {
+            "allow": [
+                subjects.order_submit(strategy_id),
+                subjects.order_cancel(strategy_id),
+                subjects.heartbeat(strategy_id),
+                subjects.LEDGER_POSITIONS,
+                subjects.LEDGER_PNL,
+                subjects.LEDGER_ORDERS,
+            ]
+        },
+        "subscribe": {
+            "allow": [subjects.MD_ALL, subjects.execution(strategy_id), f"{strategy_inbox_prefix(strategy_id)}.>"]
+        },
+    }
+
+
+def user_entry(user: str, password_hash: str, permissions: dict[str, Any] | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"user": user, "password": password_hash}
+    if permissions is not None:
+        entry["permissions"] = permissions
+    return entry
+
+
+def strategy_entry(strategy_id: str, password_hash: str) -> dict[str, Any]:
+    return user_entry(strategy_user(strategy_id), password_hash, strategy_permissions(strategy_id))
+
+
+def render_users(users: Iterable[dict[str, Any]]) -> str:
+    """The ``authorization`` block nats-server reads (its config format accepts JSON values)."""
+    return "authorization {\n  users: " + json.dumps(list(users), indent=2) + "\n}\n"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by this user only, atomically (no half-written file is
+    ever read by a reloading server)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def read_users(path: Path) -> list[dict[str, Any]]:
+    users: list[dict[str, Any]] = json.loads(path.read_text())
+    return users

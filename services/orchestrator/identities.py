@@ -1,0 +1,80 @@
+"""Per-strategy NATS identities: the orchestrator hands each deployed strategy its own user.
+
+On a strategy's first start the orchestrator makes a password, adds the strategy's user (bcrypt hash
+and confined permissions, see desk.bus.auth) to the users file the NATS server includes, asks the
+server to reload it (SIGHUP to the pid in its pid file), and proves the new user works by connecting
+with it before the strategy starts. The plain password goes only into the strategy's environment.
+Restarts reuse the same credentials; a new orchestrator makes new ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import nats
+
+from desk.bus import auth
+from desk.bus.logging import get_logger
+
+log = get_logger("orchestrator")
+
+
+class NatsIdentities:
+    def __init__(self, *, nats_url: str, auth_file: Path, base_users_file: Path, pid_file: Path) -> None:
+        self.nats_url = nats_url
+        self.auth_file = auth_file
+        self.base_users_file = base_users_file
+        self.pid_file = pid_file
+        self._passwords: dict[str, str] = {}
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._lock = asyncio.Lock()
+
+    async def credentials(self, strategy_id: str) -> dict[str, str]:
+        """The environment that gives ``strategy_id`` its own NATS identity (made on first use)."""
+        async with self._lock:
+            if strategy_id not in self._passwords:
+                password = auth.new_password()
+                hashed = await asyncio.to_thread(auth.hash_password, password)
+                self._entries[strategy_id] = auth.strategy_entry(strategy_id, hashed)
+                await asyncio.to_thread(self._write)
+                self._reload()
+                await self._prove(strategy_id, password)
+                self._passwords[strategy_id] = password
+                log.info("strategy.identity_issued", strategy_id=strategy_id, user=auth.strategy_user(strategy_id))
+        return {
+            "NATS_USER": auth.strategy_user(strategy_id),
+            "NATS_PASSWORD": self._passwords[strategy_id],
+            "NATS_INBOX_PREFIX": auth.strategy_inbox_prefix(strategy_id),
+        }
+
+    def _write(self) -> None:
+        users = auth.read_users(self.base_users_file) + list(self._entries.values())
+        auth.write_private(self.auth_file, auth.render_users(users))
+
+    def _reload(self) -> None:
+        pid = int(self.pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+
+    async def _prove(self, strategy_id: str, password: str, timeout: float = 10.0) -> None:
+        """Until the reloaded server accepts the new user (the reload is asynchronous)."""
+
+        async def quiet(exc: Exception) -> None:
+            pass
+
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                nc = await nats.connect(
+                    self.nats_url, user=auth.strategy_user(strategy_id), password=password,
+                    connect_timeout=2, max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=quiet,
+                )
+                await nc.close()
+                return
+            except Exception as exc:  # noqa: BLE001 - not applied yet; bounded by the deadline
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(f"NATS did not accept the new user of {strategy_id}: {exc!r}") from None
+                await asyncio.sleep(0.1)
