@@ -9,7 +9,10 @@ Everything is :class:`~decimal.Decimal`; a float never enters. Two choices worth
   realizes ``(price - avg_cost) * q`` for a long and ``(avg_cost - price) * q`` for a short,
   computed as ``q * price`` minus the share ``cost_basis * q / |qty|`` of the basis. The only
   division is that share (and the displayed average); closing a position completely removes the
-  whole remaining basis, so a round trip's realized P&L is always exact.
+  whole remaining basis, so a round trip's realized P&L is always exact. The share is rounded to
+  :data:`BASIS_PLACES` decimals, the finest a fill's ``qty * price`` can have (9 + 6 places), so
+  every basis, realized P&L and cash amount keeps at most 15 places and their sums stay exact in
+  the default 28-digit context: realized + unrealized - fees equals the change in equity exactly.
 * **Fees are not folded into the average cost.** They are tracked separately per position and per
   account, reduce cash when paid, and therefore reduce equity and total P&L
   (``equity - initial_cash``); ``realized_pnl`` is the trading result before fees.
@@ -22,6 +25,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 ZERO = Decimal(0)
+#: Decimal places of a cost-basis share removed by a partial close (qty: 9 places, price: 6).
+BASIS_PLACES = 15
+_BASIS_STEP = Decimal(1).scaleb(-BASIS_PLACES)
 
 
 class Side(enum.Enum):
@@ -79,7 +85,8 @@ class Position:
         if closing == open_qty:
             removed = self.cost_basis  # the whole basis: exact, no division
         else:
-            removed = self.cost_basis * closing / open_qty
+            # unrounded, this 28-digit quotient would make later sums round (off by ~1e-24)
+            removed = (self.cost_basis * closing / open_qty).quantize(_BASIS_STEP)
         realized = held * closing * price - removed
         self.qty += direction * closing
         self.cost_basis -= removed

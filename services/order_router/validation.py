@@ -19,6 +19,7 @@ NO_MARKET_PRICE, INTERNAL                             503  the desk cannot value
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Container
 from dataclasses import dataclass
@@ -64,6 +65,10 @@ _TYPES = {common_pb2.ORDER_TYPE_MARKET, common_pb2.ORDER_TYPE_LIMIT, common_pb2.
 _TIFS = {common_pb2.TIME_IN_FORCE_DAY, common_pb2.TIME_IN_FORCE_GTC, common_pb2.TIME_IN_FORCE_IOC, common_pb2.TIME_IN_FORCE_FOK}
 _WITH_LIMIT = {common_pb2.ORDER_TYPE_LIMIT, common_pb2.ORDER_TYPE_STOP_LIMIT}
 _WITH_STOP = {common_pb2.ORDER_TYPE_STOP, common_pb2.ORDER_TYPE_STOP_LIMIT}
+# What the SDK sends (desk.bus.decimals.fmt) and what a venue understands: ASCII digits, an optional
+# sign, point and exponent. Python's Decimal also takes whitespace, "_" and non-ASCII digits ("١٠");
+# those would be routed verbatim, so they are refused here.
+_PLAIN_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
 
 
 def refusal(code: str, message: str) -> DeskError:
@@ -111,13 +116,21 @@ class ValidOrder:
 
 
 def _places(value: Decimal) -> int:
-    exponent = value.normalize().as_tuple().exponent
+    """Decimal places of ``value`` without trailing zeros; exact (``normalize()`` would round in the
+    context and turn 1e-999999999 into 0, with no places at all)."""
+    _, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)  # finite numbers only reach here
-    return max(0, -exponent)
+    trailing = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    return max(0, -(exponent + trailing))
 
 
 def _number(field: str, text: str, places: int, *, required: bool = False) -> Decimal | None:
-    value = parse_decimal(field, text, required=required)
+    try:
+        value = parse_decimal(field, text, required=required)
+    except ArithmeticError:  # decimal.Overflow from parse_decimal's abs() on exponents near Emax
+        raise refusal("INVALID_FIELD", f"{field} {text[:64]!r} is out of range") from None
+    if value is not None and not _PLAIN_DECIMAL.fullmatch(text):
+        raise refusal("INVALID_FIELD", f"{field} {text[:64]!r} must be a plain decimal number like 12.5")
     if value is not None and _places(value) > places:
         raise refusal("INVALID_FIELD", f"{field} {text} has more than {places} decimal places")
     return value
