@@ -4,10 +4,15 @@ Every service registers with :func:`add_service` so ``nats micro ls|info|stats``
 endpoints decode the request, call the handler, and answer refusals (:class:`DeskError`) with the
 micro error headers *and* a typed body; refusals are counted per reason and shown in each
 endpoint's STATS ``data`` (``{"errors": {"MALFORMED": 2, ...}}``).
+
+nats-py runs one subscription's callbacks one at a time, so by default an endpoint handles one
+request at a time. ``add_endpoint(..., concurrency=n)`` (n > 1) handles up to ``n`` requests at once,
+each in its own task; only for handlers that are safe when their awaits interleave.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -25,6 +30,9 @@ from desk.v1 import common_pb2
 
 log = get_logger("desk.bus")
 
+#: How long shutdown waits for requests still being handled by concurrent endpoints.
+DRAIN_TIMEOUT = 10.0
+
 Req = TypeVar("Req", bound=Message)
 Handler = Callable[[Req, str], Awaitable[Message]]
 ErrorBody = Callable[[DeskError, str, Req | None], Message]
@@ -33,9 +41,11 @@ ErrorBody = Callable[[DeskError, str, Req | None], Message]
 class DeskService:
     """A registered micro service plus per-endpoint refusal counters."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, drain_timeout: float = DRAIN_TIMEOUT) -> None:
         self.service = service
+        self.drain_timeout = drain_timeout
         self.refusals: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        self._in_flight: set[asyncio.Task[None]] = set()  # requests of concurrent endpoints being handled
 
     def stats_data(self, endpoint: EndpointStats) -> dict[str, Any]:
         return {"errors": dict(self.refusals.get(endpoint.name, {}))}
@@ -49,6 +59,7 @@ class DeskService:
         *,
         error_body: ErrorBody[Req] | None = None,
         queue_group: str | None = None,
+        concurrency: int = 1,
     ) -> None:
         """Serve ``subject`` with ``handler(request, subject) -> reply``.
 
@@ -56,7 +67,15 @@ class DeskService:
         headers (code = its status) and a body: ``error_body(err, subject, request)`` when given
         (an ``OrderAck`` saying why, say), an ``ErrorReply`` otherwise. Any other exception is a bug:
         logged with its traceback and answered 500 INTERNAL; the service keeps serving.
+
+        ``concurrency`` > 1 handles up to that many requests at once, each in its own task (the
+        subscription waits for a free slot before taking the next message, so a burst queues in
+        nats-py, not in memory here). The handler must then be safe under interleaving. Shutdown
+        waits up to ``drain_timeout`` for requests in flight, then cancels the rest. With
+        concurrency, micro's own ``processing_time`` covers only taking the request, not handling it.
         """
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
 
         async def handle(req: Request) -> None:
             request: Req | None = None
@@ -75,7 +94,47 @@ class DeskService:
             data, headers = codec.encode(reply)
             await req.respond(data, headers=headers)
 
-        await self.service.add_endpoint(name=name, subject=subject, handler=handle, queue_group=queue_group)
+        if concurrency == 1:
+            await self.service.add_endpoint(name=name, subject=subject, handler=handle, queue_group=queue_group)
+            return
+
+        slots = asyncio.Semaphore(concurrency)
+
+        async def handle_in_task(req: Request) -> None:
+            try:
+                await handle(req)
+            except Exception as exc:  # a failed reply (connection gone) must not go unseen
+                log.error("endpoint.reply_failed", endpoint=name, subject=req.subject, error=repr(exc), exc_info=exc)
+
+        async def dispatch(req: Request) -> None:
+            await slots.acquire()
+            task = asyncio.create_task(handle_in_task(req), name=f"{name}-request")
+            self._in_flight.add(task)
+
+            def done(t: asyncio.Task[None]) -> None:
+                self._in_flight.discard(t)
+                slots.release()
+
+            task.add_done_callback(done)
+
+        await self.service.add_endpoint(name=name, subject=subject, handler=dispatch, queue_group=queue_group)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests of concurrent endpoints being handled right now."""
+        return len(self._in_flight)
+
+    async def wait_in_flight(self) -> None:
+        """Shutdown: let requests in flight finish (up to ``drain_timeout``), then cancel the rest."""
+        if not self._in_flight:
+            return
+        pending = set(self._in_flight)
+        _, late = await asyncio.wait(pending, timeout=self.drain_timeout)
+        if late:
+            log.warning("endpoint.requests_cancelled", count=len(late), timeout=self.drain_timeout)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)  # their CancelledErrors, not ours
 
     async def _refuse(self, endpoint: str, req: Request, err: DeskError, body: Message | None) -> None:
         self.refusals[endpoint][err.code] += 1
@@ -104,5 +163,7 @@ async def add_service(
     )
     desk_service = DeskService(service)
     holder.append(desk_service)
+    # The stack unwinds last-in first-out: stop taking requests first, then let those in flight finish.
+    runtime.stack.push_async_callback(desk_service.wait_in_flight)
     runtime.stack.push_async_callback(service.stop)
     return desk_service

@@ -16,12 +16,15 @@
 from __future__ import annotations
 
 import asyncio
+import decimal
+import functools
+import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar, cast
 
 import aiosqlite
 
@@ -29,6 +32,8 @@ from desk.bus.decimals import dec, fmt
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2
 from services.ledger.books import Account, Position
 from services.ledger.reports import Booking
+
+T = TypeVar("T")
 
 # Each entry migrates the schema from version i to i + 1; append, never edit a released one.
 MIGRATIONS: list[list[str]] = [
@@ -143,8 +148,14 @@ class PositionRow:
     updated_ns: int
 
 
+@functools.cache
+def _enum_names(enum_type: Any) -> dict[int, str]:
+    """number -> name for a protobuf enum (what ``Name`` answers), built once per enum type."""
+    return {number: str(value.name) for number, value in enum_type.DESCRIPTOR.values_by_number.items()}
+
+
 def _enum_name(enum_type: Any, value: int) -> str:
-    return str(enum_type.Name(value)) if value in enum_type.values() else ""
+    return _enum_names(enum_type).get(value, "")
 
 
 def _enum_value(enum_type: Any, name: str) -> int:
@@ -234,30 +245,53 @@ class LedgerStore:
     # -- writes (single writer) -----------------------------------------------------------------
 
     async def apply_batch(self, bookings: Sequence[Booking]) -> BatchResult:
-        """Book ``bookings`` in ONE transaction; execution ids already stored are skipped."""
+        """Book ``bookings`` in ONE transaction; execution ids already stored are skipped.
+
+        The whole transaction (BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error) runs as one
+        synchronous function on the writer connection's own thread: one hand-off per batch instead of
+        a dozen awaited statements per fill. The writer's thread runs one job at a time, in order, so
+        nothing else can interleave with the transaction; the lock keeps our own writes in turn. If
+        the caller is cancelled, the job still finishes (commit or rollback) on that thread; the
+        caller then acks nothing, and the redelivered reports are skipped as duplicates.
+        """
         result = BatchResult()
         if not bookings:
             return result
+        context = decimal.getcontext().copy()  # the worker thread has its own decimal context
         async with self._write_lock:
-            db = self.writer
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                for booking in bookings:
-                    await self._apply_one(db, booking, result)
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
+            await self._in_writer(self._apply_batch_sync, list(bookings), result, context)
         return result
 
-    async def _apply_one(self, db: aiosqlite.Connection, booking: Booking, result: BatchResult) -> None:
+    async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(sqlite3_connection, *args)`` on the writer connection's thread (one hop)."""
+        db = self.writer
+        # aiosqlite has no public "run this on the connection's thread"; ``_execute`` is that
+        # (aiosqlite is pinned in pyproject.toml, and tests/integration/test_ledger.py covers it).
+        execute = cast(Callable[..., Awaitable[T]], db._execute)
+        return await execute(lambda: fn(db._conn, *args))
+
+    def _apply_batch_sync(
+        self, db: sqlite3.Connection, bookings: list[Booking], result: BatchResult, context: decimal.Context
+    ) -> None:
+        with decimal.localcontext(context):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for booking in bookings:
+                    self._apply_one(db, booking, result)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def _apply_one(self, db: sqlite3.Connection, booking: Booking, result: BatchResult) -> None:
         r = booking.report
-        async with db.execute("SELECT 1 FROM order_events WHERE execution_id = ?", (r.execution_id,)) as cur:
-            if await cur.fetchone() is not None:
-                result.duplicates.append(r.execution_id)
-                return
-        member_id = await self._ensure_account(db, r.strategy_id, r.member_id, booking.event_ns)
-        await db.execute(
+        if db.execute("SELECT 1 FROM order_events WHERE execution_id = ?", (r.execution_id,)).fetchone() is not None:
+            result.duplicates.append(r.execution_id)
+            return
+        member_id = self._ensure_account(db, r.strategy_id, r.member_id, booking.event_ns)
+        side = _enum_name(common_pb2.Side, r.side)
+        status = _enum_name(executions_pb2.OrderStatus, r.status)
+        db.execute(
             """INSERT INTO orders (order_id, client_order_id, strategy_id, member_id, symbol, side, type, tif,
                    qty, notional, limit_price, stop_price, status, filled_qty, avg_price, venue, text,
                    created_ns, updated_ns)
@@ -281,14 +315,14 @@ class LedgerStore:
                 r.strategy_id,
                 member_id,
                 r.symbol,
-                _enum_name(common_pb2.Side, r.side),
+                side,
                 _enum_name(common_pb2.OrderType, r.type),
                 _enum_name(common_pb2.TimeInForce, r.time_in_force),
                 r.order_qty,
                 r.notional,
                 r.limit_price,
                 r.stop_price,
-                _enum_name(executions_pb2.OrderStatus, r.status),
+                status,
                 r.cum_qty,
                 r.avg_price,
                 r.venue,
@@ -297,13 +331,13 @@ class LedgerStore:
                 booking.event_ns,
             ),
         )
-        await db.execute(
+        db.execute(
             "INSERT INTO order_events (execution_id, order_id, exec_type, status, payload, event_ns) VALUES (?, ?, ?, ?, ?, ?)",
             (
                 r.execution_id,
                 booking.order_id,
                 _enum_name(executions_pb2.ExecType, r.exec_type),
-                _enum_name(executions_pb2.OrderStatus, r.status),
+                status,
                 booking.payload,
                 booking.event_ns,
             ),
@@ -312,7 +346,7 @@ class LedgerStore:
         fill = booking.fill
         if fill is None:
             return
-        cur = await db.execute(
+        cur = db.execute(
             """INSERT OR IGNORE INTO fills (execution_id, order_id, client_order_id, strategy_id, member_id, symbol,
                    side, qty, price, fee, venue, event_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (
@@ -322,7 +356,7 @@ class LedgerStore:
                 r.strategy_id,
                 member_id,
                 r.symbol,
-                _enum_name(common_pb2.Side, r.side),
+                side,
                 fmt(fill.qty),
                 fmt(fill.price),
                 fmt(fill.fee),
@@ -331,13 +365,13 @@ class LedgerStore:
             ),
         )
         inserted = cur.rowcount
-        await cur.close()
+        cur.close()
         if inserted != 1:  # belt and braces: the event row above already guards this
             result.duplicates.append(r.execution_id)
             return
-        position = await self._load_position(db, r.strategy_id, r.symbol)
+        position = self._load_position(db, r.strategy_id, r.symbol)
         realized = position.apply_fill(fill.side, fill.qty, fill.price, fill.fee)
-        await db.execute(
+        db.execute(
             """INSERT INTO positions (strategy_id, symbol, qty, avg_cost, cost_basis, realized_pnl, fees, updated_ns)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(strategy_id, symbol) DO UPDATE SET qty = excluded.qty, avg_cost = excluded.avg_cost,
@@ -354,48 +388,48 @@ class LedgerStore:
                 booking.event_ns,
             ),
         )
-        account = await self._load_account(db, r.strategy_id)
+        account = self._load_account(db, r.strategy_id)
         account.apply_fill(fill.side, fill.qty, fill.price, fill.fee, realized)
-        await db.execute(
+        db.execute(
             "UPDATE accounts SET cash = ?, realized_pnl = ?, fees = ?, updated_ns = ? WHERE strategy_id = ?",
             (fmt(account.cash), fmt(account.realized_pnl), fmt(account.fees), booking.event_ns, r.strategy_id),
         )
         result.fills_booked += 1
 
-    async def _ensure_account(self, db: aiosqlite.Connection, strategy_id: str, member_id: str, now_ns: int) -> str:
+    def _ensure_account(self, db: sqlite3.Connection, strategy_id: str, member_id: str, now_ns: int) -> str:
         """Make sure the strategy has an account; returns its member id (the report's, else the spec's)."""
-        async with db.execute("SELECT member_id FROM accounts WHERE strategy_id = ?", (strategy_id,)) as cur:
-            row = await cur.fetchone()
+        row = db.execute("SELECT member_id FROM accounts WHERE strategy_id = ?", (strategy_id,)).fetchone()
         if row is None:
-            async with db.execute("SELECT member_id, initial_cash FROM strategies WHERE strategy_id = ?", (strategy_id,)) as cur:
-                spec = await cur.fetchone()
+            spec = db.execute(
+                "SELECT member_id, initial_cash FROM strategies WHERE strategy_id = ?", (strategy_id,)
+            ).fetchone()
             initial = dec(spec[1], self.default_initial_cash) if spec else self.default_initial_cash
             member = member_id or (spec[0] if spec else "")
-            await db.execute(
+            db.execute(
                 "INSERT INTO accounts (strategy_id, member_id, initial_cash, cash, updated_ns) VALUES (?, ?, ?, ?, ?)",
                 (strategy_id, member, fmt(initial), fmt(initial), now_ns),
             )
             return str(member)
         if not row[0] and member_id:
-            await db.execute("UPDATE accounts SET member_id = ? WHERE strategy_id = ?", (member_id, strategy_id))
+            db.execute("UPDATE accounts SET member_id = ? WHERE strategy_id = ?", (member_id, strategy_id))
             return member_id
         return member_id or str(row[0])
 
-    async def _load_position(self, db: aiosqlite.Connection, strategy_id: str, symbol: str) -> Position:
-        async with db.execute(
+    @staticmethod
+    def _load_position(db: sqlite3.Connection, strategy_id: str, symbol: str) -> Position:
+        row = db.execute(
             "SELECT qty, cost_basis, realized_pnl, fees FROM positions WHERE strategy_id = ? AND symbol = ?",
             (strategy_id, symbol),
-        ) as cur:
-            row = await cur.fetchone()
+        ).fetchone()
         if row is None:
             return Position(symbol=symbol)
         return Position(symbol=symbol, qty=dec(row[0]), cost_basis=dec(row[1]), realized_pnl=dec(row[2]), fees=dec(row[3]))
 
-    async def _load_account(self, db: aiosqlite.Connection, strategy_id: str) -> Account:
-        async with db.execute(
+    @staticmethod
+    def _load_account(db: sqlite3.Connection, strategy_id: str) -> Account:
+        row = db.execute(
             "SELECT initial_cash, cash, realized_pnl, fees FROM accounts WHERE strategy_id = ?", (strategy_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        ).fetchone()
         assert row is not None, "account is created before any fill is booked"
         return Account(initial_cash=dec(row[0]), cash=dec(row[1]), realized_pnl=dec(row[2]), fees=dec(row[3]))
 

@@ -8,12 +8,14 @@ together spend more cash or sell more shares than the account has.
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from desk.bus.decimals import ZERO, dec, fmt
+from desk.bus.decimals import ZERO, dec, fmt, parse_decimal
+from desk.bus.errors import DeskError
 from desk.v1 import common_pb2, executions_pb2, strategy_pb2
 from services.order_router.validation import ValidOrder, refusal
 
@@ -80,6 +82,16 @@ class OpenOrder:
     reserved_notional: Decimal
     unit_price: Decimal
     by_notional: bool = False
+    reported: bool = False  # an execution report has been applied to it
+
+
+@dataclass(frozen=True)
+class Hold:
+    """What one :meth:`VirtualAccount.reserve` did, so :meth:`VirtualAccount.release` can undo exactly that."""
+
+    order_id: str
+    accepted_at: float
+    created: OpenOrder | None  # the reservation it opened; None when the order was already known
 
 
 def _valuation_price(order: ValidOrder, last_price: Decimal | None) -> Decimal:
@@ -92,6 +104,23 @@ def _valuation_price(order: ValidOrder, last_price: Decimal | None) -> Decimal:
 
 def _type_name(order: ValidOrder) -> str:
     return str(common_pb2.OrderType.Name(order.type)).removeprefix("ORDER_TYPE_").lower().replace("_", "-")
+
+
+def report_numbers(report: executions_pb2.ExecutionReport) -> tuple[Decimal, Decimal, Decimal] | None:
+    """(fill qty, fill price, fee) of a report the books may use, or None for one they must not:
+    no execution id, or a number that is not a finite, non-negative decimal (as the ledger judges)."""
+    if not report.execution_id:
+        return None
+    try:
+        values = [
+            parse_decimal(name, value, positive=False, required=False) or ZERO
+            for name, value in (("fill_qty", report.fill_qty), ("fill_price", report.fill_price), ("fee", report.fee))
+        ]
+    except DeskError:
+        return None
+    if any(v < 0 for v in values):
+        return None
+    return values[0], values[1], values[2]
 
 
 @dataclass
@@ -195,15 +224,18 @@ class VirtualAccount:
             )
         return Reservation(order.symbol, order.side, qty, notional, unit_price)
 
-    def reserve(self, order_id: str, reservation: Reservation, by_notional: bool = False) -> None:
+    def reserve(self, order_id: str, reservation: Reservation, by_notional: bool = False) -> Hold:
         """Hold ``reservation`` for an accepted order and count it against the rate limit.
 
-        A no-op for an order already known from its execution reports (they may overtake us).
+        Call it straight after :meth:`check`, with no await in between, so that concurrent orders
+        see each other's reservations. Holds nothing for an order already known from its execution
+        reports (they may overtake us); it still counts against the rate limit.
         """
-        self._accepted_at.append(self.clock())
+        accepted_at = self.clock()
+        self._accepted_at.append(accepted_at)
         if order_id in self.open_orders or order_id in self.closed_orders:
-            return
-        self.open_orders[order_id] = OpenOrder(
+            return Hold(order_id, accepted_at, None)
+        opened = OpenOrder(
             order_id=order_id,
             symbol=reservation.symbol,
             side=reservation.side,
@@ -212,6 +244,20 @@ class VirtualAccount:
             unit_price=reservation.unit_price,
             by_notional=by_notional,
         )
+        self.open_orders[order_id] = opened
+        return Hold(order_id, accepted_at, opened)
+
+    def release(self, hold: Hold) -> None:
+        """Undo :meth:`reserve` for an order that was not routed after all (or was routed before).
+
+        The rate-limit slot is given back. The reservation is dropped unless an execution report has
+        touched it meanwhile: then the order exists at the venue, and its reports keep it up to date.
+        """
+        with contextlib.suppress(ValueError):  # already aged out of the window
+            self._accepted_at.remove(hold.accepted_at)
+        opened = hold.created
+        if opened is not None and not opened.reported and self.open_orders.get(hold.order_id) is opened:
+            del self.open_orders[hold.order_id]
 
     # -- execution reports ------------------------------------------------------------------------
     def apply(self, report: executions_pb2.ExecutionReport) -> bool:
@@ -219,18 +265,19 @@ class VirtualAccount:
 
         Returns False when the report was already applied (same execution id).
         """
+        numbers = report_numbers(report)
+        if numbers is None:  # what the ledger refuses must not move the router's view either
+            return False
         if report.execution_id in self.seen_executions:
             return False
         self.seen_executions.add(report.execution_id)
 
-        fill_qty = dec(report.fill_qty)
-        fill_price = dec(report.fill_price)
+        fill_qty, fill_price, fee = numbers
         is_fill = report.exec_type in _FILLS and fill_qty > 0
         known = self.open_orders.get(report.order_id)
         side = report.side or (known.side if known is not None else common_pb2.SIDE_UNSPECIFIED)
         if is_fill and side in (common_pb2.SIDE_BUY, common_pb2.SIDE_SELL):
             gross = fill_qty * fill_price
-            fee = dec(report.fee)
             if side == common_pb2.SIDE_BUY:
                 self.positions[report.symbol] = self.position(report.symbol) + fill_qty
                 self.cash_change -= gross + fee
@@ -249,7 +296,9 @@ class VirtualAccount:
         if order is None:
             # An order accepted by another replica (or before a restart): reserve what it still holds.
             self._adopt(report)
-        elif is_fill:
+            return True
+        order.reported = True
+        if is_fill:
             if order.by_notional:
                 order.reserved_notional = max(ZERO, order.reserved_notional - fill_qty * fill_price)
                 order.remaining_qty = order.reserved_notional / order.unit_price if order.unit_price else ZERO

@@ -4,7 +4,9 @@ All decisions live in :mod:`validation` and :mod:`risk`; this module only moves 
 
 * ``submit`` (``desk.order.submit.*``): decode -> subject/fields -> known strategy and symbol -> halt
   -> idempotency (``DESK_ORDER_IDS``) -> risk -> publish ``RoutedOrder`` (``Nats-Msg-Id`` = order id)
-  -> store the ack -> reply.
+  -> store the ack -> reply. Up to ``SUBMIT_CONCURRENCY`` orders are handled at once: the risk check
+  and the reservation are one step (no await between), a reservation is released if routing fails,
+  and a request repeating a client order id that is still being handled waits for its ack.
 * ``cancel`` (``desk.order.cancel.*``): forwards a ``RoutedOrder{cancel}`` for an open order (also
   while halted).
 * ``halt`` / ``resume`` / ``risk_status`` (``desk.risk.*``): the kill switch in ``DESK_RISK``; every
@@ -36,9 +38,10 @@ from desk.bus.logging import get_logger
 from desk.bus.micro import add_service
 from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2, strategy_pb2
 from services.order_router import NAME
-from services.order_router.risk import Clock, Limits, VirtualAccount
+from services.order_router.risk import Clock, Limits, VirtualAccount, report_numbers
 from services.order_router.settings import Settings
 from services.order_router.validation import (
+    ValidOrder,
     check_known,
     order_id_for,
     refusal,
@@ -52,6 +55,10 @@ log = get_logger("order_router")
 
 GLOBAL_HALT_KEY = subjects.halt_key("")
 MSG_ID = "Nats-Msg-Id"
+#: Orders one replica handles at once (each waits on three server round trips). Safe because the
+#: risk check and the reservation happen without an await between them, and a second request with
+#: the same client order id waits for the first (``Router._in_flight``).
+SUBMIT_CONCURRENCY = 32
 
 
 class Router:
@@ -75,6 +82,8 @@ class Router:
         self._changed = asyncio.Condition()  # notified after every KV update and execution report
         self._runtime: ServiceRuntime | None = None
         self._kv: dict[str, KeyValue] = {}
+        # order-id key -> the submit handling it now; resolves to its ack (None when it failed)
+        self._in_flight: dict[str, asyncio.Future[orders_pb2.OrderAck | None]] = {}
 
     # -- start-up ---------------------------------------------------------------------------------
     async def start(self, runtime: ServiceRuntime) -> None:
@@ -95,7 +104,12 @@ class Router:
             metadata={"venue": self.settings.router_venue},
         )
         await svc.add_endpoint(
-            "submit", subjects.ORDER_SUBMIT_ALL, orders_pb2.OrderRequest, self.submit, error_body=self._order_refused
+            "submit",
+            subjects.ORDER_SUBMIT_ALL,
+            orders_pb2.OrderRequest,
+            self.submit,
+            error_body=self._order_refused,
+            concurrency=SUBMIT_CONCURRENCY,
         )
         await svc.add_endpoint(
             "cancel", subjects.ORDER_CANCEL_ALL, orders_pb2.CancelRequest, self.cancel, error_body=self._cancel_refused
@@ -224,7 +238,10 @@ class Router:
         with structlog.contextvars.bound_contextvars(
             strategy_id=report.strategy_id, client_order_id=report.client_order_id, execution_id=report.execution_id
         ):
-            if self.account(report.strategy_id).apply(report):
+            if report_numbers(report) is None:
+                log.warning("execution.refused", reason="no execution id, or a fill number that is not a finite, "
+                            "non-negative decimal")
+            elif self.account(report.strategy_id).apply(report):
                 log.debug("execution.applied", exec_type=executions_pb2.ExecType.Name(report.exec_type))
         self.applied_executions.add(report.execution_id)
         await self._notify()
@@ -255,17 +272,46 @@ class Router:
         self._check_not_halted(order.strategy_id)
 
         key = subjects.order_id_key(order.strategy_id, order.client_order_id)
+        # Requests are handled concurrently: the same (strategy, client order id) arriving again while
+        # the first is still being handled waits for it and gets its ack. If the first one failed, the
+        # next one tries itself, exactly as a retry after it would have.
+        while (first_attempt := self._in_flight.get(key)) is not None:
+            first_ack = await asyncio.shield(first_attempt)
+            if first_ack is not None:
+                ack = orders_pb2.OrderAck()
+                ack.CopyFrom(first_ack)
+                ack.duplicate = True
+                log.info("order.duplicate", order_id=ack.order_id, in_flight=True)
+                return ack
+        attempt: asyncio.Future[orders_pb2.OrderAck | None] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = attempt
+        ack_or_none: orders_pb2.OrderAck | None = None
+        try:
+            ack_or_none = await self._submit_once(order, request, key)
+            return ack_or_none
+        finally:
+            del self._in_flight[key]
+            attempt.set_result(ack_or_none)
+
+    async def _submit_once(
+        self, order: ValidOrder, request: orders_pb2.OrderRequest, key: str
+    ) -> orders_pb2.OrderAck:
         stored = await self._stored_ack(key)
         if stored is not None:
             stored.duplicate = True
             log.info("order.duplicate", order_id=stored.order_id)
             return stored
 
+        # From the risk check to the reservation nothing awaits: a concurrent order of the same
+        # strategy sees this one's reservation. Halts and specs may have changed during the await.
+        check_known(order, self.strategies, self.prices)
+        self._check_not_halted(order.strategy_id)
         spec = self.strategies[order.strategy_id]
         account = self.account(order.strategy_id)
         reservation = account.check(order, Limits.resolve(spec.risk, self.defaults), self.prices.get(order.symbol))
-
         order_id = order.order_id
+        hold = account.reserve(order_id, reservation, by_notional=order.notional is not None)
+
         routed = orders_pb2.RoutedOrder(
             order_id=order_id,
             strategy_id=order.strategy_id,
@@ -273,9 +319,13 @@ class Router:
             routed_ns=time.time_ns(),
             new_order=request,
         )
-        duplicate = await self._route(routed, msg_id=order_id)
-        if not duplicate:
-            account.reserve(order_id, reservation, by_notional=order.notional is not None)
+        try:
+            duplicate = await self._route(routed, msg_id=order_id)
+        except BaseException:
+            account.release(hold)  # not routed: the reservation and the rate-limit slot go back
+            raise
+        if duplicate:
+            account.release(hold)  # routed before (a retry): that attempt holds it, or its reports will
 
         ack = orders_pb2.OrderAck(
             strategy_id=order.strategy_id,

@@ -589,8 +589,6 @@ async def test_an_execution_report_with_an_overflowing_decimal_is_skipped_not_fa
     assert code == 0
 
 
-@pytest.mark.xfail(strict=True, reason="bug: services/order_router/risk.py VirtualAccount.apply books reports the "
-                   "ledger refuses (no execution_id, NaN price): the router's view of a strategy diverges")
 async def test_a_report_the_ledger_refuses_does_not_move_the_routers_view_of_a_strategy(desk: Desk, nc: Client) -> None:
     forged = [
         # no execution id: the ledger refuses it (INVALID_FIELD), so it is no fill of beta's

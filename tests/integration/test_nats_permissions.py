@@ -5,6 +5,7 @@ internals; the refusal comes from the server and is logged by the strategy's SDK
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -111,11 +112,16 @@ async def test_a_strategy_cannot_read_another_strategys_fills_replies_or_the_des
         await admin.publish("desk.exec.beta", fill, headers=headers)
         await admin.publish("_INBOX_S.beta.reply", b"beta's reply")
         await admin.flush()
-        # A message the strategy may see, published last: once it arrives, nothing else came first.
+        # A message the strategy may see, published after the forbidden ones: once one arrives, nothing
+        # else came first. (nats-py's flush does not prove the SUB reached the server, so publish until
+        # the subscription is there.)
         await alpha.subscribe("md.bar.AAPL", cb=collect)
-        await alpha.flush()
-        await admin.publish("md.bar.AAPL", b"bar")
-        first = await asyncio.wait_for(got.get(), 10)
+        first: Msg | None = None
+        async with asyncio.timeout(10):
+            while first is None:
+                await admin.publish("md.bar.AAPL", b"bar")
+                with contextlib.suppress(TimeoutError):
+                    first = await asyncio.wait_for(got.get(), 0.1)
         assert first.subject == "md.bar.AAPL"
     finally:
         await alpha.close()
