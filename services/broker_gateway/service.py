@@ -2,11 +2,21 @@
 
 For each ``RoutedOrder`` on ``desk.broker.<venue>.orders`` (durable pull consumer
 ``gateway-<venue>``), the broker answers with execution reports; each is published to
-``desk.exec.<strategy_id>`` with ``Nats-Msg-Id`` = execution id, its PubAck awaited, and only then
-is the routed order acked. Reports go through one FIFO outbox: a report whose publish fails stays
-at its head and is retried (same execution id, so JetStream deduplicates) before anything after it,
-and the routed order is nak'ed so it comes back; the broker ignores the order the second time and
-the outbox delivers what is still owed.
+``desk.exec.<strategy_id>`` with ``Nats-Msg-Id`` = execution id, and only once every report's PubAck
+is in is the routed order acked (ack after store: no lost fill).
+
+Batches (sim): up to ``GATEWAY_FETCH_BATCH`` routed orders are fetched at once and handed to the
+broker in stream order; their reports go into the outbox, which is published in *waves* without
+awaiting each PubAck in turn (:func:`next_wave`): a wave holds at most one report per order, so a
+later report of an order (FILL) is only sent once its earlier one (NEW) is stored, whatever fails;
+and fills keep their outbox order. Then the batch's routed orders are acked together. The Alpaca
+broker takes one order at a time (its submits are REST calls of up to seconds each: orders waiting
+in a batch behind them would outlive their ack wait and be redelivered while still in hand).
+
+Reports go through one FIFO outbox: a report whose publish fails stays in it, ahead of everything
+after it, and is retried (same execution id, so JetStream deduplicates); the batch's routed orders
+are nak'ed so they come back; the broker ignores an order the second time and the outbox delivers
+what is still owed.
 
 Market data (``md.bar.>``, ``md.quote.>``, ``md.trade.>``) goes to the broker too: the sim fills
 resting orders from it.
@@ -22,8 +32,8 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import Callable
-from decimal import Decimal
+from collections.abc import Callable, Iterable
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import nats.errors
@@ -32,7 +42,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.kv import KeyValue
 from nats.micro.service import EndpointStats
 
@@ -54,6 +64,7 @@ MSG_ID = "Nats-Msg-Id"
 FETCH_TIMEOUT = 1.0  # seconds one pull waits; bounds how long a stop waits for the order loop
 PUBLISH_TIMEOUT = 5.0
 RETRY_PAUSE = 1.0
+MAX_WAVE = 256  # reports published at once without awaiting a PubAck (publish_async allows 4,000)
 
 log = get_logger(NAME)
 
@@ -72,6 +83,46 @@ _EXEC_EVENTS = {
     executions_pb2.EXEC_TYPE_REJECTED: ("order.rejected", "warning"),
     executions_pb2.EXEC_TYPE_CANCEL_REJECTED: ("order.cancel_rejected", "warning"),
 }
+
+
+def _carries_fill(report: executions_pb2.ExecutionReport) -> bool:
+    if report.exec_type in (executions_pb2.EXEC_TYPE_FILL, executions_pb2.EXEC_TYPE_PARTIAL_FILL):
+        return True
+    try:
+        return Decimal(report.fill_qty or "0") != 0
+    except InvalidOperation:
+        return True  # unreadable: treated as a fill (kept in order)
+
+
+def next_wave(
+    outbox: Iterable[executions_pb2.ExecutionReport], limit: int = MAX_WAVE
+) -> list[executions_pb2.ExecutionReport]:
+    """The reports of ``outbox`` to publish together now, in outbox order.
+
+    A wave holds at most one report per order (strategy id, order id): a report whose order already
+    has one in the wave, or one held back, is held back too, so the reports of one order reach the
+    stream in outbox order even if a publish fails (NEW before FILL). A fill is also held back once
+    any fill is, so fills of different orders keep their outbox order (positions and realized P&L
+    are booked in that order). Only reports without a fill (NEW, CANCELED, ...) of other orders may
+    go ahead of held-back ones. The sim's batch ``NEW1 FILL1 NEW2 FILL2 ...`` goes out as two
+    waves: every NEW, then every FILL.
+    """
+    wave: list[executions_pb2.ExecutionReport] = []
+    taken: set[tuple[str, str]] = set()
+    held: set[tuple[str, str]] = set()
+    holding_fill = False
+    for report in outbox:
+        if len(wave) >= limit:
+            break
+        key = (report.strategy_id, report.order_id)
+        fill = _carries_fill(report)
+        if key in taken or key in held or (fill and holding_fill):
+            held.add(key)
+            holding_fill = holding_fill or fill
+            continue
+        wave.append(report)
+        taken.add(key)
+    return wave
 
 
 class BrokerNotAvailable(SystemExit):
@@ -202,13 +253,20 @@ class BrokerGateway:
         log.info("orders.subscribed", durable=self.durable, subject=self.orders_subject)
         return sub
 
+    def fetch_batch(self) -> int:
+        """Routed orders per fetch: GATEWAY_FETCH_BATCH for the sim, one for a streaming broker (Alpaca)."""
+        if isinstance(self.broker, StreamingBroker):
+            return 1
+        return max(1, min(self.settings.gateway_fetch_batch, self.settings.gateway_max_ack_pending))
+
     async def _consume_orders(self, runtime: ServiceRuntime) -> None:
-        """Fetch routed orders one at a time until the service stops.
+        """Fetch routed orders (a batch at a time) until the service stops.
 
         The pull subscription is re-created after a reconnect (nats.py #504: pull subscriptions
         can go quiet after a server restart) and after any error.
         """
         sub: JetStreamContext.PullSubscription | None = None
+        batch = self.fetch_batch()
         reconnects = runtime.nc.stats["reconnects"]
         try:
             while not runtime.stop.is_set():
@@ -216,11 +274,11 @@ class BrokerGateway:
                     if sub is None:
                         sub = await self._subscribe(runtime)
                     try:
-                        messages = await sub.fetch(1, timeout=FETCH_TIMEOUT)
+                        messages = await sub.fetch(batch, timeout=FETCH_TIMEOUT)
                     except nats.errors.TimeoutError:
                         messages = []
-                    for msg in messages:
-                        await self._handle_order(msg)
+                    if messages:
+                        await self._handle_orders(messages)
                 except Exception as exc:  # noqa: BLE001 - connection trouble: re-subscribe after a pause
                     log.warning("orders.consume_failed", error=repr(exc))
                     await _unsubscribe(sub)
@@ -236,7 +294,29 @@ class BrokerGateway:
         finally:
             await _unsubscribe(sub)
 
-    async def _handle_order(self, msg: Msg) -> None:
+    async def _handle_orders(self, messages: list[Msg]) -> None:
+        """Hand a batch to the broker in order, publish every report, then ack the batch together."""
+        self.counts["order_batches"] += 1
+        owed = [msg for msg in messages if await self._take_order(msg)]
+        if not owed:
+            return
+        if not await self._flush():
+            # the reports wait in the outbox; the routed orders come back and find them owed
+            for msg in owed:
+                await msg.nak(delay=RETRY_PAUSE)
+            return
+        # confirmed acks: the work queue has let them go once this returns (ack after store)
+        results = await asyncio.gather(
+            *(msg.ack_sync(timeout=PUBLISH_TIMEOUT) for msg in owed), return_exceptions=True
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            # redelivered after the ack wait; the broker ignores them and the outbox owes nothing
+            log.warning("orders.ack_failed", count=len(failures), of=len(owed), error=repr(failures[0]))
+            raise failures[0]
+
+    async def _take_order(self, msg: Msg) -> bool:
+        """One routed order to the broker; True if it is owed an ack once the outbox is published."""
         self.counts["orders_received"] += 1
         try:
             routed = codec.decode(msg.data, orders_pb2.RoutedOrder, msg.headers)
@@ -247,7 +327,7 @@ class BrokerGateway:
                 raise DeskError("MALFORMED", f"routed order has an invalid strategy_id {routed.strategy_id!r}")
         except DeskError as err:
             await self._refuse(msg, err)
-            return
+            return False
         request: orders_pb2.OrderRequest | orders_pb2.CancelRequest = (
             routed.new_order if action == "new_order" else routed.cancel
         )
@@ -263,25 +343,21 @@ class BrokerGateway:
                     reports = await self.broker.cancel(routed)
             except DeskError as err:
                 await self._refuse(msg, err)
-                return
+                return False
             except BrokerUnavailable as exc:
                 self.counts["orders_deferred"] += 1
                 log.warning("order.deferred", error=str(exc))
                 await msg.nak(delay=RETRY_PAUSE)  # redelivered later; the venue dedups by client order id
-                return
+                return False
             except Exception as exc:
                 self.counts["orders_failed"] += 1
                 log.error("order.failed", error=repr(exc), exc_info=exc)
                 await msg.term()
-                return
+                return False
             if not reports and not isinstance(self.broker, StreamingBroker):
                 log.info("order.duplicate", action=action)
             self._outbox.extend(reports)
-            if await self._flush():
-                await msg.ack_sync(timeout=PUBLISH_TIMEOUT)  # confirmed: the work queue has let it go
-            else:
-                # the reports wait in the outbox; the routed order comes back and finds them owed
-                await msg.nak(delay=RETRY_PAUSE)
+            return True
 
     async def _refuse(self, msg: Msg, err: DeskError) -> None:
         self.counts["orders_malformed"] += 1
@@ -342,26 +418,63 @@ class BrokerGateway:
         task.add_done_callback(self._flushes.discard)
 
     async def _flush(self) -> bool:
-        """Publish the outbox in order, each awaiting its PubAck; False if one publish failed."""
-        assert self._js is not None
+        """Publish the whole outbox, wave by wave (:func:`next_wave`); False if a publish failed.
+
+        The reports of a wave are sent in order without awaiting each PubAck; a confirmed report
+        leaves the outbox, a failed one stays where it was (retried with the same ``Nats-Msg-Id``
+        before anything after it) and the flush stops there.
+        """
         async with self._publish_lock:
             while self._outbox:
-                report = self._outbox[0]
-                report.report_ns = self._clock()
-                data, headers = codec.encode(report)
-                headers[MSG_ID] = report.execution_id
-                try:
-                    ack = await self._js.publish(
-                        subjects.execution(report.strategy_id), data, timeout=PUBLISH_TIMEOUT, headers=headers
-                    )
-                except Exception as exc:  # noqa: BLE001 - kept in the outbox and retried
-                    self.counts["publish_failures"] += 1
-                    log.warning("execution.publish_failed", execution_id=report.execution_id, error=repr(exc))
+                wave = next_wave(self._outbox)
+                confirmed, ok = await self._publish_wave(wave)
+                if confirmed:
+                    remaining = [r for r in self._outbox if id(r) not in confirmed]
+                    self._outbox.clear()
+                    self._outbox.extend(remaining)
+                if not ok:
                     return False
-                self._outbox.popleft()
+        return True
+
+    async def _publish_wave(self, wave: list[executions_pb2.ExecutionReport]) -> tuple[set[int], bool]:
+        """Send ``wave`` in order, then await all PubAcks; the ids of the confirmed reports, and all ok."""
+        assert self._js is not None
+        sent: list[tuple[executions_pb2.ExecutionReport, asyncio.Future[PubAck]]] = []
+        ok = True
+        for report in wave:
+            report.report_ns = self._clock()
+            data, headers = codec.encode(report)
+            headers[MSG_ID] = report.execution_id
+            try:
+                future = await self._js.publish_async(
+                    subjects.execution(report.strategy_id), data, headers=headers
+                )
+            except Exception as exc:  # noqa: BLE001 - kept in the outbox and retried
+                self._publish_failed(report, exc)
+                ok = False
+                break
+            sent.append((report, future))
+        if sent:
+            await asyncio.wait([future for _, future in sent], timeout=PUBLISH_TIMEOUT)
+        confirmed: set[int] = set()
+        for report, future in sent:
+            if not future.done():
+                future.cancel()
+                self._publish_failed(report, TimeoutError(f"no PubAck within {PUBLISH_TIMEOUT} s"))
+                ok = False
+            elif future.cancelled() or future.exception() is not None:
+                self._publish_failed(report, future.exception() if not future.cancelled() else None)
+                ok = False
+            else:
+                ack = future.result()
+                confirmed.add(id(report))
                 self.counts["reports_published"] += 1
                 self._log_report(report, ack.seq, bool(ack.duplicate))
-        return True
+        return confirmed, ok
+
+    def _publish_failed(self, report: executions_pb2.ExecutionReport, exc: BaseException | None) -> None:
+        self.counts["publish_failures"] += 1
+        log.warning("execution.publish_failed", execution_id=report.execution_id, error=repr(exc))
 
     def _log_report(self, report: executions_pb2.ExecutionReport, seq: int, duplicate: bool) -> None:
         with structlog.contextvars.bound_contextvars(

@@ -34,6 +34,12 @@ class Settings(BusSettings):
     gateway_max_ack_pending: int = Field(
         default=64, ge=1, description="routed orders delivered to the gateway and not yet acked, at most"
     )
+    gateway_fetch_batch: int = Field(
+        default=64, ge=1, le=1024,
+        description="sim: routed orders fetched and handled per pull; their reports are published pipelined and "
+        "the orders acked together once every PubAck is in (capped at gateway_max_ack_pending; "
+        "BROKER=alpaca always takes one order at a time)",
+    )
 
     # Alpaca (BROKER=alpaca). The keys are SecretStr: never printed, logged or passed to strategies.
     alpaca_api_key: SecretStr | None = Field(default=None, description="alpaca: API key id (paper); required with BROKER=alpaca")
