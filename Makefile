@@ -78,8 +78,11 @@ build: wheels $(if $(OFFLINE),base-image) ## build the service and NATS images (
 strategy-image: $(if $(SKIP_WHEELS),,wheels) ## build the strategy runtime image (strategy_sdk + desk_client)
 	docker build --quiet -f deploy/Dockerfile.strategy --build-arg BASE_IMAGE=$(BASE_IMAGE) -t quantdesk/strategy:latest .
 
-up: ## run the desk under compose, in the background (make build first)
+up: ## run the desk under compose, in the background (make build first); the CLI's credentials go to var/
 	DESK_STRATEGIES_DIR=$(CURDIR)/strategies $(COMPOSE) -p $(PROJECT) up -d
+	@mkdir -p $(DATA)/credentials && umask 077 && $(COMPOSE) -p $(PROJECT) run --rm --no-deps -T nats-auth \
+	  python -m desk.bus.auth cli-credentials /auth > $(DATA)/credentials/cli.json
+	@echo "desk CLI credentials for this stack: $(DATA)/credentials/cli.json"
 
 down: ## stop the compose desk and its strategy containers (volumes are kept)
 	-$(DESK) stop

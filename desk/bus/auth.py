@@ -100,3 +100,54 @@ def write_private(path: Path, text: str) -> None:
 def read_users(path: Path) -> list[dict[str, Any]]:
     users: list[dict[str, Any]] = json.loads(path.read_text())
     return users
+
+
+# Compose: `python -m desk.bus.auth init /auth` (the one-shot nats-auth service) ---------------------
+
+def init_directory(directory: Path, services: Iterable[str], group_id: int | None = None) -> bool:
+    """Make the users of a compose desk in ``directory`` once: ``base-users.json`` and ``auth.conf``
+    (hashes only) and ``secrets/<user>`` (one plain password per file, readable by ``group_id``, the
+    services' group). Returns False when they exist already (passwords stay stable across restarts)."""
+    if (directory / "base-users.json").exists():
+        return False
+    passwords = {service_user(name): new_password() for name in services}
+    passwords[ADMIN_USER] = new_password()
+    base = [user_entry(user, hash_password(password)) for user, password in passwords.items()]
+    secrets_dir = directory / "secrets"
+    secrets_dir.mkdir(parents=True, exist_ok=True)
+    for user, password in passwords.items():
+        write_private(secrets_dir / user, password)
+        if group_id is not None:
+            os.chown(secrets_dir / user, 0, group_id)
+            os.chmod(secrets_dir / user, 0o640)
+    if group_id is not None:
+        os.chown(secrets_dir, 0, group_id)
+        os.chmod(secrets_dir, 0o750)
+    write_private(directory / "auth.conf", render_users(base))
+    write_private(directory / "base-users.json", json.dumps(base))  # last: marks the directory complete
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m desk.bus.auth", description="NATS users of a compose desk")
+    commands = parser.add_subparsers(dest="command", required=True)
+    init = commands.add_parser("init", help="make the service and admin users once (the nats-auth service)")
+    init.add_argument("directory", type=Path)
+    init.add_argument("--services", default="marketdata,ledger,broker_gateway,order_router,orchestrator,dashboard")
+    init.add_argument("--group", type=int, default=10001, help="group that may read the service passwords")
+    cli = commands.add_parser("cli-credentials", help="print the admin credentials as the desk CLI reads them")
+    cli.add_argument("directory", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "init":
+        made = init_directory(args.directory, args.services.split(","), args.group)
+        print("made the desk's NATS users" if made else "the desk's NATS users exist already")
+        return 0
+    password = (args.directory / "secrets" / ADMIN_USER).read_text().strip()
+    print(json.dumps({"user": ADMIN_USER, "password": password}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

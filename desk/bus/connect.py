@@ -33,7 +33,7 @@ async def connect(settings: BusSettings, name: str, **options: Any) -> Client:
         auth["user_credentials"] = settings.nats_creds
     elif settings.nats_user:
         auth["user"] = settings.nats_user
-        auth["password"] = settings.nats_password or ""
+        auth["password"] = settings.password
     nc = await nats.connect(
         servers=settings.servers,
         name=name,

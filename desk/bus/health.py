@@ -24,7 +24,7 @@ async def ping(settings: BusSettings, name: str, timeout: float) -> dict[str, ob
     if settings.nats_creds:
         auth["user_credentials"] = settings.nats_creds
     elif settings.nats_user:
-        auth.update(user=settings.nats_user, password=settings.nats_password or "")
+        auth.update(user=settings.nats_user, password=settings.password)
     nc = await nats.connect(
         servers=settings.servers, connect_timeout=timeout, max_reconnect_attempts=1, error_cb=quiet, **auth
     )

@@ -18,6 +18,9 @@ class BusSettings(BaseSettings):
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated")
     nats_user: str | None = Field(default=None, description="NATS user name, if the server wants one")
     nats_password: str | None = Field(default=None, description="NATS password")
+    nats_password_file: str | None = Field(
+        default=None, description="file holding the NATS password (compose: a secret on a shared volume)"
+    )
     nats_creds: str | None = Field(default=None, description="path to a NATS .creds file")
     nats_connect_timeout: float = Field(default=5.0, gt=0, description="seconds allowed for one connection attempt")
     log_level: str = Field(default="info", pattern=r"^(?i)(debug|info|warning|error)$", description="debug, info, warning or error")
@@ -25,6 +28,16 @@ class BusSettings(BaseSettings):
         default="auto", pattern=r"^(auto|json|console)$", description="json, console, or auto (console on a terminal)"
     )
     drain_timeout: float = Field(default=10.0, gt=0, description="seconds allowed for a clean shutdown")
+
+    @property
+    def password(self) -> str:
+        """NATS_PASSWORD, else the content of NATS_PASSWORD_FILE, else ""."""
+        if self.nats_password:
+            return self.nats_password
+        if self.nats_password_file:
+            with open(self.nats_password_file, encoding="utf-8") as handle:
+                return handle.read().strip()
+        return ""
 
     @property
     def servers(self) -> list[str]:

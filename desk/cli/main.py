@@ -106,7 +106,7 @@ def _call(subject: str, message: Message, reply_type: type[R], who: str) -> R:
                 **nats_auth(),
             )
         except Exception as exc:  # noqa: BLE001 - any connect failure means the same thing to the user
-            if any(isinstance(e, nats.errors.AuthorizationError) for e in seen):
+            if any(isinstance(e, nats.errors.AuthorizationError) or "authorization" in str(e).lower() for e in seen):
                 raise DeskError(
                     "NOT_AUTHORIZED",
                     f"NATS at {opts.nats_url} refused our credentials: pass --credentials (the embedded desk writes "

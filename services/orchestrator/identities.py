@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,22 @@ log = get_logger("orchestrator")
 
 
 class NatsIdentities:
-    def __init__(self, *, nats_url: str, auth_file: Path, base_users_file: Path, pid_file: Path) -> None:
+    def __init__(
+        self,
+        *,
+        nats_url: str,
+        auth_file: Path,
+        base_users_file: Path,
+        pid_file: Path | None = None,
+        reload: Callable[[], None] | None = None,
+    ) -> None:
+        """``reload`` asks the server to re-read its users (default: SIGHUP to the pid in ``pid_file``;
+        in compose, a SIGHUP through the Docker engine)."""
         self.nats_url = nats_url
         self.auth_file = auth_file
         self.base_users_file = base_users_file
         self.pid_file = pid_file
+        self._reload_fn = reload
         self._passwords: dict[str, str] = {}
         self._entries: dict[str, dict[str, Any]] = {}
         self._lock = asyncio.Lock()
@@ -56,6 +68,11 @@ class NatsIdentities:
         auth.write_private(self.auth_file, auth.render_users(users))
 
     def _reload(self) -> None:
+        if self._reload_fn is not None:
+            self._reload_fn()
+            return
+        if self.pid_file is None:
+            raise RuntimeError("no way to reload NATS: set ORCH_NATS_PID_FILE or ORCH_NATS_RELOAD=docker")
         pid = int(self.pid_file.read_text().strip())
         os.kill(pid, signal.SIGHUP)
 

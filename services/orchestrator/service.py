@@ -32,6 +32,7 @@ from desk.v1 import strategy_pb2
 from services.orchestrator.discovery import DiscoveredStrategy, Discovery, discover
 from services.orchestrator.identities import NatsIdentities
 from services.orchestrator.runtimes.base import ExitInfo, RunHandle, Runtime
+from services.orchestrator.runtimes.docker import DockerRuntime
 from services.orchestrator.runtimes.process import ProcessRuntime
 from services.orchestrator.settings import Settings
 from services.orchestrator.supervisor import ACTIVE, FAILED, STOPPED, RestartPolicy, Supervisor
@@ -65,16 +66,20 @@ class Orchestrator:
     ) -> None:
         self.settings = settings
         self.runtime: Runtime = runtime or make_runtime(settings)
-        self.identities = (
-            NatsIdentities(
+        self.identities: NatsIdentities | None = None
+        if settings.orch_nats_auth_file and settings.orch_nats_base_users:
+            reload = None
+            if settings.orch_nats_reload == "docker":
+                if not isinstance(self.runtime, DockerRuntime):
+                    raise ValueError("ORCH_NATS_RELOAD=docker needs ORCH_RUNTIME=docker")
+                reload = self.runtime.reload_nats
+            self.identities = NatsIdentities(
                 nats_url=settings.nats_url,
                 auth_file=settings.orch_nats_auth_file,
                 base_users_file=settings.orch_nats_base_users,
                 pid_file=settings.orch_nats_pid_file,
+                reload=reload,
             )
-            if settings.orch_nats_auth_file and settings.orch_nats_base_users and settings.orch_nats_pid_file
-            else None
-        )
         self.clock = clock
         self.policy = RestartPolicy(
             backoff_initial=settings.orch_backoff_initial,

@@ -44,6 +44,9 @@ class Settings(BusSettings):
         default=None, description="JSON list of the service and admin users the users file always holds"
     )
     orch_nats_pid_file: Path | None = Field(default=None, description="nats-server's pid file, to signal a reload")
+    orch_nats_reload: Literal["pid", "docker"] = Field(
+        default="pid", description="how to make NATS reload its users: pid (SIGHUP via the pid file) or docker"
+    )
     orch_docker_image: str = Field(default="quantdesk/strategy:latest", description="docker: the strategy runtime image")
     orch_docker_host_strategies_dir: Path | None = Field(
         default=None,

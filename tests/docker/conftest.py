@@ -57,8 +57,17 @@ class ComposeDesk:
     nats_port: int
     env: dict[str, str]
 
+    credentials: Path | None = None
+
     @property
     def url(self) -> str:
+        """With the admin credentials of the stack (its NATS runs with authorization)."""
+        assert self.credentials is not None
+        creds = json.loads(self.credentials.read_text())
+        return f"nats://{creds['user']}:{creds['password']}@127.0.0.1:{self.nats_port}"
+
+    @property
+    def plain_url(self) -> str:
         return f"nats://127.0.0.1:{self.nats_port}"
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -69,7 +78,8 @@ class ComposeDesk:
 
     def desk(self, *args: str) -> dict[str, object]:
         result = subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "desk"), "--nats-url", self.url, *args, "--json"],
+            [str(ROOT / ".venv" / "bin" / "desk"), "--nats-url", self.plain_url, "--credentials", str(self.credentials),
+             *args, "--json"],
             cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
         )
         assert result.returncode == 0, result.stderr
@@ -78,7 +88,8 @@ class ComposeDesk:
 
     def make(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["make", "--no-print-directory", *args], cwd=ROOT, env={**self.env, "NATS_URL": self.url},
+            ["make", "--no-print-directory", *args], cwd=ROOT,
+            env={**self.env, "NATS_URL": self.plain_url, "DESK_CREDENTIALS": str(self.credentials)},
             capture_output=True, text=True, timeout=120, check=False,
         )
 
@@ -154,6 +165,10 @@ def compose_desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeDe
     try:
         up = desk.compose("up", "-d", check=False)
         assert up.returncode == 0, up.stderr
+        creds = desk.compose("run", "--rm", "--no-deps", "-T", "nats-auth", "python", "-m", "desk.bus.auth",
+                             "cli-credentials", "/auth")
+        desk.credentials = strategies.parent / "cli.json"
+        desk.credentials.write_text(creds.stdout.strip().splitlines()[-1])
         asyncio.run(wait_for_services(desk.url, SERVICES))
         wait_for_docker_health(desk)
         yield desk

@@ -206,3 +206,44 @@ def test_make_status_stop_and_deploy_work_against_the_containers(compose_desk: C
 
     logs = compose_desk.make("logs", "NAME=ma_crossover")
     assert logs.returncode == 0 and "ma_crossover ready" in logs.stdout
+
+
+CONFINED = '''
+import asyncio, json, os
+import nats
+
+async def main():
+    errors = []
+    async def record(exc):
+        errors.append(str(exc).lower())
+    nc = await nats.connect(os.environ["NATS_URL"], user=os.environ["NATS_USER"], password=os.environ["NATS_PASSWORD"],
+                            inbox_prefix=os.environ["NATS_INBOX_PREFIX"], error_cb=record)
+    await nc.subscribe("desk.exec.idle_b")
+    await nc.publish("desk.order.submit.idle_b", b"an order as idle_b")
+    await nc.flush()
+    for _ in range(100):  # the server's -ERR lines arrive on their own; bounded
+        if len(errors) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    await nc.close()
+    print(json.dumps({"user": os.environ["NATS_USER"], "errors": errors}))
+
+asyncio.run(main())
+'''
+
+
+def test_the_stacks_nats_refuses_anonymous_clients_and_confines_each_strategy(compose_desk: ComposeDesk) -> None:
+    async def anonymous() -> None:
+        nc = await nats.connect(compose_desk.plain_url, max_reconnect_attempts=1, reconnect_time_wait=0.1,
+                                connect_timeout=2)
+        await nc.close()
+
+    with pytest.raises(Exception):  # noqa: B017 - nats-py raises NoServersError after the refusal
+        asyncio.run(anonymous())
+
+    confined = probe("idle_a", CONFINED)
+    assert confined["user"] == "strategy-idle_a"
+    errors = confined["errors"]
+    assert isinstance(errors, list)
+    assert any("permissions violation for subscription" in e and "desk.exec.idle_b" in e for e in errors), errors
+    assert any("permissions violation for publish" in e and "desk.order.submit.idle_b" in e for e in errors), errors

@@ -180,6 +180,10 @@ class DockerRuntime:
             raise RuntimeError(f"no running nats container in compose project {project!r}")
         return found[0]
 
+    def reload_nats(self) -> None:
+        """Make the NATS container re-read its users (SIGHUP through the engine)."""
+        self._nats_container().kill(signal="SIGHUP")
+
     def _ensure_network(self, strategy_id: str) -> str:
         name = NETWORK_PREFIX + strategy_id
         networks = self.client.networks.list(names=[name])
