@@ -18,7 +18,7 @@ PROJECT    ?= quantdesk
 WHEELS     := deploy/build/wheels
 
 .DEFAULT_GOAL := help
-.PHONY: bench wheels base-image build strategy-image up down clean-docker test-docker test-browser
+.PHONY: bench wheels base-image build strategy-image up down clean-docker test-docker test-browser test-faults
 .PHONY: help setup run deploy stop status logs positions leaderboard halt resume proto test test-unit \
         test-integration test-e2e lint typecheck clean
 
@@ -103,8 +103,12 @@ test: $(STAMP) ## lint and types, then unit, integration (real nats-server), end
 	$(PYTEST) tests/unit
 	$(PYTEST) tests/integration
 	$(PYTEST) tests/e2e
+	$(MAKE) --no-print-directory test-faults
 	$(MAKE) --no-print-directory test-browser
 	deploy/ci/docker-stage.sh
+
+test-faults: $(STAMP) ## kill -9 each service and nats-server under load; prove nothing lost or duplicated (~1 min)
+	$(PYTEST) -m faults tests/faults
 
 test-browser: $(STAMP) ## the dashboard in headless Chromium (installs Debian's chromium when missing)
 	@test -x /usr/bin/chromium || { echo "installing Debian's chromium for the browser tests"; \

@@ -10,6 +10,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+import nats.errors
 from nats.js.kv import KeyValue
 
 import desk
@@ -33,6 +34,7 @@ log = get_logger(NAME)
 class FeedStats:
     ticks: int = 0
     finished: bool = False
+    publish_failures: int = 0
     per_symbol: dict[str, int] = field(default_factory=dict)
 
 
@@ -102,7 +104,13 @@ class MarketData:
                 await asyncio.sleep(0)  # let others run even when replaying as fast as possible
             if runtime.stop.is_set():
                 return
-            await self._publish(runtime, prices, scheduled.tick)
+            try:
+                await self._publish(runtime, prices, scheduled.tick)
+            except (nats.errors.Error, TimeoutError) as exc:
+                # nats-server restarting (a DESK_PRICES put lost with the connection): skip this tick,
+                # the next one publishes the price again; the feed must not die with the connection.
+                self.stats.publish_failures += 1
+                log.warning("feed.publish_failed", symbol=scheduled.tick.symbol, error=repr(exc))
         self.stats.finished = True
         log.info("feed.finished", feed=feed.name, ticks=self.stats.ticks)
 

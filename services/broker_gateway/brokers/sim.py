@@ -27,6 +27,11 @@ Model (docs/architecture.md §8; the numbers come from ``SIM_*`` settings):
 
 The book lives in memory only: a clean stop expires resting orders (:meth:`SimEngine.expire_all`),
 a crash (SIGKILL) loses them without a report.
+
+Execution ids are ``<order_id>-<n>`` (the order's n-th report), not random: a gateway killed after
+publishing an order's reports but before acking the routed order gets it again after its restart,
+and the fresh engine then makes the same ids for the same order, which EXECUTIONS deduplicates
+(``Nats-Msg-Id``), so the order does not trade twice (tests/faults).
 """
 
 from __future__ import annotations
@@ -115,6 +120,7 @@ class SimOrder(OrderProgress):
     status: int = E.ORDER_STATUS_NEW
     triggered: bool = False  # stop / stop-limit: the stop price has been reached
     canceled_by_request: bool = False
+    reports: int = 0  # reports made for this order; numbers its execution ids
 
 
 @dataclass
@@ -162,8 +168,9 @@ class SimEngine:
         self,
         config: SimConfig | None = None,
         clock: Clock = time.time_ns,
-        new_execution_id: Callable[[], str] = _new_execution_id,
+        new_execution_id: Callable[[], str] | None = None,
     ) -> None:
+        """``new_execution_id``: an id factory for tests; by default ids are ``<order_id>-<n>``."""
         self.config = config or SimConfig()
         self._clock = clock
         self._new_execution_id = new_execution_id
@@ -419,8 +426,12 @@ class SimEngine:
         text: str = "",
     ) -> executions_pb2.ExecutionReport:
         now = self._clock()
+        order.reports += 1
+        execution_id = (
+            self._new_execution_id() if self._new_execution_id else f"{order.order_id}-{order.reports}"
+        )
         return ER(
-            execution_id=self._new_execution_id(),
+            execution_id=execution_id,
             order_id=order.order_id,
             client_order_id=order.client_order_id,
             venue_order_id=order.venue_order_id,
@@ -451,7 +462,7 @@ class SimEngine:
     def _cancel_rejected_unknown(self, routed: orders_pb2.RoutedOrder) -> executions_pb2.ExecutionReport:
         now = self._clock()
         return ER(
-            execution_id=self._new_execution_id(),
+            execution_id=(self._new_execution_id or _new_execution_id)(),
             order_id=routed.order_id,
             client_order_id=routed.cancel.client_order_id,
             strategy_id=routed.strategy_id,
