@@ -22,7 +22,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from nats.js.api import DeliverPolicy
@@ -51,6 +51,7 @@ from services.order_router.validation import (
     validate_order,
 )
 
+AckT = TypeVar("AckT", orders_pb2.OrderAck, orders_pb2.CancelAck)
 log = get_logger("order_router")
 
 GLOBAL_HALT_KEY = subjects.halt_key("")
@@ -397,17 +398,28 @@ class Router:
     def _order_refused(
         self, err: DeskError, subject: str, request: orders_pb2.OrderRequest | None
     ) -> orders_pb2.OrderAck:
+        return self._refused(orders_pb2.OrderAck, "order.rejected", err, subject, request)
+
+    @staticmethod
+    def _refused(
+        ack_type: type[AckT],
+        event: str,
+        err: DeskError,
+        subject: str,
+        request: orders_pb2.OrderRequest | orders_pb2.CancelRequest | None,
+    ) -> AckT:
+        """The refusal body of an order or a cancel (OrderAck / CancelAck share these fields), logged."""
         strategy_id = request.strategy_id if request is not None else subjects.token(subject, -1)
         client_order_id = request.client_order_id if request is not None else ""
         reason = reject_reason(err.code)
         log.warning(
-            "order.rejected",
+            event,
             strategy_id=strategy_id,
             client_order_id=client_order_id,
             reason=orders_pb2.RejectReason.Name(reason).removeprefix("REJECT_REASON_"),
             message=err.message,
         )
-        return orders_pb2.OrderAck(
+        return ack_type(
             strategy_id=strategy_id,
             client_order_id=client_order_id,
             order_id=order_id_for(strategy_id, client_order_id) if client_order_id else "",
@@ -454,25 +466,7 @@ class Router:
     def _cancel_refused(
         self, err: DeskError, subject: str, request: orders_pb2.CancelRequest | None
     ) -> orders_pb2.CancelAck:
-        strategy_id = request.strategy_id if request is not None else subjects.token(subject, -1)
-        client_order_id = request.client_order_id if request is not None else ""
-        reason = reject_reason(err.code)
-        log.warning(
-            "cancel.rejected",
-            strategy_id=strategy_id,
-            client_order_id=client_order_id,
-            reason=orders_pb2.RejectReason.Name(reason).removeprefix("REJECT_REASON_"),
-            message=err.message,
-        )
-        return orders_pb2.CancelAck(
-            strategy_id=strategy_id,
-            client_order_id=client_order_id,
-            order_id=order_id_for(strategy_id, client_order_id) if client_order_id else "",
-            accepted=False,
-            reason=reason,
-            message=err.message,
-            ts_ns=time.time_ns(),
-        )
+        return self._refused(orders_pb2.CancelAck, "cancel.rejected", err, subject, request)
 
     # -- kill switch ------------------------------------------------------------------------------
     async def halt(self, request: orders_pb2.HaltRequest, subject: str) -> orders_pb2.HaltAck:
