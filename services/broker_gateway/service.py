@@ -21,9 +21,14 @@ what is still owed.
 Market data (``md.bar.>``, ``md.quote.>``, ``md.trade.>``) goes to the broker too: the sim fills
 resting orders from it.
 
-Shutdown: stop fetching, then publish EXPIRED for every order resting in the sim (its book is in
-memory and cannot outlive the process), then the lifecycle drains the connection. A crash (SIGKILL)
-loses the sim's resting orders without reports; the fault-tolerance work will address that.
+Start-up (sim): before the service answers, fetches a routed order or sees market data, the sim's
+book is rebuilt from EXECUTIONS (:meth:`BrokerGateway._restore_book`: every stored report of this
+venue, up to the stream's last sequence at start, through an ordered consumer), so resting orders
+survive a crash (SIGKILL) and a redelivered routed order is recognised (docs/faults.md).
+
+Shutdown: stop fetching, then publish EXPIRED for every order resting in the sim (a sim rule: the
+venue closes with the process; the restored book then holds them as expired), then the lifecycle
+drains the connection.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ FETCH_TIMEOUT = 1.0  # seconds one pull waits; bounds how long a stop waits for 
 PUBLISH_TIMEOUT = 5.0
 RETRY_PAUSE = 1.0
 MAX_WAVE = 256  # reports published at once without awaiting a PubAck (publish_async allows 4,000)
+RESTORE_TIMEOUT = 120.0  # seconds the start-up read of EXECUTIONS may take (sim)
 
 log = get_logger(NAME)
 
@@ -191,6 +197,8 @@ class BrokerGateway:
         self._js = runtime.js
         await streams.ensure_stream(runtime.js, streams.EXECUTIONS)
         await streams.ensure_stream(runtime.js, streams.ORDERS)
+        if isinstance(self.broker, SimBroker):
+            await self._restore_book(runtime)
         service = await add_service(
             runtime, NAME, desk.__version__, f"routed orders -> {self.venue} -> execution reports",
             metadata={"venue": self.venue},
@@ -218,6 +226,55 @@ class BrokerGateway:
         loop = runtime.spawn(self._consume_orders(runtime), name="gateway.orders")
         runtime.stack.push_async_callback(self._wait_for, loop)
         log.info("gateway.started", venue=self.venue, subject=self.orders_subject, durable=self.durable)
+
+    async def _restore_book(self, runtime: ServiceRuntime) -> None:
+        """Rebuild the sim's book from every stored report of this venue (before any order or price).
+
+        An ordered push consumer reads EXECUTIONS from its start up to its last sequence at this
+        moment (nothing of this venue is published meanwhile: one gateway per venue). Reports the
+        restore makes (an IOC/FOK order left open by the crash is canceled) go out first.
+        """
+        assert isinstance(self.broker, SimBroker)
+        info = await runtime.js.stream_info(subjects.STREAM_EXECUTIONS)
+        last_seq = info.state.last_seq if info.state.messages else 0
+        stored: list[executions_pb2.ExecutionReport] = []
+        unreadable = 0
+        if last_seq:
+            done = asyncio.Event()
+
+            async def on_report(msg: Msg) -> None:
+                nonlocal unreadable
+                seq = msg.metadata.sequence.stream
+                if seq <= last_seq:
+                    try:
+                        report = codec.decode(msg.data, executions_pb2.ExecutionReport, msg.headers)
+                    except DeskError as err:
+                        unreadable += 1
+                        log.warning("restore.bad_report", subject=msg.subject, stream_seq=seq, code=err.code)
+                    else:
+                        if report.venue == self.venue:
+                            stored.append(report)
+                if seq >= last_seq or msg.metadata.num_pending == 0:
+                    done.set()
+
+            sub = await runtime.js.subscribe(
+                subjects.EXEC_ALL, stream=subjects.STREAM_EXECUTIONS, cb=on_report,
+                ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
+            )
+            try:
+                await asyncio.wait_for(done.wait(), RESTORE_TIMEOUT)
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        made = self.broker.restore(stored)
+        unreadable += self.broker.engine.restore_skipped
+        self.counts["restored_open_orders"] = len(self.broker.engine.open_orders())
+        log.info("book.restored", venue=self.venue, last_seq=last_seq, reports=len(stored),
+                 open_orders=self.counts["restored_open_orders"], canceled=len(made), unreadable=unreadable)
+        if made:
+            self._outbox.extend(made)
+            if not await self._flush():
+                log.error("execution.unpublished", count=len(self._outbox))  # retried with the next flush
 
     async def _wait_for(self, task: asyncio.Task[Any]) -> None:
         """Let the order loop finish the order in hand (it sees the stop event within a fetch)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -35,7 +36,7 @@ from desk.bus.errors import DeskError
 from desk.bus.process import die_with_parent
 from desk.bus.request import request
 from desk.bus.testing import NatsServer
-from desk.v1 import common_pb2, executions_pb2, ledger_pb2, orders_pb2, strategy_pb2
+from desk.v1 import common_pb2, executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2, strategy_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -232,6 +233,18 @@ class Desk:
             if s.process is not None and s.process.returncode is not None
         }
 
+    def log_values(self, name: str, event: str, key: str) -> list[Any]:
+        """``key`` of every ``event`` line in ``name``'s JSON log, in order."""
+        values: list[Any] = []
+        with contextlib.suppress(OSError):
+            for line in self.services[name].log_path.read_text(errors="replace").splitlines():
+                if f'"{event}"' in line:
+                    with contextlib.suppress(ValueError):
+                        record = json.loads(line)
+                        if record.get("event") == event:
+                            values.append(record.get(key))
+        return values
+
     def log_count(self, name: str, *needles: str) -> int:
         """Lines of ``name``'s log holding every one of ``needles``."""
         with contextlib.suppress(OSError):
@@ -252,6 +265,7 @@ class Figures:
     accepted_qty: dict[str, Decimal] = field(default_factory=dict)  # order_id -> qty
     rejected: list[str] = field(default_factory=list)  # final refusals (none expected)
     duplicate_acks: int = 0  # acks flagged duplicate (a retry of an order the desk had already taken)
+    resting: dict[str, str] = field(default_factory=dict)  # order_id -> strategy_id: GTC limit orders
 
 
 class Progress:
@@ -353,6 +367,115 @@ class Strategy:
         return ack
 
 
+RESTING_OFFSETS = (Decimal("0.0005"), Decimal("0.003"), Decimal("0.015"))  # from the last price: soon, later, rarely
+CANCEL_EVERY = 3  # every 3rd resting order is canceled a few orders later
+CANCEL_LAG = 5  # orders placed between a resting order and its cancel
+FINAL_STATUSES = {E.ORDER_STATUS_FILLED, E.ORDER_STATUS_CANCELED, E.ORDER_STATUS_EXPIRED, E.ORDER_STATUS_REJECTED}
+
+
+async def cancel_order(nc: Client, strategy_id: str, client_order_id: str, figures: Figures) -> orders_pb2.CancelAck:
+    """Send a cancel until the desk answers it (accepted, or refused for good: e.g. already final)."""
+    request_ = orders_pb2.CancelRequest(strategy_id=strategy_id, client_order_id=client_order_id)
+    while True:
+        figures.attempts += 1
+        try:
+            return await request(nc, subjects.order_cancel(strategy_id), request_, orders_pb2.CancelAck,
+                                 timeout=REQUEST_TIMEOUT)
+        except nats.errors.NoRespondersError:
+            figures.retries["no_responders"] += 1
+        except nats.errors.TimeoutError:
+            figures.retries["timeout"] += 1
+        except nats.errors.Error as exc:
+            figures.retries[type(exc).__name__] += 1
+        except DeskError as err:
+            if err.code not in ("INTERNAL", "UNAVAILABLE", "VENUE_UNAVAILABLE"):
+                return orders_pb2.CancelAck(strategy_id=strategy_id, client_order_id=client_order_id,
+                                            accepted=False, message=f"{err.code}: {err.message}")
+            figures.retries[err.code] += 1
+        await asyncio.sleep(RETRY_PAUSE)
+
+
+class RestingStrategy:
+    """GTC limit orders of 1 share near the last price (buys below, sells above) that rest in the sim.
+
+    Some fill soon, some later, some hardly ever (:data:`RESTING_OFFSETS`); every
+    :data:`CANCEL_EVERY`-th is canceled :data:`CANCEL_LAG` orders later. :meth:`cancel_open` cancels
+    whatever has not ended, so a drained desk has an empty sim book again.
+    """
+
+    def __init__(self, nc: Client, strategy_id: str, figures: Figures) -> None:
+        self.nc = nc
+        self.strategy_id = strategy_id
+        self.figures = figures
+        self.placed: dict[str, str] = {}  # client order id -> order id (accepted)
+        self.cancels_sent = 0
+        self.cancels_accepted = 0
+        self.cancel_attempts = 0  # requests, retries included (each may have been routed)
+        self.cancels_refused: collections.Counter[str] = collections.Counter()
+
+    async def run(self, stop: asyncio.Event, most: int, rate: float) -> None:
+        kv = await self.nc.jetstream().key_value(subjects.KV_PRICES)
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
+        for i in range(most):
+            if stop.is_set():
+                return
+            wait = begin + i / rate - loop.time()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), wait)
+                if stop.is_set():
+                    return
+            symbol = SYMBOLS[i % len(SYMBOLS)]
+            try:
+                entry = await kv.get(symbol)
+            except Exception as exc:  # noqa: BLE001 - nats-server down or no price yet: skip this slot
+                self.figures.retries[f"resting_slot_skipped_{type(exc).__name__}"] += 1
+                continue
+            price = Decimal(codec.decode(entry.value or b"", marketdata_pb2.Trade).price)
+            offset = RESTING_OFFSETS[i % len(RESTING_OFFSETS)]
+            side = common_pb2.SIDE_BUY if i % 2 == 0 else common_pb2.SIDE_SELL
+            limit = price * (1 - offset) if side == common_pb2.SIDE_BUY else price * (1 + offset)
+            await self.send(f"{self.strategy_id}-{i:06d}", symbol, side, limit.quantize(Decimal("0.01")))
+            if i >= CANCEL_LAG and (i - CANCEL_LAG) % CANCEL_EVERY == 0:
+                await self.cancel(f"{self.strategy_id}-{i - CANCEL_LAG:06d}")
+
+    async def send(self, client_order_id: str, symbol: str, side: int, limit: Decimal) -> None:
+        order = orders_pb2.OrderRequest(
+            strategy_id=self.strategy_id, client_order_id=client_order_id, symbol=symbol,
+            side=side,  # type: ignore[arg-type]
+            type=common_pb2.ORDER_TYPE_LIMIT, time_in_force=common_pb2.TIME_IN_FORCE_GTC, qty="1",
+            limit_price=str(limit),
+        )
+        self.figures.sent += 1
+        ack = await submit(self.nc, order, self.figures)
+        if ack.accepted:
+            assert ack.order_id not in self.figures.accepted, f"order id {ack.order_id} acked for two client ids"
+            self.figures.accepted[ack.order_id] = self.strategy_id
+            self.figures.resting[ack.order_id] = self.strategy_id
+            self.placed[client_order_id] = ack.order_id
+        else:
+            self.figures.rejected.append(f"{client_order_id}: {orders_pb2.RejectReason.Name(ack.reason)} {ack.message}")
+
+    async def cancel(self, client_order_id: str) -> None:
+        if client_order_id not in self.placed:
+            return
+        self.cancels_sent += 1
+        attempts = self.figures.attempts
+        ack = await cancel_order(self.nc, self.strategy_id, client_order_id, self.figures)
+        self.cancel_attempts += self.figures.attempts - attempts
+        if ack.accepted:
+            self.cancels_accepted += 1
+        else:
+            self.cancels_refused[orders_pb2.RejectReason.Name(ack.reason).removeprefix("REJECT_REASON_")] += 1
+
+    async def cancel_open(self, final: set[str]) -> None:
+        """Cancel every accepted order not in ``final`` (order ids that ended)."""
+        for client_order_id, order_id in list(self.placed.items()):
+            if order_id not in final:
+                await self.cancel(client_order_id)
+
+
 # --- the broker's side ---------------------------------------------------------------------------
 
 
@@ -365,6 +488,7 @@ class OrderTrail:
     filled: Decimal = Decimal(0)
     finals: list[int] = field(default_factory=list)  # final exec types seen (FILL, CANCELED...)
     fills: int = 0
+    status: int = 0  # the order status of its last report (CANCEL_REJECTED ones aside)
 
 
 @dataclass
@@ -395,10 +519,18 @@ class Broker:
             self.cash[report.strategy_id] -= sign * qty * price + fee
         if report.exec_type in (E.EXEC_TYPE_FILL, E.EXEC_TYPE_CANCELED, E.EXEC_TYPE_EXPIRED, E.EXEC_TYPE_REJECTED):
             trail.finals.append(report.exec_type)
+        if report.exec_type != E.EXEC_TYPE_CANCEL_REJECTED:
+            trail.status = report.status
+
+    def final_order_ids(self) -> set[str]:
+        return {oid for oid, trail in self.orders.items() if trail.status in FINAL_STATUSES}
 
 
-async def read_executions(nc: Client, timeout: float = 60.0) -> Broker:
-    """Read EXECUTIONS from its first message to its last (an ordered consumer)."""
+async def read_executions(nc: Client, timeout: float = 60.0, *, settled: bool = True) -> Broker:
+    """Read EXECUTIONS from its first message to its last (an ordered consumer).
+
+    ``settled``: nothing is published meanwhile, so exactly the stream's messages are read.
+    """
     js = nc.jetstream()
     info = await js.stream_info(subjects.STREAM_EXECUTIONS)
     last = info.state.last_seq
@@ -420,7 +552,8 @@ async def read_executions(nc: Client, timeout: float = 60.0) -> Broker:
         await asyncio.wait_for(done, timeout)
     finally:
         await sub.unsubscribe()
-    assert broker.reports == info.state.messages, "EXECUTIONS read back incompletely"
+    if settled:
+        assert broker.reports == info.state.messages, "EXECUTIONS read back incompletely"
     return broker
 
 

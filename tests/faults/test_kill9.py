@@ -15,15 +15,20 @@ sends more than ``MOST_PER_STRATEGY`` per strategy). Then, with everything drain
 * no strategy lost its book (every StrategySpec is still registered, every strategy has its ledger row);
 * the desk accepted an order again within ``RECOVERY_BOUND`` seconds of each restart.
 
-Only market orders: orders resting in the sim when the gateway dies are lost by design (its book is
-in memory; see services/broker_gateway/service.py), so this suite measures what must hold today.
+Resting orders too: ``RESTING`` strategies send GTC limit orders of 1 share near the price (some
+fill soon, some later, some hardly ever; every third is canceled a little later). The sim rebuilds
+its book from EXECUTIONS when the gateway restarts, so the orders resting at its kill survive it
+(the restored count is asserted > 0). After the load they cancel whatever is still open; then every
+resting order has exactly one NEW and exactly one end (FILL or CANCELED) in EXECUTIONS, the sim's
+book is empty, and the ledger's order rows show the same status and filled quantity.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -40,10 +45,12 @@ from tests.faults.harness import (
     INITIAL_CASH,
     POLL_PAUSE,
     SERVICES,
+    SYMBOLS,
     Broker,
     Desk,
     Figures,
     Progress,
+    RestingStrategy,
     Strategy,
     ledger_books,
     read_executions,
@@ -51,9 +58,13 @@ from tests.faults.harness import (
 
 pytestmark = pytest.mark.faults
 
+E = executions_pb2
+
 #: Killed in this order; "nats" is the nats-server itself.
 FAULTS = ("order_router", "broker_gateway", "ledger", "orchestrator", "marketdata", "nats")
 STRATEGIES = [f"load{i}" for i in range(6)]
+RESTING = ["rest0", "rest1"]  # GTC limit orders near the price
+RESTING_RATE = 4.0  # resting orders per second per RESTING strategy
 ORDERS_BETWEEN_FAULTS = 500
 RATE_PER_STRATEGY = 40.0  # orders per second per strategy (240/s in all)
 MOST_PER_STRATEGY = 5000  # bound on the load whatever happens
@@ -106,7 +117,7 @@ async def test_kill9_each_component_under_load(tmp_path: Path, request: pytest.F
 
 
 async def run(desk: Desk, pytest_request: pytest.FixtureRequest) -> None:
-    await desk.start([*STRATEGIES, PROBE])
+    await desk.start([*STRATEGIES, *RESTING, PROBE])
     nc = desk.nc
     assert nc is not None
     figures, progress = Figures(), Progress()
@@ -119,6 +130,10 @@ async def run(desk: Desk, pytest_request: pytest.FixtureRequest) -> None:
     load = [
         asyncio.create_task(Strategy(nc, sid, figures, progress).run(stop_load, MOST_PER_STRATEGY, RATE_PER_STRATEGY), name=sid)
         for sid in STRATEGIES
+    ]
+    resting = [RestingStrategy(nc, sid, figures) for sid in RESTING]
+    load += [
+        asyncio.create_task(r.run(stop_load, MOST_PER_STRATEGY, RESTING_RATE), name=r.strategy_id) for r in resting
     ]
     faults: list[Fault] = []
     try:
@@ -145,8 +160,15 @@ async def run(desk: Desk, pytest_request: pytest.FixtureRequest) -> None:
         await asyncio.gather(*load, return_exceptions=True)
     load_s = time.monotonic() - started
 
+    # the resting orders still open are canceled, so that a drained desk has an empty sim book
+    await drained(desk, book_may_hold=set(RESTING))
+    ended = (await read_executions(nc, settled=False)).final_order_ids()  # resting orders may still fill
+    for strategy in resting:
+        await strategy.cancel_open(ended)
     await drained(desk)
     broker = await read_executions(nc)
+    ledger_orders = await ledger_order_rows(nc, RESTING)
+    restored = desk.log_values("broker_gateway", "book.restored", "open_orders")
     orders_stream = await nc.jetstream().stream_info(subjects.STREAM_ORDERS)
     ledger_positions, ledger_pnl = await ledger_books(nc)
     kv = await streams.ensure_bucket(nc.jetstream(), subjects.KV_STRATEGIES)
@@ -157,17 +179,39 @@ async def run(desk: Desk, pytest_request: pytest.FixtureRequest) -> None:
     lost = sorted(
         oid for oid, qty in figures.accepted_qty.items()
         if oid not in broker.orders or broker.orders[oid].news == 0 or broker.orders[oid].filled < qty
+    ) + sorted(  # a resting order must have its NEW and an end (filled or canceled)
+        oid for oid in figures.resting
+        if oid not in broker.orders or broker.orders[oid].news == 0 or not broker.orders[oid].finals
     )
     duplicated = sorted(
         oid for oid, qty in figures.accepted_qty.items()
         if oid in broker.orders and (broker.orders[oid].news > 1 or broker.orders[oid].filled > qty)
+    ) + sorted(
+        oid for oid in figures.resting
+        if oid in broker.orders and (
+            broker.orders[oid].news > 1 or broker.orders[oid].filled > 1 or len(broker.orders[oid].finals) > 1
+        )
     )
+    resting_ends = collections.Counter(
+        E.ExecType.Name(broker.orders[oid].finals[-1]).removeprefix("EXEC_TYPE_")
+        for oid in figures.resting if oid in broker.orders and broker.orders[oid].finals
+    )
+    resting_diffs: list[str] = []
+    for oid in figures.resting:
+        record, trail = ledger_orders.get(oid), broker.orders.get(oid)
+        if record is None or trail is None:
+            resting_diffs.append(f"{oid}: ledger row {record is not None}, at the broker {trail is not None}")
+        elif (record.status, Decimal(record.filled_qty or "0")) != (trail.status, trail.filled):
+            resting_diffs.append(
+                f"{oid}: ledger {E.OrderStatus.Name(record.status)} {record.filled_qty}, "
+                f"broker {E.OrderStatus.Name(trail.status)} {trail.filled}"
+            )
     unknown = sorted(set(broker.orders) - set(figures.accepted))  # at the broker, never acked to a strategy
     repeated_exec_ids = sorted(e for e, n in broker.execution_ids.items() if n > 1)
     filled = sum(1 for oid in figures.accepted if oid in broker.orders and broker.orders[oid].filled > 0)
 
     ledger_diffs: list[str] = []
-    strategy_ids = [*STRATEGIES, PROBE]
+    strategy_ids = [*STRATEGIES, *RESTING, PROBE]
     for sid in strategy_ids:
         row = ledger_pnl.get(sid)
         if row is None:
@@ -187,6 +231,12 @@ async def run(desk: Desk, pytest_request: pytest.FixtureRequest) -> None:
     table = render(
         figures, faults, broker.reports, filled, lost, duplicated, load_s, orders_stream.state.last_seq, redelivered
     )
+    table += (
+        f"\n  resting limit orders {len(figures.resting)}: ends {dict(sorted(resting_ends.items()))}; "
+        f"cancels sent {sum(r.cancels_sent for r in resting)}, accepted {sum(r.cancels_accepted for r in resting)}, refused "
+        f"{dict(sum((r.cancels_refused for r in resting), collections.Counter()))}; "
+        f"open orders restored at gateway start-ups: {restored}"
+    )
     pytest_request.config.stash.setdefault(TABLE_KEY, []).append(table)
     print("\n" + table)
 
@@ -198,10 +248,20 @@ async def run(desk: Desk, pytest_request: pytest.FixtureRequest) -> None:
     assert not duplicated, f"{len(duplicated)} orders executed twice, e.g. {describe(broker, duplicated[:3])}"
     assert not unknown, f"{len(unknown)} orders at the broker that no strategy had accepted: {unknown[:3]}"
     assert not repeated_exec_ids, f"execution ids stored twice: {repeated_exec_ids[:3]}"
-    assert orders_stream.state.last_seq == len(figures.accepted), (
-        f"ORDERS stored {orders_stream.state.last_seq} routed orders for {len(figures.accepted)} accepted ones"
+    # ORDERS also carries the cancels (no Nats-Msg-Id: a retried one may be routed twice, a
+    # duplicate cancel is harmless), so its count is the accepted orders plus between the
+    # accepted cancels and every cancel attempt
+    cancels_accepted = sum(r.cancels_accepted for r in resting)
+    cancel_attempts = sum(r.cancel_attempts for r in resting)
+    routed_orders = orders_stream.state.last_seq - len(figures.accepted)
+    assert cancels_accepted <= routed_orders <= cancel_attempts, (
+        f"ORDERS stored {orders_stream.state.last_seq} routed orders and cancels for {len(figures.accepted)} "
+        f"accepted orders and {cancels_accepted} accepted cancels ({cancel_attempts} attempts)"
     )
     assert not ledger_diffs, "ledger differs from the broker:\n" + "\n".join(ledger_diffs[:20])
+    assert not resting_diffs, "ledger orders differ from the broker:\n" + "\n".join(resting_diffs[:20])
+    assert set(resting_ends) <= {"FILL", "CANCELED"}, f"resting orders ended otherwise: {resting_ends}"
+    assert len(restored) >= 2 and restored[1] > 0, f"no resting order survived the gateway kill: {restored}"
     assert set(strategy_ids) <= registered, f"strategies lost from DESK_STRATEGIES: {set(strategy_ids) - registered}"
     for fault in faults:
         assert fault.accept_s < RECOVERY_BOUND, f"{fault.target}: orders accepted again only after {fault.accept_s:.1f}s"
@@ -224,8 +284,11 @@ async def wait_or_fail(awaitable: Coroutine[Any, Any, None], load: list[asyncio.
             waiter.cancel()
 
 
-async def drained(desk: Desk) -> None:
-    """Wait until nothing is in flight: ORDERS empty, the sim's book empty, the ledger caught up."""
+async def drained(desk: Desk, book_may_hold: Collection[str] = ()) -> None:
+    """Wait until nothing is in flight: ORDERS empty, the sim's book empty, the ledger caught up.
+
+    The book may still hold orders of the strategies in ``book_may_hold`` (resting limit orders).
+    """
     nc = desk.nc
     assert nc is not None
     js = nc.jetstream()
@@ -245,7 +308,7 @@ async def drained(desk: Desk) -> None:
             orders.state.messages == 0
             and gateway.num_pending == 0
             and gateway.num_ack_pending == 0
-            and not book.orders
+            and all(o.strategy_id in book_may_hold for o in book.orders)
             and ledger.num_pending == 0
             and ledger.num_ack_pending == 0
         ):
@@ -255,6 +318,19 @@ async def drained(desk: Desk) -> None:
     exited = desk.exited()
     tails = "\n".join(f"--- {name} (exit {code}):\n{desk.tail(name)}" for name, code in exited.items())
     raise AssertionError(f"desk did not drain within {DRAIN_BOUND}s: {state}; exited on their own: {exited}\n{tails}")
+
+
+async def ledger_order_rows(nc: Any, strategy_ids: list[str]) -> dict[str, ledger_pb2.OrderRecord]:
+    """The ledger's order rows of ``strategy_ids`` (one query per symbol: replies stay small)."""
+    rows: dict[str, ledger_pb2.OrderRecord] = {}
+    for sid in strategy_ids:
+        for symbol in SYMBOLS:
+            reply = await bus_request(
+                nc, subjects.LEDGER_ORDERS, ledger_pb2.LedgerQuery(strategy_id=sid, symbol=symbol, limit=1000),
+                ledger_pb2.OrdersReply, timeout=10,
+            )
+            rows.update((o.order_id, o) for o in reply.orders)
+    return rows
 
 
 def describe(broker: Broker, order_ids: list[str]) -> str:

@@ -25,8 +25,12 @@ Model (docs/architecture.md §8; the numbers come from ``SIM_*`` settings):
 * Notional market orders get ``qty = notional / expected fill price`` rounded down to 9 decimals,
   fixed when the order first meets a price.
 
-The book lives in memory only: a clean stop expires resting orders (:meth:`SimEngine.expire_all`),
-a crash (SIGKILL) loses them without a report.
+The book lives in memory, and EXECUTIONS (the venue's own reports) is its record: at start-up the
+gateway hands every stored report of this venue to :meth:`SimEngine.restore`, which rebuilds the
+open orders (fields, fills, cost, report count) and marks every order seen as known, so a crash
+(SIGKILL) loses no resting order and a redelivered routed order is neither placed nor traded again.
+A clean stop still expires the resting orders (:meth:`SimEngine.expire_all`): a sim rule (the venue
+closes), not a need; a restart then restores them as expired.
 
 Execution ids are ``<order_id>-<n>`` (the order's n-th report), not random: a gateway killed after
 publishing an order's reports but before acking the routed order gets it again after its restart,
@@ -37,9 +41,10 @@ and the fresh engine then makes the same ids for the same order, which EXECUTION
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 
@@ -65,6 +70,10 @@ QTY_STEP = Decimal("1e-9")
 BPS = Decimal(10000)
 ZERO = Decimal(0)
 SHUTDOWN_TEXT = "sim venue stopped; resting orders expire"
+CANCELED_ON_REQUEST = "canceled on request"
+RESTART_TEXT = "sim venue restarted before the order completed; {tif} order canceled"
+OPEN_STATUSES = (E.ORDER_STATUS_NEW, E.ORDER_STATUS_PARTIALLY_FILLED)
+_VENUE_ID_RE = re.compile(r"^sim-(\d+)$")
 
 
 def floor_qty(value: Decimal) -> Decimal:
@@ -179,6 +188,7 @@ class SimEngine:
         self._resting: dict[str, SimOrder] = {}  # insertion order = time priority
         self._markets: dict[str, _Market] = {}
         self._next_venue_id = 1
+        self.restore_skipped = 0  # stored reports :meth:`restore` could not read
 
     # --- orders ------------------------------------------------------------------------------------
 
@@ -266,7 +276,7 @@ class SimEngine:
             return [self._report(order, E.EXEC_TYPE_CANCEL_REJECTED, text=f"order is already {status}")]
         order.canceled_by_request = True
         reports: Reports = []
-        self._finish(order, E.ORDER_STATUS_CANCELED, E.EXEC_TYPE_CANCELED, reports, "canceled on request")
+        self._finish(order, E.ORDER_STATUS_CANCELED, E.EXEC_TYPE_CANCELED, reports, CANCELED_ON_REQUEST)
         return reports
 
     def expire_all(self, text: str = SHUTDOWN_TEXT) -> Reports:
@@ -278,6 +288,65 @@ class SimEngine:
 
     def open_orders(self) -> list[SimOrder]:
         return list(self._resting.values())
+
+    def restore(self, reports: Iterable[executions_pb2.ExecutionReport]) -> Reports:
+        """Rebuild the book from this venue's stored reports (EXECUTIONS, in stream order).
+
+        Call it once, on a fresh engine, before any order or market data. Every order seen becomes
+        known (a redelivered routed order is ignored); an order whose last report leaves it open
+        (NEW, PARTIALLY_FILLED) rests again with its fields, ``cum_qty``, ``cost``, status and
+        ``reports`` = its reports seen, so its next execution id continues ``<order_id>-<n>``.
+        Reports of another venue and CANCEL_REJECTEDs of orders never seen are skipped.
+
+        Returns the reports the restore itself makes: an IOC/FOK order left open (the process died
+        between its NEW and its fill or cancel) must not rest, so it is canceled now.
+        What the reports do not carry is lost: the sim's last prices (the next update brings
+        them) and a stop-limit's trigger when it triggered without filling (it waits for its stop
+        again).
+        """
+        for report in reports:
+            if report.venue != self.venue or not report.order_id:
+                continue
+            try:
+                self._restore_one(report)
+            except DeskError:
+                self.restore_skipped += 1  # an unreadable number: the gateway logs the count
+        made: Reports = []
+        for order in list(self._resting.values()):
+            if order.tif in (IOC, FOK):
+                self._finish(order, E.ORDER_STATUS_CANCELED, E.EXEC_TYPE_CANCELED, made,
+                             RESTART_TEXT.format(tif=_tif_name(order.tif)))
+        return made
+
+    def _restore_one(self, report: executions_pb2.ExecutionReport) -> None:
+        order = self._orders.get(report.order_id)
+        if order is None:
+            if report.exec_type not in (E.EXEC_TYPE_NEW, E.EXEC_TYPE_REJECTED):
+                return  # e.g. a cancel of an order this venue never had
+            order = _order_from_report(report)
+            self._orders[order.order_id] = order
+            self._by_client_id[(order.strategy_id, order.client_order_id)] = order.order_id
+            match = _VENUE_ID_RE.match(order.venue_order_id)
+            if match:
+                self._next_venue_id = max(self._next_venue_id, int(match.group(1)) + 1)
+        order.reports += 1
+        if report.exec_type == E.EXEC_TYPE_CANCEL_REJECTED:
+            return  # says nothing new about the order
+        if report.order_qty and order.qty is None:  # a notional order's qty, fixed at its first price
+            order.qty = parse_decimal("order_qty", report.order_qty)
+        if report.exec_type in (E.EXEC_TYPE_FILL, E.EXEC_TYPE_PARTIAL_FILL):
+            fill_qty = _price("fill_qty", report.fill_qty)
+            order.cum_qty += fill_qty
+            order.cost += fill_qty * _price("fill_price", report.fill_price)
+            order.triggered = order.type in (STOP, STOP_LIMIT)
+        if report.status:
+            order.status = report.status
+        if report.exec_type == E.EXEC_TYPE_CANCELED and report.text == CANCELED_ON_REQUEST:
+            order.canceled_by_request = True
+        if order.status in OPEN_STATUSES:
+            self._resting.setdefault(order.order_id, order)
+        else:
+            self._resting.pop(order.order_id, None)
 
     def get(self, order_id: str) -> SimOrder | None:
         return self._orders.get(order_id)
@@ -500,6 +569,10 @@ class SimBroker:
     async def shutdown(self) -> Reports:
         return self.engine.expire_all(SHUTDOWN_TEXT)
 
+    def restore(self, reports: Iterable[executions_pb2.ExecutionReport]) -> Reports:
+        """:meth:`SimEngine.restore` (the gateway calls it at start-up, before any order)."""
+        return self.engine.restore(reports)
+
     def open_orders(self) -> list[ledger_pb2.OrderRecord]:
         return [_record(order) for order in self.engine.open_orders()]
 
@@ -542,6 +615,37 @@ def _fill_in_fields(order: SimOrder, request: orders_pb2.OrderRequest) -> None:
         raise DeskError("INVALID_FIELD", "limit_price is allowed on LIMIT and STOP_LIMIT orders only")
     if order.stop_price is not None and not needs_stop:
         raise DeskError("INVALID_FIELD", "stop_price is allowed on STOP and STOP_LIMIT orders only")
+
+
+def _order_from_report(report: executions_pb2.ExecutionReport) -> SimOrder:
+    """An order as its first stored report (NEW or REJECTED) describes it; no fills yet.
+
+    A REJECTED order keeps only its ids (its numbers may be what was wrong with it).
+    """
+    if report.exec_type == E.EXEC_TYPE_REJECTED:
+        return SimOrder(
+            order_id=report.order_id, venue_order_id=report.venue_order_id, strategy_id=report.strategy_id,
+            member_id=report.member_id, client_order_id=report.client_order_id, symbol=report.symbol,
+            side=report.side, type=report.type, tif=report.time_in_force, qty=None, notional=None,
+            limit_price=None, stop_price=None, submitted_ns=report.event_ns, status=E.ORDER_STATUS_REJECTED,
+        )
+    return SimOrder(
+        order_id=report.order_id,
+        venue_order_id=report.venue_order_id,
+        strategy_id=report.strategy_id,
+        member_id=report.member_id,
+        client_order_id=report.client_order_id,
+        symbol=report.symbol,
+        side=report.side,
+        type=report.type,
+        tif=report.time_in_force,
+        qty=parse_decimal("order_qty", report.order_qty, required=False),
+        notional=parse_decimal("notional", report.notional, required=False),
+        limit_price=parse_decimal("limit_price", report.limit_price, required=False),
+        stop_price=parse_decimal("stop_price", report.stop_price, required=False),
+        submitted_ns=report.event_ns,
+        status=report.status,
+    )
 
 
 def _record(order: SimOrder) -> ledger_pb2.OrderRecord:
