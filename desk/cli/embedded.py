@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from nats.aio.client import Client
 
 from desk.bus import auth, streams
 from desk.bus.logging import get_logger
-from desk.bus.process import die_with_parent
+from desk.bus.process import die_with_parent, terminate, wait_until_serving
 from desk.bus.testing import NatsServer
 
 log = get_logger("desk.up")
@@ -190,22 +189,14 @@ class EmbeddedDesk:
         svc.started_at = time.monotonic()
 
     async def _wait_ready(self, nc: Client, name: str, timeout: float) -> bool:
-        """Ready when the service answers its NATS micro PING (or false if it exits or times out)."""
+        """Ready when the service answers its NATS micro PING (false if it exits, a stop is asked, or
+        it times out)."""
         svc = self.services[name]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if svc.process is not None and svc.process.returncode is not None:
-                return False
-            try:
-                await nc.request(f"$SRV.PING.{name}", b"", timeout=0.5)
-                return True
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                # Start-up in progress: the PING is how readiness is observed (no other signal exists
-                # before the service is on the bus); bounded by ``timeout``.
-                if self.stop.is_set():
-                    return False
-                await asyncio.sleep(0.2)
-        return False
+
+        def give_up() -> bool:
+            return self.stop.is_set() or (svc.process is not None and svc.process.returncode is not None)
+
+        return await wait_until_serving(nc, name, timeout, give_up)
 
     async def _supervise(self) -> int:
         """Wait for ``stop`` or a service exit; restart a crashed service with backoff."""
@@ -246,15 +237,8 @@ class EmbeddedDesk:
             svc = self.services.get(name)
             if svc is None or svc.process is None or svc.process.returncode is not None:
                 continue
-            with contextlib.suppress(ProcessLookupError):
-                svc.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(svc.process.wait(), 20)
-            except TimeoutError:
+            if await terminate(svc.process, 20):
                 log.warning("desk.service_killed", service=name, reason="did not stop within 20 s")
-                with contextlib.suppress(ProcessLookupError):
-                    svc.process.kill()
-                await svc.process.wait()
             log.info("desk.service_stopped", service=name, exit_code=svc.process.returncode)
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)

@@ -33,7 +33,7 @@ from nats.js.api import DeliverPolicy
 
 from desk.bus import codec, streams, subjects
 from desk.bus.errors import DeskError
-from desk.bus.process import die_with_parent
+from desk.bus.process import die_with_parent, terminate, wait_until_serving
 from desk.bus.request import request
 from desk.bus.testing import NatsServer
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2, strategy_pb2
@@ -164,18 +164,15 @@ class Desk:
         """Seconds from spawn until ``$SRV.PING.<name>`` answers; fails if it exits or times out."""
         assert self.nc is not None
         svc = self.services[name]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if svc.process is not None and svc.process.returncode is not None:
-                raise AssertionError(f"{name} exited with {svc.process.returncode}:\n{self.tail(name)}")
-            try:
-                await self.nc.request(f"$SRV.PING.{name}", b"", timeout=0.5)
-                return time.monotonic() - svc.started_at
-            except nats.errors.Error:
-                # Start-up in progress (no responders yet, or our own reconnect after a nats-server
-                # restart): the PING is the only readiness signal a process gives; bounded by timeout.
-                await asyncio.sleep(POLL_PAUSE)
-        raise AssertionError(f"{name} not ready within {timeout}s:\n{self.tail(name)}")
+
+        def exited() -> bool:
+            return svc.process is not None and svc.process.returncode is not None
+
+        if not await wait_until_serving(self.nc, name, timeout, exited, pause=POLL_PAUSE):
+            if exited():
+                raise AssertionError(f"{name} exited with {svc.process.returncode}:\n{self.tail(name)}")  # type: ignore[union-attr]
+            raise AssertionError(f"{name} not ready within {timeout}s:\n{self.tail(name)}")
+        return time.monotonic() - svc.started_at
 
     async def kill(self, name: str) -> int:
         """SIGKILL ``name`` (a service, or "nats") and reap it; returns the pid killed."""
@@ -207,14 +204,7 @@ class Desk:
             svc = self.services.get(name)
             if svc is None or svc.process is None or svc.process.returncode is not None:
                 continue
-            with contextlib.suppress(ProcessLookupError):
-                svc.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(svc.process.wait(), 20)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    svc.process.kill()
-                await svc.process.wait()
+            await terminate(svc.process, 20)
         if self.nc is not None:
             await self.nc.close()
         await asyncio.to_thread(self.server.cleanup)
