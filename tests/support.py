@@ -12,6 +12,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from desk.bus import codec, subjects
+from desk.bus.process import wait_until_serving
 from desk.v1 import executions_pb2
 
 FILL_TYPES = (executions_pb2.EXEC_TYPE_FILL, executions_pb2.EXEC_TYPE_PARTIAL_FILL)
@@ -119,11 +120,7 @@ async def wait_for_services(url: str, names: tuple[str, ...], timeout: float = 1
                 await asyncio.sleep(0.5)
         try:
             for name in names:
-                while True:
-                    try:
-                        await nc.request(f"$SRV.PING.{name}", b"", timeout=1)
-                        break
-                    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                        await asyncio.sleep(0.5)
+                if not await wait_until_serving(nc, name, timeout, lambda: False, pause=0.5):
+                    raise TimeoutError(f"{name} did not answer PING within {timeout}s")
         finally:
             await nc.close()
