@@ -391,8 +391,10 @@ class BrokerGateway:
         with structlog.contextvars.bound_contextvars(
             strategy_id=routed.strategy_id, client_order_id=request.client_order_id, order_id=routed.order_id
         ):
-            log.info("order.received", action=action, symbol=getattr(request, "symbol", ""),
-                     redelivered=_delivered(msg) > 1)
+            redelivered = _delivered(msg) > 1  # a redelivery is worth a line; the router logged the order
+            (log.info if redelivered else log.debug)(
+                "order.received", action=action, symbol=getattr(request, "symbol", ""), redelivered=redelivered
+            )
             try:
                 if action == "new_order":
                     reports = await self.broker.submit(routed)

@@ -3,10 +3,17 @@
 All decisions live in :mod:`validation` and :mod:`risk`; this module only moves messages:
 
 * ``submit`` (``desk.order.submit.*``): decode -> subject/fields -> known strategy and symbol -> halt
-  -> idempotency (``DESK_ORDER_IDS``) -> risk -> publish ``RoutedOrder`` (``Nats-Msg-Id`` = order id)
-  -> store the ack -> reply. Up to ``SUBMIT_CONCURRENCY`` orders are handled at once: the risk check
-  and the reservation are one step (no await between), a reservation is released if routing fails,
-  and a request repeating a client order id that is still being handled waits for its ack.
+  -> idempotency -> risk -> publish ``RoutedOrder`` (``Nats-Msg-Id`` = order id) -> reply, and store
+  the ack in ``DESK_ORDER_IDS`` (written as the reply goes out, not awaited before it). Up to
+  ``SUBMIT_CONCURRENCY`` orders are handled at once: the risk check and the reservation are one step
+  (no await between), a reservation is released if routing fails, and a request repeating a client
+  order id that is still being handled waits for its ack.
+
+  Idempotency costs no server round trip: every replica watches the keys of ``DESK_ORDER_IDS``
+  (headers only) into ``order_ids``, so "seen before?" is a set lookup; a repeat that no replica has
+  recorded yet (milliseconds) is caught by JetStream's duplicate window on the routed order's
+  ``Nats-Msg-Id`` (the order id is derived from strategy and client order id), and then its stored ack
+  is read. One round trip (the routed order's publish) stands between a request and its ack.
 * ``cancel`` (``desk.order.cancel.*``): forwards a ``RoutedOrder{cancel}`` for an open order (also
   while halted).
 * ``halt`` / ``resume`` / ``risk_status`` (``desk.risk.*``): the kill switch in ``DESK_RISK``; every
@@ -60,6 +67,8 @@ MSG_ID = "Nats-Msg-Id"
 #: risk check and the reservation happen without an await between them, and a second request with
 #: the same client order id waits for the first (``Router._in_flight``).
 SUBMIT_CONCURRENCY = 32
+#: How long a cancel of an order no replica has recorded waits for another replica's ack to be stored.
+CANCEL_GRACE = 0.25
 
 
 class Router:
@@ -85,6 +94,9 @@ class Router:
         self._kv: dict[str, KeyValue] = {}
         # order-id key -> the submit handling it now; resolves to its ack (None when it failed)
         self._in_flight: dict[str, asyncio.Future[orders_pb2.OrderAck | None]] = {}
+        #: keys of DESK_ORDER_IDS (``<strategy>.<client order id>``): every order accepted in the bucket's TTL
+        self.order_ids: set[str] = set()
+        self._storing: set[asyncio.Task[None]] = set()  # acks being written to DESK_ORDER_IDS
 
     # -- start-up ---------------------------------------------------------------------------------
     async def start(self, runtime: ServiceRuntime) -> None:
@@ -98,7 +110,10 @@ class Router:
         await self._watch(runtime, subjects.KV_STRATEGIES, self._on_strategy)
         await self._watch(runtime, subjects.KV_PRICES, self._on_price)
         await self._watch(runtime, subjects.KV_RISK, self._on_risk)
+        await self._watch(runtime, subjects.KV_ORDER_IDS, self._on_order_id, meta_only=True)
         await self._follow_executions(runtime)
+        # Unwound after the endpoints have stopped and their requests finished (the stack is LIFO).
+        runtime.stack.push_async_callback(self._finish_storing)
 
         svc = await add_service(
             runtime, NAME, desk.__version__, "validation, pre-trade risk and routing of strategy orders",
@@ -127,9 +142,11 @@ class Router:
             executions=len(self.applied_executions),
         )
 
-    async def _watch(self, runtime: ServiceRuntime, bucket: str, apply: Callable[[Any], None]) -> None:
+    async def _watch(
+        self, runtime: ServiceRuntime, bucket: str, apply: Callable[[Any], None], meta_only: bool = False
+    ) -> None:
         """Follow every key of ``bucket``; returns once the current values are applied."""
-        watcher = await self._kv[bucket].watchall()
+        watcher = await self._kv[bucket].watchall(meta_only=meta_only)
         runtime.stack.push_async_callback(watcher.stop)
         loaded = asyncio.Event()
 
@@ -171,6 +188,12 @@ class Router:
         except ArithmeticError:
             price = None
         self.prices[entry.key] = price if price is not None and price.is_finite() and price > 0 else None
+
+    def _on_order_id(self, entry: KeyValue.Entry) -> None:
+        if self._deleted(entry):
+            self.order_ids.discard(entry.key)
+        else:
+            self.order_ids.add(entry.key)
 
     def _on_risk(self, entry: KeyValue.Entry) -> None:
         # Our own halt/resume already applied its revision; an older event must not undo a newer one.
@@ -297,14 +320,12 @@ class Router:
     async def _submit_once(
         self, order: ValidOrder, request: orders_pb2.OrderRequest, key: str
     ) -> orders_pb2.OrderAck:
-        stored = await self._stored_ack(key)
-        if stored is not None:
-            stored.duplicate = True
-            log.info("order.duplicate", order_id=stored.order_id)
-            return stored
+        if key in self.order_ids:
+            return await self._duplicate_ack(order, key, reason="stored")
 
         # From the risk check to the reservation nothing awaits: a concurrent order of the same
-        # strategy sees this one's reservation. Halts and specs may have changed during the await.
+        # strategy sees this one's reservation. Halts and specs may have changed while a request
+        # waited for an earlier attempt with its client order id.
         check_known(order, self.strategies, self.prices)
         self._check_not_halted(order.strategy_id)
         spec = self.strategies[order.strategy_id]
@@ -321,12 +342,15 @@ class Router:
             new_order=request,
         )
         try:
-            duplicate = await self._route(routed, msg_id=order_id)
+            routed_before = await self._route(routed, msg_id=order_id)
         except BaseException:
             account.release(hold)  # not routed: the reservation and the rate-limit slot go back
             raise
-        if duplicate:
-            account.release(hold)  # routed before (a retry): that attempt holds it, or its reports will
+        if routed_before:
+            # JetStream had this order id within its duplicate window: another replica (or an attempt
+            # that died before answering) routed it. That attempt holds the reservation, or its reports will.
+            account.release(hold)
+            return await self._duplicate_ack(order, key, reason="routed_before")
 
         ack = orders_pb2.OrderAck(
             strategy_id=order.strategy_id,
@@ -335,21 +359,30 @@ class Router:
             accepted=True,
             ts_ns=time.time_ns(),
         )
-        first = await self._store_ack(key, ack)
-        if first is not None:  # another replica answered the same request first
-            first.duplicate = True
-            log.info("order.duplicate", order_id=order_id, raced=True)
-            return first
-        ack.duplicate = duplicate
-        log.info(
+        self._store_ack(key, ack)
+        log.debug(
             "order.accepted",
             order_id=order_id,
             symbol=order.symbol,
             side=common_pb2.Side.Name(order.side).removeprefix("SIDE_"),
             qty=fmt(reservation.qty),
             notional=fmt(reservation.notional, 2),
-            routed_before=duplicate,
         )
+        return ack
+
+    async def _duplicate_ack(self, order: ValidOrder, key: str, reason: str) -> orders_pb2.OrderAck:
+        """The first ack of an order seen before, marked duplicate (rebuilt if not stored yet)."""
+        ack = await self._stored_ack(key)
+        if ack is None:  # the first attempt's ack is still being written (or that attempt died)
+            ack = orders_pb2.OrderAck(
+                strategy_id=order.strategy_id,
+                client_order_id=order.client_order_id,
+                order_id=order.order_id,
+                accepted=True,
+                ts_ns=time.time_ns(),
+            )
+        ack.duplicate = True
+        log.info("order.duplicate", order_id=ack.order_id, seen=reason)
         return ack
 
     def _check_not_halted(self, strategy_id: str) -> None:
@@ -366,16 +399,28 @@ class Router:
             return None
         return codec.decode(entry.value or b"", orders_pb2.OrderAck)
 
-    async def _store_ack(self, key: str, ack: orders_pb2.OrderAck) -> orders_pb2.OrderAck | None:
-        """Store the first ack; returns the ack already stored when another replica won the race."""
+    def _store_ack(self, key: str, ack: orders_pb2.OrderAck) -> None:
+        """Record the first ack in DESK_ORDER_IDS while the reply goes out (the order is routed already)."""
+        self.order_ids.add(key)
+        task = asyncio.create_task(self._write_ack(key, ack), name=f"store-ack-{key}")
+        self._storing.add(task)
+        task.add_done_callback(self._storing.discard)
+
+    async def _write_ack(self, key: str, ack: orders_pb2.OrderAck) -> None:
         data, _ = codec.encode(ack)
         try:
             await self._kv[subjects.KV_ORDER_IDS].create(key, data)
         except KeyWrongLastSequenceError:
-            return await self._stored_ack(key)
+            # Stored by an attempt older than JetStream's duplicate window that this replica had not
+            # seen: the order id was routed twice. Nothing more to do here but say so loudly.
+            log.error("order.routed_twice", key=key, order_id=ack.order_id)
         except Exception as exc:  # noqa: BLE001 - the order is routed; a retry is deduped by Nats-Msg-Id
-            log.warning("order.ack_not_stored", key=key, error=repr(exc))
-        return None
+            log.warning("order.ack_not_stored", key=key, order_id=ack.order_id, error=repr(exc))
+
+    async def _finish_storing(self) -> None:
+        """Shutdown: let the acks being written land (bounded by the KV request timeout)."""
+        if self._storing:
+            await asyncio.gather(*self._storing, return_exceptions=True)
 
     async def _route(self, routed: orders_pb2.RoutedOrder, msg_id: str | None = None) -> bool:
         """Publish to the venue's work stream; True when JetStream says it already had it."""
@@ -440,9 +485,16 @@ class Router:
                 raise refusal("ORDER_CLOSED", f"order {request.client_order_id} is already final")
             known = account is not None and account.is_open(order_id)
             if not known:
-                # Accepted (here or by another replica) but no execution report seen yet.
+                # Accepted (here or by another replica) but no execution report seen yet. Another
+                # replica's ack may still be on its way into DESK_ORDER_IDS: give it a moment.
                 key = subjects.order_id_key(request.strategy_id, request.client_order_id)
-                known = await self._stored_ack(key) is not None
+                known = key in self.order_ids or await self._stored_ack(key) is not None
+                if not known:
+                    try:
+                        await self.wait_until(lambda: key in self.order_ids, CANCEL_GRACE)
+                        known = True
+                    except TimeoutError:
+                        known = False
             if not known:
                 raise refusal("UNKNOWN_ORDER", f"no order {request.client_order_id} for strategy {request.strategy_id}")
             spec = self.strategies.get(request.strategy_id)

@@ -98,7 +98,9 @@ async def desk(nats_server: NatsServer, nc: Client) -> AsyncIterator[RouterHarne
 async def _routed(nc: Client) -> list[orders_pb2.RoutedOrder]:
     js = nc.jetstream()
     info = await js.stream_info(subjects.STREAM_ORDERS)
-    found = []
+    found: list[orders_pb2.RoutedOrder] = []
+    if info.state.messages == 0:
+        return found
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         msg = await js.get_msg(subjects.STREAM_ORDERS, seq)
         found.append(codec.decode(msg.data or b"", orders_pb2.RoutedOrder, dict(msg.headers or {})))
@@ -328,5 +330,58 @@ async def test_two_replicas_route_concurrent_duplicates_once_and_share_halts(
             await router.wait_until(lambda r=router: subjects.halt_key("") in r.halts)
         refusals = await asyncio.gather(*(desk.submit(client_order_id=f"h-{n}") for n in range(6)))
         assert {ack.reason for ack in refusals} == {orders_pb2.REJECT_REASON_HALTED}
+    finally:
+        await second.stop()
+
+
+async def test_an_ack_stored_long_ago_answers_a_retry_and_routes_nothing(desk: RouterHarness, nc: Client) -> None:
+    # An ack in DESK_ORDER_IDS from before JetStream's duplicate window: only the router's own record
+    # of accepted orders (the watched bucket) can tell that this client order id was used.
+    old = orders_pb2.OrderAck(
+        strategy_id="alpha", client_order_id="old-1", order_id=order_id_for("alpha", "old-1"), accepted=True, ts_ns=12345
+    )
+    key = subjects.order_id_key("alpha", "old-1")
+    await _put(nc, subjects.KV_ORDER_IDS, key, old)
+    assert desk.router is not None
+    await desk.router.wait_until(lambda: key in desk.router.order_ids if desk.router else False)
+
+    again = await desk.submit(client_order_id="old-1")
+
+    assert again.accepted and again.duplicate
+    assert (again.order_id, again.ts_ns) == (old.order_id, 12345)
+    assert await _routed(nc) == []
+
+
+async def test_an_accepted_order_is_recorded_for_replicas_started_later(
+    desk: RouterHarness, nats_server: NatsServer, nc: Client
+) -> None:
+    first = await desk.submit(client_order_id="rec-1")
+    await desk.stop()
+    restarted = await desk.start()
+
+    assert subjects.order_id_key("alpha", "rec-1") in restarted.order_ids
+    again = await desk.submit(client_order_id="rec-1")
+    assert again.duplicate and again.ts_ns == first.ts_ns
+    assert len(await _routed(nc)) == 1
+
+
+async def test_a_cancel_through_another_replica_right_after_the_ack_finds_the_order(
+    desk: RouterHarness, nats_server: NatsServer, nc: Client
+) -> None:
+    second = RouterHarness(nats_server, nc)
+    replica = await second.start()
+    try:
+        assert desk.router is not None
+        order = orders_pb2.OrderRequest(
+            strategy_id="alpha", client_order_id="x-1", symbol="AAPL", side=common_pb2.SIDE_BUY,
+            type=common_pb2.ORDER_TYPE_LIMIT, limit_price="90", time_in_force=common_pb2.TIME_IN_FORCE_DAY, qty="1",
+        )
+        ack = await desk.router.submit(order, subjects.order_submit("alpha"))
+        cancel = orders_pb2.CancelRequest(strategy_id="alpha", client_order_id="x-1")
+        cancelled = await replica.cancel(cancel, subjects.order_cancel("alpha"))
+
+        assert ack.accepted and cancelled.accepted and cancelled.order_id == ack.order_id
+        kinds = [routed.WhichOneof("action") for routed in await _routed(nc)]
+        assert kinds == ["new_order", "cancel"]
     finally:
         await second.stop()
