@@ -42,24 +42,20 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-def _python_cmd(module: str, uvloop: bool) -> list[str]:
-    if not uvloop:
-        return [sys.executable, "-m", module]
-    code = f"import runpy, uvloop; uvloop.install(); runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
-    return [sys.executable, "-c", code]
+#: EVENT_LOOP of every process the bench starts, services and workers alike: the desk's default
+#: (``auto``: uvloop when installed), or ``asyncio`` for the comparison section.
+EVENT_LOOP = {"name": "auto"}
 
 
 class Worker:
     """One ``bench.worker`` process."""
 
-    def __init__(self, role: str, args: dict[str, Any], uvloop: bool = False) -> None:
-        self.role, self.args, self.uvloop = role, args, uvloop
+    def __init__(self, role: str, args: dict[str, Any]) -> None:
+        self.role, self.args = role, args
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self, wait_ready: bool = False, timeout: float = 20.0) -> Self:
         argv = [sys.executable, "-m", "bench.worker", self.role, json.dumps(self.args)]
-        if self.uvloop:
-            argv.append("uvloop")
         self.proc = await asyncio.create_subprocess_exec(
             *argv, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, env=_env({})
         )
@@ -105,6 +101,7 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")])),
         PYTHONUNBUFFERED="1",
         LOG_FORMAT="json",
+        EVENT_LOOP=EVENT_LOOP["name"],
     )
     env.update(extra)
     return env
@@ -113,10 +110,9 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
 class Desk:
     """nats-server plus the named services; ``async with Desk(...) as desk``."""
 
-    def __init__(self, services: tuple[str, ...], env: dict[str, str] | None = None, uvloop: bool = False) -> None:
+    def __init__(self, services: tuple[str, ...], env: dict[str, str] | None = None) -> None:
         self.services = services
         self.extra_env = env or {}
-        self.uvloop = uvloop
         self.tmp = tempfile.TemporaryDirectory(prefix="desk-bench-")
         self.dir = Path(self.tmp.name)
         self.server = NatsServer(store_dir=self.dir / "nats")
@@ -163,7 +159,7 @@ class Desk:
         log = (self.dir / f"{name}-{len(self.procs.get(name, []))}.log").open("ab")
         try:
             proc = await asyncio.create_subprocess_exec(
-                *_python_cmd(f"services.{name}", self.uvloop), cwd=ROOT, env=self.env(),
+                sys.executable, "-m", f"services.{name}", cwd=ROOT, env=self.env(),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
             )
         finally:

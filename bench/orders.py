@@ -150,14 +150,14 @@ async def strategy_footprint(desk: Desk) -> float | None:
         _ = codec  # keeps the import for the spec encoding convention
 
 
-async def run(plan: Plan, uvloop: bool = False, with_bare: bool = True) -> tuple[list[Figure], dict[str, Any]]:
+async def run(plan: Plan, suffix: str = "", with_bare: bool = True) -> tuple[list[Figure], dict[str, Any]]:
+    """The orders figures; ``suffix`` names a comparison pass (no memory figures then)."""
     figures: list[Figure] = []
     raw: dict[str, Any] = {}
-    suffix = " (uvloop)" if uvloop else ""
     bare = await bare_limits(plan) if with_bare else None
     if bare is not None:
         raw["bare"] = {"seq": summarize(bare["seq"]["latencies_ms"]).__dict__, "rate": _throughput(bare["load"])}
-    async with Desk(services=("ledger", "broker_gateway", "order_router"), uvloop=uvloop) as desk:
+    async with Desk(services=("ledger", "broker_gateway", "order_router")) as desk:
         for p in range(max(plan.load_processes, 1)):
             await desk.register_strategy(f"bench-{p}")
         await desk.set_price()
@@ -218,7 +218,7 @@ async def run(plan: Plan, uvloop: bool = False, with_bare: bool = True) -> tuple
                 SECTION, f"fill throughput, {replicas} router(s){suffix}", "fills/s", fill_rate, bare_rate,
                 note="FILL reports reaching the strategies",
             ))
-        if not uvloop:
+        if not suffix:
             for name, mib in idle.items():
                 figures.append(Figure("memory", f"{name} RSS idle", "MiB", mib))
             for name, mib in sorted(rss_load.items()):

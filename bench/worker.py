@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import struct
 import sys
@@ -20,6 +21,8 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+
+from desk.bus.lifecycle import event_loop_factory
 
 SAMPLE_LIMIT = 20000
 
@@ -291,11 +294,9 @@ ROLES: dict[str, Callable[..., Coroutine[Any, Any, None]]] = {
 
 def main() -> None:
     role, args = sys.argv[1], json.loads(sys.argv[2])
-    if len(sys.argv) > 3 and sys.argv[3] == "uvloop":
-        import uvloop
-
-        uvloop.install()
-    asyncio.run(ROLES[role](**args))
+    loop_factory, _ = event_loop_factory(os.environ.get("EVENT_LOOP", "auto"))
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(ROLES[role](**args))
 
 
 if __name__ == "__main__":

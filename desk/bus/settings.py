@@ -28,6 +28,11 @@ class BusSettings(BaseSettings):
         default="auto", pattern=r"^(auto|json|console)$", description="json, console, or auto (console on a terminal)"
     )
     drain_timeout: float = Field(default=10.0, gt=0, description="seconds allowed for a clean shutdown")
+    event_loop: str = Field(
+        default="auto",
+        pattern=r"^(auto|uvloop|asyncio)$",
+        description="asyncio event loop: uvloop, asyncio's own, or auto (uvloop when installed)",
+    )
 
     @property
     def password(self) -> str:
