@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import nats
+import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -124,3 +128,39 @@ async def wait_for_services(url: str, names: tuple[str, ...], timeout: float = 1
                     raise TimeoutError(f"{name} did not answer PING within {timeout}s")
         finally:
             await nc.close()
+
+
+class LogWatch:
+    """Log lines of in-process services, captured as structlog's ``capture_logs`` does, with a wait.
+
+    A service may log an event after the message a test waits on has left it (the gateway logs a fill
+    once JetStream has acknowledged its report): ``await watch.wait_for("order.filled")``.
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[MutableMapping[str, Any]] = []
+        self._logged = asyncio.Event()
+
+    def __call__(self, logger: Any, method: str, event_dict: Any) -> Any:
+        self._logged.set()
+        return event_dict
+
+    def events(self) -> list[str]:
+        return [entry["event"] for entry in self.entries]
+
+    async def wait_for(self, event: str, timeout: float = 5.0) -> MutableMapping[str, Any]:
+        async with asyncio.timeout(timeout):
+            while True:
+                found = next((entry for entry in self.entries if entry["event"] == event), None)
+                if found is not None:
+                    return found
+                self._logged.clear()
+                await self._logged.wait()
+
+
+@contextlib.contextmanager
+def watch_logs() -> Iterator[LogWatch]:
+    watch = LogWatch()
+    with structlog.testing.capture_logs(processors=[watch]) as entries:
+        watch.entries = entries
+        yield watch
