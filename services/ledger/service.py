@@ -1,10 +1,12 @@
 """The ledger's async shell: EXECUTIONS consumer -> SQLite, KV watches, snapshots, query endpoints.
 
-Consumption: durable pull consumer ``ledger`` on ``EXECUTIONS`` (explicit ack). Each loop fetches up
-to ``LEDGER_BATCH_SIZE`` messages, books the whole batch in ONE SQLite transaction, commits, and only
-then acks every message. A crash between commit and ack redelivers the batch; the store skips
-execution ids it already has, so nothing is booked twice. Messages that do not decode are logged
-(``execution.malformed``), stored nowhere, and terminated so they never block the consumer.
+Consumption: durable pull consumer ``ledger`` on ``EXECUTIONS`` (explicit ack). A fetcher task
+fetches batches of up to ``LEDGER_BATCH_SIZE`` messages and decodes them while the writer books the
+previous batch; each batch is booked in ONE SQLite transaction, committed, and only then are its
+messages acked, batch after batch in fetch order. A crash between commit and ack redelivers the
+batch; the store skips execution ids it already has, so nothing is booked twice. Messages that do
+not decode are logged (``execution.malformed``), stored nowhere, and terminated so they never block
+the consumer.
 
 Test hook: :meth:`LedgerService.wait_for` awaits a condition on :class:`LedgerStats`, which is
 updated and notified after every committed-and-acked batch and every equity snapshot (an
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -44,6 +46,11 @@ from services.ledger.store import LedgerStore, now_ns
 NAME = "ledger"
 R = TypeVar("R", bound=Message)
 ACK_WAIT = 30.0
+#: Batches fetched and not yet booked, the one in the writer included (3 x LEDGER_BATCH_SIZE stays
+#: below the consumer's max_ack_pending of 4 x LEDGER_BATCH_SIZE).
+PREFETCH = 3
+#: Messages decoded between two yields to the event loop (see LedgerService._decode_yielding).
+DECODE_SLICE = 32
 log = get_logger("ledger")
 
 
@@ -60,6 +67,16 @@ class LedgerStats:
     snapshots: int = 0
     strategies_seen: int = 0
     prices_seen: int = 0
+
+
+@dataclass
+class _Batch:
+    """One fetch, decoded: the bookings of the good messages, and the malformed ones."""
+
+    msgs: list[Msg]
+    good: list[Msg] = field(default_factory=list)
+    bookings: list[Booking] = field(default_factory=list)
+    bad: list[Msg] = field(default_factory=list)
 
 
 class LedgerService:
@@ -155,11 +172,44 @@ class LedgerService:
         )
 
     async def _consume(self, runtime: ServiceRuntime) -> None:
+        """Book batches in fetch order while :meth:`_fetch` fetches and decodes the next ones.
+
+        One batch is in the writer at a time; it is committed and then acked before the next one goes
+        to the writer, so acks follow commits in order. At most :data:`PREFETCH` batches are fetched
+        and not yet booked (the one in the writer included). On stop the fetcher ends after its
+        current fetch and the batches already fetched are booked (commit, then ack) before this
+        returns. If this is cancelled instead, the writer's job still commits or rolls back, and
+        nothing is acked that is not committed: unacked messages are redelivered, then skipped as
+        duplicates.
+        """
+        ready: asyncio.Queue[_Batch | None] = asyncio.Queue()  # None: the fetcher has ended
+        room = asyncio.Semaphore(PREFETCH)
+        fetcher = asyncio.create_task(self._fetch(runtime, ready, room), name="ledger.fetch")
+        try:
+            while (batch := await ready.get()) is not None:
+                await self._book(batch)
+                room.release()
+            await fetcher  # a fetcher that failed stops the service (ServiceRuntime.spawn)
+        finally:
+            if not fetcher.done():
+                fetcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fetcher
+
+    async def _fetch(self, runtime: ServiceRuntime, ready: asyncio.Queue[_Batch | None], room: asyncio.Semaphore) -> None:
+        """Fetch and decode batches into ``ready`` (at most ``room`` waiting) until the service stops."""
         nc, js = runtime.nc, runtime.js
-        sub = await self._subscribe(js)
+        try:
+            sub = await self._subscribe(js)
+        except BaseException:
+            ready.put_nowait(None)
+            raise
         reconnects = nc.stats["reconnects"]
         try:
             while not runtime.stop.is_set():
+                await room.acquire()
+                if runtime.stop.is_set():
+                    return
                 if nc.stats["reconnects"] != reconnects:
                     # Pull subscriptions can go quiet after a server restart (nats.py #504): re-create.
                     reconnects = nc.stats["reconnects"]
@@ -167,10 +217,11 @@ class LedgerService:
                         await sub.unsubscribe()
                     sub = await self._subscribe(js)
                     log.info("consumer.resubscribed", reconnects=reconnects)
+                msgs: list[Msg] = []
                 try:
                     msgs = await sub.fetch(self.settings.ledger_batch_size, timeout=self.settings.ledger_fetch_timeout)
                 except nats.errors.TimeoutError:
-                    continue
+                    pass
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                     return
                 except Exception as exc:  # noqa: BLE001 - server gone, consumer deleted...: back off, re-create
@@ -185,25 +236,45 @@ class LedgerService:
                         sub = await self._subscribe(js)
                     except Exception as sub_exc:  # noqa: BLE001 - retried on the next round
                         log.warning("consumer.subscribe_failed", error=repr(sub_exc))
-                    continue
                 if msgs:  # a fetch can also end empty (status-only replies)
-                    await self.process_batch(msgs)
+                    ready.put_nowait(await self._decode_yielding(msgs))  # the slot is released once booked
+                else:
+                    room.release()
         finally:
+            ready.put_nowait(None)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
     async def process_batch(self, msgs: list[Msg]) -> None:
         """Decode, book in one transaction, commit, then ack the good and terminate the malformed."""
-        good: list[tuple[Msg, Booking]] = []
-        bad: list[Msg] = []
+        await self._book(self._decode(msgs))
+
+    def _decode(self, msgs: list[Msg]) -> _Batch:
+        """Decode and check every message (no I/O); the malformed are logged here and terminated later."""
+        batch = _Batch(msgs)
+        self._decode_into(batch, msgs, now_ns())
+        return batch
+
+    async def _decode_yielding(self, msgs: list[Msg]) -> _Batch:
+        """:meth:`_decode` in slices, yielding to the event loop between them: a batch the writer has
+        just committed is acked, and the next one handed to the writer, without waiting for the rest."""
+        batch = _Batch(msgs)
         now = now_ns()
+        for start in range(0, len(msgs), DECODE_SLICE):
+            self._decode_into(batch, msgs[start : start + DECODE_SLICE], now)
+            await asyncio.sleep(0)  # a yield, not a wait
+        return batch
+
+    def _decode_into(self, batch: _Batch, msgs: list[Msg], now: int) -> None:
+        decode, report_type = codec.decode, executions_pb2.ExecutionReport
         for msg in msgs:
             report: executions_pb2.ExecutionReport | None = None
             try:
-                report = codec.decode(msg.data, executions_pb2.ExecutionReport, msg.headers)
-                good.append((msg, parse_booking(report, msg.data, now)))
+                report = decode(msg.data, report_type, msg.headers)
+                batch.bookings.append(parse_booking(report, msg.data, now))
+                batch.good.append(msg)
             except DeskError as err:
-                bad.append(msg)
+                batch.bad.append(msg)
                 with structlog.contextvars.bound_contextvars(
                     execution_id=report.execution_id if report else "",
                     strategy_id=report.strategy_id if report else "",
@@ -215,26 +286,29 @@ class LedgerService:
                         code=err.code,
                         reason=err.message,
                     )
-        result = await self.store.apply_batch([booking for _, booking in good])
-        for msg, _ in good:
+
+    async def _book(self, batch: _Batch) -> None:
+        """Book ``batch`` in one transaction, and only after its COMMIT ack the good, terminate the bad."""
+        result = await self.store.apply_batch(batch.bookings)
+        for msg in batch.good:
             await msg.ack()
-        for msg in bad:
+        for msg in batch.bad:
             await msg.term()
-        for execution_id in result.duplicates:
-            with structlog.contextvars.bound_contextvars(execution_id=execution_id):
-                log.debug("execution.duplicate")
+        if result.duplicates:
+            log.debug("execution.duplicates", execution_ids=result.duplicates)
+        msgs = batch.msgs
         self.stats.batches += 1
         self.stats.messages += len(msgs)
         self.stats.fills_booked += result.fills_booked
         self.stats.events_stored += result.events_stored
         self.stats.duplicates += len(result.duplicates)
-        self.stats.malformed += len(bad)
+        self.stats.malformed += len(batch.bad)
         log.info(
             "fills.booked",
             count=result.fills_booked,
             events=result.events_stored,
             duplicates=len(result.duplicates),
-            malformed=len(bad),
+            malformed=len(batch.bad),
             last_stream_seq=_stream_seq(msgs[-1]) if msgs else 0,
         )
         await self._notify()
