@@ -22,6 +22,13 @@ class Settings(BusSettings):
     ledger_fetch_timeout: float = Field(
         default=1.0, gt=0, le=30, description="seconds one fetch from the EXECUTIONS consumer waits for messages"
     )
+    ledger_linger: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="seconds executions may gather after a fetch that came back short of a batch: fewer, fuller "
+        "transactions under light load, for that much more lag (0: book each fetch at once)",
+    )
     ledger_default_initial_cash: Decimal = Field(
         default=Decimal(100000), gt=0, description="initial cash of a strategy whose spec gives none (or no spec yet)"
     )

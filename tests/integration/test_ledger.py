@@ -7,6 +7,7 @@ waits exactly until the ledger has acked N messages, never by sleeping or pollin
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
@@ -349,3 +350,22 @@ async def test_a_stop_mid_stream_acks_exactly_what_is_committed_and_a_restart_bo
     assert (stats.fills_booked, stats.duplicates) == (len(fills) - committed, 0)
     positions = (await query(nc, subjects.LEDGER_POSITIONS, ledger_pb2.PositionsReply)).positions
     assert [p.qty for p in positions] == ["300"]
+
+
+async def test_a_ledger_letting_light_traffic_gather_still_books_everything_and_stops_at_once(
+    nc: Client, ledger: Ledger
+) -> None:
+    # The longest linger allowed: after the first short fetch the ledger waits, and its stop must not.
+    await ledger.start(ledger_linger=1.0)
+    await publish(nc, report("alpha", "o1", E.EXEC_TYPE_FILL, fill_qty="1", fill_price="10", member_id="al"))
+    await ledger.wait(lambda s: s.fills_booked == 1)
+    await publish(nc, report("alpha", "o2", E.EXEC_TYPE_FILL, fill_qty="2", fill_price="10", member_id="al"))
+    await asyncio.wait_for(ledger.stop(), 10)  # the linger is cut short by the stop
+    assert ledger.service is not None
+    booked = ledger.service.stats.fills_booked  # 1, unless the machine was slow enough for the linger to end
+
+    await ledger.start(ledger_linger=0.0)
+    stats = await ledger.wait(lambda s: s.fills_booked == 2 - booked)
+    assert stats.duplicates == 0
+    positions = (await query(nc, subjects.LEDGER_POSITIONS, ledger_pb2.PositionsReply)).positions
+    assert [p.qty for p in positions] == ["3"]
