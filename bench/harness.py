@@ -31,6 +31,15 @@ BENCH_SYMBOL = "BENCH"
 BENCH_PRICE = "100.00"
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time ``pid`` has used so far (Linux /proc), None when unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> float | None:
     """Resident set size of ``pid`` in MiB (Linux /proc), None when unavailable."""
     try:
@@ -197,6 +206,14 @@ class Desk:
 
     def pids(self, name: str) -> list[int]:
         return [p.pid for p in self.procs.get(name, [])]
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by nats-server and the first process of each service."""
+        pids = {name: self.pids(name)[0] for name in self.procs if self.pids(name)}
+        if self.server.process is not None:
+            pids["nats-server"] = self.server.process.pid
+        used = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        return {name: seconds for name, seconds in used.items() if seconds is not None}
 
     async def register_strategy(self, strategy_id: str) -> None:
         """A StrategySpec with limits no benchmark reaches."""

@@ -165,8 +165,16 @@ async def run(plan: Plan, suffix: str = "", with_bare: bool = True) -> tuple[lis
             await _probe(desk, f"bench-{p}")
         idle = {name: rss_mib(desk.pids(name)[0]) for name in desk.procs}
 
+        cpu_before = desk.cpu()
         seq_results, _ = await _run_load(desk, plan, "s", 1, plan.sequential, 1, sample_rss=False)
+        cpu_after = desk.cpu()
         seq = seq_results[0]
+        orders_sent = plan.sequential + plan.warmup
+        cpu_per_order = {
+            name: (cpu_after[name] - cpu_before[name]) / orders_sent * 1e6
+            for name in sorted(cpu_after) if name in cpu_before
+        }
+        raw["cpu_us_per_order"] = cpu_per_order
         ack = summarize(seq["latencies_ms"])
         fill = summarize(seq["fill_ms"]) if seq["fill_ms"] else None
         raw["seq"] = {"ack": ack.__dict__, "fill": fill.__dict__ if fill else None, "rejected": seq["rejected"]}
@@ -219,6 +227,12 @@ async def run(plan: Plan, suffix: str = "", with_bare: bool = True) -> tuple[lis
                 note="FILL reports reaching the strategies",
             ))
         if not suffix:
+            for name, micros in cpu_per_order.items():
+                figures.append(Figure(
+                    "cpu", f"{name} CPU per order, sequential", "us", micros,
+                    note="CPU time (user + system) each process spent per order of the sequential run, "
+                         "its fill and booking included",
+                ))
             for name, mib in idle.items():
                 figures.append(Figure("memory", f"{name} RSS idle", "MiB", mib))
             for name, mib in sorted(rss_load.items()):
