@@ -451,10 +451,14 @@ class LiveRunner:
         """Position, cash and open orders from the ledger after a restart; fresh books without one."""
         query = ledger_pb2.LedgerQuery(strategy_id=self.cfg.strategy_id, limit=1000)
         account = self.context.account
+
+        def own(kind: str) -> str:  # the strategy's NATS user may ask for its own books only
+            return subjects.ledger_own(kind, self.cfg.strategy_id)
+
         try:
-            positions = await request(self.nc, subjects.LEDGER_POSITIONS, query, ledger_pb2.PositionsReply,
+            positions = await request(self.nc, own(subjects.LEDGER_POSITIONS), query, ledger_pb2.PositionsReply,
                                       timeout=self.ledger_timeout)
-            pnl = await request(self.nc, subjects.LEDGER_PNL, query, ledger_pb2.PnlReply, timeout=self.ledger_timeout)
+            pnl = await request(self.nc, own(subjects.LEDGER_PNL), query, ledger_pb2.PnlReply, timeout=self.ledger_timeout)
         except (NatsTimeoutError, NoRespondersError, DeskError) as exc:
             log.warning("books.fresh: ledger unavailable (%r); starting with cash %s and no positions",
                         exc, account.cash)
@@ -466,7 +470,7 @@ class LiveRunner:
             if row.strategy_id == self.cfg.strategy_id and row.cash:
                 account.cash = Decimal(row.cash)
         with contextlib.suppress(NatsTimeoutError, NoRespondersError, DeskError):
-            orders = await request(self.nc, subjects.LEDGER_ORDERS, query, ledger_pb2.OrdersReply,
+            orders = await request(self.nc, own(subjects.LEDGER_ORDERS), query, ledger_pb2.OrdersReply,
                                    timeout=self.ledger_timeout)
             for o in orders.orders:
                 if o.strategy_id == self.cfg.strategy_id and o.status in (

@@ -59,9 +59,7 @@ def strategy_permissions(strategy_id: str) -> dict[str, Any]:
                 subjects.order_submit(strategy_id),
                 subjects.order_cancel(strategy_id),
                 subjects.heartbeat(strategy_id),
-                subjects.LEDGER_POSITIONS,
-                subjects.LEDGER_PNL,
-                subjects.LEDGER_ORDERS,
+                *(subjects.ledger_own(kind, strategy_id) for kind in subjects.LEDGER_OWN_KINDS),
             ]
         },
         "subscribe": {

@@ -35,6 +35,9 @@ LEDGER_FILLS = "desk.ledger.fills"
 LEDGER_PNL = "desk.ledger.pnl"
 LEDGER_LEADERBOARD = "desk.ledger.leaderboard"
 LEDGER_EQUITY = "desk.ledger.equity"
+#: A strategy's own books: ``<query subject>.<strategy_id>`` (positions, orders, pnl). The ledger answers
+#: them for that strategy only, whatever the query asks; strategies may publish only their own.
+LEDGER_OWN_KINDS = (LEDGER_POSITIONS, LEDGER_ORDERS, LEDGER_PNL)
 
 # Orchestrator control -----------------------------------------------------------------------------
 CTL_DEPLOY = "desk.ctl.strategy.deploy"
@@ -85,6 +88,11 @@ def md_trade(symbol: str) -> str:
 
 def md_quote(symbol: str) -> str:
     return MD_QUOTE.format(symbol=symbol)
+
+
+def ledger_own(query_subject: str, strategy_id: str) -> str:
+    """The subject of one strategy's own ledger query, e.g. ``desk.ledger.positions.alpha``."""
+    return f"{query_subject}.{strategy_id}"
 
 
 def order_submit(strategy_id: str) -> str:

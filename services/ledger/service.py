@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -127,6 +127,13 @@ class LedgerService:
         await svc.add_endpoint("pnl", subjects.LEDGER_PNL, ledger_pb2.LedgerQuery, self.pnl)
         await svc.add_endpoint("leaderboard", subjects.LEDGER_LEADERBOARD, ledger_pb2.LedgerQuery, self.leaderboard)
         await svc.add_endpoint("equity", subjects.LEDGER_EQUITY, ledger_pb2.LedgerQuery, self.equity)
+        # A strategy's own books (its NATS user may publish only these): scoped by the subject.
+        for kind, handler in ((subjects.LEDGER_POSITIONS, self.positions), (subjects.LEDGER_ORDERS, self.orders),
+                              (subjects.LEDGER_PNL, self.pnl)):
+            await svc.add_endpoint(
+                f"own_{subjects.token(kind, -1)}", subjects.ledger_own(kind, "*"), ledger_pb2.LedgerQuery,
+                _scoped_to_subject(handler),
+            )
 
         consumer = runtime.spawn(self._consume(runtime), "ledger.consume")
         runtime.spawn(self._snapshots(runtime), "ledger.snapshots")
@@ -466,6 +473,29 @@ class LedgerService:
         _check_query(query)
         reply = ledger_pb2.EquityReply(points=await self.store.equity(query, queries.effective_limit(query.limit)))
         return _fit(reply, reply.points, from_front=True)
+
+
+def _scoped_to_subject(
+    handler: Callable[[ledger_pb2.LedgerQuery, str], Awaitable[R]],
+) -> Callable[[ledger_pb2.LedgerQuery, str], Awaitable[R]]:
+    """``handler`` for the strategy named by the subject's last token only (member filter dropped)."""
+
+    async def scoped(query: ledger_pb2.LedgerQuery, subject: str) -> R:
+        strategy_id = subjects.token(subject, -1)
+        if not subjects.STRATEGY_ID_RE.match(strategy_id):
+            raise DeskError("WRONG_SUBJECT", f"{subject!r} does not end in a valid strategy id")
+        if query.strategy_id and query.strategy_id != strategy_id:
+            raise DeskError(
+                "WRONG_SUBJECT",
+                f"strategy_id {query.strategy_id!r} does not match the subject's strategy {strategy_id!r}: "
+                "a strategy's own query reads only its own books",
+            )
+        own = ledger_pb2.LedgerQuery()
+        own.CopyFrom(query)
+        own.strategy_id, own.member_id = strategy_id, ""
+        return await handler(own, subject)
+
+    return scoped
 
 
 def _check_query(query: ledger_pb2.LedgerQuery) -> None:

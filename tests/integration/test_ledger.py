@@ -369,3 +369,26 @@ async def test_a_ledger_letting_light_traffic_gather_still_books_everything_and_
     assert stats.duplicates == 0
     positions = (await query(nc, subjects.LEDGER_POSITIONS, ledger_pb2.PositionsReply)).positions
     assert [p.qty for p in positions] == ["3"]
+
+
+async def test_a_strategys_own_queries_answer_for_that_strategy_only(nc: Client, ledger: Ledger) -> None:
+    await ledger.start()
+    for strategy_id, qty in (("alpha", "2"), ("beta", "5")):
+        await publish(nc, report(strategy_id, "b1", E.EXEC_TYPE_FILL, fill_qty=qty, fill_price="10", member_id="m"))
+    await ledger.wait(lambda s: s.fills_booked == 2)
+
+    own = subjects.ledger_own
+    positions = (await query(nc, own(subjects.LEDGER_POSITIONS, "alpha"), ledger_pb2.PositionsReply)).positions
+    assert [(p.strategy_id, p.qty) for p in positions] == [("alpha", "2")]
+    # a member filter cannot widen it, and the strategy's own id is accepted in the query
+    pnl = (await query(nc, own(subjects.LEDGER_PNL, "alpha"), ledger_pb2.PnlReply, member_id="m")).strategies
+    assert [row.strategy_id for row in pnl] == ["alpha"]
+    orders = (await query(nc, own(subjects.LEDGER_ORDERS, "alpha"), ledger_pb2.OrdersReply, strategy_id="alpha")).orders
+    assert {o.strategy_id for o in orders} == {"alpha"}
+
+    with pytest.raises(DeskError) as refused:
+        await query(nc, own(subjects.LEDGER_POSITIONS, "alpha"), ledger_pb2.PositionsReply, strategy_id="beta")
+    assert refused.value.code == "WRONG_SUBJECT" and "own books" in refused.value.message
+    # the desk-wide query still sees everyone (the CLI, the dashboard)
+    everyone = (await query(nc, subjects.LEDGER_POSITIONS, ledger_pb2.PositionsReply)).positions
+    assert sorted(p.strategy_id for p in everyone) == ["alpha", "beta"]

@@ -153,3 +153,23 @@ async def test_the_sdk_logs_the_servers_refusal(secured_server: NatsServer) -> N
     finally:
         sdk_log.removeHandler(handler)
         await nc.close()
+
+
+async def test_a_strategy_may_ask_the_ledger_for_its_own_books_only(secured_server: NatsServer, admin: Client) -> None:
+    async def ledger(msg: Msg) -> None:
+        await msg.respond(msg.subject.encode())
+
+    await admin.subscribe("desk.ledger.>", cb=ledger)
+    await admin.flush()
+    violations = Violations()
+    alpha = await strategy(secured_server, "alpha", violations)
+    try:
+        for kind in subjects.LEDGER_OWN_KINDS:
+            reply = await alpha.request(subjects.ledger_own(kind, "alpha"), b"", timeout=5)
+            assert reply.data == subjects.ledger_own(kind, "alpha").encode()
+        for forbidden in (subjects.LEDGER_POSITIONS, subjects.ledger_own(subjects.LEDGER_POSITIONS, "beta"),
+                          subjects.LEDGER_FILLS, subjects.LEDGER_LEADERBOARD):
+            await alpha.publish(forbidden, b"")
+            assert "permissions violation for publish" in await violations.next()
+    finally:
+        await alpha.close()

@@ -348,7 +348,8 @@ async def test_books_are_recovered_from_the_ledger_at_start_and_cancels_reach_th
     ])
     for subject, reply in ((subjects.LEDGER_POSITIONS, positions), (subjects.LEDGER_PNL, pnl),
                            (subjects.LEDGER_ORDERS, orders)):
-        await nc.subscribe(subject, cb=functools.partial(answer, reply=reply))
+        # the strategy asks for its own books on the scoped subjects its NATS user may publish
+        await nc.subscribe(subjects.ledger_own(subject, "recover"), cb=functools.partial(answer, reply=reply))
 
     cancels: list[orders_pb2.CancelRequest] = []
 
