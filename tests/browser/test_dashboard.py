@@ -15,7 +15,6 @@ from pathlib import Path
 import nats
 import pytest
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from playwright.async_api import Browser, Page, expect
 
 from desk.bus import codec, subjects
@@ -30,6 +29,7 @@ from tests.browser.conftest import (
     PROBE_NAME,
     RunningDesk,
 )
+from tests.support import LEDGER_ACKS, follow, follow_executions, ledger_caught_up
 
 pytestmark = [
     pytest.mark.browser,
@@ -38,16 +38,6 @@ pytestmark = [
 
 WAIT_MS = 30_000
 FILL_TYPES = (executions_pb2.EXEC_TYPE_FILL, executions_pb2.EXEC_TYPE_PARTIAL_FILL)
-
-
-async def follow(nc: Client, subject: str) -> asyncio.Queue[Msg]:
-    q: asyncio.Queue[Msg] = asyncio.Queue()
-
-    async def put(msg: Msg) -> None:
-        q.put_nowait(msg)
-
-    await nc.subscribe(subject, cb=put)
-    return q
 
 
 async def submit_probe_order(nc: Client, client_order_id: str) -> orders_pb2.OrderAck:
@@ -68,9 +58,12 @@ async def submit_probe_order(nc: Client, client_order_id: str) -> orders_pb2.Ord
 
 
 async def probe_fill_booked(nc: Client, client_order_id: str) -> None:
-    """Send a probe order and return once the ledger has booked its fill (acked it on EXECUTIONS)."""
-    executions = await follow(nc, subjects.execution(PROBE))
-    acks = await follow(nc, f"$JS.ACK.{subjects.STREAM_EXECUTIONS}.{subjects.LEDGER_DURABLE}.>")
+    """Send a probe order and return once the ledger has booked its fill (acked it on EXECUTIONS).
+
+    The fill is read from the stream, not a core subscription: a core subscriber can see a report
+    before JetStream has stored it, and then "everything stored is acked" would not cover it."""
+    executions = await follow_executions(nc)
+    acks = await follow(nc, LEDGER_ACKS)
     ack = await submit_probe_order(nc, client_order_id)
     assert ack.accepted, ack.message
     async with asyncio.timeout(30):
@@ -79,11 +72,7 @@ async def probe_fill_booked(nc: Client, client_order_id: str) -> None:
             report = codec.decode(msg.data, executions_pb2.ExecutionReport, msg.headers)
             if report.client_order_id == client_order_id and report.exec_type == executions_pb2.EXEC_TYPE_FILL:
                 break
-        last = (await nc.jetstream().stream_info(subjects.STREAM_EXECUTIONS)).state.last_seq
-        info = await nc.jetstream().consumer_info(subjects.STREAM_EXECUTIONS, subjects.LEDGER_DURABLE)
-        acked = set(range(1, info.ack_floor.stream_seq + 1))
-        while not set(range(1, last + 1)) <= acked:
-            acked.add(int((await acks.get()).subject.split(".")[5]))
+    await ledger_caught_up(nc, acks, timeout=30)
 
 
 async def live_page(browser: Browser, url: str) -> Page:
