@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -69,6 +70,9 @@ MSG_ID = "Nats-Msg-Id"
 SUBMIT_CONCURRENCY = 32
 #: How long a cancel of an order no replica has recorded waits for another replica's ack to be stored.
 CANCEL_GRACE = 0.25
+#: The bucket's TTL (desk.bus.streams), and how often the router forgets the keys it has expired.
+ORDER_IDS_TTL = streams.BUCKETS[subjects.KV_ORDER_IDS].ttl or 7 * streams.DAY
+ORDER_IDS_PRUNE_EVERY = 600.0
 
 
 class Router:
@@ -94,8 +98,10 @@ class Router:
         self._kv: dict[str, KeyValue] = {}
         # order-id key -> the submit handling it now; resolves to its ack (None when it failed)
         self._in_flight: dict[str, asyncio.Future[orders_pb2.OrderAck | None]] = {}
-        #: keys of DESK_ORDER_IDS (``<strategy>.<client order id>``): every order accepted in the bucket's TTL
-        self.order_ids: set[str] = set()
+        #: keys of DESK_ORDER_IDS (``<strategy>.<client order id>``) -> when stored (epoch s): every order
+        #: accepted within the bucket's TTL (expiry does not reach a watch: see prune_order_ids)
+        self.order_ids: dict[str, float] = {}
+        self._pruned_at = time.time()
         self._storing: set[asyncio.Task[None]] = set()  # acks being written to DESK_ORDER_IDS
 
     # -- start-up ---------------------------------------------------------------------------------
@@ -191,9 +197,24 @@ class Router:
 
     def _on_order_id(self, entry: KeyValue.Entry) -> None:
         if self._deleted(entry):
-            self.order_ids.discard(entry.key)
-        else:
-            self.order_ids.add(entry.key)
+            self.order_ids.pop(entry.key, None)
+            return
+        created: Any = entry.created  # nats-py gives the stored time as a datetime
+        self.order_ids[entry.key] = created.timestamp() if isinstance(created, datetime) else time.time()
+        now = time.time()
+        if now - self._pruned_at > ORDER_IDS_PRUNE_EVERY:
+            self.prune_order_ids(now)
+
+    def prune_order_ids(self, now: float) -> int:
+        """Forget the keys DESK_ORDER_IDS has expired (its TTL); returns how many were dropped."""
+        self._pruned_at = now
+        oldest = now - ORDER_IDS_TTL
+        expired = [key for key, stored in self.order_ids.items() if stored < oldest]
+        for key in expired:
+            del self.order_ids[key]
+        if expired:
+            log.info("order_ids.pruned", expired=len(expired), kept=len(self.order_ids))
+        return len(expired)
 
     def _on_risk(self, entry: KeyValue.Entry) -> None:
         # Our own halt/resume already applied its revision; an older event must not undo a newer one.
@@ -401,7 +422,7 @@ class Router:
 
     def _store_ack(self, key: str, ack: orders_pb2.OrderAck) -> None:
         """Record the first ack in DESK_ORDER_IDS while the reply goes out (the order is routed already)."""
-        self.order_ids.add(key)
+        self.order_ids[key] = time.time()
         task = asyncio.create_task(self._write_ack(key, ack), name=f"store-ack-{key}")
         self._storing.add(task)
         task.add_done_callback(self._storing.discard)
