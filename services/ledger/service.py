@@ -257,19 +257,10 @@ class LedgerService:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def process_batch(self, msgs: list[Msg]) -> None:
-        """Decode, book in one transaction, commit, then ack the good and terminate the malformed."""
-        await self._book(self._decode(msgs))
-
-    def _decode(self, msgs: list[Msg]) -> _Batch:
-        """Decode and check every message (no I/O); the malformed are logged here and terminated later."""
-        batch = _Batch(msgs)
-        self._decode_into(batch, msgs, now_ns())
-        return batch
-
     async def _decode_yielding(self, msgs: list[Msg]) -> _Batch:
-        """:meth:`_decode` in slices, yielding to the event loop between them: a batch the writer has
-        just committed is acked, and the next one handed to the writer, without waiting for the rest."""
+        """Decode and check every message (the malformed are logged here and terminated once the batch
+        is booked), in slices, yielding to the event loop between them: a batch the writer has just
+        committed is acked, and the next one handed to the writer, without waiting for the rest."""
         batch = _Batch(msgs)
         now = now_ns()
         for start in range(0, len(msgs), DECODE_SLICE):

@@ -499,8 +499,8 @@ class LedgerStore:
             self._transaction(db, lambda changes: self._book(db, changes, bookings, result))
 
     def _book(self, db: sqlite3.Connection, changes: _WriteSet, bookings: list[Booking], result: BatchResult) -> None:
-        """Every statement of one batch: one duplicate check, then ``executemany`` per table, in an
-        order the foreign keys accept (accounts are written by :meth:`_WriteSet.write` first)."""
+        """Every statement of one batch: one duplicate check, then one multi-row insert per table
+        (:func:`_insert_rows`), in an order the foreign keys accept (the touched accounts first)."""
         stored_events, stored_fills = _stored_ids(db, [b.report.execution_id for b in bookings])
         seen: set[str] = set()
         order_rows: list[tuple[Any, ...]] = []
