@@ -79,11 +79,11 @@ async def _run(sections: tuple[str, ...], quick: bool) -> tuple[list[Figure], di
                 got, raw[section] = await orders.run(plan["orders"])  # type: ignore[arg-type]
             elif section == "uvloop":
                 # The desk runs on uvloop when it is installed (EVENT_LOOP=auto): measure asyncio's own loop beside it.
-                harness.EVENT_LOOP["name"] = "asyncio"
+                harness.EVENT_LOOP = "asyncio"
                 try:
                     got, raw[section] = await orders.run(plan["uvloop"], suffix=" (asyncio)", with_bare=False)  # type: ignore[arg-type]
                 finally:
-                    harness.EVENT_LOOP["name"] = "auto"
+                    harness.EVENT_LOOP = "auto"
                 base = {f.name: f for f in figures if f.section == "orders"}
                 for f in got:
                     default = base.get(f.name.replace(" (asyncio)", ""))

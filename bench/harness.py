@@ -53,7 +53,7 @@ def rss_mib(pid: int) -> float | None:
 
 #: EVENT_LOOP of every process the bench starts, services and workers alike: the desk's default
 #: (``auto``: uvloop when installed), or ``asyncio`` for the comparison section.
-EVENT_LOOP = {"name": "auto"}
+EVENT_LOOP = "auto"
 
 
 class Worker:
@@ -110,7 +110,7 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")])),
         PYTHONUNBUFFERED="1",
         LOG_FORMAT="json",
-        EVENT_LOOP=EVENT_LOOP["name"],
+        EVENT_LOOP=EVENT_LOOP,
     )
     env.update(extra)
     return env
