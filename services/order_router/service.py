@@ -199,9 +199,9 @@ class Router:
         if self._deleted(entry):
             self.order_ids.pop(entry.key, None)
             return
-        created: Any = entry.created  # nats-py gives the stored time as a datetime
-        self.order_ids[entry.key] = created.timestamp() if isinstance(created, datetime) else time.time()
         now = time.time()
+        created: Any = entry.created  # nats-py gives the stored time as a datetime
+        self.order_ids[entry.key] = created.timestamp() if isinstance(created, datetime) else now
         if now - self._pruned_at > ORDER_IDS_PRUNE_EVERY:
             self.prune_order_ids(now)
 
