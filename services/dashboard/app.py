@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from desk.bus import subjects
 from desk.bus.logging import get_logger
-from services.dashboard.auth import OperatorAuth, same_origin
+from services.dashboard.auth import LoginThrottle, OperatorAuth, client_address, same_origin
 from services.dashboard.live import LiveFeed
 from services.dashboard.reader import DeskReader, Unavailable
 
@@ -64,8 +64,20 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-def create_app(reader: DeskReader, live: LiveFeed, auth: OperatorAuth, *, secure_cookie: bool = False) -> Starlette:
+def create_app(
+    reader: DeskReader,
+    live: LiveFeed,
+    auth: OperatorAuth,
+    *,
+    secure_cookie: bool = False,
+    login_throttle: LoginThrottle | None = None,
+    trusted_proxies: Collection[str] = (),
+) -> Starlette:
+    """``login_throttle``: defaults to :class:`LoginThrottle`'s defaults; ``trusted_proxies``: peers
+    whose ``X-Forwarded-For`` names the login's client (none by default: headers are ignored)."""
     templates = Jinja2Templates(directory=str(HERE / "templates"))  # .html: autoescape on
+    throttle = login_throttle if login_throttle is not None else LoginThrottle()
+    proxies = frozenset(trusted_proxies)
 
     def session_of(request: Request) -> str | None:
         token = request.cookies.get(SESSION_COOKIE)
@@ -134,10 +146,32 @@ def create_app(reader: DeskReader, live: LiveFeed, auth: OperatorAuth, *, secure
             return page("login.html", request, {"error": "operator actions are disabled (DASHBOARD_OPERATOR_PASSWORD is not set)"}, status=403)
         form = await request.form()
         password = form.get("password")
+        client = client_address(
+            request.client.host if request.client else None, request.headers.get("x-forwarded-for"), proxies
+        )
+        # No await from here on: throttle check, password check and count update are one step, so
+        # concurrent requests cannot all pass the check before the first failure is counted.
+        wait = throttle.retry_after(client)
+        if wait:
+            # Refused before the password is looked at: during a lockout a right password fails too.
+            log.warning("login.throttled", client=client, count=throttle.failures(client), retry_after=wait)
+            message = f"too many failed logins from your address; try again in {wait} s"
+            response = page("login.html", request, {"error": message}, status=429)
+            response.headers["Retry-After"] = str(wait)
+            return response
         if not isinstance(password, str) or not auth.check_password(password):
-            log.warning("operator.login_failed", client=request.client.host if request.client else "")
-            return page("login.html", request, {"error": "wrong password"}, status=401)
-        log.info("operator.logged_in", client=request.client.host if request.client else "")
+            count = throttle.failed(client)
+            wait = throttle.retry_after(client)
+            log.warning("login.failed", client=client, count=count, retry_after=wait)
+            message = "wrong password"
+            if wait:
+                message += f"; too many failed logins from your address; try again in {wait} s"
+            response = page("login.html", request, {"error": message}, status=401)
+            if wait:
+                response.headers["Retry-After"] = str(wait)
+            return response
+        throttle.succeeded(client)
+        log.info("operator.logged_in", client=client)
         response = RedirectResponse("/desk", status_code=303)
         response.set_cookie(
             SESSION_COOKIE, auth.issue_session(time.time_ns()), httponly=True, samesite="strict",

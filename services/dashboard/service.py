@@ -64,7 +64,14 @@ class DashboardService:
         settings = self.settings
         await self.live.start(runtime.nc)
         reader = DeskReader(runtime.nc, self.live, settings.dashboard_request_timeout, settings.service_names)
-        app = create_app(reader, self.live, self.auth, secure_cookie=settings.dashboard_secure_cookie)
+        app = create_app(
+            reader,
+            self.live,
+            self.auth,
+            secure_cookie=settings.dashboard_secure_cookie,
+            login_throttle=settings.login_throttle(),
+            trusted_proxies=settings.trusted_proxies,
+        )
         config = uvicorn.Config(
             app,
             host=settings.dashboard_host,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+import ipaddress
+
+from pydantic import Field, SecretStr, field_validator
 
 from desk.bus.settings import BusSettings
+from services.dashboard.auth import LoginThrottle
 
 
 class Settings(BusSettings):
@@ -34,6 +37,45 @@ class Settings(BusSettings):
     dashboard_secure_cookie: bool = Field(
         default=False, description="mark the session cookie Secure (set when served over HTTPS)"
     )
+    dashboard_login_free_attempts: int = Field(
+        default=5, ge=1, le=1000, description="failed logins per client address before further attempts are delayed"
+    )
+    dashboard_login_window: float = Field(
+        default=900.0, gt=0, le=7 * 24 * 3600, description="seconds after a client's latest failure (or the end of its lockout) after which its failed logins are forgotten"
+    )
+    dashboard_login_max_delay: float = Field(
+        default=300.0, ge=1, le=24 * 3600, description="longest delay (seconds) between login attempts; the delay doubles from 1 s per failure"
+    )
+    dashboard_login_max_clients: int = Field(
+        default=10_000, ge=1, le=10_000_000, description="client addresses the login throttle remembers (the oldest is forgotten)"
+    )
+    dashboard_trusted_proxies: str = Field(
+        default="",
+        description=(
+            "reverse-proxy IP addresses (comma-separated) whose X-Forwarded-For names the client; "
+            "empty = trust no header, count logins by the TCP peer"
+        ),
+    )
+
+    @field_validator("dashboard_trusted_proxies")
+    @classmethod
+    def _addresses(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                ipaddress.ip_address(part.strip())  # ValueError: not an IP address
+        return value
+
+    @property
+    def trusted_proxies(self) -> frozenset[str]:
+        return frozenset(str(ipaddress.ip_address(p.strip())) for p in self.dashboard_trusted_proxies.split(",") if p.strip())
+
+    def login_throttle(self) -> LoginThrottle:
+        return LoginThrottle(
+            free_attempts=self.dashboard_login_free_attempts,
+            window=self.dashboard_login_window,
+            max_delay=self.dashboard_login_max_delay,
+            max_clients=self.dashboard_login_max_clients,
+        )
 
     @property
     def service_names(self) -> list[str]:
