@@ -20,7 +20,7 @@ WHEELS     := deploy/build/wheels
 .DEFAULT_GOAL := help
 .PHONY: bench wheels base-image build strategy-image up down clean-docker test-docker test-browser test-faults
 .PHONY: help setup run deploy stop status logs positions leaderboard halt resume proto test test-unit \
-        test-integration test-e2e lint typecheck clean
+        test-integration test-e2e test-confinement lint typecheck clean
 
 help: ## list the targets
 	@echo "Quant Desk — make targets (NAME=<strategy> where it applies):"
@@ -103,6 +103,7 @@ test: $(STAMP) ## lint and types, then unit, integration (real nats-server), end
 	$(PYTEST) tests/unit
 	$(PYTEST) tests/integration
 	$(PYTEST) tests/e2e
+	$(PYTEST) tests/confinement
 	$(MAKE) --no-print-directory test-faults
 	$(MAKE) --no-print-directory test-browser
 	deploy/ci/docker-stage.sh
@@ -126,6 +127,9 @@ test-integration: $(STAMP) ## integration tests against a real nats-server
 
 test-e2e: $(STAMP) ## the embedded desk end to end
 	$(PYTEST) tests/e2e
+
+test-confinement: $(STAMP) ## a hostile strategy against the real desk: reply injection, permissions, sandbox
+	$(PYTEST) tests/confinement
 
 bench: $(STAMP) ## benchmark the desk against bare NATS/SQLite limits (~5 min; table + bench/results/*.json)
 	$(PY) -m bench

@@ -23,6 +23,7 @@ import nats
 from nats.aio.client import Client
 
 from desk.bus import codec, streams, subjects
+from desk.bus import kv as desk_kv
 from desk.bus.testing import NatsServer
 from desk.v1 import marketdata_pb2, strategy_pb2
 
@@ -225,15 +226,13 @@ class Desk:
                 max_orders_per_minute=100_000_000, allow_short=True,
             ),
         )
-        kv = await self.nc.jetstream().key_value(subjects.KV_STRATEGIES)
-        await kv.put(strategy_id, spec.SerializeToString())
+        await desk_kv.put(self.nc.jetstream(), subjects.KV_STRATEGIES, strategy_id, spec)
 
     async def set_price(self, symbol: str = BENCH_SYMBOL, price: str = BENCH_PRICE) -> None:
         """Price in DESK_PRICES (router) and one md.trade without size (the sim: unlimited liquidity)."""
         assert self.nc is not None
         trade = marketdata_pb2.Trade(symbol=symbol, price=price, ts_ns=time.time_ns(), source="bench")
-        kv = await self.nc.jetstream().key_value(subjects.KV_PRICES)
-        await kv.put(symbol, trade.SerializeToString())
+        await desk_kv.put(self.nc.jetstream(), subjects.KV_PRICES, symbol, trade)
         body, headers = codec.encode(trade)
         await self.nc.publish(subjects.md_trade(symbol), body, headers=headers)
         await self.nc.flush()

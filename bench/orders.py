@@ -14,6 +14,7 @@ from typing import Any
 from bench.harness import BENCH_SYMBOL, ROOT, Desk, Worker, _env, rss_mib
 from bench.stats import Figure, Target, summarize
 from desk.bus import codec, subjects
+from desk.bus import kv as desk_kv
 from desk.bus.request import request
 from desk.v1 import common_pb2, orders_pb2, strategy_pb2
 
@@ -131,8 +132,7 @@ async def strategy_footprint(desk: Desk) -> float | None:
 
         sub = await desk.nc.subscribe(subjects.heartbeat("bench-idle"), cb=on_hb)
         spec = strategy_pb2.StrategySpec(strategy_id="bench-idle", member_id="bench", initial_cash="100000")
-        kv = await desk.nc.jetstream().key_value(subjects.KV_STRATEGIES)
-        await kv.put("bench-idle", spec.SerializeToString())
+        await desk_kv.put(desk.nc.jetstream(), subjects.KV_STRATEGIES, "bench-idle", spec)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "strategy_sdk", "run", str(folder), cwd=ROOT,
             env=_env({"NATS_URL": desk.url, "DESK_STRATEGY_ID": "bench-idle", "DESK_HEARTBEAT_INTERVAL": "0.5"}),

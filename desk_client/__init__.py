@@ -33,7 +33,7 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from desk.bus import subjects
+from desk.bus import confine, subjects
 from desk.bus.decimals import fmt
 from desk.bus.errors import DeskError
 from desk.bus.request import request
@@ -84,8 +84,10 @@ class _Desk:
             elif os.environ.get("NATS_USER"):
                 options["user"] = os.environ["NATS_USER"]
                 options["password"] = os.environ.get("NATS_PASSWORD", "")
-            if os.environ.get("NATS_INBOX_PREFIX"):
-                options["inbox_prefix"] = os.environ["NATS_INBOX_PREFIX"]
+            # the desk answers a strategy only under its own inbox (desk.bus.confine)
+            options["inbox_prefix"] = os.environ.get("NATS_INBOX_PREFIX") or confine.strategy_inbox_prefix(
+                self.strategy_id
+            )
             url = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
             self.nc = await nats.connect(
                 servers=[u.strip() for u in url.split(",") if u.strip()],

@@ -98,7 +98,7 @@ async def run_legacy(cfg: RunnerConfig, stop_event: asyncio.Event) -> int:
     from strategy_sdk.runner import EXIT_CONNECT, connect_nats, heartbeat_loop
 
     try:
-        nc = await connect_nats(cfg.nats_url, f"strategy-{cfg.strategy_id}")
+        nc = await connect_nats(cfg.nats_url, cfg.strategy_id)
     except Exception as exc:  # noqa: BLE001 - any connect failure is reported as exit code 1
         log.error("nats.connect_failed: %s: %r", cfg.nats_url, exc)
         return EXIT_CONNECT

@@ -37,7 +37,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from desk.bus import codec, subjects
+from desk.bus import codec, confine, subjects
 from desk.bus.decimals import dec
 from desk.bus.errors import DeskError
 from desk.bus.request import request
@@ -238,8 +238,12 @@ class RunnerConfig:
         return [f"md.{kind}.{s}" for s in self.symbols]
 
 
-async def connect_nats(url: str, name: str, env: Mapping[str, str] | None = None) -> Client:
-    """Connect with reconnects forever; NATS_USER/NATS_PASSWORD, NATS_CREDS, NATS_INBOX_PREFIX honoured."""
+async def connect_nats(url: str, strategy_id: str, env: Mapping[str, str] | None = None) -> Client:
+    """Connect with reconnects forever; NATS_USER/NATS_PASSWORD, NATS_CREDS, NATS_INBOX_PREFIX honoured.
+
+    Replies come under the strategy's own inbox (``_INBOX_S.<id>``, desk.bus.confine): the desk
+    answers a strategy nowhere else, so that is the default inbox prefix."""
+    name = f"strategy-{strategy_id}"
     env = os.environ if env is None else env
     options: dict[str, Any] = {}
     if env.get("NATS_CREDS"):
@@ -247,8 +251,7 @@ async def connect_nats(url: str, name: str, env: Mapping[str, str] | None = None
     elif env.get("NATS_USER"):
         options["user"] = env["NATS_USER"]
         options["password"] = env.get("NATS_PASSWORD", "")
-    if env.get("NATS_INBOX_PREFIX"):
-        options["inbox_prefix"] = env["NATS_INBOX_PREFIX"]
+    options["inbox_prefix"] = env.get("NATS_INBOX_PREFIX") or confine.strategy_inbox_prefix(strategy_id)
 
     async def error_cb(exc: Exception) -> None:
         log.warning("nats.error: %r", exc)
@@ -584,7 +587,7 @@ async def run_strategy(
         log.error("strategy.load_failed: creating the strategy raised %r", exc, exc_info=exc)
         return EXIT_LOAD
     try:
-        nc = await connect_nats(cfg.nats_url, f"strategy-{cfg.strategy_id}", env)
+        nc = await connect_nats(cfg.nats_url, cfg.strategy_id, env)
     except Exception as exc:  # noqa: BLE001 - any connect failure is reported as exit code 1
         log.error("nats.connect_failed: %s: %r", cfg.nats_url, exc)
         return EXIT_CONNECT

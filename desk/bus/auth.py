@@ -23,9 +23,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from desk.bus import subjects
+from desk.bus import confine, subjects
 
-STRATEGY_INBOX_ROOT = "_INBOX_S"
+STRATEGY_INBOX_ROOT = confine.STRATEGY_INBOX_ROOT
 ADMIN_USER = "desk-admin"
 
 
@@ -48,8 +48,68 @@ def strategy_user(strategy_id: str) -> str:
     return f"strategy-{strategy_id}"
 
 
-def strategy_inbox_prefix(strategy_id: str) -> str:
-    return f"{STRATEGY_INBOX_ROOT}.{strategy_id}"
+strategy_inbox_prefix = confine.strategy_inbox_prefix
+
+
+# What each service may publish (defence in depth beside desk.bus.confine: a service tricked into
+# publishing somewhere still cannot write another's bucket, purge or delete a stream, or publish
+# executions). Subscriptions stay open to services: they read, the permissions guard writes.
+
+def _stream_rights(stream: str) -> list[str]:
+    """Use one stream: create/update/inspect it, read it, run consumers on it, ack and flow-control."""
+    api = "$JS.API"
+    return [
+        f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.CREATE.{stream}", f"{api}.STREAM.UPDATE.{stream}",
+        f"{api}.STREAM.MSG.GET.{stream}", f"{api}.DIRECT.GET.{stream}", f"{api}.DIRECT.GET.{stream}.>",
+        f"{api}.CONSUMER.*.{stream}", f"{api}.CONSUMER.*.{stream}.>", f"{api}.CONSUMER.DURABLE.CREATE.{stream}.>",
+        f"{api}.CONSUMER.MSG.NEXT.{stream}.>", f"$JS.ACK.{stream}.>", f"$JS.FC.{stream}.>",
+    ]
+
+
+def _bucket_rights(bucket: str, *, write: bool) -> list[str]:
+    return _stream_rights(f"KV_{bucket}") + ([f"$KV.{bucket}.>"] if write else [])
+
+
+#: Every service: answer requests (replies go to inboxes only), JetStream account info.
+_COMMON_PUBLISH = [f"{confine.ADMIN_INBOX_ROOT}.>", f"{confine.STRATEGY_INBOX_ROOT}.>", "$JS.API.INFO"]
+
+SERVICE_PUBLISH: dict[str, list[str]] = {
+    "marketdata": [subjects.MD_ALL, *_bucket_rights(subjects.KV_PRICES, write=True)],
+    "ledger": [
+        *_stream_rights(subjects.STREAM_EXECUTIONS),
+        *_bucket_rights(subjects.KV_STRATEGIES, write=False),
+        *_bucket_rights(subjects.KV_PRICES, write=False),
+    ],
+    "broker_gateway": [
+        subjects.EXEC_ALL,
+        *_stream_rights(subjects.STREAM_EXECUTIONS),
+        *_stream_rights(subjects.STREAM_ORDERS),
+        *_bucket_rights(subjects.KV_PRICES, write=False),
+    ],
+    "order_router": [
+        subjects.BROKER_ORDERS.format(venue="*"),
+        *_stream_rights(subjects.STREAM_ORDERS),
+        *_stream_rights(subjects.STREAM_EXECUTIONS),
+        *_bucket_rights(subjects.KV_PRICES, write=False),
+        *_bucket_rights(subjects.KV_STRATEGIES, write=False),
+        *_bucket_rights(subjects.KV_RISK, write=True),
+        *_bucket_rights(subjects.KV_ORDER_IDS, write=True),
+    ],
+    "orchestrator": [*_bucket_rights(subjects.KV_STRATEGIES, write=True)],
+    "dashboard": [
+        "desk.ledger.>", "desk.ctl.strategy.>", "desk.risk.>", "$SRV.>",
+        *_bucket_rights(subjects.KV_PRICES, write=False),
+    ],
+}
+
+
+def service_permissions(service: str) -> dict[str, Any]:
+    """The NATS permissions of ``service``'s user: publish only what that service needs."""
+    return {"publish": {"allow": [*_COMMON_PUBLISH, *SERVICE_PUBLISH[service]]}}
+
+
+def service_entry(service: str, password_hash: str) -> dict[str, Any]:
+    return user_entry(service_user(service), password_hash, service_permissions(service))
 
 
 def strategy_permissions(strategy_id: str) -> dict[str, Any]:
@@ -107,10 +167,13 @@ def init_directory(directory: Path, services: Iterable[str], group_id: int | Non
     (hashes only) and ``secrets/<user>`` (one plain password per file, readable by ``group_id``, the
     services' group). Returns False when they exist already (passwords stay stable across restarts)."""
     if (directory / "base-users.json").exists():
+        upgrade_permissions(directory, services)
         return False
     passwords = {service_user(name): new_password() for name in services}
-    passwords[ADMIN_USER] = new_password()
-    base = [user_entry(user, hash_password(password)) for user, password in passwords.items()]
+    admin_password = new_password()
+    base = [service_entry(name, hash_password(passwords[service_user(name)])) for name in services]
+    base.append(user_entry(ADMIN_USER, hash_password(admin_password)))
+    passwords[ADMIN_USER] = admin_password
     secrets_dir = directory / "secrets"
     secrets_dir.mkdir(parents=True, exist_ok=True)
     for user, password in passwords.items():
@@ -124,6 +187,24 @@ def init_directory(directory: Path, services: Iterable[str], group_id: int | Non
     write_private(directory / "auth.conf", render_users(base))
     write_private(directory / "base-users.json", json.dumps(base))  # last: marks the directory complete
     return True
+
+
+def upgrade_permissions(directory: Path, services: Iterable[str]) -> bool:
+    """Bring the service users of an existing desk (made by an earlier release, when services could
+    publish anything) up to today's permissions, keeping their passwords. True when it changed any."""
+    path = directory / "base-users.json"
+    users = read_users(path)
+    wanted = {service_user(name): service_permissions(name) for name in services}
+    changed = False
+    for entry in users:
+        permissions = wanted.get(entry.get("user", ""))
+        if permissions is not None and entry.get("permissions") != permissions:
+            entry["permissions"] = permissions
+            changed = True
+    if changed:
+        write_private(directory / "auth.conf", render_users(users))
+        write_private(path, json.dumps(users))
+    return changed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,11 @@ endpoints decode the request, call the handler, and answer refusals (:class:`Des
 micro error headers *and* a typed body; refusals are counted per reason and shown in each
 endpoint's STATS ``data`` (``{"errors": {"MALFORMED": 2, ...}}``).
 
+Every endpoint answers only its asker (:mod:`desk.bus.confine`): a request whose reply subject is
+not the asking strategy's own inbox (or, on endpoints no strategy can reach, not an inbox at all) is
+dropped before it is decoded, counted per reason in STATS ``data`` (``{"dropped": {"REPLY_NOT_INBOX":
+1}}``) and logged once per asker and minute.
+
 nats-py runs one subscription's callbacks one at a time, so by default an endpoint handles one
 request at a time. ``add_endpoint(..., concurrency=n)`` (n > 1) handles up to ``n`` requests at once,
 each in its own task; only for handlers that are safe when their awaits interleave.
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -22,7 +28,7 @@ from nats.micro import add_service as _add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service
 
-from desk.bus import codec
+from desk.bus import codec, confine
 from desk.bus.errors import DeskError
 from desk.bus.lifecycle import ServiceRuntime
 from desk.bus.logging import get_logger
@@ -32,6 +38,8 @@ log = get_logger("desk.bus")
 
 #: How long shutdown waits for requests still being handled by concurrent endpoints.
 DRAIN_TIMEOUT = 10.0
+#: A dropped request is logged at most once per asker (strategy, or subject) and this many seconds.
+DROP_LOG_INTERVAL = 60.0
 
 Req = TypeVar("Req", bound=Message)
 Handler = Callable[[Req, str], Awaitable[Message]]
@@ -45,10 +53,36 @@ class DeskService:
         self.service = service
         self.drain_timeout = drain_timeout
         self.refusals: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        #: requests dropped unanswered, per endpoint and reason (see desk.bus.confine)
+        self.dropped: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        self._drop_logged: dict[str, tuple[float, int]] = {}  # asker -> (last logged, dropped since)
         self._in_flight: set[asyncio.Task[None]] = set()  # requests of concurrent endpoints being handled
 
     def stats_data(self, endpoint: EndpointStats) -> dict[str, Any]:
-        return {"errors": dict(self.refusals.get(endpoint.name, {}))}
+        return {
+            "errors": dict(self.refusals.get(endpoint.name, {})),
+            "dropped": dict(self.dropped.get(endpoint.name, {})),
+        }
+
+    def _admit(self, endpoint: str, req: Request) -> bool:
+        """Whether ``req`` may be handled: its reply subject is its asker's own (desk.bus.confine)."""
+        reply = req._msg.reply  # micro's Request does not expose it; the Msg underneath does
+        reason = confine.check_reply(req.subject, reply)
+        if reason is None:
+            return True
+        self.dropped[endpoint][reason] += 1
+        asker = confine.asker(req.subject) or req.subject
+        now = time.monotonic()
+        last, since = self._drop_logged.get(asker, (float("-inf"), 0))
+        if now - last >= DROP_LOG_INTERVAL:
+            log.warning("request.dropped", endpoint=endpoint, subject=req.subject, reply=(reply or "")[:120],
+                        reason=reason, strategy_id=confine.asker(req.subject) or "", dropped_since_last_log=since)
+            self._drop_logged[asker] = (now, 0)
+            if len(self._drop_logged) > 10_000:  # bounded: forget the quietest askers
+                self._drop_logged.pop(next(iter(self._drop_logged)))
+        else:
+            self._drop_logged[asker] = (last, since + 1)
+        return False
 
     async def add_endpoint(
         self,
@@ -78,6 +112,8 @@ class DeskService:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
 
         async def handle(req: Request) -> None:
+            if not self._admit(name, req):
+                return
             request: Req | None = None
             try:
                 request = codec.decode(req.data, request_type, req.headers)
@@ -107,6 +143,8 @@ class DeskService:
                 log.error("endpoint.reply_failed", endpoint=name, subject=req.subject, error=repr(exc), exc_info=exc)
 
         async def dispatch(req: Request) -> None:
+            if not self._admit(name, req):
+                return
             await slots.acquire()
             task = asyncio.create_task(handle_in_task(req), name=f"{name}-request")
             self._in_flight.add(task)

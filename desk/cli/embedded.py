@@ -104,7 +104,8 @@ class EmbeddedDesk:
 
         passwords = {auth.service_user(name): auth.new_password() for name in SERVICES}
         passwords[auth.ADMIN_USER] = auth.new_password()
-        base = [auth.user_entry(user, auth.hash_password(password)) for user, password in passwords.items()]
+        base = [auth.service_entry(name, auth.hash_password(passwords[auth.service_user(name)])) for name in SERVICES]
+        base.append(auth.user_entry(auth.ADMIN_USER, auth.hash_password(passwords[auth.ADMIN_USER])))
         auth.write_private(self.nats_dir / "base-users.json", json.dumps(base))
         auth.write_private(self.nats_dir / "auth.conf", auth.render_users(base))
         auth.write_private(

@@ -28,10 +28,9 @@ from google.protobuf.message import Message
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 import desk
-from desk.bus import codec, streams, subjects
+from desk.bus import codec, kv, streams, subjects
 from desk.bus.decimals import fmt, parse_decimal
 from desk.bus.errors import DeskError
 from desk.bus.lifecycle import ServiceRuntime
@@ -111,11 +110,12 @@ class LedgerService:
 
         js = runtime.js
         await streams.ensure_stream(js, streams.EXECUTIONS)
-        prices_kv = await streams.ensure_bucket(js, subjects.KV_PRICES)
-        strategies_kv = await streams.ensure_bucket(js, subjects.KV_STRATEGIES)
-        # Specs and prices first, so the first batch already knows members and initial cash.
-        await self._watch(runtime, strategies_kv, self._on_strategy, "strategies")
-        await self._watch(runtime, prices_kv, self._on_price, "prices")
+        await streams.ensure_bucket(js, subjects.KV_PRICES)
+        await streams.ensure_bucket(js, subjects.KV_STRATEGIES)
+        # Specs and prices first, so the first batch already knows members and initial cash. Only
+        # checked values (desk.bus.kv): labelled, and the id inside equal to the key.
+        await kv.follower(js, subjects.KV_STRATEGIES, self._on_strategy).start(runtime)
+        await kv.follower(js, subjects.KV_PRICES, self._on_price).start(runtime)
 
         await self._ensure_consumer(js)
         info = await js.consumer_info(subjects.STREAM_EXECUTIONS, subjects.LEDGER_DURABLE)
@@ -318,57 +318,34 @@ class LedgerService:
 
     # -- KV watches -----------------------------------------------------------------------------
 
-    async def _watch(
-        self, runtime: ServiceRuntime, kv: KeyValue, handle: Callable[[Any], Any], what: str
-    ) -> None:
-        """Apply every current entry of ``kv`` now, then follow updates for the life of the service."""
-        watcher = await kv.watchall()
-        runtime.stack.push_async_callback(_stop_watcher, watcher)
-        initial = 0
-        while True:
-            entry = await watcher.updates(timeout=10.0)  # type: ignore[no-untyped-call]
-            if entry is None:
-                break
-            await handle(entry)
-            initial += 1
-        log.info("kv.synced", bucket=what, entries=initial)
-
-        async def follow() -> None:
-            async for entry in watcher:
-                if entry is not None:
-                    await handle(entry)
-
-        runtime.spawn(follow(), f"ledger.watch.{what}")
-
-    async def _on_strategy(self, entry: KeyValue.Entry) -> None:
-        if entry.operation in (KV_DEL, KV_PURGE) or entry.value is None:
+    async def _on_strategy(self, change: kv.Change[strategy_pb2.StrategySpec]) -> None:
+        if change.value is None:
             return  # a strategy undeployed keeps its books
         try:
-            spec = codec.decode(entry.value, strategy_pb2.StrategySpec)
-            strategy_id = spec.strategy_id or entry.key
+            spec = change.value
+            strategy_id = change.key
             if not subjects.STRATEGY_ID_RE.match(strategy_id):
                 raise DeskError("INVALID_FIELD", f"strategy_id {strategy_id!r} is not a valid strategy id")
             initial = parse_decimal("initial_cash", spec.initial_cash, required=False)
         except DeskError as err:
-            log.warning("strategy.malformed", key=entry.key, code=err.code, reason=err.message)
+            log.warning("strategy.malformed", key=change.key, code=err.code, reason=err.message)
             return
         await self.store.upsert_strategy(strategy_id, spec.member_id, initial, spec.name, now_ns())
         self.stats.strategies_seen += 1
         log.info("strategy.upserted", strategy_id=strategy_id, member_id=spec.member_id, initial_cash=fmt(initial))
         await self._notify()
 
-    async def _on_price(self, entry: KeyValue.Entry) -> None:
-        if entry.operation in (KV_DEL, KV_PURGE) or entry.value is None:
-            self.prices.pop(entry.key, None)
+    async def _on_price(self, change: kv.Change[marketdata_pb2.Trade]) -> None:
+        if change.value is None:
+            self.prices.pop(change.key, None)
             return
         try:
-            trade = codec.decode(entry.value, marketdata_pb2.Trade)
-            price = parse_decimal("price", trade.price)
+            price = parse_decimal("price", change.value.price)
         except DeskError as err:
-            log.warning("price.malformed", key=entry.key, code=err.code, reason=err.message)
+            log.warning("price.malformed", key=change.key, code=err.code, reason=err.message)
             return
         assert price is not None
-        self.prices[trade.symbol or entry.key] = price
+        self.prices[change.key] = price
         self.stats.prices_seen += 1
         await self._notify()
 
@@ -512,9 +489,3 @@ def _stream_seq(msg: Msg) -> int:
         return int(msg.metadata.sequence.stream)
     except Exception:  # noqa: BLE001 - only for logging
         return 0
-
-
-async def _stop_watcher(watcher: KeyValue.KeyWatcher) -> None:
-    with contextlib.suppress(Exception):
-        await watcher.stop()  # type: ignore[no-untyped-call]
-

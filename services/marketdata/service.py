@@ -11,11 +11,9 @@ import time
 from dataclasses import dataclass, field
 
 import nats.errors
-from nats.js.kv import KeyValue
 
 import desk
-from desk.bus import codec, subjects
-from desk.bus.errors import DeskError
+from desk.bus import codec, kv, subjects
 from desk.bus.lifecycle import ServiceRuntime, StartFn
 from desk.bus.logging import get_logger
 from desk.bus.micro import add_service
@@ -65,10 +63,10 @@ class MarketData:
             await self._start_alpaca(runtime)
             return
         feed = build_feed(self.settings)
-        prices = await ensure_bucket(runtime.js, subjects.KV_PRICES)
+        await ensure_bucket(runtime.js, subjects.KV_PRICES)
         # Known before ready: the router learns the symbol universe from DESK_PRICES.
         for trade in feed.initial():
-            await prices.put(trade.symbol, trade.SerializeToString())
+            await kv.put(runtime.js, subjects.KV_PRICES, trade.symbol, trade)
         await add_service(
             runtime,
             NAME,
@@ -76,10 +74,10 @@ class MarketData:
             "market data: publishes md.bar|quote|trade.<SYMBOL> and the last price per symbol in DESK_PRICES",
             metadata={"feed": feed.name},
         )
-        runtime.spawn(self._publish_loop(runtime, feed, prices), name="marketdata.publish")
+        runtime.spawn(self._publish_loop(runtime, feed), name="marketdata.publish")
         log.info("feed.started", feed=feed.name)
 
-    async def _publish(self, runtime: ServiceRuntime, prices: KeyValue, tick: Tick) -> None:
+    async def _publish(self, runtime: ServiceRuntime, tick: Tick) -> None:
         symbol = tick.symbol
         for subject, message in (
             (subjects.md_bar(symbol), tick.bar),
@@ -88,11 +86,11 @@ class MarketData:
         ):
             body, headers = codec.encode(message)
             await runtime.nc.publish(subject, body, headers=headers)
-        await prices.put(symbol, tick.trade.SerializeToString())
+        await kv.put(runtime.js, subjects.KV_PRICES, symbol, tick.trade)
         self.stats.ticks += 1
         self.stats.per_symbol[symbol] = self.stats.per_symbol.get(symbol, 0) + 1
 
-    async def _publish_loop(self, runtime: ServiceRuntime, feed: Feed, prices: KeyValue) -> None:
+    async def _publish_loop(self, runtime: ServiceRuntime, feed: Feed) -> None:
         loop = asyncio.get_running_loop()
         due = loop.time()
         for scheduled in feed.schedule():
@@ -105,7 +103,7 @@ class MarketData:
             if runtime.stop.is_set():
                 return
             try:
-                await self._publish(runtime, prices, scheduled.tick)
+                await self._publish(runtime, scheduled.tick)
             except (nats.errors.Error, TimeoutError) as exc:
                 # nats-server restarting (a DESK_PRICES put lost with the connection): skip this tick,
                 # the next one publishes the price again; the feed must not die with the connection.
@@ -122,8 +120,8 @@ class MarketData:
         key, secret = self.settings.alpaca_api_key, self.settings.alpaca_secret_key
         if key is None or secret is None or not key.get_secret_value() or not secret.get_secret_value():
             raise ValueError("MD_FEED=alpaca needs ALPACA_API_KEY and ALPACA_SECRET_KEY")
-        prices = await ensure_bucket(runtime.js, subjects.KV_PRICES)
-        strategies = await ensure_bucket(runtime.js, subjects.KV_STRATEGIES)
+        await ensure_bucket(runtime.js, subjects.KV_PRICES)
+        await ensure_bucket(runtime.js, subjects.KV_STRATEGIES)
 
         async def publish(message: marketdata_pb2.Bar | marketdata_pb2.Trade | marketdata_pb2.Quote) -> None:
             subject = {marketdata_pb2.Bar: subjects.md_bar, marketdata_pb2.Trade: subjects.md_trade,
@@ -131,7 +129,7 @@ class MarketData:
             body, headers = codec.encode(message)
             await runtime.nc.publish(subject, body, headers=headers)
             if isinstance(message, marketdata_pb2.Trade):
-                await prices.put(message.symbol, message.SerializeToString())
+                await kv.put(runtime.js, subjects.KV_PRICES, message.symbol, message)
             self.stats.ticks += 1
             self.stats.per_symbol[message.symbol] = self.stats.per_symbol.get(message.symbol, 0) + 1
 
@@ -139,25 +137,14 @@ class MarketData:
                           feed=self.settings.md_alpaca_feed)
         self.alpaca_feed = feed
         specs: dict[str, strategy_pb2.StrategySpec] = {}
-        watcher = await strategies.watchall()
-        runtime.stack.push_async_callback(watcher.stop)
-        loaded = asyncio.Event()
+        async def on_spec(change: kv.Change[strategy_pb2.StrategySpec]) -> None:
+            if change.value is None:
+                return  # an undeployed strategy's symbols stay subscribed until the next restart
+            specs[change.key] = change.value
+            if not change.initial:
+                await feed.subscribe(wanted_symbols(specs.values(), []))
 
-        async def follow() -> None:
-            async for entry in watcher:
-                if entry is None:
-                    loaded.set()
-                elif entry.operation is None and entry.value:
-                    try:
-                        specs[entry.key] = codec.decode(entry.value, strategy_pb2.StrategySpec)
-                    except DeskError as err:
-                        log.warning("kv.bad_value", bucket=subjects.KV_STRATEGIES, key=entry.key, error=err.message)
-                        continue
-                    if loaded.is_set():
-                        await feed.subscribe(wanted_symbols(specs.values(), []))
-
-        runtime.spawn(follow(), name="marketdata.strategies")
-        await asyncio.wait_for(loaded.wait(), 10)
+        await kv.follower(runtime.js, subjects.KV_STRATEGIES, on_spec).start(runtime, 10)
         await add_service(
             runtime, NAME, desk.__version__,
             "market data: publishes md.bar|quote|trade.<SYMBOL> and the last price per symbol in DESK_PRICES",

@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 import desk
-from desk.bus import codec, subjects
+from desk.bus import codec, kv, subjects
 from desk.bus.errors import DeskError
 from desk.bus.lifecycle import ServiceRuntime
 from desk.bus.logging import get_logger
@@ -242,7 +242,7 @@ class Orchestrator:
             await self._stop_locked(m)
             m.spec = spec
             assert self._kv is not None
-            await self._kv.put(spec.strategy_id, spec.SerializeToString())
+            await kv.put(self._kv._js, subjects.KV_STRATEGIES, spec.strategy_id, spec)  # labelled: desk.bus.kv
             log.info("strategy.deployed", strategy_id=spec.strategy_id, member_id=spec.member_id,
                      legacy=spec.legacy, runtime=spec.runtime, path=spec.path)
             await self._start_locked(m)

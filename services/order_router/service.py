@@ -28,19 +28,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import structlog
 from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
+from nats.js.kv import KV_DEL, KV_OP, KeyValue
 
 import desk
-from desk.bus import codec, streams, subjects
+from desk.bus import codec, kv, streams, subjects
 from desk.bus.decimals import dec, fmt
 from desk.bus.errors import DeskError
+from desk.bus.kv import Change, KvFollower
 from desk.bus.lifecycle import ServiceRuntime
 from desk.bus.logging import get_logger
 from desk.bus.micro import add_service
@@ -96,6 +96,7 @@ class Router:
         self._changed = asyncio.Condition()  # notified after every KV update and execution report
         self._runtime: ServiceRuntime | None = None
         self._kv: dict[str, KeyValue] = {}
+        self.followers: dict[str, KvFollower[Any]] = {}  # bucket -> its checked follower
         # order-id key -> the submit handling it now; resolves to its ack (None when it failed)
         self._in_flight: dict[str, asyncio.Future[orders_pb2.OrderAck | None]] = {}
         #: keys of DESK_ORDER_IDS (``<strategy>.<client order id>``) -> when stored (epoch s): every order
@@ -149,59 +150,46 @@ class Router:
         )
 
     async def _watch(
-        self, runtime: ServiceRuntime, bucket: str, apply: Callable[[Any], None], meta_only: bool = False
+        self, runtime: ServiceRuntime, bucket: str, apply: Callable[[Change[Any]], None], meta_only: bool = False
     ) -> None:
-        """Follow every key of ``bucket``; returns once the current values are applied."""
-        watcher = await self._kv[bucket].watchall(meta_only=meta_only)
-        runtime.stack.push_async_callback(watcher.stop)
-        loaded = asyncio.Event()
+        """Follow every key of ``bucket`` (checked values only: desk.bus.kv); returns once the current
+        values are applied."""
 
-        async def follow() -> None:
-            async for entry in watcher:
-                if entry is None:  # the watcher's "initial values done" marker
-                    loaded.set()
-                    continue
-                try:
-                    apply(entry)
-                except DeskError as err:
-                    log.warning("kv.bad_value", bucket=bucket, key=entry.key, code=err.code, error=err.message)
-                await self._notify()
+        async def applied(change: Change[Any]) -> None:
+            try:
+                apply(change)
+            except DeskError as err:
+                log.warning("kv.bad_value", bucket=bucket, key=change.key, code=err.code, error=err.message)
+            await self._notify()
 
-        runtime.spawn(follow(), name=f"watch-{bucket}")
-        await asyncio.wait_for(loaded.wait(), self.settings.router_startup_timeout)
+        self.followers[bucket] = follower = kv.follower(runtime.js, bucket, applied, meta_only=meta_only)
+        await follower.start(runtime, self.settings.router_startup_timeout)
 
-    @staticmethod
-    def _deleted(entry: KeyValue.Entry) -> bool:
-        return entry.operation in (KV_DEL, KV_PURGE)
-
-    def _on_strategy(self, entry: KeyValue.Entry) -> None:
-        if self._deleted(entry):
-            self.strategies.pop(entry.key, None)
+    def _on_strategy(self, change: Change[strategy_pb2.StrategySpec]) -> None:
+        if change.value is None:
+            self.strategies.pop(change.key, None)
             return
-        spec = codec.decode(entry.value or b"", strategy_pb2.StrategySpec)
-        self.strategies[entry.key] = spec
-        account = self.accounts.get(entry.key)
+        self.strategies[change.key] = change.value
+        account = self.accounts.get(change.key)
         if account is not None:
-            account.initial_cash = self._initial_cash(entry.key)
+            account.initial_cash = self._initial_cash(change.key)
 
-    def _on_price(self, entry: KeyValue.Entry) -> None:
-        if self._deleted(entry):
-            self.prices.pop(entry.key, None)
+    def _on_price(self, change: Change[marketdata_pb2.Trade]) -> None:
+        if change.value is None:
+            self.prices.pop(change.key, None)
             return
-        trade = codec.decode(entry.value or b"", marketdata_pb2.Trade)
         try:
-            price: Decimal | None = dec(trade.price)
+            price: Decimal | None = dec(change.value.price)
         except ArithmeticError:
             price = None
-        self.prices[entry.key] = price if price is not None and price.is_finite() and price > 0 else None
+        self.prices[change.key] = price if price is not None and price.is_finite() and price > 0 else None
 
-    def _on_order_id(self, entry: KeyValue.Entry) -> None:
-        if self._deleted(entry):
-            self.order_ids.pop(entry.key, None)
+    def _on_order_id(self, change: Change[orders_pb2.OrderAck]) -> None:
+        if change.value is None:
+            self.order_ids.pop(change.key, None)
             return
         now = time.time()
-        created: Any = entry.created  # nats-py gives the stored time as a datetime
-        self.order_ids[entry.key] = created.timestamp() if isinstance(created, datetime) else now
+        self.order_ids[change.key] = change.created.timestamp() if change.created is not None else now
         if now - self._pruned_at > ORDER_IDS_PRUNE_EVERY:
             self.prune_order_ids(now)
 
@@ -216,18 +204,17 @@ class Router:
             log.info("order_ids.pruned", expired=len(expired), kept=len(self.order_ids))
         return len(expired)
 
-    def _on_risk(self, entry: KeyValue.Entry) -> None:
+    def _on_risk(self, change: Change[orders_pb2.HaltRequest]) -> None:
         # Our own halt/resume already applied its revision; an older event must not undo a newer one.
-        if entry.revision is not None and entry.revision <= self._halt_revisions.get(entry.key, 0):
+        if change.revision <= self._halt_revisions.get(change.key, 0):
             return
-        if entry.revision is not None:
-            self._halt_revisions[entry.key] = entry.revision
-        if self._deleted(entry):
-            if self.halts.pop(entry.key, None) is not None:
-                log.info("risk.resumed", key=entry.key, source="watch")
+        self._halt_revisions[change.key] = change.revision
+        if change.value is None:
+            if self.halts.pop(change.key, None) is not None:
+                log.info("risk.resumed", key=change.key, source="watch")
             return
-        self.halts[entry.key] = codec.decode(entry.value or b"", orders_pb2.HaltRequest)
-        log.warning("risk.halted", key=entry.key, reason=self.halts[entry.key].reason, source="watch")
+        self.halts[change.key] = change.value
+        log.warning("risk.halted", key=change.key, reason=change.value.reason, source="watch")
 
     async def _follow_executions(self, runtime: ServiceRuntime) -> None:
         """Ordered push consumer over all of EXECUTIONS; returns once the start-up backlog is applied."""
@@ -418,7 +405,11 @@ class Router:
             entry = await self._kv[subjects.KV_ORDER_IDS].get(key)
         except (KeyNotFoundError, KeyDeletedError):
             return None
-        return codec.decode(entry.value or b"", orders_pb2.OrderAck)
+        ack = codec.decode(entry.value or b"", orders_pb2.OrderAck)
+        if subjects.order_id_key(ack.strategy_id, ack.client_order_id) != key:
+            log.warning("kv.value_ignored", bucket=subjects.KV_ORDER_IDS, key=key, reason=kv.KEY_MISMATCH)
+            return None
+        return ack
 
     def _store_ack(self, key: str, ack: orders_pb2.OrderAck) -> None:
         """Record the first ack in DESK_ORDER_IDS while the reply goes out (the order is routed already)."""
@@ -428,9 +419,9 @@ class Router:
         task.add_done_callback(self._storing.discard)
 
     async def _write_ack(self, key: str, ack: orders_pb2.OrderAck) -> None:
-        data, _ = codec.encode(ack)
+        assert self._runtime is not None
         try:
-            await self._kv[subjects.KV_ORDER_IDS].create(key, data)
+            await kv.create(self._runtime.js, subjects.KV_ORDER_IDS, key, ack)
         except KeyWrongLastSequenceError:
             # Stored by an attempt older than JetStream's duplicate window that this replica had not
             # seen: the order id was routed twice. Nothing more to do here but say so loudly.
@@ -545,8 +536,8 @@ class Router:
     async def halt(self, request: orders_pb2.HaltRequest, subject: str) -> orders_pb2.HaltAck:
         validate_halt(request)
         key = subjects.halt_key(request.strategy_id)
-        data, _ = codec.encode(request)
-        revision = await self._kv[subjects.KV_RISK].put(key, data)
+        assert self._runtime is not None
+        revision = await kv.put(self._runtime.js, subjects.KV_RISK, key, request)
         self._apply_halt_write(key, revision, request)
         log.warning(
             "risk.halted",

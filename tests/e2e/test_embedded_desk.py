@@ -8,9 +8,7 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,12 +21,14 @@ from desk.v1 import executions_pb2
 from tests.support import (
     FILL_TYPES,
     LEDGER_ACKS,
-    desk_url,
     follow,
     follow_executions,
     free_port,
     ledger_caught_up,
     stream_fills,
+)
+from tests.support import (
+    DeskUp as Desk,
 )
 
 pytestmark = pytest.mark.e2e
@@ -55,64 +55,6 @@ for line in sys.stdin:
         bought = result["status"] == "accepted"
 '''
 OLD_DESK_CONFIG = {"user_id": "dave", "name": "Old desk buyer", "description": "buys SPY once", "version": "1.0.0", "env": {}}
-
-
-class Desk:
-    """`desk up` in a child process of its own session, as a terminal user would run it."""
-
-    def __init__(self, data_dir: Path, strategies: Path, port: int) -> None:
-        self.data_dir, self.strategies, self.port = data_dir, strategies, port
-        self.process: asyncio.subprocess.Process | None = None
-        self.output: list[str] = []
-        self.up = asyncio.Event()
-        self._reader: asyncio.Task[None] | None = None
-
-    @property
-    def url(self) -> str:
-        """With the admin credentials of this run (NATS runs with authorization)."""
-        return desk_url(self.port, self.data_dir)
-
-    async def start(self, *extra: str) -> None:
-        self.up.clear()
-        self.output.clear()
-        env = dict(os.environ, PYTHONPATH=str(ROOT), MD_INTERVAL="0.25", COLUMNS="200", DASHBOARD_PORT="0")
-        self.process = await asyncio.create_subprocess_exec(
-            *DESK, "up", "--data-dir", str(self.data_dir), "--strategies", str(self.strategies),
-            "--port", str(self.port), *extra,
-            cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self._reader = asyncio.create_task(self._read())
-        up = asyncio.create_task(self.up.wait())
-        done, _ = await asyncio.wait({up, self._reader}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
-        if up not in done:
-            up.cancel()
-            raise AssertionError("desk up did not come up:\n" + "".join(self.output[-40:]))
-
-    async def _read(self) -> None:
-        assert self.process and self.process.stdout
-        async for raw in self.process.stdout:
-            line = raw.decode(errors="replace")
-            self.output.append(line)
-            if "desk is up" in line:
-                self.up.set()
-
-    async def interrupt(self) -> int:
-        """Ctrl-C: SIGINT to `desk up` only; returns its exit code."""
-        assert self.process
-        self.process.send_signal(signal.SIGINT)
-        code = await asyncio.wait_for(self.process.wait(), 90)
-        if self._reader:
-            await asyncio.wait_for(self._reader, 10)
-        return code
-
-    def cli(self, *args: str) -> object:
-        result = subprocess.run(
-            [*DESK, "--nats-url", f"nats://127.0.0.1:{self.port}", *args, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-            env=dict(os.environ, PYTHONPATH=str(ROOT), DESK_CREDENTIALS=str(self.data_dir / "credentials" / "cli.json")),
-        )
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
 
 
 @pytest.fixture

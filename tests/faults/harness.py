@@ -32,6 +32,7 @@ from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
 
 from desk.bus import codec, streams, subjects
+from desk.bus import kv as desk_kv
 from desk.bus.errors import DeskError
 from desk.bus.process import die_with_parent, terminate, wait_until_serving
 from desk.bus.request import request
@@ -126,9 +127,9 @@ class Desk:
         )
         js = self.nc.jetstream()
         await streams.ensure_all(js)
-        kv = await streams.ensure_bucket(js, subjects.KV_STRATEGIES)
+        await streams.ensure_bucket(js, subjects.KV_STRATEGIES)
         for strategy_id in strategy_ids:
-            await kv.put(strategy_id, spec(strategy_id).SerializeToString())
+            await desk_kv.put(js, subjects.KV_STRATEGIES, strategy_id, spec(strategy_id))
         for name in SERVICES:
             self.services[name] = Service(name, self.log_dir / f"{name}.log")
             await self.spawn(name)

@@ -10,6 +10,7 @@ import pytest
 from nats.aio.client import Client
 
 from desk.bus import codec, subjects
+from desk.bus import kv as desk_kv
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
 from desk.v1 import marketdata_pb2, strategy_pb2
 from services.marketdata.service import NAME, MarketData
@@ -31,9 +32,8 @@ def fake() -> Iterator[FakeAlpaca]:
 
 
 async def deploy(nc: Client, strategy_id: str, *symbols: str) -> None:
-    kv = await nc.jetstream().key_value(subjects.KV_STRATEGIES)
-    data, _ = codec.encode(strategy_pb2.StrategySpec(strategy_id=strategy_id, member_id="m1", symbols=list(symbols)))
-    await kv.put(strategy_id, data)
+    spec = strategy_pb2.StrategySpec(strategy_id=strategy_id, member_id="m1", symbols=list(symbols))
+    await desk_kv.put(nc.jetstream(), subjects.KV_STRATEGIES, strategy_id, spec)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 
 from desk import reconcile
 from desk.bus import codec, subjects
+from desk.bus import kv as desk_kv
 from desk.bus.request import request
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2, strategy_pb2
@@ -336,9 +337,8 @@ async def test_orders_wait_for_the_stream_and_the_loop_stays_free_during_a_slow_
 
 
 async def put_price(nc: Client, symbol: str, price: str) -> None:
-    kv = await nc.jetstream().key_value(subjects.KV_PRICES)
-    data, _ = codec.encode(marketdata_pb2.Trade(symbol=symbol, price=price, size="1", ts_ns=1, source="test"))
-    await kv.put(symbol, data)
+    trade = marketdata_pb2.Trade(symbol=symbol, price=price, size="1", ts_ns=1, source="test")
+    await desk_kv.put(nc.jetstream(), subjects.KV_PRICES, symbol, trade)
 
 
 def ledger_positions(stored: list[executions_pb2.ExecutionReport]) -> list[ledger_pb2.Position]:
@@ -441,10 +441,10 @@ async def test_crossing_a_gateway_restart_and_the_real_ledger_end_with_a_clean_r
     from services.ledger.service import LedgerService
     from services.ledger.settings import Settings as LedgerSettings
 
-    kv = await nc.jetstream().key_value(subjects.KV_STRATEGIES)
+    await nc.jetstream().key_value(subjects.KV_STRATEGIES)
     for strategy, member in (("alpha", "alice"), ("beta", "bob")):
         spec = strategy_pb2.StrategySpec(strategy_id=strategy, member_id=member, initial_cash="100000")
-        await kv.put(strategy, spec.SerializeToString())
+        await desk_kv.put(nc.jetstream(), subjects.KV_STRATEGIES, strategy, spec)
     await put_price(nc, "AAPL", "100")
     ledger_settings = LedgerSettings(nats_url=nats_server.url, ledger_db_path=str(tmp_path / "ledger.db"), drain_timeout=5)
     ledger = LedgerService(ledger_settings)

@@ -33,8 +33,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from desk.bus import codec, subjects
+from desk.bus import kv as desk_kv
 from desk.bus.errors import DeskError
-from desk.bus.request import ERROR_CODE_HEADER, ERROR_HEADER, request
+from desk.bus.request import ERROR_CODE_HEADER, ERROR_HEADER, request, request_raw
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2, strategy_pb2
 from services.broker_gateway import service as gateway_service
@@ -322,8 +323,7 @@ class Desk:
 
 
 async def _put(nc: Client, bucket: str, key: str, message: Message) -> None:
-    kv = await nc.jetstream().key_value(bucket)
-    await kv.put(key, message.SerializeToString())
+    await desk_kv.put(nc.jetstream(), bucket, key, message)
 
 
 @pytest.fixture
@@ -381,7 +381,7 @@ class Executions:
 
 async def _ask(nc: Client, probe: Probe) -> tuple[str, str]:
     """(status, code) of the reply: ("200", "") for an answer, else the refusal's, checked for a clear body."""
-    reply = await nc.request(probe.subject, probe.data, headers=probe.headers, timeout=TIMEOUT)
+    reply = await request_raw(nc, probe.subject, probe.data, headers=probe.headers, timeout=TIMEOUT)
     headers = reply.headers or {}
     if ERROR_CODE_HEADER not in headers:
         return "200", ""

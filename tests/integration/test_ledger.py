@@ -19,6 +19,7 @@ import structlog.testing
 from nats.aio.client import Client
 
 from desk.bus import codec, streams, subjects
+from desk.bus import kv as desk_kv
 from desk.bus.errors import DeskError
 from desk.bus.request import request
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
@@ -112,14 +113,14 @@ async def ledger(nats_server: NatsServer, nc: Client, tmp_path: Path) -> AsyncIt
 
 
 async def put_spec(nc: Client, strategy_id: str, member_id: str, initial_cash: str) -> None:
-    kv = await streams.ensure_bucket(nc.jetstream(), subjects.KV_STRATEGIES)
+    await streams.ensure_bucket(nc.jetstream(), subjects.KV_STRATEGIES)
     spec = strategy_pb2.StrategySpec(strategy_id=strategy_id, member_id=member_id, initial_cash=initial_cash)
-    await kv.put(strategy_id, spec.SerializeToString())
+    await desk_kv.put(nc.jetstream(), subjects.KV_STRATEGIES, strategy_id, spec)
 
 
 async def put_price(nc: Client, symbol: str, price: str) -> None:
-    kv = await streams.ensure_bucket(nc.jetstream(), subjects.KV_PRICES)
-    await kv.put(symbol, marketdata_pb2.Trade(symbol=symbol, price=price).SerializeToString())
+    await streams.ensure_bucket(nc.jetstream(), subjects.KV_PRICES)
+    await desk_kv.put(nc.jetstream(), subjects.KV_PRICES, symbol, marketdata_pb2.Trade(symbol=symbol, price=price))
 
 
 async def query(nc: Client, subject: str, reply_type: type, **filters: object):  # type: ignore[no-untyped-def]

@@ -11,7 +11,8 @@ from nats.aio.client import Client
 from structlog.testing import capture_logs
 
 from desk.bus import codec, subjects
-from desk.bus.request import ERROR_CODE_HEADER, request
+from desk.bus import kv as desk_kv
+from desk.bus.request import ERROR_CODE_HEADER, request, request_raw
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
 from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2, strategy_pb2
 from services.order_router import NAME
@@ -25,9 +26,7 @@ VENUE_SUBJECT = subjects.broker_orders("sim")
 
 
 async def _put(nc: Client, bucket: str, key: str, message: Any) -> None:
-    kv = await nc.jetstream().key_value(bucket)
-    data, _ = codec.encode(message)
-    await kv.put(key, data)
+    await desk_kv.put(nc.jetstream(), bucket, key, message)
 
 
 async def _set_up_desk(nc: Client) -> None:
@@ -79,7 +78,7 @@ class RouterHarness:
         return await request(self.nc, subject, message, orders_pb2.HaltAck)
 
     async def raw_submit(self, data: bytes, headers: dict[str, str] | None = None) -> tuple[str, orders_pb2.OrderAck]:
-        reply = await self.nc.request(subjects.order_submit("alpha"), data, headers=headers, timeout=5)
+        reply = await request_raw(self.nc, subjects.order_submit("alpha"), data, headers=headers, timeout=5)
         assert reply.headers is not None
         return reply.headers[ERROR_CODE_HEADER], codec.decode(reply.data, orders_pb2.OrderAck, reply.headers)
 

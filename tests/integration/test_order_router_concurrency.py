@@ -15,6 +15,7 @@ import pytest
 from nats.aio.client import Client
 
 from desk.bus import codec, streams, subjects
+from desk.bus import kv as desk_kv
 from desk.bus.request import request
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
 from desk.v1 import common_pb2, marketdata_pb2, orders_pb2, strategy_pb2
@@ -58,9 +59,7 @@ class GatedRouter(Router):
 
 
 async def _put(nc: Client, bucket: str, key: str, message: Any) -> None:
-    kv = await nc.jetstream().key_value(bucket)
-    data, _ = codec.encode(message)
-    await kv.put(key, data)
+    await desk_kv.put(nc.jetstream(), bucket, key, message)
 
 
 @pytest.fixture

@@ -6,18 +6,16 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from nats.js.kv import KV_DEL, KeyValue
 
-from desk.bus import subjects
+from desk.bus.kv import Change
+from desk.v1 import orders_pb2
 from services.order_router.service import ORDER_IDS_TTL, Router
 from services.order_router.settings import Settings
 
 
-def entry(key: str, stored: float, operation: str | None = None) -> KeyValue.Entry:
-    return KeyValue.Entry(
-        bucket=subjects.KV_ORDER_IDS, key=key, value=b"", revision=1, delta=0,
-        created=datetime.fromtimestamp(stored, UTC), operation=operation,  # type: ignore[arg-type]
-    )
+def entry(key: str, stored: float, deleted: bool = False) -> Change[orders_pb2.OrderAck]:
+    value = None if deleted else orders_pb2.OrderAck()
+    return Change(key=key, value=value, revision=1, created=datetime.fromtimestamp(stored, UTC), initial=False)
 
 
 def test_keys_past_the_buckets_ttl_are_forgotten_and_recent_ones_kept() -> None:
@@ -35,5 +33,5 @@ def test_keys_past_the_buckets_ttl_are_forgotten_and_recent_ones_kept() -> None:
 def test_a_deleted_key_is_forgotten_at_once() -> None:
     router = Router(Settings())
     router._on_order_id(entry("alpha.c-1", time.time()))
-    router._on_order_id(entry("alpha.c-1", time.time(), KV_DEL))
+    router._on_order_id(entry("alpha.c-1", time.time(), deleted=True))
     assert "alpha.c-1" not in router.order_ids
