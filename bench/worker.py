@@ -45,13 +45,13 @@ async def _until_term() -> None:
     await stop.wait()
 
 
-async def _connect(url: str) -> Client:
+async def _connect(url: str, inbox_prefix: str = "_INBOX") -> Client:
     errors: list[str] = []
 
     async def on_error(exc: Exception) -> None:
         errors.append(type(exc).__name__)
 
-    nc = await nats.connect(url, error_cb=on_error, max_reconnect_attempts=0)
+    nc = await nats.connect(url, error_cb=on_error, max_reconnect_attempts=0, inbox_prefix=inbox_prefix)
     nc._bench_errors = errors  # type: ignore[attr-defined]
     return nc
 
@@ -133,12 +133,13 @@ async def requester(url: str, subject: str, size: int, n: int, concurrency: int,
 async def orders(
     url: str, strategy_id: str, symbol: str, n: int, concurrency: int, warmup: int, prefix: str, fill_timeout: float
 ) -> None:
-    """Orders the way a strategy sends them: ``request`` to desk.order.submit.<id>, fills on desk.exec.<id>."""
-    from desk.bus import codec, subjects
+    """Orders the way a strategy sends them: ``request`` to desk.order.submit.<id> from its own inbox
+    (the router answers nowhere else), fills on desk.exec.<id>."""
+    from desk.bus import codec, confine, subjects
     from desk.bus.request import request
     from desk.v1 import common_pb2, executions_pb2, orders_pb2
 
-    nc = await _connect(url)
+    nc = await _connect(url, confine.strategy_inbox_prefix(strategy_id))
     sent: dict[str, int] = {}
     fill_ms: list[float] = []
     last_fill = 0.0
