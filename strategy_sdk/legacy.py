@@ -125,22 +125,38 @@ async def run_legacy(cfg: RunnerConfig, stop_event: asyncio.Event) -> int:
     assert proc.stdin is not None
     stdin = proc.stdin
 
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    writing_since: float | None = None  # when the write now blocked on the child's stdin began
+
     async def feed() -> None:
-        nonlocal bars_seen
+        nonlocal bars_seen, writing_since
         while True:
             line = await queue.get()
+            writing_since = loop.time()
             try:
                 stdin.write(line)
                 await stdin.drain()
             except (BrokenPipeError, ConnectionResetError):
                 return  # the child is gone; its exit decides what happens next
+            finally:
+                writing_since = None
             bars_seen += 1
+
+    def alive() -> bool:
+        """Heartbeats only for a child that has lived one interval (code that cannot load dies first)
+        and still reads its stdin (a child stuck for two intervals is hung: no beats, the watchdog acts)."""
+        now = loop.time()
+        if proc.returncode is not None or now - started < cfg.heartbeat_interval:
+            return False
+        return writing_since is None or now - writing_since < 2 * cfg.heartbeat_interval
 
     subs = [await nc.subscribe(s, cb=on_bar) for s in cfg.market_subjects("bar")]
     await nc.flush()
     feeder = asyncio.create_task(feed(), name="legacy-feed")
     heartbeat = asyncio.create_task(
-        heartbeat_loop(nc, cfg.strategy_id, cfg.heartbeat_interval, lambda: (bars_seen, 0, errors, last_error)),
+        heartbeat_loop(nc, cfg.strategy_id, cfg.heartbeat_interval, lambda: (bars_seen, 0, errors, last_error),
+                       alive),
         name="heartbeat",
     )
     exited = asyncio.create_task(proc.wait())

@@ -343,11 +343,22 @@ def _reason(value: int) -> str:
 
 # Heartbeats ------------------------------------------------------------------------------------------
 async def heartbeat_loop(
-    nc: Client, strategy_id: str, interval: float, stats: Callable[[], tuple[int, int, int, str]]
+    nc: Client,
+    strategy_id: str,
+    interval: float,
+    stats: Callable[[], tuple[int, int, int, str]],
+    alive: Callable[[], bool] | None = None,
 ) -> None:
-    """Publish a Heartbeat now and every ``interval`` seconds: (bars_seen, orders_sent, errors, last_error)."""
+    """Publish a Heartbeat now and every ``interval`` seconds: (bars_seen, orders_sent, errors, last_error).
+
+    With ``alive``, a beat is sent only while ``alive()`` says the strategy is working (the old-desk
+    wrapper: its child has lived a while and still reads its input), so the orchestrator's watchdog
+    sees a hung child as hung."""
     subject = subjects.heartbeat(strategy_id)
     while True:
+        if alive is not None and not alive():
+            await asyncio.sleep(min(interval, 0.25))  # beat as soon as it is alive again
+            continue
         bars, orders, errors, last_error = stats()
         beat = strategy_pb2.Heartbeat(
             strategy_id=strategy_id,
@@ -570,7 +581,10 @@ async def run_strategy(
     except StrategyLoadError as exc:
         log.error("strategy.load_failed: %s", exc)
         return EXIT_LOAD
-    except (OSError, SyntaxError) as exc:
+    except SyntaxError as exc:  # file, line and caret, then "SyntaxError: ..." as the last line
+        log.error("strategy.load_failed: %s\n%s", path, "".join(traceback.format_exception_only(exc)).rstrip())
+        return EXIT_LOAD
+    except OSError as exc:
         log.error("strategy.load_failed: cannot read %s: %r", path, exc)
         return EXIT_LOAD
     if legacy:

@@ -104,8 +104,10 @@ SERVICE_PUBLISH: dict[str, list[str]] = {
 
 
 def service_permissions(service: str) -> dict[str, Any]:
-    """The NATS permissions of ``service``'s user: publish only what that service needs."""
-    return {"publish": {"allow": [*_COMMON_PUBLISH, *SERVICE_PUBLISH[service]]}}
+    """The NATS permissions of ``service``'s user: publish only what that service needs, and ask its
+    own micro PING/INFO/STATS (the compose healthcheck runs as the service's user)."""
+    own_health = [f"$SRV.*.{service}", f"$SRV.*.{service}.>"]
+    return {"publish": {"allow": [*_COMMON_PUBLISH, *own_health, *SERVICE_PUBLISH[service]]}}
 
 
 def service_entry(service: str, password_hash: str) -> dict[str, Any]:

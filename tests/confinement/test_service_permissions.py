@@ -31,6 +31,7 @@ FORBIDDEN_UNLESS = {
     "desk.exec.alpha": "broker_gateway",
     "desk.broker.sim.orders": "order_router",
     "md.trade.AAPL": "marketdata",
+    "$SRV.PING.some_other_service": "dashboard",  # the desk page checks every service's health
 }
 FORBIDDEN_TO_ALL = (
     "$JS.API.STREAM.PURGE.EXECUTIONS",
@@ -90,6 +91,7 @@ async def test_each_service_may_publish_only_what_it_needs(secured: NatsServer) 
                 for subject in own:
                     await nc.publish(subject, b"", headers={"Nats-Expected-Last-Sequence": "1000000"})
                 await nc.publish("_INBOX.reply.to.someone", b"an answer")
+                await nc.publish(f"$SRV.PING.{service}", b"", reply="_INBOX.health")  # its compose healthcheck
                 await nc.jetstream().account_info()
                 await nc.flush()
                 assert errors.empty(), (service, errors.get_nowait())
