@@ -177,6 +177,7 @@ class DeskUp:
 
     def __init__(self, data_dir: Path, strategies: Path, port: int) -> None:
         self.data_dir, self.strategies, self.port = data_dir, strategies, port
+        self.extra_env: dict[str, str] = {}  # more of desk up's environment (ORCH_* settings...)
         self.process: asyncio.subprocess.Process | None = None
         self.output: list[str] = []
         self.up = asyncio.Event()
@@ -191,6 +192,7 @@ class DeskUp:
         self.up.clear()
         self.output.clear()
         env = dict(os.environ, PYTHONPATH=str(ROOT), MD_INTERVAL="0.25", COLUMNS="200", DASHBOARD_PORT="0")
+        env.update(self.extra_env)
         self.process = await asyncio.create_subprocess_exec(
             *DESK, "up", "--data-dir", str(self.data_dir), "--strategies", str(self.strategies),
             "--port", str(self.port), *extra,

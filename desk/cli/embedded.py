@@ -33,6 +33,22 @@ log = get_logger("desk.up")
 SERVICES = ("marketdata", "ledger", "broker_gateway", "order_router", "orchestrator", "dashboard")
 
 
+#: What every child process gets from ``desk up``'s environment besides its own settings.
+PASS_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH", "PYTHONUNBUFFERED",
+                "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR", "COLUMNS")
+
+
+def service_environment(name: str, env: dict[str, str]) -> dict[str, str]:
+    """Only what service ``name`` reads: its settings (the fields of ``services.<name>.settings``, the
+    bus's included) and :data:`PASS_THROUGH`. Broker keys reach only the gateway and the market-data
+    feed, the operator password only the dashboard; nothing else of ``desk up``'s environment."""
+    import importlib
+
+    settings = importlib.import_module(f"services.{name}.settings").Settings
+    wanted = {field.upper() for field in settings.model_fields} | set(PASS_THROUGH)
+    return {key: value for key, value in env.items() if key in wanted}
+
+
 @dataclass
 class ServiceProcess:
     name: str
@@ -57,6 +73,7 @@ class EmbeddedDesk:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     server: NatsServer | None = None
     dashboard_url: str = ""
+    confinement: str = ""  # what confines strategies (the orchestrator says, once it is up)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     @property
@@ -139,7 +156,7 @@ class EmbeddedDesk:
                 env = self._env(self.server.url)
                 for name in SERVICES:
                     user = auth.service_user(name)
-                    service_env = dict(env, NATS_USER=user, NATS_PASSWORD=passwords[user])
+                    service_env = dict(service_environment(name, env), NATS_USER=user, NATS_PASSWORD=passwords[user])
                     self.services[name] = ServiceProcess(name, service_env, self.log_dir / f"{name}.log")
                     await self._spawn(self.services[name])
                     if not await self._wait_ready(nc, name, timeout=30):
@@ -151,6 +168,10 @@ class EmbeddedDesk:
                         return 1
                     log.info("desk.service_ready", service=name, pid=self.services[name].process.pid)  # type: ignore[union-attr]
                 self.dashboard_url = await self._dashboard_url(nc)
+                self.confinement = await self._confinement(nc)
+                if self.confinement.startswith("none"):
+                    log.error("desk.strategies_unconfined", confinement=self.confinement,
+                              hint="install bubblewrap (apt-get install bubblewrap); README: Security")
                 self.ready.set()
                 log.info("desk.up", nats=self.server.url, data_dir=str(self.data_dir))
                 code = await self._supervise()
@@ -159,6 +180,17 @@ class EmbeddedDesk:
         finally:
             await self._shutdown()
         return code
+
+    @staticmethod
+    async def _confinement(nc: Client) -> str:
+        """What confines strategies, from the orchestrator's micro INFO metadata."""
+        import json
+
+        try:
+            info = json.loads((await nc.request("$SRV.INFO.orchestrator", b"", timeout=5)).data)
+            return str(info.get("metadata", {}).get("confinement", "unknown"))
+        except (nats.errors.Error, ValueError):
+            return "unknown"
 
     @staticmethod
     async def _dashboard_url(nc: Client) -> str:

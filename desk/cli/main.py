@@ -35,10 +35,17 @@ app = typer.Typer(
 R = TypeVar("R", bound=Message)
 
 
+#: Seconds deploy, start, restart and stop wait by default: the orchestrator answers them once the
+#: strategy has sent its first heartbeat or exited, within ORCH_START_TIMEOUT (30 s), and a stop may
+#: take ORCH_STOP_TIMEOUT (10 s) before SIGKILL.
+LIFECYCLE_TIMEOUT = 60.0
+
+
 class Options:
     nats_url: str = "nats://127.0.0.1:4222"
     as_json: bool = False
     timeout: float = 5.0
+    timeout_given: bool = False
     credentials: Path = Path("var/credentials/cli.json")
 
 
@@ -71,7 +78,13 @@ def main(
     nats_url: Annotated[
         str, typer.Option("--nats-url", envvar="NATS_URL", help="NATS server to talk to.")
     ] = opts.nats_url,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for a reply.")] = 5.0,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout", min=0.1,
+            help=f"Seconds to wait for a reply (default 5; {LIFECYCLE_TIMEOUT:g} for deploy, start, restart, stop).",
+        ),
+    ] = None,
     credentials: Annotated[
         Path,
         typer.Option(
@@ -81,7 +94,8 @@ def main(
     ] = Options.credentials,
 ) -> None:
     opts.nats_url = nats_url
-    opts.timeout = timeout
+    opts.timeout = 5.0 if timeout is None else timeout
+    opts.timeout_given = timeout is not None
     opts.credentials = credentials
 
 
@@ -90,8 +104,9 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _call(subject: str, message: Message, reply_type: type[R], who: str) -> R:
+def _call(subject: str, message: Message, reply_type: type[R], who: str, timeout: float | None = None) -> R:
     """One request to a running desk, with errors a person can act on."""
+    wait = opts.timeout if timeout is None else timeout
 
     async def go() -> R:
         seen: list[Exception] = []
@@ -116,13 +131,14 @@ def _call(subject: str, message: Message, reply_type: type[R], who: str) -> R:
                 "NO_DESK", f"cannot reach NATS at {opts.nats_url} ({exc!r}); is the desk running? (`make run`)"
             ) from None
         try:
-            return await request(nc, subject, message, reply_type, timeout=opts.timeout)
+            return await request(nc, subject, message, reply_type, timeout=wait)
         except nats.errors.NoRespondersError:
             raise DeskError(
                 "NO_SERVICE", f"no {who} is running on {opts.nats_url} (nothing answers {subject})"
             ) from None
         except nats.errors.TimeoutError:
-            raise DeskError("TIMEOUT", f"{who} did not answer {subject} within {opts.timeout}s") from None
+            still = " (it may still be working on it: see `desk status`)" if timeout is not None else ""
+            raise DeskError("TIMEOUT", f"{who} did not answer {subject} within {wait:g}s{still}") from None
         finally:
             await nc.close()
 
@@ -182,6 +198,12 @@ def up(
                 f"{data_dir}/logs/.\nTry: [bold]desk status[/bold], [bold]desk positions[/bold], "
                 f"[bold]desk leaderboard[/bold], [bold]nats sub 'desk.>'[/bold]. Ctrl-C stops the desk."
             )
+            if desk.confinement.startswith("none"):
+                console.print(
+                    f"[bold red]WARNING: strategies run UNCONFINED[/bold red] ({desk.confinement}): each can read "
+                    "your files, var/ (credentials, the ledger) and other processes. Install bubblewrap "
+                    "(apt-get install bubblewrap) or see the README's security section."
+                )
         ready.cancel()
         return await runner
 
@@ -192,8 +214,13 @@ def up(
 
 
 def _control(subject: str, name: str) -> strategy_pb2.StrategyStatusList:
+    lifecycle = subject in (subjects.CTL_DEPLOY, subjects.CTL_START, subjects.CTL_RESTART, subjects.CTL_STOP)
+    timeout = None
+    if lifecycle:
+        timeout = opts.timeout if opts.timeout_given else LIFECYCLE_TIMEOUT
     return _call(
-        subject, strategy_pb2.StrategyControl(strategy_id=name), strategy_pb2.StrategyStatusList, "orchestrator"
+        subject, strategy_pb2.StrategyControl(strategy_id=name), strategy_pb2.StrategyStatusList, "orchestrator",
+        timeout=timeout,
     )
 
 
@@ -218,8 +245,8 @@ def _print_status(result: strategy_pb2.StrategyStatusList, as_json: bool) -> Non
             for s in result.strategies
         ],
     )
-    if result.message:
-        console.print(result.message)
+    if result.message:  # it quotes strategies' logs: print it as it is, never as rich markup
+        console.print(result.message, markup=False, highlight=False)
 
 
 @app.command()

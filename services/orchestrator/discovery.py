@@ -7,6 +7,10 @@ reading of the folder. A bad strategy is reported with a clear message and never
 ``version``, ``env``) and accepts new optional ones: ``initial_cash``, ``risk``
 (``max_order_notional``, ``max_position_notional``, ``max_orders_per_minute``, ``allow_short``),
 ``symbols``, ``enabled`` (default true) and ``runtime``. Numbers are read as Decimal, exactly.
+
+The spec it builds must also pass :func:`desk.specs.validate_spec` (the rule every service shares:
+its size, its limits...), and a ``runtime`` other than the orchestrator's own is refused: a strategy
+that asks for ``docker`` is never run unconfined as a local process.
 """
 
 from __future__ import annotations
@@ -21,15 +25,12 @@ from typing import Any
 from desk.bus import subjects
 from desk.bus.decimals import fmt, parse_decimal
 from desk.bus.errors import DeskError
+from desk.specs import ENV_NAME_RE, FORBIDDEN_ENV_PREFIXES, MEMBER_ID_RE, RUNTIMES, spec_problems
 from desk.v1 import strategy_pb2
 
 STRATEGY_FILE = "strategy.py"
 CONFIG_FILE = "config.json"
-RUNTIMES = ("process", "docker")
-MEMBER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Never in a strategy's environment: broker keys stay with the broker gateway.
-FORBIDDEN_ENV_PREFIXES = ("ALPACA_",)
+__all__ = ["ENV_NAME_RE", "FORBIDDEN_ENV_PREFIXES", "MEMBER_ID_RE", "RUNTIMES", "discover", "validate_strategy"]
 # A class deriving from the SDK's Strategy: `class X(Strategy)` or `class X(strategy_sdk.Strategy)`.
 _SDK_SUBCLASS_RE = re.compile(r"^\s*class\s+\w+\s*\([^)]*\bStrategy\s*\)", re.MULTILINE)
 _RISK_KEYS = ("max_order_notional", "max_position_notional", "max_orders_per_minute", "allow_short")
@@ -114,8 +115,11 @@ def _risk(value: Any) -> strategy_pb2.RiskLimits:
             setattr(risk, key, _decimal(f"risk.{key}", value[key]))
     per_minute = value.get("max_orders_per_minute")
     if per_minute is not None:
-        if isinstance(per_minute, bool) or not isinstance(per_minute, int) or not 0 <= per_minute < 2**32:
-            raise StrategyConfigError(f"risk.max_orders_per_minute must be a whole number >= 0, got {per_minute!r}")
+        if isinstance(per_minute, bool) or not isinstance(per_minute, int) or not 1 <= per_minute < 2**32:
+            raise StrategyConfigError(
+                f"risk.max_orders_per_minute must be a whole number >= 1, got {per_minute!r} "
+                "(leave it out to use the desk's default)"
+            )
         risk.max_orders_per_minute = per_minute
     allow_short = value.get("allow_short")
     if allow_short is not None:
@@ -196,6 +200,14 @@ def validate_strategy(
     runtime = _string(config, "runtime") or default_runtime
     if runtime not in RUNTIMES:
         raise StrategyConfigError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    if runtime != default_runtime:
+        raise StrategyConfigError(
+            f"strategy {strategy_id} asks for runtime {runtime} but this desk runs strategies with "
+            f"{default_runtime}; remove runtime from {CONFIG_FILE} or run the desk under compose"
+            if runtime == "docker"
+            else f"strategy {strategy_id} asks for runtime {runtime} but this desk runs strategies with "
+            f"{default_runtime}; remove runtime from {CONFIG_FILE}"
+        )
     spec = strategy_pb2.StrategySpec(
         strategy_id=strategy_id,
         member_id=member_id,
@@ -211,6 +223,9 @@ def validate_strategy(
         runtime=runtime,
         resources=_resources(config.get("resources")),
     )
+    problems = spec_problems(spec)
+    if problems:
+        raise StrategyConfigError("; ".join(problems))
     return DiscoveredStrategy(spec=spec, enabled=enabled)
 
 

@@ -1,9 +1,28 @@
 """The orchestrator service: ``desk.ctl.strategy.*`` endpoints, strategy processes, heartbeats.
 
-Every strategy has a :class:`Supervisor` (the pure restart policy) and a lock that serialises
-what users and the restart timer do to it. Deploy writes the ``StrategySpec`` to KV
-``DESK_STRATEGIES`` before the process starts, so the router knows the strategy before its first
-order. On shutdown every strategy is stopped (SIGTERM, then SIGKILL after ORCH_STOP_TIMEOUT).
+Every strategy has a :class:`Supervisor` (the pure restart policy and heartbeat watchdog) and a
+lock that serialises what users, the restart timer and the watchdog do to *it*; nothing holds more
+than one strategy's lock, and requests on several strategies act on each in its own task
+(``gather``), so one strategy stuck in its stop never delays another. The control endpoints handle
+several requests at once (each strategy's lock keeps them consistent); status, list and logs take
+no lock at all and answer while a stop or a deploy is in progress.
+
+Deploy validates the folder (:mod:`services.orchestrator.discovery`, which applies the desk-wide
+rule :func:`desk.specs.validate_spec`, and refuses a runtime other than ours), writes the
+``StrategySpec`` to KV ``DESK_STRATEGIES`` before the process starts (so the router knows the
+strategy before its first order), then **waits for the outcome**, at most ORCH_START_TIMEOUT: the
+first heartbeat (RUNNING) or the process ending (FAILED when it could not even load: see
+:mod:`services.orchestrator.supervisor`), answered with ``last_error`` (the traceback's last line)
+and, in the reply's ``message``, the tail of the strategy's log. start and restart wait the same
+way. The autodeploy at service start launches every enabled strategy in parallel and does not
+wait for heartbeats, so readiness is not held up by strategies.
+
+A periodic check (every half heartbeat interval, at most 1 s) asks each supervisor's watchdog
+whether its run is hung (no heartbeat for ORCH_HEARTBEAT_MISSES intervals, or none within
+ORCH_START_TIMEOUT); a hung run is killed (it cannot act on SIGTERM, so it gets at most one interval
+before SIGKILL) and its exit is a crash: backoff, restart, FAILED after ORCH_MAX_RESTARTS. Strategies
+are told the interval (DESK_HEARTBEAT_INTERVAL) unless their config asks for a shorter one.
+On shutdown every strategy is stopped (SIGTERM, then SIGKILL after ORCH_STOP_TIMEOUT).
 
 Invalid strategy folders are not deployable; since ``StrategyList`` has no room for errors, their
 messages are reported in the ``message`` of every ``StrategyStatusList`` reply (status, deploy...).
@@ -19,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.js.kv import KeyValue
+from nats.js import JetStreamContext
 
 import desk
 from desk.bus import codec, kv, subjects
@@ -42,6 +61,15 @@ log = get_logger(NAME)
 DEFAULT_TAIL = 100
 MAX_TAIL = 1000
 START_FAILED_EXIT_CODE = 127
+#: Control requests (deploy, start, stop, restart) handled at once: each may wait on its strategies.
+CONTROL_CONCURRENCY = 16
+#: Log lines of a failed start quoted in the reply, each cut to LOG_LINE_CHARS.
+FAILURE_TAIL = 20
+LOG_LINE_CHARS = 300
+#: The reply's ``message`` is cut to this (replies must stay under codec.MAX_MESSAGE_BYTES).
+MESSAGE_CHARS = 24 * 1024
+LAST_ERROR_CHARS = 1000
+BANNER = "--- started pid"
 
 
 @dataclass
@@ -54,6 +82,9 @@ class Managed:
     handle: RunHandle | None = None
     watcher: asyncio.Task[None] | None = None
     restart_task: asyncio.Task[None] | None = None
+    kill_task: asyncio.Task[None] | None = None
+    #: Set when the current run's outcome is known: first heartbeat, exit, or declared hung.
+    outcome: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def strategy_id(self) -> str:
@@ -86,29 +117,36 @@ class Orchestrator:
             backoff_max=settings.orch_backoff_max,
             stable_after=settings.orch_stable_after,
             max_restarts=settings.orch_max_restarts,
+            heartbeat_interval=settings.orch_heartbeat_interval,
+            heartbeat_misses=settings.orch_heartbeat_misses,
+            start_timeout=settings.orch_start_timeout,
         )
         self.managed: dict[str, Managed] = {}
         self.invalid: dict[str, str] = {}
         self.heartbeats: dict[str, int] = {}
         self.bad_heartbeats = 0
-        self._kv: KeyValue | None = None
+        self._js: JetStreamContext | None = None
+        self._watchdog: asyncio.Task[None] | None = None
 
     # -- service shell -------------------------------------------------------------------------
 
     async def start(self, runtime: ServiceRuntime) -> None:
-        self._kv = await ensure_bucket(runtime.js, subjects.KV_STRATEGIES)
+        await ensure_bucket(runtime.js, subjects.KV_STRATEGIES)
+        self._js = runtime.js
         svc = await add_service(
             runtime,
             NAME,
             desk.__version__,
             "strategy lifecycle: deploy, start, stop, restart, status, list, logs; watches heartbeats",
-            metadata={"runtime": self.runtime.name, "strategies_dir": str(self.settings.orch_strategies_dir)},
+            metadata={"runtime": self.runtime.name, "confinement": self.runtime.confinement,
+                      "strategies_dir": str(self.settings.orch_strategies_dir)},
         )
         control = strategy_pb2.StrategyControl
-        await svc.add_endpoint("deploy", subjects.CTL_DEPLOY, control, self.on_deploy)
-        await svc.add_endpoint("start", subjects.CTL_START, control, self.on_start)
-        await svc.add_endpoint("stop", subjects.CTL_STOP, control, self.on_stop)
-        await svc.add_endpoint("restart", subjects.CTL_RESTART, control, self.on_restart)
+        many = CONTROL_CONCURRENCY
+        await svc.add_endpoint("deploy", subjects.CTL_DEPLOY, control, self.on_deploy, concurrency=many)
+        await svc.add_endpoint("start", subjects.CTL_START, control, self.on_start, concurrency=many)
+        await svc.add_endpoint("stop", subjects.CTL_STOP, control, self.on_stop, concurrency=many)
+        await svc.add_endpoint("restart", subjects.CTL_RESTART, control, self.on_restart, concurrency=many)
         await svc.add_endpoint("status", subjects.CTL_STATUS, control, self.on_status)
         await svc.add_endpoint("list", subjects.CTL_LIST, control, self.on_list)
         await svc.add_endpoint("logs", subjects.CTL_LOGS, strategy_pb2.LogsRequest, self.on_logs)
@@ -117,12 +155,26 @@ class Orchestrator:
         # Unwound in reverse: strategies stop first, then the subscription, then the micro service.
         runtime.stack.push_async_callback(sub.unsubscribe)
         runtime.stack.push_async_callback(self.shutdown)
+        self._watchdog = asyncio.create_task(self._watchdog_loop(), name="orchestrator.watchdog")
         if self.settings.orch_autodeploy:
-            await self.on_deploy(strategy_pb2.StrategyControl(), subjects.CTL_DEPLOY)
+            await self._autodeploy()
         # The server has our subscriptions once this returns: no "no responders" right after ready.
+
+    async def _autodeploy(self) -> None:
+        """Launch every enabled strategy, in parallel, without waiting for their heartbeats."""
+        found = await self._discover()
+        results = await asyncio.gather(*(self._deploy(s, wait=False) for s in found.enabled), return_exceptions=True)
+        for strategy, result in zip(found.enabled, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("strategy.autodeploy_failed", strategy_id=strategy.spec.strategy_id, error=repr(result))
 
     async def shutdown(self) -> None:
         """Stop every strategy so no process outlives the orchestrator."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
         if self.managed:
             log.info("orchestrator.stopping_strategies", count=len(self.managed))
         await asyncio.gather(*(self._stop(m) for m in list(self.managed.values())), return_exceptions=True)
@@ -135,17 +187,24 @@ class Orchestrator:
             targets = [self._found(found, request.strategy_id)]
         else:
             targets = found.enabled
-        for strategy in targets:
-            await self._deploy(strategy)
-        return self._status_list([self.managed[s.spec.strategy_id] for s in targets])
+        results = await asyncio.gather(*(self._deploy(s, wait=True) for s in targets), return_exceptions=True)
+        errors = self._raise_or_note(targets, results)
+        deployed = [self.managed[s.spec.strategy_id] for s in targets if s.spec.strategy_id in self.managed]
+        return await self._outcome_list(deployed, errors)
 
     async def on_start(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
         targets = self._targets(request.strategy_id)
-        for m in targets:
+
+        async def start(m: Managed) -> None:
             async with m.lock:
-                if m.supervisor.state not in ACTIVE:
-                    await self._start_locked(m)
-        return self._status_list(targets)
+                if m.supervisor.state in ACTIVE:
+                    return
+                await self._start_locked(m)
+                outcome = m.outcome
+            await self._await_outcome(outcome)
+
+        self._raise_first(await asyncio.gather(*(start(m) for m in targets), return_exceptions=True))
+        return await self._outcome_list(targets)
 
     async def on_stop(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
         targets = self._targets(request.strategy_id)
@@ -154,11 +213,16 @@ class Orchestrator:
 
     async def on_restart(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
         targets = self._targets(request.strategy_id)
-        for m in targets:
+
+        async def restart(m: Managed) -> None:
             async with m.lock:
                 await self._stop_locked(m)
                 await self._start_locked(m)
-        return self._status_list(targets)
+                outcome = m.outcome
+            await self._await_outcome(outcome)
+
+        self._raise_first(await asyncio.gather(*(restart(m) for m in targets), return_exceptions=True))
+        return await self._outcome_list(targets)
 
     async def on_status(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
         return self._status_list(self._targets(request.strategy_id))
@@ -196,6 +260,52 @@ class Orchestrator:
                         count=self.bad_heartbeats)
             return
         self.heartbeats[strategy_id] = time.time_ns()
+        m = self.managed.get(strategy_id)
+        if m is not None and m.supervisor.heartbeat():
+            log.info("strategy.running", strategy_id=strategy_id, pid=m.supervisor.pid)
+            m.outcome.set()
+
+    # -- watchdog ------------------------------------------------------------------------------
+
+    @property
+    def watchdog_period(self) -> float:
+        """Seconds between two watchdog checks."""
+        return max(0.02, min(self.policy.heartbeat_interval / 2, self.policy.start_timeout / 4, 1.0))
+
+    async def _watchdog_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.watchdog_period)
+            try:
+                self.check_heartbeats()
+            except Exception as exc:  # the watchdog must outlive a bug in one check
+                log.error("watchdog.failed", error=repr(exc), exc_info=exc)
+
+    def check_heartbeats(self) -> None:
+        """Kill (in its own task) every run its supervisor declares hung."""
+        for m in list(self.managed.values()):
+            reason = m.supervisor.watchdog()
+            if reason is None:
+                continue
+            log.warning("strategy.hung", strategy_id=m.strategy_id, pid=m.supervisor.pid, reason=reason)
+            m.outcome.set()
+            handle = m.handle
+            if handle is not None and m.kill_task is None:
+                m.kill_task = asyncio.create_task(self._kill_hung(m, handle), name=f"kill.{m.strategy_id}")
+
+    async def _kill_hung(self, m: Managed, handle: RunHandle) -> None:
+        """Stop a hung run; its watcher reports the exit, which the supervisor counts as a crash.
+
+        A hung strategy cannot act on SIGTERM (its event loop is stuck), so it gets at most one
+        heartbeat interval before SIGKILL."""
+        try:
+            async with m.lock:
+                if m.handle is handle:
+                    timeout = min(self.settings.orch_stop_timeout, self.policy.heartbeat_interval)
+                    await self.runtime.stop(handle, timeout)
+        except Exception as exc:  # noqa: BLE001 - a failed kill is retried by nobody but must be seen
+            log.error("strategy.kill_failed", strategy_id=m.strategy_id, error=repr(exc))
+        finally:
+            m.kill_task = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -232,7 +342,23 @@ class Orchestrator:
             raise self._unknown(strategy_id)
         return [self.managed[strategy_id]]
 
-    async def _deploy(self, strategy: DiscoveredStrategy) -> None:
+    @staticmethod
+    def _raise_first(results: list[BaseException | None]) -> None:
+        """After every strategy's task has finished: the first failure, if any, is the reply's error."""
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    def _raise_or_note(self, targets: list[DiscoveredStrategy], results: list[BaseException | None]) -> list[str]:
+        """A single target's failure is the reply's error; with several, each becomes a note."""
+        failures = [(t.spec.strategy_id, r) for t, r in zip(targets, results, strict=True) if isinstance(r, BaseException)]
+        for strategy_id, error in failures:
+            log.error("strategy.deploy_failed", strategy_id=strategy_id, error=repr(error))
+        if len(targets) == 1 and failures:
+            raise failures[0][1]
+        return [f"{sid}: deploy failed: {err}" for sid, err in failures]
+
+    async def _deploy(self, strategy: DiscoveredStrategy, wait: bool) -> None:
         spec = strategy.spec
         m = self.managed.get(spec.strategy_id)
         if m is None:
@@ -241,11 +367,29 @@ class Orchestrator:
         async with m.lock:
             await self._stop_locked(m)
             m.spec = spec
-            assert self._kv is not None
-            await kv.put(self._kv._js, subjects.KV_STRATEGIES, spec.strategy_id, spec)  # labelled: desk.bus.kv
+            assert self._js is not None
+            await kv.put(self._js, subjects.KV_STRATEGIES, spec.strategy_id, spec)  # labelled: desk.bus.kv
             log.info("strategy.deployed", strategy_id=spec.strategy_id, member_id=spec.member_id,
                      legacy=spec.legacy, runtime=spec.runtime, path=spec.path)
             await self._start_locked(m)
+            outcome = m.outcome
+        if wait:
+            await self._await_outcome(outcome)
+
+    async def _await_outcome(self, outcome: asyncio.Event) -> None:
+        """Until the run's first heartbeat, its exit or the watchdog's verdict (ORCH_START_TIMEOUT
+        plus one watchdog period at most: by then the watchdog has spoken)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(outcome.wait(), self.policy.start_timeout + 2 * self.watchdog_period + 0.5)
+
+    def _heartbeat_env(self, spec: strategy_pb2.StrategySpec) -> dict[str, str]:
+        """DESK_HEARTBEAT_INTERVAL for the strategy: ours, unless its config asks for a shorter one."""
+        interval = self.policy.heartbeat_interval
+        own = spec.env.get("DESK_HEARTBEAT_INTERVAL", "")
+        with contextlib.suppress(ValueError):
+            if own and 0 < float(own) <= interval:
+                return {}
+        return {"DESK_HEARTBEAT_INTERVAL": f"{interval:g}"}
 
     async def _start_locked(self, m: Managed) -> None:
         """User or deploy start (the lock is held): backoff history is forgotten."""
@@ -254,8 +398,11 @@ class Orchestrator:
         await self._launch(m)
 
     async def _launch(self, m: Managed) -> None:
+        m.outcome = asyncio.Event()
         try:
-            secrets = await self.identities.credentials(m.strategy_id) if self.identities else None
+            secrets = self._heartbeat_env(m.spec)
+            if self.identities:
+                secrets.update(await self.identities.credentials(m.strategy_id))
             handle = await self.runtime.start(m.spec, secrets)
         except Exception as exc:  # noqa: BLE001 - a strategy that cannot start is a crash, not our failure
             log.error("strategy.start_failed", strategy_id=m.strategy_id, error=repr(exc))
@@ -263,7 +410,8 @@ class Orchestrator:
             return
         m.handle = handle
         m.supervisor.started(handle.pid)
-        log.info("strategy.started", strategy_id=m.strategy_id, pid=handle.pid, restarts=m.supervisor.restarts)
+        log.info("strategy.started", strategy_id=m.strategy_id, pid=handle.pid, restarts=m.supervisor.restarts,
+                 requested=m.supervisor.requested_run)
         m.watcher = asyncio.create_task(self._watch(m, handle), name=f"watch.{m.strategy_id}")
 
     async def _watch(self, m: Managed, handle: RunHandle) -> None:
@@ -278,6 +426,7 @@ class Orchestrator:
 
     def _after_exit(self, m: Managed, info: ExitInfo) -> None:
         decision = m.supervisor.exited(info.exit_code, info.last_error)
+        m.outcome.set()
         strategy_id = m.strategy_id
         if decision.state == STOPPED:
             log.info("strategy.stopped", strategy_id=strategy_id, exit_code=info.exit_code, reason=info.reason)
@@ -323,6 +472,17 @@ class Orchestrator:
 
     # -- replies -------------------------------------------------------------------------------
 
+    @property
+    def confined(self) -> bool:
+        return not self.runtime.confinement.startswith("none")
+
+    @property
+    def runtime_label(self) -> str:
+        """The runtime as ``desk status`` shows it: ``process+bwrap``, ``process (UNCONFINED)``, ``docker``."""
+        if self.runtime.name != "process":
+            return self.runtime.name
+        return "process+bwrap" if self.confined else "process (UNCONFINED)"
+
     def status(self, m: Managed) -> strategy_pb2.StrategyStatus:
         sup = m.supervisor
         wait = sup.seconds_to_restart()
@@ -330,28 +490,66 @@ class Orchestrator:
             strategy_id=m.strategy_id,
             member_id=m.spec.member_id,
             state=sup.state,
-            runtime=m.spec.runtime or self.runtime.name,
+            runtime=self.runtime_label,
             pid=sup.pid,
             container_id=m.handle.container_id if m.handle else "",
             restarts=sup.restarts,
-            last_error=sup.last_error,
+            last_error=sup.last_error[:LAST_ERROR_CHARS],
             exit_code=sup.exit_code,
             started_ns=m.handle.started_ns if m.handle and sup.state in ACTIVE else 0,
             last_heartbeat_ns=self.heartbeats.get(m.strategy_id, 0),
             next_restart_ns=time.time_ns() + int(wait * 1e9) if wait is not None else 0,
         )
 
-    def _status_list(self, targets: list[Managed]) -> strategy_pb2.StrategyStatusList:
-        notes: list[str] = []
+    async def _outcome_list(self, targets: list[Managed], notes: list[str] | None = None) -> strategy_pb2.StrategyStatusList:
+        """The reply to deploy/start/restart: statuses, and the log tail of each run that ended."""
+        tails: dict[str, list[str]] = {}
         for m in targets:
-            if m.supervisor.state == FAILED:
-                notes.append(f"{m.strategy_id}: {m.supervisor.message}")
+            sup = m.supervisor
+            if (sup.state not in ACTIVE and sup.state != STOPPED) or sup.hung_reason:
+                tails[m.strategy_id] = await self._failure_tail(m.strategy_id)
+        return self._status_list(targets, tails, notes or [])
+
+    async def _failure_tail(self, strategy_id: str) -> list[str]:
+        """The last lines of the strategy's latest run (its traceback, typically)."""
+        try:
+            lines = await self.runtime.logs(strategy_id, FAILURE_TAIL + 2)
+        except Exception as exc:  # noqa: BLE001 - the reply matters more than its log excerpt
+            return [f"(no log: {exc!r})"]
+        starts = [i for i, line in enumerate(lines) if line.startswith(BANNER)]
+        if starts:
+            lines = lines[starts[-1] + 1 :]
+        lines = [line for line in lines if not line.startswith("--- pid ")]
+        while lines and not lines[-1].strip():
+            lines.pop()
+        return [line[:LOG_LINE_CHARS] for line in lines[-FAILURE_TAIL:]]
+
+    def _status_list(
+        self, targets: list[Managed], tails: dict[str, list[str]] | None = None, extra: list[str] | None = None
+    ) -> strategy_pb2.StrategyStatusList:
+        notes: list[str] = list(extra or [])
+        tails = tails or {}
+        for m in targets:
+            sup = m.supervisor
+            if sup.state == FAILED or m.strategy_id in tails:
+                note = f"{m.strategy_id}: {sup.message or sup.last_error}"
+                if tails.get(m.strategy_id):
+                    note += f" -- its log (desk logs {m.strategy_id}):\n" + "\n".join(
+                        "    " + line for line in tails[m.strategy_id]
+                    )
+                notes.append(note)
+        if not self.confined:
+            notes.append(f"WARNING: strategies run UNCONFINED ({self.runtime.confinement}): they can read your "
+                         "files and see other processes; see the README's security section")
         if self.invalid:
             notes.append(
                 "invalid strategies (not deployable): "
                 + "; ".join(f"{sid}: {error}" for sid, error in sorted(self.invalid.items()))
             )
-        return strategy_pb2.StrategyStatusList(strategies=[self.status(m) for m in targets], message=" | ".join(notes))
+        message = " | ".join(notes)
+        if len(message) > MESSAGE_CHARS:
+            message = message[: MESSAGE_CHARS - 40] + " ... (cut; see desk logs NAME)"
+        return strategy_pb2.StrategyStatusList(strategies=[self.status(m) for m in targets], message=message)
 
 
 def make_runtime(settings: Settings) -> Runtime:
@@ -373,12 +571,7 @@ def make_runtime(settings: Settings) -> Runtime:
             default_cpus=settings.orch_docker_cpus,
             default_pids=settings.orch_docker_pids,
         )
-    return ProcessRuntime(
-        nats_url=settings.nats_url,
-        log_dir=settings.orch_log_dir,
-        repo_root=settings.orch_repo_root,
-        command=settings.orch_process_command,
-    )
+    return ProcessRuntime.from_settings(settings)
 
 
 def make_start(settings: Settings, **options: Any) -> Callable[[ServiceRuntime], Any]:

@@ -37,6 +37,18 @@ class Settings(BusSettings):
         default=10, ge=0, description="restarts after consecutive quick crashes before a strategy is FAILED"
     )
     orch_stop_timeout: float = Field(default=10.0, gt=0, description="seconds between SIGTERM and SIGKILL on stop")
+    orch_heartbeat_interval: float = Field(
+        default=5.0, gt=0,
+        description="seconds between a strategy's heartbeats (given to it as DESK_HEARTBEAT_INTERVAL unless its "
+        "config.json env asks for a shorter one)",
+    )
+    orch_heartbeat_misses: int = Field(
+        default=3, ge=1, description="missed heartbeat intervals after which a running strategy is killed and restarted"
+    )
+    orch_start_timeout: float = Field(
+        default=30.0, gt=0,
+        description="seconds a strategy has to send its first heartbeat; deploy/start/restart wait this long at most",
+    )
     orch_nats_auth_file: Path | None = Field(
         default=None, description="NATS users file to add strategy users to (per-strategy identities); unset = off"
     )
@@ -66,6 +78,30 @@ class Settings(BusSettings):
         default="0.5", pattern=r"^[0-9]+(\.[0-9]+)?$", description="docker: default CPU limit per strategy"
     )
     orch_docker_pids: int = Field(default=128, ge=8, le=4096, description="docker: default pids limit per strategy")
+    orch_sandbox: Literal["auto", "bwrap", "none"] = Field(
+        default="auto",
+        description="process: confinement of strategies: auto (bubblewrap when usable, else unconfined with a "
+        "warning), bwrap (required: strategies do not start without it), none (unconfined)",
+    )
+    orch_sandbox_bwrap: str = Field(default="bwrap", description="process: the bubblewrap program")
+    orch_process_limits: Literal["auto", "none"] = Field(
+        default="auto", description="process: resource limits: auto (cgroups, else rlimits) or none"
+    )
+    orch_process_memory: str = Field(
+        default="256m", pattern=r"^[1-9][0-9]*[kmgKMG]?$", description="process: default memory limit per strategy"
+    )
+    orch_process_cpus: str = Field(
+        default="0.5", pattern=r"^[0-9]+(\.[0-9]+)?$", description="process: default CPU limit per strategy"
+    )
+    orch_process_pids: int = Field(default=128, ge=8, le=4096, description="process: default pids limit per strategy")
+    orch_log_max_bytes: int = Field(
+        default=10 * 1024**2, ge=64 * 1024, description="size at which a strategy's <id>.log is rotated, bytes"
+    )
+    orch_log_backups: int = Field(default=3, ge=0, le=100, description="rotated logs kept: <id>.log.1 ... .log.N")
+    orch_log_rate: int = Field(
+        default=256 * 1024, ge=1024,
+        description="bytes/s a strategy may log (bursts of 4x); lines beyond are dropped and counted",
+    )
 
     @field_validator("orch_process_command")
     @classmethod

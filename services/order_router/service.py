@@ -44,6 +44,7 @@ from desk.bus.kv import Change, KvFollower
 from desk.bus.lifecycle import ServiceRuntime
 from desk.bus.logging import get_logger
 from desk.bus.micro import add_service
+from desk.specs import validate_spec
 from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2, strategy_pb2
 from services.order_router import NAME
 from services.order_router.risk import Clock, Limits, VirtualAccount, report_numbers
@@ -169,6 +170,7 @@ class Router:
         if change.value is None:
             self.strategies.pop(change.key, None)
             return
+        validate_spec(change.value)  # the rules deploy applies (desk.specs): a refused spec is no strategy
         self.strategies[change.key] = change.value
         account = self.accounts.get(change.key)
         if account is not None:

@@ -110,10 +110,17 @@ async def test_the_embedded_desk_trades_books_every_fill_once_and_survives_a_res
         assert {row["member_id"] for row in board["rows"]} >= set(MEMBERS.values())  # type: ignore[index]
         assert [row["rank"] for row in board["rows"]] == list(range(1, len(board["rows"]) + 1))  # type: ignore[index]
 
-        status = desk.cli("status")
+        # RUNNING once each has sent a heartbeat (a strategy that traded has): wait for it, bounded
+        async with asyncio.timeout(60):
+            while True:
+                status = desk.cli("status")
+                states = {s["strategy_id"]: s["state"] for s in status["strategies"]}  # type: ignore[index]
+                if set(states.values()) == {"STRATEGY_STATE_RUNNING"}:
+                    break
+                await asyncio.sleep(0.25)  # polling `desk status`, bounded by the timeout
         pids = {s["strategy_id"]: s["pid"] for s in status["strategies"]}  # type: ignore[index]
         assert set(pids) == set(MEMBERS) and all(pids.values())
-        assert {s["state"] for s in status["strategies"]} == {"STRATEGY_STATE_RUNNING"}  # type: ignore[index]
+        assert all(s["restarts"] == 0 for s in status["strategies"]), status  # type: ignore[index]
     finally:
         await nc.close()
 

@@ -2,7 +2,9 @@
 
 The fake strategies are scripts (``ORCH_PROCESS_COMMAND="{python} {path}/strategy.py"``) that
 announce themselves on ``test.started.<id>`` with their pid and environment, so tests await
-events, never sleep.
+events, never sleep. They heartbeat every DESK_HEARTBEAT_INTERVAL, which the orchestrator gives
+them (ORCH_HEARTBEAT_INTERVAL), except those made to stop heartbeating. Pids are the orchestrator's
+(the host's): a sandboxed strategy sees other pids inside its namespace.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.errors import NoKeysError
 
 from desk.bus import codec, subjects
 from desk.bus.errors import DeskError
@@ -45,15 +48,22 @@ async def announce():
     await nc.publish("test.started." + SID, json.dumps(payload).encode())
     await nc.flush()
     return nc
+
+async def beat(nc, times=None):
+    interval = float(os.environ["DESK_HEARTBEAT_INTERVAL"])
+    sent = 0
+    while times is None or sent < times:
+        body, headers = codec.encode(strategy_pb2.Heartbeat(strategy_id=SID, ts_ns=1, bars_seen=3))
+        await nc.publish(subjects.heartbeat(SID), body, headers=headers)
+        await nc.flush()
+        sent += 1
+        await asyncio.sleep(interval)
 """
 
 RUNNER = ANNOUNCE + """
 async def main():
     nc = await announce()
-    body, headers = codec.encode(strategy_pb2.Heartbeat(strategy_id=SID, ts_ns=1, bars_seen=3))
-    await nc.publish(subjects.heartbeat(SID), body, headers=headers)
-    await nc.flush()
-    await asyncio.Event().wait()
+    await beat(nc)
 
 asyncio.run(main())
 """
@@ -61,6 +71,7 @@ asyncio.run(main())
 CRASHER = ANNOUNCE + """
 async def main():
     nc = await announce()
+    await beat(nc, times=1)
     await nc.close()
     print("about to fail", file=sys.stderr, flush=True)
     raise ValueError("boom from crasher")
@@ -71,6 +82,28 @@ asyncio.run(main())
 STUBBORN = ANNOUNCE + """
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
+async def main():
+    nc = await announce()
+    await beat(nc)
+
+asyncio.run(main())
+"""
+
+# Heartbeats twice, then its loop is stuck (as in `while True: pass`): alive, silent.
+FREEZER = ANNOUNCE + """
+import time
+
+async def main():
+    nc = await announce()
+    await beat(nc, times=2)
+    print("freezing now", flush=True)
+    time.sleep(3600)
+
+asyncio.run(main())
+"""
+
+# Alive but never heartbeats.
+SILENT = ANNOUNCE + """
 async def main():
     await announce()
     await asyncio.Event().wait()
@@ -147,6 +180,8 @@ async def desk(nats_server: NatsServer, nc: Client, tmp_path: Path, request: pyt
     _strategy(root, "crasher", CRASHER, {"user_id": "bob", "enabled": False})
     _strategy(root, "stubborn", STUBBORN, {"user_id": "carol", "enabled": False})
     _strategy(root, "broken", RUNNER, '{"user_id": ')
+    _strategy(root, "freezer", FREEZER, {"user_id": "dan", "enabled": False})
+    _strategy(root, "silent", SILENT, {"user_id": "erin", "enabled": False})
     options = getattr(request, "param", {})
     settings = Settings(
         nats_url=nats_server.url,
@@ -157,6 +192,9 @@ async def desk(nats_server: NatsServer, nc: Client, tmp_path: Path, request: pyt
         orch_backoff_initial=0.05,
         orch_max_restarts=1,
         orch_stop_timeout=options.get("stop_timeout", 5.0),
+        orch_heartbeat_interval=0.3,
+        orch_heartbeat_misses=3,
+        orch_start_timeout=options.get("start_timeout", 15.0),
     )
     started = Started()
     sub = await nc.subscribe("test.started.*", cb=started.on_msg)
@@ -186,12 +224,13 @@ async def test_deploy_writes_the_spec_then_runs_the_strategy_with_a_clean_enviro
     deployed = await _ctl(nc, subjects.CTL_DEPLOY, "runner")
     status = deployed.strategies[0]
     assert status.state == RUNNING and status.pid > 0 and status.member_id == "alice"
+    assert status.last_heartbeat_ns > 0  # deploy answered once it heartbeated
     announced = await desk.started.next("runner")
-    assert announced["pid"] == status.pid
     env = announced["env"]
     assert env["LOOKBACK"] == "20"
     assert (env["DESK_STRATEGY_ID"], env["DESK_MEMBER_ID"], env["DESK_SYMBOLS"]) == ("runner", "alice", "AAPL,MSFT")
     assert env["NATS_URL"] == desk.orch.settings.nats_url and env["PYTHONUNBUFFERED"] == "1"
+    assert env["DESK_HEARTBEAT_INTERVAL"] == "0.3"
     assert "ALPACA_API_KEY" not in env and "ORCH_SECRET_OF_MY_OWN" not in env
 
     kv = await nc.jetstream().key_value(subjects.KV_STRATEGIES)
@@ -204,32 +243,31 @@ async def test_deploy_writes_the_spec_then_runs_the_strategy_with_a_clean_enviro
 
 
 async def test_stop_leaves_no_process_and_the_logs_keep_its_output(desk: Desk, nc: Client) -> None:
-    await _ctl(nc, subjects.CTL_DEPLOY, "runner")
-    pid = (await desk.started.next("runner"))["pid"]
+    pid = (await _ctl(nc, subjects.CTL_DEPLOY, "runner")).strategies[0].pid
+    await desk.started.next("runner")
     stopped = await _ctl(nc, subjects.CTL_STOP, "runner")
     assert stopped.strategies[0].state == STOPPED and stopped.strategies[0].pid == 0
     assert not _pid_alive(pid)
 
     logs = await request(nc, subjects.CTL_LOGS, strategy_pb2.LogsRequest(strategy_id="runner", tail=50),
                          strategy_pb2.LogsReply)
-    assert f"--- started pid {pid} at" in logs.lines[0]
+    assert any(f"--- started pid {pid} at" in line for line in logs.lines)
     assert "hello from runner" in logs.lines
     assert "hello from runner" in (desk.log_dir / "runner.log").read_text()
 
     started_again = await _ctl(nc, subjects.CTL_START, "runner")
-    assert started_again.strategies[0].state == RUNNING
-    assert (await desk.started.next("runner"))["pid"] == started_again.strategies[0].pid
+    assert started_again.strategies[0].state == RUNNING and started_again.strategies[0].pid not in (0, pid)
+    assert (await desk.started.next("runner"))["env"]["DESK_STRATEGY_ID"] == "runner"
 
 
 async def test_a_crashing_strategy_is_restarted_with_its_error_then_failed(desk: Desk, nc: Client) -> None:
     exits = desk.exits
     await _ctl(nc, subjects.CTL_DEPLOY, "crasher")
-    first = await desk.started.next("crasher")
+    await desk.started.next("crasher")
     crashed = await asyncio.wait_for(exits.get(), 20)
     assert crashed.state == BACKOFF and crashed.exit_code == 1
     assert crashed.last_error == "ValueError: boom from crasher"
-    second = await desk.started.next("crasher")
-    assert second["pid"] != first["pid"]
+    await desk.started.next("crasher")  # restarted
     failed = await asyncio.wait_for(exits.get(), 20)
     assert failed.state == FAILED and failed.restarts == 1
 
@@ -250,8 +288,11 @@ async def test_heartbeats_update_the_status_and_bad_ones_are_counted(desk: Desk,
     assert status.last_heartbeat_ns > 0
 
     await nc.publish("desk.hb.runner", b"\xff\xff\xff")
-    assert await asyncio.wait_for(beats.get(), 20) == "desk.hb.runner"
+    async with asyncio.timeout(20):  # the runner's own beats keep coming: until the bad one was handled
+        while desk.orch.bad_heartbeats == 0:
+            assert await beats.get() == "desk.hb.runner"
     assert desk.orch.bad_heartbeats == 1
+    assert desk.orch.managed["runner"].supervisor.state == RUNNING  # a bad beat neither counts nor harms
 
 
 async def test_unknown_and_invalid_strategies_are_refused_clearly(desk: Desk, nc: Client) -> None:
@@ -271,17 +312,106 @@ async def test_unknown_and_invalid_strategies_are_refused_clearly(desk: Desk, nc
     assert no_logs.value.status == 404
 
     listed = await request(nc, subjects.CTL_LIST, strategy_pb2.StrategyControl(), strategy_pb2.StrategyList)
-    assert sorted(s.strategy_id for s in listed.strategies) == ["crasher", "runner", "stubborn"]
+    assert sorted(s.strategy_id for s in listed.strategies) == ["crasher", "freezer", "runner", "silent", "stubborn"]
 
 
 @pytest.mark.parametrize("desk", [{"autodeploy": True, "stop_timeout": 0.5}], indirect=True)
 async def test_autodeploy_runs_enabled_strategies_and_shutdown_kills_even_stubborn_ones(desk: Desk, nc: Client) -> None:
-    runner = await desk.started.next("runner")
+    await desk.started.next("runner")
     status = await _ctl(nc, subjects.CTL_STATUS)
-    assert [s.strategy_id for s in status.strategies] == ["runner"]  # crasher and stubborn are disabled
+    assert [s.strategy_id for s in status.strategies] == ["runner"]  # the others are disabled
+    runner_pid = status.strategies[0].pid
 
-    await _ctl(nc, subjects.CTL_DEPLOY, "stubborn")
-    stubborn = await desk.started.next("stubborn")
+    stubborn_pid = (await _ctl(nc, subjects.CTL_DEPLOY, "stubborn")).strategies[0].pid
     await desk.orch.shutdown()
-    assert not _pid_alive(runner["pid"]) and not _pid_alive(stubborn["pid"])
+    assert runner_pid and stubborn_pid
+    assert not _pid_alive(runner_pid) and not _pid_alive(stubborn_pid)
     assert "killed by SIGKILL" in (desk.log_dir / "stubborn.log").read_text()
+
+
+async def test_a_strategy_whose_heartbeats_stop_is_killed_restarted_and_says_why(desk: Desk, nc: Client) -> None:
+    deployed = (await _ctl(nc, subjects.CTL_DEPLOY, "freezer")).strategies[0]
+    assert deployed.state == RUNNING and deployed.last_error == ""
+    hung = await asyncio.wait_for(desk.exits.get(), 20)
+    assert hung.strategy_id == "freezer" and hung.state == BACKOFF
+    assert hung.last_error.startswith("no heartbeat for ") and hung.last_error.endswith(
+        "(3 intervals of 0.3 s): restarted"
+    ), hung.last_error
+    assert not _pid_alive(deployed.pid)
+    await desk.started.next("freezer")  # announced by the first run
+    await desk.started.next("freezer")  # ... and by the restart
+    failed = await asyncio.wait_for(desk.exits.get(), 20)  # it freezes again: max_restarts is 1
+    assert failed.state == FAILED and failed.restarts == 1 and failed.last_error.endswith(": killed")
+    status = await _ctl(nc, subjects.CTL_STATUS, "freezer")
+    assert "gave up after 1 restarts" in status.message and "freezer" in status.message
+
+
+@pytest.mark.parametrize("desk", [{"start_timeout": 1.5}], indirect=True)
+async def test_a_strategy_that_never_heartbeats_is_reported_at_deploy_and_killed(desk: Desk, nc: Client) -> None:
+    reply = await _ctl(nc, subjects.CTL_DEPLOY, "silent")
+    status = reply.strategies[0]
+    assert status.state != RUNNING and status.last_heartbeat_ns == 0
+    assert "silent: no heartbeat within" in reply.message and "ORCH_START_TIMEOUT 1.5 s" in reply.message
+    killed = await asyncio.wait_for(desk.exits.get(), 20)
+    assert killed.state == BACKOFF and killed.last_error.startswith("no heartbeat within")
+    assert not _pid_alive(status.pid)
+
+
+async def test_a_spec_too_large_for_the_bus_is_refused_at_deploy_with_the_size_reason(desk: Desk, nc: Client) -> None:
+    _strategy(desk.root, "huge", RUNNER, {"user_id": "hal", "env": {"BLOB": "x" * 100_000}})
+    with pytest.raises(DeskError) as refused:
+        await _ctl(nc, subjects.CTL_DEPLOY, "huge")
+    assert refused.value.code == "INVALID_STRATEGY"
+    assert "its spec is" in refused.value.message and "more than the 16384 the desk accepts" in refused.value.message
+    assert "huge" not in desk.orch.managed
+    kv = await nc.jetstream().key_value(subjects.KV_STRATEGIES)
+    assert "huge" not in await _keys(kv)
+    status = await _ctl(nc, subjects.CTL_STATUS)
+    assert "huge: its spec is" in status.message  # listed as invalid, with the reason
+
+
+async def test_runtime_docker_under_the_process_orchestrator_is_refused(desk: Desk, nc: Client) -> None:
+    _strategy(desk.root, "wants_docker", RUNNER, {"user_id": "ivy", "runtime": "docker"})
+    with pytest.raises(DeskError) as refused:
+        await _ctl(nc, subjects.CTL_DEPLOY, "wants_docker")
+    assert refused.value.code == "INVALID_STRATEGY"
+    assert (
+        "strategy wants_docker asks for runtime docker but this desk runs strategies with process; remove runtime "
+        "from config.json or run the desk under compose"
+    ) in refused.value.message
+    assert "wants_docker" not in desk.orch.managed
+    everything = await _ctl(nc, subjects.CTL_DEPLOY)  # deploying all skips it too, and says why
+    assert "wants_docker" not in [s.strategy_id for s in everything.strategies]
+    assert "wants_docker: strategy wants_docker asks for runtime docker" in everything.message
+
+
+@pytest.mark.parametrize("desk", [{"stop_timeout": 4.0}], indirect=True)
+async def test_a_slow_stop_of_one_strategy_holds_neither_the_others_nor_status(desk: Desk, nc: Client) -> None:
+    deployed = await asyncio.gather(_ctl(nc, subjects.CTL_DEPLOY, "stubborn"), _ctl(nc, subjects.CTL_DEPLOY, "runner"))
+    assert [d.strategies[0].state for d in deployed] == [RUNNING, RUNNING]
+    stubborn = desk.orch.managed["stubborn"]
+    slow_stop = asyncio.create_task(_ctl(nc, subjects.CTL_STOP, "stubborn"))  # ignores SIGTERM: 4 s to SIGKILL
+    async with asyncio.timeout(10):
+        while not stubborn.supervisor.stop_requested:  # the stop is in progress
+            await asyncio.sleep(0.01)
+
+    status = await request(nc, subjects.CTL_STATUS, strategy_pb2.StrategyControl(), strategy_pb2.StrategyStatusList,
+                           timeout=2)
+    assert {s.strategy_id for s in status.strategies} == {"stubborn", "runner"}
+    stopped = await request(nc, subjects.CTL_STOP, strategy_pb2.StrategyControl(strategy_id="runner"),
+                            strategy_pb2.StrategyStatusList, timeout=3)
+    assert stopped.strategies[0].state == STOPPED
+    restarted = await _ctl(nc, subjects.CTL_START, "runner")
+    assert restarted.strategies[0].state == RUNNING
+    assert not slow_stop.done()  # all of that happened while stubborn was still being stopped
+
+    final = (await slow_stop).strategies[0]
+    assert final.state == STOPPED and not _pid_alive(deployed[0].strategies[0].pid)
+    assert "killed by SIGKILL" in (desk.log_dir / "stubborn.log").read_text()
+
+
+async def _keys(kv: Any) -> list[str]:
+    try:
+        return list(await kv.keys())
+    except NoKeysError:  # nats-py's answer for an empty bucket
+        return []

@@ -120,6 +120,12 @@ def test_a_missing_strategies_folder_finds_nothing(tmp_path: Path) -> None:
         ('{"user_id": "a", "symbols": ["aapl"]}', "are not valid symbols"),
         ('{"user_id": "a", "enabled": "no"}', "enabled must be true or false"),
         ('{"user_id": "a", "runtime": "k8s"}', "runtime 'k8s' is not one of process, docker"),
+        ('{"user_id": "a", "risk": {"max_orders_per_minute": 0}}', "max_orders_per_minute must be a whole number >= 1"),
+        ('{"user_id": "a", "risk": {"max_order_notional": "0"}}', "risk.max_order_notional must be positive"),
+        ('{"user_id": "a", "env": {"BIG": "' + "x" * 100_000 + '"}}', "more than the 16384 the desk accepts"),
+        ('{"user_id": "a", "runtime": "docker"}',
+         ("strategy s asks for runtime docker but this desk runs strategies with process; remove runtime from "
+          "config.json or run the desk under compose")),
     ],
 )
 def test_each_bad_value_gets_a_message_that_names_it(config: str, message: str) -> None:
@@ -133,3 +139,19 @@ def test_legacy_means_desk_client_without_an_sdk_strategy_class() -> None:
     assert not is_legacy(SDK_STRATEGY)
     assert not is_legacy("import strategy_sdk\nfrom desk_client import place_order\n\nclass X(strategy_sdk.Strategy):\n    pass\n")
     assert not is_legacy("print('no desk client here')\n")
+
+
+def test_the_runtime_of_the_orchestrator_is_accepted_spelled_out_or_implied() -> None:
+    assert validate_strategy("s", '{"user_id": "a", "runtime": "docker"}', SDK_STRATEGY, default_runtime="docker").spec.runtime == "docker"
+    assert validate_strategy("s", '{"user_id": "a"}', SDK_STRATEGY, default_runtime="docker").spec.runtime == "docker"
+    with pytest.raises(StrategyConfigError) as refused:
+        validate_strategy("s", '{"user_id": "a", "runtime": "process"}', SDK_STRATEGY, default_runtime="docker")
+    assert "asks for runtime process but this desk runs strategies with docker" in str(refused.value)
+
+
+def test_a_huge_config_is_listed_as_invalid_with_the_size_reason(tmp_path: Path) -> None:
+    _folder(tmp_path, "huge", {"user_id": "a", "env": {"BLOB": "x" * 100_000}})
+    _folder(tmp_path, "fine", {"user_id": "b"})
+    found = discover(tmp_path)
+    assert list(found.strategies) == ["fine"]
+    assert "its spec is" in found.errors["huge"] and "most of it in env" in found.errors["huge"]

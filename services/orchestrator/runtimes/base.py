@@ -57,6 +57,11 @@ class Runtime(Protocol):
         """"process", "docker"..."""
         ...
 
+    @property
+    def confinement(self) -> str:
+        """What confines a strategy ("bwrap sandbox", "docker container"...); "none: <why>" when nothing does."""
+        ...
+
     async def start(self, spec: strategy_pb2.StrategySpec, secrets: dict[str, str] | None = None) -> RunHandle:
         """Start the strategy; raises (any exception, with a clear message) when it cannot.
 

@@ -94,6 +94,10 @@ class DockerRuntime:
     def name(self) -> str:
         return "docker"
 
+    @property
+    def confinement(self) -> str:
+        return "docker container (non-root, read-only root, no capabilities, own network)"
+
     # -- configuration -------------------------------------------------------------------------
 
     @property
