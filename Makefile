@@ -18,7 +18,7 @@ PROJECT    ?= quantdesk
 WHEELS     := deploy/build/wheels
 
 .DEFAULT_GOAL := help
-.PHONY: bench wheels base-image build strategy-image up down clean-docker test-docker test-browser test-faults
+.PHONY: sandbox-tools bench wheels base-image build strategy-image up down clean-docker test-docker test-browser test-faults
 .PHONY: help setup run deploy stop status logs positions leaderboard halt resume proto test test-unit \
         test-integration test-e2e test-confinement lint typecheck clean
 
@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create the virtual environment and install everything (done by run/test too)
 
-run: $(STAMP) ## run the embedded desk: nats-server, all services, sim broker, synthetic feed, strategies
+run: $(STAMP) sandbox-tools ## run the embedded desk: nats-server, all services, sim broker, synthetic feed, strategies
 	$(DESK) up --data-dir $(DATA)
 
 deploy: $(STAMP) ## (re)deploy strategies from strategies/ on the running desk (NAME=one)
@@ -97,16 +97,25 @@ clean-docker: ## remove the compose desk, its volumes, strategy containers and n
 proto: $(STAMP) ## regenerate desk/v1/*_pb2.py(i) from protos/ with grpcio-tools
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. protos/desk/v1/*.proto
 
-test: $(STAMP) ## lint and types, then unit, integration (real nats-server), end-to-end and Docker tests
-	$(VENV)/bin/ruff check desk services strategy_sdk desk_client bench tests
-	$(VENV)/bin/mypy desk services strategy_sdk desk_client bench
-	$(PYTEST) tests/unit
-	$(PYTEST) tests/integration
-	$(PYTEST) tests/e2e
-	$(PYTEST) tests/confinement
-	$(MAKE) --no-print-directory test-faults
-	$(MAKE) --no-print-directory test-browser
-	deploy/ci/docker-stage.sh
+STAGE := deploy/ci/stage.sh
+
+test: $(STAMP) sandbox-tools ## lint and types, then unit, integration, end-to-end, confinement, fault, browser and Docker tests
+	$(STAGE) lint $(VENV)/bin/ruff check desk services strategy_sdk desk_client bench tests
+	$(STAGE) typecheck $(VENV)/bin/mypy desk services strategy_sdk desk_client bench
+	$(STAGE) unit $(PYTEST) tests/unit
+	$(STAGE) integration $(PYTEST) tests/integration
+	$(STAGE) e2e $(PYTEST) tests/e2e
+	$(STAGE) confinement $(PYTEST) tests/confinement
+	$(STAGE) faults $(MAKE) --no-print-directory test-faults
+	$(STAGE) browser $(MAKE) --no-print-directory test-browser
+	$(STAGE) docker deploy/ci/docker-stage.sh
+
+sandbox-tools: ## install Debian's bubblewrap (the process runtime's sandbox) when missing and we are root
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's bubblewrap (strategies' sandbox)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
+	  else echo "WARNING: bwrap (bubblewrap) is missing: strategies would run unconfined; sandbox tests skip"; fi; }
 
 test-faults: $(STAMP) ## kill -9 each service and nats-server under load; prove nothing lost or duplicated (~1 min)
 	$(PYTEST) -m faults tests/faults
@@ -128,7 +137,7 @@ test-integration: $(STAMP) ## integration tests against a real nats-server
 test-e2e: $(STAMP) ## the embedded desk end to end
 	$(PYTEST) tests/e2e
 
-test-confinement: $(STAMP) ## a hostile strategy against the real desk: reply injection, permissions, sandbox
+test-confinement: $(STAMP) sandbox-tools ## a hostile strategy against the real desk: reply injection, permissions, sandbox
 	$(PYTEST) tests/confinement
 
 bench: $(STAMP) ## benchmark the desk against bare NATS/SQLite limits (~5 min; table + bench/results/*.json)
