@@ -189,6 +189,18 @@ async def run_in_process(name: str, settings: BusSettings, start: StartFn, timeo
     return InProcessService(name, task, stop)
 
 
+def secured_server(directory: Path, users: list[dict[str, object]]) -> NatsServer:
+    """A started nats-server that runs the desk's authorization with ``users`` (desk.bus.auth
+    entries), its config and store under ``directory``."""
+    from desk.bus import auth
+
+    auth.write_private(directory / "auth.conf", auth.render_users(users))
+    (directory / "nats.conf").write_text('include "auth.conf"\n')
+    server = NatsServer(store_dir=directory / "store", config_file=directory / "nats.conf")
+    server.start()
+    return server
+
+
 class InProcessService:
     def __init__(self, name: str, task: asyncio.Task[int], stop_event: asyncio.Event) -> None:
         self.name = name

@@ -167,8 +167,8 @@ class EmbeddedDesk:
                         self._print_tail(self.services[name].log_path)
                         return 1
                     log.info("desk.service_ready", service=name, pid=self.services[name].process.pid)  # type: ignore[union-attr]
-                self.dashboard_url = await self._dashboard_url(nc)
-                self.confinement = await self._confinement(nc)
+                self.dashboard_url = await self._metadata(nc, "dashboard", "url", "")
+                self.confinement = await self._metadata(nc, "orchestrator", "confinement", "unknown")
                 if self.confinement.startswith("none"):
                     log.error("desk.strategies_unconfined", confinement=self.confinement,
                               hint="install bubblewrap (apt-get install bubblewrap); README: Security")
@@ -182,26 +182,16 @@ class EmbeddedDesk:
         return code
 
     @staticmethod
-    async def _confinement(nc: Client) -> str:
-        """What confines strategies, from the orchestrator's micro INFO metadata."""
+    async def _metadata(nc: Client, service: str, key: str, default: str) -> str:
+        """One value of a service's micro INFO metadata: the dashboard's real address (it may have
+        picked its port), what confines the orchestrator's strategies."""
         import json
 
         try:
-            info = json.loads((await nc.request("$SRV.INFO.orchestrator", b"", timeout=5)).data)
-            return str(info.get("metadata", {}).get("confinement", "unknown"))
+            info = json.loads((await nc.request(f"$SRV.INFO.{service}", b"", timeout=5)).data)
+            return str(info.get("metadata", {}).get(key, default))
         except (nats.errors.Error, ValueError):
-            return "unknown"
-
-    @staticmethod
-    async def _dashboard_url(nc: Client) -> str:
-        """The dashboard's real address, from its micro INFO metadata (it may have picked the port)."""
-        import json
-
-        try:
-            info = json.loads((await nc.request("$SRV.INFO.dashboard", b"", timeout=2)).data)
-            return str(info.get("metadata", {}).get("url", ""))
-        except (nats.errors.Error, ValueError):
-            return ""
+            return default
 
     async def _spawn(self, svc: ServiceProcess) -> None:
         handle = svc.log_path.open("ab")

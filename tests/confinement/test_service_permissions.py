@@ -14,7 +14,7 @@ import pytest
 from nats.aio.client import Client
 
 from desk.bus import auth, kv, streams, subjects
-from desk.bus.testing import NatsServer
+from desk.bus.testing import NatsServer, secured_server
 from desk.v1 import strategy_pb2
 
 pytestmark = pytest.mark.integration
@@ -48,10 +48,7 @@ FORBIDDEN_TO_ALL = (
 def secured(tmp_path: Path) -> Iterator[NatsServer]:
     users = [auth.service_entry(name, auth.hash_password(f"{name}-pw")) for name in SERVICES]
     users.append(auth.user_entry(auth.ADMIN_USER, auth.hash_password(ADMIN_PASSWORD)))
-    auth.write_private(tmp_path / "auth.conf", auth.render_users(users))
-    (tmp_path / "nats.conf").write_text('include "auth.conf"\n')
-    server = NatsServer(store_dir=tmp_path / "store", config_file=tmp_path / "nats.conf")
-    server.start()
+    server = secured_server(tmp_path, users)
     try:
         yield server
     finally:

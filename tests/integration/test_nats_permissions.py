@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from desk.bus import auth, codec, subjects
+from desk.bus import testing as bus_testing
 from desk.bus.testing import NatsServer
 from desk.v1 import executions_pb2, orders_pb2
 from strategy_sdk.runner import connect_nats
@@ -29,10 +30,7 @@ PASSWORDS = {"admin": "admin-pw", "alpha": "alpha-pw", "beta": "beta-pw"}
 def secured_server(tmp_path: Path) -> Iterator[NatsServer]:
     users = [auth.user_entry(auth.ADMIN_USER, auth.hash_password(PASSWORDS["admin"]))]
     users += [auth.strategy_entry(s, auth.hash_password(PASSWORDS[s])) for s in ("alpha", "beta")]
-    auth.write_private(tmp_path / "auth.conf", auth.render_users(users))
-    (tmp_path / "nats.conf").write_text('include "auth.conf"\n')
-    server = NatsServer(store_dir=tmp_path / "store", config_file=tmp_path / "nats.conf")
-    server.start()
+    server = bus_testing.secured_server(tmp_path, users)
     try:
         yield server
     finally:
