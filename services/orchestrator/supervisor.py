@@ -151,7 +151,7 @@ class Supervisor:
         now = self.clock()
         first = self.last_heartbeat_at is None
         self.last_heartbeat_at = now
-        if self.pid:
+        if self.started_at is not None:  # launched (a container has no pid: started_at says it)
             self.state = RUNNING
         if self.last_error and (
             (first and self.requested_run)
@@ -166,7 +166,7 @@ class Supervisor:
 
     def watchdog(self) -> str | None:
         """Periodic check: the reason the current run must be killed as hung, once; else None."""
-        if self.state not in ACTIVE or self.stop_requested or not self.pid or self.hung_reason:
+        if self.state not in ACTIVE or self.stop_requested or self.hung_reason:
             return None
         if self.started_at is None:
             return None

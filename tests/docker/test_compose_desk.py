@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 
 import nats
@@ -87,8 +88,14 @@ def test_every_service_is_healthy_and_each_strategy_runs_in_its_own_labelled_con
         line = next(line for line in ps.splitlines() if f"_{service}_" in line or f"-{service}-" in line)
         assert "healthy" in line and "unhealthy" not in line, line
 
-    status = {s["strategy_id"]: s for s in compose_desk.desk("status")["strategies"]}  # type: ignore[union-attr]
-    for strategy_id in ("ma_crossover", "mean_reversion", "legacy_momentum", "idle_a", "idle_b"):
+    names = ("ma_crossover", "mean_reversion", "legacy_momentum", "idle_a", "idle_b")
+    deadline = time.monotonic() + 90  # RUNNING once each container's strategy has heartbeaten: wait, bounded
+    while True:
+        status = {s["strategy_id"]: s for s in compose_desk.desk("status")["strategies"]}  # type: ignore[union-attr]
+        if all(status[n]["state"] == "STRATEGY_STATE_RUNNING" for n in names) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)  # polling `desk status`, bounded by the deadline
+    for strategy_id in names:
         assert status[strategy_id]["state"] == "STRATEGY_STATE_RUNNING", status[strategy_id]
         assert status[strategy_id]["runtime"] == "docker"
         labels = json.loads(docker("inspect", "-f", "{{json .Config.Labels}}", container(strategy_id)))

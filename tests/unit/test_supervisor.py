@@ -258,3 +258,14 @@ def test_after_an_automatic_restart_last_error_stays_until_the_run_is_stable() -
     clock.now += POLICY.stable_after
     sup.heartbeat()
     assert sup.last_error == ""
+
+
+def test_a_run_without_a_pid_a_container_is_running_at_its_first_heartbeat_and_watched() -> None:
+    clock = FakeClock()
+    sup = Supervisor(POLICY, clock)
+    sup.start_requested()
+    sup.started(pid=0)  # the docker runtime: a container id, no pid
+    assert sup.state == STARTING
+    assert sup.heartbeat() is True and sup.state == RUNNING
+    clock.now += POLICY.heartbeat_interval * POLICY.heartbeat_misses + 1
+    assert sup.watchdog() is not None  # a silent container is hung like a silent process
