@@ -627,3 +627,4 @@ def decode(
 def run() -> None:  # pragma: no cover - console entry alias
     with contextlib.suppress(KeyboardInterrupt):
         app()
+from desk.cli.data_cmd import data_app; app.add_typer(data_app, name="data")  # noqa: I001 - `desk data`

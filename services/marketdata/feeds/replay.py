@@ -1,8 +1,11 @@
-"""The ``replay`` feed: bars from a CSV file, in file order, with the original spacing scaled.
+"""The ``replay`` feed: bars from a file, in file order, with the original spacing scaled.
 
-The file has the header ``timestamp,symbol,open,high,low,close,volume``; ``timestamp`` is ISO-8601
-(naive means UTC) or epoch seconds. Rows that cannot be used are returned as :class:`BadRow` (line
-number and reason) for the service to log, and skipped. Parsing is pure: it takes lines of text.
+The desk's own CSV has the header ``timestamp,symbol,open,high,low,close,volume``; ``timestamp`` is
+ISO-8601 (naive means UTC) or epoch seconds; its prices are kept exactly as written. Every other format
+:mod:`desk.data.loaders` reads works too (Alpaca bars CSV — what ``desk data fetch`` caches —, Alpaca
+bars JSON, a Yahoo CSV), read through those loaders and replayed in time order. Rows that cannot be
+used are returned as :class:`BadRow` (line number and reason) for the service to log, and skipped.
+Parsing is pure: it takes lines of text.
 """
 
 from __future__ import annotations
@@ -10,12 +13,12 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from desk.bus import subjects
 from desk.bus.decimals import fmt, parse_decimal
 from desk.bus.errors import DeskError
+from desk.data import loaders
 from desk.v1 import marketdata_pb2
 from services.marketdata.feeds.base import Scheduled, Tick, quote_around
 
@@ -57,27 +60,8 @@ def _plain(value: Decimal) -> str:
     return format(value, "f")
 
 
-def parse_timestamp(text: str) -> int:
-    """ISO-8601 (naive = UTC) or epoch seconds (may have decimals) -> epoch ns."""
-    text = text.strip()
-    if not text:
-        raise ValueError("timestamp is empty")
-    try:
-        seconds = Decimal(text)
-    except InvalidOperation:
-        seconds = None
-    if seconds is not None:
-        if not seconds.is_finite() or seconds < 0:
-            raise ValueError(f"timestamp {text!r} is not a valid epoch time")
-        return int(seconds * 1_000_000_000)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"timestamp {text!r} is neither ISO-8601 nor epoch seconds") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+#: ISO-8601 (naive = UTC) or epoch seconds (may have decimals) -> epoch ns; shared with desk.data.loaders
+parse_timestamp = loaders.parse_timestamp
 
 
 def _row(line: int, cells: list[str]) -> ReplayRow:
@@ -101,23 +85,44 @@ def _row(line: int, cells: list[str]) -> ReplayRow:
 
 
 def parse_replay(lines: Iterable[str]) -> ReplayData:
-    """Parse the CSV text; raises :class:`ReplayFileError` when the header is missing or wrong."""
-    reader = csv.reader(lines)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise ReplayFileError("the file is empty (expected the header " + ",".join(HEADER) + ")") from None
+    """Parse the file's text; raises :class:`ReplayFileError` when the header is missing or unknown."""
+    iterator = iter(lines)
+    first = next(iterator, None)
+    if first is None:
+        raise ReplayFileError("the file is empty (expected the header " + ",".join(HEADER) + ")")
+    header = next(csv.reader([first]), [])
     if [h.strip().lower() for h in header] != HEADER:
-        raise ReplayFileError(f"bad header {','.join(header)!r}: expected {','.join(HEADER)!r}")
+        if loaders.detect(first) is None:
+            raise ReplayFileError(f"bad header {','.join(header)!r}: expected {','.join(HEADER)!r} "
+                                  "(or another format desk.data.loaders reads)")
+        return _from_loaders(first, iterator, getattr(lines, "name", "<replay>"))
+    reader = csv.reader(iterator)
     data = ReplayData()
     for cells in reader:
-        line = reader.line_num
+        line = reader.line_num + 1
         if not cells or all(not c.strip() for c in cells):
             continue
         try:
             data.rows.append(_row(line, cells))
         except ValueError as exc:
             data.bad_rows.append(BadRow(line, str(exc)))
+    return data
+
+
+def _from_loaders(first: str, rest: Iterator[str], name: str) -> ReplayData:
+    """Any other bar format, through :func:`desk.data.loaders.parse_lines`, in time order."""
+    import itertools
+    from pathlib import Path
+
+    try:
+        bars = loaders.parse_lines(itertools.chain([first], rest), name=Path(str(name)).name,
+                                   symbol=loaders.symbol_from_name(Path(str(name))), errors="skip")
+    except loaders.BarFileError as err:
+        raise ReplayFileError(str(err)) from None
+    data = ReplayData(bad_rows=[BadRow(line, reason) for line, reason in bars.report.skipped])
+    for index, bar in enumerate(bars):
+        data.rows.append(ReplayRow(index + 2, bar.start_ns, bar.symbol, bar.open, bar.high, bar.low, bar.close,
+                                   bar.volume))
     return data
 
 

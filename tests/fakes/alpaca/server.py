@@ -8,6 +8,8 @@ Real servers on 127.0.0.1, in a thread with their own event loop (so a test may 
   ``GET /v2/positions[/{symbol}]``, ``GET /v2/clock``, ``GET /v2/account/activities/FILL``.
   Numbers are accepted as JSON numbers or strings and returned as strings; every error body is
   ``{"code": int, "message": str}`` as Alpaca's are.
+* Historical market data (``historical.py``): ``GET /v2/stocks/bars`` and ``/v2/stocks/{symbol}/bars``
+  with Alpaca's query parameters, pagination and 422/403/429 errors; deterministic bars.
 * ``ws://.../stream``: the JSON ``trade_updates`` stream (authenticate -> authorized -> listen).
 * ``ws://.../v2/iex``: the msgpack market-data stream (``t`` as msgpack Timestamps, bars with n/vw).
 
@@ -39,6 +41,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+
+from .historical import HistoricalBars, HistoricalError
 
 T = TypeVar("T")
 ZERO = Decimal(0)
@@ -160,6 +164,7 @@ class FakeAlpaca:
         self.rest_port = 0
         self.ws_port = 0
         self._lock = threading.Lock()
+        self.historical = HistoricalBars()  # GET /v2/stocks/bars, /v2/stocks/{symbol}/bars: see historical.py
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -170,6 +175,11 @@ class FakeAlpaca:
     @property
     def stream_url(self) -> str:
         return f"ws://127.0.0.1:{self.ws_port}/stream"
+
+    @property
+    def historical_url(self) -> str:
+        """``StockHistoricalDataClient(url_override=...)``: the historical bars live on the REST server."""
+        return self.rest_url
 
     @property
     def data_url(self) -> str:
@@ -465,6 +475,11 @@ class FakeAlpaca:
     # --- REST --------------------------------------------------------------------------------------
 
     def _route(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        if self.historical.handles(path):
+            try:
+                return self.historical.route(method, path, query)
+            except HistoricalError as err:
+                raise ApiError(err.status, err.code, err.message) from None
         if method == "POST" and path == "/v2/orders":
             return 200, self._place(body if isinstance(body, dict) else {}).to_json()
         if method == "GET" and path == "/v2/orders":
