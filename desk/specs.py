@@ -14,7 +14,7 @@ The rules:
   (16 KiB: a quarter of it). A config.json with a 100 KB ``env`` used to deploy as "running" while
   the router could not decode its spec, and every order of it was refused UNKNOWN_STRATEGY;
 * ``initial_cash``, ``risk.max_order_notional`` and ``risk.max_position_notional`` are empty (the
-  desk's default) or finite decimals > 0: :meth:`services.order_router.risk.Limits.resolve` would
+  desk's default) or finite decimals > 0: :meth:`desk.core.risk.Limits.resolve` would
   silently replace anything else with the default, so a "-5" or "0" or "lots" the member wrote
   would be traded as if it were not there;
 * ``symbols`` are tickers the subjects accept (``AAPL``), without duplicates;

@@ -37,23 +37,11 @@ from desk.bus import confine, subjects
 from desk.bus.decimals import fmt
 from desk.bus.errors import DeskError
 from desk.bus.request import request
-from desk.v1 import common_pb2, orders_pb2
+from desk.core.orders import ORDER_TYPES, SIDES, TIMES_IN_FORCE, needs_limit_price, needs_stop_price
+from desk.v1 import orders_pb2
 
 __all__ = ["cancel_order", "place_order"]
 
-_SIDES = {"buy": common_pb2.SIDE_BUY, "sell": common_pb2.SIDE_SELL}
-_TYPES = {
-    "market": common_pb2.ORDER_TYPE_MARKET,
-    "limit": common_pb2.ORDER_TYPE_LIMIT,
-    "stop": common_pb2.ORDER_TYPE_STOP,
-    "stop_limit": common_pb2.ORDER_TYPE_STOP_LIMIT,
-}
-_TIFS = {
-    "day": common_pb2.TIME_IN_FORCE_DAY,
-    "gtc": common_pb2.TIME_IN_FORCE_GTC,
-    "ioc": common_pb2.TIME_IN_FORCE_IOC,
-    "fok": common_pb2.TIME_IN_FORCE_FOK,
-}
 REQUEST_TIMEOUT = 5.0
 
 
@@ -186,12 +174,12 @@ def place_order(
     """Send an order and wait for the desk's answer; returns the old desk's result dict."""
     if not isinstance(symbol, str) or not subjects.SYMBOL_RE.match(symbol):
         raise ValueError(f"symbol must be upper case like 'AAPL', got {symbol!r}")
-    side_value = _choice("side", side, _SIDES)
-    type_value = _choice("order_type", order_type, _TYPES)
-    tif_value = _choice("time_in_force", time_in_force, _TIFS)
+    side_value = _choice("side", side, SIDES)
+    type_value = _choice("order_type", order_type, ORDER_TYPES)
+    tif_value = _choice("time_in_force", time_in_force, TIMES_IN_FORCE)
     qty_d = _decimal("qty", qty, True)
-    needs_limit = type_value in (common_pb2.ORDER_TYPE_LIMIT, common_pb2.ORDER_TYPE_STOP_LIMIT)
-    needs_stop = type_value in (common_pb2.ORDER_TYPE_STOP, common_pb2.ORDER_TYPE_STOP_LIMIT)
+    needs_limit = needs_limit_price(type_value)
+    needs_stop = needs_stop_price(type_value)
     limit_d = _decimal("limit_price", limit_price, needs_limit)
     stop_d = _decimal("stop_price", stop_price, needs_stop)
     if limit_d is not None and not needs_limit:

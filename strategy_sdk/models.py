@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from desk.bus.decimals import dec
-from desk.v1 import common_pb2, executions_pb2, marketdata_pb2
+from desk.core.orders import exec_type_name, side_name, status_name
+from desk.v1 import executions_pb2, marketdata_pb2
 
 __all__ = [
     "Bar",
@@ -23,33 +24,11 @@ __all__ = [
     "OrderUpdate",
     "Quote",
     "Trade",
-    "side_name",
-    "status_name",
 ]
 
 
 def _ns_to_datetime(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1_000_000_000, tz=UTC)
-
-
-def side_name(side: int) -> str:
-    """``SIDE_BUY`` -> ``"buy"``; ``""`` when unspecified."""
-    if side == common_pb2.SIDE_BUY:
-        return "buy"
-    if side == common_pb2.SIDE_SELL:
-        return "sell"
-    return ""
-
-
-def status_name(status: int) -> str:
-    """``ORDER_STATUS_PARTIALLY_FILLED`` -> ``"partially_filled"``."""
-    name: str = executions_pb2.OrderStatus.Name(status)
-    return name.removeprefix("ORDER_STATUS_").lower()
-
-
-def _exec_type_name(exec_type: int) -> str:
-    name: str = executions_pb2.ExecType.Name(exec_type)
-    return name.removeprefix("EXEC_TYPE_").lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +179,7 @@ class OrderUpdate:
             client_order_id=report.client_order_id,
             symbol=report.symbol,
             side=side_name(report.side),
-            exec_type=_exec_type_name(report.exec_type),
+            exec_type=exec_type_name(report.exec_type),
             status=status_name(report.status),
             order_qty=Decimal(report.order_qty) if report.order_qty else None,
             cum_qty=dec(report.cum_qty),

@@ -20,36 +20,24 @@ from typing import Any
 
 from desk.bus import subjects
 from desk.bus.decimals import ABSURD, dec, fmt
+from desk.core.orders import (
+    FINAL_STATUSES,
+    ORDER_TYPE_WORDS,
+    ORDER_TYPES,
+    SIDES,
+    TIME_IN_FORCE_WORDS,
+    TIMES_IN_FORCE,
+    needs_limit_price,
+    needs_stop_price,
+    side_name,
+)
 from desk.v1 import common_pb2, executions_pb2, orders_pb2
-from strategy_sdk.models import Fill, OpenOrder, OrderUpdate, side_name
+from strategy_sdk.models import Fill, OpenOrder, OrderUpdate
 
 log = logging.getLogger("strategy_sdk")
 
 Number = Decimal | int | str | float
 
-SIDES = {"buy": common_pb2.SIDE_BUY, "sell": common_pb2.SIDE_SELL}
-ORDER_TYPES = {
-    "market": common_pb2.ORDER_TYPE_MARKET,
-    "limit": common_pb2.ORDER_TYPE_LIMIT,
-    "stop": common_pb2.ORDER_TYPE_STOP,
-    "stop_limit": common_pb2.ORDER_TYPE_STOP_LIMIT,
-}
-TIME_IN_FORCE = {
-    "day": common_pb2.TIME_IN_FORCE_DAY,
-    "gtc": common_pb2.TIME_IN_FORCE_GTC,
-    "ioc": common_pb2.TIME_IN_FORCE_IOC,
-    "fok": common_pb2.TIME_IN_FORCE_FOK,
-}
-TYPE_NAMES = {v: k for k, v in ORDER_TYPES.items()}
-TIF_NAMES = {v: k for k, v in TIME_IN_FORCE.items()}
-FINAL_STATUSES = frozenset(
-    {
-        executions_pb2.ORDER_STATUS_FILLED,
-        executions_pb2.ORDER_STATUS_CANCELED,
-        executions_pb2.ORDER_STATUS_EXPIRED,
-        executions_pb2.ORDER_STATUS_REJECTED,
-    }
-)
 _float_warned = False
 
 
@@ -112,7 +100,7 @@ def build_order_request(
         raise ValueError(f"symbol must match {subjects.SYMBOL_RE.pattern} (upper case), got {symbol!r}")
     side_value = _choice("side", side, SIDES)
     type_value = _choice("type", type, ORDER_TYPES)
-    tif_value = _choice("time_in_force", time_in_force, TIME_IN_FORCE)
+    tif_value = _choice("time_in_force", time_in_force, TIMES_IN_FORCE)
     qty_d = to_decimal("qty", qty)
     notional_d = to_decimal("notional", notional)
     if (qty_d is None) == (notional_d is None):
@@ -121,8 +109,8 @@ def build_order_request(
         raise ValueError("notional orders must be market orders")
     limit_d = to_decimal("limit_price", limit_price)
     stop_d = to_decimal("stop_price", stop_price)
-    needs_limit = type_value in (common_pb2.ORDER_TYPE_LIMIT, common_pb2.ORDER_TYPE_STOP_LIMIT)
-    needs_stop = type_value in (common_pb2.ORDER_TYPE_STOP, common_pb2.ORDER_TYPE_STOP_LIMIT)
+    needs_limit = needs_limit_price(type_value)
+    needs_stop = needs_stop_price(type_value)
     if needs_limit and limit_d is None:
         raise ValueError(f"{type} orders need a limit_price")
     if not needs_limit and limit_d is not None:
@@ -156,8 +144,8 @@ def open_order_from_request(request: orders_pb2.OrderRequest, order_id: str) -> 
         client_order_id=request.client_order_id,
         symbol=request.symbol,
         side=side_name(request.side),
-        type=TYPE_NAMES.get(request.type, ""),
-        time_in_force=TIF_NAMES.get(request.time_in_force, ""),
+        type=ORDER_TYPE_WORDS.get(request.type, ""),
+        time_in_force=TIME_IN_FORCE_WORDS.get(request.time_in_force, ""),
         qty=Decimal(request.qty) if request.qty else None,
         notional=Decimal(request.notional) if request.notional else None,
         limit_price=Decimal(request.limit_price) if request.limit_price else None,
@@ -218,8 +206,8 @@ class Account:
                     client_order_id=cid,
                     symbol=report.symbol,
                     side=side_name(report.side),
-                    type=TYPE_NAMES.get(report.type, ""),
-                    time_in_force=TIF_NAMES.get(report.time_in_force, ""),
+                    type=ORDER_TYPE_WORDS.get(report.type, ""),
+                    time_in_force=TIME_IN_FORCE_WORDS.get(report.time_in_force, ""),
                     qty=Decimal(report.order_qty) if report.order_qty else None,
                     limit_price=Decimal(report.limit_price) if report.limit_price else None,
                     stop_price=Decimal(report.stop_price) if report.stop_price else None,

@@ -41,9 +41,10 @@ from desk.bus import codec, confine, subjects
 from desk.bus.decimals import dec
 from desk.bus.errors import DeskError
 from desk.bus.request import request
+from desk.core.orders import ORDER_TYPE_WORDS, TIME_IN_FORCE_WORDS, side_name, status_name
 from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2, strategy_pb2
-from strategy_sdk.models import Bar, CancelResult, OpenOrder, OrderResult, Quote, Trade, side_name, status_name
-from strategy_sdk.orders import TIF_NAMES, TYPE_NAMES, Account
+from strategy_sdk.models import Bar, CancelResult, OpenOrder, OrderResult, Quote, Trade
+from strategy_sdk.orders import Account
 from strategy_sdk.strategy import Strategy, StrategyContext, call_hook
 
 __all__ = [
@@ -492,8 +493,8 @@ class LiveRunner:
                 ):
                     account.open_orders[o.client_order_id] = OpenOrder(
                         order_id=o.order_id, client_order_id=o.client_order_id, symbol=o.symbol,
-                        side=side_name(o.side), type=TYPE_NAMES.get(o.type, ""),
-                        time_in_force=TIF_NAMES.get(o.time_in_force, ""),
+                        side=side_name(o.side), type=ORDER_TYPE_WORDS.get(o.type, ""),
+                        time_in_force=TIME_IN_FORCE_WORDS.get(o.time_in_force, ""),
                         qty=Decimal(o.qty) if o.qty else None,
                         limit_price=Decimal(o.limit_price) if o.limit_price else None,
                         stop_price=Decimal(o.stop_price) if o.stop_price else None,

@@ -48,7 +48,6 @@ import csv
 import logging
 import random
 import threading
-import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,9 +57,11 @@ from pathlib import Path
 from typing import Any
 
 from desk.bus.decimals import fmt
+from desk.core.ids import order_id_for
+from desk.core.orders import ORDER_TYPE_WORDS, TIME_IN_FORCE_WORDS
 from desk.v1 import common_pb2, executions_pb2, orders_pb2
 from strategy_sdk.models import Bar, CancelResult, Fill, OrderResult, OrderUpdate
-from strategy_sdk.orders import TIF_NAMES, TYPE_NAMES, Account
+from strategy_sdk.orders import Account
 from strategy_sdk.strategy import Strategy, StrategyContext, call_hook
 
 __all__ = [
@@ -221,13 +222,13 @@ class _SimDesk:
     # OrderGateway -------------------------------------------------------------------------------------
     async def submit(self, request: orders_pb2.OrderRequest) -> OrderResult:
         cid = request.client_order_id
-        order_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"desk:{self.strategy_id}:{cid}"))
+        order_id = order_id_for(self.strategy_id, cid)
         if cid in self.orders and self.orders[cid].accepted:
             return OrderResult(True, order_id, cid, duplicate=True)
         order = BacktestOrder(
             client_order_id=cid, order_id=order_id, symbol=request.symbol,
             side="buy" if request.side == common_pb2.SIDE_BUY else "sell",
-            type=TYPE_NAMES[request.type], time_in_force=TIF_NAMES[request.time_in_force],
+            type=ORDER_TYPE_WORDS[request.type], time_in_force=TIME_IN_FORCE_WORDS[request.time_in_force],
             qty=Decimal(request.qty) if request.qty else None,
             notional=Decimal(request.notional) if request.notional else None,
             limit_price=Decimal(request.limit_price) if request.limit_price else None,

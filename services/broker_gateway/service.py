@@ -58,10 +58,12 @@ from desk.bus.errors import DeskError
 from desk.bus.lifecycle import ServiceRuntime, StartFn
 from desk.bus.logging import get_logger
 from desk.bus.micro import DeskService, add_service
+from desk.core.matching import MarketUpdate, SimConfig, SimEngine
+from desk.core.orders import Reports
 from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2
 
-from .brokers.base import Broker, BrokerUnavailable, MarketUpdate, Reports, StreamingBroker
-from .brokers.sim import SimBroker, SimConfig, SimEngine
+from .brokers.base import Broker, BrokerUnavailable, StreamingBroker
+from .brokers.sim import SimBroker
 from .settings import Settings
 
 NAME = "broker_gateway"

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from desk.bus.decimals import fmt
+from desk.core.books import ZERO, Account, Position, return_pct
 from desk.v1 import ledger_pb2
-from services.ledger.books import ZERO, Account, Position, return_pct
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

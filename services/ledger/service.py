@@ -36,9 +36,9 @@ from desk.bus.errors import DeskError
 from desk.bus.lifecycle import ServiceRuntime
 from desk.bus.logging import get_logger
 from desk.bus.micro import add_service
+from desk.core.books import Booking, parse_booking
 from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, strategy_pb2
 from services.ledger import queries
-from services.ledger.reports import Booking, parse_booking
 from services.ledger.settings import Settings
 from services.ledger.store import LedgerStore, now_ns
 

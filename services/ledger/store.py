@@ -33,9 +33,8 @@ from typing import Any, Self, TypeVar, cast
 import aiosqlite
 
 from desk.bus.decimals import dec, fmt
+from desk.core.books import Account, Booking, Position
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2
-from services.ledger.books import Account, Position
-from services.ledger.reports import Booking
 
 T = TypeVar("T")
 

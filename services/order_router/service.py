@@ -1,6 +1,6 @@
 """The order router's async shell: KV watches, the executions follower and the micro endpoints.
 
-All decisions live in :mod:`validation` and :mod:`risk`; this module only moves messages:
+All decisions live in :mod:`desk.core.orders` and :mod:`desk.core.risk`; this module only moves messages:
 
 * ``submit`` (``desk.order.submit.*``): decode -> subject/fields -> known strategy and symbol -> halt
   -> idempotency -> risk -> publish ``RoutedOrder`` (``Nats-Msg-Id`` = order id) -> reply, and store
@@ -44,21 +44,21 @@ from desk.bus.kv import Change, KvFollower
 from desk.bus.lifecycle import ServiceRuntime
 from desk.bus.logging import get_logger
 from desk.bus.micro import add_service
-from desk.specs import validate_spec
-from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2, strategy_pb2
-from services.order_router import NAME
-from services.order_router.risk import Clock, Limits, VirtualAccount, report_numbers
-from services.order_router.settings import Settings
-from services.order_router.validation import (
+from desk.core.ids import order_id_for
+from desk.core.orders import (
     ValidOrder,
     check_known,
-    order_id_for,
     refusal,
     reject_reason,
     validate_cancel,
     validate_halt,
     validate_order,
 )
+from desk.core.risk import Clock, Limits, VirtualAccount, report_numbers
+from desk.specs import validate_spec
+from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2, strategy_pb2
+from services.order_router import NAME
+from services.order_router.settings import Settings
 
 AckT = TypeVar("AckT", orders_pb2.OrderAck, orders_pb2.CancelAck)
 log = get_logger("order_router")

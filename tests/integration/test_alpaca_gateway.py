@@ -20,9 +20,9 @@ from desk.bus import codec, subjects
 from desk.bus import kv as desk_kv
 from desk.bus.request import request
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
+from desk.core.ids import order_id_for
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2, strategy_pb2
 from services.broker_gateway.brokers.alpaca import AlpacaBroker, alpaca_config
-from services.broker_gateway.brokers.alpaca_book import desk_order_id
 from services.broker_gateway.service import NAME, make_start
 from services.broker_gateway.settings import Settings
 from tests.fakes.alpaca import FakeAlpaca
@@ -113,7 +113,7 @@ async def reports(nc: Client) -> AsyncIterator[Reports]:
 
 def oid(name: str, strategy: str = "alpha") -> str:
     """The router's order id for client order id ``c-<name>``."""
-    return desk_order_id(strategy, f"c-{name}")
+    return order_id_for(strategy, f"c-{name}")
 
 
 def routed(name: str, strategy: str = "alpha", **fields: Any) -> orders_pb2.RoutedOrder:

@@ -15,8 +15,8 @@ from structlog.testing import capture_logs
 
 from desk.bus import codec, subjects
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
+from desk.core.matching import SHUTDOWN_TEXT
 from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2
-from services.broker_gateway.brokers.sim import SHUTDOWN_TEXT
 from services.broker_gateway.service import NAME, make_start
 from services.broker_gateway.settings import Settings
 

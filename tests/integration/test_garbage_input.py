@@ -37,6 +37,7 @@ from desk.bus import kv as desk_kv
 from desk.bus.errors import DeskError
 from desk.bus.request import ERROR_CODE_HEADER, ERROR_HEADER, request, request_raw
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
+from desk.core.orders import reject_reason
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2, strategy_pb2
 from services.broker_gateway import service as gateway_service
 from services.broker_gateway.settings import Settings as GatewaySettings
@@ -47,7 +48,6 @@ from services.marketdata.settings import Settings as MarketDataSettings
 from services.order_router import NAME as ROUTER
 from services.order_router.service import Router
 from services.order_router.settings import Settings as RouterSettings
-from services.order_router.validation import reject_reason
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,8 @@ from desk.bus import kv as desk_kv
 from desk.bus.errors import DeskError
 from desk.bus.request import request
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
+from desk.core.books import parse_booking
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2, marketdata_pb2, strategy_pb2
-from services.ledger.reports import parse_booking
 from services.ledger.service import LedgerService, LedgerStats
 from services.ledger.settings import Settings
 from services.ledger.store import LedgerStore

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from desk.core.books import Account, Booking, FillBooking, Position, Side, parse_booking
 from desk.v1 import common_pb2, executions_pb2
-from services.ledger.books import Account, Position, Side
-from services.ledger.reports import Booking, FillBooking, parse_booking
 from services.ledger.store import AccountRow, LedgerStore, PositionRow
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,6 @@ import re
 import shutil
 import signal
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from nats.aio.msg import Msg
 
 from desk.bus import codec, subjects
 from desk.bus.testing import NatsServer
+from desk.core.ids import order_id_for
 from desk.v1 import common_pb2, marketdata_pb2, orders_pb2, strategy_pb2
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ async def test_legacy_momentum_runs_unchanged_and_its_orders_reach_the_router(
         requests.append(order)
         ack = orders_pb2.OrderAck(
             strategy_id=order.strategy_id, client_order_id=order.client_order_id, accepted=True,
-            order_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"desk:{order.strategy_id}:{order.client_order_id}")),
+            order_id=order_id_for(order.strategy_id, order.client_order_id),
         )
         data, headers = codec.encode(ack)
         await nc.publish(msg.reply, data, headers=headers)

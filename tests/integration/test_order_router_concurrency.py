@@ -18,11 +18,11 @@ from desk.bus import codec, streams, subjects
 from desk.bus import kv as desk_kv
 from desk.bus.request import request
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
+from desk.core.ids import order_id_for
 from desk.v1 import common_pb2, marketdata_pb2, orders_pb2, strategy_pb2
 from services.order_router import NAME
 from services.order_router.service import Router
 from services.order_router.settings import Settings
-from services.order_router.validation import order_id_for
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,6 @@ import os
 import re
 import sys
 import textwrap
-import uuid
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -20,6 +19,7 @@ from nats.aio.msg import Msg
 
 from desk.bus import codec, subjects
 from desk.bus.testing import NatsServer
+from desk.core.ids import order_id_for
 from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2, strategy_pb2
 from strategy_sdk import Strategy, run_strategy
 
@@ -51,7 +51,7 @@ class FakeRouter:
             return
         ack = orders_pb2.OrderAck(
             strategy_id=order.strategy_id, client_order_id=order.client_order_id, accepted=True,
-            order_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"desk:{order.strategy_id}:{order.client_order_id}")),
+            order_id=order_id_for(order.strategy_id, order.client_order_id),
         )
         data, headers = codec.encode(ack)
         await self.nc.publish(msg.reply, data, headers=headers)

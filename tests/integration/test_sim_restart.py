@@ -25,8 +25,8 @@ from desk.bus import codec, streams, subjects
 from desk.bus.process import die_with_parent
 from desk.bus.request import request
 from desk.bus.testing import NatsServer
+from desk.core.matching import SHUTDOWN_TEXT
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2
-from services.broker_gateway.brokers.sim import SHUTDOWN_TEXT
 
 pytestmark = pytest.mark.integration
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from decimal import Decimal
 
 from desk import reconcile
+from desk.core.ids import order_id_for
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2, orders_pb2
 from services.broker_gateway.brokers.alpaca_book import (
     AlpacaBook,
     AlpacaOrder,
     Fill,
     alpaca_client_order_id,
-    desk_order_id,
     parse_client_order_id,
 )
 
@@ -26,7 +26,7 @@ def snapshot(status: str = "new", filled: str = "0", alpaca_id: str = "a-1", cli
 
 def routed() -> orders_pb2.RoutedOrder:
     return orders_pb2.RoutedOrder(
-        order_id=desk_order_id("alpha", "c1"), strategy_id="alpha", member_id="m1",
+        order_id=order_id_for("alpha", "c1"), strategy_id="alpha", member_id="m1",
         new_order=orders_pb2.OrderRequest(strategy_id="alpha", client_order_id="c1", symbol="AAPL",
                                           side=common_pb2.SIDE_BUY, type=common_pb2.ORDER_TYPE_LIMIT,
                                           time_in_force=common_pb2.TIME_IN_FORCE_GTC, qty="10", limit_price="100"))
@@ -58,7 +58,7 @@ def test_a_new_process_makes_the_same_execution_ids_so_the_stream_dedups_them() 
     a = first.on_order(snapshot()) + first.on_fill(snapshot("filled", "10"), Fill("a-1", D(10), D(10), D(100), 9))
     b = second.on_order(snapshot()) + second.on_fill(snapshot("filled", "10"), Fill("a-1", D(10), D(10), D(100), 9))
     assert [r.execution_id for r in a] == [r.execution_id for r in b]
-    assert a[0].order_id == desk_order_id("alpha", "c1") and a[1].status == E.ORDER_STATUS_FILLED
+    assert a[0].order_id == order_id_for("alpha", "c1") and a[1].status == E.ORDER_STATUS_FILLED
 
 
 def test_a_cancel_is_reported_only_after_the_fills_before_it() -> None:

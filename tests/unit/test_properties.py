@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from desk.bus.decimals import fmt
 from desk.bus.errors import DeskError
+from desk.core.books import Account, Position, Side
+from desk.core.matching import SimConfig, SimEngine
+from desk.core.orders import STATUS, ValidOrder, validate_order
 from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2
-from services.broker_gateway.brokers.sim import SimConfig, SimEngine
-from services.ledger.books import Account, Position, Side
-from services.order_router.validation import STATUS, ValidOrder, validate_order
 
 E = executions_pb2
 D = Decimal

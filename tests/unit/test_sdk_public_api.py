@@ -68,6 +68,21 @@ def test_sdk_and_desk_client_import_neither_structlog_nor_pydantic() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_sdk_and_desk_client_use_only_desk_v1_the_pure_bus_modules_and_desk_core() -> None:
+    # desk.core on purpose: the SDK and desk_client share the engine's order words and rules, and its
+    # order id (docs/architecture.md §8); the async bus modules (connect, lifecycle, micro, kv) stay out.
+    allowed = ("desk.v1", "desk.core", "desk.bus.codec", "desk.bus.confine", "desk.bus.decimals", "desk.bus.errors",
+               "desk.bus.request", "desk.bus.subjects")
+    code = (
+        "import sys, strategy_sdk, strategy_sdk.testing, strategy_sdk.legacy, desk_client\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'desk')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded = [m for m in out.stdout.split() if m not in ("desk", "desk.bus")]
+    assert "desk.core.orders" in loaded
+    assert [m for m in loaded if not any(m == a or m.startswith(a + ".") for a in allowed)] == []
+
+
 def test_runner_help_explains_the_command_and_its_environment() -> None:
     out = subprocess.run([sys.executable, "-m", "strategy_sdk", "run", "--help"], cwd=ROOT,
                          capture_output=True, text=True, check=True)

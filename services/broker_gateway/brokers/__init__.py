@@ -1,5 +1,5 @@
 """The venues a gateway can front, behind :class:`.base.Broker`."""
 
-from .base import Broker, MarketUpdate, Reports
+from .base import Broker
 
-__all__ = ["Broker", "MarketUpdate", "Reports"]
+__all__ = ["Broker"]

@@ -35,13 +35,12 @@ import requests
 
 from desk.bus.decimals import fmt
 from desk.bus.logging import get_logger
+from desk.core.matching import MarketUpdate
+from desk.core.orders import ORDER_TYPE_WORDS, SIDE_WORDS, TIME_IN_FORCE_WORDS, Reports
 from desk.v1 import common_pb2, ledger_pb2, orders_pb2
 
 from . import netting
 from .alpaca_book import (
-    SIDES,
-    TIFS,
-    TYPES,
     AlpacaBook,
     AlpacaOrder,
     DeskOrder,
@@ -50,7 +49,7 @@ from .alpaca_book import (
     dec,
     to_ns,
 )
-from .base import BrokerUnavailable, MarketUpdate, PriceSource, Reports
+from .base import BrokerUnavailable, PriceSource
 
 with warnings.catch_warnings():
     # alpaca-py 0.44's TradingStream imports websockets.legacy, deprecated since websockets 14
@@ -195,7 +194,7 @@ def order_request(routed: orders_pb2.RoutedOrder, qty: Decimal | None = None, pl
     fields: dict[str, Any] = {
         "symbol": request.symbol,
         "side": OrderSide.BUY if request.side == common_pb2.SIDE_BUY else OrderSide.SELL,
-        "time_in_force": TimeInForce(TIFS.get(int(request.time_in_force), "day")),
+        "time_in_force": TimeInForce(TIME_IN_FORCE_WORDS.get(int(request.time_in_force), "day")),
         "client_order_id": alpaca_client_order_id(routed.strategy_id, request.client_order_id, placement),
     }
     if request.extended_hours:
@@ -220,7 +219,7 @@ def order_request(routed: orders_pb2.RoutedOrder, qty: Decimal | None = None, pl
 def net_view(order: DeskOrder) -> netting.NetOrder:
     return netting.NetOrder(
         order_id=order.order_id, strategy_id=order.strategy_id, symbol=order.symbol,
-        side=SIDES.get(order.side, ""), type=TYPES.get(order.type, ""),
+        side=SIDE_WORDS.get(order.side, ""), type=ORDER_TYPE_WORDS.get(order.type, ""),
         leaves=order.leaves_qty or Decimal(0), limit_price=order.limit_price, stop_price=order.stop_price,
         created_ns=order.created_ns,
     )

@@ -11,7 +11,7 @@ Identity (docs/alpaca.md):
 
 * Alpaca ``client_order_id`` = ``<strategy_id>.<client_order_id>``: unique per account because the
   desk's ids are unique per strategy, and neither part may contain a dot, so it splits back into the
-  desk order after a restart (desk ``order_id`` = uuid5 of both, as the router makes it).
+  desk order after a restart (desk ``order_id`` = :func:`desk.core.ids.order_id_for` of both).
 * Execution ids: a fill is ``uuid5("alpaca:<alpaca order id>:fill:<cum qty after it>")``. The
   stream event (the order's ``filled_qty``) and the activity row (``cum_qty``) both give it, so a
   fill seen both ways is one fill. Alpaca's own execution id travels in the report's ``text``
@@ -29,27 +29,14 @@ from decimal import Decimal
 from typing import Any
 
 from desk.bus.decimals import fmt
-from desk.v1 import common_pb2, executions_pb2, ledger_pb2, orders_pb2
-
-from .base import OrderProgress, Reports
+from desk.core.ids import order_id_for
+from desk.core.orders import ORDER_TYPES, SIDES, TIMES_IN_FORCE, OrderProgress, Reports
+from desk.v1 import executions_pb2, ledger_pb2, orders_pb2
 
 E = executions_pb2
 ER = executions_pb2.ExecutionReport
 ZERO = Decimal(0)
 VENUE = "alpaca"
-
-SIDES: dict[int, str] = {common_pb2.SIDE_BUY: "buy", common_pb2.SIDE_SELL: "sell"}
-TYPES: dict[int, str] = {
-    common_pb2.ORDER_TYPE_MARKET: "market", common_pb2.ORDER_TYPE_LIMIT: "limit",
-    common_pb2.ORDER_TYPE_STOP: "stop", common_pb2.ORDER_TYPE_STOP_LIMIT: "stop_limit",
-}
-TIFS: dict[int, str] = {
-    common_pb2.TIME_IN_FORCE_DAY: "day", common_pb2.TIME_IN_FORCE_GTC: "gtc",
-    common_pb2.TIME_IN_FORCE_IOC: "ioc", common_pb2.TIME_IN_FORCE_FOK: "fok",
-}
-_SIDE_OF = {v: k for k, v in SIDES.items()}
-_TYPE_OF = {v: k for k, v in TYPES.items()}
-_TIF_OF = {v: k for k, v in TIFS.items()}
 
 # Alpaca order statuses that end an order without a (further) fill, as the desk's exec types.
 TERMINAL = {
@@ -76,11 +63,6 @@ def parse_client_order_id(value: str) -> tuple[str, str] | None:
     if len(parts) not in (2, 3) or not all(parts) or (len(parts) == 3 and not parts[2].isdigit()):
         return None
     return parts[0], parts[1]
-
-
-def desk_order_id(strategy_id: str, client_order_id: str) -> str:
-    """The router's order id: ``uuid5(NAMESPACE_URL, "desk:<strategy_id>:<client_order_id>")``."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"desk:{strategy_id}:{client_order_id}"))
 
 
 def execution_id(*parts: object) -> str:
@@ -223,14 +205,14 @@ class AlpacaBook:
         if ids is None:
             return None  # not placed by the desk
         strategy_id, client_order_id = ids
-        order_id = desk_order_id(strategy_id, client_order_id)
+        order_id = order_id_for(strategy_id, client_order_id)
         base = alpaca_client_order_id(strategy_id, client_order_id)
         order = self._by_client_id.get(base) or self.orders.get(order_id)
         if order is None:
             order = DeskOrder(
                 order_id=order_id, strategy_id=strategy_id, member_id=self.members.get(strategy_id, ""),
-                client_order_id=client_order_id, symbol=alpaca.symbol, side=_SIDE_OF.get(alpaca.side, 0),
-                type=_TYPE_OF.get(alpaca.type, 0), tif=_TIF_OF.get(alpaca.time_in_force, 0), qty=alpaca.qty,
+                client_order_id=client_order_id, symbol=alpaca.symbol, side=SIDES.get(alpaca.side, 0),
+                type=ORDER_TYPES.get(alpaca.type, 0), tif=TIMES_IN_FORCE.get(alpaca.time_in_force, 0), qty=alpaca.qty,
                 notional=alpaca.notional, limit_price=alpaca.limit_price, stop_price=alpaca.stop_price,
                 created_ns=alpaca.created_ns,
             )

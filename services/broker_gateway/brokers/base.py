@@ -2,10 +2,10 @@
 
 A broker takes routed orders and market data and answers with the execution reports they caused;
 the shell publishes those reports to ``EXECUTIONS`` (``Nats-Msg-Id`` = execution id) and only then
-acks the routed order. The ``sim`` broker (:mod:`.sim`) computes reports synchronously from its
-in-memory book. A venue that reports on its own schedule (the later ``alpaca`` broker, with its
-``trade_updates`` stream) will also hand reports to a sink the shell gives it; that belongs to the
-issue that adds it, and needs no change to the methods below.
+acks the routed order. The ``sim`` broker (:mod:`.sim`) computes reports synchronously with the
+pure matching engine of :mod:`desk.core.matching`. A venue that reports on its own schedule (the
+later ``alpaca`` broker, with its ``trade_updates`` stream) will also hand reports to a sink the
+shell gives it; that belongs to the issue that adds it, and needs no change to the methods below.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
-from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2
-from desk.v1 import executions_pb2 as E
+from desk.core.matching import MarketUpdate
+from desk.core.orders import Reports
+from desk.v1 import ledger_pb2, orders_pb2
 
-MarketUpdate = marketdata_pb2.Bar | marketdata_pb2.Trade | marketdata_pb2.Quote
-Reports = list[executions_pb2.ExecutionReport]
 PriceSource = Callable[[str], Awaitable[Decimal | None]]
 """The fair price of a symbol now (the last trade in DESK_PRICES), for crossing orders internally."""
 
@@ -73,32 +72,3 @@ class StreamingBroker(Protocol):
     async def positions(self) -> list[ledger_pb2.Position]:
         """The account's positions at the venue (symbol, signed qty, avg cost)."""
         ...
-
-
-FINAL_STATUSES = frozenset(
-    {E.ORDER_STATUS_FILLED, E.ORDER_STATUS_CANCELED, E.ORDER_STATUS_EXPIRED, E.ORDER_STATUS_REJECTED}
-)
-
-
-class OrderProgress:
-    """What every venue's order record derives the same way from ``status``, ``qty``, ``cum_qty``
-    and ``cost`` (the sum of fill qty x price): finality, leaves and the average price."""
-
-    status: int
-    qty: Decimal | None
-    cum_qty: Decimal
-    cost: Decimal
-
-    @property
-    def is_final(self) -> bool:
-        return self.status in FINAL_STATUSES
-
-    @property
-    def leaves_qty(self) -> Decimal | None:
-        if self.is_final:
-            return Decimal(0)
-        return None if self.qty is None else self.qty - self.cum_qty
-
-    @property
-    def avg_price(self) -> Decimal | None:
-        return self.cost / self.cum_qty if self.cum_qty else None

@@ -16,21 +16,13 @@ from decimal import Decimal
 
 from desk.bus.decimals import ZERO, dec, fmt, parse_decimal
 from desk.bus.errors import DeskError
+from desk.core.orders import FINAL_STATUSES, ORDER_TYPE_WORDS, ValidOrder, refusal
 from desk.v1 import common_pb2, executions_pb2, strategy_pb2
-from services.order_router.validation import ValidOrder, refusal
 
 Clock = Callable[[], float]
 
 RATE_WINDOW_SECONDS = 60.0
 
-TERMINAL_STATUSES = frozenset(
-    {
-        executions_pb2.ORDER_STATUS_FILLED,
-        executions_pb2.ORDER_STATUS_CANCELED,
-        executions_pb2.ORDER_STATUS_EXPIRED,
-        executions_pb2.ORDER_STATUS_REJECTED,
-    }
-)
 _FILLS = frozenset({executions_pb2.EXEC_TYPE_PARTIAL_FILL, executions_pb2.EXEC_TYPE_FILL})
 
 
@@ -103,7 +95,7 @@ def _valuation_price(order: ValidOrder, last_price: Decimal | None) -> Decimal:
 
 
 def _type_name(order: ValidOrder) -> str:
-    return str(common_pb2.OrderType.Name(order.type)).removeprefix("ORDER_TYPE_").lower().replace("_", "-")
+    return ORDER_TYPE_WORDS[order.type].replace("_", "-")
 
 
 def report_numbers(report: executions_pb2.ExecutionReport) -> tuple[Decimal, Decimal, Decimal] | None:
@@ -286,7 +278,7 @@ class VirtualAccount:
                 self.cash_change += gross - fee
 
         order_id = report.order_id
-        if report.status in TERMINAL_STATUSES:
+        if report.status in FINAL_STATUSES:
             self.open_orders.pop(order_id, None)
             self.closed_orders.add(order_id)
             return True

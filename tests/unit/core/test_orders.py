@@ -1,4 +1,5 @@
-"""Order validation of the router: every bad field gets INVALID_FIELD (or its own reason) and a message."""
+"""Order words, rules and validation (desk.core.orders): every bad field gets INVALID_FIELD (or its
+own reason) and a message."""
 
 from __future__ import annotations
 
@@ -8,15 +9,21 @@ from typing import Any
 import pytest
 
 from desk.bus.errors import DeskError
-from desk.v1 import common_pb2, orders_pb2
-from services.order_router.validation import (
+from desk.core.ids import order_id_for
+from desk.core.orders import (
+    ORDER_TYPE_WORDS,
+    REQUIRED_PRICES,
+    SIDE_WORDS,
+    TIME_IN_FORCE_WORDS,
     check_known,
-    order_id_for,
+    needs_limit_price,
+    needs_stop_price,
     reject_reason,
     validate_cancel,
     validate_halt,
     validate_order,
 )
+from desk.v1 import common_pb2, orders_pb2
 
 SUBJECT = "desk.order.submit.alpha"
 
@@ -155,3 +162,18 @@ def test_cancel_and_halt_requests_are_checked() -> None:
     with pytest.raises(DeskError) as bad_halt:
         validate_halt(orders_pb2.HaltRequest(strategy_id="no spaces"))
     assert bad_halt.value.code == "INVALID_FIELD"
+
+
+def test_every_wire_value_has_one_word_and_every_order_type_its_required_prices() -> None:
+    for enum, words in ((common_pb2.Side, SIDE_WORDS), (common_pb2.OrderType, ORDER_TYPE_WORDS),
+                        (common_pb2.TimeInForce, TIME_IN_FORCE_WORDS)):
+        values = {v for v in enum.values() if v != 0}  # 0 is *_UNSPECIFIED
+        assert set(words) == values
+        for value in values:  # the word is the enum's name without its prefix, in lower case
+            assert enum.Name(value).lower().endswith("_" + words[value])
+    assert set(REQUIRED_PRICES) == set(ORDER_TYPE_WORDS)
+    assert [t for t in ORDER_TYPE_WORDS if needs_limit_price(t)] == [common_pb2.ORDER_TYPE_LIMIT,
+                                                                      common_pb2.ORDER_TYPE_STOP_LIMIT]
+    assert [t for t in ORDER_TYPE_WORDS if needs_stop_price(t)] == [common_pb2.ORDER_TYPE_STOP,
+                                                                     common_pb2.ORDER_TYPE_STOP_LIMIT]
+    assert not needs_limit_price(common_pb2.ORDER_TYPE_UNSPECIFIED)

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from desk.bus.errors import DeskError
+from desk.core.orders import ValidOrder, validate_order
+from desk.core.risk import Limits, VirtualAccount
 from desk.v1 import common_pb2, executions_pb2, orders_pb2, strategy_pb2
-from services.order_router.risk import Limits, VirtualAccount
-from services.order_router.validation import ValidOrder, validate_order
 
 DEFAULTS = Limits(
     max_order_notional=Decimal(25000),

@@ -1,4 +1,8 @@
-"""Order and cancel validation: pure functions, no I/O.
+"""Orders: the words for the wire's enums, the order rules, and validation. Pure, no I/O.
+
+One table per enum, word <-> value (``"stop_limit"`` <-> ``ORDER_TYPE_STOP_LIMIT``), and one table of
+the price fields each order type requires: the router, the venues, the SDK and ``desk_client`` read
+the same ones.
 
 Every refusal is a :class:`DeskError` whose ``code`` is the name of a ``RejectReason`` without its
 prefix (``"INVALID_FIELD"``) and whose ``status`` is the micro error code sent with it:
@@ -20,7 +24,6 @@ NO_MARKET_PRICE, INTERNAL                             503  the desk cannot value
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Container
 from dataclasses import dataclass
 from decimal import Decimal
@@ -29,7 +32,108 @@ from typing import cast
 from desk.bus import subjects
 from desk.bus.decimals import parse_decimal
 from desk.bus.errors import DeskError
-from desk.v1 import common_pb2, orders_pb2
+from desk.core.ids import order_id_for
+from desk.v1 import common_pb2, executions_pb2, orders_pb2
+
+# --- the words for the wire's enums -------------------------------------------------------------------
+
+#: What members write (the SDK, ``desk_client``, Alpaca's API) -> the wire's values.
+SIDES: dict[str, common_pb2.Side] = {"buy": common_pb2.SIDE_BUY, "sell": common_pb2.SIDE_SELL}
+ORDER_TYPES: dict[str, common_pb2.OrderType] = {
+    "market": common_pb2.ORDER_TYPE_MARKET,
+    "limit": common_pb2.ORDER_TYPE_LIMIT,
+    "stop": common_pb2.ORDER_TYPE_STOP,
+    "stop_limit": common_pb2.ORDER_TYPE_STOP_LIMIT,
+}
+TIMES_IN_FORCE: dict[str, common_pb2.TimeInForce] = {
+    "day": common_pb2.TIME_IN_FORCE_DAY,
+    "gtc": common_pb2.TIME_IN_FORCE_GTC,
+    "ioc": common_pb2.TIME_IN_FORCE_IOC,
+    "fok": common_pb2.TIME_IN_FORCE_FOK,
+}
+#: The wire's values -> the words; a value missing here is not a valid side, type or time in force.
+SIDE_WORDS: dict[int, str] = {v: k for k, v in SIDES.items()}
+ORDER_TYPE_WORDS: dict[int, str] = {v: k for k, v in ORDER_TYPES.items()}
+TIME_IN_FORCE_WORDS: dict[int, str] = {v: k for k, v in TIMES_IN_FORCE.items()}
+
+
+def side_name(side: int) -> str:
+    """``SIDE_BUY`` -> ``"buy"``; ``""`` when unspecified."""
+    return SIDE_WORDS.get(side, "")
+
+
+def status_name(status: int) -> str:
+    """``ORDER_STATUS_PARTIALLY_FILLED`` -> ``"partially_filled"``."""
+    name: str = executions_pb2.OrderStatus.Name(status)
+    return name.removeprefix("ORDER_STATUS_").lower()
+
+
+def exec_type_name(exec_type: int) -> str:
+    """``EXEC_TYPE_PARTIAL_FILL`` -> ``"partial_fill"``."""
+    name: str = executions_pb2.ExecType.Name(exec_type)
+    return name.removeprefix("EXEC_TYPE_").lower()
+
+
+# --- the order rules ----------------------------------------------------------------------------------
+
+#: The price fields each order type requires; the other price fields are not allowed on it.
+REQUIRED_PRICES: dict[int, frozenset[str]] = {
+    common_pb2.ORDER_TYPE_MARKET: frozenset(),
+    common_pb2.ORDER_TYPE_LIMIT: frozenset({"limit_price"}),
+    common_pb2.ORDER_TYPE_STOP: frozenset({"stop_price"}),
+    common_pb2.ORDER_TYPE_STOP_LIMIT: frozenset({"limit_price", "stop_price"}),
+}
+
+
+def needs_limit_price(order_type: int) -> bool:
+    """LIMIT and STOP_LIMIT orders need a limit price; the others take none."""
+    return "limit_price" in REQUIRED_PRICES.get(order_type, frozenset())
+
+
+def needs_stop_price(order_type: int) -> bool:
+    """STOP and STOP_LIMIT orders need a stop price; the others take none."""
+    return "stop_price" in REQUIRED_PRICES.get(order_type, frozenset())
+
+
+#: Statuses after which an order can no longer fill.
+FINAL_STATUSES = frozenset(
+    {
+        executions_pb2.ORDER_STATUS_FILLED,
+        executions_pb2.ORDER_STATUS_CANCELED,
+        executions_pb2.ORDER_STATUS_EXPIRED,
+        executions_pb2.ORDER_STATUS_REJECTED,
+    }
+)
+
+Reports = list[executions_pb2.ExecutionReport]
+"""The execution reports one call to a venue caused, in order."""
+
+
+class OrderProgress:
+    """What every venue's order record derives the same way from ``status``, ``qty``, ``cum_qty``
+    and ``cost`` (the sum of fill qty x price): finality, leaves and the average price."""
+
+    status: int
+    qty: Decimal | None
+    cum_qty: Decimal
+    cost: Decimal
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @property
+    def leaves_qty(self) -> Decimal | None:
+        if self.is_final:
+            return Decimal(0)
+        return None if self.qty is None else self.qty - self.cum_qty
+
+    @property
+    def avg_price(self) -> Decimal | None:
+        return self.cost / self.cum_qty if self.cum_qty else None
+
+
+# --- validation -----------------------------------------------------------------------------------------
 
 #: Micro error status per reason (see the module docstring).
 STATUS: dict[str, int] = {
@@ -60,11 +164,6 @@ QTY_PLACES = 9
 PRICE_PLACES = 6
 NOTIONAL_PLACES = 2
 
-_SIDES = {common_pb2.SIDE_BUY, common_pb2.SIDE_SELL}
-_TYPES = {common_pb2.ORDER_TYPE_MARKET, common_pb2.ORDER_TYPE_LIMIT, common_pb2.ORDER_TYPE_STOP, common_pb2.ORDER_TYPE_STOP_LIMIT}
-_TIFS = {common_pb2.TIME_IN_FORCE_DAY, common_pb2.TIME_IN_FORCE_GTC, common_pb2.TIME_IN_FORCE_IOC, common_pb2.TIME_IN_FORCE_FOK}
-_WITH_LIMIT = {common_pb2.ORDER_TYPE_LIMIT, common_pb2.ORDER_TYPE_STOP_LIMIT}
-_WITH_STOP = {common_pb2.ORDER_TYPE_STOP, common_pb2.ORDER_TYPE_STOP_LIMIT}
 # What the SDK sends (desk.bus.decimals.fmt) and what a venue understands: ASCII digits, an optional
 # sign, point and exponent. Python's Decimal also takes whitespace, "_" and non-ASCII digits ("١٠");
 # those would be routed verbatim, so they are refused here.
@@ -83,11 +182,6 @@ def reject_reason(code: str) -> orders_pb2.RejectReason:
         return orders_pb2.REJECT_REASON_INTERNAL
     # the generated stubs type Value() as int; it is one of RejectReason's values by construction
     return cast(orders_pb2.RejectReason, orders_pb2.RejectReason.Value(name))
-
-
-def order_id_for(strategy_id: str, client_order_id: str) -> str:
-    """The desk order id: deterministic, so a retry maps to the same id (and the same Nats-Msg-Id)."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"desk:{strategy_id}:{client_order_id}"))
 
 
 @dataclass(frozen=True)
@@ -160,11 +254,11 @@ def validate_order(request: orders_pb2.OrderRequest, subject: str) -> ValidOrder
     check_client_order_id(request.client_order_id)
     if not subjects.SYMBOL_RE.match(request.symbol):
         raise refusal("INVALID_FIELD", f"symbol {request.symbol!r} must match [A-Z][A-Z0-9.]{{0,15}}")
-    if request.side not in _SIDES:
+    if request.side not in SIDE_WORDS:
         raise refusal("INVALID_FIELD", "side must be BUY or SELL")
-    if request.type not in _TYPES:
+    if request.type not in REQUIRED_PRICES:
         raise refusal("INVALID_FIELD", "type must be MARKET, LIMIT, STOP or STOP_LIMIT")
-    if request.time_in_force not in _TIFS:
+    if request.time_in_force not in TIME_IN_FORCE_WORDS:
         raise refusal("INVALID_FIELD", "time_in_force must be DAY, GTC, IOC or FOK")
 
     if bool(request.qty) == bool(request.notional):
@@ -177,13 +271,14 @@ def validate_order(request: orders_pb2.OrderRequest, subject: str) -> ValidOrder
         raise refusal("INVALID_FIELD", "notional orders must be MARKET orders with time_in_force DAY")
 
     type_name = common_pb2.OrderType.Name(request.type).removeprefix("ORDER_TYPE_")
-    if request.type in _WITH_LIMIT and not request.limit_price:
+    needs_limit, needs_stop = needs_limit_price(request.type), needs_stop_price(request.type)
+    if needs_limit and not request.limit_price:
         raise refusal("INVALID_FIELD", f"limit_price is required for {type_name} orders")
-    if request.type not in _WITH_LIMIT and request.limit_price:
+    if not needs_limit and request.limit_price:
         raise refusal("INVALID_FIELD", f"limit_price is not allowed on {type_name} orders")
-    if request.type in _WITH_STOP and not request.stop_price:
+    if needs_stop and not request.stop_price:
         raise refusal("INVALID_FIELD", f"stop_price is required for {type_name} orders")
-    if request.type not in _WITH_STOP and request.stop_price:
+    if not needs_stop and request.stop_price:
         raise refusal("INVALID_FIELD", f"stop_price is not allowed on {type_name} orders")
     limit_price = _number("limit_price", request.limit_price, PRICE_PLACES)
     stop_price = _number("stop_price", request.stop_price, PRICE_PLACES)

@@ -9,8 +9,8 @@ from decimal import Decimal
 import pytest
 
 from desk.bus.errors import DeskError
+from desk.core.matching import SHUTDOWN_TEXT, SimConfig, SimEngine
 from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2
-from services.broker_gateway.brokers.sim import SHUTDOWN_TEXT, SimConfig, SimEngine
 
 E = executions_pb2
 D = Decimal

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
+from desk.core.matching import SimConfig, SimEngine, SimOrder
 from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2
-from services.broker_gateway.brokers.sim import SimConfig, SimEngine, SimOrder
 
 E = executions_pb2
 D = Decimal

@@ -1,0 +1,643 @@
+"""The matching engine of the ``sim`` venue: pure, in memory, fed by the desk's own market data.
+
+No I/O and no wall clock: the clock and the execution-id factory are injected, so unit tests drive
+it with a fake clock and exact Decimals. The gateway's sim broker
+(``services/broker_gateway/brokers/sim.py``) hands it routed orders and ``md.*`` updates and
+publishes the :class:`ExecutionReport` s it returns.
+
+Model (docs/architecture.md §8; the numbers come from ``SIM_*`` settings):
+
+* Reference price: the last quote's ask (buys) / bid (sells) when a quote is known, else the last
+  trade price or bar close.
+* Liquidity: each update offers ``participation`` x its volume (bar volume, trade size, or the
+  quote's ask/bid size) per side; fills consume it, so two orders share one bar. An update without
+  volume offers unlimited liquidity.
+* Market orders fill at the reference price moved against the order by ``slippage_bps``; a
+  remainder rests (DAY/GTC) and fills on later updates at their open, is canceled (IOC), or the
+  whole order is canceled without a fill (FOK).
+* A limit order marketable at submission fills at ``min(limit, ref + slippage)`` (buys; sells
+  mirror). A resting buy limit fills on an update whose low is <= limit at ``min(limit, open)``,
+  so a gap through the limit gets the better open. IOC/FOK orders never rest.
+* A buy stop triggers when the high reaches the stop and then fills as a market order at
+  ``max(stop, open)`` plus slippage. A stop-limit triggers the same way, then behaves as a limit.
+* DAY orders expire at the first update dated (UTC) after the day they were submitted; GTC orders
+  rest until canceled.
+* Fee per execution: ``max(fee_min, qty * fee_per_share + qty * price * fee_bps / 10000)``.
+* Notional market orders get ``qty = notional / expected fill price`` rounded down to 9 decimals,
+  fixed when the order first meets a price.
+
+The book lives in memory, and EXECUTIONS (the venue's own reports) is its record: at start-up the
+gateway hands every stored report of this venue to :meth:`SimEngine.restore`, which rebuilds the
+open orders (fields, fills, cost, report count) and marks every order seen as known, so a crash
+(SIGKILL) loses no resting order and a redelivered routed order is neither placed nor traded again.
+A clean stop still expires the resting orders (:meth:`SimEngine.expire_all`): a sim rule (the venue
+closes), not a need; a restart then restores them as expired.
+
+Execution ids are ``<order_id>-<n>`` (the order's n-th report), not random: a gateway killed after
+publishing an order's reports but before acking the routed order gets it again after its restart,
+and the fresh engine then makes the same ids for the same order, which EXECUTIONS deduplicates
+(``Nats-Msg-Id``), so the order does not trade twice (tests/faults).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal
+
+from desk.bus.decimals import fmt, parse_decimal
+from desk.bus.errors import DeskError
+from desk.core.orders import (
+    REQUIRED_PRICES,
+    SIDE_WORDS,
+    TIME_IN_FORCE_WORDS,
+    OrderProgress,
+    Reports,
+    needs_limit_price,
+    needs_stop_price,
+)
+from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2
+
+MarketUpdate = marketdata_pb2.Bar | marketdata_pb2.Trade | marketdata_pb2.Quote
+"""What the engine trades against: a bar, a trade or a quote."""
+
+Clock = Callable[[], int]
+"""Returns the current time in int64 nanoseconds since the epoch."""
+
+BUY, SELL = common_pb2.SIDE_BUY, common_pb2.SIDE_SELL
+MARKET, LIMIT = common_pb2.ORDER_TYPE_MARKET, common_pb2.ORDER_TYPE_LIMIT
+STOP, STOP_LIMIT = common_pb2.ORDER_TYPE_STOP, common_pb2.ORDER_TYPE_STOP_LIMIT
+DAY, GTC = common_pb2.TIME_IN_FORCE_DAY, common_pb2.TIME_IN_FORCE_GTC
+IOC, FOK = common_pb2.TIME_IN_FORCE_IOC, common_pb2.TIME_IN_FORCE_FOK
+
+ER = executions_pb2.ExecutionReport
+E = executions_pb2  # enum values: E.EXEC_TYPE_FILL, E.ORDER_STATUS_NEW...
+
+QTY_STEP = Decimal("1e-9")
+BPS = Decimal(10000)
+ZERO = Decimal(0)
+SHUTDOWN_TEXT = "sim venue stopped; resting orders expire"
+CANCELED_ON_REQUEST = "canceled on request"
+RESTART_TEXT = "sim venue restarted before the order completed; {tif} order canceled"
+OPEN_STATUSES = (E.ORDER_STATUS_NEW, E.ORDER_STATUS_PARTIALLY_FILLED)
+_VENUE_ID_RE = re.compile(r"^sim-(\d+)$")
+
+
+def floor_qty(value: Decimal) -> Decimal:
+    """Round a quantity down to the venue's 9 decimals."""
+    return value.quantize(QTY_STEP, rounding=ROUND_DOWN)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Slippage, fee and liquidity model of the simulator (all Decimal)."""
+
+    slippage_bps: Decimal = Decimal(2)
+    fee_bps: Decimal = Decimal(1)
+    fee_per_share: Decimal = Decimal(0)
+    fee_min: Decimal = Decimal(0)
+    participation: Decimal = Decimal("0.25")
+
+    def fee(self, qty: Decimal, price: Decimal) -> Decimal:
+        return max(self.fee_min, qty * self.fee_per_share + qty * price * self.fee_bps / BPS)
+
+    def slip(self, price: Decimal, side: int) -> Decimal:
+        """``price`` moved against an order of ``side`` by the slippage."""
+        factor = self.slippage_bps / BPS
+        return price * (1 + factor) if side == BUY else price * (1 - factor)
+
+    def liquidity(self, volume: Decimal | None) -> Decimal | None:
+        """Quantity one update offers; ``None`` (unlimited) when it carries no volume."""
+        if volume is None or volume <= 0:
+            return None
+        return floor_qty(volume * self.participation)
+
+
+@dataclass
+class SimOrder(OrderProgress):
+    """One order in the sim's book."""
+
+    order_id: str
+    venue_order_id: str
+    strategy_id: str
+    member_id: str
+    client_order_id: str
+    symbol: str
+    side: int
+    type: int
+    tif: int
+    qty: Decimal | None  # None for a notional order until it first meets a price
+    notional: Decimal | None
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    submitted_ns: int
+    cum_qty: Decimal = ZERO
+    cost: Decimal = ZERO  # sum of fill_qty * fill_price, for the average price
+    status: int = E.ORDER_STATUS_NEW
+    triggered: bool = False  # stop / stop-limit: the stop price has been reached
+    canceled_by_request: bool = False
+    reports: int = 0  # reports made for this order; numbers its execution ids
+
+
+@dataclass
+class _Touch:
+    """The prices one update shows one side of the book: its open, high and low."""
+
+    open: Decimal
+    high: Decimal
+    low: Decimal
+
+    @classmethod
+    def at(cls, price: Decimal) -> _Touch:
+        return cls(price, price, price)
+
+
+@dataclass
+class _Market:
+    """What the sim knows of one symbol."""
+
+    last: Decimal | None = None  # last trade price or bar close
+    bid: Decimal | None = None
+    ask: Decimal | None = None
+    # liquidity left in the latest update, per side; None = unlimited
+    budget: dict[int, Decimal | None] = field(default_factory=lambda: {BUY: None, SELL: None})
+
+    def reference(self, side: int) -> Decimal | None:
+        quoted = self.ask if side == BUY else self.bid
+        return quoted if quoted is not None else self.last
+
+
+def _utc_date(ns: int) -> dt.date:
+    return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC).date()
+
+
+def _new_execution_id() -> str:
+    return str(uuid.uuid4())
+
+
+class SimEngine:
+    """The matching engine. Every method returns the reports the call caused, in order."""
+
+    venue = "sim"
+
+    def __init__(
+        self,
+        config: SimConfig | None = None,
+        clock: Clock = time.time_ns,
+        new_execution_id: Callable[[], str] | None = None,
+    ) -> None:
+        """``new_execution_id``: an id factory for tests; by default ids are ``<order_id>-<n>``."""
+        self.config = config or SimConfig()
+        self._clock = clock
+        self._new_execution_id = new_execution_id
+        self._orders: dict[str, SimOrder] = {}
+        self._by_client_id: dict[tuple[str, str], str] = {}
+        self._resting: dict[str, SimOrder] = {}  # insertion order = time priority
+        self._markets: dict[str, _Market] = {}
+        self._next_venue_id = 1
+        self.restore_skipped = 0  # stored reports :meth:`restore` could not read
+
+    # --- orders ------------------------------------------------------------------------------------
+
+    def submit(self, routed: orders_pb2.RoutedOrder) -> Reports:
+        """Accept ``routed.new_order``: a NEW report, then whatever fills at once.
+
+        An order id seen before returns ``[]`` (a redelivered routed order must not trade twice).
+        Raises :class:`DeskError` MALFORMED when the routed order has no order id, strategy id or
+        new order; an order with bad fields is answered with a REJECTED report.
+        """
+        _check_envelope(routed)
+        if not routed.HasField("new_order"):
+            raise DeskError("MALFORMED", "routed order carries no new_order")
+        if routed.order_id in self._orders:
+            return []
+        request = routed.new_order
+        order = SimOrder(
+            order_id=routed.order_id,
+            venue_order_id=f"sim-{self._next_venue_id:08d}",
+            strategy_id=routed.strategy_id,
+            member_id=routed.member_id,
+            client_order_id=request.client_order_id,
+            symbol=request.symbol,
+            side=request.side,
+            type=request.type,
+            tif=request.time_in_force,
+            qty=None,
+            notional=None,
+            limit_price=None,
+            stop_price=None,
+            submitted_ns=self._clock(),
+        )
+        self._next_venue_id += 1
+        self._orders[order.order_id] = order
+        self._by_client_id[(order.strategy_id, order.client_order_id)] = order.order_id
+        try:
+            _fill_in_fields(order, request)
+        except DeskError as err:
+            order.status = E.ORDER_STATUS_REJECTED
+            return [self._report(order, E.EXEC_TYPE_REJECTED, text=f"{err.code}: {err.message}")]
+
+        reports = [self._report(order, E.EXEC_TYPE_NEW)]
+        market = self._markets.get(order.symbol)
+        reference = market.reference(order.side) if market else None
+        if market is None or reference is None:
+            if order.tif in (IOC, FOK):
+                self._finish(order, E.ORDER_STATUS_CANCELED, E.EXEC_TYPE_CANCELED, reports,
+                             f"no market price for {order.symbol}; {_tif_name(order.tif)} order canceled")
+            else:
+                self._resting[order.order_id] = order
+            return reports
+
+        self._try_fill(order, market, _Touch.at(reference), immediate=True, reports=reports)
+        if order.is_final:
+            return reports
+        if order.tif in (IOC, FOK):
+            text = (
+                f"{_tif_name(order.tif)}: unfilled remainder canceled"
+                if order.cum_qty
+                else f"{_tif_name(order.tif)}: not fillable at once; canceled"
+            )
+            self._finish(order, E.ORDER_STATUS_CANCELED, E.EXEC_TYPE_CANCELED, reports, text)
+        else:
+            self._resting[order.order_id] = order
+        return reports
+
+    def cancel(self, routed: orders_pb2.RoutedOrder) -> Reports:
+        """Cancel ``routed.order_id``: CANCELED if it rests, CANCEL_REJECTED otherwise.
+
+        A second cancel of an order this venue already canceled on request returns ``[]``
+        (a redelivered cancel).
+        """
+        _check_envelope(routed)
+        request = routed.cancel
+        order_id = routed.order_id
+        if order_id not in self._orders:
+            order_id = self._by_client_id.get((routed.strategy_id, request.client_order_id), order_id)
+        order = self._orders.get(order_id)
+        if order is None:
+            return [self._cancel_rejected_unknown(routed)]
+        if order.is_final:
+            if order.canceled_by_request:
+                return []
+            status = E.OrderStatus.Name(order.status).removeprefix("ORDER_STATUS_").lower()
+            return [self._report(order, E.EXEC_TYPE_CANCEL_REJECTED, text=f"order is already {status}")]
+        order.canceled_by_request = True
+        reports: Reports = []
+        self._finish(order, E.ORDER_STATUS_CANCELED, E.EXEC_TYPE_CANCELED, reports, CANCELED_ON_REQUEST)
+        return reports
+
+    def expire_all(self, text: str = SHUTDOWN_TEXT) -> Reports:
+        """Expire every resting order (the venue is stopping; its book cannot survive)."""
+        reports: Reports = []
+        for order in list(self._resting.values()):
+            self._finish(order, E.ORDER_STATUS_EXPIRED, E.EXEC_TYPE_EXPIRED, reports, text)
+        return reports
+
+    def open_orders(self) -> list[SimOrder]:
+        return list(self._resting.values())
+
+    def restore(self, reports: Iterable[executions_pb2.ExecutionReport]) -> Reports:
+        """Rebuild the book from this venue's stored reports (EXECUTIONS, in stream order).
+
+        Call it once, on a fresh engine, before any order or market data. Every order seen becomes
+        known (a redelivered routed order is ignored); an order whose last report leaves it open
+        (NEW, PARTIALLY_FILLED) rests again with its fields, ``cum_qty``, ``cost``, status and
+        ``reports`` = its reports seen, so its next execution id continues ``<order_id>-<n>``.
+        Reports of another venue and CANCEL_REJECTEDs of orders never seen are skipped.
+
+        Returns the reports the restore itself makes: an IOC/FOK order left open (the process died
+        between its NEW and its fill or cancel) must not rest, so it is canceled now.
+        What the reports do not carry is lost: the sim's last prices (the next update brings
+        them) and a stop-limit's trigger when it triggered without filling (it waits for its stop
+        again).
+        """
+        for report in reports:
+            if report.venue != self.venue or not report.order_id:
+                continue
+            try:
+                self._restore_one(report)
+            except DeskError:
+                self.restore_skipped += 1  # an unreadable number: the gateway logs the count
+        made: Reports = []
+        for order in list(self._resting.values()):
+            if order.tif in (IOC, FOK):
+                self._finish(order, E.ORDER_STATUS_CANCELED, E.EXEC_TYPE_CANCELED, made,
+                             RESTART_TEXT.format(tif=_tif_name(order.tif)))
+        return made
+
+    def _restore_one(self, report: executions_pb2.ExecutionReport) -> None:
+        order = self._orders.get(report.order_id)
+        if order is None:
+            if report.exec_type not in (E.EXEC_TYPE_NEW, E.EXEC_TYPE_REJECTED):
+                return  # e.g. a cancel of an order this venue never had
+            order = _order_from_report(report)
+            self._orders[order.order_id] = order
+            self._by_client_id[(order.strategy_id, order.client_order_id)] = order.order_id
+            match = _VENUE_ID_RE.match(order.venue_order_id)
+            if match:
+                self._next_venue_id = max(self._next_venue_id, int(match.group(1)) + 1)
+        order.reports += 1
+        if report.exec_type == E.EXEC_TYPE_CANCEL_REJECTED:
+            return  # says nothing new about the order
+        if report.order_qty and order.qty is None:  # a notional order's qty, fixed at its first price
+            order.qty = parse_decimal("order_qty", report.order_qty)
+        if report.exec_type in (E.EXEC_TYPE_FILL, E.EXEC_TYPE_PARTIAL_FILL):
+            fill_qty = _price("fill_qty", report.fill_qty)
+            order.cum_qty += fill_qty
+            order.cost += fill_qty * _price("fill_price", report.fill_price)
+            order.triggered = order.type in (STOP, STOP_LIMIT)
+        if report.status:
+            order.status = report.status
+        if report.exec_type == E.EXEC_TYPE_CANCELED and report.text == CANCELED_ON_REQUEST:
+            order.canceled_by_request = True
+        if order.status in OPEN_STATUSES:
+            self._resting.setdefault(order.order_id, order)
+        else:
+            self._resting.pop(order.order_id, None)
+
+    def get(self, order_id: str) -> SimOrder | None:
+        return self._orders.get(order_id)
+
+    # --- market data -------------------------------------------------------------------------------
+
+    def on_market_data(self, update: MarketUpdate) -> Reports:
+        if isinstance(update, marketdata_pb2.Bar):
+            return self.on_bar(update)
+        if isinstance(update, marketdata_pb2.Quote):
+            return self.on_quote(update)
+        return self.on_trade(update)
+
+    def on_bar(self, bar: marketdata_pb2.Bar) -> Reports:
+        """A bar: resting orders see its open, high and low; its close becomes the last price."""
+        open_, high, low, close = (
+            _price("open", bar.open), _price("high", bar.high), _price("low", bar.low), _price("close", bar.close)
+        )
+        volume = parse_decimal("volume", bar.volume, positive=False, required=False)
+        market = self._market(_symbol(bar.symbol))
+        market.last = close
+        budget = self.config.liquidity(volume)
+        market.budget = {BUY: budget, SELL: budget}
+        touch = _Touch(open_, high, low)
+        return self._on_update(bar.symbol, bar.start_ns, market, {BUY: touch, SELL: touch})
+
+    def on_trade(self, trade: marketdata_pb2.Trade) -> Reports:
+        price = _price("price", trade.price)
+        size = parse_decimal("size", trade.size, positive=False, required=False)
+        market = self._market(_symbol(trade.symbol))
+        market.last = price
+        budget = self.config.liquidity(size)
+        market.budget = {BUY: budget, SELL: budget}
+        touch = _Touch.at(price)
+        return self._on_update(trade.symbol, trade.ts_ns, market, {BUY: touch, SELL: touch})
+
+    def on_quote(self, quote: marketdata_pb2.Quote) -> Reports:
+        """A quote: buys see the ask (and its size), sells the bid; an empty side is ignored."""
+        bid = parse_decimal("bid_price", quote.bid_price, positive=False, required=False)
+        ask = parse_decimal("ask_price", quote.ask_price, positive=False, required=False)
+        bid_size = parse_decimal("bid_size", quote.bid_size, positive=False, required=False)
+        ask_size = parse_decimal("ask_size", quote.ask_size, positive=False, required=False)
+        market = self._market(_symbol(quote.symbol))
+        market.bid = bid if bid else None
+        market.ask = ask if ask else None
+        market.budget = {BUY: self.config.liquidity(ask_size), SELL: self.config.liquidity(bid_size)}
+        touches: dict[int, _Touch] = {}
+        if market.ask is not None:
+            touches[BUY] = _Touch.at(market.ask)
+        if market.bid is not None:
+            touches[SELL] = _Touch.at(market.bid)
+        return self._on_update(quote.symbol, quote.ts_ns, market, touches)
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    def _market(self, symbol: str) -> _Market:
+        return self._markets.setdefault(symbol, _Market())
+
+    def _on_update(self, symbol: str, ts_ns: int, market: _Market, touches: dict[int, _Touch]) -> Reports:
+        reports: Reports = []
+        self._expire_day_orders(ts_ns or self._clock(), reports)
+        for order in [o for o in self._resting.values() if o.symbol == symbol]:
+            touch = touches.get(order.side)
+            if touch is not None:
+                self._try_fill(order, market, touch, immediate=False, reports=reports)
+        return reports
+
+    def _expire_day_orders(self, ts_ns: int, reports: Reports) -> None:
+        today = _utc_date(ts_ns)
+        for order in list(self._resting.values()):
+            if order.tif == DAY and today > _utc_date(order.submitted_ns):
+                self._finish(order, E.ORDER_STATUS_EXPIRED, E.EXEC_TYPE_EXPIRED, reports,
+                             f"DAY order expired at the end of {_utc_date(order.submitted_ns).isoformat()} (UTC)")
+
+    def _fill_price(self, order: SimOrder, touch: _Touch, immediate: bool) -> Decimal | None:
+        """The price ``order`` fills at against ``touch``, or ``None`` if it does not trade."""
+        buy = order.side == BUY
+        base = touch.open
+        if order.type in (STOP, STOP_LIMIT) and not order.triggered:
+            assert order.stop_price is not None
+            if buy and touch.high >= order.stop_price:
+                base = max(order.stop_price, touch.open)
+            elif not buy and touch.low <= order.stop_price:
+                base = min(order.stop_price, touch.open)
+            else:
+                return None
+            order.triggered = True
+        if order.type in (MARKET, STOP):
+            return self.config.slip(base, order.side)
+        limit = order.limit_price
+        assert limit is not None
+        price = self.config.slip(base, order.side) if immediate else base
+        if buy:
+            return min(limit, price) if touch.low <= limit else None
+        return max(limit, price) if touch.high >= limit else None
+
+    def _try_fill(self, order: SimOrder, market: _Market, touch: _Touch, *, immediate: bool, reports: Reports) -> None:
+        price = self._fill_price(order, touch, immediate)
+        if price is None:
+            return
+        if order.qty is None:  # notional order meets its first price
+            assert order.notional is not None
+            order.qty = floor_qty(order.notional / price)
+            if order.qty <= 0:
+                self._finish(order, E.ORDER_STATUS_CANCELED, E.EXEC_TYPE_CANCELED, reports,
+                             f"notional {fmt(order.notional)} buys less than {fmt(QTY_STEP)} at {fmt(price)}")
+                return
+        leaves = order.qty - order.cum_qty
+        available = market.budget[order.side]
+        qty = leaves if available is None else min(leaves, available)
+        if order.tif == FOK and qty < leaves:
+            return  # all or nothing: the caller cancels it
+        if qty <= 0:
+            return
+        if available is not None:
+            market.budget[order.side] = available - qty
+        order.cum_qty += qty
+        order.cost += qty * price
+        filled = order.cum_qty == order.qty
+        order.status = E.ORDER_STATUS_FILLED if filled else E.ORDER_STATUS_PARTIALLY_FILLED
+        reports.append(
+            self._report(
+                order,
+                E.EXEC_TYPE_FILL if filled else E.EXEC_TYPE_PARTIAL_FILL,
+                fill_qty=qty,
+                fill_price=price,
+                fee=self.config.fee(qty, price),
+            )
+        )
+        if filled:
+            self._resting.pop(order.order_id, None)
+
+    def _finish(self, order: SimOrder, status: int, exec_type: int, reports: Reports, text: str) -> None:
+        order.status = status
+        self._resting.pop(order.order_id, None)
+        reports.append(self._report(order, exec_type, text=text))
+
+    def _report(
+        self,
+        order: SimOrder,
+        exec_type: int,
+        *,
+        fill_qty: Decimal | None = None,
+        fill_price: Decimal | None = None,
+        fee: Decimal | None = None,
+        text: str = "",
+    ) -> executions_pb2.ExecutionReport:
+        now = self._clock()
+        order.reports += 1
+        execution_id = (
+            self._new_execution_id() if self._new_execution_id else f"{order.order_id}-{order.reports}"
+        )
+        return ER(
+            execution_id=execution_id,
+            order_id=order.order_id,
+            client_order_id=order.client_order_id,
+            venue_order_id=order.venue_order_id,
+            strategy_id=order.strategy_id,
+            member_id=order.member_id,
+            exec_type=exec_type,  # type: ignore[arg-type]  # int values of the generated enum
+            status=order.status,  # type: ignore[arg-type]
+            symbol=order.symbol,
+            side=order.side,  # type: ignore[arg-type]
+            type=order.type,  # type: ignore[arg-type]
+            time_in_force=order.tif,  # type: ignore[arg-type]
+            order_qty=fmt(order.qty),
+            notional=fmt(order.notional),
+            limit_price=fmt(order.limit_price),
+            stop_price=fmt(order.stop_price),
+            fill_qty=fmt(fill_qty),
+            fill_price=fmt(fill_price),
+            cum_qty=fmt(order.cum_qty),
+            avg_price=fmt(order.avg_price),
+            leaves_qty=fmt(order.leaves_qty),
+            fee=fmt(fee),
+            venue=self.venue,
+            text=text,
+            event_ns=now,
+            report_ns=now,
+        )
+
+    def _cancel_rejected_unknown(self, routed: orders_pb2.RoutedOrder) -> executions_pb2.ExecutionReport:
+        now = self._clock()
+        return ER(
+            execution_id=(self._new_execution_id or _new_execution_id)(),
+            order_id=routed.order_id,
+            client_order_id=routed.cancel.client_order_id,
+            strategy_id=routed.strategy_id,
+            member_id=routed.member_id,
+            exec_type=E.EXEC_TYPE_CANCEL_REJECTED,
+            status=E.ORDER_STATUS_UNSPECIFIED,
+            venue=self.venue,
+            text=f"unknown order {routed.order_id}",
+            event_ns=now,
+            report_ns=now,
+        )
+
+
+# --- validation at the venue's door -----------------------------------------------------------------
+
+
+def _check_envelope(routed: orders_pb2.RoutedOrder) -> None:
+    if not routed.order_id:
+        raise DeskError("MALFORMED", "routed order has no order_id")
+    if not routed.strategy_id:
+        raise DeskError("MALFORMED", "routed order has no strategy_id")
+    if routed.WhichOneof("action") is None:
+        raise DeskError("MALFORMED", "routed order carries neither new_order nor cancel")
+
+
+def _fill_in_fields(order: SimOrder, request: orders_pb2.OrderRequest) -> None:
+    """Check the order's fields (the router validated them; the venue does not trust that)."""
+    if not order.symbol:
+        raise DeskError("INVALID_FIELD", "symbol is required")
+    if order.side not in SIDE_WORDS:
+        raise DeskError("INVALID_FIELD", "side must be BUY or SELL")
+    if order.type not in REQUIRED_PRICES:
+        raise DeskError("INVALID_FIELD", "type must be MARKET, LIMIT, STOP or STOP_LIMIT")
+    if order.tif not in TIME_IN_FORCE_WORDS:
+        raise DeskError("INVALID_FIELD", "time_in_force must be DAY, GTC, IOC or FOK")
+    order.qty = parse_decimal("qty", request.qty, required=False)
+    order.notional = parse_decimal("notional", request.notional, required=False)
+    if (order.qty is None) == (order.notional is None):
+        raise DeskError("INVALID_FIELD", "exactly one of qty and notional is required")
+    if order.qty is not None and floor_qty(order.qty) != order.qty:
+        raise DeskError("INVALID_FIELD", f"qty {request.qty} has more than 9 decimals")
+    if order.notional is not None and order.type != MARKET:
+        raise DeskError("INVALID_FIELD", "notional is allowed on market orders only")
+    needs_limit = needs_limit_price(order.type)
+    needs_stop = needs_stop_price(order.type)
+    order.limit_price = parse_decimal("limit_price", request.limit_price, required=needs_limit)
+    order.stop_price = parse_decimal("stop_price", request.stop_price, required=needs_stop)
+    if order.limit_price is not None and not needs_limit:
+        raise DeskError("INVALID_FIELD", "limit_price is allowed on LIMIT and STOP_LIMIT orders only")
+    if order.stop_price is not None and not needs_stop:
+        raise DeskError("INVALID_FIELD", "stop_price is allowed on STOP and STOP_LIMIT orders only")
+
+
+def _order_from_report(report: executions_pb2.ExecutionReport) -> SimOrder:
+    """An order as its first stored report (NEW or REJECTED) describes it; no fills yet.
+
+    A REJECTED order keeps only its ids (its numbers may be what was wrong with it).
+    """
+    if report.exec_type == E.EXEC_TYPE_REJECTED:
+        return SimOrder(
+            order_id=report.order_id, venue_order_id=report.venue_order_id, strategy_id=report.strategy_id,
+            member_id=report.member_id, client_order_id=report.client_order_id, symbol=report.symbol,
+            side=report.side, type=report.type, tif=report.time_in_force, qty=None, notional=None,
+            limit_price=None, stop_price=None, submitted_ns=report.event_ns, status=E.ORDER_STATUS_REJECTED,
+        )
+    return SimOrder(
+        order_id=report.order_id,
+        venue_order_id=report.venue_order_id,
+        strategy_id=report.strategy_id,
+        member_id=report.member_id,
+        client_order_id=report.client_order_id,
+        symbol=report.symbol,
+        side=report.side,
+        type=report.type,
+        tif=report.time_in_force,
+        qty=parse_decimal("order_qty", report.order_qty, required=False),
+        notional=parse_decimal("notional", report.notional, required=False),
+        limit_price=parse_decimal("limit_price", report.limit_price, required=False),
+        stop_price=parse_decimal("stop_price", report.stop_price, required=False),
+        submitted_ns=report.event_ns,
+        status=report.status,
+    )
+
+
+def _price(field_name: str, value: str) -> Decimal:
+    price = parse_decimal(field_name, value)
+    assert price is not None  # required=True
+    return price
+
+
+def _symbol(symbol: str) -> str:
+    if not symbol:
+        raise DeskError("INVALID_FIELD", "market data update has no symbol")
+    return symbol
+
+
+def _tif_name(tif: int) -> str:
+    return str(common_pb2.TimeInForce.Name(tif)).removeprefix("TIME_IN_FORCE_")
