@@ -21,6 +21,8 @@ from desk.bus import codec, subjects
 from desk.bus.errors import DeskError
 from desk.bus.logging import configure_logging
 from desk.bus.request import request
+from desk.cli.backtest_cmd import backtest as backtest_command
+from desk.cli.data_cmd import data_app
 from desk.cli.render import console, enum_name, err_console, money, print_json, signed_money, table, ts
 from desk.v1 import ledger_pb2, orders_pb2, strategy_pb2
 
@@ -31,6 +33,8 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
 )
+app.add_typer(data_app, name="data")  # desk data fetch | list | check
+app.command("backtest")(backtest_command)  # desk backtest
 
 R = TypeVar("R", bound=Message)
 
@@ -627,4 +631,3 @@ def decode(
 def run() -> None:  # pragma: no cover - console entry alias
     with contextlib.suppress(KeyboardInterrupt):
         app()
-from desk.cli.data_cmd import data_app; app.add_typer(data_app, name="data")  # noqa: I001 - `desk data`
