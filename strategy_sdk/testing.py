@@ -1,23 +1,37 @@
-"""Backtest a strategy in-process, without NATS: for members' own unit tests.
+"""Backtest a strategy in-process, without NATS, on the desk's own engine (desk.core).
 
-:func:`run_backtest` feeds a list of bars to a :class:`~strategy_sdk.Strategy` and simulates the
-desk around it, one event at a time exactly like the live runner:
+:func:`run_backtest` feeds bars to a :class:`~strategy_sdk.Strategy` and runs, around it, the same
+pure code the live desk runs: the router's validation (:func:`desk.core.orders.validate_order`) and
+pre-trade risk (:class:`~desk.core.risk.VirtualAccount` with ``Limits.resolve(config risk, the
+router's defaults)``), and the sim venue's matching (:class:`~desk.core.matching.SimEngine` with
+:class:`~desk.core.matching.SimConfig`, whose defaults are the gateway's ``SIM_*`` defaults). So a
+backtest cannot disagree with the desk's simulator on how an order fills:
 
-* **Market orders fill at the open of the next bar of their symbol** (never at the bar that made
-  the decision, so no look-ahead), adjusted by ``slippage_bps`` against the strategy.
-* **Limit orders** fill on a later bar that trades through the limit: a buy when ``low <= limit``
-  at ``min(limit, open)``, a sell when ``high >= limit`` at ``max(limit, open)``. **Stop** orders
-  trigger when the bar reaches the stop and fill at ``max(stop, open)`` (buy) / ``min(stop, open)``
-  (sell) plus slippage; **stop-limit** orders become limit orders once triggered.
-* ``ioc`` / ``fok`` orders that cannot fill on the next bar expire; ``day`` and ``gtc`` orders stay
-  open until filled or cancelled (a backtest has no sessions). Orders fill completely.
-* Buys that would spend more than the free cash (cash minus open buy orders) are refused with
-  reason ``INSUFFICIENT_BUYING_POWER``; selling more than held is refused with
-  ``SHORT_NOT_ALLOWED`` unless ``allow_short=True`` — as the desk's router does by default.
-* ``fee_bps`` charges that share of each fill's value. ``on_fill`` and ``on_order_update`` fire
-  as they would live (a ``new`` update after each accepted order, then fills, cancels, expiries).
+* Each bar becomes exactly the tick the ``replay`` feed would publish for it
+  (:func:`desk.core.marketdata.replay_tick`): the bar, a quote around its close (about 2 bps
+  spread, 100 a side) and a trade of 100 at the close, the last two stamped at the bar's end. The
+  engine sees them in the live order (bar, quote, trade); their reports reach the strategy
+  (``on_order_update`` / ``on_fill``), then the router's last price becomes the trade price and the
+  strategy's ``on_bar`` runs.
+* An order sent from a hook is validated and risk-checked as by the router (refusals come back as
+  ``OrderResult(accepted=False, reason=...)``: ``INSUFFICIENT_BUYING_POWER``, ``SHORT_NOT_ALLOWED``
+  unless ``allow_short``, ``MAX_ORDER_NOTIONAL``, ``MAX_POSITION_NOTIONAL``, ``RATE_LIMIT`` per 60 s
+  of bar time, ``UNKNOWN_SYMBOL`` before the symbol's first bar...), then reaches the engine at once,
+  as a live order arriving before the next tick: **a market buy fills at the current ask moved up
+  by ``slippage_bps``** (a sell at the bid moved down), **a marketable limit at
+  ``min(limit, ask + slippage)``**, each fill paying ``max(fee_min, qty * fee_per_share + qty *
+  price * fee_bps / 10000)``. **Liquidity is limited**: each update offers ``participation`` x its
+  size (after a tick, the trade's 100 shares; the next bar, its volume), so a larger order fills
+  partially and its DAY/GTC remainder rests and fills on later bars at their open (IOC remainders
+  are canceled, FOK orders fill whole or not at all). Resting limit, stop and stop-limit orders fill
+  as in the sim venue (docs in :mod:`desk.core.matching`); DAY orders expire at the first update of
+  a later UTC date.
+* Reports are delivered between hooks (never inside ``await self.buy(...)``), as live.
 * An exception in a hook is counted in ``result.errors`` (with the messages in
   ``result.error_messages``) and the backtest goes on, as live; one in ``on_start`` is raised.
+
+``config`` is the strategy's ``config.json``: its ``symbols`` (only their bars are fed; all bars when
+it names none), ``initial_cash`` and ``risk`` apply as on the desk; keyword arguments override them.
 
 Example (a pytest test)::
 
@@ -30,36 +44,60 @@ Example (a pytest test)::
             if self.position(bar.symbol) == 0 and not self.open_orders:
                 await self.buy(bar.symbol, 10)
 
-    def test_buy_once_fills_at_the_next_open():
-        bars = make_bars("AAPL", ["100", "101", "102"])   # closes; open = previous close
-        result = run_backtest(BuyOnce(), bars)
+    def test_buy_once_fills_at_the_ask_plus_slippage():
+        bars = make_bars("AAPL", ["100", "101", "102"])
+        result = run_backtest(BuyOnce(), bars, slippage_bps=0, fee_bps=0)
         assert result.positions == {"AAPL": Decimal(10)}
-        assert result.fills[0].price == Decimal("100")  # the second bar's open
-        assert result.cash == Decimal("100000") - 10 * Decimal("100")
+        assert result.fills[0].price == Decimal("100.01")  # the first bar's ask (close + 1 cent)
 
 Bars may be :class:`~strategy_sdk.Bar` objects, dicts or CSV rows (``symbol, open, high, low, close,
 volume`` and ``timestamp`` (ISO 8601) or ``start_ns``); see :func:`to_bar` and :func:`bars_from_csv`.
+A bar without ``interval_ns`` gets the replay feed's: the smallest gap between its symbol's bars
+(over the whole list; for an iterator, the smallest gap so far, one minute for the first bar).
+
+Speed: while no order of a symbol rests, the engine is not fed that symbol's ticks; the latest one
+is fed right before the next order on it (the engine's market state is overwritten by every update,
+so the result is the same; ``feed_every_tick=True`` feeds them all). The equity curve is kept in
+arrays (``result.equity_curve`` reads them as ``(ts_ns, Decimal)`` pairs through ``float``;
+``result.final_equity`` is exact).
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
+import inspect
 import logging
 import random
 import threading
+from array import array
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import ROUND_DOWN, Decimal
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
-from desk.bus.decimals import fmt
+from desk.bus import subjects
+from desk.bus.errors import DeskError
 from desk.core.ids import order_id_for
-from desk.core.orders import ORDER_TYPE_WORDS, TIME_IN_FORCE_WORDS
-from desk.v1 import common_pb2, executions_pb2, orders_pb2
+from desk.core.marketdata import DEFAULT_INTERVAL_NS, infer_intervals, replay_tick
+from desk.core.matching import SimConfig, SimEngine
+from desk.core.orders import (
+    ORDER_TYPE_WORDS,
+    TIME_IN_FORCE_WORDS,
+    ValidOrder,
+    refusal,
+    reject_reason,
+    side_name,
+    status_name,
+    validate_cancel,
+    validate_order,
+)
+from desk.core.risk import DEFAULT_INITIAL_CASH, DEFAULT_LIMITS, Limits, VirtualAccount
+from desk.v1 import executions_pb2, orders_pb2, strategy_pb2
 from strategy_sdk.models import Bar, CancelResult, Fill, OrderResult, OrderUpdate
 from strategy_sdk.orders import Account
 from strategy_sdk.strategy import Strategy, StrategyContext, call_hook
@@ -76,8 +114,6 @@ __all__ = [
 ]
 
 _BPS = Decimal(10000)
-_PRICE_PLACES = Decimal("0.0001")
-_QTY_PLACES = Decimal("0.000001")
 
 
 # Bars in ----------------------------------------------------------------------------------------------
@@ -158,7 +194,7 @@ def random_walk_bars(symbols: Sequence[str], count: int, *, seed: int = 7, start
 
 
 # Results ------------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(slots=True)
 class BacktestOrder:
     """One order the strategy sent, with the desk's answer and where it ended."""
 
@@ -181,6 +217,54 @@ class BacktestOrder:
     triggered: bool = False
 
 
+class EquityCurve(Sequence[tuple[int, Decimal]]):
+    """The equity after every bar, kept in two arrays (int64 ns, float64) and read as
+    ``(ts_ns, Decimal)`` pairs (the Decimal of the float's shortest repr); ``final`` is exact."""
+
+    def __init__(self) -> None:
+        self.ts = array("q")
+        self.values = array("d")
+        self.final: Decimal | None = None
+
+    def append(self, ts_ns: int, equity: float) -> None:
+        self.ts.append(ts_ns)
+        self.values.append(equity)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[int, Decimal]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[int, Decimal]]: ...
+
+    def __getitem__(self, index: int | slice) -> tuple[int, Decimal] | list[tuple[int, Decimal]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("equity curve index out of range")
+        if index == len(self) - 1 and self.final is not None:
+            return self.ts[index], self.final
+        return self.ts[index], Decimal(repr(self.values[index]))
+
+    def __iter__(self) -> Iterator[tuple[int, Decimal]]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __repr__(self) -> str:
+        return f"EquityCurve({len(self)} points, final={self.final})"
+
+
 @dataclass
 class BacktestResult:
     """What happened: fills, orders, final books, equity after every bar, hook errors."""
@@ -190,192 +274,275 @@ class BacktestResult:
     updates: list[OrderUpdate]
     positions: dict[str, Decimal]
     cash: Decimal
-    equity_curve: list[tuple[int, Decimal]]
+    equity_curve: Sequence[tuple[int, Decimal]]
     errors: int
     error_messages: list[str] = field(default_factory=list)
+    #: With ``record_reports=True``: every report of the venue, in order, serialized (a protobuf message
+    #: costs kilobytes; bytes do not).
+    raw_reports: list[bytes] = field(default_factory=list, repr=False)
+
+    @property
+    def reports(self) -> list[executions_pb2.ExecutionReport]:
+        """The venue's execution reports, in order (decoded from :attr:`raw_reports`)."""
+        return [executions_pb2.ExecutionReport.FromString(raw) for raw in self.raw_reports]
 
     @property
     def final_equity(self) -> Decimal:
+        """The equity after the last bar, exact."""
+        final = getattr(self.equity_curve, "final", None)
+        if isinstance(final, Decimal):
+            return final
         return self.equity_curve[-1][1] if self.equity_curve else self.cash
 
 
-# The simulated desk -------------------------------------------------------------------------------------------
-class _SimDesk:
-    """Router + venue for one strategy; reports go to a queue dispatched between hooks."""
+# The desk around the strategy ---------------------------------------------------------------------------------
+def _order_record(request: orders_pb2.OrderRequest, order_id: str, placed_at: int) -> BacktestOrder:
+    def number(text: str) -> Decimal | None:
+        try:
+            return Decimal(text) if text else None
+        except ArithmeticError:
+            return None
 
-    def __init__(self, strategy_id: str, member_id: str, account: Account, *, fee_bps: Decimal,
-                 slippage_bps: Decimal, allow_short: bool) -> None:
+    return BacktestOrder(
+        client_order_id=request.client_order_id, order_id=order_id, symbol=request.symbol,
+        side=side_name(request.side), type=ORDER_TYPE_WORDS.get(request.type, ""),
+        time_in_force=TIME_IN_FORCE_WORDS.get(request.time_in_force, ""),
+        qty=number(request.qty), notional=number(request.notional), limit_price=number(request.limit_price),
+        stop_price=number(request.stop_price), accepted=False, placed_at=placed_at,
+    )
+
+
+class _Desk:
+    """The router (validation, idempotency, risk) and the sim venue for one strategy, in process.
+
+    Implements the SDK's ``OrderGateway``; the venue's reports are applied to the router's
+    :class:`VirtualAccount` at once and queued for the strategy, which gets them between hooks.
+    """
+
+    def __init__(self, strategy_id: str, member_id: str, *, initial_cash: Decimal, limits: Limits,
+                 sim_config: SimConfig, feed_every_tick: bool, record_reports: bool = False) -> None:
         self.strategy_id = strategy_id
         self.member_id = member_id
-        self.account = account
-        self.fee_bps = fee_bps
-        self.slippage_bps = slippage_bps
-        self.allow_short = allow_short
-        self.orders: dict[str, BacktestOrder] = {}
+        self.limits = limits
+        self.now_ns = 0
+        self.engine = SimEngine(sim_config, clock=lambda: self.now_ns)
+        self.account = VirtualAccount(strategy_id, initial_cash, clock=lambda: self.now_ns / 1e9)
+        self.feed_every_tick = feed_every_tick
+        self.prices: dict[str, Decimal] = {}          # the router's DESK_PRICES: the last trade price
+        self.pending: dict[str, tuple[Bar, int]] = {}  # a symbol's latest tick not fed to the engine
+        self.accepted: set[str] = set()               # DESK_ORDER_IDS: client order ids of accepted orders
+        self.orders: dict[str, BacktestOrder] = {}     # by order id
         self.order_list: list[BacktestOrder] = []
-        self.reports: deque[executions_pb2.ExecutionReport] = deque()
-        self.last_price: dict[str, Decimal] = {}
+        self.queue: deque[executions_pb2.ExecutionReport] = deque()
+        self.all_reports: list[bytes] = []
+        self.record_reports = record_reports
         self.bar_index = -1
-        self.bar_ns = 0
-        self._exec_seq = 0
+        self._subject = subjects.order_submit(strategy_id)
+        self._cancel_subject = subjects.order_cancel(strategy_id)
 
-    # OrderGateway -------------------------------------------------------------------------------------
+    # market data ------------------------------------------------------------------------------------
+    def on_bar(self, bar: Bar, interval_ns: int) -> None:
+        """The marketdata service publishes ``bar``'s tick: the engine sees it (now, or lazily)."""
+        self.now_ns = bar.start_ns + interval_ns
+        symbol = bar.symbol
+        # The tick's quote and trade are stamped at the bar's end, its latest (and latest-dated) update.
+        if self.feed_every_tick or self.engine.update_matters(symbol, self.now_ns):
+            self.pending.pop(symbol, None)
+            self._feed(bar, interval_ns)
+        else:
+            self.pending[symbol] = (bar, interval_ns)
+        self.prices[symbol] = bar.close   # the router's last price: the tick's trade price (the close)
+
+    def _feed(self, bar: Bar, interval_ns: int) -> None:
+        tick = replay_tick(bar.symbol, bar.open, bar.high, bar.low, bar.close, bar.volume, bar.start_ns, interval_ns)
+        engine = self.engine
+        self._reports(engine.on_bar(tick.bar))
+        self._reports(engine.on_quote(tick.quote))
+        self._reports(engine.on_trade(tick.trade))
+
+    def _catch_up(self, symbol: str) -> None:
+        """Feed ``symbol``'s latest tick, skipped while nothing of it rested, before an order on it."""
+        pending = self.pending.pop(symbol, None)
+        if pending is not None:
+            self._feed(*pending)
+
+    def _reports(self, reports: list[executions_pb2.ExecutionReport]) -> None:
+        for report in reports:
+            self.account.apply(report)   # the router follows desk.exec.*
+            self.queue.append(report)    # the strategy's own subscription
+            if self.record_reports:
+                self.all_reports.append(report.SerializeToString())
+            record = self.orders.get(report.order_id)
+            order = self.engine.get(report.order_id)
+            if record is not None and order is not None:
+                record.status = status_name(order.status)
+                record.filled_qty = order.cum_qty
+                record.avg_price = order.avg_price
+                record.triggered = order.triggered
+
+    # OrderGateway ---------------------------------------------------------------------------------------
     async def submit(self, request: orders_pb2.OrderRequest) -> OrderResult:
         cid = request.client_order_id
-        order_id = order_id_for(self.strategy_id, cid)
-        if cid in self.orders and self.orders[cid].accepted:
-            return OrderResult(True, order_id, cid, duplicate=True)
-        order = BacktestOrder(
-            client_order_id=cid, order_id=order_id, symbol=request.symbol,
-            side="buy" if request.side == common_pb2.SIDE_BUY else "sell",
-            type=ORDER_TYPE_WORDS[request.type], time_in_force=TIME_IN_FORCE_WORDS[request.time_in_force],
-            qty=Decimal(request.qty) if request.qty else None,
-            notional=Decimal(request.notional) if request.notional else None,
-            limit_price=Decimal(request.limit_price) if request.limit_price else None,
-            stop_price=Decimal(request.stop_price) if request.stop_price else None,
-            accepted=False, placed_at=self.bar_index,
-        )
-        reason, message = self._risk(order)
-        self.order_list.append(order)
-        if reason:
-            order.reason, order.status = reason, "rejected"
-            return OrderResult(False, order_id, cid, reason, message)
-        order.accepted = True
-        self.orders[cid] = order
-        self._report(order, executions_pb2.EXEC_TYPE_NEW, executions_pb2.ORDER_STATUS_NEW)
+        order_id = ""
+        try:
+            order = validate_order(request, self._subject)
+            order_id = order.order_id
+            if cid in self.accepted:
+                return OrderResult(True, order_id, cid, duplicate=True)
+            self._route(order, order_id, request)
+        except DeskError as err:
+            if not order_id and cid:
+                order_id = order_id_for(self.strategy_id, cid)
+            record = _order_record(request, order_id, self.bar_index)
+            record.reason, record.status = _reason(err.code), "rejected"
+            self.order_list.append(record)
+            return OrderResult(False, order_id, cid, record.reason, err.message)
         return OrderResult(True, order_id, cid)
 
+    def _route(self, order: ValidOrder, order_id: str, request: orders_pb2.OrderRequest) -> None:
+        if order.symbol not in self.prices:
+            raise refusal("UNKNOWN_SYMBOL", f"symbol {order.symbol!r} has no market data on the desk")
+        reservation = self.account.check(order, self.limits, self.prices.get(order.symbol))
+        self.account.reserve(order_id, reservation, by_notional=order.notional is not None)
+        self.accepted.add(order.client_order_id)
+        record = _order_record(request, order_id, self.bar_index)
+        record.accepted = True
+        self.orders[order_id] = record
+        self.order_list.append(record)
+        routed = orders_pb2.RoutedOrder(order_id=order_id, strategy_id=order.strategy_id, member_id=self.member_id,
+                                        routed_ns=self.now_ns, new_order=request)
+        self._catch_up(order.symbol)
+        self._reports(self.engine.submit(routed))
+
     async def cancel(self, client_order_id: str) -> CancelResult:
-        order = self.orders.get(client_order_id)
-        if order is None:
-            return CancelResult(False, "", client_order_id, "UNKNOWN_ORDER", "no such order")
-        if order.status in ("filled", "canceled", "expired", "rejected"):
-            return CancelResult(False, order.order_id, client_order_id, "ORDER_CLOSED", f"order is {order.status}")
-        order.status = "canceled"
-        self._report(order, executions_pb2.EXEC_TYPE_CANCELED, executions_pb2.ORDER_STATUS_CANCELED, text="canceled")
-        return CancelResult(True, order.order_id, client_order_id)
+        request = orders_pb2.CancelRequest(strategy_id=self.strategy_id, client_order_id=client_order_id)
+        try:
+            order_id = validate_cancel(request, self._cancel_subject)
+            if self.account.is_closed(order_id):
+                raise refusal("ORDER_CLOSED", f"order {client_order_id} is already final")
+            if not self.account.is_open(order_id) and client_order_id not in self.accepted:
+                raise refusal("UNKNOWN_ORDER", f"no order {client_order_id} for strategy {self.strategy_id}")
+        except DeskError as err:
+            known = order_id_for(self.strategy_id, client_order_id) if client_order_id else ""
+            return CancelResult(False, known, client_order_id, _reason(err.code), err.message)
+        routed = orders_pb2.RoutedOrder(order_id=order_id, strategy_id=self.strategy_id, member_id=self.member_id,
+                                        routed_ns=self.now_ns, cancel=request)
+        self._reports(self.engine.cancel(routed))
+        return CancelResult(True, order_id, client_order_id)
 
-    # Risk ------------------------------------------------------------------------------------------------------------
-    def _open(self) -> list[BacktestOrder]:
-        return [o for o in self.orders.values() if o.status in ("new", "partially_filled")]
 
-    def _estimate(self, order: BacktestOrder) -> Decimal | None:
-        if order.notional is not None:
-            return order.notional
-        price = order.limit_price or order.stop_price or self.last_price.get(order.symbol)
-        return None if price is None or order.qty is None else order.qty * price
+def _reason(code: str) -> str:
+    return orders_pb2.RejectReason.Name(reject_reason(code)).removeprefix("REJECT_REASON_")
 
-    def _risk(self, order: BacktestOrder) -> tuple[str, str]:
-        if order.side == "buy":
-            cost = self._estimate(order)
-            if cost is None:
-                return "", ""
-            reserved = sum((self._estimate(o) or Decimal(0)) for o in self._open() if o.side == "buy")
-            free = self.account.cash - reserved
-            if cost > free:
-                return "INSUFFICIENT_BUYING_POWER", f"order needs {fmt(cost)}, free cash is {fmt(free)}"
-            return "", ""
-        if not self.allow_short and order.qty is not None:
-            held = self.account.position(order.symbol)
-            selling = sum((o.qty or Decimal(0)) - o.filled_qty for o in self._open()
-                          if o.side == "sell" and o.symbol == order.symbol)
-            if order.qty > held - selling:
-                return "SHORT_NOT_ALLOWED", f"selling {fmt(order.qty)} with {fmt(held - selling)} available"
-        return "", ""
 
-    # Matching ---------------------------------------------------------------------------------------------------
-    def _slip(self, price: Decimal, side: str) -> Decimal:
-        factor = 1 + self.slippage_bps / _BPS if side == "buy" else 1 - self.slippage_bps / _BPS
-        return (price * factor).quantize(_PRICE_PLACES)
+def _risk_limits(risk: Any) -> strategy_pb2.RiskLimits:
+    """A config.json ``risk`` object as the orchestrator puts it in the spec (lenient: what the
+    orchestrator would refuse is left to ``Limits.resolve``'s defaults)."""
+    limits = strategy_pb2.RiskLimits()
+    if not isinstance(risk, Mapping):
+        return limits
+    for key in ("max_order_notional", "max_position_notional"):
+        if risk.get(key) is not None:
+            setattr(limits, key, str(risk[key]))
+    per_minute = risk.get("max_orders_per_minute")
+    if isinstance(per_minute, int) and not isinstance(per_minute, bool) and 0 < per_minute < 2**32:
+        limits.max_orders_per_minute = per_minute
+    limits.allow_short = risk.get("allow_short") is True
+    return limits
 
-    def _fill_price(self, order: BacktestOrder, bar: Bar) -> Decimal | None:
-        buy = order.side == "buy"
-        if order.type in ("stop", "stop_limit") and not order.triggered:
-            assert order.stop_price is not None
-            if (buy and bar.high >= order.stop_price) or (not buy and bar.low <= order.stop_price):
-                order.triggered = True
-            else:
-                return None
-            if order.type == "stop":
-                base = max(order.stop_price, bar.open) if buy else min(order.stop_price, bar.open)
-                return self._slip(base, order.side)
-        if order.type == "market":
-            return self._slip(bar.open, order.side)
-        assert order.limit_price is not None
-        if buy and bar.low <= order.limit_price:
-            return min(order.limit_price, bar.open)
-        if not buy and bar.high >= order.limit_price:
-            return max(order.limit_price, bar.open)
-        return None
 
-    def match(self, bar: Bar) -> None:
-        for order in [o for o in self._open() if o.symbol == bar.symbol and o.placed_at < self.bar_index]:
-            price = self._fill_price(order, bar)
-            if price is None:
-                if order.time_in_force in ("ioc", "fok"):
-                    order.status = "expired"
-                    self._report(order, executions_pb2.EXEC_TYPE_EXPIRED, executions_pb2.ORDER_STATUS_EXPIRED,
-                                 text=f"{order.time_in_force} order could not fill")
-                continue
-            qty = order.qty if order.qty is not None else (
-                (order.notional or Decimal(0)) / price).quantize(_QTY_PLACES, ROUND_DOWN)
-            fee = (qty * price * self.fee_bps / _BPS).quantize(_PRICE_PLACES)
-            order.status, order.filled_qty, order.avg_price = "filled", qty, price
-            self._report(order, executions_pb2.EXEC_TYPE_FILL, executions_pb2.ORDER_STATUS_FILLED,
-                         fill_qty=qty, fill_price=price, fee=fee)
+def _initial_cash(value: Any) -> Decimal:
+    """As the router reads ``StrategySpec.initial_cash``: a positive number, else the default."""
+    try:
+        cash = Decimal(str(value)) if value not in (None, "") else Decimal(0)
+    except ArithmeticError:
+        return DEFAULT_INITIAL_CASH
+    return cash if cash.is_finite() and cash > 0 else DEFAULT_INITIAL_CASH
 
-    def _report(self, order: BacktestOrder, exec_type: int, status: int, *, fill_qty: Decimal | None = None,
-                fill_price: Decimal | None = None, fee: Decimal | None = None, text: str = "") -> None:
-        self._exec_seq += 1
-        leaves = Decimal(0) if status != executions_pb2.ORDER_STATUS_NEW else (order.qty or Decimal(0))
-        self.reports.append(executions_pb2.ExecutionReport(
-            execution_id=f"bt-{self._exec_seq}", order_id=order.order_id, client_order_id=order.client_order_id,
-            strategy_id=self.strategy_id, member_id=self.member_id, exec_type=exec_type, status=status,  # type: ignore[arg-type]
-            symbol=order.symbol, side=common_pb2.SIDE_BUY if order.side == "buy" else common_pb2.SIDE_SELL,
-            order_qty=fmt(order.qty), limit_price=fmt(order.limit_price), stop_price=fmt(order.stop_price),
-            fill_qty=fmt(fill_qty), fill_price=fmt(fill_price), cum_qty=fmt(order.filled_qty),
-            avg_price=fmt(order.avg_price), leaves_qty=fmt(leaves), fee=fmt(fee), venue="backtest", text=text,
-            event_ns=self.bar_ns, report_ns=self.bar_ns, notional=fmt(order.notional),
-        ))
+
+def _intervals(bars: Iterable[Bar | Mapping[str, Any]]) -> Callable[[Bar], int]:
+    """Each bar's length: its own, else the replay feed's inference (see the module docstring)."""
+    if isinstance(bars, Sequence):
+        inferred = infer_intervals((b.symbol, b.start_ns) for b in map(to_bar, bars) if not b.interval_ns)
+
+        def known(bar: Bar) -> int:
+            return bar.interval_ns or inferred.get(bar.symbol, DEFAULT_INTERVAL_NS)
+
+        return known
+    last: dict[str, int] = {}
+    gaps: dict[str, int] = {}
+
+    def running(bar: Bar) -> int:
+        if bar.interval_ns:
+            return bar.interval_ns
+        previous = last.get(bar.symbol)
+        if previous is not None and bar.start_ns > previous:
+            gap = bar.start_ns - previous
+            gaps[bar.symbol] = min(gaps.get(bar.symbol, gap), gap)
+        last[bar.symbol] = bar.start_ns
+        return gaps.get(bar.symbol, DEFAULT_INTERVAL_NS)
+
+    return running
 
 
 async def run_backtest_async(
     strategy: Strategy | type[Strategy],
     bars: Iterable[Bar | Mapping[str, Any]],
     *,
-    initial_cash: Decimal | int | str = Decimal(100000),
-    fee_bps: Decimal | int | str = 0,
-    slippage_bps: Decimal | int | str = 0,
-    allow_short: bool = False,
+    initial_cash: Decimal | int | str | None = None,
+    fee_bps: Decimal | int | str | None = None,
+    slippage_bps: Decimal | int | str | None = None,
+    allow_short: bool | None = None,
     config: dict[str, Any] | None = None,
     strategy_id: str = "backtest",
     member_id: str = "",
+    sim_config: SimConfig | None = None,
+    risk_defaults: Limits = DEFAULT_LIMITS,
+    feed_every_tick: bool = False,
+    record_reports: bool = False,
 ) -> BacktestResult:
     """:func:`run_backtest` for code already inside an event loop."""
+    config = dict(config or {})
     instance = strategy() if isinstance(strategy, type) else strategy
-    account = Account(cash=Decimal(initial_cash))
-    desk = _SimDesk(strategy_id, member_id, account, fee_bps=Decimal(fee_bps), slippage_bps=Decimal(slippage_bps),
-                    allow_short=allow_short)
-    context = StrategyContext(strategy_id=strategy_id, member_id=member_id, config=dict(config or {}),
+    cash = _initial_cash(config.get("initial_cash") if initial_cash is None else initial_cash)
+    risk = _risk_limits(config.get("risk"))
+    if allow_short is not None:
+        risk.allow_short = allow_short
+    limits = Limits.resolve(risk, risk_defaults)
+    sim = sim_config or SimConfig()
+    if fee_bps is not None:
+        sim = dataclasses.replace(sim, fee_bps=Decimal(fee_bps))
+    if slippage_bps is not None:
+        sim = dataclasses.replace(sim, slippage_bps=Decimal(slippage_bps))
+    symbols = frozenset(str(s) for s in config.get("symbols") or [])
+
+    account = Account(cash=cash)
+    desk = _Desk(strategy_id, member_id, initial_cash=cash, limits=limits, sim_config=sim,
+                 feed_every_tick=feed_every_tick, record_reports=record_reports)
+    context = StrategyContext(strategy_id=strategy_id, member_id=member_id, config=config,
                               account=account, gateway=desk, log=logging.getLogger(f"strategy.{strategy_id}"))
     instance.attach(context)
     fills: list[Fill] = []
     updates: list[OrderUpdate] = []
     messages: list[str] = []
-    equity: list[tuple[int, Decimal]] = []
+    equity = EquityCurve()
+    queue = desk.queue
+
+    def failed(name: str, exc: Exception) -> None:
+        context.errors += 1
+        context.last_error = f"{name}: {exc!r}"
+        messages.append(context.last_error)
+        context.log.error("strategy.hook_failed in %s: %r", name, exc, exc_info=exc)
 
     async def safe(name: str, *args: Any) -> None:
         try:
             await call_hook(getattr(instance, name), *args)
-        except Exception as exc:
-            context.errors += 1
-            context.last_error = f"{name}: {exc!r}"
-            messages.append(context.last_error)
-            context.log.error("strategy.hook_failed in %s: %r", name, exc, exc_info=exc)
+        except Exception as exc:  # noqa: BLE001 - a hook's error is counted and logged; the run goes on, as live
+            failed(name, exc)
 
     async def drain() -> None:
-        while desk.reports:
-            booked = account.apply(desk.reports.popleft())
+        while queue:
+            booked = account.apply(queue.popleft())
             if booked is None:
                 continue
             fill, update = booked
@@ -385,25 +552,61 @@ async def run_backtest_async(
             updates.append(update)
             await safe("on_order_update", update)
 
+    on_bar = instance.on_bar
+    bar_is_async = inspect.iscoroutinefunction(on_bar)
+    interval_of = _intervals(bars)
     await call_hook(instance.on_start)
     await drain()
-    for index, raw in enumerate(bars):
-        bar = to_bar(raw)
-        desk.bar_index, desk.bar_ns = index, bar.start_ns
-        desk.match(bar)
-        await drain()
-        desk.last_price[bar.symbol] = bar.close
-        await safe("on_bar", bar)
-        await drain()
-        value = sum((q * desk.last_price.get(s, Decimal(0)) for s, q in account.positions.items()), Decimal(0))
-        equity.append((bar.start_ns, account.cash + value))
-    desk.bar_index += 1
+    # Equity = cash + the held symbols at their last price; recomputed only from symbols with positions.
+    held: list[tuple[str, Decimal]] = []
+    value = account.cash
+    value_f = float(value)
+    books_changed = False
+    prices = desk.prices
+    desk_bar = desk.on_bar
+    ts_append, value_append = equity.ts.append, equity.values.append
+    index = -1
+    for raw in bars:
+        bar = raw if type(raw) is Bar else to_bar(raw)
+        if symbols and bar.symbol not in symbols:
+            continue
+        index += 1
+        desk.bar_index = index
+        desk_bar(bar, interval_of(bar))
+        if queue:
+            await drain()
+            books_changed = True
+        try:
+            if bar_is_async:
+                await on_bar(bar)
+            else:
+                await call_hook(on_bar, bar)
+        except Exception as exc:  # noqa: BLE001 - as in safe()
+            failed("on_bar", exc)
+        if queue:
+            await drain()
+            books_changed = True
+        if books_changed:
+            held = [(s, q) for s, q in account.positions.items() if q]
+            books_changed = False
+            if not held:
+                value = account.cash
+                value_f = float(value)
+        if held:
+            value = account.cash
+            for s, q in held:
+                value += q * prices[s]
+            value_f = float(value)
+        ts_append(bar.start_ns)
+        value_append(value_f)
+    equity.final = value if len(equity) else None
+    desk.bar_index = index + 1
     await safe("on_stop")
     await drain()
     return BacktestResult(
         fills=fills, orders=desk.order_list, updates=updates,
         positions={s: q for s, q in account.positions.items() if q != 0}, cash=account.cash,
-        equity_curve=equity, errors=context.errors, error_messages=messages,
+        equity_curve=equity, errors=context.errors, error_messages=messages, raw_reports=desk.all_reports,
     )
 
 
@@ -411,18 +614,33 @@ def run_backtest(
     strategy: Strategy | type[Strategy],
     bars: Iterable[Bar | Mapping[str, Any]],
     *,
-    initial_cash: Decimal | int | str = Decimal(100000),
-    fee_bps: Decimal | int | str = 0,
-    slippage_bps: Decimal | int | str = 0,
-    allow_short: bool = False,
+    initial_cash: Decimal | int | str | None = None,
+    fee_bps: Decimal | int | str | None = None,
+    slippage_bps: Decimal | int | str | None = None,
+    allow_short: bool | None = None,
     config: dict[str, Any] | None = None,
     strategy_id: str = "backtest",
     member_id: str = "",
+    sim_config: SimConfig | None = None,
+    risk_defaults: Limits = DEFAULT_LIMITS,
+    feed_every_tick: bool = False,
+    record_reports: bool = False,
 ) -> BacktestResult:
-    """Run ``strategy`` (an instance or a class) over ``bars``; see the module docstring for the rules."""
+    """Run ``strategy`` (an instance or a class) over ``bars`` on the desk's engine.
+
+    ``initial_cash`` defaults to ``config["initial_cash"]``, then the router's default (100000);
+    the risk limits are ``config["risk"]`` over ``risk_defaults`` (the router's defaults), with
+    ``allow_short`` overriding the config's; the venue model is ``sim_config`` (default: the sim
+    gateway's ``SIM_*`` defaults) with ``fee_bps`` / ``slippage_bps`` overriding its own.
+    ``record_reports=True`` keeps the venue's execution reports (``result.reports``);
+    ``feed_every_tick=True`` feeds the engine every tick (slower, same results). See the module
+    docstring for the rules.
+    """
     coro = run_backtest_async(
         strategy, bars, initial_cash=initial_cash, fee_bps=fee_bps, slippage_bps=slippage_bps,
         allow_short=allow_short, config=config, strategy_id=strategy_id, member_id=member_id,
+        sim_config=sim_config, risk_defaults=risk_defaults, feed_every_tick=feed_every_tick,
+        record_reports=record_reports,
     )
     try:
         asyncio.get_running_loop()

@@ -117,7 +117,7 @@ class SimConfig:
         return floor_qty(volume * self.participation)
 
 
-@dataclass
+@dataclass(slots=True)
 class SimOrder(OrderProgress):
     """One order in the sim's book."""
 
@@ -299,6 +299,26 @@ class SimEngine:
 
     def open_orders(self) -> list[SimOrder]:
         return list(self._resting.values())
+
+    def update_matters(self, symbol: str, ts_ns: int) -> bool:
+        """Whether an update of ``symbol`` dated ``ts_ns`` could make a report: an order of that
+        symbol rests, or a resting DAY order would expire at that date.
+
+        Otherwise the update only overwrites the symbol's market state (its last price, quote and
+        liquidity), so a caller replaying data (the SDK's backtester) may skip it and feed just the
+        symbol's latest update before the next order on it: the engine ends in the same state.
+        """
+        if not self._resting:
+            return False
+        today: dt.date | None = None
+        for order in self._resting.values():
+            if order.symbol == symbol:
+                return True
+            if order.tif == DAY:
+                today = today or _utc_date(ts_ns or self._clock())
+                if today > _utc_date(order.submitted_ns):
+                    return True
+        return False
 
     def restore(self, reports: Iterable[executions_pb2.ExecutionReport]) -> Reports:
         """Rebuild the book from this venue's stored reports (EXECUTIONS, in stream order).

@@ -113,6 +113,8 @@ class OrderProgress:
     """What every venue's order record derives the same way from ``status``, ``qty``, ``cum_qty``
     and ``cost`` (the sum of fill qty x price): finality, leaves and the average price."""
 
+    __slots__ = ()  # lets a subclass use slots (the sim keeps one record per order it ever saw)
+
     status: int
     qty: Decimal | None
     cum_qty: Decimal

@@ -54,6 +54,18 @@ class Limits:
         )
 
 
+#: The router's defaults (``ROUTER_DEFAULT_*``) for a strategy whose spec sets no limit; the SDK's
+#: backtester resolves a config's ``risk`` against the same ones.
+DEFAULT_LIMITS = Limits(
+    max_order_notional=Decimal(25000),
+    max_position_notional=Decimal(50000),
+    max_orders_per_minute=60,
+    allow_short=False,
+)
+#: The router's ``ROUTER_DEFAULT_INITIAL_CASH``: a virtual account's cash when the spec sets none.
+DEFAULT_INITIAL_CASH = Decimal(100000)
+
+
 @dataclass(frozen=True)
 class Reservation:
     """What an accepted order holds until it is final: shares (sells) or cash (buys)."""

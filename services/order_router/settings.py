@@ -7,6 +7,7 @@ from decimal import Decimal
 from pydantic import Field
 
 from desk.bus.settings import BusSettings
+from desk.core.risk import DEFAULT_INITIAL_CASH, DEFAULT_LIMITS
 
 
 class Settings(BusSettings):
@@ -16,16 +17,16 @@ class Settings(BusSettings):
         default="sim", pattern=r"^[a-z0-9_-]{1,16}$", description="venue whose gateway gets routed orders"
     )
     router_default_max_order_notional: Decimal = Field(
-        default=Decimal(25000), gt=0, description="largest order notional when a strategy's spec sets none"
+        default=DEFAULT_LIMITS.max_order_notional, gt=0, description="largest order notional when a strategy's spec sets none"
     )
     router_default_max_position_notional: Decimal = Field(
-        default=Decimal(50000), gt=0, description="largest absolute position notional per symbol, by default"
+        default=DEFAULT_LIMITS.max_position_notional, gt=0, description="largest absolute position notional per symbol, by default"
     )
     router_default_max_orders_per_minute: int = Field(
-        default=60, gt=0, description="orders a strategy may send in any 60 s window, by default"
+        default=DEFAULT_LIMITS.max_orders_per_minute, gt=0, description="orders a strategy may send in any 60 s window, by default"
     )
     router_default_initial_cash: Decimal = Field(
-        default=Decimal(100000), gt=0, description="virtual account cash when a strategy's spec sets none"
+        default=DEFAULT_INITIAL_CASH, gt=0, description="virtual account cash when a strategy's spec sets none"
     )
     router_startup_timeout: float = Field(
         default=30.0, gt=0, description="seconds allowed to load KV state and replay executions at start"

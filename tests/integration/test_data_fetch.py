@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from desk.cli.main import app
+from desk.core.marketdata import quote_around
 from desk.data import cache
 from desk.data.fetch import FetchError, fetch, make_client
 from desk.data.loaders import NEW_YORK, load
@@ -201,7 +202,9 @@ def test_cached_bars_feed_a_backtest_and_the_replay_feed(fake: FakeAlpaca, tmp_p
     data = cache.bars(["AAPL"], JAN2, JAN5, "1Hour", data_dir=tmp_path)
     result = run_backtest(BuyFirstBar(), data)
     bars = list(data)
-    assert result.positions == {"AAPL": Decimal(1)} and result.fills[0].price == bars[1].open
+    # Filled at once at the first bar's ask (the replay feed's quote around its close) plus SIM_SLIPPAGE_BPS=2.
+    ask = Decimal(quote_around("AAPL", bars[0].close, 0, "replay").ask_price)
+    assert result.positions == {"AAPL": Decimal(1)} and result.fills[0].price == ask * Decimal("1.0002")
     assert len(result.equity_curve) == len(data) == 4 * 7  # hours starting 09:00 .. 15:00 New York
 
     month = cache.symbol_dir(tmp_path, "iex", "1Hour", "AAPL") / "2024-01.csv"

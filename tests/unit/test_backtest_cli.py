@@ -28,6 +28,8 @@ def strategy(tmp_path: Path) -> Path:
     shutil.copy(ROOT / "strategies" / "ma_crossover" / "strategy.py", folder / "strategy.py")
     (folder / "config.json").write_text(json.dumps({
         "user_id": "alice", "name": "MA 10/30", "symbols": ["GSPC"], "initial_cash": "100000",
+        # 20 GSPC (~1,800-2,900) is over the router's default 25,000 per order: the backtest applies the desk's risk.
+        "risk": {"max_order_notional": "100000", "max_position_notional": "100000"},
         "params": {"fast": 10, "slow": 30, "qty": 20},
     }))
     return folder

@@ -304,13 +304,13 @@ def test_from_an_sdk_backtest_result() -> None:
                 await self.buy(bar.symbol, 10)
 
     bars = make_bars("AAPL", ["100", "101", "102", "104"])
-    result = run_backtest(BuyOnce(), bars)
+    result = run_backtest(BuyOnce(), bars, slippage_bps=0, fee_bps=0)
     data = BacktestData.from_result(result, bars, name="buy once")
     m = compute_data(data)
     assert m.fills == 1 and m.round_trips == 0
     assert m.final_equity == float(result.final_equity)
-    assert m.per_symbol[0].unrealised_pnl == 10 * (104 - 100)
-    assert m.exposure == 0.75   # bought at the second bar's open
+    assert m.per_symbol[0].unrealised_pnl == pytest.approx(10 * (104 - 100.01))  # bought at bar 0's ask
+    assert m.exposure == 0.75   # the fill is stamped at bar 0's end, the second bar's start
     assert m.periods_per_year == 252 * 390
 
 

@@ -47,11 +47,12 @@ def test_ma_crossover_buys_the_golden_cross_and_sells_the_death_cross_exactly() 
     cls, config = load("ma_crossover")
     config = {**config, "params": {"fast": 2, "slow": 3, "qty": 10}}
     bars = make_bars("AAPL", ["10", "10", "10", "9", "8", "9", "11", "12", "11", "9", "8", "8"])
-    result = run_backtest(cls(), bars, config=config)
+    result = run_backtest(cls(), bars, config=config, slippage_bps=0, fee_bps=0)
+    # Filled at once at the crossing bar's ask (close 11 + 1 cent) and bid (close 9 - 1 cent).
     assert [(f.side, f.qty, f.price) for f in result.fills] == [
-        ("buy", Decimal(10), Decimal(11)), ("sell", Decimal(10), Decimal(9)),
+        ("buy", Decimal(10), Decimal("11.01")), ("sell", Decimal(10), Decimal("8.99")),
     ]
-    assert result.cash == Decimal(99980)
+    assert result.cash == Decimal("99979.8")
 
 
 def test_mean_reversion_cancels_bids_left_unfilled_after_max_bars() -> None:

@@ -8,25 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Protocol
 
+# The tick and the quote/price rules are the pure desk.core.marketdata's (the SDK's backtester
+# builds the same ticks); re-exported here for the feeds.
+from desk.core.marketdata import CENT, Tick, price_str, quote_around
 from desk.v1 import marketdata_pb2
 
-CENT = Decimal("0.01")
-
-
-@dataclass(frozen=True)
-class Tick:
-    """One bar for one symbol, with the quote and the last trade that go with it."""
-
-    bar: marketdata_pb2.Bar
-    quote: marketdata_pb2.Quote
-    trade: marketdata_pb2.Trade
-
-    @property
-    def symbol(self) -> str:
-        return self.bar.symbol
+__all__ = ["CENT", "Feed", "Scheduled", "Tick", "price_str", "quote_around"]
 
 
 @dataclass(frozen=True)
@@ -52,26 +41,3 @@ class Feed(Protocol):
     def schedule(self) -> Iterator[Scheduled]:
         """Ticks with their delays; may be endless (synthetic) or end (replay)."""
         ...
-
-
-def price_str(value: Decimal) -> str:
-    """A price on the wire: plain notation, exactly two decimals ("190.10")."""
-    return format(value.quantize(CENT), "f")
-
-
-def quote_around(
-    symbol: str, close: Decimal, ts_ns: int, source: str, bid_size: int = 100, ask_size: int = 100
-) -> marketdata_pb2.Quote:
-    """A quote straddling ``close`` with a spread of about 2 bps (at least one cent each side)."""
-    half = max(CENT, (close * Decimal("0.0001")).quantize(CENT, rounding=ROUND_CEILING))
-    bid = (close - half).quantize(CENT, rounding=ROUND_FLOOR)
-    ask = (close + half).quantize(CENT, rounding=ROUND_CEILING)
-    return marketdata_pb2.Quote(
-        symbol=symbol,
-        bid_price=price_str(max(bid, CENT)),
-        bid_size=str(bid_size),
-        ask_price=price_str(ask),
-        ask_size=str(ask_size),
-        ts_ns=ts_ns,
-        source=source,
-    )

@@ -16,15 +16,20 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from desk.bus import subjects
-from desk.bus.decimals import fmt, parse_decimal
+from desk.bus.decimals import parse_decimal
 from desk.bus.errors import DeskError
+from desk.core import marketdata
+from desk.core.marketdata import DEFAULT_INTERVAL_NS, REPLAY_SOURCE, Tick, replay_tick
 from desk.data import loaders
 from desk.v1 import marketdata_pb2
-from services.marketdata.feeds.base import Scheduled, Tick, quote_around
+from services.marketdata.feeds.base import Scheduled
 
-SOURCE = "replay"
+SOURCE = REPLAY_SOURCE
 HEADER = ["timestamp", "symbol", "open", "high", "low", "close", "volume"]
-DEFAULT_INTERVAL_NS = 60 * 1_000_000_000
+__all__ = [
+    "DEFAULT_INTERVAL_NS", "BadRow", "ReplayData", "ReplayFeed", "ReplayFileError", "ReplayRow", "delays",
+    "infer_intervals", "parse_replay", "parse_timestamp",
+]
 
 
 class ReplayFileError(ValueError):
@@ -53,11 +58,6 @@ class BadRow:
 class ReplayData:
     rows: list[ReplayRow] = field(default_factory=list)
     bad_rows: list[BadRow] = field(default_factory=list)
-
-
-def _plain(value: Decimal) -> str:
-    """The file's own precision, in plain notation."""
-    return format(value, "f")
 
 
 #: ISO-8601 (naive = UTC) or epoch seconds (may have decimals) -> epoch ns; shared with desk.data.loaders
@@ -128,15 +128,7 @@ def _from_loaders(first: str, rest: Iterator[str], name: str) -> ReplayData:
 
 def infer_intervals(rows: list[ReplayRow]) -> dict[str, int]:
     """Bar length per symbol: the smallest positive gap between its bars (1 minute if unknown)."""
-    last: dict[str, int] = {}
-    gaps: dict[str, int] = {}
-    for row in rows:
-        previous = last.get(row.symbol)
-        if previous is not None and row.ts_ns > previous:
-            gap = row.ts_ns - previous
-            gaps[row.symbol] = min(gaps.get(row.symbol, gap), gap)
-        last[row.symbol] = row.ts_ns
-    return {row.symbol: gaps.get(row.symbol, DEFAULT_INTERVAL_NS) for row in rows}
+    return marketdata.infer_intervals((row.symbol, row.ts_ns) for row in rows)
 
 
 def delays(rows: list[ReplayRow], speed: float) -> list[float]:
@@ -196,20 +188,6 @@ class ReplayFeed:
                 return
 
     def tick(self, row: ReplayRow, offset_ns: int = 0) -> Tick:
-        interval = self.intervals[row.symbol]
-        start = row.ts_ns + offset_ns
-        end = start + interval
-        bar = marketdata_pb2.Bar(
-            symbol=row.symbol,
-            open=_plain(row.open),
-            high=_plain(row.high),
-            low=_plain(row.low),
-            close=_plain(row.close),
-            volume=fmt(row.volume),
-            start_ns=start,
-            interval_ns=interval,
-            source=SOURCE,
-        )
-        quote = quote_around(row.symbol, row.close, end, SOURCE)
-        trade = marketdata_pb2.Trade(symbol=row.symbol, price=_plain(row.close), size="100", ts_ns=end, source=SOURCE)
-        return Tick(bar=bar, quote=quote, trade=trade)
+        """The bar of ``row`` with its quote and trade (:func:`desk.core.marketdata.replay_tick`)."""
+        return replay_tick(row.symbol, row.open, row.high, row.low, row.close, row.volume,
+                           row.ts_ns + offset_ns, self.intervals[row.symbol], SOURCE)

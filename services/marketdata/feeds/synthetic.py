@@ -15,8 +15,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from desk.core.marketdata import CENT, Tick, price_str, quote_around
 from desk.v1 import marketdata_pb2
-from services.marketdata.feeds.base import CENT, Scheduled, Tick, price_str, quote_around
+from services.marketdata.feeds.base import Scheduled
 
 SOURCE = "synthetic"
 

@@ -19,6 +19,7 @@ def test_every_core_module_is_listed() -> None:
     assert CORE_MODULES == [
         "desk.core.books",
         "desk.core.ids",
+        "desk.core.marketdata",
         "desk.core.matching",
         "desk.core.orders",
         "desk.core.risk",
