@@ -45,7 +45,7 @@ from desk.core.orders import ORDER_TYPE_WORDS, TIME_IN_FORCE_WORDS, side_name, s
 from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2, strategy_pb2
 from strategy_sdk.models import Bar, CancelResult, OpenOrder, OrderResult, Quote, Trade
 from strategy_sdk.orders import Account
-from strategy_sdk.strategy import Strategy, StrategyContext, call_hook
+from strategy_sdk.strategy import Strategy, StrategyContext, call_hook, history_size
 
 __all__ = [
     "EXIT_CONNECT",
@@ -401,6 +401,7 @@ class LiveRunner:
             account=Account(cash=cfg.initial_cash),
             gateway=NatsGateway(nc, cfg.strategy_id, order_timeout),
             log=logging.getLogger(f"strategy.{cfg.strategy_id}"),
+            history_size=history_size(cfg.config),
         )
         strategy.attach(self.context)
         self._backlog_warned = False
@@ -436,6 +437,7 @@ class LiveRunner:
             if subject.startswith("md.bar."):
                 bar = Bar.from_proto(codec.decode(msg.data, marketdata_pb2.Bar, headers))
                 self.bars_seen += 1
+                self.context.record_bar(bar)
                 await self._safe_hook("on_bar", bar)
             elif subject.startswith("md.trade."):
                 await self._safe_hook("on_trade", Trade.from_proto(codec.decode(msg.data, marketdata_pb2.Trade, headers)))

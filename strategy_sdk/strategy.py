@@ -21,7 +21,9 @@ Example::
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -30,6 +32,18 @@ from typing import Any, Protocol
 from desk.v1 import orders_pb2
 from strategy_sdk.models import Bar, CancelResult, Fill, OpenOrder, OrderResult, OrderUpdate, Quote, Trade
 from strategy_sdk.orders import Account, Number, build_order_request
+
+#: Bars kept per symbol for :meth:`Strategy.history` unless config.json says ``"history": N``.
+DEFAULT_HISTORY = 1000
+MAX_HISTORY = 100_000
+
+
+def history_size(config: dict[str, Any]) -> int:
+    """config.json's ``history`` (bars kept per symbol), checked: a whole number from 1 to 100,000."""
+    value = config.get("history", DEFAULT_HISTORY)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_HISTORY:
+        raise ValueError(f"config history must be a whole number from 1 to {MAX_HISTORY}, got {value!r}")
+    return value
 
 __all__ = ["HOOKS", "OrderGateway", "Strategy", "StrategyContext", "call_hook"]
 
@@ -58,6 +72,16 @@ class StrategyContext:
     errors: int = 0
     last_error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Recent bars per symbol, newest last (:meth:`Strategy.history`); at most ``history_size`` each.
+    bars: dict[str, deque[Bar]] = field(default_factory=dict)
+    history_size: int = DEFAULT_HISTORY
+
+    def record_bar(self, bar: Bar) -> None:
+        """The runner's step before ``on_bar``: keep ``bar`` in the symbol's recent history."""
+        kept = self.bars.get(bar.symbol)
+        if kept is None:
+            kept = self.bars[bar.symbol] = deque(maxlen=self.history_size)
+        kept.append(bar)
 
 
 async def call_hook(fn: Callable[..., Any], *args: Any) -> None:
@@ -131,6 +155,19 @@ class Strategy:
     @property
     def cash(self) -> Decimal:
         return self.context.account.cash
+
+    def history(self, symbol: str, n: int | None = None) -> list[Bar]:
+        """The last ``n`` bars of ``symbol`` (all kept when ``n`` is None), oldest first, the bar being
+        handled included. Live they are the bars the desk's feed sent since the strategy started; in a
+        backtest, the data's. At most ``history`` (config.json, default 1000) are kept per symbol."""
+        if n is not None and n < 0:
+            raise ValueError(f"history: n must be 0 or more, got {n}")
+        kept = self.context.bars.get(symbol)
+        if not kept or n == 0:
+            return []
+        if n is None or n >= len(kept):
+            return list(kept)
+        return list(itertools.islice(kept, len(kept) - n, None))
 
     def position(self, symbol: str) -> Decimal:
         """Signed quantity held in ``symbol`` (negative when short)."""

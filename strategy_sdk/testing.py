@@ -100,7 +100,7 @@ from desk.core.risk import DEFAULT_INITIAL_CASH, DEFAULT_LIMITS, Limits, Virtual
 from desk.v1 import executions_pb2, orders_pb2, strategy_pb2
 from strategy_sdk.models import Bar, CancelResult, Fill, OrderResult, OrderUpdate
 from strategy_sdk.orders import Account
-from strategy_sdk.strategy import Strategy, StrategyContext, call_hook
+from strategy_sdk.strategy import Strategy, StrategyContext, call_hook, history_size
 
 __all__ = [
     "BacktestOrder",
@@ -520,7 +520,8 @@ async def run_backtest_async(
     desk = _Desk(strategy_id, member_id, initial_cash=cash, limits=limits, sim_config=sim,
                  feed_every_tick=feed_every_tick, record_reports=record_reports)
     context = StrategyContext(strategy_id=strategy_id, member_id=member_id, config=config,
-                              account=account, gateway=desk, log=logging.getLogger(f"strategy.{strategy_id}"))
+                              account=account, gateway=desk, log=logging.getLogger(f"strategy.{strategy_id}"),
+                              history_size=history_size(config))
     instance.attach(context)
     fills: list[Fill] = []
     updates: list[OrderUpdate] = []
@@ -564,6 +565,7 @@ async def run_backtest_async(
     books_changed = False
     prices = desk.prices
     desk_bar = desk.on_bar
+    record_bar = context.record_bar
     ts_append, value_append = equity.ts.append, equity.values.append
     index = -1
     for raw in bars:
@@ -573,6 +575,7 @@ async def run_backtest_async(
         index += 1
         desk.bar_index = index
         desk_bar(bar, interval_of(bar))
+        record_bar(bar)
         if queue:
             await drain()
             books_changed = True

@@ -260,3 +260,31 @@ def test_account_books_each_execution_once_even_when_repeated() -> None:
     assert account.apply(report) is not None
     assert account.apply(report) is None
     assert (account.position("AAPL"), account.cash) == (Decimal(2), Decimal("978.99"))
+
+
+def test_history_gives_the_recent_bars_of_a_symbol_oldest_first_the_current_one_included() -> None:
+    seen: list[list[str]] = []
+
+    class Looks(Strategy):
+        def on_bar(self, bar: Bar) -> None:
+            seen.append([str(b.close) for b in self.history(bar.symbol, 3)])
+            assert self.history(bar.symbol, 0) == [] and self.history("NOPE") == []
+            assert self.history(bar.symbol)[-1] is bar
+
+    run_backtest(Looks(), make_bars("AAPL", ["1", "2", "3", "4", "5"]))
+    assert seen == [["1"], ["1", "2"], ["1", "2", "3"], ["2", "3", "4"], ["3", "4", "5"]]
+
+
+def test_history_keeps_what_config_says_and_refuses_a_bad_size_or_n() -> None:
+    lengths: list[int] = []
+
+    class Counts(Strategy):
+        def on_bar(self, bar: Bar) -> None:
+            lengths.append(len(self.history(bar.symbol)))
+            with pytest.raises(ValueError, match="n must be 0 or more"):
+                self.history(bar.symbol, -1)
+
+    result = run_backtest(Counts(), make_bars("AAPL", ["1", "2", "3", "4"]), config={"history": 2})
+    assert lengths == [1, 2, 2, 2] and result.errors == 0
+    with pytest.raises(ValueError, match="config history must be a whole number"):
+        run_backtest(Counts(), make_bars("AAPL", ["1"]), config={"history": 0})
