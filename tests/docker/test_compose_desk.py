@@ -254,3 +254,9 @@ def test_the_stacks_nats_refuses_anonymous_clients_and_confines_each_strategy(co
     assert isinstance(errors, list)
     assert any("permissions violation for subscription" in e and "desk.exec.idle_b" in e for e in errors), errors
     assert any("permissions violation for publish" in e and "desk.order.submit.idle_b" in e for e in errors), errors
+
+
+def test_the_strategy_image_has_the_indicator_library(compose_desk: ComposeDesk) -> None:
+    code = ("import json; from talipp.indicators import RSI; r = RSI(2); [r.add(x) for x in (1.0, 2.0, 1.5)]; "
+            "print(json.dumps({'rsi': round(r[-1], 2)}))")
+    assert probe("idle_a", code) == {"rsi": 66.67}  # the README's indicator recipe works in a container
