@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -209,7 +208,12 @@ async def create(js: JetStreamContext, bucket: str, key: str, message: Message) 
 
 # What each bucket holds and whose each value is ------------------------------------------------------
 
-_ORDER_ID_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\.[A-Za-z0-9_-]{1,64}$")
+
+
+def _order_id_key(key: str) -> bool:
+    """``<strategy_id>.<client_order_id>``, each as subjects' patterns say."""
+    strategy_id, _, client_order_id = key.partition(".")
+    return bool(subjects.STRATEGY_ID_RE.match(strategy_id) and subjects.CLIENT_ORDER_ID_RE.match(client_order_id))
 
 #: bucket -> (value type, the key a value belongs under (None: not checkable), key check)
 BUCKET_VALUES: dict[str, tuple[type[Message], Callable[[Any], str] | None, Callable[[str], bool]]] = {
@@ -225,7 +229,7 @@ BUCKET_VALUES: dict[str, tuple[type[Message], Callable[[Any], str] | None, Calla
     subjects.KV_ORDER_IDS: (
         orders_pb2.OrderAck,
         lambda a: subjects.order_id_key(a.strategy_id, a.client_order_id),
-        lambda k: bool(_ORDER_ID_KEY_RE.match(k)),
+        _order_id_key,
     ),
 }
 

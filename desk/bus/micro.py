@@ -111,9 +111,7 @@ class DeskService:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
 
-        async def handle(req: Request) -> None:
-            if not self._admit(name, req):
-                return
+        async def serve(req: Request) -> None:  # an admitted request
             request: Req | None = None
             try:
                 request = codec.decode(req.data, request_type, req.headers)
@@ -131,6 +129,11 @@ class DeskService:
             await req.respond(data, headers=headers)
 
         if concurrency == 1:
+
+            async def handle(req: Request) -> None:
+                if self._admit(name, req):
+                    await serve(req)
+
             await self.service.add_endpoint(name=name, subject=subject, handler=handle, queue_group=queue_group)
             return
 
@@ -138,7 +141,7 @@ class DeskService:
 
         async def handle_in_task(req: Request) -> None:
             try:
-                await handle(req)
+                await serve(req)
             except Exception as exc:  # a failed reply (connection gone) must not go unseen
                 log.error("endpoint.reply_failed", endpoint=name, subject=req.subject, error=repr(exc), exc_info=exc)
 
