@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import structlog
@@ -134,6 +135,25 @@ async def wait_for_services(url: str, names: tuple[str, ...], timeout: float = 1
                     raise TimeoutError(f"{name} did not answer PING within {timeout}s")
         finally:
             await nc.close()
+
+
+T = TypeVar("T")
+
+
+async def poll(probe: Callable[[], T | Awaitable[T]], what: str, timeout: float = 60, every: float = 0.25) -> T:
+    """The first truthy value of ``probe()`` (sync or async), asked every ``every`` s: for state the desk
+    only shows when asked (`desk status`, STATS, a log). Bounded: AssertionError naming ``what``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = probe()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        await asyncio.sleep(every)  # polling an observable, bounded by the deadline
 
 
 class LogWatch:

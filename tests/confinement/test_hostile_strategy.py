@@ -6,7 +6,6 @@ carry on (their books unchanged, the desk still accepting orders)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ import pytest
 from desk.bus import subjects
 from desk.bus.request import request
 from desk.v1 import common_pb2, orders_pb2
-from tests.support import DeskUp, free_port
+from tests.support import DeskUp, free_port, poll
 
 pytestmark = [
     pytest.mark.e2e,
@@ -154,13 +153,6 @@ def status_of(desk: DeskUp, name: str) -> dict[str, Any]:
     return dict(rows[0])
 
 
-async def wait_for(predicate: Any, what: str, timeout: float = 90) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.25)  # polling the desk's state, bounded by the timeout
-    assert predicate(), what
-
-
 async def test_hostile_strategies_are_contained_and_the_desk_carries_on(
     desk: DeskUp, tmp_path: Path, home_canary: Path
 ) -> None:
@@ -181,7 +173,7 @@ async def test_hostile_strategies_are_contained_and_the_desk_carries_on(
 
         # the probe: nothing of the desk or the user is readable, writes outside /tmp fail, pids hold
         probe_log = var / "logs" / "strategies" / "probe.log"
-        await wait_for(lambda: probe_log.exists() and "PROBE " in probe_log.read_text(), "the probe reports")
+        await poll(lambda: probe_log.exists() and "PROBE " in probe_log.read_text(), "the probe reports", timeout=90)
         line = next(x for x in probe_log.read_text().splitlines() if x.startswith("PROBE "))
         results = json.loads(line.removeprefix("PROBE "))
         for name in paths:
@@ -192,15 +184,15 @@ async def test_hostile_strategies_are_contained_and_the_desk_carries_on(
             assert results[target].startswith("refused"), (target, results[target])
         assert results["write /tmp"].startswith("ok")
         assert results["forks refused"] > 0 and results["forks"] < 16, results
-        await wait_for(lambda: "pids limit 16 reached" in status_of(desk, "probe")["last_error"],
-                       "the pids limit is reported")
+        await poll(lambda: "pids limit 16 reached" in status_of(desk, "probe")["last_error"],
+                       "the pids limit is reported", timeout=90)
 
         # the hog: killed at its memory limit and reported as such
-        await wait_for(lambda: "memory limit" in status_of(desk, "hog")["last_error"], "the hog is reported")
+        await poll(lambda: "memory limit" in status_of(desk, "hog")["last_error"], "the hog is reported", timeout=90)
         assert "64m" in status_of(desk, "hog")["last_error"]
 
         # the spinner: its heartbeat stops on its first bar; it is reported and restarted
-        await wait_for(lambda: status_of(desk, "spinner")["restarts"] >= 1, "the spinner is restarted")
+        await poll(lambda: status_of(desk, "spinner")["restarts"] >= 1, "the spinner is restarted", timeout=90)
         assert "no heartbeat" in status_of(desk, "spinner")["last_error"]
 
         # the flood: 100 MB written, the log files stay capped (the rate limit says what it dropped)
@@ -209,7 +201,7 @@ async def test_hostile_strategies_are_contained_and_the_desk_carries_on(
         def flood_text() -> str:
             return "".join(p.read_text(errors="replace") for p in logs.glob("flood.log*"))
 
-        await wait_for(lambda: "lines dropped (log rate limit)" in flood_text(), "the flood is rate-limited")
+        await poll(lambda: "lines dropped (log rate limit)" in flood_text(), "the flood is rate-limited", timeout=90)
         total = sum(p.stat().st_size for p in logs.glob("flood.log*"))
         assert total <= LOG_MAX * (LOG_BACKUPS + 1) + 4096, total
 

@@ -6,7 +6,6 @@ in the service's STATS and logged; the buckets and streams are unchanged; the de
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from collections import Counter
@@ -20,7 +19,7 @@ from nats.aio.msg import Msg
 from desk.bus import codec, confine, subjects
 from desk.bus.request import request
 from desk.v1 import common_pb2, orders_pb2
-from tests.support import ROOT, DeskUp, free_port
+from tests.support import ROOT, DeskUp, free_port, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -153,24 +152,22 @@ async def test_no_reply_subject_attack_takes_effect_on_any_endpoint(desk: DeskUp
 
         # the attacker says it sent everything (its log, through the orchestrator)
         expected_total = len(TARGETS) * len(ENDPOINTS)
-        report: dict[str, int] = {}
-        async with asyncio.timeout(60):
-            while not report:
-                for line in desk.cli("logs", "attacker")["lines"]:  # type: ignore[index]
-                    if line.startswith("{") and "attacks_sent" in line:
-                        report = json.loads(line)
-                if not report:
-                    await asyncio.sleep(0.2)  # polling the log: bounded by the timeout above
+        def attack_report() -> dict[str, int] | None:
+            for line in desk.cli("logs", "attacker")["lines"]:  # type: ignore[index]
+                if line.startswith("{") and "attacks_sent" in line:
+                    return dict(json.loads(line))
+            return None
+
+        report = await poll(attack_report, "the attacker reports what it sent")
         assert report["attacks_sent"] == expected_total and report["honest_answer_bytes"] > 0
 
         # every attack dropped and counted, per endpoint and reason
-        async with asyncio.timeout(30):
-            while True:
-                dropped = {**{("order_router", k): v for k, v in (await _stats(nc, "order_router")).items()},
-                           **{("ledger", k): v for k, v in (await _stats(nc, "ledger")).items()}}
-                if all(dropped.get(endpoint) == EXPECTED_REASONS for endpoint in ENDPOINTS):
-                    break
-                await asyncio.sleep(0.2)
+        async def all_dropped() -> bool:
+            dropped = {**{("order_router", k): v for k, v in (await _stats(nc, "order_router")).items()},
+                       **{("ledger", k): v for k, v in (await _stats(nc, "ledger")).items()}}
+            return all(dropped.get(endpoint) == EXPECTED_REASONS for endpoint in ENDPOINTS)
+
+        await poll(all_dropped, "every attack counted as dropped", timeout=30)
         assert leaked == []
 
         # ... and nothing changed: no halt, the victim's spec, the order ids, the streams

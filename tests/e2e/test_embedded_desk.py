@@ -12,6 +12,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -25,6 +26,7 @@ from tests.support import (
     follow_executions,
     free_port,
     ledger_caught_up,
+    poll,
     stream_fills,
 )
 from tests.support import (
@@ -111,13 +113,12 @@ async def test_the_embedded_desk_trades_books_every_fill_once_and_survives_a_res
         assert [row["rank"] for row in board["rows"]] == list(range(1, len(board["rows"]) + 1))  # type: ignore[index]
 
         # RUNNING once each has sent a heartbeat (a strategy that traded has): wait for it, bounded
-        async with asyncio.timeout(60):
-            while True:
-                status = desk.cli("status")
-                states = {s["strategy_id"]: s["state"] for s in status["strategies"]}  # type: ignore[index]
-                if set(states.values()) == {"STRATEGY_STATE_RUNNING"}:
-                    break
-                await asyncio.sleep(0.25)  # polling `desk status`, bounded by the timeout
+        def all_running() -> Any:
+            status = desk.cli("status")
+            states = {s["state"] for s in status["strategies"]}  # type: ignore[index]
+            return status if states == {"STRATEGY_STATE_RUNNING"} else None
+
+        status = await poll(all_running, "every strategy RUNNING")
         pids = {s["strategy_id"]: s["pid"] for s in status["strategies"]}  # type: ignore[index]
         assert set(pids) == set(MEMBERS) and all(pids.values())
         assert all(s["restarts"] == 0 for s in status["strategies"]), status  # type: ignore[index]
