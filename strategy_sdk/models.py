@@ -181,10 +181,10 @@ class OrderUpdate:
             side=side_name(report.side),
             exec_type=exec_type_name(report.exec_type),
             status=status_name(report.status),
-            order_qty=Decimal(report.order_qty) if report.order_qty else None,
+            order_qty=dec(report.order_qty) if report.order_qty else None,
             cum_qty=dec(report.cum_qty),
             leaves_qty=dec(report.leaves_qty),
-            avg_price=Decimal(report.avg_price) if report.avg_price else None,
+            avg_price=dec(report.avg_price) if report.avg_price else None,
             text=report.text,
             ts_ns=report.event_ns,
         )

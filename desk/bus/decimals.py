@@ -12,6 +12,8 @@ from desk.bus.errors import DeskError
 #: Larger than any quantity or price a paper account can mean; anything above is a typo or an attack.
 ABSURD = Decimal("1e12")
 ZERO = Decimal(0)
+#: Distinct values :func:`fmt` and :func:`dec` keep (Decimals and strings are immutable: one object serves all).
+DEC_TABLE_SIZE = 4096
 
 
 def parse_decimal(
@@ -39,13 +41,30 @@ def parse_decimal(
     return number
 
 
+_fmt_table: dict[Decimal | int, str] = {}
+
+
 def fmt(value: Decimal | int | None, places: int | None = None) -> str:
-    """Format for the wire: plain notation, no exponent, trailing zeros trimmed ("" for None)."""
+    """Format for the wire: plain notation, no exponent, trailing zeros trimmed ("" for None).
+
+    Equal numbers format alike (1.50 and 1.5 are both "1.5"), so recent results are shared from a
+    bounded table keyed by value."""
     if value is None:
         return ""
-    number = Decimal(value)
-    if places is not None:
-        number = number.quantize(Decimal(1).scaleb(-places))
+    if places is None:
+        try:
+            text = _fmt_table.get(value)
+        except TypeError:  # a signalling NaN cannot be hashed
+            return _format(Decimal(value))
+        if text is None:
+            if len(_fmt_table) >= DEC_TABLE_SIZE:
+                _fmt_table.clear()
+            text = _fmt_table[value] = _format(Decimal(value))
+        return text
+    return _format(Decimal(value).quantize(Decimal(1).scaleb(-places)))
+
+
+def _format(number: Decimal) -> str:
     if number == 0:
         return "0"
     text = format(number, "f")
@@ -54,6 +73,19 @@ def fmt(value: Decimal | int | None, places: int | None = None) -> str:
     return text
 
 
+_dec_table: dict[str, Decimal] = {}
+
+
 def dec(value: str, default: Decimal = ZERO) -> Decimal:
-    """Wire string to Decimal for values the desk itself wrote ("" -> ``default``)."""
-    return Decimal(value) if value else default
+    """Wire string to Decimal for values the desk itself wrote ("" -> ``default``).
+
+    Quantities and prices repeat; the Decimal of a recent text is shared from a bounded table (faster
+    than parsing, and one object instead of thousands when a backtest keeps every fill)."""
+    if not value:
+        return default
+    number = _dec_table.get(value)
+    if number is None:
+        if len(_dec_table) >= DEC_TABLE_SIZE:
+            _dec_table.clear()
+        number = _dec_table[value] = Decimal(value)
+    return number

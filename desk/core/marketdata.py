@@ -42,16 +42,23 @@ def price_str(value: Decimal) -> str:
     return format(value.quantize(CENT), "f")
 
 
+def quote_prices(close: Decimal) -> tuple[Decimal, Decimal]:
+    """The bid and ask straddling ``close``: a spread of about 2 bps, at least one cent each side, in
+    cents (the bid at least one cent)."""
+    half = max(CENT, (close * _SPREAD).quantize(CENT, rounding=ROUND_CEILING))
+    bid = max((close - half).quantize(CENT, rounding=ROUND_FLOOR), CENT)
+    ask = (close + half).quantize(CENT, rounding=ROUND_CEILING)
+    return bid, ask
+
+
 def quote_around(
     symbol: str, close: Decimal, ts_ns: int, source: str, bid_size: int = REPLAY_SIZE, ask_size: int = REPLAY_SIZE
 ) -> marketdata_pb2.Quote:
-    """A quote straddling ``close`` with a spread of about 2 bps (at least one cent each side)."""
-    half = max(CENT, (close * _SPREAD).quantize(CENT, rounding=ROUND_CEILING))
-    bid = (close - half).quantize(CENT, rounding=ROUND_FLOOR)
-    ask = (close + half).quantize(CENT, rounding=ROUND_CEILING)
+    """A quote of :func:`quote_prices` around ``close``."""
+    bid, ask = quote_prices(close)
     return marketdata_pb2.Quote(
         symbol=symbol,
-        bid_price=price_str(max(bid, CENT)),
+        bid_price=price_str(bid),
         bid_size=str(bid_size),
         ask_price=price_str(ask),
         ask_size=str(ask_size),

@@ -45,6 +45,7 @@ import datetime as dt
 import re
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
@@ -189,8 +190,15 @@ class SimEngine:
         config: SimConfig | None = None,
         clock: Clock = time.time_ns,
         new_execution_id: Callable[[], str] | None = None,
+        retain_final: int | None = None,
     ) -> None:
-        """``new_execution_id``: an id factory for tests; by default ids are ``<order_id>-<n>``."""
+        """``new_execution_id``: an id factory for tests; by default ids are ``<order_id>-<n>``.
+
+        ``retain_final``: keep only this many final (filled, canceled, expired, rejected) orders in
+        memory, forgetting the oldest beyond it (their ids stay known: a repeated id is still
+        ignored). ``None`` (the gateway) keeps them all; the backtester keeps a few, so a long run's
+        memory does not grow with every order it ever placed.
+        """
         self.config = config or SimConfig()
         self._clock = clock
         self._new_execution_id = new_execution_id
@@ -199,6 +207,9 @@ class SimEngine:
         self._resting: dict[str, SimOrder] = {}  # insertion order = time priority
         self._markets: dict[str, _Market] = {}
         self._next_venue_id = 1
+        self._retain_final = retain_final
+        self._final_ids: deque[str] = deque()
+        self._forgotten: set[str] = set()  # ids of final orders no longer held (retain_final)
         self.restore_skipped = 0  # stored reports :meth:`restore` could not read
 
     # --- orders ------------------------------------------------------------------------------------
@@ -213,7 +224,7 @@ class SimEngine:
         _check_envelope(routed)
         if not routed.HasField("new_order"):
             raise DeskError("MALFORMED", "routed order carries no new_order")
-        if routed.order_id in self._orders:
+        if routed.order_id in self._orders or routed.order_id in self._forgotten:
             return []
         request = routed.new_order
         order = SimOrder(
@@ -279,7 +290,8 @@ class SimEngine:
             order_id = self._by_client_id.get((routed.strategy_id, request.client_order_id), order_id)
         order = self._orders.get(order_id)
         if order is None:
-            return [self._cancel_rejected_unknown(routed)]
+            text = f"order {order_id} is already final" if order_id in self._forgotten else ""
+            return [self._cancel_rejected_unknown(routed, text)]
         if order.is_final:
             if order.canceled_by_request:
                 return []
@@ -393,48 +405,76 @@ class SimEngine:
 
     def on_bar(self, bar: marketdata_pb2.Bar) -> Reports:
         """A bar: resting orders see its open, high and low; its close becomes the last price."""
-        open_, high, low, close = (
-            _price("open", bar.open), _price("high", bar.high), _price("low", bar.low), _price("close", bar.close)
+        return self.bar_update(
+            _symbol(bar.symbol), _price("open", bar.open), _price("high", bar.high), _price("low", bar.low),
+            _price("close", bar.close), parse_decimal("volume", bar.volume, positive=False, required=False),
+            bar.start_ns,
         )
-        volume = parse_decimal("volume", bar.volume, positive=False, required=False)
-        market = self._market(_symbol(bar.symbol))
-        market.last = close
-        budget = self.config.liquidity(volume)
-        market.budget = {BUY: budget, SELL: budget}
-        touch = _Touch(open_, high, low)
-        return self._on_update(bar.symbol, bar.start_ns, market, {BUY: touch, SELL: touch})
 
     def on_trade(self, trade: marketdata_pb2.Trade) -> Reports:
-        price = _price("price", trade.price)
-        size = parse_decimal("size", trade.size, positive=False, required=False)
-        market = self._market(_symbol(trade.symbol))
-        market.last = price
-        budget = self.config.liquidity(size)
-        market.budget = {BUY: budget, SELL: budget}
-        touch = _Touch.at(price)
-        return self._on_update(trade.symbol, trade.ts_ns, market, {BUY: touch, SELL: touch})
+        return self.trade_update(
+            _symbol(trade.symbol), _price("price", trade.price),
+            parse_decimal("size", trade.size, positive=False, required=False), trade.ts_ns,
+        )
 
     def on_quote(self, quote: marketdata_pb2.Quote) -> Reports:
         """A quote: buys see the ask (and its size), sells the bid; an empty side is ignored."""
-        bid = parse_decimal("bid_price", quote.bid_price, positive=False, required=False)
-        ask = parse_decimal("ask_price", quote.ask_price, positive=False, required=False)
-        bid_size = parse_decimal("bid_size", quote.bid_size, positive=False, required=False)
-        ask_size = parse_decimal("ask_size", quote.ask_size, positive=False, required=False)
-        market = self._market(_symbol(quote.symbol))
+        return self.quote_update(
+            _symbol(quote.symbol),
+            parse_decimal("bid_price", quote.bid_price, positive=False, required=False),
+            parse_decimal("ask_price", quote.ask_price, positive=False, required=False),
+            parse_decimal("bid_size", quote.bid_size, positive=False, required=False),
+            parse_decimal("ask_size", quote.ask_size, positive=False, required=False),
+            quote.ts_ns,
+        )
+
+    # The same updates as numbers: what on_bar / on_trade / on_quote do once the message is read. A
+    # caller that already holds the Decimals (the SDK's backtester) calls these and skips the
+    # message round trip; the engine's state and reports are the same.
+
+    def bar_update(self, symbol: str, open_: Decimal, high: Decimal, low: Decimal, close: Decimal,
+                   volume: Decimal | None, ts_ns: int) -> Reports:
+        market = self._market(symbol)
+        market.last = close
+        budget = self.config.liquidity(volume)
+        market.budget = {BUY: budget, SELL: budget}
+        if not self._resting:
+            return []
+        touch = _Touch(open_, high, low)
+        return self._on_update(symbol, ts_ns, market, {BUY: touch, SELL: touch})
+
+    def trade_update(self, symbol: str, price: Decimal, size: Decimal | None, ts_ns: int) -> Reports:
+        market = self._market(symbol)
+        market.last = price
+        budget = self.config.liquidity(size)
+        market.budget = {BUY: budget, SELL: budget}
+        if not self._resting:
+            return []
+        touch = _Touch.at(price)
+        return self._on_update(symbol, ts_ns, market, {BUY: touch, SELL: touch})
+
+    def quote_update(self, symbol: str, bid: Decimal | None, ask: Decimal | None, bid_size: Decimal | None,
+                     ask_size: Decimal | None, ts_ns: int) -> Reports:
+        market = self._market(symbol)
         market.bid = bid if bid else None
         market.ask = ask if ask else None
         market.budget = {BUY: self.config.liquidity(ask_size), SELL: self.config.liquidity(bid_size)}
+        if not self._resting:
+            return []
         touches: dict[int, _Touch] = {}
         if market.ask is not None:
             touches[BUY] = _Touch.at(market.ask)
         if market.bid is not None:
             touches[SELL] = _Touch.at(market.bid)
-        return self._on_update(quote.symbol, quote.ts_ns, market, touches)
+        return self._on_update(symbol, ts_ns, market, touches)
 
     # --- internals ---------------------------------------------------------------------------------
 
     def _market(self, symbol: str) -> _Market:
-        return self._markets.setdefault(symbol, _Market())
+        market = self._markets.get(symbol)
+        if market is None:
+            market = self._markets[symbol] = _Market()
+        return market
 
     def _on_update(self, symbol: str, ts_ns: int, market: _Market, touches: dict[int, _Touch]) -> Reports:
         reports: Reports = []
@@ -527,6 +567,8 @@ class SimEngine:
     ) -> executions_pb2.ExecutionReport:
         now = self._clock()
         order.reports += 1
+        if order.status not in OPEN_STATUSES and self._retain_final is not None:
+            self._retire(order)
         execution_id = (
             self._new_execution_id() if self._new_execution_id else f"{order.order_id}-{order.reports}"
         )
@@ -559,7 +601,18 @@ class SimEngine:
             report_ns=now,
         )
 
-    def _cancel_rejected_unknown(self, routed: orders_pb2.RoutedOrder) -> executions_pb2.ExecutionReport:
+    def _retire(self, order: SimOrder) -> None:
+        """``order`` is final: with ``retain_final``, forget the oldest final orders beyond it."""
+        if self._retain_final is None:
+            return
+        self._final_ids.append(order.order_id)
+        while len(self._final_ids) > self._retain_final:
+            old = self._orders.pop(self._final_ids.popleft(), None)
+            if old is not None:
+                self._by_client_id.pop((old.strategy_id, old.client_order_id), None)
+                self._forgotten.add(old.order_id)
+
+    def _cancel_rejected_unknown(self, routed: orders_pb2.RoutedOrder, text: str = "") -> executions_pb2.ExecutionReport:
         now = self._clock()
         return ER(
             execution_id=(self._new_execution_id or _new_execution_id)(),
@@ -570,7 +623,7 @@ class SimEngine:
             exec_type=E.EXEC_TYPE_CANCEL_REJECTED,
             status=E.ORDER_STATUS_UNSPECIFIED,
             venue=self.venue,
-            text=f"unknown order {routed.order_id}",
+            text=text or f"unknown order {routed.order_id}",
             event_ns=now,
             report_ns=now,
         )

@@ -62,16 +62,27 @@ def side_name(side: int) -> str:
     return SIDE_WORDS.get(side, "")
 
 
+STATUS_WORDS: dict[int, str] = {v.number: v.name.removeprefix("ORDER_STATUS_").lower()
+                                 for v in executions_pb2.OrderStatus.DESCRIPTOR.values}
+EXEC_TYPE_WORDS: dict[int, str] = {v.number: v.name.removeprefix("EXEC_TYPE_").lower()
+                                   for v in executions_pb2.ExecType.DESCRIPTOR.values}
+
+
 def status_name(status: int) -> str:
-    """``ORDER_STATUS_PARTIALLY_FILLED`` -> ``"partially_filled"``."""
-    name: str = executions_pb2.OrderStatus.Name(status)
-    return name.removeprefix("ORDER_STATUS_").lower()
+    """``ORDER_STATUS_PARTIALLY_FILLED`` -> ``"partially_filled"``; raises ValueError on an unknown value
+    (as the enum's ``Name`` does)."""
+    try:
+        return STATUS_WORDS[status]
+    except KeyError:
+        raise ValueError(f"unknown order status {status}") from None
 
 
 def exec_type_name(exec_type: int) -> str:
-    """``EXEC_TYPE_PARTIAL_FILL`` -> ``"partial_fill"``."""
-    name: str = executions_pb2.ExecType.Name(exec_type)
-    return name.removeprefix("EXEC_TYPE_").lower()
+    """``EXEC_TYPE_PARTIAL_FILL`` -> ``"partial_fill"``; raises ValueError on an unknown value."""
+    try:
+        return EXEC_TYPE_WORDS[exec_type]
+    except KeyError:
+        raise ValueError(f"unknown exec type {exec_type}") from None
 
 
 # --- the order rules ----------------------------------------------------------------------------------

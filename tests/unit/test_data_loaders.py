@@ -232,3 +232,59 @@ def test_desk_data_check_reports_a_file_or_its_first_problem(tmp_path: Path) -> 
     assert bad.exit_code == 1 and "QQQ.csv row 5, column open: Yahoo 'null' row" in bad.output
     skipped = runner.invoke(app, ["data", "check", str(path), "--skip-null"])
     assert skipped.exit_code == 0 and "1 Yahoo 'null' rows skipped" in skipped.output
+
+
+def _columns_equal(a: object, b: object) -> None:
+    for name in ("sym", "ts_ns", "open", "high", "low", "close", "volume"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    for name in ("vwap", "trade_count"):
+        assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
+    assert a.symbols == b.symbols  # type: ignore[attr-defined]
+    assert a.source == b.source  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("stamp", ["iso", "iso-fraction", "epoch", "epoch-ns"])
+def test_the_fast_csv_reader_equals_the_row_by_row_parser(tmp_path: Path, stamp: str) -> None:
+    """A clean file goes through pandas' C parser; what it gives must be exactly the exact parser's:
+    awkward floats (17 significant digits, exponents), several symbols in first-appearance order,
+    every timestamp style, empty vwap cells."""
+    import random
+
+    from desk.data import loaders
+
+    rng = random.Random(3)
+    header = "start_ns,symbol,open,high,low,close,volume,trade_count,vwap" if stamp == "epoch-ns" else \
+        "symbol,timestamp,open,high,low,close,volume,trade_count,vwap"
+    lines = [header]
+    for i in range(3000):
+        symbol = ("MSFT", "AAPL", "SPY")[i % 3]
+        ts = T0 // 10**9 + i * 60
+        when = {"iso": dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(),
+                "iso-fraction": dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.123456789Z"),
+                "epoch": str(ts), "epoch-ns": str(ts * 10**9)}[stamp]
+        low = rng.uniform(1, 500)
+        o, c = low + rng.random(), low + rng.random() * 2
+        high = max(o, c) + rng.random()
+        prices = [repr(o), f"{high:.17g}", repr(low), f"{c:.6e}"]  # open, high, low, close
+        o_v, h_v, lo_v, c_v = (float(x) for x in prices)
+        if not (lo_v <= min(o_v, c_v) and max(o_v, c_v) <= h_v):
+            continue
+        first = [str(ts * 10**9), symbol] if stamp == "epoch-ns" else [symbol, when]
+        rest = [repr(rng.uniform(0, 1e7)), str(rng.randint(0, 99)), "" if i % 7 == 0 else repr(rng.uniform(low, high))]
+        lines.append(",".join(first + prices + rest))
+    path = write(tmp_path / "bars.csv", "\n".join(lines) + "\n")
+    fast = load(path)
+    with path.open() as handle:
+        slow = loaders.parse_lines(handle, name=path.name)
+    assert loaders._fast_csv(path, header.split(","), lines[1], slow.source) is not None  # the fast path was taken
+    _columns_equal(fast, slow)
+    assert fast.symbols == ["MSFT", "AAPL", "SPY"]
+
+
+def test_a_file_with_one_bad_row_deep_inside_still_names_it(tmp_path: Path) -> None:
+    rows = [f"{T0 + i * MIN},AAPL,10,11,9,10.5,100" for i in range(5000)]
+    rows[4321] = f"{T0 + 4321 * MIN},AAPL,10,11,9,abc,100"
+    path = write(tmp_path / "bars.csv", "start_ns,symbol,open,high,low,close,volume\n" + "\n".join(rows) + "\n")
+    with pytest.raises(BarFileError) as err:
+        load(path)
+    assert str(err.value) == "bars.csv row 4323, column close: 'abc' is not a number"

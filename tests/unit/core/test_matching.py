@@ -330,3 +330,29 @@ def test_expire_all_expires_every_resting_order_for_a_shutdown(engine: SimEngine
     reports = engine.expire_all()
     assert [(r.order_id, r.exec_type, r.text) for r in reports] == [("a", E.EXEC_TYPE_EXPIRED, SHUTDOWN_TEXT)]
     assert engine.open_orders() == []
+
+
+def test_an_engine_that_forgets_final_orders_reports_the_same_and_still_ignores_their_ids() -> None:
+    """retain_final (the backtester's memory bound) changes what is held, not what is reported."""
+    def run(retain: int | None) -> tuple[SimEngine, list[bytes]]:
+        ids = itertools.count(1)
+        engine = SimEngine(SimConfig(), clock=FakeClock(), new_execution_id=lambda: f"exec-{next(ids)}",
+                           retain_final=retain)
+        made: list[executions_pb2.ExecutionReport] = []
+        for i in range(40):
+            made += engine.on_bar(bar("100", "101", "99", str(100 + i % 3), volume="1000"))
+            made += engine.submit(order(f"o{i}", side=common_pb2.SIDE_BUY if i % 2 else common_pb2.SIDE_SELL))
+            made += engine.submit(order(f"l{i}", type=common_pb2.ORDER_TYPE_LIMIT, limit="99.5",
+                                        tif=common_pb2.TIME_IN_FORCE_GTC))
+            if i % 4 == 0:
+                made += engine.cancel(cancel(f"l{i}"))
+        return engine, [r.SerializeToString() for r in made]
+
+    keep_all, reports_all = run(None)
+    forgetful, reports = run(3)
+    assert reports == reports_all and len(reports) > 120
+    assert len(forgetful._orders) < len(keep_all._orders) // 4
+    assert forgetful.get("o0") is None and keep_all.get("o0") is not None
+    assert forgetful.submit(order("o0")) == []  # a forgotten order's id is still known: not traded twice
+    (rejected,) = forgetful.cancel(cancel("o0"))
+    assert rejected.exec_type == E.EXEC_TYPE_CANCEL_REJECTED and rejected.text == "order o0 is already final"
