@@ -140,8 +140,20 @@ test-e2e: $(STAMP) ## the embedded desk end to end
 test-confinement: $(STAMP) sandbox-tools ## a hostile strategy against the real desk: reply injection, permissions, sandbox
 	$(PYTEST) tests/confinement
 
-bench: $(STAMP) ## benchmark the desk against bare NATS/SQLite limits (~5 min; table + bench/results/*.json)
+bench: $(STAMP) bench-peers-env ## benchmark the desk against bare NATS/SQLite limits and peer backtesters (table + bench/results/*.json)
 	$(PY) -m bench
+
+# --- bench: the backtest section's peers (backtrader, NautilusTrader) in their own venv, never in $(VENV) ---
+PEERS_VENV  := bench/.venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
+.PHONY: bench-peers-env
+bench-peers-env: $(PEERS_STAMP) ## the bench's own environment for backtrader and NautilusTrader (bench/.venv-peers)
+$(PEERS_STAMP): bench/peers/requirements.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet -r bench/peers/requirements.txt
+	@touch $(PEERS_STAMP)
+# --- end of the peers' environment ---
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check desk services strategy_sdk desk_client bench tests

@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--only orders,fanout,ledger] [--no-uvloop]``: run, print the table, write JSON."""
+"""``python -m bench [--quick] [--only orders,fanout,ledger,backtest] [--no-uvloop]``: run, print the table, write JSON."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import fanout, harness, ledger, orders
+from bench import backtest, fanout, harness, ledger, orders
 from bench.stats import Figure, render_table, report_json
 from desk.bus.testing import nats_server_binary
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("orders", "fanout", "ledger", "uvloop")
+SECTIONS = ("orders", "fanout", "ledger", "uvloop", "backtest")
 
 FULL = {
     "orders": orders.Plan(sequential=2000, warmup=100, throughput_orders=3000, load_processes=2, concurrency=32,
@@ -28,6 +28,7 @@ FULL = {
                           replicas=(1,)),
     "fanout": {"counts": (1, 10, 50), "duration": 6.0, "symbols": 50, "rate": 2000.0},
     "ledger": {"chunk": 20000, "budget_s": 70.0, "max_rows": 1_000_000},
+    "backtest": backtest.FULL,
 }
 QUICK = {
     "orders": orders.Plan(sequential=200, warmup=20, throughput_orders=400, load_processes=2, concurrency=16,
@@ -36,6 +37,7 @@ QUICK = {
                           replicas=(1,)),
     "fanout": {"counts": (1, 4), "duration": 2.0, "symbols": 20, "rate": 1000.0},
     "ledger": {"chunk": 2000, "budget_s": 4.0, "max_rows": 4000},
+    "backtest": backtest.QUICK,
 }
 
 
@@ -91,6 +93,9 @@ async def _run(sections: tuple[str, ...], quick: bool) -> tuple[list[Figure], di
                     f.section = "uvloop"
                     f.target = None
                     f.note = "EVENT_LOOP=asyncio; bare column = the same figure on uvloop, the default (ratio = asyncio / uvloop)"
+            elif section == "backtest":
+                # Each engine runs in its own process, one after another (never beside the desk's services).
+                got, raw[section] = await asyncio.to_thread(backtest.run, plan["backtest"])  # type: ignore[arg-type]
             elif section == "fanout":
                 got, raw[section] = await fanout.run(**plan["fanout"])  # type: ignore[arg-type]
             else:

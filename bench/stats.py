@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-TargetKind = Literal["max", "min", "ratio_max", "ratio_min"]
+TargetKind = Literal["max", "min", "ratio_max", "ratio_min", "ratio_near"]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -64,7 +64,8 @@ def ratio(desk: float | None, bare: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class Target:
-    """``max``/``min``: a bound on the figure; ``ratio_max``/``ratio_min``: a bound on desk / bare."""
+    """``max``/``min``: a bound on the figure; ``ratio_max``/``ratio_min``: a bound on desk / bare;
+    ``ratio_near``: desk / bare within ``1 ± value`` (two counts that must agree)."""
 
     kind: TargetKind
     value: float
@@ -73,9 +74,13 @@ class Target:
         subject = ratio_ if self.kind.startswith("ratio") else figure
         if subject is None:
             return None
+        if self.kind == "ratio_near":
+            return abs(subject - 1) <= self.value + 1e-12
         return subject <= self.value if self.kind.endswith("max") else subject >= self.value
 
     def describe(self, unit: str) -> str:
+        if self.kind == "ratio_near":
+            return f"within {self.value * 100:.3g} % of bare"
         sign = "<=" if self.kind.endswith("max") else ">="
         if self.kind.startswith("ratio"):
             return f"{sign} {self.value:g}x bare"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from sys import intern
 
 from desk.bus.decimals import dec
 from desk.core.orders import exec_type_name, side_name, status_name
@@ -130,10 +131,10 @@ class Fill:
     @classmethod
     def from_report(cls, report: executions_pb2.ExecutionReport) -> Fill:
         return cls(
-            execution_id=report.execution_id,
-            order_id=report.order_id,
-            client_order_id=report.client_order_id,
-            symbol=report.symbol,
+            execution_id=intern(report.execution_id),
+            order_id=intern(report.order_id),
+            client_order_id=intern(report.client_order_id),
+            symbol=intern(report.symbol),
             side=side_name(report.side),
             qty=dec(report.fill_qty),
             price=dec(report.fill_price),
@@ -141,7 +142,7 @@ class Fill:
             cum_qty=dec(report.cum_qty),
             leaves_qty=dec(report.leaves_qty),
             order_status=status_name(report.status),
-            venue=report.venue,
+            venue=intern(report.venue),
             ts_ns=report.event_ns,
         )
 
@@ -175,9 +176,9 @@ class OrderUpdate:
     @classmethod
     def from_report(cls, report: executions_pb2.ExecutionReport) -> OrderUpdate:
         return cls(
-            order_id=report.order_id,
-            client_order_id=report.client_order_id,
-            symbol=report.symbol,
+            order_id=intern(report.order_id),
+            client_order_id=intern(report.client_order_id),
+            symbol=intern(report.symbol),
             side=side_name(report.side),
             exec_type=exec_type_name(report.exec_type),
             status=status_name(report.status),

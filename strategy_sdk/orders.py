@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from sys import intern
 from typing import Any
 
 from desk.bus import subjects
@@ -179,10 +180,11 @@ class Account:
 
     def apply(self, report: executions_pb2.ExecutionReport) -> tuple[Fill | None, OrderUpdate] | None:
         """Book ``report``; returns the fill (if any) and the update, or None for a repeat."""
-        if report.execution_id:
-            if report.execution_id in self._seen:
+        execution_id = report.execution_id
+        if execution_id:
+            if execution_id in self._seen:
                 return None
-            self._seen.add(report.execution_id)
+            self._seen.add(intern(execution_id))  # one string object for the id, wherever it is kept
         fill: Fill | None = None
         if report.exec_type in (executions_pb2.EXEC_TYPE_FILL, executions_pb2.EXEC_TYPE_PARTIAL_FILL):
             fill = Fill.from_report(report)
@@ -194,7 +196,7 @@ class Account:
                 self.positions[fill.symbol] = self.position(fill.symbol) - fill.qty
                 self.cash += value - fill.fee
         update = OrderUpdate.from_report(report)
-        cid = report.client_order_id
+        cid = intern(report.client_order_id)
         if report.status in FINAL_STATUSES:
             self.open_orders.pop(cid, None)
             self._closed.add(cid)

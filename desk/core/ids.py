@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from sys import intern
 
 _NAMESPACE = uuid.NAMESPACE_URL.bytes
 
@@ -19,4 +20,4 @@ def order_id_for(strategy_id: str, client_order_id: str) -> str:
     digest[6] = (digest[6] & 0x0F) | 0x50
     digest[8] = (digest[8] & 0x3F) | 0x80
     h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return intern(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")  # one object per id wherever it is kept

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from sys import intern
 
 from desk.bus.decimals import ZERO, dec, fmt, parse_decimal
 from desk.bus.errors import DeskError
@@ -274,7 +275,7 @@ class VirtualAccount:
             return False
         if report.execution_id in self.seen_executions:
             return False
-        self.seen_executions.add(report.execution_id)
+        self.seen_executions.add(intern(report.execution_id))  # one string object per id, wherever kept
 
         fill_qty, fill_price, fee = numbers
         is_fill = report.exec_type in _FILLS and fill_qty > 0
@@ -289,7 +290,7 @@ class VirtualAccount:
                 self.positions[report.symbol] = self.position(report.symbol) - fill_qty
                 self.cash_change += gross - fee
 
-        order_id = report.order_id
+        order_id = intern(report.order_id)
         if report.status in FINAL_STATUSES:
             self.open_orders.pop(order_id, None)
             self.closed_orders.add(order_id)

@@ -75,6 +75,8 @@ NEW_YORK = ZoneInfo("America/New_York")
 DAY_NS = 86_400 * 1_000_000_000
 DEFAULT_INTERVAL_NS = 60 * 1_000_000_000
 CHUNK = 8192  # rows turned into Python objects at a time when iterating
+#: Files this large or larger are read by pandas' C parser when clean (smaller: importing pandas costs more).
+FAST_CSV_BYTES = 2 << 20
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INF = math.inf
 _SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9]{0,15}$")  # as desk.bus.subjects.SYMBOL_RE
@@ -142,6 +144,20 @@ def _decimal(value: float) -> Decimal:
     return Decimal(repr(value))
 
 
+def _no_values(n: int) -> F64:
+    """``n`` NaNs that take no memory (a zero-stride, read-only view)."""
+    view: F64 = np.broadcast_to(np.float64(np.nan), (n,))
+    return view
+
+
+def _pick(column: F64, index: npt.NDArray[Any]) -> F64:
+    """``column[index]``, keeping an all-NaN view a view."""
+    if column.strides == (0,):
+        return _no_values(len(index))
+    picked: F64 = column[index]
+    return picked
+
+
 def _decimal_columns(*columns: F64) -> list[list[Decimal]]:
     """Float columns as lists of Decimals (:func:`_decimal`), each distinct value converted once."""
     joined = np.concatenate(columns) if len(columns) > 1 else columns[0]
@@ -179,8 +195,9 @@ class BarData:
         self.symbols = list(symbols)
         self.sym, self.ts_ns = sym, ts_ns
         self.open, self.high, self.low, self.close, self.volume = open_, high, low, close, volume
-        self.vwap = vwap if vwap is not None else np.full(n, np.nan)
-        self.trade_count = trade_count if trade_count is not None else np.full(n, np.nan)
+        # A column the source does not have is a read-only view of one NaN (no memory per bar).
+        self.vwap = vwap if vwap is not None else _no_values(n)
+        self.trade_count = trade_count if trade_count is not None else _no_values(n)
         self.report = report or LoadReport()
         self.source = source
         self._intervals = intervals
@@ -200,7 +217,7 @@ class BarData:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.sym, self.ts_ns, self.open, self.high, self.low, self.close,
-                                      self.volume, self.vwap, self.trade_count))
+                                      self.volume, self.vwap, self.trade_count) if a.strides != (0,))
 
     def symbol_list(self) -> list[str]:
         """Symbols that have at least one bar, in symbol-table order."""
@@ -223,8 +240,9 @@ class BarData:
 
     def _take(self, index: npt.NDArray[Any]) -> BarData:
         return BarData(self.symbols, self.sym[index], self.ts_ns[index], self.open[index], self.high[index],
-                       self.low[index], self.close[index], self.volume[index], self.vwap[index],
-                       self.trade_count[index], report=self.report, source=self.source, intervals=self._intervals)
+                       self.low[index], self.close[index], self.volume[index], _pick(self.vwap, index),
+                       _pick(self.trade_count, index), report=self.report, source=self.source,
+                       intervals=self._intervals)
 
     def select(self, symbols: Iterable[str] | None = None, start_ns: int | None = None,
                end_ns: int | None = None) -> BarData:
@@ -237,6 +255,8 @@ class BarData:
             mask &= self.ts_ns >= start_ns
         if end_ns is not None:
             mask &= self.ts_ns < end_ns
+        if bool(mask.all()):
+            return self  # nothing left out: no copy (the columns are never written to)
         return self._take(np.flatnonzero(mask))
 
     def _chunks(self, names: Sequence[str]) -> Iterator[Iterator[tuple[Any, ...]]]:
@@ -291,9 +311,14 @@ class BarData:
             remapped.append(table[part.sym])
             report.merge(part.report)
         symbols = list(index)
+        def joined(name: str) -> F64:
+            columns = [getattr(p, name) for p in parts]
+            if all(c.strides == (0,) for c in columns):
+                return _no_values(sum(len(c) for c in columns))
+            return np.concatenate(columns)
+
         out = BarData(symbols, np.concatenate(remapped), np.concatenate([p.ts_ns for p in parts]),
-                      *(np.concatenate([getattr(p, name) for p in parts])
-                        for name in ("open", "high", "low", "close", "volume", "vwap", "trade_count")),
+                      *(joined(name) for name in ("open", "high", "low", "close", "volume", "vwap", "trade_count")),
                       report=report, source=source or parts[0].source)
         return _finish(out, count_order=False)
 
@@ -435,7 +460,7 @@ def load(path: str | Path, *, symbol: str | None = None, format: Format | None =
             first = handle.readline()
             second = handle.readline()
             kind = format or detect(first)
-            if kind in ("desk", "alpaca-csv"):
+            if kind in ("desk", "alpaca-csv") and path.stat().st_size >= FAST_CSV_BYTES:
                 fast = _fast_csv(path, next(csv.reader([first]), []), second, kind)
                 if fast is not None:
                     return fast

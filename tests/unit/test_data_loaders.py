@@ -244,7 +244,8 @@ def _columns_equal(a: object, b: object) -> None:
 
 
 @pytest.mark.parametrize("stamp", ["iso", "iso-fraction", "epoch", "epoch-ns"])
-def test_the_fast_csv_reader_equals_the_row_by_row_parser(tmp_path: Path, stamp: str) -> None:
+def test_the_fast_csv_reader_equals_the_row_by_row_parser(tmp_path: Path, stamp: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A clean file goes through pandas' C parser; what it gives must be exactly the exact parser's:
     awkward floats (17 significant digits, exponents), several symbols in first-appearance order,
     every timestamp style, empty vwap cells."""
@@ -273,15 +274,21 @@ def test_the_fast_csv_reader_equals_the_row_by_row_parser(tmp_path: Path, stamp:
         rest = [repr(rng.uniform(0, 1e7)), str(rng.randint(0, 99)), "" if i % 7 == 0 else repr(rng.uniform(low, high))]
         lines.append(",".join(first + prices + rest))
     path = write(tmp_path / "bars.csv", "\n".join(lines) + "\n")
-    fast = load(path)
     with path.open() as handle:
         slow = loaders.parse_lines(handle, name=path.name)
-    assert loaders._fast_csv(path, header.split(","), lines[1], slow.source) is not None  # the fast path was taken
+    fast = loaders._fast_csv(path, header.split(","), lines[1], slow.source)
+    assert fast is not None  # the file is clean: the fast reader took it
     _columns_equal(fast, slow)
+    monkeypatch.setattr(loaders, "FAST_CSV_BYTES", 0)  # and load() uses it for such a file
+    _columns_equal(load(path), slow)
     assert fast.symbols == ["MSFT", "AAPL", "SPY"]
 
 
-def test_a_file_with_one_bad_row_deep_inside_still_names_it(tmp_path: Path) -> None:
+def test_a_file_with_one_bad_row_deep_inside_still_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast reader gives up on it; the row-by-row parser names the row and column."""
+    from desk.data import loaders
+
+    monkeypatch.setattr(loaders, "FAST_CSV_BYTES", 0)
     rows = [f"{T0 + i * MIN},AAPL,10,11,9,10.5,100" for i in range(5000)]
     rows[4321] = f"{T0 + 4321 * MIN},AAPL,10,11,9,abc,100"
     path = write(tmp_path / "bars.csv", "start_ns,symbol,open,high,low,close,volume\n" + "\n".join(rows) + "\n")
