@@ -10,9 +10,10 @@ backtest cannot disagree with the desk's simulator on how an order fills:
 * Each bar becomes exactly the tick the ``replay`` feed would publish for it
   (:func:`desk.core.marketdata.replay_tick`): the bar, a quote around its close (about 2 bps
   spread, 100 a side) and a trade of 100 at the close, the last two stamped at the bar's end. The
-  engine sees them in the live order (bar, quote, trade); their reports reach the strategy
-  (``on_order_update`` / ``on_fill``), then the router's last price becomes the trade price and the
-  strategy's ``on_bar`` runs.
+  engine sees them in the live order (bar, quote, trade), the router's last price becomes the trade
+  price, and the strategy's ``on_bar`` runs; the reports the bar caused (a resting order filled or
+  expired by it) reach the strategy (``on_order_update`` / ``on_fill``) after that ``on_bar``, as on
+  the desk, where the bar reaches the strategy and the venue at once and the venue's reports follow.
 * An order sent from a hook is validated and risk-checked as by the router (refusals come back as
   ``OrderResult(accepted=False, reason=...)``: ``INSUFFICIENT_BUYING_POWER``, ``SHORT_NOT_ALLOWED``
   unless ``allow_short``, ``MAX_ORDER_NOTIONAL``, ``MAX_POSITION_NOTIONAL``, ``RATE_LIMIT`` per 60 s
@@ -77,7 +78,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, overload
@@ -143,6 +144,8 @@ def to_bar(row: Bar | Mapping[str, Any], symbol: str | None = None) -> Bar:
     if start_ns in (None, "") and row.get("timestamp"):
         ts = row["timestamp"]
         moment = ts if isinstance(ts, datetime) else datetime.fromisoformat(str(ts))
+        if moment.tzinfo is None:  # naive means UTC, as for the replay feed and desk.data
+            moment = moment.replace(tzinfo=UTC)
         start_ns = int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
     return Bar(
         symbol=sym,
@@ -270,7 +273,7 @@ class EquityCurve(Sequence[tuple[int, Decimal]]):
         return f"EquityCurve({len(self)} points, final={self.final})"
 
 
-@dataclass
+@dataclass(repr=False)
 class BacktestResult:
     """What happened: fills, orders, final books, equity after every bar, hook errors."""
 
@@ -285,6 +288,13 @@ class BacktestResult:
     #: With ``record_reports=True``: every report of the venue, in order, serialized (a protobuf message
     #: costs kilobytes; bytes do not).
     raw_reports: list[bytes] = field(default_factory=list, repr=False)
+
+    def __repr__(self) -> str:
+        # A summary, not every order: asyncio.run formats its task (and so this result) on the way out
+        # (Python 3.11's signal.getsignal -> enum error message), which for a long run took seconds.
+        return (f"BacktestResult({len(self.orders)} orders, {len(self.fills)} fills, {len(self.equity_curve)} bars, "
+                f"positions={self.positions!r}, cash={self.cash}, final_equity={self.final_equity}, "
+                f"errors={self.errors})")
 
     @property
     def reports(self) -> list[executions_pb2.ExecutionReport]:
@@ -623,9 +633,6 @@ async def run_backtest_async(
             desk.bar_index = index
             desk_bar(bar, interval_of(bar))
             record_bar(bar)
-            if queue:
-                await drain()
-                books_changed = True
             try:
                 if bar_is_async:
                     await on_bar(bar)

@@ -168,6 +168,20 @@ def up(
     no_strategies: Annotated[bool, typer.Option("--no-strategies", help="Start the services only.")] = False,
     feed: Annotated[str, typer.Option(help="Market data feed: synthetic or replay.")] = "synthetic",
     symbols: Annotated[str, typer.Option(help="Comma-separated symbols for the synthetic feed.")] = "",
+    replay_file: Annotated[
+        Path | None, typer.Option(help="--feed replay: the bars to replay (desk CSV, Yahoo CSV, Alpaca bars; MD_REPLAY_FILE).")
+    ] = None,
+    replay_speed: Annotated[
+        float | None, typer.Option(help="--feed replay: the file's spacing divided by this (0 = at once; MD_REPLAY_SPEED).")
+    ] = None,
+    replay_pace: Annotated[
+        float | None, typer.Option(help="--feed replay: seconds between bars instead, whatever the file's spacing "
+                                        "(MD_REPLAY_PACE).")
+    ] = None,
+    replay_wait_for: Annotated[
+        str, typer.Option(help="--feed replay: comma-separated strategy ids; the replay starts once each has "
+                               "started (its first heartbeat), so they see every bar (MD_REPLAY_WAIT_FOR).")
+    ] = "",
     dashboard_port: Annotated[
         int, typer.Option(envvar="DASHBOARD_PORT", help="Port of the web dashboard on 127.0.0.1 (0 = any free port).")
     ] = 8080,
@@ -180,6 +194,14 @@ def up(
     extra = {"MD_FEED": feed, "DASHBOARD_PORT": str(dashboard_port)}
     if symbols:
         extra["MD_SYMBOLS"] = symbols
+    if replay_file is not None:
+        extra["MD_REPLAY_FILE"] = str(replay_file.resolve())
+    if replay_speed is not None:
+        extra["MD_REPLAY_SPEED"] = repr(replay_speed)
+    if replay_pace is not None:
+        extra["MD_REPLAY_PACE"] = repr(replay_pace)
+    if replay_wait_for:
+        extra["MD_REPLAY_WAIT_FOR"] = replay_wait_for
     desk = EmbeddedDesk(
         data_dir=data_dir.resolve(),
         strategies_dir=strategies_dir.resolve(),

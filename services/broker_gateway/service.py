@@ -55,6 +55,7 @@ import desk
 from desk.bus import codec, streams, subjects
 from desk.bus.decimals import parse_decimal
 from desk.bus.errors import DeskError
+from desk.bus.fetch import fetch_available
 from desk.bus.lifecycle import ServiceRuntime, StartFn
 from desk.bus.logging import get_logger
 from desk.bus.micro import DeskService, add_service
@@ -63,7 +64,7 @@ from desk.core.orders import Reports
 from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2
 
 from .brokers.base import Broker, BrokerUnavailable, StreamingBroker
-from .brokers.sim import SimBroker
+from .brokers.sim import MarketClock, SimBroker
 from .settings import Settings
 
 NAME = "broker_gateway"
@@ -149,7 +150,8 @@ def build_broker(settings: Settings, clock: Callable[[], int] = time.time_ns) ->
             fee_min=settings.sim_fee_min,
             participation=settings.sim_participation,
         )
-        return SimBroker(SimEngine(config, clock=clock))
+        market = MarketClock(fallback=clock)  # the venue's time is its market data's (see brokers/sim.py)
+        return SimBroker(SimEngine(config, clock=market), market)
     if settings.broker == "alpaca":
         from .brokers.alpaca import AlpacaBroker, AlpacaCredentialsError, alpaca_config
 
@@ -335,7 +337,7 @@ class BrokerGateway:
                     if sub is None:
                         sub = await self._subscribe(runtime)
                     try:
-                        messages = await sub.fetch(batch, timeout=FETCH_TIMEOUT)
+                        messages = await fetch_available(sub, batch, FETCH_TIMEOUT)
                     except nats.errors.TimeoutError:
                         messages = []
                     if messages:

@@ -7,10 +7,12 @@ path): each tick is due at an absolute loop-time deadline, so delays never accum
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
 import nats.errors
+from nats.aio.msg import Msg
 
 import desk
 from desk.bus import codec, kv, subjects
@@ -47,7 +49,7 @@ def build_feed(settings: Settings) -> Feed:
             raise ValueError(f"cannot read MD_REPLAY_FILE {str(path)!r}: {exc.strerror or exc}") from exc
         for bad in data.bad_rows:
             log.warning("replay.bad_row", file=str(path), line=bad.line, reason=bad.reason)
-        feed = ReplayFeed(data, settings.md_replay_speed, settings.md_replay_loop)
+        feed = ReplayFeed(data, settings.md_replay_speed, settings.md_replay_loop, settings.md_replay_pace)
         log.info("replay.loaded", file=str(path), rows=len(data.rows), bad_rows=len(data.bad_rows), symbols=feed.symbols)
         return feed
     return SyntheticFeed(settings.symbols, settings.md_seed, int(settings.md_interval * 1e9), time.time_ns())
@@ -79,6 +81,9 @@ class MarketData:
 
     async def _publish(self, runtime: ServiceRuntime, tick: Tick) -> None:
         symbol = tick.symbol
+        # The price first: once a strategy can react to the bar, the router values its orders at
+        # this tick's trade (as the backtester does), not at the previous one.
+        await kv.put(runtime.js, subjects.KV_PRICES, symbol, tick.trade)
         for subject, message in (
             (subjects.md_bar(symbol), tick.bar),
             (subjects.md_quote(symbol), tick.quote),
@@ -86,11 +91,44 @@ class MarketData:
         ):
             body, headers = codec.encode(message)
             await runtime.nc.publish(subject, body, headers=headers)
-        await kv.put(runtime.js, subjects.KV_PRICES, symbol, tick.trade)
         self.stats.ticks += 1
         self.stats.per_symbol[symbol] = self.stats.per_symbol.get(symbol, 0) + 1
 
+    async def _wait_for_strategies(self, runtime: ServiceRuntime, strategy_ids: list[str]) -> bool:
+        """Until each strategy has sent a heartbeat (MD_REPLAY_WAIT_FOR); False if the service stops first.
+
+        A strategy's first heartbeat comes once its market-data subscriptions are in place and its
+        ``on_start`` has run, so from then on it sees every bar the replay publishes."""
+        waiting = set(strategy_ids)
+        beat = asyncio.Event()
+
+        async def on_heartbeat(msg: Msg) -> None:
+            strategy_id = msg.subject.rsplit(".", 1)[-1]
+            if strategy_id in waiting:
+                waiting.discard(strategy_id)
+                log.info("replay.strategy_ready", strategy_id=strategy_id, still_waiting=sorted(waiting))
+                beat.set()
+
+        subs = [await runtime.nc.subscribe(subjects.heartbeat(s), cb=on_heartbeat) for s in strategy_ids]
+        log.info("replay.waiting", strategies=sorted(waiting))
+        stop = asyncio.create_task(runtime.stop.wait())
+        try:
+            while waiting and not runtime.stop.is_set():
+                beat.clear()
+                woken = asyncio.create_task(beat.wait())
+                await asyncio.wait({woken, stop}, return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+        finally:
+            stop.cancel()
+            for sub in subs:
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+        return not waiting
+
     async def _publish_loop(self, runtime: ServiceRuntime, feed: Feed) -> None:
+        wait_for = self.settings.replay_wait_for if isinstance(feed, ReplayFeed) else []
+        if wait_for and not await self._wait_for_strategies(runtime, wait_for):
+            return
         loop = asyncio.get_running_loop()
         due = loop.time()
         for scheduled in feed.schedule():

@@ -37,6 +37,15 @@ class Settings(BusSettings):
         default=60.0, ge=0, description="replay speed-up: original spacing / speed (0 = as fast as possible)"
     )
     md_replay_loop: bool = Field(default=False, description="start the replay file again when it ends")
+    md_replay_pace: float = Field(
+        default=0.0, ge=0, le=3600,
+        description="replay: seconds between consecutive bars whatever the file's spacing (0 = use MD_REPLAY_SPEED)",
+    )
+    md_replay_wait_for: str = Field(
+        default="",
+        description="replay: comma-separated strategy ids; the replay starts once each has sent a heartbeat "
+        "(it is subscribed and started), so they see the file from its first bar",
+    )
 
     @field_validator("md_symbols")
     @classmethod
@@ -48,6 +57,19 @@ class Settings(BusSettings):
         if bad:
             raise ValueError(f"invalid symbols {bad}: expected upper-case tickers like AAPL or BRKB (no dots: a symbol is one subject token)")
         return ",".join(dict.fromkeys(symbols))
+
+    @field_validator("md_replay_wait_for")
+    @classmethod
+    def _strategy_ids_are_valid(cls, value: str) -> str:
+        ids = [s.strip() for s in value.split(",") if s.strip()]
+        bad = [s for s in ids if not subjects.STRATEGY_ID_RE.match(s)]
+        if bad:
+            raise ValueError(f"invalid strategy ids {bad}: expected {subjects.STRATEGY_ID_RE.pattern}")
+        return ",".join(dict.fromkeys(ids))
+
+    @property
+    def replay_wait_for(self) -> list[str]:
+        return [s for s in self.md_replay_wait_for.split(",") if s]
 
     @property
     def symbols(self) -> list[str]:

@@ -131,15 +131,20 @@ def infer_intervals(rows: list[ReplayRow]) -> dict[str, int]:
     return marketdata.infer_intervals((row.symbol, row.ts_ns) for row in rows)
 
 
-def delays(rows: list[ReplayRow], speed: float) -> list[float]:
-    """Seconds to wait before each row: the original gap divided by ``speed`` (0 = no waiting).
+def delays(rows: list[ReplayRow], speed: float, pace: float = 0.0) -> list[float]:
+    """Seconds to wait before each row: the original gap divided by ``speed`` (0 = no waiting), or,
+    with ``pace`` > 0, ``pace`` seconds before every row after the first whatever the file's spacing
+    (bars of the same time included: each bar gets its own ``pace``, so a strategy has that long to
+    react to one bar before the next one, of any symbol, is published).
 
-    The first row is due at once; a timestamp going backwards is due at once too.
+    The first row is due at once; a timestamp going backwards is due at once too (without ``pace``).
     """
     out: list[float] = []
     previous: int | None = None
     for row in rows:
-        if speed <= 0 or previous is None:
+        if pace > 0:
+            out.append(0.0 if previous is None else pace)
+        elif speed <= 0 or previous is None:
             out.append(0.0)
         else:
             out.append(max(0, row.ts_ns - previous) / 1e9 / speed)
@@ -148,17 +153,19 @@ def delays(rows: list[ReplayRow], speed: float) -> list[float]:
 
 
 class ReplayFeed:
-    """Replays ``data`` once, or forever with ``loop`` (each pass shifted to follow the last)."""
+    """Replays ``data`` once, or forever with ``loop`` (each pass shifted to follow the last);
+    ``pace`` > 0: one row every ``pace`` seconds instead of the file's spacing / ``speed``."""
 
-    def __init__(self, data: ReplayData, speed: float, loop: bool = False) -> None:
+    def __init__(self, data: ReplayData, speed: float, loop: bool = False, pace: float = 0.0) -> None:
         if not data.rows:
             raise ReplayFileError("no usable row in the file")
         self.rows = data.rows
         self.bad_rows = data.bad_rows
         self.speed = speed
+        self.pace = pace
         self.loop = loop
         self.intervals = infer_intervals(self.rows)
-        self._delays = delays(self.rows, speed)
+        self._delays = delays(self.rows, speed, pace)
         first, last = self.rows[0].ts_ns, max(r.ts_ns for r in self.rows)
         # A loop's next pass starts one bar after the last one of this pass, so time only moves on.
         self.pass_ns = last - first + min(self.intervals.values())
@@ -180,7 +187,9 @@ class ReplayFeed:
         while True:
             offset = passes * self.pass_ns
             for i, (row, delay) in enumerate(zip(self.rows, self._delays)):
-                if i == 0 and passes > 0 and self.speed > 0:
+                if i == 0 and passes > 0 and self.pace > 0:
+                    delay = self.pace
+                elif i == 0 and passes > 0 and self.speed > 0:
                     delay = (self.pass_ns - (self.rows[-1].ts_ns - self.rows[0].ts_ns)) / 1e9 / self.speed
                 yield Scheduled(delay, self.tick(row, offset))
             passes += 1
