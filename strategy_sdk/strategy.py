@@ -75,6 +75,9 @@ class StrategyContext:
     #: Recent bars per symbol, newest last (:meth:`Strategy.history`); at most ``history_size`` each.
     bars: dict[str, deque[Bar]] = field(default_factory=dict)
     history_size: int = DEFAULT_HISTORY
+    #: Makes the client order id of an order sent without one: random live (unique across restarts);
+    #: numbered in a backtest, so two runs of the same backtest send the same ids.
+    new_client_order_id: Callable[[], str] | None = None
 
     def record_bar(self, bar: Bar) -> None:
         """The runner's step before ``on_bar``: keep ``bar`` in the symbol's recent history."""
@@ -207,6 +210,8 @@ class Strategy:
         answers with the first result instead of placing a second order).
         """
         ctx = self.context
+        if client_order_id is None and ctx.new_client_order_id is not None:
+            client_order_id = ctx.new_client_order_id()
         request = build_order_request(
             ctx.strategy_id,
             symbol,

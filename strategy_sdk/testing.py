@@ -71,6 +71,7 @@ import csv
 import dataclasses
 import gc
 import inspect
+import itertools
 import logging
 import random
 import threading
@@ -84,6 +85,7 @@ from pathlib import Path
 from typing import Any, overload
 
 from desk.bus import subjects
+from desk.bus.decimals import dec
 from desk.bus.errors import DeskError
 from desk.core.ids import order_id_for
 from desk.core.marketdata import DEFAULT_INTERVAL_NS, REPLAY_SIZE, infer_intervals, quote_prices
@@ -314,7 +316,7 @@ class BacktestResult:
 def _order_record(request: orders_pb2.OrderRequest, order_id: str, placed_at: int) -> BacktestOrder:
     def number(text: str) -> Decimal | None:
         try:
-            return Decimal(text) if text else None
+            return dec(text) if text else None
         except ArithmeticError:
             return None
 
@@ -511,6 +513,13 @@ def _intervals(bars: Iterable[Bar | Mapping[str, Any]]) -> Callable[[Bar], int]:
     return running
 
 
+def _numbered_ids(strategy_id: str) -> Callable[[], str]:
+    """Client order ids ``<strategy_id[:20]>-bt<n>`` (n from 1): the same for every run of a backtest."""
+    counter = itertools.count(1)
+    prefix = f"{strategy_id[:20]}-bt"
+    return lambda: f"{prefix}{next(counter)}"
+
+
 def _overrides(instance: Strategy, hook: str) -> bool:
     """Whether ``instance``'s ``hook`` is something other than the base class's no-op."""
     return getattr(getattr(instance, hook), "__func__", None) is not getattr(Strategy, hook)
@@ -571,7 +580,8 @@ async def run_backtest_async(
                  feed_every_tick=feed_every_tick, record_reports=record_reports)
     context = StrategyContext(strategy_id=strategy_id, member_id=member_id, config=config,
                               account=account, gateway=desk, log=logging.getLogger(f"strategy.{strategy_id}"),
-                              history_size=history_size(config))
+                              history_size=history_size(config),
+                              new_client_order_id=_numbered_ids(strategy_id))
     instance.attach(context)
     fills: list[Fill] = []
     updates: list[OrderUpdate] = []

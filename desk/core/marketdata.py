@@ -42,12 +42,22 @@ def price_str(value: Decimal) -> str:
     return format(value.quantize(CENT), "f")
 
 
+_quotes: dict[Decimal, tuple[Decimal, Decimal]] = {}
+_QUOTES_KEPT = 4096
+
+
 def quote_prices(close: Decimal) -> tuple[Decimal, Decimal]:
     """The bid and ask straddling ``close``: a spread of about 2 bps, at least one cent each side, in
-    cents (the bid at least one cent)."""
+    cents (the bid at least one cent). Recent closes' answers are kept (a bounded table)."""
+    known = _quotes.get(close)  # equal closes give equal quotes: both are rounded to cents
+    if known is not None:
+        return known
     half = max(CENT, (close * _SPREAD).quantize(CENT, rounding=ROUND_CEILING))
     bid = max((close - half).quantize(CENT, rounding=ROUND_FLOOR), CENT)
     ask = (close + half).quantize(CENT, rounding=ROUND_CEILING)
+    if len(_quotes) >= _QUOTES_KEPT:
+        _quotes.clear()
+    _quotes[close] = (bid, ask)
     return bid, ask
 
 
