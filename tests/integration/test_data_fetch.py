@@ -214,3 +214,27 @@ def test_cached_bars_feed_a_backtest_and_the_replay_feed(fake: FakeAlpaca, tmp_p
     feed = ReplayFeed(replay, 0)
     assert feed.intervals == {"AAPL": 3600 * 10**9}
     assert [r.close for r in replay.rows] == [b.close for b in bars]
+
+
+def test_desk_data_fetch_then_desk_backtest_html_reads_only_the_cache(fake: FakeAlpaca, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's flow: fetch a quarter of daily bars, then backtest the example strategy from the
+    cache into a self-contained HTML report, with the fake Alpaca stopped (no network at all)."""
+    monkeypatch.setenv("ALPACA_API_KEY", fake.key)
+    monkeypatch.setenv("ALPACA_SECRET_KEY", fake.secret)
+    monkeypatch.setenv("ALPACA_DATA_URL", fake.historical_url)
+    runner = CliRunner()
+    span = ["--start", "2024-01-02", "--end", "2024-03-28", "--timeframe", "1Day", "--data-dir", str(tmp_path)]
+    fetched = runner.invoke(app, ["data", "fetch", "AAPL,MSFT", *span])
+    assert fetched.exit_code == 0, fetched.output
+    fake.stop()  # from here on nothing may reach Alpaca
+    report = tmp_path / "report.html"
+    strategy = Path(__file__).resolve().parents[2] / "strategies" / "ma_crossover"
+    run = runner.invoke(app, ["backtest", str(strategy), "--symbols", "AAPL,MSFT", *span, "--html", str(report),
+                              "--json"])
+    assert run.exit_code == 0, run.output
+    summary = json.loads(run.output[run.output.index("{"):])
+    assert summary["symbols"] == ["AAPL", "MSFT"] and summary["orders"] > 0
+    html = report.read_text()
+    assert "<html" in html and "AAPL" in html and "MSFT" in html
+    assert "src=\"http" not in html and "href=\"http" not in html  # opens offline: everything inlined
