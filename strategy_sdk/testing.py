@@ -121,7 +121,7 @@ __all__ = [
 _BPS = Decimal(10000)
 REPLAY_SIZE_DECIMAL = Decimal(REPLAY_SIZE)
 RETAIN_FINAL = 1024  # final orders the engine keeps (SimEngine retain_final)
-GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections during a run (Python: 700)
+GC_YOUNG_THRESHOLD = 100_000  # allocations between young collections during a run (Python: 700)
 
 
 # Bars in ----------------------------------------------------------------------------------------------
