@@ -1,12 +1,15 @@
 """The ledger's async shell: EXECUTIONS consumer -> SQLite, KV watches, snapshots, query endpoints.
 
-Consumption: durable pull consumer ``ledger`` on ``EXECUTIONS`` (explicit ack). A fetcher task
-fetches batches of up to ``LEDGER_BATCH_SIZE`` messages and decodes them while the writer books the
-previous batch; each batch is booked in ONE SQLite transaction, committed, and only then are its
-messages acked, batch after batch in fetch order. A crash between commit and ack redelivers the
-batch; the store skips execution ids it already has, so nothing is booked twice. Messages that do
-not decode are logged (``execution.malformed``), stored nowhere, and terminated so they never block
-the consumer.
+Consumption: durable pull consumer ``ledger`` on ``EXECUTIONS`` (explicit ack), run by
+:class:`desk.bus.pull.DurablePull` (re-subscribes after a reconnect, retries timeouts, 503s and
+elections, re-creates a deleted consumer; its counters are in every endpoint's STATS data under
+``consumer``). Its fetcher fetches batches of up to ``LEDGER_BATCH_SIZE`` messages and decodes them
+while the writer books the previous batch; each batch is booked in ONE SQLite transaction,
+committed, and only then are its messages acked, batch after batch in fetch order. A crash between
+commit and ack redelivers the batch; the store skips execution ids it already has, so nothing is
+booked twice. Messages that do not decode are logged (``execution.malformed``), stored nowhere, and
+terminated so they never block the consumer. A batch the store fails to commit ends the service
+(nothing of it acked: redelivered to the next ledger).
 
 Test hook: :meth:`LedgerService.wait_for` awaits a condition on :class:`LedgerStats`, which is
 updated and notified after every committed-and-acked batch and every equity snapshot (an
@@ -17,17 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
-import nats.errors
 import structlog
 from google.protobuf.message import Message
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.micro.service import EndpointStats
 
 import desk
 from desk.bus import codec, kv, streams, subjects
@@ -36,11 +38,12 @@ from desk.bus.errors import DeskError
 from desk.bus.lifecycle import ServiceRuntime
 from desk.bus.logging import get_logger
 from desk.bus.micro import add_service
+from desk.bus.pull import DurablePull, Outcome
 from desk.core.books import Booking, parse_booking
 from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, strategy_pb2
 from services.ledger import queries
 from services.ledger.settings import Settings
-from services.ledger.store import LedgerStore, now_ns
+from services.ledger.store import BatchResult, LedgerStore, now_ns
 
 NAME = "ledger"
 R = TypeVar("R", bound=Message)
@@ -76,6 +79,7 @@ class _Batch:
     good: list[Msg] = field(default_factory=list)
     bookings: list[Booking] = field(default_factory=list)
     bad: list[Msg] = field(default_factory=list)
+    result: BatchResult | None = None  # once booked
 
 
 class LedgerService:
@@ -88,6 +92,7 @@ class LedgerService:
         self.prices: dict[str, Decimal] = {}
         self._changed = asyncio.Condition()
         self._runtime: ServiceRuntime | None = None
+        self.consumer: DurablePull | None = None
 
     # -- test hook ------------------------------------------------------------------------------
 
@@ -117,10 +122,23 @@ class LedgerService:
         await kv.follower(js, subjects.KV_STRATEGIES, self._on_strategy).start(runtime)
         await kv.follower(js, subjects.KV_PRICES, self._on_price).start(runtime)
 
-        await self._ensure_consumer(js)
-        info = await js.consumer_info(subjects.STREAM_EXECUTIONS, subjects.LEDGER_DURABLE)
+        self.consumer = consumer = DurablePull(
+            js, subjects.STREAM_EXECUTIONS, self._consumer_config(),
+            batch_handler=self._book, prepare=self._decode_yielding, after=self._booked,
+            batch=self.settings.ledger_batch_size, fetch_timeout=self.settings.ledger_fetch_timeout,
+            prefetch=PREFETCH, linger=self.settings.ledger_linger,
+            on_handler_error=None,  # the store failed: stop, nothing of the batch acked
+            stop=runtime.stop,
+        )
+        info = await consumer.ensure()  # created (or brought to our config), retried through elections
 
         svc = await add_service(runtime, NAME, desk.__version__, "the desk's books: orders, fills, positions, P&L")
+        refusals = svc.stats_data
+
+        def stats_data(endpoint: EndpointStats) -> dict[str, Any]:
+            return {**refusals(endpoint), "consumer": consumer.stats_data()}
+
+        svc.stats_data = stats_data  # type: ignore[method-assign]
         await svc.add_endpoint("positions", subjects.LEDGER_POSITIONS, ledger_pb2.LedgerQuery, self.positions)
         await svc.add_endpoint("orders", subjects.LEDGER_ORDERS, ledger_pb2.LedgerQuery, self.orders)
         await svc.add_endpoint("fills", subjects.LEDGER_FILLS, ledger_pb2.LedgerQuery, self.fills)
@@ -135,22 +153,22 @@ class LedgerService:
                 _scoped_to_subject(handler),
             )
 
-        consumer = runtime.spawn(self._consume(runtime), "ledger.consume")
+        consuming = runtime.spawn(consumer.run(), "ledger.consume")
         runtime.spawn(self._snapshots(runtime), "ledger.snapshots")
 
         async def finish_batch() -> None:
             # Runs before the spawn's cancel (LIFO): the loop sees ``stop`` and ends after the batch
             # in hand is committed and acked, instead of being cancelled in the middle of it.
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(consumer), self.settings.drain_timeout)
+                await asyncio.wait_for(asyncio.shield(consuming), self.settings.drain_timeout)
 
         runtime.stack.push_async_callback(finish_batch)
         log.info(
             "ledger.ready",
             db=str(self.store.path),
-            resume_stream_seq=info.ack_floor.stream_seq if info.ack_floor else 0,
-            pending=info.num_pending,
-            ack_pending=info.num_ack_pending,
+            resume_stream_seq=info.ack_floor.stream_seq if info and info.ack_floor else 0,
+            pending=info.num_pending if info else 0,
+            ack_pending=info.num_ack_pending if info else 0,
             schema_version=await self.store.schema_version(),
         )
 
@@ -167,95 +185,6 @@ class LedgerService:
             max_ack_pending=max(1000, self.settings.ledger_batch_size * 4),
             description="the ledger: books every execution once",
         )
-
-    async def _ensure_consumer(self, js: JetStreamContext) -> None:
-        # Create, or update an existing durable to this config (CREATE without action does both).
-        await js.add_consumer(subjects.STREAM_EXECUTIONS, self._consumer_config())
-
-    async def _subscribe(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
-        await self._ensure_consumer(js)
-        return await js.pull_subscribe_bind(
-            durable=subjects.LEDGER_DURABLE, stream=subjects.STREAM_EXECUTIONS
-        )
-
-    async def _consume(self, runtime: ServiceRuntime) -> None:
-        """Book batches in fetch order while :meth:`_fetch` fetches and decodes the next ones.
-
-        One batch is in the writer at a time; it is committed and then acked before the next one goes
-        to the writer, so acks follow commits in order. At most :data:`PREFETCH` batches are fetched
-        and not yet booked (the one in the writer included). On stop the fetcher ends after its
-        current fetch and the batches already fetched are booked (commit, then ack) before this
-        returns. If this is cancelled instead, the writer's job still commits or rolls back, and
-        nothing is acked that is not committed: unacked messages are redelivered, then skipped as
-        duplicates.
-        """
-        ready: asyncio.Queue[_Batch | None] = asyncio.Queue()  # None: the fetcher has ended
-        room = asyncio.Semaphore(PREFETCH)
-        fetcher = asyncio.create_task(self._fetch(runtime, ready, room), name="ledger.fetch")
-        try:
-            while (batch := await ready.get()) is not None:
-                await self._book(batch)
-                room.release()
-            await fetcher  # a fetcher that failed stops the service (ServiceRuntime.spawn)
-        finally:
-            if not fetcher.done():
-                fetcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await fetcher
-
-    async def _fetch(self, runtime: ServiceRuntime, ready: asyncio.Queue[_Batch | None], room: asyncio.Semaphore) -> None:
-        """Fetch and decode batches into ``ready`` (at most ``room`` waiting) until the service stops."""
-        nc, js = runtime.nc, runtime.js
-        try:
-            sub = await self._subscribe(js)
-        except BaseException:
-            ready.put_nowait(None)
-            raise
-        reconnects = nc.stats["reconnects"]
-        try:
-            while not runtime.stop.is_set():
-                await room.acquire()
-                if runtime.stop.is_set():
-                    return
-                if nc.stats["reconnects"] != reconnects:
-                    # Pull subscriptions can go quiet after a server restart (nats.py #504): re-create.
-                    reconnects = nc.stats["reconnects"]
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
-                    sub = await self._subscribe(js)
-                    log.info("consumer.resubscribed", reconnects=reconnects)
-                msgs: list[Msg] = []
-                try:
-                    msgs = await sub.fetch(self.settings.ledger_batch_size, timeout=self.settings.ledger_fetch_timeout)
-                except nats.errors.TimeoutError:
-                    pass
-                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
-                    return
-                except Exception as exc:  # noqa: BLE001 - server gone, consumer deleted...: back off, re-create
-                    log.warning("consumer.fetch_failed", error=repr(exc))
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(runtime.stop.wait(), 1.0)
-                    if runtime.stop.is_set():
-                        return
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
-                    try:
-                        sub = await self._subscribe(js)
-                    except Exception as sub_exc:  # noqa: BLE001 - retried on the next round
-                        log.warning("consumer.subscribe_failed", error=repr(sub_exc))
-                if msgs:  # a fetch can also end empty (status-only replies)
-                    ready.put_nowait(await self._decode_yielding(msgs))  # the slot is released once booked
-                else:
-                    room.release()
-                if 0 < len(msgs) < self.settings.ledger_batch_size and self.settings.ledger_linger > 0:
-                    # Light load: a transaction (and a pull request) per report or two costs more CPU than
-                    # the reports themselves, CPU the order path shares. Let the next ones gather first.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(runtime.stop.wait(), self.settings.ledger_linger)
-        finally:
-            ready.put_nowait(None)
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
 
     async def _decode_yielding(self, msgs: list[Msg]) -> _Batch:
         """Decode and check every message (the malformed are logged here and terminated once the batch
@@ -290,13 +219,16 @@ class LedgerService:
                         reason=err.message,
                     )
 
-    async def _book(self, batch: _Batch) -> None:
-        """Book ``batch`` in one transaction, and only after its COMMIT ack the good, terminate the bad."""
-        result = await self.store.apply_batch(batch.bookings)
-        for msg in batch.good:
-            await msg.ack()
-        for msg in batch.bad:
-            await msg.term()
+    async def _book(self, batch: _Batch) -> list[Outcome]:
+        """Book ``batch`` in one transaction; once it is committed, the good are acked and the bad
+        terminated (by the consumer, in fetch order), then :meth:`_booked` counts them."""
+        batch.result = await self.store.apply_batch(batch.bookings)
+        bad = {id(msg) for msg in batch.bad}
+        return [Outcome.TERM if id(msg) in bad else Outcome.ACK for msg in batch.msgs]
+
+    async def _booked(self, batch: _Batch, outcomes: Sequence[Outcome]) -> None:
+        result = batch.result
+        assert result is not None
         if result.duplicates:
             log.debug("execution.duplicates", execution_ids=result.duplicates)
         msgs = batch.msgs

@@ -19,8 +19,10 @@ All decisions live in :mod:`desk.core.orders` and :mod:`desk.core.risk`; this mo
 * ``halt`` / ``resume`` / ``risk_status`` (``desk.risk.*``): the kill switch in ``DESK_RISK``; every
   replica watches the bucket, so a halt applies everywhere and survives restarts.
 
-Start-up loads the three KV buckets and replays the whole ``EXECUTIONS`` stream (ordered push
-consumer) before the endpoints are registered, so a replica never answers from half-built accounts.
+Start-up loads the three KV buckets and replays the whole ``EXECUTIONS`` stream up to its last
+sequence (:func:`desk.bus.replay.replay_to_last`) before the endpoints are registered, so a replica
+never answers from half-built accounts; from there an ordered push consumer follows it
+(:func:`desk.bus.replay.follow`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import structlog
-from nats.js.api import DeliverPolicy
+from nats.aio.msg import Msg
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_OP, KeyValue
 
@@ -44,6 +46,7 @@ from desk.bus.kv import Change, KvFollower
 from desk.bus.lifecycle import ServiceRuntime
 from desk.bus.logging import get_logger
 from desk.bus.micro import add_service
+from desk.bus.replay import follow, replay_to_last
 from desk.core.ids import order_id_for
 from desk.core.orders import (
     ValidOrder,
@@ -219,35 +222,26 @@ class Router:
         log.warning("risk.halted", key=change.key, reason=change.value.reason, source="watch")
 
     async def _follow_executions(self, runtime: ServiceRuntime) -> None:
-        """Ordered push consumer over all of EXECUTIONS; returns once the start-up backlog is applied."""
-        info = await runtime.js.stream_info(subjects.STREAM_EXECUTIONS)
-        last_seq = info.state.last_seq if info.state.messages else 0
-        replayed = asyncio.Event()
-        if last_seq == 0:
-            replayed.set()
-
-        async def on_report(msg: Any) -> None:
-            try:
-                report = codec.decode(msg.data, executions_pb2.ExecutionReport, msg.headers)
-                await self.apply_report(report)
-            except DeskError as err:
-                log.warning("execution.bad_report", subject=msg.subject, code=err.code, error=err.message)
-            except Exception as exc:
-                log.error("execution.apply_failed", subject=msg.subject, error=repr(exc), exc_info=exc)
-            finally:
-                if msg.metadata.sequence.stream >= last_seq:
-                    replayed.set()
-
-        sub = await runtime.js.subscribe(
-            subjects.EXEC_ALL,
-            stream=subjects.STREAM_EXECUTIONS,
-            cb=on_report,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
+        """Every report of EXECUTIONS up to its last sequence now, then each new one as it comes;
+        returns once the start-up backlog is applied."""
+        replayed = await replay_to_last(
+            runtime.js, subjects.STREAM_EXECUTIONS, subjects.EXEC_ALL, self._on_report,
+            timeout=self.settings.router_startup_timeout,
+        )
+        sub = await follow(
+            runtime.js, subjects.STREAM_EXECUTIONS, subjects.EXEC_ALL, self._on_report, after_seq=replayed.last_seq
         )
         runtime.stack.push_async_callback(sub.unsubscribe)
-        await asyncio.wait_for(replayed.wait(), self.settings.router_startup_timeout)
-        log.info("executions.replayed", last_seq=last_seq, accounts=len(self.accounts))
+        log.info("executions.replayed", last_seq=replayed.last_seq, accounts=len(self.accounts))
+
+    async def _on_report(self, msg: Msg) -> None:
+        try:
+            report = codec.decode(msg.data, executions_pb2.ExecutionReport, msg.headers)
+            await self.apply_report(report)
+        except DeskError as err:
+            log.warning("execution.bad_report", subject=msg.subject, code=err.code, error=err.message)
+        except Exception as exc:
+            log.error("execution.apply_failed", subject=msg.subject, error=repr(exc), exc_info=exc)
 
     # -- accounts ---------------------------------------------------------------------------------
     def _initial_cash(self, strategy_id: str) -> Decimal:

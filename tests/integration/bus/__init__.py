@@ -1,0 +1,1 @@
+"""desk.bus consumption patterns against a real nats-server."""
