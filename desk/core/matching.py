@@ -5,7 +5,7 @@ it with a fake clock and exact Decimals. The gateway's sim broker
 (``services/broker_gateway/brokers/sim.py``) hands it routed orders and ``md.*`` updates and
 publishes the :class:`ExecutionReport` s it returns.
 
-Model (docs/architecture.md §8; the numbers come from ``SIM_*`` settings):
+Model (the numbers come from the gateway's ``SIM_*`` settings, listed in docs/architecture.md §8):
 
 * Reference price: the last quote's ask (buys) / bid (sells) when a quote is known, else the last
   trade price or bar close.

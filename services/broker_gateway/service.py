@@ -55,10 +55,11 @@ import desk
 from desk.bus import codec, streams, subjects
 from desk.bus.decimals import parse_decimal
 from desk.bus.errors import DeskError
-from desk.bus.fetch import fetch_available
 from desk.bus.lifecycle import ServiceRuntime, StartFn
 from desk.bus.logging import get_logger
 from desk.bus.micro import DeskService, add_service
+from desk.bus.pull import DurablePull, Outcome
+from desk.bus.replay import replay_to_last
 from desk.core.matching import MarketUpdate, SimConfig, SimEngine
 from desk.core.orders import Reports
 from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2
@@ -195,6 +196,7 @@ class BrokerGateway:
         self._md_subs: list[Subscription] = []
         self._flushes: set[asyncio.Task[bool]] = set()
         self._prices: KeyValue | None = None
+        self._orders_pull: DurablePull | None = None
         self.counts: collections.Counter[str] = collections.Counter()
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -236,42 +238,29 @@ class BrokerGateway:
     async def _restore_book(self, runtime: ServiceRuntime) -> None:
         """Rebuild the sim's book from every stored report of this venue (before any order or price).
 
-        An ordered push consumer reads EXECUTIONS from its start up to its last sequence at this
-        moment (nothing of this venue is published meanwhile: one gateway per venue). Reports the
-        restore makes (an IOC/FOK order left open by the crash is canceled) go out first.
+        EXECUTIONS is read from its start up to its last sequence at this moment
+        (:func:`desk.bus.replay.replay_to_last`; nothing of this venue is published meanwhile: one
+        gateway per venue). Reports the restore makes (an IOC/FOK order left open by the crash is
+        canceled) go out first.
         """
         assert isinstance(self.broker, SimBroker)
-        info = await runtime.js.stream_info(subjects.STREAM_EXECUTIONS)
-        last_seq = info.state.last_seq if info.state.messages else 0
         stored: list[executions_pb2.ExecutionReport] = []
         unreadable = 0
-        if last_seq:
-            done = asyncio.Event()
 
-            async def on_report(msg: Msg) -> None:
-                nonlocal unreadable
-                seq = msg.metadata.sequence.stream
-                if seq <= last_seq:
-                    try:
-                        report = codec.decode(msg.data, executions_pb2.ExecutionReport, msg.headers)
-                    except DeskError as err:
-                        unreadable += 1
-                        log.warning("restore.bad_report", subject=msg.subject, stream_seq=seq, code=err.code)
-                    else:
-                        if report.venue == self.venue:
-                            stored.append(report)
-                if seq >= last_seq or msg.metadata.num_pending == 0:
-                    done.set()
-
-            sub = await runtime.js.subscribe(
-                subjects.EXEC_ALL, stream=subjects.STREAM_EXECUTIONS, cb=on_report,
-                ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
-            )
+        def on_report(msg: Msg) -> None:
+            nonlocal unreadable
             try:
-                await asyncio.wait_for(done.wait(), RESTORE_TIMEOUT)
-            finally:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+                report = codec.decode(msg.data, executions_pb2.ExecutionReport, msg.headers)
+            except DeskError as err:
+                unreadable += 1
+                log.warning("restore.bad_report", subject=msg.subject, stream_seq=_metadata(msg), code=err.code)
+                return
+            if report.venue == self.venue:
+                stored.append(report)
+
+        replayed = await replay_to_last(runtime.js, subjects.STREAM_EXECUTIONS, subjects.EXEC_ALL, on_report,
+                                        timeout=RESTORE_TIMEOUT)
+        last_seq = replayed.last_seq
         made = self.broker.restore(stored)
         unreadable += self.broker.engine.restore_skipped
         self.counts["restored_open_orders"] = len(self.broker.engine.open_orders())
@@ -301,8 +290,8 @@ class BrokerGateway:
 
     # --- routed orders -----------------------------------------------------------------------------
 
-    async def _subscribe(self, runtime: ServiceRuntime) -> JetStreamContext.PullSubscription:
-        config = ConsumerConfig(
+    def _consumer_config(self) -> ConsumerConfig:
+        return ConsumerConfig(
             durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
@@ -310,11 +299,6 @@ class BrokerGateway:
             max_ack_pending=self.settings.gateway_max_ack_pending,
             filter_subject=self.orders_subject,
         )
-        sub = await runtime.js.pull_subscribe(
-            self.orders_subject, durable=self.durable, stream=streams.ORDERS.name, config=config
-        )
-        log.info("orders.subscribed", durable=self.durable, subject=self.orders_subject)
-        return sub
 
     def fetch_batch(self) -> int:
         """Routed orders per fetch: GATEWAY_FETCH_BATCH for the sim, one for a streaming broker (Alpaca)."""
@@ -323,60 +307,28 @@ class BrokerGateway:
         return max(1, min(self.settings.gateway_fetch_batch, self.settings.gateway_max_ack_pending))
 
     async def _consume_orders(self, runtime: ServiceRuntime) -> None:
-        """Fetch routed orders (a batch at a time) until the service stops.
+        """Fetch routed orders (a batch at a time) until the service stops, through reconnects,
+        elections and a lost consumer (:class:`desk.bus.pull.DurablePull`). A consumer found with
+        other settings is kept as it is, with a warning (creating and changing it is provisioning's)."""
+        self._orders_pull = DurablePull(
+            runtime.js, subjects.STREAM_ORDERS, self._consumer_config(), batch_handler=self._handle_orders,
+            batch=self.fetch_batch(), fetch_timeout=FETCH_TIMEOUT, ack_sync=True, ack_timeout=PUBLISH_TIMEOUT,
+            nak_delay=RETRY_PAUSE, update=False, stop=runtime.stop,
+        )
+        if await self._orders_pull.ensure() is not None:
+            log.info("orders.subscribed", durable=self.durable, subject=self.orders_subject)
+            await self._orders_pull.run()
 
-        The pull subscription is re-created after a reconnect (nats.py #504: pull subscriptions
-        can go quiet after a server restart) and after any error.
-        """
-        sub: JetStreamContext.PullSubscription | None = None
-        batch = self.fetch_batch()
-        reconnects = runtime.nc.stats["reconnects"]
-        try:
-            while not runtime.stop.is_set():
-                try:
-                    if sub is None:
-                        sub = await self._subscribe(runtime)
-                    try:
-                        messages = await fetch_available(sub, batch, FETCH_TIMEOUT)
-                    except nats.errors.TimeoutError:
-                        messages = []
-                    if messages:
-                        await self._handle_orders(messages)
-                except Exception as exc:  # noqa: BLE001 - connection trouble: re-subscribe after a pause
-                    log.warning("orders.consume_failed", error=repr(exc))
-                    await _unsubscribe(sub)
-                    sub = None
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(runtime.stop.wait(), RETRY_PAUSE)
-                    continue
-                if runtime.nc.stats["reconnects"] != reconnects:
-                    reconnects = runtime.nc.stats["reconnects"]
-                    log.info("orders.resubscribing", reason="reconnected")
-                    await _unsubscribe(sub)
-                    sub = None
-        finally:
-            await _unsubscribe(sub)
-
-    async def _handle_orders(self, messages: list[Msg]) -> None:
-        """Hand a batch to the broker in order, publish every report, then ack the batch together."""
+    async def _handle_orders(self, messages: list[Msg]) -> Outcome:
+        """Hand a batch to the broker in order and publish every report; then the routed orders owed
+        an ack are acked (confirmed: the work queue lets them go after the reports are stored).
+        Refused, failed and deferred ones were settled on the way (term / nak)."""
         self.counts["order_batches"] += 1
         owed = [msg for msg in messages if await self._take_order(msg)]
-        if not owed:
-            return
-        if not await self._flush():
+        if owed and not await self._flush():
             # the reports wait in the outbox; the routed orders come back and find them owed
-            for msg in owed:
-                await msg.nak(delay=RETRY_PAUSE)
-            return
-        # confirmed acks: the work queue has let them go once this returns (ack after store)
-        results = await asyncio.gather(
-            *(msg.ack_sync(timeout=PUBLISH_TIMEOUT) for msg in owed), return_exceptions=True
-        )
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            # redelivered after the ack wait; the broker ignores them and the outbox owes nothing
-            log.warning("orders.ack_failed", count=len(failures), of=len(owed), error=repr(failures[0]))
-            raise failures[0]
+            return Outcome.NAK
+        return Outcome.ACK
 
     async def _take_order(self, msg: Msg) -> bool:
         """One routed order to the broker; True if it is owed an ack once the outbox is published."""
@@ -585,13 +537,8 @@ class BrokerGateway:
             **dict(self.counts),
             "open_orders": len(self.broker.open_orders()),
             "unpublished_reports": len(self._outbox),
+            "consumer": self._orders_pull.stats_data() if self._orders_pull is not None else {},
         }
-
-
-async def _unsubscribe(sub: JetStreamContext.PullSubscription | None) -> None:
-    if sub is not None:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
 
 
 def _delivered(msg: Msg) -> int:

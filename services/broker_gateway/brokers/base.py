@@ -4,8 +4,8 @@ A broker takes routed orders and market data and answers with the execution repo
 the shell publishes those reports to ``EXECUTIONS`` (``Nats-Msg-Id`` = execution id) and only then
 acks the routed order. The ``sim`` broker (:mod:`.sim`) computes reports synchronously with the
 pure matching engine of :mod:`desk.core.matching`. A venue that reports on its own schedule (the
-later ``alpaca`` broker, with its ``trade_updates`` stream) will also hand reports to a sink the
-shell gives it; that belongs to the issue that adds it, and needs no change to the methods below.
+``alpaca`` broker, with its ``trade_updates`` stream) also hands reports to a sink the shell gives it
+(:class:`StreamingBroker`).
 """
 
 from __future__ import annotations
