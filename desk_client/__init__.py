@@ -28,7 +28,6 @@ from concurrent.futures import Future
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -37,6 +36,7 @@ from desk.bus import confine, subjects
 from desk.bus.decimals import fmt
 from desk.bus.errors import DeskError
 from desk.bus.request import request
+from desk.bus.servers import DEFAULT_URL, env_auth, open_connection
 from desk.core.orders import ORDER_TYPES, SIDES, TIMES_IN_FORCE, needs_limit_price, needs_stop_price
 from desk.v1 import orders_pb2
 
@@ -66,24 +66,13 @@ class _Desk:
 
     async def connection(self) -> Client:
         if self.nc is None or self.nc.is_closed:
-            options: dict[str, Any] = {}
-            if os.environ.get("NATS_CREDS"):
-                options["user_credentials"] = os.environ["NATS_CREDS"]
-            elif os.environ.get("NATS_USER"):
-                options["user"] = os.environ["NATS_USER"]
-                options["password"] = os.environ.get("NATS_PASSWORD", "")
+            options: dict[str, Any] = env_auth(os.environ)
             # the desk answers a strategy only under its own inbox (desk.bus.confine)
             options["inbox_prefix"] = os.environ.get("NATS_INBOX_PREFIX") or confine.strategy_inbox_prefix(
                 self.strategy_id
             )
-            url = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
-            self.nc = await nats.connect(
-                servers=[u.strip() for u in url.split(",") if u.strip()],
-                name=f"desk-client-{self.strategy_id}",
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                **options,
-            )
+            self.nc = await open_connection(os.environ.get("NATS_URL", DEFAULT_URL), forever=True,
+                                            name=f"desk-client-{self.strategy_id}", **options)
         return self.nc
 
     async def ask(self, subject: str, message: Any, reply_type: Any) -> Any:

@@ -30,7 +30,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -41,6 +40,7 @@ from desk.bus import codec, confine, subjects
 from desk.bus.decimals import dec
 from desk.bus.errors import DeskError
 from desk.bus.request import request
+from desk.bus.servers import env_auth, open_connection
 from desk.core.orders import ORDER_TYPE_WORDS, TIME_IN_FORCE_WORDS, side_name, status_name
 from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2, strategy_pb2
 from strategy_sdk.models import Bar, CancelResult, OpenOrder, OrderResult, Quote, Trade
@@ -246,12 +246,7 @@ async def connect_nats(url: str, strategy_id: str, env: Mapping[str, str] | None
     answers a strategy nowhere else, so that is the default inbox prefix."""
     name = f"strategy-{strategy_id}"
     env = os.environ if env is None else env
-    options: dict[str, Any] = {}
-    if env.get("NATS_CREDS"):
-        options["user_credentials"] = env["NATS_CREDS"]
-    elif env.get("NATS_USER"):
-        options["user"] = env["NATS_USER"]
-        options["password"] = env.get("NATS_PASSWORD", "")
+    options: dict[str, Any] = env_auth(env)
     options["inbox_prefix"] = env.get("NATS_INBOX_PREFIX") or confine.strategy_inbox_prefix(strategy_id)
 
     async def error_cb(exc: Exception) -> None:
@@ -265,13 +260,11 @@ async def connect_nats(url: str, strategy_id: str, env: Mapping[str, str] | None
         log.info("nats.reconnected")
 
     holder: list[Client] = []
-    nc = await nats.connect(
-        servers=[u.strip() for u in url.split(",") if u.strip()],
+    nc = await open_connection(
+        url,
+        forever=True,
         name=name,
         connect_timeout=5,
-        allow_reconnect=True,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
         error_cb=error_cb,
         disconnected_cb=disconnected_cb,
         reconnected_cb=reconnected_cb,

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 
 from desk.bus.logging import get_logger
+from desk.bus.servers import open_connection
 from desk.bus.settings import BusSettings
 
 log = get_logger("desk.bus")
 
 
 async def connect(settings: BusSettings, name: str, **options: Any) -> Client:
-    """Connect with reconnects forever, logging errors, disconnects and reconnects."""
+    """Connect to every server of ``NATS_URL`` with reconnects forever, logging errors, disconnects and
+    reconnects (:func:`desk.bus.servers.open_connection`)."""
 
     async def error_cb(exc: Exception) -> None:
         log.warning("nats.error", error=repr(exc))
@@ -34,12 +35,11 @@ async def connect(settings: BusSettings, name: str, **options: Any) -> Client:
     elif settings.nats_user:
         auth["user"] = settings.nats_user
         auth["password"] = settings.password
-    nc = await nats.connect(
-        servers=settings.servers,
+    nc = await open_connection(
+        settings.servers,
+        forever=True,
         name=name,
         connect_timeout=settings.nats_connect_timeout,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
         error_cb=error_cb,
         disconnected_cb=disconnected_cb,
         reconnected_cb=reconnected_cb,

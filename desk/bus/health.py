@@ -10,9 +10,9 @@ import argparse
 import asyncio
 import json
 import sys
+from typing import Any
 
-import nats
-
+from desk.bus.servers import open_connection
 from desk.bus.settings import BusSettings
 
 
@@ -20,14 +20,12 @@ async def ping(settings: BusSettings, name: str, timeout: float) -> dict[str, ob
     async def quiet(exc: Exception) -> None:  # one clear line is printed by main()
         pass
 
-    auth: dict[str, object] = {}
+    auth: dict[str, Any] = {}
     if settings.nats_creds:
         auth["user_credentials"] = settings.nats_creds
     elif settings.nats_user:
         auth.update(user=settings.nats_user, password=settings.password)
-    nc = await nats.connect(
-        servers=settings.servers, connect_timeout=timeout, max_reconnect_attempts=1, error_cb=quiet, **auth
-    )
+    nc = await open_connection(settings.servers, forever=False, connect_timeout=timeout, error_cb=quiet, **auth)
     try:
         msg = await nc.request(f"$SRV.PING.{name}", b"", timeout=timeout)
         reply: dict[str, object] = json.loads(msg.data)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import sys
 from typing import Any, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from desk.bus.servers import server_list
 
 
 class BusSettings(BaseSettings):
@@ -34,6 +36,12 @@ class BusSettings(BaseSettings):
         description="asyncio event loop: uvloop, asyncio's own, or auto (uvloop when installed)",
     )
 
+    @field_validator("nats_url")
+    @classmethod
+    def _servers_are_addresses(cls, value: str) -> str:
+        server_list(value)  # ValueError naming the entry that is not a server address
+        return value
+
     @property
     def password(self) -> str:
         """NATS_PASSWORD, else the content of NATS_PASSWORD_FILE, else ""."""
@@ -46,7 +54,7 @@ class BusSettings(BaseSettings):
 
     @property
     def servers(self) -> list[str]:
-        return [s.strip() for s in self.nats_url.split(",") if s.strip()]
+        return server_list(self.nats_url)
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -16,10 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import nats
-
 from desk.bus import auth
 from desk.bus.logging import get_logger
+from desk.bus.servers import open_connection
 
 log = get_logger("orchestrator")
 
@@ -85,10 +84,8 @@ class NatsIdentities:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             try:
-                nc = await nats.connect(
-                    self.nats_url, user=auth.strategy_user(strategy_id), password=password,
-                    connect_timeout=2, max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=quiet,
-                )
+                nc = await open_connection(self.nats_url, forever=False, user=auth.strategy_user(strategy_id),
+                                           password=password, error_cb=quiet)
                 await nc.close()
                 return
             except Exception as exc:  # noqa: BLE001 - not applied yet; bounded by the deadline

@@ -72,7 +72,7 @@ def test_sdk_and_desk_client_use_only_desk_v1_the_pure_bus_modules_and_desk_core
     # desk.core on purpose: the SDK and desk_client share the engine's order words and rules, and its
     # order id (docs/architecture.md §8); the async bus modules (connect, lifecycle, micro, kv) stay out.
     allowed = ("desk.v1", "desk.core", "desk.bus.codec", "desk.bus.confine", "desk.bus.decimals", "desk.bus.errors",
-               "desk.bus.request", "desk.bus.subjects")
+               "desk.bus.request", "desk.bus.servers", "desk.bus.subjects")  # servers: stdlib + nats-py, how to reach NATS
     code = (
         "import sys, strategy_sdk, strategy_sdk.testing, strategy_sdk.legacy, desk_client\n"
         "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'desk')))\n"
