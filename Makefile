@@ -100,8 +100,8 @@ proto: $(STAMP) ## regenerate desk/v1/*_pb2.py(i) from protos/ with grpcio-tools
 STAGE := deploy/ci/stage.sh
 
 test: $(STAMP) sandbox-tools ## lint and types, then unit, integration, end-to-end, confinement, fault, browser and Docker tests
-	$(STAGE) lint $(VENV)/bin/ruff check desk services strategy_sdk desk_client bench tests
-	$(STAGE) typecheck $(VENV)/bin/mypy desk services strategy_sdk desk_client bench
+	$(STAGE) lint $(VENV)/bin/ruff check desk services strategy_sdk desk_client bench tools tests
+	$(STAGE) typecheck $(VENV)/bin/mypy desk services strategy_sdk desk_client bench tools
 	$(STAGE) unit $(PYTEST) tests/unit
 	$(STAGE) integration $(PYTEST) tests/integration
 	$(STAGE) e2e $(PYTEST) tests/e2e
@@ -156,11 +156,16 @@ $(PEERS_STAMP): bench/peers/requirements.txt
 # --- end of the peers' environment ---
 
 lint: $(STAMP) ## ruff
-	$(VENV)/bin/ruff check desk services strategy_sdk desk_client bench tests
+	$(VENV)/bin/ruff check desk services strategy_sdk desk_client bench tools tests
 
 typecheck: $(STAMP) ## mypy (strict on source)
-	$(VENV)/bin/mypy desk services strategy_sdk desk_client bench
+	$(VENV)/bin/mypy desk services strategy_sdk desk_client bench tools
 
 clean: ## remove the virtual environment, caches and the embedded desk's data (var/)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info $(DATA)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# --- docs: the generated parts of docs/architecture.md (tests/unit/test_docs_truth.py checks them) ---
+.PHONY: docs
+docs: $(STAMP) ## regenerate the generated parts of the docs (the environment tables, from the settings classes)
+	$(PY) -m tools.envtable

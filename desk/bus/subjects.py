@@ -1,4 +1,5 @@
-"""Every subject, stream and bucket name of the desk, in one module (see docs/architecture.md §2)."""
+"""Every subject, stream and bucket name of the desk, in one module (see docs/architecture.md §2, and
+§8 for the subjects this repository adds)."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ KV_ORDER_IDS = "DESK_ORDER_IDS"  # key = "<strategy_id>.<client_order_id>", valu
 # Validation ---------------------------------------------------------------------------------------
 STRATEGY_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 # No "." in symbols: a symbol is one subject token (md.bar.<SYMBOL>). Class shares are written
-# without it (BRKB); the Alpaca gateway will translate when it lands.
+# without it (BRKB). Nothing translates to Alpaca's dotted form (BRK.B): the Alpaca broker and feed
+# pass symbols through as they are.
 SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9]{0,15}$")
 CLIENT_ORDER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 VENUE_RE = re.compile(r"^[a-z0-9_-]{1,16}$")

@@ -16,6 +16,7 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,34 @@ def service_environment(name: str, env: dict[str, str]) -> dict[str, str]:
     settings = importlib.import_module(f"services.{name}.settings").Settings
     wanted = {field.upper() for field in settings.model_fields} | set(PASS_THROUGH)
     return {key: value for key, value in env.items() if key in wanted}
+
+
+def venue_environment(env: Mapping[str, str], feed: str | None = None) -> tuple[dict[str, str], list[str]]:
+    """One switch: ``BROKER=alpaca`` implies ``MD_FEED=alpaca`` and ``ROUTER_VENUE=alpaca``.
+
+    ``BROKER`` (default sim) names the venue; the market-data feed is ``feed`` (``desk up --feed``),
+    else ``MD_FEED``, else the broker's own (alpaca for alpaca, synthetic for sim); the router's venue
+    is ``ROUTER_VENUE``, else the broker. Returns those three settings and one warning per mismatch
+    the user set on purpose (allowed, but said loudly): an Alpaca account trading on another feed's
+    prices, or orders routed to a venue no gateway of this desk serves."""
+    broker = env.get("BROKER") or "sim"
+    chosen_feed = feed or env.get("MD_FEED") or ("alpaca" if broker == "alpaca" else "synthetic")
+    venue = env.get("ROUTER_VENUE") or broker
+    warnings = []
+    if broker == "alpaca" and chosen_feed != "alpaca":
+        how = "--feed" if feed else "MD_FEED"
+        warnings.append(
+            f"BROKER=alpaca with {how}={chosen_feed}: strategies see {chosen_feed} prices while Alpaca fills at real "
+            "ones, and no orders are crossed inside the desk (crosses are priced only from the Alpaca feed). "
+            "Unset MD_FEED (BROKER=alpaca implies MD_FEED=alpaca) unless this is what you want."
+        )
+    if venue != broker:
+        warnings.append(
+            f"ROUTER_VENUE={venue} with BROKER={broker}: the router sends orders to desk.broker.{venue}.orders, "
+            f"which this desk's {broker} gateway does not serve; they wait there. Unset ROUTER_VENUE "
+            "(it follows BROKER) unless this is what you want."
+        )
+    return {"BROKER": broker, "MD_FEED": chosen_feed, "ROUTER_VENUE": venue}, warnings
 
 
 @dataclass
@@ -96,9 +125,8 @@ class EmbeddedDesk:
             ORCH_NATS_AUTH_FILE=str(self.nats_dir / "auth.conf"),
             ORCH_NATS_BASE_USERS=str(self.nats_dir / "base-users.json"),
             ORCH_NATS_PID_FILE=str(self.nats_dir / "nats.pid"),
-            BROKER=env.get("BROKER", "sim"),
         )
-        env.setdefault("MD_FEED", "synthetic")
+        env.update(venue_environment(env)[0])  # BROKER=alpaca implies MD_FEED and ROUTER_VENUE alpaca
         env.setdefault("DASHBOARD_HOST", "127.0.0.1")
         env.setdefault("DASHBOARD_PORT", "8080")
         env.update(self.extra_env)

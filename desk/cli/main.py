@@ -166,7 +166,11 @@ def up(
     ),
     port: Annotated[int, typer.Option(help="Port for the local nats-server (127.0.0.1).")] = 4222,
     no_strategies: Annotated[bool, typer.Option("--no-strategies", help="Start the services only.")] = False,
-    feed: Annotated[str, typer.Option(help="Market data feed: synthetic or replay.")] = "synthetic",
+    feed: Annotated[
+        str | None,
+        typer.Option(help="Market data feed: synthetic, replay or alpaca (default: MD_FEED, else alpaca with "
+                          "BROKER=alpaca, else synthetic)."),
+    ] = None,
     symbols: Annotated[str, typer.Option(help="Comma-separated symbols for the synthetic feed.")] = "",
     replay_file: Annotated[
         Path | None, typer.Option(help="--feed replay: the bars to replay (desk CSV, Yahoo CSV, Alpaca bars; MD_REPLAY_FILE).")
@@ -186,12 +190,18 @@ def up(
         int, typer.Option(envvar="DASHBOARD_PORT", help="Port of the web dashboard on 127.0.0.1 (0 = any free port).")
     ] = 8080,
 ) -> None:
-    """Run the embedded desk: nats-server, every service, the sim broker, the synthetic feed and the
-    strategies, all local. Ctrl-C stops everything; the ledger and JetStream data stay in DATA_DIR."""
-    from desk.cli.embedded import EmbeddedDesk
+    """Run the embedded desk: nats-server, every service, the broker (BROKER: sim, or alpaca), the feed
+    and the strategies, all local. BROKER=alpaca implies MD_FEED=alpaca and ROUTER_VENUE=alpaca.
+    Ctrl-C stops everything; the ledger and JetStream data stay in DATA_DIR."""
+    import os
+
+    from desk.cli.embedded import EmbeddedDesk, venue_environment
 
     configure_logging("desk", "info", "console")
-    extra = {"MD_FEED": feed, "DASHBOARD_PORT": str(dashboard_port)}
+    venues, mismatches = venue_environment(os.environ, feed)
+    for mismatch in mismatches:
+        err_console.print(f"[bold red]WARNING:[/bold red] {mismatch}", highlight=False)
+    extra = {**venues, "DASHBOARD_PORT": str(dashboard_port)}
     if symbols:
         extra["MD_SYMBOLS"] = symbols
     if replay_file is not None:
@@ -219,7 +229,8 @@ def up(
         await asyncio.wait({ready, runner}, return_when=asyncio.FIRST_COMPLETED)
         if desk.ready.is_set():
             console.print(
-                f"[bold green]desk is up[/bold green] on nats://127.0.0.1:{port}, dashboard on "
+                f"[bold green]desk is up[/bold green] on nats://127.0.0.1:{port} (broker {venues['BROKER']}, "
+                f"feed {venues['MD_FEED']}), dashboard on "
                 f"{desk.dashboard_url or '(not running)'} — data in {data_dir}/, logs in "
                 f"{data_dir}/logs/.\nTry: [bold]desk status[/bold], [bold]desk positions[/bold], "
                 f"[bold]desk leaderboard[/bold], [bold]nats sub 'desk.>'[/bold]. Ctrl-C stops the desk."
@@ -541,35 +552,93 @@ def equity(strategy: StrategyOpt = "", member: MemberOpt = "", limit: LimitOpt =
 @app.command()
 def reconcile(
     venue: Annotated[str, typer.Option("--venue", help="The broker gateway to compare with.")] = "alpaca",
+    since: Annotated[
+        str, typer.Option(help="Check orders and fills created since: an ISO time (UTC) or an age (90m, 6h, 1d).")
+    ] = "1d",
+    baseline_file: Annotated[
+        Path, typer.Option("--baseline", help="The cash baseline (account cash and ledger cash flow at one moment).")
+    ] = Path("var/reconcile/alpaca-baseline.json"),
+    set_baseline: Annotated[
+        bool, typer.Option("--set-baseline", help="Record the cash baseline now (whatever the differences).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Compare the ledger's positions, summed per symbol across strategies, with the broker account's.
+    """Compare the ledger with the broker account: positions per symbol, cash since a baseline, every
+    Alpaca fill booked to the right strategy and order, each desk order's filled quantity and average
+    price, per-Alpaca-order attribution, internal crosses balanced.
 
-    Prints every difference; exits 1 when there is one (0 when the books agree)."""
-    from desk.reconcile import compare, format_differences
+    The account is read with ALPACA_API_KEY/ALPACA_SECRET_KEY (and ALPACA_REST_URL, ALPACA_PAPER) from
+    this environment; without them only positions are compared, through the gateway. Prints every
+    difference, one per line; exits 1 when there is one (0 when the books agree)."""
+    import os
+    import time
 
-    ledger = _call(subjects.LEDGER_POSITIONS, ledger_pb2.LedgerQuery(limit=10000), ledger_pb2.PositionsReply, "ledger")
-    broker = _call(
-        subjects.broker_positions(venue), ledger_pb2.LedgerQuery(), ledger_pb2.PositionsReply, f"{venue} broker gateway"
-    )
-    differences = compare(ledger.positions, broker.positions)
-    if as_json:
-        print_json(
-            [
-                {
-                    "symbol": d.symbol,
-                    "ledger_qty": str(d.ledger_qty),
-                    "broker_qty": str(d.broker_qty),
-                    "difference": str(d.delta),
-                    "by_strategy": {s: str(q) for s, q in d.by_strategy},
-                }
-                for d in differences
-            ]
-        )
+    from desk import reconcile as rc
+
+    now = time.time_ns()
+    try:
+        since_ns = rc.parse_since(since, now)
+    except ValueError:
+        _fail(f"--since {since!r}: give an ISO time (2026-12-01T09:30) or an age (90m, 6h, 1d)", 2)
+    key, secret = os.environ.get("ALPACA_API_KEY", ""), os.environ.get("ALPACA_SECRET_KEY", "")
+    account: rc.Account
+    if venue == "alpaca" and key and secret:
+        from alpaca.common.exceptions import APIError
+        from requests.exceptions import RequestException
+
+        client = rc.make_trading_client(
+            key, secret, paper=os.environ.get("ALPACA_PAPER", "true").lower() not in ("0", "false", "no"),
+            rest_url=os.environ.get("ALPACA_REST_URL") or None, timeout=max(opts.timeout, 10.0))
+        try:
+            account = rc.fetch_account(client, since_ns)
+        except APIError as exc:
+            _fail(f"Alpaca refused the reconcile's reads (HTTP {exc.status_code}): {str(exc)[:200]}")
+        except RequestException as exc:
+            _fail(f"Alpaca unreachable: {type(exc).__name__}")
     else:
-        for line in format_differences(differences, venue):
+        broker = _call(subjects.broker_positions(venue), ledger_pb2.LedgerQuery(), ledger_pb2.PositionsReply,
+                       f"{venue} broker gateway")
+        account = rc.Account(positions=list(broker.positions))
+
+    async def books() -> rc.Books:
+        nc = await nats.connect(opts.nats_url, connect_timeout=2, max_reconnect_attempts=1, **nats_auth())
+        try:
+            return await rc.fetch_books(nc, since_ns, venue, timeout=opts.timeout)
+        finally:
+            await nc.close()
+
+    try:
+        ledger = asyncio.run(books())
+    except DeskError as err:
+        _fail(f"{err.code}: {err.message}")
+    except nats.errors.NoRespondersError:
+        _fail(f"no ledger is running on {opts.nats_url}")
+    except (nats.errors.Error, OSError) as exc:
+        _fail(f"cannot read the ledger at {opts.nats_url} ({exc!r}); is the desk running? (`make run`)")
+    try:
+        baseline = rc.Baseline.load(baseline_file)
+    except ValueError as exc:
+        _fail(str(exc))
+    fresh = account.cash is not None and ledger.cash_flow is not None and (set_baseline or baseline is None)
+    if set_baseline and not fresh:
+        _fail("--set-baseline needs the account's cash (ALPACA_API_KEY/ALPACA_SECRET_KEY) and the ledger's P&L")
+    result = rc.check(ledger, account, since_ns, None if set_baseline else baseline, venue)
+    recorded = ""
+    if fresh and (set_baseline or result.clean):
+        assert account.cash is not None and ledger.cash_flow is not None
+        baseline = rc.Baseline(account.account_id, account.cash, ledger.cash_flow, now)
+        baseline.save(baseline_file)
+        result.not_checked = [r for r in result.not_checked if not r.startswith("cash: no baseline")]
+        recorded = (f"cash baseline recorded in {baseline_file}: account cash {account.cash}, ledger cash flow "
+                    f"{ledger.cash_flow}")
+    if as_json:
+        print_json({**result.as_dict(venue), "baseline_recorded": str(baseline_file) if recorded else ""})
+    else:
+        for line in result.lines(venue):
             console.print(line, highlight=False)
-    raise typer.Exit(1 if differences else 0)
+        if recorded:
+            console.print(recorded, highlight=False)
+    raise typer.Exit(0 if result.clean else 1)
 
 
 # ------------------------------------------------------------------------------------------- risk

@@ -65,6 +65,12 @@ class Settings(BusSettings):
     alpaca_reconnect_backoff: float = Field(
         default=1.0, gt=0, description="alpaca: first pause before reconnecting a dropped trade_updates stream"
     )
+    alpaca_cross_max_age: float = Field(
+        default=5.0, gt=0,
+        description="alpaca: an internal cross (two strategies' opposite orders netted inside the desk) is priced "
+        "only from the Alpaca feed's quote mid, else its last trade (md.* with source alpaca: MD_FEED=alpaca), "
+        "and only when that price is at most this many seconds old; otherwise nothing is crossed",
+    )
 
     @property
     def venue(self) -> str:

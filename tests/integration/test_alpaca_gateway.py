@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -336,9 +337,49 @@ async def test_orders_wait_for_the_stream_and_the_loop_stays_free_during_a_slow_
 # --- one account, many strategies ------------------------------------------------------------------
 
 
-async def put_price(nc: Client, symbol: str, price: str) -> None:
-    trade = marketdata_pb2.Trade(symbol=symbol, price=price, size="1", ts_ns=1, source="test")
+async def put_price(nc: Client, symbol: str, price: str, source: str = "synthetic") -> None:
+    """A last price in DESK_PRICES (what the router and ledger value with): never a cross's price."""
+    trade = marketdata_pb2.Trade(symbol=symbol, price=price, size="1", ts_ns=time.time_ns(), source=source)
     await desk_kv.put(nc.jetstream(), subjects.KV_PRICES, symbol, trade)
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    """Poll the in-process broker's state (another connection's message has no completion to wait on)."""
+    async def check() -> None:
+        while not predicate():
+            await asyncio.sleep(0.01)
+    try:
+        await asyncio.wait_for(check(), TIMEOUT)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def market_data(nc: Client, gateway: Gateway, message: marketdata_pb2.Quote | marketdata_pb2.Trade) -> None:
+    """Publish one md.quote|trade message as marketdata does; return once the gateway has taken it."""
+    market = gateway.broker.market
+    kind = "quote" if isinstance(message, marketdata_pb2.Quote) else "trade"
+    table = market.quotes if kind == "quote" else market.trades
+    ignored = sum(market.ignored.values())
+    data, headers = codec.encode(message)
+    await nc.publish(f"md.{kind}.{message.symbol}", data, headers=headers)
+
+    def taken() -> bool:
+        seen = table.get(message.symbol)
+        return sum(market.ignored.values()) > ignored or (seen is not None and seen.ts_ns == message.ts_ns)
+    await until(taken, f"the gateway to take md.{kind}.{message.symbol}")
+
+
+async def quote(nc: Client, gateway: Gateway, symbol: str, bid: str, ask: str, *, age: float = 0.0,
+                source: str = "alpaca") -> None:
+    ts = time.time_ns() - int(age * 1e9)
+    await market_data(nc, gateway, marketdata_pb2.Quote(
+        symbol=symbol, bid_price=bid, bid_size="100", ask_price=ask, ask_size="100", ts_ns=ts, source=source))
+
+
+async def trade(nc: Client, gateway: Gateway, symbol: str, price: str, *, age: float = 0.0,
+                source: str = "alpaca") -> None:
+    ts = time.time_ns() - int(age * 1e9)
+    await market_data(nc, gateway, marketdata_pb2.Trade(symbol=symbol, price=price, size="5", ts_ns=ts, source=source))
 
 
 def ledger_positions(stored: list[executions_pb2.ExecutionReport]) -> list[ledger_pb2.Position]:
@@ -355,7 +396,8 @@ def ledger_positions(stored: list[executions_pb2.ExecutionReport]) -> list[ledge
 async def test_two_strategies_cross_inside_the_desk_without_a_wash_trade_and_books_reconcile(
     nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
 ) -> None:
-    await put_price(nc, "AAPL", "100")
+    await quote(nc, gateway, "AAPL", "99.5", "100.5")  # the Alpaca feed's quote: mid 100
+    await put_price(nc, "AAPL", "120")  # a synthetic last price is never a cross's price
     await route(nc, routed("a-buy", strategy="alpha", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="101", qty="10"))
     assert await reports.kinds(1) == ["NEW"]
     # beta sells 6 at market: at Alpaca it would meet alpha's resting buy (422, 42210000); the desk
@@ -389,7 +431,7 @@ async def test_two_strategies_cross_inside_the_desk_without_a_wash_trade_and_boo
 async def test_an_order_that_cannot_cross_and_would_wash_trade_is_refused_by_the_desk_not_alpaca(
     nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
 ) -> None:
-    await put_price(nc, "AAPL", "100")
+    await quote(nc, gateway, "AAPL", "99.5", "100.5")
     await route(nc, routed("low-bid", strategy="alpha", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="90", qty="5"))
     assert await reports.kinds(1) == ["NEW"]
     await route(nc, routed("dump", strategy="beta", side=common_pb2.SIDE_SELL, qty="3"))  # alpha won't pay 100
@@ -403,7 +445,7 @@ async def test_an_order_that_cannot_cross_and_would_wash_trade_is_refused_by_the
 async def test_one_strategys_resting_sell_does_not_block_anothers_sell_of_the_held_shares(
     nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
 ) -> None:
-    await put_price(nc, "AAPL", "100")
+    await quote(nc, gateway, "AAPL", "99.5", "100.5")
     await route(nc, routed("a-buy", strategy="alpha", qty="10"))
     await route(nc, routed("a-exit", strategy="alpha", side=common_pb2.SIDE_SELL, type=common_pb2.ORDER_TYPE_LIMIT,
                            limit_price="120", time_in_force=common_pb2.TIME_IN_FORCE_GTC, qty="10"))
@@ -445,12 +487,12 @@ async def test_crossing_a_gateway_restart_and_the_real_ledger_end_with_a_clean_r
     for strategy, member in (("alpha", "alice"), ("beta", "bob")):
         spec = strategy_pb2.StrategySpec(strategy_id=strategy, member_id=member, initial_cash="100000")
         await desk_kv.put(nc.jetstream(), subjects.KV_STRATEGIES, strategy, spec)
-    await put_price(nc, "AAPL", "100")
     ledger_settings = LedgerSettings(nats_url=nats_server.url, ledger_db_path=str(tmp_path / "ledger.db"), drain_timeout=5)
     ledger = LedgerService(ledger_settings)
     ledger_proc = await run_in_process("ledger", ledger_settings, ledger.start)
     try:
         first = await start_gateway(nats_server, fake)
+        await quote(nc, first, "AAPL", "99.5", "100.5")
         await route(nc, routed("a-buy", strategy="alpha", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="101", qty="10"))
         await route(nc, routed("b-sell", strategy="beta", side=common_pb2.SIDE_SELL, qty="6"))
         await reports.until(lambda r: r.order_id == oid("b-sell", "beta") and bool(r.fill_qty))
@@ -475,3 +517,96 @@ async def test_crossing_a_gateway_restart_and_the_real_ledger_end_with_a_clean_r
         ("alpha", "AAPL", "10"), ("alpha", "MSFT", "1"), ("beta", "AAPL", "-6")]
     assert sorted((p.symbol, p.qty) for p in broker.positions) == [("AAPL", "4"), ("MSFT", "1")]
     assert reconcile.compare(books.positions, broker.positions) == []
+
+
+# --- the price of an internal cross ------------------------------------------------------------------
+
+
+async def test_a_cross_without_a_fresh_alpaca_price_is_not_made_and_the_refusal_says_why(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    await quote(nc, gateway, "AAPL", "99.5", "100.5", age=30)  # the Alpaca feed's, but 30 s old
+    await put_price(nc, "AAPL", "100")
+    await route(nc, routed("a-buy", strategy="alpha", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="101", qty="10"))
+    assert await reports.kinds(1) == ["NEW"]
+    with watch_logs() as logs:
+        await route(nc, routed("b-sell", strategy="beta", side=common_pb2.SIDE_SELL, qty="6"))
+        refused = await reports.next()
+    assert (refused.order_id, refused.exec_type) == (oid("b-sell", "beta"), E.EXEC_TYPE_REJECTED)
+    assert "wash trade" in refused.text
+    assert ("not crossed inside the desk: no Alpaca price for AAPL at most 5 s old (ALPACA_CROSS_MAX_AGE): "
+            "its quote mid is 30.0 s old") in refused.text
+    not_crossed = [e for e in logs.entries if e["event"] == "order.not_crossed"]
+    assert [(e["symbol"], "30.0 s old" in e["reason"]) for e in not_crossed] == [("AAPL", True)]
+    assert fake.order("alpha.c-a-buy").status == "new"  # alpha's order was not touched
+
+    # a fresh Alpaca trade, the quote still stale: the cross is priced at the last trade
+    await trade(nc, gateway, "AAPL", "100.25")
+    await route(nc, routed("b-sell2", strategy="beta", side=common_pb2.SIDE_SELL, qty="6"))
+    crossed = await reports.until(lambda r: r.order_id == oid("b-sell2", "beta") and bool(r.fill_qty))
+    assert (crossed.fill_qty, crossed.fill_price) == ("6", "100.25") and "internal cross" in crossed.text
+
+    # a fresh quote wins over the trade: its mid
+    await quote(nc, gateway, "AAPL", "100.4", "100.6")
+    await route(nc, routed("b-sell3", strategy="beta", side=common_pb2.SIDE_SELL, qty="1"))
+    crossed = await reports.until(lambda r: r.order_id == oid("b-sell3", "beta") and bool(r.fill_qty))
+    assert crossed.fill_price == "100.5"
+
+
+async def test_synthetic_prices_never_price_a_cross_for_the_alpaca_account(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    with watch_logs() as logs:
+        await quote(nc, gateway, "AAPL", "99.5", "100.5", source="synthetic")  # fresh, from MD_FEED=synthetic
+        await trade(nc, gateway, "AAPL", "80", source="replay")
+    assert gateway.broker.market.quotes == {} and gateway.broker.market.ignored == {"synthetic": 1, "replay": 1}
+    assert {e["source"] for e in logs.entries if e["event"] == "marketdata.not_alpaca"} == {"synthetic", "replay"}
+    await put_price(nc, "AAPL", "100")
+    await route(nc, routed("a-buy", strategy="alpha", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="101", qty="10"))
+    assert await reports.kinds(1) == ["NEW"]
+    await route(nc, routed("b-sell", strategy="beta", side=common_pb2.SIDE_SELL, qty="6"))
+    refused = await reports.next()
+    assert refused.exec_type == E.EXEC_TYPE_REJECTED and not any(r.fill_qty for r in reports.seen)
+    assert refused.text.endswith("the feed is replay/synthetic, whose prices never price a cross (MD_FEED=alpaca)")
+    # an order with nothing opposite resting goes to Alpaca as ever, whatever the feed
+    fake.set_price("MSFT", "50")
+    await route(nc, routed("b-buy", strategy="beta", symbol="MSFT", qty="1"))
+    assert await reports.kinds(2) == ["NEW", "FILL"]
+
+
+# --- one switch: BROKER=alpaca ---------------------------------------------------------------------
+
+
+def test_broker_alpaca_implies_the_alpaca_feed_and_venue_for_desk_up_and_a_chosen_mismatch_is_warned() -> None:
+    from desk.cli.embedded import venue_environment
+
+    assert venue_environment({}) == ({"BROKER": "sim", "MD_FEED": "synthetic", "ROUTER_VENUE": "sim"}, [])
+    assert venue_environment({"BROKER": "alpaca"}) == (
+        {"BROKER": "alpaca", "MD_FEED": "alpaca", "ROUTER_VENUE": "alpaca"}, [])
+    assert venue_environment({"BROKER": "sim", "MD_FEED": "alpaca"}) == (  # the simulator on real prices: fine
+        {"BROKER": "sim", "MD_FEED": "alpaca", "ROUTER_VENUE": "sim"}, [])
+    chosen, warnings = venue_environment({"BROKER": "alpaca", "MD_FEED": "synthetic"})
+    assert chosen["MD_FEED"] == "synthetic" and len(warnings) == 1
+    assert warnings[0].startswith("BROKER=alpaca with MD_FEED=synthetic: ") and "no orders are crossed" in warnings[0]
+    chosen, warnings = venue_environment({"BROKER": "alpaca", "MD_FEED": "alpaca"}, feed="replay")
+    assert chosen["MD_FEED"] == "replay" and warnings[0].startswith("BROKER=alpaca with --feed=replay")
+    chosen, warnings = venue_environment({"BROKER": "sim", "ROUTER_VENUE": "alpaca"})
+    assert chosen["ROUTER_VENUE"] == "alpaca" and "desk.broker.alpaca.orders" in warnings[0]
+
+
+def test_desk_up_with_broker_alpaca_gives_every_service_the_alpaca_feed_and_venue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The environments `desk up` starts its services with follow the one switch."""
+    from desk.cli.embedded import EmbeddedDesk, service_environment
+
+    for key in ("MD_FEED", "ROUTER_VENUE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("BROKER", "alpaca")
+    env = EmbeddedDesk(data_dir=tmp_path, strategies_dir=tmp_path)._env("nats://127.0.0.1:1")
+    assert service_environment("marketdata", env)["MD_FEED"] == "alpaca"
+    assert service_environment("order_router", env)["ROUTER_VENUE"] == "alpaca"
+    assert service_environment("broker_gateway", env)["BROKER"] == "alpaca"
+    monkeypatch.setenv("MD_FEED", "synthetic")  # said on purpose: kept (desk up warns)
+    env = EmbeddedDesk(data_dir=tmp_path, strategies_dir=tmp_path)._env("nats://127.0.0.1:1")
+    assert (env["BROKER"], env["MD_FEED"], env["ROUTER_VENUE"]) == ("alpaca", "synthetic", "alpaca")

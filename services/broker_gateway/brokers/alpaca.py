@@ -14,6 +14,12 @@
   (after a restart: ``ALPACA_RECONCILE_LOOKBACK``), so a fill made while the stream was down is
   reported, and one reported already is not reported again (deterministic execution ids; see
   :mod:`.alpaca_book`).
+* Internal crosses (two strategies' opposite orders netted inside the desk, :mod:`.netting`) are
+  priced only from the Alpaca feed (:class:`AlpacaPrices`: ``md.quote|trade.*`` whose ``source`` is
+  ``alpaca``; the quote mid, else the last trade) no older than ``ALPACA_CROSS_MAX_AGE`` seconds.
+  Without such a price nothing is crossed: the order goes on as if no other strategy's order
+  rested (to Alpaca, or refused by the desk as a wash trade), and the reason is logged and, on a
+  refusal, written in the report.
 * Keys: only this process holds them (``SecretStr`` settings); they are never logged.
 """
 
@@ -37,7 +43,7 @@ from desk.bus.decimals import fmt
 from desk.bus.logging import get_logger
 from desk.core.matching import MarketUpdate
 from desk.core.orders import ORDER_TYPE_WORDS, SIDE_WORDS, TIME_IN_FORCE_WORDS, Reports
-from desk.v1 import common_pb2, ledger_pb2, orders_pb2
+from desk.v1 import common_pb2, ledger_pb2, marketdata_pb2, orders_pb2
 
 from . import netting
 from .alpaca_book import (
@@ -99,6 +105,7 @@ class AlpacaConfig:
     retry_backoff: float = 0.5
     reconcile_lookback: float = 86400.0
     reconnect_backoff: float = 1.0
+    cross_max_age: float = 5.0  # seconds: the oldest Alpaca price an internal cross may use
 
     def __repr__(self) -> str:  # never show the keys
         return f"AlpacaConfig(paper={self.paper}, rest_url={self.rest_url!r}, stream_url={self.stream_url!r})"
@@ -187,6 +194,80 @@ class DeskTradingStream(TradingStream):
         await self._on_connected()
 
 
+FEED_SOURCE = "alpaca"  # md.* messages of MD_FEED=alpaca carry this source
+
+
+@dataclass(frozen=True)
+class _Seen:
+    price: Decimal | None  # the quote's mid (None: not a usable quote) or the trade's price
+    ts_ns: int  # the market's time of the price (its arrival when the feed gave none)
+
+
+class AlpacaPrices:
+    """The fair price of an internal cross: the Alpaca feed's quote mid, else its last trade, if fresh.
+
+    Fed every ``md.*`` message (the gateway's shell subscribes for brokers with ``wants_market_data``).
+    Only messages whose ``source`` is ``alpaca`` count: a synthetic or replayed price (``MD_FEED``
+    not ``alpaca``) never prices a cross of the shared Alpaca account. A price is fresh when its
+    market time (``ts_ns``; the arrival time when it has none) is at most ``max_age`` seconds old."""
+
+    def __init__(self, max_age: float, clock: Callable[[], int] = time.time_ns) -> None:
+        self.max_age_ns = int(max_age * 1e9)
+        self.max_age = max_age
+        self._clock = clock
+        self.quotes: dict[str, _Seen] = {}
+        self.trades: dict[str, _Seen] = {}
+        self.ignored: dict[str, int] = {}  # source -> md.* messages ignored (not the Alpaca feed)
+
+    def update(self, update: MarketUpdate) -> None:
+        if isinstance(update, marketdata_pb2.Bar):
+            return  # a bar's close is up to a bar old: crosses use quotes and trades only
+        if update.source != FEED_SOURCE:
+            source = update.source or "(none)"
+            if source not in self.ignored:
+                log.warning("marketdata.not_alpaca", source=source, symbol=update.symbol,
+                            hint="internal crosses are priced only from MD_FEED=alpaca; set MD_FEED=alpaca")
+            self.ignored[source] = self.ignored.get(source, 0) + 1
+            return
+        ts_ns = update.ts_ns or self._clock()
+        try:
+            if isinstance(update, marketdata_pb2.Quote):
+                bid, ask = dec(update.bid_price), dec(update.ask_price)
+                mid = netting.fair_price(None, bid, ask)
+                self._keep(self.quotes, update.symbol, _Seen(mid, ts_ns))
+            else:
+                self._keep(self.trades, update.symbol, _Seen(dec(update.price), ts_ns))
+        except ArithmeticError:
+            log.warning("marketdata.bad_price", symbol=update.symbol, source=update.source)
+
+    @staticmethod
+    def _keep(table: dict[str, _Seen], symbol: str, seen: _Seen) -> None:
+        known = table.get(symbol)
+        if known is None or seen.ts_ns >= known.ts_ns:  # never replace a newer price by an older one
+            table[symbol] = seen
+
+    def fair_price(self, symbol: str) -> tuple[Decimal | None, str]:
+        """``(price, how)``: the quote mid or last trade and which, or ``(None, why there is none)``."""
+        now = self._clock()
+        described = []
+        for kind, table in (("quote mid", self.quotes), ("last trade", self.trades)):
+            seen = table.get(symbol)
+            if seen is None or seen.price is None or seen.price <= 0:
+                continue
+            age = max(now - seen.ts_ns, 0)
+            if age <= self.max_age_ns:
+                return seen.price, f"alpaca {kind} {fmt(seen.price)}, {age / 1e9:.1f} s old"
+            described.append(f"its {kind} is {age / 1e9:.1f} s old")
+        why = f"no Alpaca price for {symbol} at most {self.max_age:g} s old (ALPACA_CROSS_MAX_AGE)"
+        if described:
+            why += ": " + ", ".join(described)
+        elif self.ignored:
+            why += ": the feed is " + "/".join(sorted(self.ignored)) + ", whose prices never price a cross (MD_FEED=alpaca)"
+        else:
+            why += ": none received (MD_FEED=alpaca?)"
+        return None, why
+
+
 def order_request(routed: orders_pb2.RoutedOrder, qty: Decimal | None = None, placement: int = 1) -> OrderRequest:
     """The alpaca-py request for a routed order (client_order_id = ``<strategy_id>.<client_order_id>``),
     for ``qty`` when only part of it goes to Alpaca (the rest was crossed inside the desk)."""
@@ -241,7 +322,7 @@ class AlpacaBroker:
     ``cancel`` return ``[]``."""
 
     venue = "alpaca"
-    wants_market_data = False
+    wants_market_data = True  # the Alpaca feed's quotes and trades price internal crosses (AlpacaPrices)
     reports_async = True
 
     def __init__(self, config: AlpacaConfig, clock: Callable[[], int] = time.time_ns,
@@ -253,7 +334,8 @@ class AlpacaBroker:
         self.book = AlpacaBook(clock)
         self._clock = clock
         self._emit: Emit = lambda reports: None
-        self._prices: PriceSource | None = None
+        self._prices: PriceSource | None = None  # DESK_PRICES (no source or age): not used to price crosses
+        self.market = AlpacaPrices(config.cross_max_age, clock)
         self._routed: dict[str, orders_pb2.RoutedOrder] = {}  # desk order id -> its routed order (re-placing)
         self._symbol_locks: dict[str, asyncio.Lock] = {}
         self._final: dict[str, asyncio.Event] = {}  # desk order id -> set once it is final
@@ -356,22 +438,26 @@ class AlpacaBroker:
         assert order.qty is not None
         if not resting:
             return order.qty
-        price = await self._prices(order.symbol) if self._prices is not None else None
-        plan = netting.plan(net_view(order), resting, price)
+        price, how = self.market.fair_price(order.symbol)
+        incoming = net_view(order)
+        if price is None and any(r.side != incoming.side and r.strategy_id != incoming.strategy_id for r in resting):
+            log.warning("order.not_crossed", symbol=order.symbol, reason=how)
+        plan = netting.plan(incoming, resting, price)
         for seq, cross in enumerate(plan.crosses):
             other = self.book.orders[cross.resting_order_id]
             left = await self._pull(other)
             qty = min(cross.qty, left, order.qty - order.cum_qty)
             if qty > 0:
                 log.info("order.crossed_internally", with_order=other.order_id, with_strategy=other.strategy_id,
-                         qty=fmt(qty), price=fmt(cross.price))
+                         qty=fmt(qty), price=fmt(cross.price), price_source=how)
                 self._emit(self.book.cross(order, other, qty, cross.price, seq))
             if left - max(qty, Decimal(0)) > 0 and other.order_id in self._routed:
                 await self._place(self._routed[other.order_id], other, left - max(qty, Decimal(0)),
                                   placement=len(other.alpaca_ids) + 1)
         if plan.conflict is not None:
-            log.warning("order.net_refused", reason=plan.conflict)
-            self._emit(self.book.refused_remainder(order, plan.conflict))
+            reason = plan.conflict if price is not None else f"{plan.conflict}; not crossed inside the desk: {how}"
+            log.warning("order.net_refused", reason=reason)
+            self._emit(self.book.refused_remainder(order, reason))
             return Decimal(0)
         return order.qty - order.cum_qty
 
@@ -474,6 +560,7 @@ class AlpacaBroker:
         return []
 
     async def on_market_data(self, update: MarketUpdate) -> Reports:
+        self.market.update(update)
         return []
 
     async def shutdown(self) -> Reports:
@@ -572,4 +659,5 @@ def alpaca_config(settings: Any) -> AlpacaConfig:
         stream_url=settings.alpaca_stream_url, timeout=settings.alpaca_timeout,
         retry_budget=settings.alpaca_retry_budget, retry_backoff=settings.alpaca_retry_backoff,
         reconcile_lookback=settings.alpaca_reconcile_lookback, reconnect_backoff=settings.alpaca_reconnect_backoff,
+        cross_max_age=settings.alpaca_cross_max_age,
     )

@@ -1,0 +1,1 @@
+"""Repository tools (not installed with the desk): ``python -m tools.<name>``."""
