@@ -79,7 +79,7 @@ def one(count: int, which: str) -> dict[str, float]:
     elif which == "example":  # strategies/ma_crossover, params 10/30
         from pathlib import Path
 
-        from strategy_sdk.runner import load_strategy_class
+        from strategy_sdk.loading import load_strategy_class
 
         cls = load_strategy_class(Path("strategies/ma_crossover/strategy.py"), "bench_ma")
         config = {"symbols": ["AAPL"], "params": {"fast": 10, "slow": 30, "qty": 10}}

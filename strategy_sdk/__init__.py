@@ -5,8 +5,9 @@ Depends only on nats-py, protobuf, the generated wire (``desk.v1``) and the pure
 live in :mod:`strategy_sdk.testing`.
 """
 
+from strategy_sdk.client import SDK_VERSION
 from strategy_sdk.models import Bar, CancelResult, Fill, OpenOrder, OrderResult, OrderUpdate, Quote, Trade
-from strategy_sdk.runner import SDK_VERSION, run_strategy
+from strategy_sdk.runner import run_strategy
 from strategy_sdk.strategy import Strategy
 
 __version__ = SDK_VERSION

@@ -7,7 +7,8 @@ import asyncio
 import signal
 import sys
 
-from strategy_sdk.runner import SDK_VERSION, configure_logging, run_strategy
+from strategy_sdk.client import SDK_VERSION
+from strategy_sdk.runner import configure_logging, run_strategy
 
 EPILOG = """\
 environment:

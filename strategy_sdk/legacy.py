@@ -25,17 +25,16 @@ import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from desk.bus import codec
 from desk.bus.decimals import fmt
 from desk.bus.errors import DeskError
 from desk.v1 import marketdata_pb2
-
-if TYPE_CHECKING:
-    from strategy_sdk.runner import RunnerConfig
+from strategy_sdk.client import EXIT_CONNECT, connect_nats, heartbeat_loop, subscribe, unsubscribe_all
+from strategy_sdk.config import RunnerConfig
 
 __all__ = ["bar_to_json_line", "child_env", "run_legacy"]
 
@@ -93,55 +92,91 @@ def child_env(cfg: RunnerConfig, base: dict[str, str] | None = None) -> dict[str
     return env
 
 
-async def run_legacy(cfg: RunnerConfig, stop_event: asyncio.Event) -> int:
-    """Run an old-desk strategy as a child process until it exits or ``stop_event`` is set."""
-    from strategy_sdk.runner import EXIT_CONNECT, connect_nats, heartbeat_loop
+class _Feed:
+    """Bars from the bus to the child's stdin, one JSON line each, and the counts its heartbeat reports."""
 
-    try:
-        nc = await connect_nats(cfg.nats_url, cfg.strategy_id)
-    except Exception as exc:  # noqa: BLE001 - any connect failure is reported as exit code 1
-        log.error("nats.connect_failed: %s: %r", cfg.nats_url, exc)
-        return EXIT_CONNECT
-    bars_seen = 0
-    errors = 0
-    last_error = ""
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.bars_seen = 0
+        self.errors = 0
+        self.last_error = ""
+        self.writing_since: float | None = None  # when the write now blocked on the child's stdin began
 
-    async def on_bar(msg: Msg) -> None:
-        nonlocal errors, last_error
+    def stats(self) -> tuple[int, int, int, str]:
+        return self.bars_seen, 0, self.errors, self.last_error
+
+    async def on_bar(self, msg: Msg) -> None:
         try:
             line = bar_to_json_line(codec.decode(msg.data, marketdata_pb2.Bar, msg.headers or {}))
         except (DeskError, ArithmeticError, ValueError) as exc:
-            errors += 1
-            last_error = f"bad bar on {msg.subject}: {exc}"
+            self.errors += 1
+            self.last_error = f"bad bar on {msg.subject}: {exc}"
             log.warning("message.undecodable on %s: %s", msg.subject, exc)
             return
-        queue.put_nowait(line)
+        self.queue.put_nowait(line)
 
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(cfg.file), cwd=str(cfg.folder), env=child_env(cfg), stdin=asyncio.subprocess.PIPE,
-    )
-    log.info("legacy.started: %s pid %d (old-desk strategy fed on stdin)", cfg.strategy_id, proc.pid)
-    assert proc.stdin is not None
-    stdin = proc.stdin
-
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    writing_since: float | None = None  # when the write now blocked on the child's stdin began
-
-    async def feed() -> None:
-        nonlocal bars_seen, writing_since
+    async def feed(self, stdin: asyncio.StreamWriter) -> None:
         while True:
-            line = await queue.get()
-            writing_since = loop.time()
+            line = await self.queue.get()
+            self.writing_since = self.loop.time()
             try:
                 stdin.write(line)
                 await stdin.drain()
             except (BrokenPipeError, ConnectionResetError):
                 return  # the child is gone; its exit decides what happens next
             finally:
-                writing_since = None
-            bars_seen += 1
+                self.writing_since = None
+            self.bars_seen += 1
+
+
+async def _end_child(proc: asyncio.subprocess.Process, exited: asyncio.Task[int], stdin: asyncio.StreamWriter) -> None:
+    """On a requested stop: close the child's stdin, then terminate it, then kill it, a grace period apart."""
+    stdin.close()
+    try:
+        await asyncio.wait_for(asyncio.shield(exited), GRACE_SECONDS)
+    except TimeoutError:
+        log.info("legacy.terminate: child still running %ss after stdin closed", GRACE_SECONDS)
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(asyncio.shield(exited), GRACE_SECONDS)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
+
+async def _clean_up(proc: asyncio.subprocess.Process, stdin: asyncio.StreamWriter, heartbeat: asyncio.Task[None],
+                    nc: Client) -> None:
+    """Whatever happened: no more beats, no child left behind, the connection drained."""
+    heartbeat.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await heartbeat
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+    stdin.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(nc.drain(), timeout=10)
+
+
+async def run_legacy(cfg: RunnerConfig, stop_event: asyncio.Event) -> int:
+    """Run an old-desk strategy as a child process until it exits or ``stop_event`` is set."""
+    try:
+        nc = await connect_nats(cfg.nats_url, cfg.strategy_id)
+    except Exception as exc:  # noqa: BLE001 - any connect failure is reported as exit code 1
+        log.error("nats.connect_failed: %s: %r", cfg.nats_url, exc)
+        return EXIT_CONNECT
+    loop = asyncio.get_running_loop()
+    bars = _Feed(loop)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(cfg.file), cwd=str(cfg.folder), env=child_env(cfg), stdin=asyncio.subprocess.PIPE,
+    )
+    log.info("legacy.started: %s pid %d (old-desk strategy fed on stdin)", cfg.strategy_id, proc.pid)
+    assert proc.stdin is not None
+    stdin = proc.stdin
+    started = loop.time()
 
     def alive() -> bool:
         """Heartbeats only for a child that has lived one interval (code that cannot load dies first)
@@ -149,53 +184,29 @@ async def run_legacy(cfg: RunnerConfig, stop_event: asyncio.Event) -> int:
         now = loop.time()
         if proc.returncode is not None or now - started < cfg.heartbeat_interval:
             return False
-        return writing_since is None or now - writing_since < 2 * cfg.heartbeat_interval
+        return bars.writing_since is None or now - bars.writing_since < 2 * cfg.heartbeat_interval
 
-    subs = [await nc.subscribe(s, cb=on_bar) for s in cfg.market_subjects("bar")]
+    subs = await subscribe(nc, cfg.market_subjects("bar"), bars.on_bar)
     await nc.flush()
-    feeder = asyncio.create_task(feed(), name="legacy-feed")
+    feeder = asyncio.create_task(bars.feed(stdin), name="legacy-feed")
     heartbeat = asyncio.create_task(
-        heartbeat_loop(nc, cfg.strategy_id, cfg.heartbeat_interval, lambda: (bars_seen, 0, errors, last_error),
-                       alive),
-        name="heartbeat",
+        heartbeat_loop(nc, cfg.strategy_id, cfg.heartbeat_interval, bars.stats, alive), name="heartbeat",
     )
     exited = asyncio.create_task(proc.wait())
     stop_wait = asyncio.create_task(stop_event.wait())
     try:
         await asyncio.wait({exited, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         stopped = not exited.done()
-        for sub in subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        await unsubscribe_all(subs)
         feeder.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await feeder
         if stopped:
-            stdin.close()
-            try:
-                await asyncio.wait_for(asyncio.shield(exited), GRACE_SECONDS)
-            except TimeoutError:
-                log.info("legacy.terminate: child still running %ss after stdin closed", GRACE_SECONDS)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-                try:
-                    await asyncio.wait_for(asyncio.shield(exited), GRACE_SECONDS)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
+            await _end_child(proc, exited, stdin)
         code = await exited
     finally:
         stop_wait.cancel()
-        heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-        stdin.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(nc.drain(), timeout=10)
+        await _clean_up(proc, stdin, heartbeat, nc)
     if stopped:
         log.info("legacy.stopped: %s child exit code %s", cfg.strategy_id, code)
         return 0

@@ -51,13 +51,8 @@ def _ns(text: str, option: str, *, end: bool) -> int | None:
 
 
 def _load_strategy(path: Path) -> tuple[Path, type[Any], dict[str, Any]]:
-    from strategy_sdk.runner import (
-        StrategyLoadError,
-        is_legacy_source,
-        load_config,
-        load_strategy_class,
-        resolve_strategy_path,
-    )
+    from strategy_sdk.config import load_config
+    from strategy_sdk.loading import StrategyLoadError, is_legacy_source, load_strategy_class, resolve_strategy_path
 
     try:
         folder, file = resolve_strategy_path(path)

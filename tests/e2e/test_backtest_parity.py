@@ -55,7 +55,8 @@ from desk.core.matching import SimConfig
 from desk.data import loaders
 from desk.v1 import executions_pb2, strategy_pb2
 from strategy_sdk import Bar
-from strategy_sdk.runner import load_config, load_strategy_class
+from strategy_sdk.config import load_config
+from strategy_sdk.loading import load_strategy_class
 from strategy_sdk.testing import BacktestResult, bars_from_csv, run_backtest
 from tests.support import LEDGER_ACKS, DeskUp, follow, free_port, ledger_caught_up, poll
 

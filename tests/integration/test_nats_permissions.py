@@ -19,7 +19,7 @@ from desk.bus import auth, codec, subjects
 from desk.bus import testing as bus_testing
 from desk.bus.testing import NatsServer
 from desk.v1 import executions_pb2, orders_pb2
-from strategy_sdk.runner import connect_nats
+from strategy_sdk.client import connect_nats
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from strategy_sdk import Strategy
-from strategy_sdk.runner import is_legacy_source, load_strategy_class
+from strategy_sdk.loading import is_legacy_source, load_strategy_class
 from strategy_sdk.testing import make_bars, random_walk_bars, run_backtest
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ from desk.bus.connect import connect
 from desk.bus.servers import open_connection
 from desk.bus.settings import BusSettings
 from desk.bus.testing import NatsServer
-from strategy_sdk.runner import connect_nats
+from strategy_sdk.client import connect_nats
 from tests.support import free_port
 
 
