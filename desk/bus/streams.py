@@ -1,6 +1,16 @@
-"""JetStream streams and KV buckets of the desk, declared once and created idempotently."""
+"""JetStream streams and KV buckets of the desk, declared once.
+
+Services create what is missing when they start and check, never change, what exists
+(:func:`ensure_stream`: a warning lists what differs). Replicas and limits are set by one explicit,
+idempotent step, :func:`provision` (``desk provision``, run by ``desk up``): an operator's R3 is not
+undone by a service starting.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -10,7 +20,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from desk.bus import subjects
@@ -64,27 +74,127 @@ BUCKETS: dict[str, KeyValueConfig] = {
 }
 
 
+#: The settings of a stream the desk declares and checks (what the desk's correctness depends on).
+CHECKED = ("subjects", "retention", "storage", "max_age", "duplicate_window", "discard", "max_msgs_per_subject")
+
+
+def _same(have: object, want: object) -> bool:
+    if isinstance(want, float) and isinstance(have, (int, float)):
+        return abs(have - want) < 1e-6
+    if isinstance(want, list) and isinstance(have, list):
+        return sorted(have) == sorted(want)
+    return have == want
+
+
+def differences(found: StreamConfig, wanted: StreamConfig, fields: tuple[str, ...] = CHECKED) -> dict[str, tuple[object, object]]:
+    """The ``fields`` ``wanted`` sets that ``found`` has otherwise: name -> (found, wanted)."""
+    out: dict[str, tuple[object, object]] = {}
+    for name in fields:
+        want = getattr(wanted, name)
+        if want is None:
+            continue
+        have = getattr(found, name)
+        if not _same(have, want):
+            out[name] = (have, want)
+    return out
+
+
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create ``config``'s stream, or bring an existing one up to ``config``."""
+    """A service's start: create ``config``'s stream when it is missing (one replica unless the config
+    says otherwise); an existing one is checked, never changed — a warning lists what differs.
+    Changing streams (replicas, limits) is :func:`provision`'s: ``desk provision``, run by ``desk up``."""
     try:
-        await js.add_stream(config)
-    except BadRequestError:
-        await js.update_stream(config)
-        log.info("stream.updated", stream=config.name)
+        info = await js.stream_info(config.name or "")
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+            log.info("stream.created", stream=config.name, replicas=config.num_replicas or 1)
+            return
+        except BadRequestError:  # created meanwhile by another service
+            info = await js.stream_info(config.name or "")
+    diff = differences(info.config, config)
+    if diff:
+        log.warning("stream.differs", stream=config.name, differences={k: f"{v[0]!r} (desk: {v[1]!r})" for k, v in diff.items()},
+                    hint="run `desk provision` to bring it to the desk's settings")
 
 
 async def ensure_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
-    """Open KV ``bucket`` (one of :data:`BUCKETS`), creating it if needed."""
-    config = BUCKETS[bucket]
+    """Open KV ``bucket`` (one of :data:`BUCKETS`), creating it (one replica) if it is missing; an
+    existing bucket is used as it is."""
     try:
-        return await js.create_key_value(config)
-    except BadRequestError:
+        return await js.key_value(bucket)
+    except (NotFoundError, BucketNotFoundError):
+        pass
+    try:
+        return await js.create_key_value(BUCKETS[bucket])
+    except BadRequestError:  # created meanwhile
         return await js.key_value(bucket)
 
 
 async def ensure_all(js: JetStreamContext) -> None:
-    """Every stream and bucket; ``desk up`` calls it once so services start in any order."""
+    """Every stream and bucket, created where missing (tests; ``desk up`` provisions instead)."""
     await ensure_stream(js, EXECUTIONS)
     await ensure_stream(js, ORDERS)
     for bucket in BUCKETS:
         await ensure_bucket(js, bucket)
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """What :func:`provision` did to one stream or bucket: ``created``, ``updated`` (with the changes)
+    or ``unchanged``."""
+
+    kind: str  # "stream" or "bucket"
+    name: str
+    action: str
+    changes: dict[str, tuple[object, object]]
+    replicas: int
+
+
+def _bucket_stream(bucket: str, replicas: int) -> StreamConfig:
+    """The stream behind KV ``bucket`` as nats-py's create_key_value makes it, with ``replicas``."""
+    config = BUCKETS[bucket]
+    return StreamConfig(
+        name=f"KV_{bucket}", description=config.description, subjects=[f"$KV.{bucket}.>"],
+        max_msgs_per_subject=config.history, max_age=config.ttl, storage=config.storage,
+        num_replicas=replicas,
+    )
+
+
+async def provision(js: JetStreamContext, replicas: int = 1, *, log_actions: bool = True) -> list[Provisioned]:
+    """Bring every stream and bucket of the desk to its declared settings with ``replicas`` copies:
+    create what is missing, update what differs (replicas included, up or down: this is the operator's
+    explicit step), leave the rest. Idempotent: a second run reports everything ``unchanged``.
+    ``log_actions``: log each creation and update (a command prints them itself)."""
+    if not 1 <= replicas <= 5:
+        raise ValueError(f"replicas must be 1 to 5, got {replicas}")
+    done: list[Provisioned] = []
+    wanted: list[tuple[str, str, StreamConfig]] = [
+        ("stream", c.name or "", dataclasses.replace(c, num_replicas=replicas)) for c in (EXECUTIONS, ORDERS)]
+    wanted += [("bucket", b, _bucket_stream(b, replicas)) for b in BUCKETS]
+    for kind, name, config in wanted:
+        stream = config.name or ""
+        try:
+            info = await js.stream_info(stream)
+        except NotFoundError:
+            if kind == "stream":
+                await js.add_stream(config)
+            else:
+                await js.create_key_value(dataclasses.replace(BUCKETS[name], replicas=replicas))
+            done.append(Provisioned(kind, name, "created", {}, replicas))
+            if log_actions:
+                log.info("provision.created", kind=kind, name=name, replicas=replicas)
+            continue
+        fields = (*CHECKED, "num_replicas") if kind == "stream" else ("max_msgs_per_subject", "max_age", "num_replicas")
+        diff = differences(info.config, config, fields)
+        if not diff:
+            done.append(Provisioned(kind, name, "unchanged", {}, info.config.num_replicas or 1))
+            continue
+        changes: dict[str, Any] = {k: v[1] for k, v in diff.items()}
+        update = dataclasses.replace(info.config, **changes)
+        await js.update_stream(update)
+        done.append(Provisioned(kind, name, "updated", diff, replicas))
+        if log_actions:
+            log.info("provision.updated", kind=kind, name=name,
+                     changes={k: f"{a!r} -> {b!r}" for k, (a, b) in diff.items()})
+    return done

@@ -26,6 +26,7 @@ from nats.aio.client import Client
 from desk.bus import auth, streams
 from desk.bus.logging import get_logger
 from desk.bus.process import die_with_parent, terminate, wait_until_serving
+from desk.bus.servers import open_connection
 from desk.bus.testing import NatsServer
 
 log = get_logger("desk.up")
@@ -178,9 +179,12 @@ class EmbeddedDesk:
             return 1
         code = 0
         try:
-            nc = await nats.connect(self.server.url, user=auth.ADMIN_USER, password=passwords[auth.ADMIN_USER])
+            nc = await open_connection(self.server.url, forever=True, user=auth.ADMIN_USER,
+                                       password=passwords[auth.ADMIN_USER])
             try:
-                await streams.ensure_all(nc.jetstream())
+                for done in await streams.provision(nc.jetstream(), replicas=1):  # one server: one copy
+                    if done.action != "unchanged":
+                        log.info("desk.provisioned", kind=done.kind, name=done.name, action=done.action)
                 env = self._env(self.server.url)
                 for name in SERVICES:
                     user = auth.service_user(name)

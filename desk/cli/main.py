@@ -21,6 +21,7 @@ from desk.bus import codec, subjects
 from desk.bus.errors import DeskError
 from desk.bus.logging import configure_logging
 from desk.bus.request import request
+from desk.bus.servers import open_connection
 from desk.cli.backtest_cmd import backtest as backtest_command
 from desk.cli.data_cmd import data_app
 from desk.cli.render import console, enum_name, err_console, money, print_json, signed_money, table, ts
@@ -42,6 +43,8 @@ R = TypeVar("R", bound=Message)
 #: Seconds deploy, start, restart and stop wait by default: the orchestrator answers them once the
 #: strategy has sent its first heartbeat or exited, within ORCH_START_TIMEOUT (30 s), and a stop may
 #: take ORCH_STOP_TIMEOUT (10 s) before SIGKILL.
+#: Seconds to reach NATS (each server of the list once); generous, so a busy machine is not "no desk".
+CONNECT_TIMEOUT = 5.0
 LIFECYCLE_TIMEOUT = 60.0
 
 
@@ -53,7 +56,7 @@ class Options:
     credentials: Path = Path("var/credentials/cli.json")
 
 
-def nats_auth() -> dict[str, str]:
+def nats_auth() -> dict[str, Any]:
     """The CLI's NATS identity: NATS_USER/NATS_PASSWORD, else the embedded desk's credentials file
     (written by `desk up`), else none (a desk without authorization)."""
     import json
@@ -113,17 +116,12 @@ def _call(subject: str, message: Message, reply_type: type[R], who: str, timeout
     wait = opts.timeout if timeout is None else timeout
 
     async def go() -> R:
-        seen: list[Exception] = []
-
-        async def quiet(exc: Exception) -> None:  # the failure is reported once, below
-            seen.append(exc)
-
+        seen: list[Exception] = []  # what nats-py reported: a refused login or an unreachable server
         try:
-            # max_reconnect_attempts must be > 0 for nats-py to give up on an unreachable server
-            nc = await nats.connect(
-                opts.nats_url, connect_timeout=2, max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=quiet,
-                **nats_auth(),
-            )
+            nc = await open_connection(opts.nats_url, forever=False, connect_timeout=CONNECT_TIMEOUT, errors=seen,
+                                       **nats_auth())
+        except ValueError as exc:  # not a server address
+            raise DeskError("BAD_URL", f"--nats-url / NATS_URL: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - any connect failure means the same thing to the user
             if any(isinstance(e, nats.errors.AuthorizationError) or "authorization" in str(e).lower() for e in seen):
                 raise DeskError(
@@ -601,7 +599,7 @@ def reconcile(
         account = rc.Account(positions=list(broker.positions))
 
     async def books() -> rc.Books:
-        nc = await nats.connect(opts.nats_url, connect_timeout=2, max_reconnect_attempts=1, **nats_auth())
+        nc = await open_connection(opts.nats_url, forever=False, connect_timeout=CONNECT_TIMEOUT, **nats_auth())
         try:
             return await rc.fetch_books(nc, since_ns, venue, timeout=opts.timeout)
         finally:
@@ -679,6 +677,46 @@ def resume(
 ) -> None:
     """Lift a halt."""
     _halt(subjects.RISK_RESUME, name, "", as_json)
+
+
+# -------------------------------------------------------------------------------------- provision
+
+
+@app.command()
+def provision(
+    replicas: Annotated[int, typer.Option(min=1, max=5, envvar="JS_REPLICAS",
+                                          help="Copies of every stream and bucket (3 on a 3-node cluster).")] = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create or bring every JetStream stream and KV bucket of the desk to its settings, with REPLICAS
+    copies. Idempotent (run it again: everything is unchanged); the one step that changes streams —
+    services only create what is missing and warn about what differs. `desk up` runs it."""
+    from desk.bus import streams
+
+    async def go() -> list[streams.Provisioned]:
+        try:
+            nc = await open_connection(opts.nats_url, forever=False, connect_timeout=CONNECT_TIMEOUT, **nats_auth())
+        except Exception as exc:  # noqa: BLE001 - any connect failure means the same thing to the user
+            raise DeskError("NO_DESK", f"cannot reach NATS at {opts.nats_url} ({exc!r})") from None
+        try:
+            return await streams.provision(nc.jetstream(), replicas, log_actions=False)  # printed below
+        finally:
+            await nc.close()
+
+    try:
+        done = asyncio.run(go())
+    except DeskError as err:
+        _fail(err.message)
+    except Exception as exc:  # noqa: BLE001 - JetStream refused (e.g. more replicas than servers)
+        _fail(f"provisioning failed: {exc!r}")
+    if as_json:
+        print_json([{"kind": d.kind, "name": d.name, "action": d.action, "replicas": d.replicas,
+                     "changes": {k: [str(a), str(b)] for k, (a, b) in d.changes.items()}} for d in done])
+        return
+    for d in done:
+        changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in d.changes.items())
+        console.print(f"{d.kind:6} {d.name:18} {d.action:9} R{d.replicas}" + (f"  ({changes})" if changes else ""),
+                      highlight=False, markup=False)
 
 
 # ----------------------------------------------------------------------------------------- decode
