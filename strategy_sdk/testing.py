@@ -544,6 +544,131 @@ def _long_run_gc() -> Iterator[None]:
             gc.unfreeze()
 
 
+def _sim_model(sim_config: SimConfig | None, fee_bps: Decimal | int | str | None,
+               slippage_bps: Decimal | int | str | None) -> SimConfig:
+    """The venue model: ``sim_config`` (default: the sim gateway's ``SIM_*`` defaults), fee and slippage
+    overridden when given."""
+    sim = sim_config or SimConfig()
+    if fee_bps is not None:
+        sim = dataclasses.replace(sim, fee_bps=Decimal(fee_bps))
+    if slippage_bps is not None:
+        sim = dataclasses.replace(sim, slippage_bps=Decimal(slippage_bps))
+    return sim
+
+
+class _Run:
+    """One backtest: the strategy attached to an in-process desk, the bars replayed through it."""
+
+    def __init__(self, instance: Strategy, desk: _Desk, context: StrategyContext,
+                 symbols: frozenset[str]) -> None:
+        self.instance = instance
+        self.desk = desk
+        self.context = context
+        self.account = context.account
+        self.symbols = symbols
+        self.fills: list[Fill] = []
+        self.updates: list[OrderUpdate] = []
+        self.messages: list[str] = []
+        self.equity = EquityCurve()
+        # A hook the strategy does not override is the base class's no-op: not calling it changes nothing.
+        self.fill_hook = _overrides(instance, "on_fill")
+        self.update_hook = _overrides(instance, "on_order_update")
+
+    def failed(self, name: str, exc: Exception) -> None:
+        context = self.context
+        context.errors += 1
+        context.last_error = f"{name}: {exc!r}"
+        self.messages.append(context.last_error)
+        context.log.error("strategy.hook_failed in %s: %r", name, exc, exc_info=exc)
+
+    async def safe(self, name: str, *args: Any) -> None:
+        try:
+            await call_hook(getattr(self.instance, name), *args)
+        except Exception as exc:  # noqa: BLE001 - a hook's error is counted and logged; the run goes on, as live
+            self.failed(name, exc)
+
+    async def drain(self) -> None:
+        """The venue's queued reports, booked by the strategy's account and handed to its hooks."""
+        queue, apply = self.desk.queue, self.account.apply
+        while queue:
+            booked = apply(queue.popleft())
+            if booked is None:
+                continue
+            fill, update = booked
+            if fill is not None:
+                self.fills.append(fill)
+                if self.fill_hook:
+                    await self.safe("on_fill", fill)
+            self.updates.append(update)
+            if self.update_hook:
+                await self.safe("on_order_update", update)
+
+    async def replay(self, bars: Iterable[Bar | Mapping[str, Any]]) -> tuple[int, Decimal]:
+        """Every bar: the desk sees its tick, then ``on_bar``, then the reports; the equity after it.
+        Returns the number of bars and the final equity (exact)."""
+        account, desk, queue, symbols = self.account, self.desk, self.desk.queue, self.symbols
+        on_bar = self.instance.on_bar
+        bar_is_async = inspect.iscoroutinefunction(on_bar)
+        interval_of = _intervals(bars)
+        # Equity = cash + the held symbols at their last price; recomputed only from symbols with positions.
+        held: list[tuple[str, Decimal]] = []
+        value = account.cash
+        value_f = float(value)
+        books_changed = False
+        prices, desk_bar, record_bar = desk.prices, desk.on_bar, self.context.record_bar
+        ts_append, value_append = self.equity.ts.append, self.equity.values.append
+        index = -1
+        for raw in bars:
+            bar = raw if type(raw) is Bar else to_bar(raw)
+            if symbols and bar.symbol not in symbols:
+                continue
+            index += 1
+            desk.bar_index = index
+            desk_bar(bar, interval_of(bar))
+            record_bar(bar)
+            try:
+                if bar_is_async:
+                    await on_bar(bar)
+                else:
+                    await call_hook(on_bar, bar)
+            except Exception as exc:  # noqa: BLE001 - as in safe()
+                self.failed("on_bar", exc)
+            if queue:
+                await self.drain()
+                books_changed = True
+            if books_changed:
+                held = [(s, q) for s, q in account.positions.items() if q]
+                books_changed = False
+                if not held:
+                    value = account.cash
+                    value_f = float(value)
+            if held:
+                value = account.cash
+                for s, q in held:
+                    value += q * prices[s]
+                value_f = float(value)
+            ts_append(bar.start_ns)
+            value_append(value_f)
+        return index + 1, value
+
+    async def run(self, bars: Iterable[Bar | Mapping[str, Any]]) -> BacktestResult:
+        await call_hook(self.instance.on_start)
+        await self.drain()
+        with _long_run_gc():
+            count, value = await self.replay(bars)
+        self.equity.final = value if count else None
+        self.desk.bar_index = count
+        await self.safe("on_stop")
+        await self.drain()
+        account = self.account
+        return BacktestResult(
+            fills=self.fills, orders=self.desk.order_list, updates=self.updates,
+            positions={s: q for s, q in account.positions.items() if q != 0}, cash=account.cash,
+            equity_curve=self.equity, errors=self.context.errors, error_messages=self.messages,
+            raw_reports=self.desk.all_reports,
+        )
+
+
 async def run_backtest_async(
     strategy: Strategy | type[Strategy],
     bars: Iterable[Bar | Mapping[str, Any]],
@@ -567,114 +692,16 @@ async def run_backtest_async(
     risk = _risk_limits(config.get("risk"))
     if allow_short is not None:
         risk.allow_short = allow_short
-    limits = Limits.resolve(risk, risk_defaults)
-    sim = sim_config or SimConfig()
-    if fee_bps is not None:
-        sim = dataclasses.replace(sim, fee_bps=Decimal(fee_bps))
-    if slippage_bps is not None:
-        sim = dataclasses.replace(sim, slippage_bps=Decimal(slippage_bps))
-    symbols = frozenset(str(s) for s in config.get("symbols") or [])
-
-    account = Account(cash=cash)
-    desk = _Desk(strategy_id, member_id, initial_cash=cash, limits=limits, sim_config=sim,
-                 feed_every_tick=feed_every_tick, record_reports=record_reports)
+    desk = _Desk(strategy_id, member_id, initial_cash=cash, limits=Limits.resolve(risk, risk_defaults),
+                 sim_config=_sim_model(sim_config, fee_bps, slippage_bps), feed_every_tick=feed_every_tick,
+                 record_reports=record_reports)
     context = StrategyContext(strategy_id=strategy_id, member_id=member_id, config=config,
-                              account=account, gateway=desk, log=logging.getLogger(f"strategy.{strategy_id}"),
-                              history_size=history_size(config),
+                              account=Account(cash=cash), gateway=desk,
+                              log=logging.getLogger(f"strategy.{strategy_id}"), history_size=history_size(config),
                               new_client_order_id=_numbered_ids(strategy_id))
     instance.attach(context)
-    fills: list[Fill] = []
-    updates: list[OrderUpdate] = []
-    messages: list[str] = []
-    equity = EquityCurve()
-    queue = desk.queue
-
-    def failed(name: str, exc: Exception) -> None:
-        context.errors += 1
-        context.last_error = f"{name}: {exc!r}"
-        messages.append(context.last_error)
-        context.log.error("strategy.hook_failed in %s: %r", name, exc, exc_info=exc)
-
-    async def safe(name: str, *args: Any) -> None:
-        try:
-            await call_hook(getattr(instance, name), *args)
-        except Exception as exc:  # noqa: BLE001 - a hook's error is counted and logged; the run goes on, as live
-            failed(name, exc)
-
-    # A hook the strategy does not override is the base class's no-op: not calling it changes nothing.
-    fill_hook = _overrides(instance, "on_fill")
-    update_hook = _overrides(instance, "on_order_update")
-
-    async def drain() -> None:
-        while queue:
-            booked = account.apply(queue.popleft())
-            if booked is None:
-                continue
-            fill, update = booked
-            if fill is not None:
-                fills.append(fill)
-                if fill_hook:
-                    await safe("on_fill", fill)
-            updates.append(update)
-            if update_hook:
-                await safe("on_order_update", update)
-
-    on_bar = instance.on_bar
-    bar_is_async = inspect.iscoroutinefunction(on_bar)
-    interval_of = _intervals(bars)
-    await call_hook(instance.on_start)
-    await drain()
-    # Equity = cash + the held symbols at their last price; recomputed only from symbols with positions.
-    held: list[tuple[str, Decimal]] = []
-    value = account.cash
-    value_f = float(value)
-    books_changed = False
-    prices = desk.prices
-    desk_bar = desk.on_bar
-    record_bar = context.record_bar
-    ts_append, value_append = equity.ts.append, equity.values.append
-    index = -1
-    with _long_run_gc():
-        for raw in bars:
-            bar = raw if type(raw) is Bar else to_bar(raw)
-            if symbols and bar.symbol not in symbols:
-                continue
-            index += 1
-            desk.bar_index = index
-            desk_bar(bar, interval_of(bar))
-            record_bar(bar)
-            try:
-                if bar_is_async:
-                    await on_bar(bar)
-                else:
-                    await call_hook(on_bar, bar)
-            except Exception as exc:  # noqa: BLE001 - as in safe()
-                failed("on_bar", exc)
-            if queue:
-                await drain()
-                books_changed = True
-            if books_changed:
-                held = [(s, q) for s, q in account.positions.items() if q]
-                books_changed = False
-                if not held:
-                    value = account.cash
-                    value_f = float(value)
-            if held:
-                value = account.cash
-                for s, q in held:
-                    value += q * prices[s]
-                value_f = float(value)
-            ts_append(bar.start_ns)
-            value_append(value_f)
-    equity.final = value if len(equity) else None
-    desk.bar_index = index + 1
-    await safe("on_stop")
-    await drain()
-    return BacktestResult(
-        fills=fills, orders=desk.order_list, updates=updates,
-        positions={s: q for s, q in account.positions.items() if q != 0}, cash=account.cash,
-        equity_curve=equity, errors=context.errors, error_messages=messages, raw_reports=desk.all_reports,
-    )
+    symbols = frozenset(str(s) for s in config.get("symbols") or [])
+    return await _Run(instance, desk, context, symbols).run(bars)
 
 
 def run_backtest(
