@@ -18,12 +18,11 @@ bar): such an order is counted in ``unfilled``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import resource
 import sys
 import time
 from typing import Any
+
+from peer_cli import main, peak_rss_mb  # bench/peers/ is the script's own folder
 
 
 def run(files: list[str], fast: int = 10, slow: int = 30, size: int = 10) -> dict[str, Any]:
@@ -75,25 +74,10 @@ def run(files: list[str], fast: int = 10, slow: int = 30, size: int = 10) -> dic
     return {
         "engine": "backtrader", "version": version("backtrader"), "bars": count, "symbols": len(files),
         "seconds": round(seconds, 3), "import_s": round(import_s, 3),
-        "bars_per_s": round(count / seconds), "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "bars_per_s": round(count / seconds), "peak_rss_mb": round(peak_rss_mb(), 1),
         "orders": buys + sells, "buys": buys, "sells": sells, "round_trips": sells, "unfilled": unfilled,
     }
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", nargs="+", required=True, help="desk CSV files, one symbol each")
-    parser.add_argument("--fast", type=int, default=10)
-    parser.add_argument("--slow", type=int, default=30)
-    parser.add_argument("--size", type=int, default=10)
-    args = parser.parse_args(argv)
-    print(json.dumps(run(args.data, args.fast, args.slow, args.size)), flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(run, __doc__ or ""))

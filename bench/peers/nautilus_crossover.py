@@ -22,12 +22,11 @@ opened flat and closed whole, so the two give the same orders and round trips.
 
 from __future__ import annotations
 
-import argparse
-import json
-import resource
 import sys
 import time
 from typing import Any
+
+from peer_cli import main, peak_rss_mb  # bench/peers/ is the script's own folder
 
 PRICE_PRECISION = 4  # the bench's files have 4 decimals (see bench/backtest.py: exact ties are then rare)
 
@@ -131,25 +130,10 @@ def run(files: list[str], fast: int = 10, slow: int = 30, size: int = 10) -> dic
     return {
         "engine": "nautilus_trader", "version": version("nautilus_trader"), "bars": count, "symbols": len(files),
         "seconds": round(seconds, 3), "load_s": round(loaded_s, 3), "import_s": round(import_s, 3),
-        "bars_per_s": round(count / seconds), "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "bars_per_s": round(count / seconds), "peak_rss_mb": round(peak_rss_mb(), 1),
         "orders": buys + sells, "buys": buys, "sells": sells, "round_trips": sells,
     }
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", nargs="+", required=True, help="desk CSV files, one symbol each")
-    parser.add_argument("--fast", type=int, default=10)
-    parser.add_argument("--slow", type=int, default=30)
-    parser.add_argument("--size", type=int, default=10)
-    args = parser.parse_args(argv)
-    print(json.dumps(run(args.data, args.fast, args.slow, args.size)), flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(run, __doc__ or ""))
