@@ -128,9 +128,9 @@ class SimOrder(OrderProgress):
     member_id: str
     client_order_id: str
     symbol: str
-    side: int
-    type: int
-    tif: int
+    side: common_pb2.Side
+    type: common_pb2.OrderType
+    tif: common_pb2.TimeInForce
     qty: Decimal | None  # None for a notional order until it first meets a price
     notional: Decimal | None
     limit_price: Decimal | None
@@ -138,7 +138,7 @@ class SimOrder(OrderProgress):
     submitted_ns: int
     cum_qty: Decimal = ZERO
     cost: Decimal = ZERO  # sum of fill_qty * fill_price, for the average price
-    status: int = E.ORDER_STATUS_NEW
+    status: executions_pb2.OrderStatus = E.ORDER_STATUS_NEW
     triggered: bool = False  # stop / stop-limit: the stop price has been reached
     canceled_by_request: bool = False
     reports: int = 0  # reports made for this order; numbers its execution ids
@@ -550,7 +550,8 @@ class SimEngine:
         if filled:
             self._resting.pop(order.order_id, None)
 
-    def _finish(self, order: SimOrder, status: int, exec_type: int, reports: Reports, text: str) -> None:
+    def _finish(self, order: SimOrder, status: executions_pb2.OrderStatus,
+                exec_type: executions_pb2.ExecType, reports: Reports, text: str) -> None:
         order.status = status
         self._resting.pop(order.order_id, None)
         reports.append(self._report(order, exec_type, text=text))
@@ -558,7 +559,7 @@ class SimEngine:
     def _report(
         self,
         order: SimOrder,
-        exec_type: int,
+        exec_type: executions_pb2.ExecType,
         *,
         fill_qty: Decimal | None = None,
         fill_price: Decimal | None = None,
@@ -579,12 +580,12 @@ class SimEngine:
             venue_order_id=order.venue_order_id,
             strategy_id=order.strategy_id,
             member_id=order.member_id,
-            exec_type=exec_type,  # type: ignore[arg-type]  # int values of the generated enum
-            status=order.status,  # type: ignore[arg-type]
+            exec_type=exec_type,
+            status=order.status,
             symbol=order.symbol,
-            side=order.side,  # type: ignore[arg-type]
-            type=order.type,  # type: ignore[arg-type]
-            time_in_force=order.tif,  # type: ignore[arg-type]
+            side=order.side,
+            type=order.type,
+            time_in_force=order.tif,
             order_qty=fmt(order.qty),
             notional=fmt(order.notional),
             limit_price=fmt(order.limit_price),
