@@ -141,15 +141,34 @@ class BacktestData:
         fills with symbol/side/qty/price/fee/ts_ns/client_order_id, ``equity_curve`` of
         ``(ts_ns, equity)``, bars with symbol/start_ns/close)."""
         trades = [Trade(f.symbol, f.side, f.qty, f.price, f.fee, f.ts_ns, f.client_order_id) for f in result.fills]
-        ts = [int(t) for t, _ in result.equity_curve]
-        eq = [e for _, e in result.equity_curve]
-        closes: dict[str, tuple[list[int], list[Number]]] = {}
-        for bar in bars:
-            t, c = closes.setdefault(bar.symbol, ([], []))
-            t.append(int(bar.start_ns))
-            c.append(bar.close)
-        prices = {s: PriceSeries(t, c) for s, (t, c) in closes.items()}
-        return cls(trades, ts, eq, prices, initial_cash, name, risk_free)
+        curve = result.equity_curve
+        ts: Sequence[int] | IntArray
+        eq: Sequence[Number] | FloatArray
+        if hasattr(curve, "ts") and hasattr(curve, "values"):  # the backtester's EquityCurve: its arrays as they are
+            ts = np.array(curve.ts, dtype=np.int64)
+            eq = np.array(curve.values, dtype=np.float64)
+        else:
+            ts = [int(t) for t, _ in curve]
+            eq = [e for _, e in curve]
+        return cls(trades, ts, eq, _closes(bars), initial_cash, name, risk_free)
+
+
+def _closes(bars: Iterable[Any]) -> dict[str, PriceSeries]:
+    """Each symbol's closes: from a ``desk.data.BarData``'s columns (no Bar objects), else bar by bar."""
+    if all(hasattr(bars, name) for name in ("symbols", "sym", "ts_ns", "close")):
+        data: Any = bars
+        out: dict[str, PriceSeries] = {}
+        for index, symbol in enumerate(data.symbols):
+            mask = data.sym == index
+            if mask.any():
+                out[symbol] = PriceSeries(data.ts_ns[mask], data.close[mask])
+        return out
+    closes: dict[str, tuple[list[int], list[Number]]] = {}
+    for bar in bars:
+        t, c = closes.setdefault(bar.symbol, ([], []))
+        t.append(int(bar.start_ns))
+        c.append(bar.close)
+    return {s: PriceSeries(t, c) for s, (t, c) in closes.items()}
 
 
 # Output ---------------------------------------------------------------------------------------------

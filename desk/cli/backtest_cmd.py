@@ -148,7 +148,7 @@ def backtest(
         member_id=str(config.get("user_id", "")),
     )
     name = f"{config.get('name') or folder.name} — {config.get('user_id') or 'backtest'}"
-    report_data = BacktestData.from_result(result, iter(bars), initial_cash=initial, name=name)
+    report_data = BacktestData.from_result(result, bars, initial_cash=initial, name=name)  # its columns
     metrics = compute_data(report_data)
     if html is not None:
         render_html(report_data, html, metrics)
