@@ -2,6 +2,7 @@
 
 ``metrics`` is the pure performance math (drawdown, Sharpe, benchmark), ``auth`` the operator
 session and CSRF tokens, ``reader`` the bus queries (ledger, orchestrator, router, micro), ``live``
-the NATS-to-browser fan-out (server-sent events), ``app`` the Starlette routes and ``service`` the
-async shell that serves it with uvicorn inside the service's event loop.
+the NATS-to-browser fan-out (server-sent events), ``pages`` the Starlette routes by page, ``app``
+the app that assembles them and ``service`` the async shell that serves it with uvicorn inside the
+service's event loop.
 """

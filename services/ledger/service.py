@@ -43,7 +43,8 @@ from desk.core.books import Booking, parse_booking
 from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, strategy_pb2
 from services.ledger import queries
 from services.ledger.settings import Settings
-from services.ledger.store import BatchResult, LedgerStore, now_ns
+from services.ledger.store import LedgerStore
+from services.ledger.writer import BatchResult, now_ns
 
 NAME = "ledger"
 R = TypeVar("R", bound=Message)

@@ -1,367 +1,34 @@
-"""The ledger's SQLite file: schema and migrations, the single writer's transactions, and reads.
+"""The ledger's SQLite file, opened: its two connections, the schema brought up to date, writer and reads.
 
-* One writer connection, used under an ``asyncio.Lock`` so a batch, a strategy upsert and an
-  equity snapshot never interleave inside one transaction; reads go through a second, read-only
-  connection (WAL lets it read while the writer writes).
+* Two connections, each a stdlib ``sqlite3`` connection on a thread the ledger owns
+  (:class:`~services.ledger.connection.SQLiteThread`): the writer's (:mod:`services.ledger.writer`,
+  the only one that writes, one transaction per batch) and a read-only one for the queries
+  (:mod:`services.ledger.reads`); WAL lets it read while the writer writes.
 * ``journal_mode=WAL`` and ``synchronous=FULL``: the ledger acks an execution only after its
   transaction commits, and the ack is the only thing that stops JetStream from redelivering it.
   With ``NORMAL`` a commit in WAL mode can be lost on power failure *after* we acked, which would
   lose a fill for good; ``FULL`` syncs the WAL on every commit. One commit per batch keeps the
   cost small.
-* The writer holds the committed accounts and positions in memory (loaded per key on first use) and
-  writes each one a batch touches once, with its final values; a rolled-back transaction leaves that
-  copy as it was (:class:`_WriteSet`). Rows go in as multi-row ``INSERT ... VALUES`` statements.
-* Decimals are stored as TEXT (``desk.bus.decimals.fmt``) and computed with ``Decimal`` only.
-* Idempotency: ``order_events`` and ``fills`` are keyed by ``execution_id``; a report whose
-  execution id is already stored changes nothing, so a redelivered batch books nothing twice.
+* On open, the writer migrates the file to this code's schema (:mod:`services.ledger.schema`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import decimal
-import functools
-import sqlite3
-import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Self, TypeVar, cast
+from typing import Self
 
-import aiosqlite
+from desk.core.books import Booking
+from desk.v1 import ledger_pb2
+from services.ledger import schema
+from services.ledger.connection import SQLiteThread
+from services.ledger.reads import LedgerReads
+from services.ledger.rows import AccountRow, PositionRow
+from services.ledger.writer import BatchResult, LedgerWriter
 
-from desk.bus.decimals import dec, fmt
-from desk.core.books import Account, Booking, Position
-from desk.v1 import common_pb2, executions_pb2, ledger_pb2
-
-T = TypeVar("T")
-
-# Each entry migrates the schema from version i to i + 1; append, never edit a released one.
-MIGRATIONS: list[list[str]] = [
-    [
-        """CREATE TABLE strategies (
-            strategy_id TEXT PRIMARY KEY,
-            member_id TEXT NOT NULL DEFAULT '',
-            initial_cash TEXT NOT NULL,
-            name TEXT NOT NULL DEFAULT '',
-            updated_ns INTEGER NOT NULL DEFAULT 0)""",
-        # initial_cash is kept on the account too: the cash it was opened with, so a spec arriving
-        # after the first fill (or changing the initial cash) re-bases cash by the difference.
-        """CREATE TABLE accounts (
-            strategy_id TEXT PRIMARY KEY,
-            member_id TEXT NOT NULL DEFAULT '',
-            initial_cash TEXT NOT NULL,
-            cash TEXT NOT NULL,
-            realized_pnl TEXT NOT NULL DEFAULT '0',
-            fees TEXT NOT NULL DEFAULT '0',
-            updated_ns INTEGER NOT NULL DEFAULT 0)""",
-        """CREATE TABLE orders (
-            order_id TEXT PRIMARY KEY,
-            client_order_id TEXT NOT NULL,
-            strategy_id TEXT NOT NULL REFERENCES accounts(strategy_id),
-            member_id TEXT NOT NULL DEFAULT '',
-            symbol TEXT NOT NULL DEFAULT '',
-            side TEXT NOT NULL DEFAULT '',
-            type TEXT NOT NULL DEFAULT '',
-            tif TEXT NOT NULL DEFAULT '',
-            qty TEXT NOT NULL DEFAULT '',
-            notional TEXT NOT NULL DEFAULT '',
-            limit_price TEXT NOT NULL DEFAULT '',
-            stop_price TEXT NOT NULL DEFAULT '',
-            status TEXT NOT NULL DEFAULT '',
-            filled_qty TEXT NOT NULL DEFAULT '0',
-            avg_price TEXT NOT NULL DEFAULT '',
-            venue TEXT NOT NULL DEFAULT '',
-            text TEXT NOT NULL DEFAULT '',
-            created_ns INTEGER NOT NULL,
-            updated_ns INTEGER NOT NULL)""",
-        "CREATE INDEX orders_by_strategy ON orders(strategy_id, updated_ns)",
-        "CREATE INDEX orders_by_time ON orders(updated_ns)",
-        """CREATE TABLE order_events (
-            execution_id TEXT PRIMARY KEY,
-            order_id TEXT NOT NULL REFERENCES orders(order_id),
-            exec_type TEXT NOT NULL,
-            status TEXT NOT NULL,
-            payload BLOB NOT NULL,
-            event_ns INTEGER NOT NULL)""",
-        "CREATE INDEX order_events_by_order ON order_events(order_id, event_ns)",
-        """CREATE TABLE fills (
-            execution_id TEXT PRIMARY KEY,
-            order_id TEXT NOT NULL REFERENCES orders(order_id),
-            client_order_id TEXT NOT NULL,
-            strategy_id TEXT NOT NULL REFERENCES accounts(strategy_id),
-            member_id TEXT NOT NULL DEFAULT '',
-            symbol TEXT NOT NULL,
-            side TEXT NOT NULL,
-            qty TEXT NOT NULL,
-            price TEXT NOT NULL,
-            fee TEXT NOT NULL,
-            venue TEXT NOT NULL DEFAULT '',
-            event_ns INTEGER NOT NULL)""",
-        "CREATE INDEX fills_by_strategy ON fills(strategy_id, event_ns)",
-        "CREATE INDEX fills_by_time ON fills(event_ns)",
-        """CREATE TABLE positions (
-            strategy_id TEXT NOT NULL REFERENCES accounts(strategy_id),
-            symbol TEXT NOT NULL,
-            qty TEXT NOT NULL,
-            avg_cost TEXT NOT NULL,
-            cost_basis TEXT NOT NULL,
-            realized_pnl TEXT NOT NULL,
-            fees TEXT NOT NULL,
-            updated_ns INTEGER NOT NULL,
-            PRIMARY KEY (strategy_id, symbol))""",
-        """CREATE TABLE equity_snapshots (
-            strategy_id TEXT NOT NULL,
-            ts_ns INTEGER NOT NULL,
-            equity TEXT NOT NULL,
-            cash TEXT NOT NULL,
-            realized TEXT NOT NULL,
-            unrealized TEXT NOT NULL,
-            PRIMARY KEY (strategy_id, ts_ns))""",
-        "CREATE INDEX equity_by_time ON equity_snapshots(ts_ns)",
-    ],
-]
-
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-@dataclass
-class BatchResult:
-    """What one committed batch did."""
-
-    fills_booked: int = 0
-    events_stored: int = 0
-    duplicates: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class AccountRow:
-    strategy_id: str
-    member_id: str
-    account: Account
-
-
-@dataclass(frozen=True)
-class PositionRow:
-    strategy_id: str
-    member_id: str
-    position: Position
-    updated_ns: int
-
-
-@functools.cache
-def _enum_names(enum_type: Any) -> dict[int, str]:
-    """number -> name for a protobuf enum (what ``Name`` answers), built once per enum type."""
-    return {number: str(value.name) for number, value in enum_type.DESCRIPTOR.values_by_number.items()}
-
-
-def _enum_name(enum_type: Any, value: int) -> str:
-    return _enum_names(enum_type).get(value, "")
-
-
-def _enum_value(enum_type: Any, name: str) -> int:
-    try:
-        return int(enum_type.Value(name))
-    except ValueError:
-        return 0
-
-
-_UPSERT_ORDER = """INSERT INTO orders (order_id, client_order_id, strategy_id, member_id, symbol, side, type, tif,
-       qty, notional, limit_price, stop_price, status, filled_qty, avg_price, venue, text, created_ns, updated_ns)
-   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-   ON CONFLICT(order_id) DO UPDATE SET
-       status = CASE WHEN excluded.updated_ns >= orders.updated_ns THEN excluded.status ELSE orders.status END,
-       filled_qty = CASE WHEN excluded.updated_ns >= orders.updated_ns AND excluded.filled_qty != ''
-                         THEN excluded.filled_qty ELSE orders.filled_qty END,
-       avg_price = CASE WHEN excluded.updated_ns >= orders.updated_ns AND excluded.avg_price != ''
-                        THEN excluded.avg_price ELSE orders.avg_price END,
-       text = CASE WHEN excluded.text != '' THEN excluded.text ELSE orders.text END,
-       qty = CASE WHEN orders.qty = '' THEN excluded.qty ELSE orders.qty END,
-       member_id = CASE WHEN orders.member_id = '' THEN excluded.member_id ELSE orders.member_id END,
-       symbol = CASE WHEN orders.symbol = '' THEN excluded.symbol ELSE orders.symbol END,
-       side = CASE WHEN orders.side = '' THEN excluded.side ELSE orders.side END,
-       venue = CASE WHEN orders.venue = '' THEN excluded.venue ELSE orders.venue END,
-       updated_ns = MAX(orders.updated_ns, excluded.updated_ns)"""
-_INSERT_EVENT = (
-    "INSERT INTO order_events (execution_id, order_id, exec_type, status, payload, event_ns) VALUES (?, ?, ?, ?, ?, ?)"
-)
-_INSERT_FILL = """INSERT OR IGNORE INTO fills (execution_id, order_id, client_order_id, strategy_id, member_id, symbol,
-       side, qty, price, fee, venue, event_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
-_UPSERT_POSITION = """INSERT INTO positions (strategy_id, symbol, qty, avg_cost, cost_basis, realized_pnl, fees, updated_ns)
-   VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-   ON CONFLICT(strategy_id, symbol) DO UPDATE SET qty = excluded.qty, avg_cost = excluded.avg_cost,
-       cost_basis = excluded.cost_basis, realized_pnl = excluded.realized_pnl, fees = excluded.fees,
-       updated_ns = excluded.updated_ns"""
-_UPSERT_ACCOUNT = """INSERT INTO accounts (strategy_id, member_id, initial_cash, cash, realized_pnl, fees, updated_ns)
-   VALUES (?, ?, ?, ?, ?, ?, ?)
-   ON CONFLICT(strategy_id) DO UPDATE SET member_id = excluded.member_id, initial_cash = excluded.initial_cash,
-       cash = excluded.cash, realized_pnl = excluded.realized_pnl, fees = excluded.fees,
-       updated_ns = excluded.updated_ns"""
-_UPSERT_STRATEGY = """INSERT INTO strategies (strategy_id, member_id, initial_cash, name, updated_ns)
-   VALUES (?, ?, ?, ?, ?)
-   ON CONFLICT(strategy_id) DO UPDATE SET member_id = excluded.member_id,
-       initial_cash = excluded.initial_cash, name = excluded.name, updated_ns = excluded.updated_ns"""
-#: Execution ids per ``IN (...)`` query: below SQLite's smallest host-parameter limit (999).
-_IDS_PER_QUERY = 400
-#: Most host parameters in one multi-row INSERT (SQLite's default limit is 32766 since 3.32).
-_MAX_PARAMS = 32766
-
-
-@functools.cache
-def _split_values(sql: str) -> tuple[str, str, str]:
-    """``INSERT ... VALUES (?, ...) [ON CONFLICT ...]`` -> (head, one row's ``(?, ...)``, tail)."""
-    head, _, rest = sql.partition("VALUES (")
-    group, _, tail = rest.partition(")")
-    return head + "VALUES ", f"({group})", tail
-
-
-def _insert_rows(db: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
-    """Run the one-row ``sql`` for every row in order, as few multi-row statements: returns rows changed.
-
-    One ``VALUES (...), (...), ...`` statement is one ``sqlite3_step`` (rows are inserted, and
-    ON CONFLICT clauses applied, in order), where ``executemany`` steps, and hands the GIL back and
-    forth with the event loop's thread, once per row.
-    """
-    if not rows:
-        return 0
-    head, group, tail = _split_values(sql)
-    width = len(rows[0])
-    limit = min(_MAX_PARAMS, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
-    per = max(1, limit // width)
-    changed = 0
-    for start in range(0, len(rows), per):
-        chunk = rows[start : start + per]
-        statement = head + ",".join([group] * len(chunk)) + tail
-        cur = db.execute(statement, [value for row in chunk for value in row])
-        changed += cur.rowcount
-        cur.close()
-    return changed
-
-
-def _stored_ids(db: sqlite3.Connection, execution_ids: list[str]) -> tuple[set[str], set[str]]:
-    """Which of ``execution_ids`` already have an ``order_events`` row, and which a ``fills`` row."""
-    events: set[str] = set()
-    fills: set[str] = set()
-    unique = list(dict.fromkeys(execution_ids))
-    for start in range(0, len(unique), _IDS_PER_QUERY):
-        chunk = unique[start : start + _IDS_PER_QUERY]
-        marks = ",".join("?" * len(chunk))
-        rows = db.execute(
-            f"SELECT execution_id, 0 FROM order_events WHERE execution_id IN ({marks})"
-            f" UNION ALL SELECT execution_id, 1 FROM fills WHERE execution_id IN ({marks})",
-            (*chunk, *chunk),
-        ).fetchall()
-        for execution_id, in_fills in rows:
-            (fills if in_fills else events).add(execution_id)
-    return events, fills
-
-
-@dataclass
-class _AccountState:
-    """A committed ``accounts`` row, held by the writer."""
-
-    member_id: str
-    account: Account
-    updated_ns: int
-
-    def copy(self) -> _AccountState:
-        return _AccountState(self.member_id, dataclasses.replace(self.account), self.updated_ns)
-
-
-@dataclass
-class _PositionState:
-    """A committed ``positions`` row, held by the writer."""
-
-    position: Position
-    updated_ns: int
-
-    def copy(self) -> _PositionState:
-        return _PositionState(dataclasses.replace(self.position), self.updated_ns)
-
-
-class _WriteSet:
-    """One transaction's view of the writer's in-memory accounts and positions (copy-on-write).
-
-    The first touch of a key copies the committed state (loaded from SQLite once, the first time
-    any transaction needs it); the transaction changes only its copies. :meth:`write` stores each
-    touched key once with its final values; :meth:`publish`, called only after COMMIT, makes the
-    copies the committed state. A rolled-back transaction simply drops its write set, so the
-    in-memory state always equals what is committed. Used on the writer's thread only.
-    """
-
-    def __init__(self, store: LedgerStore, db: sqlite3.Connection) -> None:
-        self._store, self._db = store, db
-        self.accounts: dict[str, _AccountState] = {}
-        self.positions: dict[tuple[str, str], _PositionState] = {}
-        self._written_accounts: set[str] = set()
-
-    def account(self, strategy_id: str) -> _AccountState | None:
-        state = self.accounts.get(strategy_id)
-        if state is not None:
-            return state
-        committed = self._store._committed_account(self._db, strategy_id)
-        if committed is None:
-            return None
-        state = self.accounts[strategy_id] = committed.copy()
-        return state
-
-    def open_account(self, strategy_id: str, member_id: str, initial: Decimal, now_ns: int) -> _AccountState:
-        state = self.accounts[strategy_id] = _AccountState(member_id, Account(initial_cash=initial, cash=initial), now_ns)
-        return state
-
-    def ensure_account(self, strategy_id: str, member_id: str, now_ns: int) -> str:
-        """Open the strategy's account if it has none; returns its member id (the report's, else the spec's)."""
-        state = self.account(strategy_id)
-        if state is None:
-            spec = self._db.execute(
-                "SELECT member_id, initial_cash FROM strategies WHERE strategy_id = ?", (strategy_id,)
-            ).fetchone()
-            initial = dec(spec[1], self._store.default_initial_cash) if spec else self._store.default_initial_cash
-            member = member_id or (str(spec[0]) if spec else "")
-            self.open_account(strategy_id, member, initial, now_ns)
-            return member
-        if not state.member_id and member_id:
-            state.member_id = member_id
-            return member_id
-        return member_id or state.member_id
-
-    def position(self, strategy_id: str, symbol: str) -> _PositionState:
-        key = (strategy_id, symbol)
-        state = self.positions.get(key)
-        if state is None:
-            state = self.positions[key] = self._store._committed_position(self._db, strategy_id, symbol).copy()
-        return state
-
-    def write_accounts(self, db: sqlite3.Connection) -> None:
-        rows = [
-            (sid, s.member_id, fmt(s.account.initial_cash), fmt(s.account.cash), fmt(s.account.realized_pnl),
-             fmt(s.account.fees), s.updated_ns)
-            for sid, s in self.accounts.items()
-            if sid not in self._written_accounts
-        ]
-        if rows:
-            _insert_rows(db, _UPSERT_ACCOUNT, rows)
-            self._written_accounts.update(self.accounts)
-
-    def write(self, db: sqlite3.Connection) -> None:
-        """The touched accounts (not yet written) and positions, one row each, final values."""
-        self.write_accounts(db)
-        if self.positions:
-            _insert_rows(
-                db,
-                _UPSERT_POSITION,
-                [
-                    (sid, symbol, fmt(s.position.qty), fmt(s.position.avg_cost), fmt(s.position.cost_basis),
-                     fmt(s.position.realized_pnl), fmt(s.position.fees), s.updated_ns)
-                    for (sid, symbol), s in self.positions.items()
-                ],
-            )
-
-    def publish(self) -> None:
-        self._store._accounts.update(self.accounts)
-        self._store._positions.update(self.positions)
+WRITER_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=5000")
+READER_PRAGMAS = ("PRAGMA query_only=ON", "PRAGMA busy_timeout=5000")
 
 
 class LedgerStore:
@@ -370,37 +37,24 @@ class LedgerStore:
     def __init__(self, path: str | Path, default_initial_cash: Decimal = Decimal(100000)) -> None:
         self.path = Path(path)
         self.default_initial_cash = default_initial_cash
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
-        self._write_lock = asyncio.Lock()
-        # The writer's copy of the committed accounts and positions, loaded per key on first use
-        # (see _WriteSet); touched only on the writer connection's thread.
-        self._accounts: dict[str, _AccountState] = {}
-        self._positions: dict[tuple[str, str], _PositionState] = {}
+        self._writer_db = SQLiteThread("ledger-writer")
+        self._reader_db = SQLiteThread("ledger-reader")
+        self.writer = LedgerWriter(self._writer_db, default_initial_cash)
+        self.reads = LedgerReads(self._reader_db)
 
     # -- life cycle -------------------------------------------------------------------------------
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._accounts, self._positions = {}, {}
-        writer = await aiosqlite.connect(self.path, isolation_level=None)
-        self._writer = writer
-        await writer.execute("PRAGMA journal_mode=WAL")
-        await writer.execute("PRAGMA synchronous=FULL")
-        await writer.execute("PRAGMA foreign_keys=ON")
-        await writer.execute("PRAGMA busy_timeout=5000")
-        await self._migrate(writer)
-        reader = await aiosqlite.connect(self.path, isolation_level=None)
-        self._reader = reader
-        await reader.execute("PRAGMA query_only=ON")
-        await reader.execute("PRAGMA busy_timeout=5000")
+        self.writer.forget()
+        await self._writer_db.open(self.path, WRITER_PRAGMAS)
+        await self._writer_db.run(schema.migrate, self.path)
+        await self._reader_db.open(self.path, READER_PRAGMAS)
 
     async def close(self) -> None:
-        async with self._write_lock:
-            for conn in (self._reader, self._writer):
-                if conn is not None:
-                    await conn.close()
-            self._reader = self._writer = None
+        async with self.writer.lock:
+            for db in (self._reader_db, self._writer_db):
+                await db.close()
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -409,384 +63,48 @@ class LedgerStore:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    @property
-    def writer(self) -> aiosqlite.Connection:
-        if self._writer is None:
-            raise RuntimeError("LedgerStore is not open")
-        return self._writer
-
-    @property
-    def reader(self) -> aiosqlite.Connection:
-        if self._reader is None:
-            raise RuntimeError("LedgerStore is not open")
-        return self._reader
-
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            async with db.execute("SELECT version FROM schema_version") as cur:
-                row = await cur.fetchone()
-            version = int(row[0]) if row else 0
-            if row is None:
-                await db.execute("INSERT INTO schema_version (version) VALUES (0)")
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path} has schema version {version}, newer than this ledger ({SCHEMA_VERSION})")
-            for statements in MIGRATIONS[version:]:
-                for statement in statements:
-                    await db.execute(statement)
-            await db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-
-    async def schema_version(self) -> int:
-        async with self.reader.execute("SELECT version FROM schema_version") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
-    # -- writes (single writer) -----------------------------------------------------------------
+    # -- writes (the single writer) -------------------------------------------------------------
 
     async def apply_batch(self, bookings: Sequence[Booking]) -> BatchResult:
-        """Book ``bookings`` in ONE transaction; execution ids already stored are skipped.
-
-        The whole transaction (BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error) runs as one
-        synchronous function on the writer connection's own thread: one hand-off per batch instead of
-        a dozen awaited statements per fill. The writer's thread runs one job at a time, in order, so
-        nothing else can interleave with the transaction; the lock keeps our own writes in turn. If
-        the caller is cancelled, the job still finishes (commit or rollback) on that thread; the
-        caller then acks nothing, and the redelivered reports are skipped as duplicates.
-
-        Accounts and positions are read from the writer's in-memory copy (see :class:`_WriteSet`),
-        and each one the batch touches is written once, with its final values, in the same transaction.
-        """
-        result = BatchResult()
-        if not bookings:
-            return result
-        context = decimal.getcontext().copy()  # the worker thread has its own decimal context
-        async with self._write_lock:
-            await self._in_writer(self._apply_batch_sync, list(bookings), result, context)
-        return result
-
-    async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(sqlite3_connection, *args)`` on the writer connection's thread (one hop)."""
-        db = self.writer
-        # aiosqlite has no public "run this on the connection's thread"; ``_execute`` is that
-        # (aiosqlite is pinned in pyproject.toml, and tests/integration/test_ledger.py covers it).
-        execute = cast(Callable[..., Awaitable[T]], db._execute)
-        return await execute(lambda: fn(db._conn, *args))
-
-    def _transaction(self, db: sqlite3.Connection, work: Callable[[_WriteSet], None]) -> None:
-        """BEGIN IMMEDIATE, ``work``, write the touched accounts/positions, COMMIT; then (and only
-        then) the in-memory copy takes the committed values. On any error: ROLLBACK, copy untouched."""
-        changes = _WriteSet(self, db)
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            work(changes)
-            changes.write(db)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        changes.publish()
-
-    def _apply_batch_sync(
-        self, db: sqlite3.Connection, bookings: list[Booking], result: BatchResult, context: decimal.Context
-    ) -> None:
-        with decimal.localcontext(context):
-            self._transaction(db, lambda changes: self._book(db, changes, bookings, result))
-
-    def _book(self, db: sqlite3.Connection, changes: _WriteSet, bookings: list[Booking], result: BatchResult) -> None:
-        """Every statement of one batch: one duplicate check, then one multi-row insert per table
-        (:func:`_insert_rows`), in an order the foreign keys accept (the touched accounts first)."""
-        stored_events, stored_fills = _stored_ids(db, [b.report.execution_id for b in bookings])
-        seen: set[str] = set()
-        order_rows: list[tuple[Any, ...]] = []
-        event_rows: list[tuple[Any, ...]] = []
-        fill_rows: list[tuple[Any, ...]] = []
-        for booking in bookings:
-            r = booking.report
-            execution_id = r.execution_id
-            if execution_id in seen or execution_id in stored_events:
-                result.duplicates.append(execution_id)
-                continue
-            seen.add(execution_id)
-            event_ns = booking.event_ns
-            member_id = changes.ensure_account(r.strategy_id, r.member_id, event_ns)
-            side = _enum_name(common_pb2.Side, r.side)
-            status = _enum_name(executions_pb2.OrderStatus, r.status)
-            order_rows.append((
-                booking.order_id, r.client_order_id, r.strategy_id, member_id, r.symbol, side,
-                _enum_name(common_pb2.OrderType, r.type), _enum_name(common_pb2.TimeInForce, r.time_in_force),
-                r.order_qty, r.notional, r.limit_price, r.stop_price, status, r.cum_qty, r.avg_price, r.venue,
-                r.text, event_ns, event_ns,
-            ))
-            event_rows.append((
-                execution_id, booking.order_id, _enum_name(executions_pb2.ExecType, r.exec_type), status,
-                booking.payload, event_ns,
-            ))
-            result.events_stored += 1
-            fill = booking.fill
-            if fill is None:
-                continue
-            if execution_id in stored_fills:  # belt and braces: the event row normally guards this
-                result.duplicates.append(execution_id)
-                continue
-            fill_rows.append((
-                execution_id, booking.order_id, r.client_order_id, r.strategy_id, member_id, r.symbol, side,
-                fmt(fill.qty), fmt(fill.price), fmt(fill.fee), r.venue, event_ns,
-            ))
-            position = changes.position(r.strategy_id, r.symbol)
-            realized = position.position.apply_fill(fill.side, fill.qty, fill.price, fill.fee)
-            position.updated_ns = event_ns
-            account = changes.account(r.strategy_id)
-            assert account is not None, "the account is opened before any fill is booked"
-            account.account.apply_fill(fill.side, fill.qty, fill.price, fill.fee, realized)
-            account.updated_ns = event_ns
-            result.fills_booked += 1
-        changes.write_accounts(db)  # before the rows that reference them
-        _insert_rows(db, _UPSERT_ORDER, order_rows)
-        _insert_rows(db, _INSERT_EVENT, event_rows)
-        inserted = _insert_rows(db, _INSERT_FILL, fill_rows)
-        if inserted != len(fill_rows):
-            raise RuntimeError(f"{len(fill_rows) - inserted} fills of this batch were already stored")
+        """Book ``bookings`` in ONE transaction (:meth:`LedgerWriter.apply_batch`)."""
+        return await self.writer.apply_batch(bookings)
 
     async def upsert_strategy(
         self, strategy_id: str, member_id: str, initial_cash: Decimal | None, name: str, now_ns: int
     ) -> None:
-        """Store a strategy spec and open its account (cash = initial cash) if it has none.
-
-        If the account already exists with another initial cash (a fill came before the spec, or the
-        spec changed), cash moves by the difference: P&L (equity - initial cash) is unchanged. Runs on
-        the writer's thread through the same in-memory accounts as the batches: one truth.
-        """
-        initial = initial_cash if initial_cash is not None else self.default_initial_cash
-        context = decimal.getcontext().copy()
-        async with self._write_lock:
-            await self._in_writer(self._upsert_strategy_sync, strategy_id, member_id, initial, name, now_ns, context)
-
-    def _upsert_strategy_sync(
-        self, db: sqlite3.Connection, strategy_id: str, member_id: str, initial: Decimal, name: str, now_ns: int,
-        context: decimal.Context,
-    ) -> None:
-        def work(changes: _WriteSet) -> None:
-            db.execute(_UPSERT_STRATEGY, (strategy_id, member_id, fmt(initial), name, now_ns))
-            state = changes.account(strategy_id)
-            if state is None:
-                changes.open_account(strategy_id, member_id, initial, now_ns)
-                return
-            account = state.account
-            account.cash = account.cash + initial - account.initial_cash
-            account.initial_cash = initial
-            state.member_id = member_id or state.member_id
-
-        with decimal.localcontext(context):
-            self._transaction(db, work)
-
-    async def cached_books(self) -> tuple[dict[str, AccountRow], dict[tuple[str, str], PositionRow]]:
-        """The writer's in-memory accounts and positions (copies; those loaded so far), for tests and checks."""
-        def copy(_db: sqlite3.Connection) -> tuple[dict[str, AccountRow], dict[tuple[str, str], PositionRow]]:
-            accounts = {k: AccountRow(k, s.member_id, dataclasses.replace(s.account)) for k, s in self._accounts.items()}
-            positions = {
-                k: PositionRow(k[0], accounts[k[0]].member_id if k[0] in accounts else "",
-                               dataclasses.replace(s.position), s.updated_ns)
-                for k, s in self._positions.items()
-            }
-            return accounts, positions
-
-        async with self._write_lock:
-            return await self._in_writer(copy)
-
-    def _committed_account(self, db: sqlite3.Connection, strategy_id: str) -> _AccountState | None:
-        """The committed account of ``strategy_id`` (loaded once, then held), None if it has none."""
-        state = self._accounts.get(strategy_id)
-        if state is None:
-            row = db.execute(
-                "SELECT member_id, initial_cash, cash, realized_pnl, fees, updated_ns FROM accounts WHERE strategy_id = ?",
-                (strategy_id,),
-            ).fetchone()
-            if row is None:
-                return None
-            account = Account(initial_cash=dec(row[1]), cash=dec(row[2]), realized_pnl=dec(row[3]), fees=dec(row[4]))
-            state = self._accounts[strategy_id] = _AccountState(str(row[0]), account, int(row[5]))
-        return state
-
-    def _committed_position(self, db: sqlite3.Connection, strategy_id: str, symbol: str) -> _PositionState:
-        """The committed position (flat if there is no row yet); loaded once, then held."""
-        key = (strategy_id, symbol)
-        state = self._positions.get(key)
-        if state is None:
-            row = db.execute(
-                "SELECT qty, cost_basis, realized_pnl, fees, updated_ns FROM positions WHERE strategy_id = ? AND symbol = ?",
-                key,
-            ).fetchone()
-            if row is None:
-                return _PositionState(Position(symbol=symbol), 0)  # not held: nothing committed yet
-            position = Position(symbol=symbol, qty=dec(row[0]), cost_basis=dec(row[1]), realized_pnl=dec(row[2]), fees=dec(row[3]))
-            state = self._positions[key] = _PositionState(position, int(row[4]))
-        return state
+        """Store a strategy spec and open or re-base its account (:meth:`LedgerWriter.upsert_strategy`)."""
+        await self.writer.upsert_strategy(strategy_id, member_id, initial_cash, name, now_ns)
 
     async def write_snapshots(self, rows: Iterable[ledger_pb2.EquityPoint]) -> int:
         """Insert equity snapshot rows in one transaction; returns how many."""
-        values = [
-            (p.strategy_id, p.ts_ns, p.equity, p.cash, p.realized_pnl, p.unrealized_pnl) for p in rows
-        ]
-        if not values:
-            return 0
-        async with self._write_lock:
-            db = self.writer
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                await db.executemany(
-                    """INSERT OR REPLACE INTO equity_snapshots (strategy_id, ts_ns, equity, cash, realized, unrealized)
-                       VALUES (?, ?, ?, ?, ?, ?)""",
-                    values,
-                )
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-        return len(values)
+        return await self.writer.write_snapshots(rows)
 
-    # -- reads (reader connection) ---------------------------------------------------------------
+    async def cached_books(self) -> tuple[dict[str, AccountRow], dict[tuple[str, str], PositionRow]]:
+        """The writer's in-memory accounts and positions (copies), for tests and checks."""
+        return await self.writer.cached_books()
 
-    async def _fetchall(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        async with self.reader.execute(sql, tuple(params)) as cur:
-            return list(await cur.fetchall())
+    # -- reads (the reader connection) ----------------------------------------------------------
+
+    async def schema_version(self) -> int:
+        return await self.reads.schema_version()
 
     async def accounts(self, strategy_id: str = "", member_id: str = "") -> list[AccountRow]:
-        where, params = _where(("strategy_id", strategy_id), ("member_id", member_id))
-        rows = await self._fetchall(
-            f"SELECT strategy_id, member_id, initial_cash, cash, realized_pnl, fees FROM accounts{where} ORDER BY strategy_id",
-            params,
-        )
-        return [
-            AccountRow(r[0], r[1], Account(initial_cash=dec(r[2]), cash=dec(r[3]), realized_pnl=dec(r[4]), fees=dec(r[5])))
-            for r in rows
-        ]
+        return await self.reads.accounts(strategy_id, member_id)
 
     async def positions(
         self, strategy_id: str = "", member_id: str = "", symbol: str = "", nonzero: bool = True
     ) -> list[PositionRow]:
-        where, params = _where(("p.strategy_id", strategy_id), ("a.member_id", member_id), ("p.symbol", symbol))
-        if nonzero:
-            where += (" AND " if where else " WHERE ") + "p.qty != '0'"
-        rows = await self._fetchall(
-            f"""SELECT p.strategy_id, a.member_id, p.symbol, p.qty, p.cost_basis, p.realized_pnl, p.fees, p.updated_ns
-                FROM positions p JOIN accounts a ON a.strategy_id = p.strategy_id{where}
-                ORDER BY p.strategy_id, p.symbol""",
-            params,
-        )
-        return [
-            PositionRow(
-                r[0],
-                r[1],
-                Position(symbol=r[2], qty=dec(r[3]), cost_basis=dec(r[4]), realized_pnl=dec(r[5]), fees=dec(r[6])),
-                int(r[7]),
-            )
-            for r in rows
-        ]
+        return await self.reads.positions(strategy_id, member_id, symbol, nonzero)
 
     async def fill_counts(self) -> dict[str, int]:
-        rows = await self._fetchall("SELECT strategy_id, COUNT(*) FROM fills GROUP BY strategy_id", ())
-        return {r[0]: int(r[1]) for r in rows}
+        return await self.reads.fill_counts()
 
     async def orders(self, query: ledger_pb2.LedgerQuery, limit: int) -> list[ledger_pb2.OrderRecord]:
-        where, params = _where(
-            ("strategy_id", query.strategy_id), ("member_id", query.member_id), ("symbol", query.symbol)
-        )
-        if query.since_ns:
-            where += (" AND " if where else " WHERE ") + "updated_ns >= ?"
-            params.append(query.since_ns)
-        rows = await self._fetchall(
-            f"""SELECT order_id, client_order_id, strategy_id, member_id, symbol, side, type, tif, qty, limit_price,
-                       stop_price, status, filled_qty, avg_price, venue, text, created_ns, updated_ns, notional
-                FROM orders{where} ORDER BY updated_ns DESC, rowid DESC LIMIT ?""",
-            [*params, limit],
-        )
-        return [
-            ledger_pb2.OrderRecord(
-                order_id=r[0],
-                client_order_id=r[1],
-                strategy_id=r[2],
-                member_id=r[3],
-                symbol=r[4],
-                side=_enum_value(common_pb2.Side, r[5]),  # type: ignore[arg-type]
-                type=_enum_value(common_pb2.OrderType, r[6]),  # type: ignore[arg-type]
-                time_in_force=_enum_value(common_pb2.TimeInForce, r[7]),  # type: ignore[arg-type]
-                qty=r[8],
-                limit_price=r[9],
-                stop_price=r[10],
-                status=_enum_value(executions_pb2.OrderStatus, r[11]),  # type: ignore[arg-type]
-                filled_qty=r[12],
-                avg_price=r[13],
-                venue=r[14],
-                text=r[15],
-                created_ns=r[16],
-                updated_ns=r[17],
-                notional=r[18],
-            )
-            for r in rows
-        ]
+        return await self.reads.orders(query, limit)
 
     async def fills(self, query: ledger_pb2.LedgerQuery, limit: int) -> list[ledger_pb2.Fill]:
-        where, params = _where(
-            ("strategy_id", query.strategy_id), ("member_id", query.member_id), ("symbol", query.symbol)
-        )
-        if query.since_ns:
-            where += (" AND " if where else " WHERE ") + "event_ns >= ?"
-            params.append(query.since_ns)
-        rows = await self._fetchall(
-            f"""SELECT execution_id, order_id, client_order_id, strategy_id, member_id, symbol, side, qty, price, fee,
-                       venue, event_ns
-                FROM fills{where} ORDER BY event_ns DESC, rowid DESC LIMIT ?""",
-            [*params, limit],
-        )
-        return [
-            ledger_pb2.Fill(
-                execution_id=r[0],
-                order_id=r[1],
-                client_order_id=r[2],
-                strategy_id=r[3],
-                member_id=r[4],
-                symbol=r[5],
-                side=_enum_value(common_pb2.Side, r[6]),  # type: ignore[arg-type]
-                qty=r[7],
-                price=r[8],
-                fee=r[9],
-                venue=r[10],
-                event_ns=r[11],
-            )
-            for r in rows
-        ]
+        return await self.reads.fills(query, limit)
 
     async def equity(self, query: ledger_pb2.LedgerQuery, limit: int) -> list[ledger_pb2.EquityPoint]:
         """The newest ``limit`` snapshots matching ``query``, returned oldest first (a curve's tail)."""
-        where, params = _where(("e.strategy_id", query.strategy_id), ("a.member_id", query.member_id))
-        if query.since_ns:
-            where += (" AND " if where else " WHERE ") + "e.ts_ns >= ?"
-            params.append(query.since_ns)
-        rows = await self._fetchall(
-            f"""SELECT e.strategy_id, COALESCE(a.member_id, ''), e.ts_ns, e.equity, e.cash, e.realized, e.unrealized
-                FROM equity_snapshots e LEFT JOIN accounts a ON a.strategy_id = e.strategy_id{where}
-                ORDER BY e.ts_ns DESC, e.strategy_id DESC LIMIT ?""",
-            [*params, limit],
-        )
-        rows.reverse()
-        return [
-            ledger_pb2.EquityPoint(
-                strategy_id=r[0], member_id=r[1], ts_ns=r[2], equity=r[3], cash=r[4], realized_pnl=r[5], unrealized_pnl=r[6]
-            )
-            for r in rows
-        ]
-
-
-def _where(*filters: tuple[str, str]) -> tuple[str, list[Any]]:
-    clauses = [f"{column} = ?" for column, value in filters if value]
-    params: list[Any] = [value for _, value in filters if value]
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
-
-
-def now_ns() -> int:
-    return time.time_ns()
+        return await self.reads.equity(query, limit)

@@ -1,6 +1,8 @@
 """The order router's async shell: KV watches, the executions follower and the micro endpoints.
 
-All decisions live in :mod:`desk.core.orders` and :mod:`desk.core.risk`; this module only moves messages:
+All decisions live in :mod:`desk.core.orders` and :mod:`desk.core.risk`, the kill switch's state in
+:mod:`services.order_router.halts` and the order-id bookkeeping and acks in
+:mod:`services.order_router.acks` (both pure); this module only moves messages:
 
 * ``submit`` (``desk.order.submit.*``): decode -> subject/fields -> known strategy and symbol -> halt
   -> idempotency -> risk -> publish ``RoutedOrder`` (``Nats-Msg-Id`` = order id) -> reply, and store
@@ -31,7 +33,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 from nats.aio.msg import Msg
@@ -47,26 +49,24 @@ from desk.bus.lifecycle import ServiceRuntime
 from desk.bus.logging import get_logger
 from desk.bus.micro import add_service
 from desk.bus.replay import follow, replay_to_last
-from desk.core.ids import order_id_for
-from desk.core.orders import (
-    ValidOrder,
-    check_known,
-    refusal,
-    reject_reason,
-    validate_cancel,
-    validate_halt,
-    validate_order,
-)
+from desk.core.orders import ValidOrder, check_known, refusal, validate_cancel, validate_halt, validate_order
 from desk.core.risk import Clock, Limits, VirtualAccount, report_numbers
 from desk.specs import validate_spec
 from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2, strategy_pb2
 from services.order_router import NAME
+from services.order_router.acks import (
+    AckT,
+    OrderIds,
+    accepted_ack,
+    duplicate_of,
+    refused_ack,
+    stored_ack_matches,
+)
+from services.order_router.halts import Halts
 from services.order_router.settings import Settings
 
-AckT = TypeVar("AckT", orders_pb2.OrderAck, orders_pb2.CancelAck)
 log = get_logger("order_router")
 
-GLOBAL_HALT_KEY = subjects.halt_key("")
 MSG_ID = "Nats-Msg-Id"
 #: Orders one replica handles at once (each waits on three server round trips). Safe because the
 #: risk check and the reservation happen without an await between them, and a second request with
@@ -93,8 +93,7 @@ class Router:
         )
         self.prices: dict[str, Decimal | None] = {}          # symbol -> last price (None: unusable)
         self.strategies: dict[str, strategy_pb2.StrategySpec] = {}
-        self.halts: dict[str, orders_pb2.HaltRequest] = {}   # DESK_RISK key -> request
-        self._halt_revisions: dict[str, int] = {}
+        self.halts = Halts()                                 # DESK_RISK, by the KV revisions applied
         self.accounts: dict[str, VirtualAccount] = {}
         self.applied_executions: set[str] = set()
         self._changed = asyncio.Condition()  # notified after every KV update and execution report
@@ -105,8 +104,7 @@ class Router:
         self._in_flight: dict[str, asyncio.Future[orders_pb2.OrderAck | None]] = {}
         #: keys of DESK_ORDER_IDS (``<strategy>.<client order id>``) -> when stored (epoch s): every order
         #: accepted within the bucket's TTL (expiry does not reach a watch: see prune_order_ids)
-        self.order_ids: dict[str, float] = {}
-        self._pruned_at = time.time()
+        self.order_ids = OrderIds(ORDER_IDS_TTL, ORDER_IDS_PRUNE_EVERY, time.time())
         self._storing: set[asyncio.Task[None]] = set()  # acks being written to DESK_ORDER_IDS
 
     # -- start-up ---------------------------------------------------------------------------------
@@ -149,7 +147,7 @@ class Router:
             venue=self.settings.router_venue,
             strategies=len(self.strategies),
             symbols=len(self.prices),
-            halts=sorted(self.halts),
+            halts=self.halts.keys(),
             executions=len(self.applied_executions),
         )
 
@@ -191,35 +189,28 @@ class Router:
 
     def _on_order_id(self, change: Change[orders_pb2.OrderAck]) -> None:
         if change.value is None:
-            self.order_ids.pop(change.key, None)
+            self.order_ids.forget(change.key)
             return
         now = time.time()
-        self.order_ids[change.key] = change.created.timestamp() if change.created is not None else now
-        if now - self._pruned_at > ORDER_IDS_PRUNE_EVERY:
+        self.order_ids.record(change.key, change.created.timestamp() if change.created is not None else now)
+        if self.order_ids.prune_due(now):
             self.prune_order_ids(now)
 
     def prune_order_ids(self, now: float) -> int:
         """Forget the keys DESK_ORDER_IDS has expired (its TTL); returns how many were dropped."""
-        self._pruned_at = now
-        oldest = now - ORDER_IDS_TTL
-        expired = [key for key, stored in self.order_ids.items() if stored < oldest]
-        for key in expired:
-            del self.order_ids[key]
+        expired = self.order_ids.prune(now)
         if expired:
-            log.info("order_ids.pruned", expired=len(expired), kept=len(self.order_ids))
-        return len(expired)
+            log.info("order_ids.pruned", expired=expired, kept=len(self.order_ids))
+        return expired
 
     def _on_risk(self, change: Change[orders_pb2.HaltRequest]) -> None:
         # Our own halt/resume already applied its revision; an older event must not undo a newer one.
-        if change.revision <= self._halt_revisions.get(change.key, 0):
+        if not self.halts.apply(change.key, change.revision, change.value):
             return
-        self._halt_revisions[change.key] = change.revision
         if change.value is None:
-            if self.halts.pop(change.key, None) is not None:
-                log.info("risk.resumed", key=change.key, source="watch")
-            return
-        self.halts[change.key] = change.value
-        log.warning("risk.halted", key=change.key, reason=change.value.reason, source="watch")
+            log.info("risk.resumed", key=change.key, source="watch")
+        else:
+            log.warning("risk.halted", key=change.key, reason=change.value.reason, source="watch")
 
     async def _follow_executions(self, runtime: ServiceRuntime) -> None:
         """Every report of EXECUTIONS up to its last sequence now, then each new one as it comes;
@@ -297,7 +288,7 @@ class Router:
     async def _submit(self, request: orders_pb2.OrderRequest, subject: str) -> orders_pb2.OrderAck:
         order = validate_order(request, subject)
         check_known(order, self.strategies, self.prices)
-        self._check_not_halted(order.strategy_id)
+        self.halts.check(order.strategy_id)
 
         key = subjects.order_id_key(order.strategy_id, order.client_order_id)
         # Requests are handled concurrently: the same (strategy, client order id) arriving again while
@@ -306,9 +297,7 @@ class Router:
         while (first_attempt := self._in_flight.get(key)) is not None:
             first_ack = await asyncio.shield(first_attempt)
             if first_ack is not None:
-                ack = orders_pb2.OrderAck()
-                ack.CopyFrom(first_ack)
-                ack.duplicate = True
+                ack = duplicate_of(first_ack)
                 log.info("order.duplicate", order_id=ack.order_id, in_flight=True)
                 return ack
         attempt: asyncio.Future[orders_pb2.OrderAck | None] = asyncio.get_running_loop().create_future()
@@ -331,7 +320,7 @@ class Router:
         # strategy sees this one's reservation. Halts and specs may have changed while a request
         # waited for an earlier attempt with its client order id.
         check_known(order, self.strategies, self.prices)
-        self._check_not_halted(order.strategy_id)
+        self.halts.check(order.strategy_id)
         spec = self.strategies[order.strategy_id]
         account = self.account(order.strategy_id)
         reservation = account.check(order, Limits.resolve(spec.risk, self.defaults), self.prices.get(order.symbol))
@@ -356,13 +345,7 @@ class Router:
             account.release(hold)
             return await self._duplicate_ack(order, key, reason="routed_before")
 
-        ack = orders_pb2.OrderAck(
-            strategy_id=order.strategy_id,
-            client_order_id=order.client_order_id,
-            order_id=order_id,
-            accepted=True,
-            ts_ns=time.time_ns(),
-        )
+        ack = accepted_ack(order, time.time_ns())
         self._store_ack(key, ack)
         log.debug(
             "order.accepted",
@@ -376,25 +359,11 @@ class Router:
 
     async def _duplicate_ack(self, order: ValidOrder, key: str, reason: str) -> orders_pb2.OrderAck:
         """The first ack of an order seen before, marked duplicate (rebuilt if not stored yet)."""
-        ack = await self._stored_ack(key)
-        if ack is None:  # the first attempt's ack is still being written (or that attempt died)
-            ack = orders_pb2.OrderAck(
-                strategy_id=order.strategy_id,
-                client_order_id=order.client_order_id,
-                order_id=order.order_id,
-                accepted=True,
-                ts_ns=time.time_ns(),
-            )
-        ack.duplicate = True
+        stored = await self._stored_ack(key)
+        # None: the first attempt's ack is still being written (or that attempt died)
+        ack = duplicate_of(stored if stored is not None else accepted_ack(order, time.time_ns()))
         log.info("order.duplicate", order_id=ack.order_id, seen=reason)
         return ack
-
-    def _check_not_halted(self, strategy_id: str) -> None:
-        for key in (GLOBAL_HALT_KEY, subjects.halt_key(strategy_id)):
-            halt = self.halts.get(key)
-            if halt is not None:
-                scope = "the desk" if key == GLOBAL_HALT_KEY else f"strategy {strategy_id}"
-                raise refusal("HALTED", f"trading is halted for {scope}: {halt.reason or 'no reason given'}")
 
     async def _stored_ack(self, key: str) -> orders_pb2.OrderAck | None:
         try:
@@ -402,14 +371,14 @@ class Router:
         except (KeyNotFoundError, KeyDeletedError):
             return None
         ack = codec.decode(entry.value or b"", orders_pb2.OrderAck)
-        if subjects.order_id_key(ack.strategy_id, ack.client_order_id) != key:
+        if not stored_ack_matches(key, ack):
             log.warning("kv.value_ignored", bucket=subjects.KV_ORDER_IDS, key=key, reason=kv.KEY_MISMATCH)
             return None
         return ack
 
     def _store_ack(self, key: str, ack: orders_pb2.OrderAck) -> None:
         """Record the first ack in DESK_ORDER_IDS while the reply goes out (the order is routed already)."""
-        self.order_ids[key] = time.time()
+        self.order_ids.record(key, time.time())
         task = asyncio.create_task(self._write_ack(key, ack), name=f"store-ack-{key}")
         self._storing.add(task)
         task.add_done_callback(self._storing.discard)
@@ -461,26 +430,16 @@ class Router:
         subject: str,
         request: orders_pb2.OrderRequest | orders_pb2.CancelRequest | None,
     ) -> AckT:
-        """The refusal body of an order or a cancel (OrderAck / CancelAck share these fields), logged."""
-        strategy_id = request.strategy_id if request is not None else subjects.token(subject, -1)
-        client_order_id = request.client_order_id if request is not None else ""
-        reason = reject_reason(err.code)
+        """The refusal body of an order or a cancel (:func:`acks.refused_ack`), logged."""
+        ack = refused_ack(ack_type, err, subject, request, time.time_ns())
         log.warning(
             event,
-            strategy_id=strategy_id,
-            client_order_id=client_order_id,
-            reason=orders_pb2.RejectReason.Name(reason).removeprefix("REJECT_REASON_"),
+            strategy_id=ack.strategy_id,
+            client_order_id=ack.client_order_id,
+            reason=orders_pb2.RejectReason.Name(ack.reason).removeprefix("REJECT_REASON_"),
             message=err.message,
         )
-        return ack_type(
-            strategy_id=strategy_id,
-            client_order_id=client_order_id,
-            order_id=order_id_for(strategy_id, client_order_id) if client_order_id else "",
-            accepted=False,
-            reason=reason,
-            message=err.message,
-            ts_ns=time.time_ns(),
-        )
+        return ack
 
     # -- cancel -----------------------------------------------------------------------------------
     async def cancel(self, request: orders_pb2.CancelRequest, subject: str) -> orders_pb2.CancelAck:
@@ -534,14 +493,14 @@ class Router:
         key = subjects.halt_key(request.strategy_id)
         assert self._runtime is not None
         revision = await kv.put(self._runtime.js, subjects.KV_RISK, key, request)
-        self._apply_halt_write(key, revision, request)
+        self.halts.apply(key, revision, request)
         log.warning(
             "risk.halted",
             strategy_id=request.strategy_id or "*",
             reason=request.reason,
             requested_by=request.requested_by,
         )
-        return self._halt_state(f"halted {'the desk' if not request.strategy_id else request.strategy_id}")
+        return self.halts.state(f"halted {'the desk' if not request.strategy_id else request.strategy_id}")
 
     async def resume(self, request: orders_pb2.HaltRequest, subject: str) -> orders_pb2.HaltAck:
         validate_halt(request)
@@ -550,22 +509,9 @@ class Router:
         # kv.delete() does not return the marker's revision, which we need to order it against the
         # watch; so publish the KV delete marker ourselves (the KV protocol: KV-Operation: DEL).
         ack = await self._runtime.js.publish(f"$KV.{subjects.KV_RISK}.{key}", b"", headers={KV_OP: KV_DEL})
-        self._apply_halt_write(key, ack.seq, None)
+        self.halts.apply(key, ack.seq, None)
         log.info("risk.resumed", strategy_id=request.strategy_id or "*", requested_by=request.requested_by)
-        return self._halt_state(f"resumed {'the desk' if not request.strategy_id else request.strategy_id}")
+        return self.halts.state(f"resumed {'the desk' if not request.strategy_id else request.strategy_id}")
 
     async def risk_status(self, request: orders_pb2.HaltRequest, subject: str) -> orders_pb2.HaltAck:
-        return self._halt_state("")
-
-    def _apply_halt_write(self, key: str, revision: int, request: orders_pb2.HaltRequest | None) -> None:
-        if revision <= self._halt_revisions.get(key, 0):
-            return
-        self._halt_revisions[key] = revision
-        if request is None:
-            self.halts.pop(key, None)
-        else:
-            self.halts[key] = request
-
-    def _halt_state(self, message: str) -> orders_pb2.HaltAck:
-        halted = sorted(key.removeprefix("halt.") for key in self.halts if key != GLOBAL_HALT_KEY)
-        return orders_pb2.HaltAck(global_halted=GLOBAL_HALT_KEY in self.halts, halted_strategies=halted, message=message)
+        return self.halts.state("")

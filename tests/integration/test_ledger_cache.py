@@ -20,7 +20,8 @@ import pytest
 
 from desk.core.books import Account, Booking, FillBooking, Position, Side, parse_booking
 from desk.v1 import common_pb2, executions_pb2
-from services.ledger.store import AccountRow, LedgerStore, PositionRow
+from services.ledger.rows import AccountRow, PositionRow
+from services.ledger.store import LedgerStore
 
 pytestmark = pytest.mark.integration
 

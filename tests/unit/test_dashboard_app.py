@@ -8,9 +8,10 @@ import time
 from nats.aio.client import Client
 from starlette.testclient import TestClient
 
-from services.dashboard.app import SESSION_COOKIE, create_app
+from services.dashboard.app import create_app
 from services.dashboard.auth import OperatorAuth
 from services.dashboard.live import LiveFeed
+from services.dashboard.pages.site import SESSION_COOKIE
 from services.dashboard.reader import DeskReader
 
 BASE = "http://dashboard.test"

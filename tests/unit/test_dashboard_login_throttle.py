@@ -13,9 +13,10 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
-from services.dashboard.app import SESSION_COOKIE, create_app
+from services.dashboard.app import create_app
 from services.dashboard.auth import LoginThrottle, OperatorAuth, client_address
 from services.dashboard.live import LiveFeed
+from services.dashboard.pages.site import SESSION_COOKIE
 from services.dashboard.reader import DeskReader
 from services.dashboard.settings import Settings
 
