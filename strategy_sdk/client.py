@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError
+from nats.errors import AuthorizationError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from desk.bus import codec, confine, subjects
@@ -34,6 +35,8 @@ from strategy_sdk.orders import Account
 __all__ = [
     "EXIT_CONNECT",
     "SDK_VERSION",
+    "ConnectRefused",
+    "ConnectStopped",
     "NatsGateway",
     "connect_nats",
     "heartbeat_loop",
@@ -50,18 +53,71 @@ log = logging.getLogger("strategy_sdk")
 
 
 # Connection and subscriptions ---------------------------------------------------------------------
-async def connect_nats(url: str, strategy_id: str, env: Mapping[str, str] | None = None) -> Client:
+#: Refused logins at connect (Authorization Violation, bad credentials) before connect_nats gives up:
+#: credentials do not get better by retrying; an unreachable server is retried (the desk may be starting).
+MAX_AUTH_FAILURES = 3
+#: While the first connection is not made, one "still trying" line every this many failed attempts.
+CONNECT_LOG_EVERY = 20
+#: The stop event of the strategy being run (set by the runner): connect_nats gives up when it is set.
+current_stop: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar("current_stop", default=None)
+
+
+class ConnectRefused(Exception):
+    """NATS refused the strategy's credentials: a clear one-line reason, never retried forever."""
+
+
+class ConnectStopped(BaseException):
+    """A stop (SIGTERM/SIGINT) came while connecting. Not an error (like CancelledError, it is a
+    BaseException): the runner ends with exit code 0."""
+
+
+def _refused_login(exc: BaseException) -> bool:
+    return isinstance(exc, AuthorizationError) or "authorization" in str(exc).lower()
+
+
+def _credentials_hint(env: Mapping[str, str]) -> str:
+    if env.get("NATS_CREDS"):
+        return f"the credentials file NATS_CREDS={env['NATS_CREDS']}"
+    if env.get("NATS_USER"):
+        return f"user NATS_USER={env['NATS_USER']!r} and its NATS_PASSWORD"
+    return ("no credentials: the desk runs NATS with authorization; set NATS_USER/NATS_PASSWORD "
+            "(or NATS_CREDS) to a user allowed to run this strategy, or let the desk run it (desk deploy NAME)")
+
+
+async def connect_nats(
+    url: str, strategy_id: str, env: Mapping[str, str] | None = None, stop: asyncio.Event | None = None
+) -> Client:
     """Connect with reconnects forever; NATS_USER/NATS_PASSWORD, NATS_CREDS, NATS_INBOX_PREFIX honoured.
 
     Replies come under the strategy's own inbox (``_INBOX_S.<id>``, desk.bus.confine): the desk
-    answers a strategy nowhere else, so that is the default inbox prefix."""
+    answers a strategy nowhere else, so that is the default inbox prefix.
+
+    The first connection: a server that refuses the credentials :data:`MAX_AUTH_FAILURES` times is
+    :class:`ConnectRefused` (one line saying which credentials); an unreachable one is retried, with a
+    line every :data:`CONNECT_LOG_EVERY` attempts; ``stop`` (default: :data:`current_stop`) being set
+    ends the attempt at once with :class:`ConnectStopped`. Once connected, reconnects are forever."""
     name = f"strategy-{strategy_id}"
     env = os.environ if env is None else env
+    stop = stop if stop is not None else current_stop.get()
     options: dict[str, Any] = env_auth(env)
     options["inbox_prefix"] = env.get("NATS_INBOX_PREFIX") or confine.strategy_inbox_prefix(strategy_id)
+    holder: list[Client] = []
+    refusals: list[BaseException] = []
+    failures = 0
+    gave_up = asyncio.Event()
 
     async def error_cb(exc: Exception) -> None:
-        log.warning("nats.error: %r", exc)
+        nonlocal failures
+        if holder:  # connected once: nats-py reconnects forever, each failure is worth a line
+            log.warning("nats.error: %r", exc)
+            return
+        failures += 1
+        if _refused_login(exc):
+            refusals.append(exc)
+            if len(refusals) >= MAX_AUTH_FAILURES:
+                gave_up.set()
+        elif failures == 1 or failures % CONNECT_LOG_EVERY == 0:
+            log.warning("nats.connect_retrying: %s: %r (attempt %d; retrying until it answers)", url, exc, failures)
 
     async def disconnected_cb() -> None:
         closing = holder and (holder[0].is_closed or holder[0].is_draining)
@@ -70,8 +126,7 @@ async def connect_nats(url: str, strategy_id: str, env: Mapping[str, str] | None
     async def reconnected_cb() -> None:
         log.info("nats.reconnected")
 
-    holder: list[Client] = []
-    nc = await open_connection(
+    connecting = asyncio.ensure_future(open_connection(
         url,
         forever=True,
         name=name,
@@ -80,7 +135,26 @@ async def connect_nats(url: str, strategy_id: str, env: Mapping[str, str] | None
         disconnected_cb=disconnected_cb,
         reconnected_cb=reconnected_cb,
         **options,
-    )
+    ))
+    waits: set[asyncio.Future[Any]] = {connecting, asyncio.ensure_future(gave_up.wait())}
+    if stop is not None:
+        waits.add(asyncio.ensure_future(stop.wait()))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waits - {connecting}:
+            waiter.cancel()
+    if not connecting.done():
+        connecting.cancel()
+        with contextlib.suppress(BaseException):
+            await connecting
+        if gave_up.is_set():
+            raise ConnectRefused(
+                f"NATS at {url} refused the login {len(refusals)} times ({refusals[-1]}); tried "
+                f"{_credentials_hint(env)}"
+            )
+        raise ConnectStopped("stopped while connecting to NATS")
+    nc = connecting.result()
     holder.append(nc)
     return nc
 

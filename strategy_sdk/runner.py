@@ -1,7 +1,9 @@
 """Run one strategy against the desk: connect, recover the books, subscribe, dispatch, heartbeat.
 
 ``python -m strategy_sdk run PATH`` calls :func:`run_strategy`; tests call it in-process with their
-own stop event. Exit codes: 0 after a requested stop, 1 when NATS cannot be reached, 2 when the
+own stop event. Exit codes: 0 after a requested stop (SIGTERM/SIGINT are honoured at any point,
+connecting included), 1 when NATS cannot be reached or refuses the strategy's credentials (after
+``MAX_AUTH_FAILURES`` refusals, in one line), 2 when the
 strategy cannot be loaded or its ``on_start`` fails (the orchestrator restarts it with backoff),
 and in legacy mode the old strategy's own exit code.
 
@@ -41,8 +43,11 @@ from desk.v1 import executions_pb2, marketdata_pb2
 from strategy_sdk.client import (
     EXIT_CONNECT,
     SDK_VERSION,
+    ConnectRefused,
+    ConnectStopped,
     NatsGateway,
     connect_nats,
+    current_stop,
     heartbeat_loop,
     recover_books,
     subscribe,
@@ -202,7 +207,8 @@ class LiveRunner:
             log.warning("strategy.stop_slow: a hook was still running after 10s; cancelled")
         await self._safe_hook("on_stop")
 
-    async def run(self, stop_event: asyncio.Event) -> int:
+    async def _start(self) -> list[Subscription] | None:
+        """Subscribe, recover the books, ``on_start``; None (logged) when ``on_start`` fails."""
         subs = await self._subscribe()
         log.info("strategy.starting: %s (member %s) symbols=%s", self.cfg.strategy_id, self.cfg.member_id,
                  ",".join(self.cfg.symbols) or "all")
@@ -211,6 +217,25 @@ class LiveRunner:
         except Exception as exc:
             log.error("strategy.start_failed: on_start raised %r", exc, exc_info=exc)
             await unsubscribe_all(subs)
+            return None
+        return subs
+
+    async def run(self, stop_event: asyncio.Event) -> int:
+        # A stop while starting (the books, on_start) ends the run at once: SIGTERM is honoured anywhere.
+        starting = asyncio.create_task(self._start(), name="strategy-start")
+        stop_wait = asyncio.create_task(stop_event.wait())
+        try:
+            await asyncio.wait({starting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(BaseException):
+                await starting
+            log.info("strategy.stopped: %s while starting", self.cfg.strategy_id)
+            return 0
+        subs = starting.result()
+        if subs is None:
             return EXIT_LOAD
         consumer = asyncio.create_task(self.consume(), name="strategy-consumer")
         heartbeat = asyncio.create_task(
@@ -289,6 +314,35 @@ async def run_strategy(
     (``desk_client`` + stdin) run as a child process fed with bars (:mod:`strategy_sdk.legacy`).
     """
     stop_event = stop_event or asyncio.Event()
+    token = current_stop.set(stop_event)  # connect_nats (ours and the old-desk wrapper's) gives up on a stop
+    try:
+        return await _run_strategy(
+            path, nats_url, stop_event, strategy_id=strategy_id, member_id=member_id, symbols=symbols,
+            heartbeat_interval=heartbeat_interval, initial_cash=initial_cash, order_timeout=order_timeout,
+            ledger_timeout=ledger_timeout, env=env, on_ready=on_ready,
+        )
+    except ConnectStopped:
+        log.info("strategy.stopped: stopped while connecting to NATS")
+        return 0
+    finally:
+        current_stop.reset(token)
+
+
+async def _run_strategy(
+    path: str | os.PathLike[str],
+    nats_url: str | None,
+    stop_event: asyncio.Event,
+    *,
+    strategy_id: str | None,
+    member_id: str | None,
+    symbols: list[str] | None,
+    heartbeat_interval: float | None,
+    initial_cash: Decimal | None,
+    order_timeout: float,
+    ledger_timeout: float,
+    env: Mapping[str, str] | None,
+    on_ready: Callable[[Strategy], Awaitable[None] | None] | None,
+) -> int:
     loaded = _configure(
         path, nats_url=nats_url, strategy_id=strategy_id, member_id=member_id, symbols=symbols,
         heartbeat_interval=heartbeat_interval, initial_cash=initial_cash, env=env,
@@ -302,7 +356,10 @@ async def run_strategy(
     if strategy is None:
         return EXIT_LOAD
     try:
-        nc = await connect_nats(cfg.nats_url, cfg.strategy_id, env)
+        nc = await connect_nats(cfg.nats_url, cfg.strategy_id, env, stop=stop_event)
+    except ConnectRefused as exc:  # one line: which server, which credentials
+        log.error("nats.connect_failed: %s", exc)
+        return EXIT_CONNECT
     except Exception as exc:  # noqa: BLE001 - any connect failure is reported as exit code 1
         log.error("nats.connect_failed: %s: %r", cfg.nats_url, exc)
         return EXIT_CONNECT

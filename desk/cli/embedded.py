@@ -79,6 +79,27 @@ def venue_environment(env: Mapping[str, str], feed: str | None = None) -> tuple[
     return {"BROKER": broker, "MD_FEED": chosen_feed, "ROUTER_VENUE": venue}, warnings
 
 
+def cli_command(port: int, credentials_file: Path, env: Mapping[str, str], cwd: Path) -> str:
+    """The ``desk`` invocation that reaches this desk from ``cwd`` with ``env`` (what ``desk up``'s
+    banner suggests): ``--nats-url`` when the CLI would not find port ``port`` by itself (NATS_URL, else
+    nats://127.0.0.1:4222), ``--credentials`` when it would not find ``credentials_file`` (DESK_CREDENTIALS,
+    else var/credentials/cli.json under the current directory)."""
+    import shlex
+
+    parts = ["desk"]
+    url = f"nats://127.0.0.1:{port}"
+    if (env.get("NATS_URL") or "nats://127.0.0.1:4222").rstrip("/") != url:
+        parts += ["--nats-url", url]
+    default = Path(env.get("DESK_CREDENTIALS") or "var/credentials/cli.json")
+    found = default if default.is_absolute() else cwd / default
+    if found.resolve() != credentials_file.resolve():
+        shown = credentials_file.resolve()
+        with contextlib.suppress(ValueError):
+            shown = shown.relative_to(cwd.resolve())
+        parts += ["--credentials", str(shown)]
+    return " ".join(shlex.quote(part) for part in parts)
+
+
 @dataclass
 class ServiceProcess:
     name: str

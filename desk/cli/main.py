@@ -10,10 +10,12 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import nats
+import nats.js.errors
 import typer
 from google.protobuf.message import Message
 
@@ -24,7 +26,7 @@ from desk.bus.request import request
 from desk.bus.servers import open_connection
 from desk.cli.backtest_cmd import backtest as backtest_command
 from desk.cli.data_cmd import data_app
-from desk.cli.render import console, enum_name, err_console, money, print_json, signed_money, table, ts
+from desk.cli.render import console, enum_name, err_console, money, percent, print_json, signed_money, table, ts
 from desk.v1 import ledger_pb2, orders_pb2, strategy_pb2
 
 app = typer.Typer(
@@ -111,8 +113,31 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _call(subject: str, message: Message, reply_type: type[R], who: str, timeout: float | None = None) -> R:
-    """One request to a running desk, with errors a person can act on."""
+async def _strategy_known(nc: Any, strategy_id: str) -> bool | None:
+    """Whether ``strategy_id`` is on the desk (its spec is in KV DESK_STRATEGIES, written at deploy
+    and kept after a stop); None when that cannot be read."""
+    try:
+        js = nc.jetstream()
+        await js.get_last_msg(f"KV_{subjects.KV_STRATEGIES}", f"$KV.{subjects.KV_STRATEGIES}.{strategy_id}")
+    except nats.js.errors.NotFoundError:  # no such key, or no bucket at all: never deployed here
+        return False
+    except Exception:  # noqa: BLE001 - no JetStream, no permission, a timeout: we cannot tell
+        return None
+    return True
+
+
+def _call(
+    subject: str,
+    message: Message,
+    reply_type: type[R],
+    who: str,
+    timeout: float | None = None,
+    *,
+    strategy: str = "",
+    empty: Callable[[R], bool] | None = None,
+) -> R:
+    """One request to a running desk, with errors a person can act on. With ``strategy`` (a read
+    filtered by -s) and an ``empty`` reply, an unknown strategy is an error, not "nothing yet"."""
     wait = opts.timeout if timeout is None else timeout
 
     async def go() -> R:
@@ -133,7 +158,10 @@ def _call(subject: str, message: Message, reply_type: type[R], who: str, timeout
                 "NO_DESK", f"cannot reach NATS at {opts.nats_url} ({exc!r}); is the desk running? (`make run`)"
             ) from None
         try:
-            return await request(nc, subject, message, reply_type, timeout=wait)
+            reply = await request(nc, subject, message, reply_type, timeout=wait)
+            if strategy and empty is not None and empty(reply) and await _strategy_known(nc, strategy) is False:
+                raise DeskError("NOT_FOUND", f"no strategy {strategy!r} on the desk (`desk status` lists them)")
+            return reply
         except nats.errors.NoRespondersError:
             raise DeskError(
                 "NO_SERVICE", f"no {who} is running on {opts.nats_url} (nothing answers {subject})"
@@ -193,7 +221,9 @@ def up(
     Ctrl-C stops everything; the ledger and JetStream data stay in DATA_DIR."""
     import os
 
-    from desk.cli.embedded import EmbeddedDesk, venue_environment
+    from rich.markup import escape
+
+    from desk.cli.embedded import EmbeddedDesk, cli_command, venue_environment
 
     configure_logging("desk", "info", "console")
     venues, mismatches = venue_environment(os.environ, feed)
@@ -226,12 +256,15 @@ def up(
         runner = asyncio.create_task(desk.run())
         await asyncio.wait({ready, runner}, return_when=asyncio.FIRST_COMPLETED)
         if desk.ready.is_set():
+            cli = escape(cli_command(port, desk.credentials_file, os.environ, Path.cwd()))
             console.print(
                 f"[bold green]desk is up[/bold green] on nats://127.0.0.1:{port} (broker {venues['BROKER']}, "
                 f"feed {venues['MD_FEED']}), dashboard on "
                 f"{desk.dashboard_url or '(not running)'} — data in {data_dir}/, logs in "
-                f"{data_dir}/logs/.\nTry: [bold]desk status[/bold], [bold]desk positions[/bold], "
-                f"[bold]desk leaderboard[/bold], [bold]nats sub 'desk.>'[/bold]. Ctrl-C stops the desk."
+                f"{data_dir}/logs/.\nTry: [bold]{cli} status[/bold], [bold]{cli} positions[/bold], "
+                f"[bold]{cli} leaderboard[/bold] (`nats sub` needs the desk-admin user of {desk.credentials_file}: "
+                "see the README). Ctrl-C stops the desk.",
+                highlight=False, soft_wrap=True,  # never a line break inside the command to copy
             )
             if desk.confinement.startswith("none"):
                 console.print(
@@ -289,7 +322,8 @@ def deploy(
     name: Annotated[str, typer.Argument(help="Strategy folder name; all strategies if omitted.")] = "",
     as_json: JsonOpt = False,
 ) -> None:
-    """(Re)read a strategy's folder, register it and start it."""
+    """(Re)read a strategy's folder, register it and start it. Without NAME: every enabled strategy,
+    except those stopped with `desk stop` (their folder is re-read; they stay stopped)."""
     _print_status(_control(subjects.CTL_DEPLOY, name), as_json)
 
 
@@ -297,7 +331,8 @@ def deploy(
 def stop(
     name: Annotated[str, typer.Argument(help="Strategy to stop; all if omitted.")] = "", as_json: JsonOpt = False
 ) -> None:
-    """Stop a strategy (it is not restarted until deployed or started again)."""
+    """Stop a strategy. It stays stopped, across desk restarts too, until `desk start NAME` (or
+    `desk deploy NAME`, `desk restart NAME`); `desk deploy` without a name leaves it stopped."""
     _print_status(_control(subjects.CTL_STOP, name), as_json)
 
 
@@ -357,7 +392,8 @@ def positions(
 ) -> None:
     """Open positions per strategy, with average cost and P&L."""
     reply = _call(
-        subjects.LEDGER_POSITIONS, _query(strategy, member, symbol, limit), ledger_pb2.PositionsReply, "ledger"
+        subjects.LEDGER_POSITIONS, _query(strategy, member, symbol, limit), ledger_pb2.PositionsReply, "ledger",
+        strategy=strategy, empty=lambda r: not r.positions,
     )
     if as_json:
         print_json(reply)
@@ -392,7 +428,8 @@ def orders(
     as_json: JsonOpt = False,
 ) -> None:
     """Orders, newest first, with their status."""
-    reply = _call(subjects.LEDGER_ORDERS, _query(strategy, member, symbol, limit), ledger_pb2.OrdersReply, "ledger")
+    reply = _call(subjects.LEDGER_ORDERS, _query(strategy, member, symbol, limit), ledger_pb2.OrdersReply, "ledger",
+                  strategy=strategy, empty=lambda r: not r.orders)
     if as_json:
         print_json(reply)
         return
@@ -446,7 +483,8 @@ def fills(
     as_json: JsonOpt = False,
 ) -> None:
     """Fills (executions), newest first."""
-    reply = _call(subjects.LEDGER_FILLS, _query(strategy, member, symbol, limit), ledger_pb2.FillsReply, "ledger")
+    reply = _call(subjects.LEDGER_FILLS, _query(strategy, member, symbol, limit), ledger_pb2.FillsReply, "ledger",
+                  strategy=strategy, empty=lambda r: not r.fills)
     if as_json:
         print_json(reply)
         return
@@ -464,7 +502,7 @@ def fills(
                 enum_name(common_pb2.Side.Name(f.side)),
                 f.qty,
                 money(f.price),
-                f.fee,
+                money(f.fee),
                 f.execution_id[:8],
             ]
             for f in reply.fills
@@ -482,7 +520,7 @@ def _pnl_figures(r: ledger_pb2.PnlRow) -> list[Any]:
         signed_money(r.unrealized_pnl),
         money(r.fees),
         signed_money(r.total_pnl),
-        f"{r.return_pct}%",
+        percent(r.return_pct),
         r.fills,
     ]
 
@@ -490,7 +528,8 @@ def _pnl_figures(r: ledger_pb2.PnlRow) -> list[Any]:
 @app.command()
 def pnl(strategy: StrategyOpt = "", member: MemberOpt = "", as_json: JsonOpt = False) -> None:
     """Realized and unrealized P&L per strategy and per member."""
-    reply = _call(subjects.LEDGER_PNL, _query(strategy, member, "", 1000), ledger_pb2.PnlReply, "ledger")
+    reply = _call(subjects.LEDGER_PNL, _query(strategy, member, "", 1000), ledger_pb2.PnlReply, "ledger",
+                  strategy=strategy, empty=lambda r: not r.strategies)
     if as_json:
         print_json(reply)
         return
@@ -514,7 +553,7 @@ def leaderboard(limit: LimitOpt = 20, as_json: JsonOpt = False) -> None:
         "leaderboard",
         ["#", "member", "equity", "total P&L", "return", "strategies", "fills"],
         [
-            [r.rank, r.member_id, money(r.equity), signed_money(r.total_pnl), f"{r.return_pct}%", r.strategies, r.fills]
+            [r.rank, r.member_id, money(r.equity), signed_money(r.total_pnl), percent(r.return_pct), r.strategies, r.fills]
             for r in reply.rows
         ],
         numeric=["equity", "total P&L", "return", "strategies", "fills"],
@@ -524,7 +563,8 @@ def leaderboard(limit: LimitOpt = 20, as_json: JsonOpt = False) -> None:
 @app.command()
 def equity(strategy: StrategyOpt = "", member: MemberOpt = "", limit: LimitOpt = 100, as_json: JsonOpt = False) -> None:
     """Equity snapshots over time (the data behind equity curves)."""
-    reply = _call(subjects.LEDGER_EQUITY, _query(strategy, member, "", limit), ledger_pb2.EquityReply, "ledger")
+    reply = _call(subjects.LEDGER_EQUITY, _query(strategy, member, "", limit), ledger_pb2.EquityReply, "ledger",
+                  strategy=strategy, empty=lambda r: not r.points)
     if as_json:
         print_json(reply)
         return

@@ -24,6 +24,14 @@ before SIGKILL) and its exit is a crash: backoff, restart, FAILED after ORCH_MAX
 are told the interval (DESK_HEARTBEAT_INTERVAL) unless their config asks for a shorter one.
 On shutdown every strategy is stopped (SIGTERM, then SIGKILL after ORCH_STOP_TIMEOUT).
 
+**A stop lasts.** ``desk stop X`` records the wish in the strategy's own ``DESK_STRATEGIES`` entry
+(the same ``StrategySpec``, written again with the header ``Desk-Desired: stopped``; the router and
+the ledger read only the spec), so when the orchestrator (or the whole desk) starts again X is
+registered, shown STOPPED and not launched. ``desk start X``, ``desk restart X`` and ``desk deploy X``
+write it back without the header and run it. ``desk deploy`` without a name re-reads every folder but
+leaves the strategies stopped by request stopped (their spec refreshed), and says so. The
+orchestrator's own shutdown stops strategies without recording anything.
+
 Invalid strategy folders are not deployable; since ``StrategyList`` has no room for errors, their
 messages are reported in the ``message`` of every ``StrategyStatusList`` reply (status, deploy...).
 """
@@ -37,11 +45,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 import desk
-from desk.bus import codec, kv, subjects
+from desk.bus import codec, subjects
 from desk.bus.errors import DeskError
 from desk.bus.lifecycle import ServiceRuntime
 from desk.bus.logging import get_logger
@@ -70,6 +79,9 @@ LOG_LINE_CHARS = 300
 MESSAGE_CHARS = 24 * 1024
 LAST_ERROR_CHARS = 1000
 BANNER = "--- started pid"
+#: Header on a DESK_STRATEGIES entry: the desired state a user asked for (absent: run it).
+DESIRED_HEADER = "Desk-Desired"
+DESIRED_STOPPED = "stopped"
 
 
 @dataclass
@@ -85,6 +97,8 @@ class Managed:
     kill_task: asyncio.Task[None] | None = None
     #: Set when the current run's outcome is known: first heartbeat, exit, or declared hung.
     outcome: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Stopped by a user, and recorded so (DESIRED_HEADER): not launched by autodeploy or deploy-all.
+    held: bool = False
 
     @property
     def strategy_id(self) -> str:
@@ -161,9 +175,11 @@ class Orchestrator:
         # The server has our subscriptions once this returns: no "no responders" right after ready.
 
     async def _autodeploy(self) -> None:
-        """Launch every enabled strategy, in parallel, without waiting for their heartbeats."""
+        """Launch every enabled strategy, in parallel, without waiting for their heartbeats; those a
+        user stopped (recorded in DESK_STRATEGIES) are registered, STOPPED, and not launched."""
         found = await self._discover()
-        results = await asyncio.gather(*(self._deploy(s, wait=False) for s in found.enabled), return_exceptions=True)
+        results = await asyncio.gather(*(self._deploy(s, wait=False, keep_stopped=True) for s in found.enabled),
+                                       return_exceptions=True)
         for strategy, result in zip(found.enabled, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("strategy.autodeploy_failed", strategy_id=strategy.spec.strategy_id, error=repr(result))
@@ -187,8 +203,15 @@ class Orchestrator:
             targets = [self._found(found, request.strategy_id)]
         else:
             targets = found.enabled
-        results = await asyncio.gather(*(self._deploy(s, wait=True) for s in targets), return_exceptions=True)
+        keep = not request.strategy_id  # deploy-all leaves what a user stopped stopped; deploy X runs X
+        results = await asyncio.gather(*(self._deploy(s, wait=True, keep_stopped=keep) for s in targets),
+                                       return_exceptions=True)
         errors = self._raise_or_note(targets, results)
+        held = sorted(s.spec.strategy_id for s in targets
+                      if s.spec.strategy_id in self.managed and self.managed[s.spec.strategy_id].held)
+        if held:
+            errors.append("stopped by request, left stopped: " + ", ".join(held)
+                          + f" (desk start {held[0] if len(held) == 1 else 'NAME'} runs it)")
         deployed = [self.managed[s.spec.strategy_id] for s in targets if s.spec.strategy_id in self.managed]
         return await self._outcome_list(deployed, errors)
 
@@ -197,6 +220,7 @@ class Orchestrator:
 
         async def start(m: Managed) -> None:
             async with m.lock:
+                await self._set_held(m, False)
                 if m.supervisor.state in ACTIVE:
                     return
                 await self._start_locked(m)
@@ -208,7 +232,13 @@ class Orchestrator:
 
     async def on_stop(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
         targets = self._targets(request.strategy_id)
-        await asyncio.gather(*(self._stop(m) for m in targets))
+
+        async def stop(m: Managed) -> None:
+            async with m.lock:
+                await self._set_held(m, True)  # recorded first: a stop survives a restart mid-way
+                await self._stop_locked(m)
+
+        await asyncio.gather(*(stop(m) for m in targets))
         return self._status_list(targets)
 
     async def on_restart(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
@@ -216,6 +246,7 @@ class Orchestrator:
 
         async def restart(m: Managed) -> None:
             async with m.lock:
+                await self._set_held(m, False)
                 await self._stop_locked(m)
                 await self._start_locked(m)
                 outcome = m.outcome
@@ -261,9 +292,15 @@ class Orchestrator:
             return
         self.heartbeats[strategy_id] = time.time_ns()
         m = self.managed.get(strategy_id)
-        if m is not None and m.supervisor.heartbeat():
+        if m is None:
+            return
+        had_error = m.supervisor.last_error
+        if m.supervisor.heartbeat():
             log.info("strategy.running", strategy_id=strategy_id, pid=m.supervisor.pid)
             m.outcome.set()
+        if had_error and not m.supervisor.last_error:  # kept here: status shows the current run's error
+            log.info("strategy.recovered", strategy_id=strategy_id, restarts=m.supervisor.restarts,
+                     previous_error=had_error)
 
     # -- watchdog ------------------------------------------------------------------------------
 
@@ -358,23 +395,70 @@ class Orchestrator:
             raise failures[0][1]
         return [f"{sid}: deploy failed: {err}" for sid, err in failures]
 
-    async def _deploy(self, strategy: DiscoveredStrategy, wait: bool) -> None:
+    async def _deploy(self, strategy: DiscoveredStrategy, wait: bool, keep_stopped: bool = False) -> None:
+        """Write the spec and (re)start the strategy. ``keep_stopped``: one a user stopped (in memory,
+        or recorded in DESK_STRATEGIES by an earlier orchestrator) gets its new spec and stays STOPPED."""
         spec = strategy.spec
         m = self.managed.get(spec.strategy_id)
         if m is None:
-            m = Managed(spec=spec, supervisor=Supervisor(self.policy, self.clock))
+            held = keep_stopped and await self._recorded_stopped(spec.strategy_id)
+            m = Managed(spec=spec, supervisor=Supervisor(self.policy, self.clock), held=held)
             self.managed[spec.strategy_id] = m
+            if held:
+                m.supervisor.stop_request()  # STOPPED, "stopped by request": what status shows
         async with m.lock:
-            await self._stop_locked(m)
+            hold = keep_stopped and m.held
+            if not hold:
+                await self._stop_locked(m)
             m.spec = spec
-            assert self._js is not None
-            await kv.put(self._js, subjects.KV_STRATEGIES, spec.strategy_id, spec)  # labelled: desk.bus.kv
+            m.held = hold
+            await self._write_spec(spec, stopped=hold)
             log.info("strategy.deployed", strategy_id=spec.strategy_id, member_id=spec.member_id,
-                     legacy=spec.legacy, runtime=spec.runtime, path=spec.path)
+                     legacy=spec.legacy, runtime=spec.runtime, path=spec.path, stopped_by_request=hold)
+            if hold:
+                return
             await self._start_locked(m)
             outcome = m.outcome
         if wait:
             await self._await_outcome(outcome)
+
+    async def _write_spec(self, spec: strategy_pb2.StrategySpec, stopped: bool) -> None:
+        """The spec into DESK_STRATEGIES, labelled (as desk.bus.kv.put) and, when a user stopped the
+        strategy, with DESIRED_HEADER (readers of the spec ignore it)."""
+        assert self._js is not None
+        data, headers = codec.encode(spec)
+        if stopped:
+            headers = {**headers, DESIRED_HEADER: DESIRED_STOPPED}
+        await self._js.publish(f"$KV.{subjects.KV_STRATEGIES}.{spec.strategy_id}", data, headers=headers)
+
+    async def _set_held(self, m: Managed, held: bool) -> None:
+        """Record (the lock is held) whether a user wants the strategy stopped across restarts."""
+        if m.held == held:
+            return
+        await self._write_spec(m.spec, stopped=held)
+        m.held = held
+        log.info("strategy.desired_state", strategy_id=m.strategy_id, desired="stopped" if held else "running")
+
+    async def _recorded_stopped(self, strategy_id: str) -> bool:
+        """Whether DESK_STRATEGIES records a user's stop for ``strategy_id`` (on our own labelled
+        entry for that id: anything else is not believed)."""
+        assert self._js is not None
+        try:
+            raw = await self._js.get_last_msg(f"KV_{subjects.KV_STRATEGIES}",
+                                              f"$KV.{subjects.KV_STRATEGIES}.{strategy_id}")
+        except nats.js.errors.NotFoundError:
+            return False
+        except Exception as exc:  # noqa: BLE001 - unreadable: run it, as before this was recorded
+            log.warning("strategy.desired_state_unreadable", strategy_id=strategy_id, error=repr(exc))
+            return False
+        headers = raw.headers or {}
+        if headers.get(DESIRED_HEADER) != DESIRED_STOPPED:
+            return False
+        try:
+            spec = codec.decode(raw.data or b"", strategy_pb2.StrategySpec, headers)
+        except DeskError:
+            return False
+        return headers.get(codec.DESK_TYPE) is not None and spec.strategy_id == strategy_id
 
     async def _await_outcome(self, outcome: asyncio.Event) -> None:
         """Until the run's first heartbeat, its exit or the watchdog's verdict (ORCH_START_TIMEOUT

@@ -21,9 +21,12 @@ Decisions about runs that never got going:
   ``last_error`` saying "no heartbeat for ...". A start timeout is not FAILED at once: a slow start
   (a busy machine) may pass.
 
-``last_error`` is cleared when a run proves healthy: at the first heartbeat of a run a user
-started (new code, a fresh start), or, after an automatic restart, at a heartbeat once the run has
-lasted ``stable_after`` (so a crash loop keeps showing its error between crashes).
+``last_error`` is the current run's: it is cleared when a run reaches RUNNING (its first heartbeat),
+whoever started it, and set again when a run ends on its own. So a strategy that recovered after an
+automatic restart no longer shows the error it recovered from; a crash loop still shows it while it
+waits to restart (CRASHED, BACKOFF, FAILED), and ``restarts`` counts the restarts. The error it
+replaced is kept in :attr:`Supervisor.previous_error` (the service logs it, ``strategy.recovered``),
+and every crash is in the orchestrator's log (``strategy.crashed``) and the strategy's own.
 
 The supervisor decides; the service acts (starts processes, kills hung ones, arms timers) and
 reports back.
@@ -108,6 +111,8 @@ class Supervisor:
     last_heartbeat_at: float | None = None
     #: Why the watchdog declared the current run hung ("" = it did not).
     hung_reason: str = ""
+    #: The last error a run recovered from (cleared from ``last_error`` when that run reached RUNNING).
+    previous_error: str = ""
 
     def start_requested(self) -> None:
         """A user (or deploy) starts the strategy: any backoff history is forgotten."""
@@ -140,6 +145,8 @@ class Supervisor:
         self.pid = pid
         self.started_at = self.clock()
         self.exit_code = 0
+        if self.state == RUNNING and self.last_error:  # it heartbeated before the runtime said it started
+            self.previous_error, self.last_error = self.last_error, ""
 
     def heartbeat(self) -> bool:
         """A heartbeat of this strategy arrived. Returns True when it is the current run's first.
@@ -153,10 +160,8 @@ class Supervisor:
         self.last_heartbeat_at = now
         if self.started_at is not None:  # launched (a container has no pid: started_at says it)
             self.state = RUNNING
-        if self.last_error and (
-            (first and self.requested_run)
-            or (self.started_at is not None and now - self.started_at >= self.policy.stable_after)
-        ):
+        if self.last_error and self.state == RUNNING:  # the error shown is the current run's: it has none
+            self.previous_error = self.last_error
             self.last_error = ""
         return first
 

@@ -193,7 +193,10 @@ async def test_hostile_strategies_are_contained_and_the_desk_carries_on(
 
         # the spinner: its heartbeat stops on its first bar; it is reported and restarted
         await poll(lambda: status_of(desk, "spinner")["restarts"] >= 1, "the spinner is restarted", timeout=90)
-        assert "no heartbeat" in status_of(desk, "spinner")["last_error"]
+        # last_error is the current run's (issue 15): it says why while the spinner waits to restart
+        # again, and is cleared while a restarted run heartbeats, so wait for a moment it is hung
+        await poll(lambda: "no heartbeat" in status_of(desk, "spinner")["last_error"], "the hang is reported",
+                   timeout=90)
 
         # the flood: 100 MB written, the log files stay capped (the rate limit says what it dropped)
         logs = var / "logs" / "strategies"
@@ -206,7 +209,7 @@ async def test_hostile_strategies_are_contained_and_the_desk_carries_on(
         assert total <= LOG_MAX * (LOG_BACKUPS + 1) + 4096, total
 
         # and the rest carry on: the victim runs, its books are untouched, the desk takes orders
-        assert status_of(desk, "victim")["state"] == "STRATEGY_STATE_RUNNING"
+        assert status_of(desk, "victim")["state"] == "running"
         assert desk.cli("orders", "-s", "victim")["orders"] == []  # type: ignore[index]
         ack = await request(nc, subjects.order_submit("victim"), orders_pb2.OrderRequest(
             strategy_id="victim", client_order_id="still-open", symbol="AAPL", side=common_pb2.SIDE_BUY,

@@ -92,11 +92,11 @@ def test_every_service_is_healthy_and_each_strategy_runs_in_its_own_labelled_con
     deadline = time.monotonic() + 90  # RUNNING once each container's strategy has heartbeaten: wait, bounded
     while True:
         status = {s["strategy_id"]: s for s in compose_desk.desk("status")["strategies"]}  # type: ignore[union-attr]
-        if all(status[n]["state"] == "STRATEGY_STATE_RUNNING" for n in names) or time.monotonic() > deadline:
+        if all(status[n]["state"] == "running" for n in names) or time.monotonic() > deadline:
             break
         time.sleep(0.5)  # polling `desk status`, bounded by the deadline
     for strategy_id in names:
-        assert status[strategy_id]["state"] == "STRATEGY_STATE_RUNNING", status[strategy_id]
+        assert status[strategy_id]["state"] == "running", status[strategy_id]
         assert status[strategy_id]["runtime"] == "docker"
         labels = json.loads(docker("inspect", "-f", "{{json .Config.Labels}}", container(strategy_id)))
         assert labels["quantdesk.strategy"] == strategy_id
@@ -190,11 +190,11 @@ def test_a_strategy_past_its_memory_limit_is_killed_and_reported_while_the_rest_
     asyncio.run(run())
     hog = strategy_state(compose_desk, "hog")
     assert "memory limit of 64m" in str(hog["last_error"])
-    assert hog["state"] in ("STRATEGY_STATE_BACKOFF", "STRATEGY_STATE_RUNNING", "STRATEGY_STATE_STARTING",
-                            "STRATEGY_STATE_CRASHED", "STRATEGY_STATE_FAILED")
+    assert hog["state"] in ("backoff", "running", "starting",
+                            "crashed", "failed")
     for strategy_id in ("ma_crossover", "idle_a", "idle_b"):
         other = strategy_state(compose_desk, strategy_id)
-        assert other["state"] == "STRATEGY_STATE_RUNNING" and int(str(other.get("restarts", 0))) == 0, other
+        assert other["state"] == "running" and int(str(other.get("restarts", 0))) == 0, other
 
 
 def test_make_status_stop_and_deploy_work_against_the_containers(compose_desk: ComposeDesk) -> None:
@@ -204,12 +204,12 @@ def test_make_status_stop_and_deploy_work_against_the_containers(compose_desk: C
     stopped = compose_desk.make("stop", "NAME=idle_b")
     assert stopped.returncode == 0, stopped.stderr
     assert docker("inspect", "-f", "{{.State.Running}}", container("idle_b")) == "false"
-    assert strategy_state(compose_desk, "idle_b")["state"] == "STRATEGY_STATE_STOPPED"
+    assert strategy_state(compose_desk, "idle_b")["state"] == "stopped"
 
     deployed = compose_desk.make("deploy", "NAME=idle_b")
     assert deployed.returncode == 0, deployed.stderr
     assert docker("inspect", "-f", "{{.State.Running}}", container("idle_b")) == "true"
-    assert strategy_state(compose_desk, "idle_b")["state"] == "STRATEGY_STATE_RUNNING"
+    assert strategy_state(compose_desk, "idle_b")["state"] == "running"
 
     logs = compose_desk.make("logs", "NAME=ma_crossover")
     assert logs.returncode == 0 and "ma_crossover ready" in logs.stdout

@@ -186,7 +186,7 @@ async def test_a_replay_through_the_running_desk_trades_and_books_exactly_as_the
                 pass
         # Stopping waits for its last hook (and so for its last order's answer)...
         stopped = desk.cli("stop", STRATEGY_ID)
-        assert [s["state"] for s in stopped["strategies"]] == ["STRATEGY_STATE_STOPPED"], stopped  # type: ignore[index]
+        assert [s["state"] for s in stopped["strategies"]] == ["stopped"], stopped  # type: ignore[index]
         # ...then the gateway has handled every routed order once its consumer owes nothing...
         js = nc.jetstream()
 

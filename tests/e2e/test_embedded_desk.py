@@ -116,7 +116,7 @@ async def test_the_embedded_desk_trades_books_every_fill_once_and_survives_a_res
         def all_running() -> Any:
             status = desk.cli("status")
             states = {s["state"] for s in status["strategies"]}  # type: ignore[index]
-            return status if states == {"STRATEGY_STATE_RUNNING"} else None
+            return status if states == {"running"} else None
 
         status = await poll(all_running, "every strategy RUNNING")
         pids = {s["strategy_id"]: s["pid"] for s in status["strategies"]}  # type: ignore[index]

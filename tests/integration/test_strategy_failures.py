@@ -247,7 +247,7 @@ async def test_a_strategy_stuck_in_on_bar_is_killed_after_the_missed_heartbeats_
             await heartbeats.get()
     status = (await _ctl(nc, subjects.CTL_STATUS, "spinner")).strategies[0]
     assert status.state == RUNNING and status.restarts == 1 and status.pid not in (0, deployed.pid)
-    assert "no heartbeat for" in status.last_error  # an automatic restart keeps saying why it happened
+    assert status.last_error == ""  # the restarted run is healthy: the error shown is the current run's
 
     restarted = (await _ctl(nc, subjects.CTL_RESTART, "spinner")).strategies[0]
     assert restarted.state == RUNNING and restarted.last_error == ""  # a fresh, healthy start clears it

@@ -246,18 +246,23 @@ def test_last_error_is_cleared_by_the_first_heartbeat_of_a_requested_start() -> 
     assert sup.last_error == "" and sup.state == RUNNING
 
 
-def test_after_an_automatic_restart_last_error_stays_until_the_run_is_stable() -> None:
+def test_after_an_automatic_restart_last_error_is_the_current_runs() -> None:
+    # Issue 15: a strategy that recovered kept its old error in red. The error shown is the current
+    # run's: cleared when the restarted run reaches RUNNING, kept as previous_error (and logged).
     sup, clock = _running(POLICY)
     clock.now += 1
     sup.backoff(sup.exited(3, "RuntimeError: flaky").restart_in or 0)
+    assert sup.state == BACKOFF and sup.last_error == "RuntimeError: flaky"  # while it waits: why
     clock.now += 1
     assert sup.restart_due()
     sup.started(pid=8)
+    assert sup.last_error == "RuntimeError: flaky"  # STARTING: not recovered yet
     sup.heartbeat()
-    assert sup.last_error == "RuntimeError: flaky"  # a crash loop keeps showing why
-    clock.now += POLICY.stable_after
-    sup.heartbeat()
-    assert sup.last_error == ""
+    assert sup.state == RUNNING and sup.last_error == "" and sup.previous_error == "RuntimeError: flaky"
+    assert sup.restarts == 1  # the restart itself stays visible
+    clock.now += 1
+    sup.backoff(sup.exited(4, "RuntimeError: again").restart_in or 0)
+    assert sup.last_error == "RuntimeError: again"  # a crash loop still shows its error between crashes
 
 
 def test_a_run_without_a_pid_a_container_is_running_at_its_first_heartbeat_and_watched() -> None:
