@@ -21,10 +21,11 @@ what is still owed.
 Market data (``md.bar.>``, ``md.quote.>``, ``md.trade.>``) goes to the broker too: the sim fills
 resting orders from it.
 
-Start-up (sim): before the service answers, fetches a routed order or sees market data, the sim's
-book is rebuilt from EXECUTIONS (:meth:`BrokerGateway._restore_book`: every stored report of this
-venue, up to the stream's last sequence at start, through an ordered consumer), so resting orders
-survive a crash (SIGKILL) and a redelivered routed order is recognised (docs/faults.md).
+Start-up (sim, and alpaca before its stream starts): before the service answers, fetches a routed
+order or sees market data, the broker's book is rebuilt from EXECUTIONS
+(:meth:`BrokerGateway._restore_book`: every stored report of this venue, up to the stream's last
+sequence at start, through an ordered consumer), so resting orders survive a crash (SIGKILL) and a
+redelivered routed order is recognised (docs/faults.md, docs/alpaca.md "Crashes").
 
 Shutdown: stop fetching, then publish EXPIRED for every order resting in the sim (a sim rule: the
 venue closes with the process; the restored book then holds them as expired), then the lifecycle
@@ -64,7 +65,7 @@ from desk.core.matching import MarketUpdate, SimConfig, SimEngine
 from desk.core.orders import Reports
 from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2
 
-from .brokers.base import Broker, BrokerUnavailable, StreamingBroker
+from .brokers.base import Broker, BrokerUnavailable, RestorableBroker, StreamingBroker
 from .brokers.sim import MarketClock, SimBroker
 from .settings import Settings
 
@@ -205,7 +206,7 @@ class BrokerGateway:
         self._js = runtime.js
         await streams.ensure_stream(runtime.js, streams.EXECUTIONS)
         await streams.ensure_stream(runtime.js, streams.ORDERS)
-        if isinstance(self.broker, SimBroker):
+        if isinstance(self.broker, RestorableBroker):  # sim, and alpaca (before its start below)
             await self._restore_book(runtime)
         service = await add_service(
             runtime, NAME, desk.__version__, f"routed orders -> {self.venue} -> execution reports",
@@ -243,7 +244,7 @@ class BrokerGateway:
         gateway per venue). Reports the restore makes (an IOC/FOK order left open by the crash is
         canceled) go out first.
         """
-        assert isinstance(self.broker, SimBroker)
+        assert isinstance(self.broker, RestorableBroker)
         stored: list[executions_pb2.ExecutionReport] = []
         unreadable = 0
 
@@ -262,8 +263,9 @@ class BrokerGateway:
                                         timeout=RESTORE_TIMEOUT)
         last_seq = replayed.last_seq
         made = self.broker.restore(stored)
-        unreadable += self.broker.engine.restore_skipped
-        self.counts["restored_open_orders"] = len(self.broker.engine.open_orders())
+        if isinstance(self.broker, SimBroker):
+            unreadable += self.broker.engine.restore_skipped
+        self.counts["restored_open_orders"] = len(self.broker.open_orders())
         log.info("book.restored", venue=self.venue, last_seq=last_seq, reports=len(stored),
                  open_orders=self.counts["restored_open_orders"], canceled=len(made), unreadable=unreadable)
         if made:
@@ -425,14 +427,16 @@ class BrokerGateway:
         except (nats.js.errors.KeyNotFoundError, DeskError):
             return None
 
-    def _emit(self, reports: Reports) -> None:
-        """A streaming broker's sink: queue the reports in order, publish them soon."""
+    def _emit(self, reports: Reports) -> asyncio.Task[bool] | None:
+        """A streaming broker's sink: queue the reports in order, publish them soon; the returned task
+        is True once they are stored (a broker that must not act before they are awaits it)."""
         if not reports:
-            return
+            return None
         self._outbox.extend(reports)
         task = asyncio.create_task(self._flush_soon(), name="gateway.flush")
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
+        return task
 
     async def _flush(self) -> bool:
         """Publish the whole outbox, wave by wave (:func:`next_wave`); False if a publish failed.

@@ -140,7 +140,7 @@ async def test_reports_refused_mid_batch_are_retried_in_order_and_no_order_leave
         await asyncio.wait_for(naked, TIMEOUT)  # a flush failed: its batch went back to the work queue
         await advisory.unsubscribe()
         assert gateway.counts["publish_failures"] >= 1
-        await streams.ensure_stream(js, streams.EXECUTIONS)  # the limit is lifted
+        await js.update_stream(streams.EXECUTIONS)  # the operator lifts the limit (services never change a stream)
 
         reports = await reports_in_stream(nc, 2 * COUNT)
         # every order once, NEW before FILL: a FILL is never sent before its NEW is stored

@@ -20,6 +20,11 @@
   Without such a price nothing is crossed: the order goes on as if no other strategy's order
   rested (to Alpaca, or refused by the desk as a wash trade), and the reason is logged and, on a
   refusal, written in the report.
+* Crashes (docs/alpaca.md, "Crashes"): before the desk cancels a resting order's Alpaca order to
+  cross it, a pull record is stored in EXECUTIONS; at start the shell replays EXECUTIONS into
+  :meth:`AlpacaBroker.restore` (crosses, fills, statuses, pull records), the reconcile attaches
+  Alpaca's orders by placement ``<n>``, and a re-place that did not happen is made. A redelivered
+  routed order that has an Alpaca order or is final is never sent again.
 * Keys: only this process holds them (``SecretStr`` settings); they are never logged.
 """
 
@@ -32,7 +37,7 @@ import json
 import random
 import time
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -43,7 +48,7 @@ from desk.bus.decimals import fmt
 from desk.bus.logging import get_logger
 from desk.core.matching import MarketUpdate
 from desk.core.orders import ORDER_TYPE_WORDS, SIDE_WORDS, TIME_IN_FORCE_WORDS, Reports
-from desk.v1 import common_pb2, ledger_pb2, marketdata_pb2, orders_pb2
+from desk.v1 import common_pb2, executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2
 
 from . import netting
 from .alpaca_book import (
@@ -55,7 +60,7 @@ from .alpaca_book import (
     dec,
     to_ns,
 )
-from .base import BrokerUnavailable, PriceSource
+from .base import BrokerUnavailable, PriceSource, Sink
 
 with warnings.catch_warnings():
     # alpaca-py 0.44's TradingStream imports websockets.legacy, deprecated since websockets 14
@@ -76,7 +81,7 @@ with warnings.catch_warnings():
 
 log = get_logger("broker_gateway.alpaca")
 T = TypeVar("T")
-Emit = Callable[[Reports], None]
+Emit = Callable[[Reports], object]  # the shell's sink (base.Sink): queues reports; what it returns is awaited by _store
 
 DUPLICATE_CLIENT_ORDER_ID = 40010001
 INSUFFICIENT_QTY = 40310000
@@ -334,11 +339,13 @@ class AlpacaBroker:
         self.book = AlpacaBook(clock)
         self._clock = clock
         self._emit: Emit = lambda reports: None
+        self._sink: Sink = lambda reports: None
         self._prices: PriceSource | None = None  # DESK_PRICES (no source or age): not used to price crosses
         self.market = AlpacaPrices(config.cross_max_age, clock)
         self._routed: dict[str, orders_pb2.RoutedOrder] = {}  # desk order id -> its routed order (re-placing)
         self._symbol_locks: dict[str, asyncio.Lock] = {}
         self._final: dict[str, asyncio.Event] = {}  # desk order id -> set once it is final
+        self._tasks: set[asyncio.Task[None]] = set()  # re-places started by a stream event
         self._stream: DeskTradingStream | None = None
         self._stream_task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()  # set while reconciled and connected
@@ -362,16 +369,30 @@ class AlpacaBroker:
         except requests.exceptions.RequestException as exc:
             raise AlpacaCredentialsError(f"Alpaca unreachable at start-up: {type(exc).__name__}") from None
 
-    async def start(self, emit: Emit, prices: PriceSource | None = None, timeout: float = 30.0) -> None:
+    def restore(self, reports: Iterable[executions_pb2.ExecutionReport]) -> Reports:
+        """What the desk decided before a restart, from EXECUTIONS (the shell calls it before :meth:`start`).
+
+        Every stored report of venue alpaca rebuilds the desk orders: their reports (never made
+        again), internal crosses and fills (``cum_qty``), status, and the "pull" records of Alpaca
+        orders the desk canceled itself. The reconcile in :meth:`start` then attaches Alpaca's open
+        and recent orders (ordered by placement ``<n>``) and completes a re-place that did not
+        happen. Nothing to publish: ``[]``."""
+        restored = self.book.restore(list(reports))
+        log.info("alpaca.book_restored", orders=restored)
+        return []
+
+    async def start(self, emit: Sink, prices: PriceSource | None = None, timeout: float = 30.0) -> None:
         """Connect the stream; return once the first reconcile is done (before any new work)."""
-        def emit_and_notify(reports: Reports) -> None:
-            emit(reports)
+        def emit_and_notify(reports: Reports) -> Awaitable[bool] | None:
+            stored = emit(reports)
             for report in reports:
                 order = self.book.orders.get(report.order_id)
                 waiter = self._final.get(report.order_id)
                 if waiter is not None and order is not None and order.is_final:
                     waiter.set()
+            return stored
 
+        self._sink = emit_and_notify
         self._emit = emit_and_notify
         self._prices = prices
         self._stream = DeskTradingStream(self.config, self._on_connected)
@@ -384,6 +405,16 @@ class AlpacaBroker:
             ready.cancel()
             await self.stop()
             raise AlpacaUnavailable(f"trade_updates stream not connected and reconciled within {timeout} s")
+        await self._complete_replacements()  # re-places the last process decided but did not make
+
+    async def _store(self, reports: Reports) -> None:
+        """Publish ``reports`` and wait until EXECUTIONS holds them (a record written before acting).
+
+        AlpacaUnavailable if they could not be stored: the desk then does not act (the routed order
+        is nak'ed and comes back)."""
+        stored = self._sink(reports)
+        if stored is not None and not await stored:
+            raise AlpacaUnavailable("execution reports not stored in EXECUTIONS; not acting on them")
 
     async def stop(self) -> None:
         if self._stream_task is not None:
@@ -415,8 +446,8 @@ class AlpacaBroker:
     async def submit(self, routed: orders_pb2.RoutedOrder) -> Reports:
         await self.wait_ready()
         order = self.book.remember(routed)
-        if order.alpaca_ids or order.is_final or order.cum_qty > 0:
-            return []  # a redelivered routed order: already placed, crossed or refused
+        if self._handled(order):
+            return []  # a redelivered routed order: placed at Alpaca, or done (filled, crossed, refused)
         self._routed[order.order_id] = routed
         try:
             order_request(routed)
@@ -425,11 +456,69 @@ class AlpacaBroker:
             return []
         lock = self._symbol_locks.setdefault(order.symbol, asyncio.Lock())
         async with lock:  # one netting decision per symbol at a time
+            await self._complete_replacements(order.symbol, locked=True)
+            if self._handled(order):
+                return []
             send_qty = await self._net(order) if order.qty is not None else order.qty
             if order.is_final or (send_qty is not None and send_qty <= 0):
                 return []
             await self._place(routed, order, send_qty if send_qty != order.qty else None, placement=1)
         return []
+
+    @staticmethod
+    def _handled(order: DeskOrder) -> bool:
+        """Nothing more to do for a (redelivered) routed order: an Alpaca order of it exists (found
+        by the reconcile, or placed by this process), or it is final (filled, crossed, refused).
+        Known from EXECUTIONS and the account after a restart, not only from this process's memory.
+        A desk order partly crossed whose remainder was never placed is not handled: its leaves go on."""
+        return bool(order.alpaca_ids) or order.is_final
+
+    def _routed_of(self, order: DeskOrder) -> orders_pb2.RoutedOrder:
+        """The routed order of ``order`` (rebuilt from the book for an order of a previous process)."""
+        known = self._routed.get(order.order_id)
+        if known is not None:
+            return known
+        request = orders_pb2.OrderRequest(
+            strategy_id=order.strategy_id, client_order_id=order.client_order_id, symbol=order.symbol,
+            side=order.side,  # type: ignore[arg-type]  # int values of the generated enums
+            type=order.type,  # type: ignore[arg-type]
+            time_in_force=order.tif,  # type: ignore[arg-type]
+            qty=fmt(order.qty), notional=fmt(order.notional), limit_price=fmt(order.limit_price),
+            stop_price=fmt(order.stop_price),
+        )
+        return orders_pb2.RoutedOrder(order_id=order.order_id, strategy_id=order.strategy_id,
+                                      member_id=order.member_id, new_order=request)
+
+    async def _complete_replacements(self, symbol: str | None = None, locked: bool = False) -> None:
+        """Place again the leaves of every order whose Alpaca order the desk canceled to cross it and
+        whose re-place did not happen (a crash, or Alpaca unavailable past the budget): as the next
+        ``<id>.<n>``. Alpaca's fills of the canceled order not yet booked are not leaves."""
+        pending = [o for o in self.book.orders.values()
+                   if (symbol is None or o.symbol == symbol) and self.book.needs_replacing(o)]
+        for order in pending:
+            if locked:
+                await self._replace(order)
+                continue
+            async with self._symbol_locks.setdefault(order.symbol, asyncio.Lock()):
+                try:
+                    await self._replace(order)
+                except AlpacaUnavailable as exc:  # retried with the next order of the symbol, or restart
+                    log.error("alpaca.replace_deferred", order_id=order.order_id, error=str(exc))
+
+    async def _replace(self, order: DeskOrder) -> None:
+        if not self.book.needs_replacing(order):
+            return
+        latest = order.latest_alpaca_id
+        assert latest is not None and order.qty is not None
+        _, filled = order.alpaca_state[latest]
+        racing = filled - order.filled_at_alpaca.get(latest, Decimal(0))
+        leaves = order.qty - order.cum_qty - max(racing, Decimal(0))
+        if leaves <= 0:
+            return
+        log.info("alpaca.replacing_leaves", order_id=order.order_id, strategy_id=order.strategy_id,
+                 client_order_id=order.client_order_id, qty=fmt(leaves), placement=order.next_placement,
+                 canceled_alpaca_order=latest)
+        await self._place(self._routed_of(order), order, leaves, placement=order.next_placement)
 
     async def _net(self, order: DeskOrder) -> Decimal:
         """Cross ``order`` with other strategies' resting orders (netting.plan); the quantity to send."""
@@ -443,17 +532,18 @@ class AlpacaBroker:
         if price is None and any(r.side != incoming.side and r.strategy_id != incoming.strategy_id for r in resting):
             log.warning("order.not_crossed", symbol=order.symbol, reason=how)
         plan = netting.plan(incoming, resting, price)
-        for seq, cross in enumerate(plan.crosses):
+        for cross in plan.crosses:
             other = self.book.orders[cross.resting_order_id]
-            left = await self._pull(other)
+            left = await self._pull(other, order)  # the pull record is stored before the cancel
             qty = min(cross.qty, left, order.qty - order.cum_qty)
             if qty > 0:
                 log.info("order.crossed_internally", with_order=other.order_id, with_strategy=other.strategy_id,
                          qty=fmt(qty), price=fmt(cross.price), price_source=how)
-                self._emit(self.book.cross(order, other, qty, cross.price, seq))
-            if left - max(qty, Decimal(0)) > 0 and other.order_id in self._routed:
-                await self._place(self._routed[other.order_id], other, left - max(qty, Decimal(0)),
-                                  placement=len(other.alpaca_ids) + 1)
+                # stored before the routed order is acked (the shell flushes first); a cross lost
+                # in a crash is made again when the routed order comes back, and the re-place
+                # below is then pulled again: the pull record already covers the resting order
+                self._emit(self.book.cross(order, other, qty, cross.price))
+            await self._replace(other)
         if plan.conflict is not None:
             reason = plan.conflict if price is not None else f"{plan.conflict}; not crossed inside the desk: {how}"
             log.warning("order.net_refused", reason=reason)
@@ -461,16 +551,20 @@ class AlpacaBroker:
             return Decimal(0)
         return order.qty - order.cum_qty
 
-    async def _pull(self, order: DeskOrder) -> Decimal:
-        """Cancel ``order``'s Alpaca order so its leaves can be crossed; its leaves now."""
+    async def _pull(self, order: DeskOrder, incoming: DeskOrder) -> Decimal:
+        """Cancel ``order``'s Alpaca order so its leaves can be crossed (or sold past); its leaves now.
+
+        The pull record (:meth:`AlpacaBook.pulling`) is stored in EXECUTIONS first: after a crash at
+        any later point the cancel is known to be the desk's and the leaves are placed again."""
         alpaca_id = order.alpaca_ids[-1]
-        order.superseded.add(alpaca_id)
+        await self._store(self.book.pulling(order, alpaca_id, incoming))
         try:
             await self.rest.call("cancel_order_by_id", self.rest.client.cancel_order_by_id, alpaca_id)
         except APIError as exc:
             log.info("alpaca.pull_refused", alpaca_order_id=alpaca_id, error=describe(exc))
         snapshot = AlpacaOrder.from_model(
             await self.rest.call("get_order_by_id", self.rest.client.get_order_by_id, alpaca_id))
+        self._emit(self.book.on_order(snapshot))  # its state (canceled, or filled by a race): never an end here
         racing = snapshot.filled_qty - order.filled_at_alpaca.get(alpaca_id, Decimal(0))  # fills not yet seen
         assert order.qty is not None
         return max(order.qty - order.cum_qty - racing, Decimal(0))
@@ -498,7 +592,7 @@ class AlpacaBroker:
     def _resting_sells_of_others(self, order: DeskOrder) -> list[DeskOrder]:
         return [o for o in self.book.orders.values()
                 if o.symbol == order.symbol and o.side == common_pb2.SIDE_SELL and o.strategy_id != order.strategy_id
-                and o.alpaca_ids and not o.is_final and o.order_id in self._routed]
+                and o.alpaca_ids and not o.is_final and o.order_id != order.order_id]
 
     def _held_by_others(self, exc: APIError, order: DeskOrder) -> bool:
         """A 403 40310000 on a sell whose shares are held by other strategies' resting sells."""
@@ -520,7 +614,7 @@ class AlpacaBroker:
         A's order then, A's order is canceled with Alpaca's reason."""
         pulled = self._resting_sells_of_others(order)
         log.info("alpaca.pulling_resting_sells", orders=[o.order_id for o in pulled])
-        leaves = {o.order_id: await self._pull(o) for o in pulled}
+        leaves = {o.order_id: await self._pull(o, order) for o in pulled}
         done = self._final.setdefault(order.order_id, asyncio.Event())
         try:
             await self._place(routed, order, qty, placement=1, may_pull=False)
@@ -530,9 +624,8 @@ class AlpacaBroker:
         finally:
             self._final.pop(order.order_id, None)
             for other in pulled:
-                left = leaves[other.order_id]
-                if left > 0:
-                    await self._place(self._routed[other.order_id], other, left, placement=len(other.alpaca_ids) + 1)
+                if leaves[other.order_id] > 0:
+                    await self._replace(other)
 
     async def cancel(self, routed: orders_pb2.RoutedOrder) -> Reports:
         await self.wait_ready()
@@ -551,6 +644,12 @@ class AlpacaBroker:
         if order.is_final:
             return self.book.cancel_rejected(routed, "order is already closed")
         alpaca_id = order.alpaca_ids[-1]
+        pending_replace = self.book.needs_replacing(order)  # pulled; its leaves wait to go to Alpaca again
+        order.superseded.discard(alpaca_id)  # the strategy's own cancel: its end, never re-placed
+        if pending_replace:
+            snapshot = await self.rest.call("get_order_by_id", self.rest.client.get_order_by_id, alpaca_id)
+            self._emit(self.book.on_order(AlpacaOrder.from_model(snapshot)))  # CANCELED, after its fills
+            return []
         try:
             await self.rest.call("cancel_order_by_id", self.rest.client.cancel_order_by_id, alpaca_id)
         except APIError as exc:
@@ -603,6 +702,12 @@ class AlpacaBroker:
                     alpaca_execution_id=str(update.execution_id or ""),
                 )
             self._emit(self.book.on_update(event, alpaca, fill))
+            order = self.book.by_alpaca_id(alpaca.id)
+            if order is not None and self._ready.is_set() and self.book.needs_replacing(order):
+                # a pulled order whose cancel Alpaca confirmed only now: place its leaves again
+                task = asyncio.create_task(self._complete_replacements(order.symbol), name="alpaca.replace")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         except Exception as exc:
             log.error("alpaca.trade_update_failed", error=repr(exc), exc_info=exc)
 

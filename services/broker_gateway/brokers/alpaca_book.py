@@ -48,6 +48,8 @@ TERMINAL = {
     "stopped": (E.EXEC_TYPE_CANCELED, E.ORDER_STATUS_CANCELED),
 }
 FILL_EVENTS = {"fill", "partial_fill"}
+PULL_TEXT = "pulling alpaca order"
+PULLED = {"canceled", "pending_cancel"}  # a pulled Alpaca order in these states carries no leaves any more  # a pull record's text begins so (AlpacaBook.pulling)
 
 
 def alpaca_client_order_id(strategy_id: str, client_order_id: str, placement: int = 1) -> str:
@@ -55,6 +57,17 @@ def alpaca_client_order_id(strategy_id: str, client_order_id: str, placement: in
     the order's leaves are placed again after an internal cross (``<strategy>.<client id>.<n>``)."""
     base = f"{strategy_id}.{client_order_id}"
     return base if placement == 1 else f"{base}.{placement}"
+
+
+def placement_of(value: str) -> int:
+    """The placement number of an Alpaca ``client_order_id`` the desk made: ``<s>.<c>`` is 1, ``<s>.<c>.<n>`` n."""
+    parts = value.split(".")
+    return int(parts[2]) if len(parts) == 3 and parts[2].isdigit() else 1
+
+
+def pull_execution_id(alpaca_order_id: str) -> str:
+    """The id of the record "the desk is canceling this Alpaca order to cross its leaves" (written first)."""
+    return execution_id("pull", alpaca_order_id)
 
 
 def parse_client_order_id(value: str) -> tuple[str, str] | None:
@@ -163,6 +176,19 @@ class DeskOrder(OrderProgress):
     reported: set[str] = field(default_factory=set)  # execution ids already reported
     filled_at_alpaca: dict[str, Decimal] = field(default_factory=dict)  # alpaca order id -> qty booked
     superseded: set[str] = field(default_factory=set)  # alpaca orders canceled by the desk to re-place leaves
+    placements: dict[str, tuple[int, int]] = field(default_factory=dict)  # alpaca id -> (<n>, created): the sort key
+    alpaca_state: dict[str, tuple[str, Decimal]] = field(default_factory=dict)  # alpaca id -> (status, filled_qty)
+    crosses: int = 0  # internal crosses booked (numbers the next one: deterministic, unique execution ids)
+    unattributed: set[str] = field(default_factory=set)  # restored Alpaca fills not yet matched to their Alpaca order
+
+    @property
+    def latest_alpaca_id(self) -> str | None:
+        """The Alpaca order carrying the desk order's leaves: the highest placement ``<n>``."""
+        return self.alpaca_ids[-1] if self.alpaca_ids else None
+
+    @property
+    def next_placement(self) -> int:
+        return max((n for n, _ in self.placements.values()), default=0) + 1
 
 
 class AlpacaBook:
@@ -175,6 +201,48 @@ class AlpacaBook:
         self._by_client_id: dict[str, DeskOrder] = {}  # alpaca client_order_id -> order
         self.members: dict[str, str] = {}  # strategy_id -> member_id, from routed orders
         self.last_event_ns = 0  # newest event time seen from Alpaca (the reconcile's "since")
+        self.pull_records: set[str] = set()  # execution ids of pull records (made, or restored from EXECUTIONS)
+
+    # --- restore (after a restart: what the desk decided is in EXECUTIONS) -----------------------
+
+    def restore(self, reports: list[executions_pb2.ExecutionReport]) -> int:
+        """Rebuild every desk order from its stored reports of venue ``alpaca``, in stream order.
+
+        Each report's execution id is taken as reported (so it is never made again), crosses and
+        fills give ``cum_qty``/``cost``, the last report gives the status; a "pull" record
+        (:func:`pull_execution_id`) says which Alpaca order the desk itself canceled (found by
+        :meth:`attach`). Alpaca's orders are attached afterwards by the reconcile. The orders restored."""
+        for r in reports:
+            if r.venue != VENUE or not r.order_id or r.exec_type == E.EXEC_TYPE_CANCEL_REJECTED:
+                continue
+            if r.member_id:
+                self.members[r.strategy_id] = r.member_id
+            order = self.orders.get(r.order_id)
+            if order is None:
+                order = DeskOrder(
+                    order_id=r.order_id, strategy_id=r.strategy_id, member_id=r.member_id,
+                    client_order_id=r.client_order_id, symbol=r.symbol, side=r.side, type=r.type,
+                    tif=r.time_in_force, qty=dec(r.order_qty), notional=dec(r.notional),
+                    limit_price=dec(r.limit_price), stop_price=dec(r.stop_price), created_ns=r.event_ns,
+                )
+                self.orders[order.order_id] = order
+                self._by_client_id[alpaca_client_order_id(order.strategy_id, order.client_order_id)] = order
+            if r.execution_id in order.reported:
+                continue
+            order.reported.add(r.execution_id)
+            if r.text.startswith(PULL_TEXT):
+                self.pull_records.add(r.execution_id)
+            qty = dec(r.fill_qty)
+            if r.exec_type in (E.EXEC_TYPE_FILL, E.EXEC_TYPE_PARTIAL_FILL) and qty:
+                price = dec(r.fill_price) or ZERO
+                order.cum_qty += qty
+                order.cost += qty * price
+                if r.text.startswith("internal cross"):
+                    order.crosses += 1
+                else:
+                    order.unattributed.add(r.execution_id)
+            order.status = r.status
+        return len(self.orders)
 
     # --- identity ----------------------------------------------------------------------------------
 
@@ -219,7 +287,13 @@ class AlpacaBook:
             self.orders[order_id] = order
             self._by_client_id[base] = order
         if alpaca.id not in order.alpaca_ids:
+            # Ordered by placement <n> (then creation), never by arrival: after a restart the orders
+            # come from several listings, and the newest placement is the one with the highest n.
+            order.placements[alpaca.id] = (placement_of(alpaca.client_order_id), alpaca.created_ns)
             order.alpaca_ids.append(alpaca.id)
+            order.alpaca_ids.sort(key=lambda i: order.placements.get(i, (1, 0)))
+            if pull_execution_id(alpaca.id) in self.pull_records:
+                order.superseded.add(alpaca.id)  # the desk's own cancel, recorded before it was made
         self._by_alpaca_id[alpaca.id] = order
         return order
 
@@ -238,9 +312,10 @@ class AlpacaBook:
         if order is None:
             return []
         self._seen(alpaca.updated_ns)
+        self._state(order, alpaca)
         reports = self._new(order, alpaca)
         later = order.alpaca_ids.index(alpaca.id) < len(order.alpaca_ids) - 1
-        if alpaca.id in order.superseded or (later and alpaca.status == "canceled"):
+        if alpaca.status == "canceled" and (alpaca.id in order.superseded or later):
             return reports  # the desk canceled it to place the leaves again: not the desk order's end
         if alpaca.status in TERMINAL and not order.is_final:
             filled_here = self._filled_from(order, alpaca.id)
@@ -255,9 +330,13 @@ class AlpacaBook:
         if order is None:
             return []
         self._seen(fill.event_ns)
+        self._state(order, alpaca)
         reports = self._new(order, alpaca)
         exec_id = execution_id(fill.alpaca_order_id, "fill", canonical(fill.cum_qty))
         if exec_id in order.reported:
+            if exec_id in order.unattributed:  # restored from EXECUTIONS: now we know its Alpaca order
+                order.unattributed.discard(exec_id)
+                order.filled_at_alpaca[fill.alpaca_order_id] = self._filled_from(order, fill.alpaca_order_id) + fill.qty
             return reports
         order.cum_qty += fill.qty
         order.cost += fill.qty * fill.price
@@ -278,7 +357,8 @@ class AlpacaBook:
             E.EXEC_TYPE_PARTIAL_FILL, E.ORDER_STATUS_PARTIALLY_FILLED)
         text = f"alpaca execution {fill.alpaca_execution_id}" if fill.alpaca_execution_id else ""
         reports += self._emit(order, exec_id, exec_type, status, event_ns=fill.event_ns,
-                              fill_qty=fill.qty, fill_price=fill.price, text=text)
+                              fill_qty=fill.qty, fill_price=fill.price, text=text,
+                              venue_order_id=fill.alpaca_order_id)
         if alpaca.status in TERMINAL and not done:
             reports += self.on_order(alpaca)  # a cancel that arrived with (or before) its last fill
         return reports
@@ -289,10 +369,14 @@ class AlpacaBook:
             return self.on_fill(alpaca, fill)
         return self.on_order(alpaca)
 
-    def cross(self, incoming: DeskOrder, resting: DeskOrder, qty: Decimal, price: Decimal, seq: int) -> Reports:
-        """An internal execution between two strategies' orders (no Alpaca order fills for it)."""
+    def cross(self, incoming: DeskOrder, resting: DeskOrder, qty: Decimal, price: Decimal) -> Reports:
+        """An internal execution between two strategies' orders (no Alpaca order fills for it).
+
+        Numbered by the incoming order's crosses so far (restored after a restart), so a cross made
+        again after a redelivery never shares an execution id with one made before."""
         reports: Reports = []
         now = self._clock()
+        seq = incoming.crosses
         for order, other in ((resting, incoming), (incoming, resting)):
             exec_id = execution_id("cross", incoming.order_id, resting.order_id, seq, order.order_id)
             if exec_id in order.reported:
@@ -302,12 +386,29 @@ class AlpacaBook:
                                       E.ORDER_STATUS_NEW, event_ns=now)
             order.cum_qty += qty
             order.cost += qty * price
+            order.crosses += 1
             done = order.qty is not None and order.cum_qty >= order.qty
             exec_type, status = (E.EXEC_TYPE_FILL, E.ORDER_STATUS_FILLED) if done else (
                 E.EXEC_TYPE_PARTIAL_FILL, E.ORDER_STATUS_PARTIALLY_FILLED)
             reports += self._emit(order, exec_id, exec_type, status, event_ns=now, fill_qty=qty, fill_price=price,
                                   text=f"internal cross with strategy {other.strategy_id} order {other.order_id}")
         return reports
+
+    def pulling(self, order: DeskOrder, alpaca_id: str, incoming: DeskOrder) -> Reports:
+        """The record written (and stored) before the desk cancels ``order``'s Alpaca order for ``incoming``.
+
+        A NEW-type report of the *incoming* order (the one being handled; its numbers unchanged, so
+        the ledger's order row is too; the resting order's own reports stay exactly its own) whose
+        execution id names the Alpaca order (:func:`pull_execution_id`): after a restart that
+        order's cancel is known to be the desk's, so it is no end of ``order`` and its leaves are
+        placed again (:meth:`needs_replacing`)."""
+        order.superseded.add(alpaca_id)
+        exec_id = pull_execution_id(alpaca_id)
+        self.pull_records.add(exec_id)
+        again = alpaca_client_order_id(order.strategy_id, order.client_order_id, order.next_placement)
+        text = (f"{PULL_TEXT} {alpaca_id} of strategy {order.strategy_id} order {order.order_id}: canceled by "
+                f"the desk for this order; its leaves go to alpaca again as {again}")
+        return self._emit(incoming, exec_id, E.EXEC_TYPE_NEW, incoming.status, event_ns=self._clock(), text=text)
 
     def expect(self, order: DeskOrder, alpaca_client_id: str) -> None:
         """An Alpaca order about to be placed for ``order`` (so its events find it first)."""
@@ -347,6 +448,20 @@ class AlpacaBook:
         self.last_event_ns = max(self.last_event_ns, event_ns)
 
     @staticmethod
+    def _state(order: DeskOrder, alpaca: AlpacaOrder) -> None:
+        known = order.alpaca_state.get(alpaca.id)
+        if known is None or alpaca.filled_qty >= known[1]:
+            order.alpaca_state[alpaca.id] = (alpaca.status, alpaca.filled_qty)
+
+    def needs_replacing(self, order: DeskOrder) -> bool:
+        """The desk canceled ``order``'s newest Alpaca order to cross it and has not placed its leaves again."""
+        latest = order.latest_alpaca_id
+        if latest is None or order.is_final or order.qty is None or latest not in order.superseded:
+            return False
+        state = order.alpaca_state.get(latest)
+        return state is not None and state[0] in PULLED
+
+    @staticmethod
     def _filled_from(order: DeskOrder, alpaca_id: str) -> Decimal:
         return order.filled_at_alpaca.get(alpaca_id, ZERO)
 
@@ -361,6 +476,7 @@ class AlpacaBook:
     def _emit(
         self, order: DeskOrder, exec_id: str, exec_type: int, status: int, *, event_ns: int,
         fill_qty: Decimal | None = None, fill_price: Decimal | None = None, text: str = "",
+        venue_order_id: str | None = None,
     ) -> Reports:
         if exec_id in order.reported:
             return []
@@ -368,7 +484,8 @@ class AlpacaBook:
         order.status = status
         report = ER(
             execution_id=exec_id, order_id=order.order_id, client_order_id=order.client_order_id,
-            venue_order_id=order.alpaca_ids[-1] if order.alpaca_ids else "", strategy_id=order.strategy_id,
+            venue_order_id=venue_order_id or (order.alpaca_ids[-1] if order.alpaca_ids else ""),
+            strategy_id=order.strategy_id,
             member_id=order.member_id or self.members.get(order.strategy_id, ""),
             exec_type=exec_type,  # type: ignore[arg-type]  # int values of the generated enums
             status=order.status,  # type: ignore[arg-type]

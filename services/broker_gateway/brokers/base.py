@@ -10,13 +10,13 @@ pure matching engine of :mod:`desk.core.matching`. A venue that reports on its o
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
 from desk.core.matching import MarketUpdate
 from desk.core.orders import Reports
-from desk.v1 import ledger_pb2, orders_pb2
+from desk.v1 import executions_pb2, ledger_pb2, orders_pb2
 
 PriceSource = Callable[[str], Awaitable[Decimal | None]]
 """The fair price of a symbol now (the last trade in DESK_PRICES), for crossing orders internally."""
@@ -60,11 +60,26 @@ class Broker(Protocol):
         ...
 
 
+Sink = Callable[[Reports], Awaitable[bool] | None]
+"""The shell's sink for a streaming broker's reports: queues them for EXECUTIONS in order and may
+return an awaitable that is True once they (and everything queued before) are stored."""
+
+
+@runtime_checkable
+class RestorableBroker(Protocol):
+    """A venue whose book the shell rebuilds at start-up from EXECUTIONS (sim; alpaca: what the
+    desk decided - crosses, fills, the desk's own cancels - before :meth:`StreamingBroker.start`)."""
+
+    def restore(self, reports: Iterable[executions_pb2.ExecutionReport]) -> Reports:
+        """Every stored report of this venue, in stream order; the reports the restore itself makes."""
+        ...
+
+
 @runtime_checkable
 class StreamingBroker(Protocol):
     """A venue with its own event stream (Alpaca): reports arrive through ``emit`` at any time."""
 
-    async def start(self, emit: Callable[[Reports], None], prices: PriceSource | None = None,
+    async def start(self, emit: Sink, prices: PriceSource | None = None,
                     timeout: float = 30.0) -> None:
         """Connect and reconcile; return once the broker may take new work."""
         ...

@@ -256,6 +256,14 @@ class FakeAlpaca:
                 self.injections.append(Injection(status, method, path_prefix, after_commit))
         self.call(add)
 
+    def clear_injections(self) -> int:
+        """Forget the injected failures not used yet (Alpaca is healthy again); how many there were."""
+        def run() -> int:
+            left = len(self.injections)
+            self.injections.clear()
+            return left
+        return self.call(run)
+
     def fill(self, client_order_id: str, qty: str | Decimal, price: str | Decimal) -> dict[str, Any]:
         """Fill ``qty`` of an open order at ``price`` (a partial fill when less than its leaves)."""
         def run() -> dict[str, Any]:
