@@ -18,7 +18,7 @@ PROJECT    ?= quantdesk
 WHEELS     := deploy/build/wheels
 
 .DEFAULT_GOAL := help
-.PHONY: sandbox-tools bench wheels base-image build strategy-image up down clean-docker test-docker test-browser test-faults
+.PHONY: sandbox-tools bench wheels base-image build strategy-image up down clean-docker test-docker test-browser test-faults test-cluster
 .PHONY: help setup run deploy stop status logs positions leaderboard halt resume proto test test-unit \
         test-integration test-e2e test-confinement lint typecheck clean
 
@@ -99,13 +99,14 @@ proto: $(STAMP) ## regenerate desk/v1/*_pb2.py(i) from protos/ with grpcio-tools
 
 STAGE := deploy/ci/stage.sh
 
-test: $(STAMP) sandbox-tools ## lint and types, then unit, integration, end-to-end, confinement, fault, browser and Docker tests
+test: $(STAMP) sandbox-tools ## lint and types, then unit, integration, end-to-end, confinement, cluster, fault, browser and Docker tests
 	$(STAGE) lint $(VENV)/bin/ruff check desk services strategy_sdk desk_client bench tools tests
 	$(STAGE) typecheck $(VENV)/bin/mypy desk services strategy_sdk desk_client bench tools
 	$(STAGE) unit $(PYTEST) tests/unit
 	$(STAGE) integration $(PYTEST) tests/integration
 	$(STAGE) e2e $(PYTEST) tests/e2e
 	$(STAGE) confinement $(PYTEST) tests/confinement
+	$(STAGE) cluster $(PYTEST) -m cluster tests/cluster
 	$(STAGE) faults $(MAKE) --no-print-directory test-faults
 	$(STAGE) browser $(MAKE) --no-print-directory test-browser
 	$(STAGE) docker deploy/ci/docker-stage.sh
@@ -127,6 +128,9 @@ test-browser: $(STAMP) ## the dashboard in headless Chromium (installs Debian's 
 
 test-docker: $(STAMP) ## the compose desk under a real Docker engine (installs and starts one when it can)
 	deploy/ci/docker-stage.sh
+
+test-cluster: $(STAMP) ## a 3-node JetStream cluster of real nats-servers: R3, leader loss, client fail-over
+	$(PYTEST) -m cluster tests/cluster
 
 test-unit: $(STAMP) ## unit tests only (no servers)
 	$(PYTEST) tests/unit

@@ -11,6 +11,7 @@ import os
 import queue
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -164,6 +165,65 @@ class NatsServer:
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.cleanup()
+
+
+def _free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class NatsCluster:
+    """``size`` nats-servers clustered on loopback (routes between all of them, JetStream on each,
+    named ``n1``..``nN``), for tests of replicas, elections and fail-over. ``url`` lists every server,
+    as a client's ``NATS_URL`` would."""
+
+    def __init__(self, base_dir: str | os.PathLike[str], size: int = 3, name: str = "desk",
+                 config_file: str | os.PathLike[str] | None = None) -> None:
+        self.base_dir = Path(base_dir)
+        ports = _free_ports(2 * size)
+        self.client_ports, self.cluster_ports = ports[:size], ports[size:]
+        routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.cluster_ports)
+        self.servers = [
+            NatsServer(store_dir=self.base_dir / f"n{i + 1}", port=self.client_ports[i], config_file=config_file,
+                       log_file=self.base_dir / f"n{i + 1}.log",
+                       extra_args=["--cluster", f"nats://127.0.0.1:{self.cluster_ports[i]}", "--routes", routes,
+                                   "--cluster_name", name, "--server_name", f"n{i + 1}"])
+            for i in range(size)
+        ]
+
+    @property
+    def url(self) -> str:
+        return ",".join(f"nats://127.0.0.1:{p}" for p in self.client_ports)
+
+    def server_named(self, name: str) -> NatsServer:
+        return self.servers[int(name.removeprefix("n")) - 1]
+
+    def start(self, timeout: float = 30.0) -> Self:
+        """Start every server, one after another from this thread (a server's parent-death signal is
+        tied to the thread that started it); JetStream elects its meta leader once a quorum is up."""
+        try:
+            for server in self.servers:
+                server.start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
 
 
 async def run_in_process(name: str, settings: BusSettings, start: StartFn, timeout: float = 15.0) -> InProcessService:
