@@ -13,7 +13,7 @@ temporary folder. Every run is its own process:
 
 ``seconds`` is wall time from before the file is read to the end of the run, loading and engine set-up
 included; the framework's import and the interpreter's start are not in it (the parent's wall time of the
-whole process, ``process_s``, is kept in the raw results). Peak RSS is each process's ``ru_maxrss``. Trade
+whole process, ``process_s``, is kept in the raw results). Peak RSS is each process's VmHWM (bench/peers/peer_cli.py: not ``ru_maxrss``, which carries a forking parent's peak over). Trade
 counts (filled orders) must agree within 1 % (or one order: backtrader fills on the next bar, so an order
 sent on the last bar never fills); a row says so when they do not.
 
@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.peers.peer_cli import peak_rss_mb
 from bench.stats import Figure, Target
 from strategy_sdk import Bar, Strategy
 
@@ -122,7 +123,6 @@ class _Sums:
 
 def run_desk(files: Sequence[str]) -> dict[str, Any]:
     """One desk run, in this process: load the files as ``desk backtest --data`` does, run, count."""
-    import resource
 
     t_import = time.perf_counter()
     from desk.data import load_many
@@ -144,7 +144,7 @@ def run_desk(files: Sequence[str]) -> dict[str, Any]:
     return {
         "engine": "desk", "bars": len(bars), "symbols": len(files), "seconds": round(seconds, 3),
         "load_s": round(loaded_s, 3), "import_s": round(import_s, 3), "bars_per_s": round(len(bars) / seconds),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "orders": buys + sells, "buys": buys, "sells": sells, "round_trips": sells, "sent": len(result.orders),
         "rejected": rejected, "hook_errors": result.errors,
     }

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.backtest_speed [10000 100000 1000000]
 
-Each size runs in its own subprocess (peak RSS = ``resource.getrusage(RUSAGE_SELF).ru_maxrss``):
+Each size runs in its own subprocess (peak RSS = VmHWM, bench.peers.peer_cli.peak_rss_mb):
 an MA crossover (10/30, one symbol, 10 shares) over a seeded random walk streamed from a generator
 (the bars are not held in memory, as ``desk backtest`` streams its cache). The generator alone is
 timed too, so the backtester's own rate can be told from the cost of making the bars.
@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Iterator
 from decimal import Decimal
 
+from bench.peers.peer_cli import peak_rss_mb
 from strategy_sdk import Bar, Strategy
 
 
@@ -67,7 +68,6 @@ def bars(count: int, seed: int = 7) -> Iterator[Bar]:
 
 
 def one(count: int, which: str) -> dict[str, float]:
-    import resource
 
     from strategy_sdk.testing import run_backtest
 
@@ -87,7 +87,7 @@ def one(count: int, which: str) -> dict[str, float]:
     else:
         result = run_backtest(FastCrossover(), bars(count))
     seconds = time.perf_counter() - start
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = peak_rss_mb()
     out = {"bars": count, "seconds": round(seconds, 3), "bars_per_s": round(count / seconds), "peak_rss_mb": round(rss_mb, 1)}
     if result is not None:
         out.update(orders=len(result.orders), fills=len(result.fills), final_equity=float(result.final_equity))

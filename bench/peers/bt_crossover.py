@@ -11,7 +11,7 @@ broker is the default one (no cheat-on-open/close: a market order fills at the n
 computed vectorised, ``next`` per bar) except ``stdstats=False`` (no plotting observers: we do not plot).
 
 Prints one JSON line: engine, bars, seconds (wall: reading the CSVs, building cerebro and running it; the
-framework's import is ``import_s``, not in ``seconds``), bars_per_s, peak_rss_mb (``ru_maxrss``), orders
+framework's import is ``import_s``, not in ``seconds``), bars_per_s, peak_rss_mb (VmHWM), orders
 (completed), buys, sells, round_trips (= sells). An order sent on the last bar never fills (there is no next
 bar): such an order is counted in ``unfilled``.
 """

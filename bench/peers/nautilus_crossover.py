@@ -11,7 +11,7 @@ buy of 10; when it goes below while long, ``close_all_positions``. Bars drive th
 (``bar_execution``, the default), so a market order fills on the bar it was sent on.
 
 Prints one JSON line: engine, bars, seconds (wall: reading the CSVs, building the engine and running it;
-the framework's import is ``import_s``, not in ``seconds``), bars_per_s, peak_rss_mb (``ru_maxrss``),
+the framework's import is ``import_s``, not in ``seconds``), bars_per_s, peak_rss_mb (VmHWM),
 orders (filled), buys, sells, round_trips (= sells: each closes a long opened by a buy).
 Nautilus is given its faster settings, the trades being the same: logging bypassed (``bypass_logging``;
 at INFO it logs every order event, and even at ERROR it costs ~17 % at 100k bars), ``run_analysis=False``,

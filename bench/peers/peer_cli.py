@@ -13,6 +13,13 @@ Run = Callable[[list[str], int, int, int], dict[str, Any]]
 
 
 def peak_rss_mb() -> float:
+    """This program's peak RSS: VmHWM of /proc/self/status (its own memory since exec). Not
+    ``ru_maxrss``: Linux carries the forking parent's peak over into it at exec, so a child of a big
+    parent would report the parent's size."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
