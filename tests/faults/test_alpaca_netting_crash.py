@@ -50,12 +50,8 @@ TIMEOUT = 60.0
 
 @pytest.fixture
 def fake() -> Iterator[FakeAlpaca]:
-    server = FakeAlpaca().start()
-    server.set_price("AAPL", "153")
-    try:
+    with FakeAlpaca.serving(prices={"AAPL": "153"}) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -24,11 +24,8 @@ T0 = dt.datetime(2026, 3, 2, 15, 30, 0, 123456, tzinfo=dt.UTC)
 
 @pytest.fixture
 def fake() -> Iterator[FakeAlpaca]:
-    server = FakeAlpaca().start()
-    try:
+    with FakeAlpaca.serving() as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def deploy(nc: Client, strategy_id: str, *symbols: str) -> None:

@@ -62,12 +62,8 @@ class Reports:
 
 @pytest.fixture
 def fake() -> Iterator[FakeAlpaca]:
-    server = FakeAlpaca().start()
-    server.set_price("AAPL", "100")
-    try:
+    with FakeAlpaca.serving(prices={"AAPL": "100"}) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def settings_for(nats_server: NatsServer, fake: FakeAlpaca, **overrides: Any) -> Settings:

@@ -38,11 +38,8 @@ BARS_5MIN_PER_DAY = 78  # 09:30-16:00 New York
 
 @pytest.fixture
 def fake() -> Iterator[FakeAlpaca]:
-    server = FakeAlpaca().start()
-    try:
+    with FakeAlpaca.serving() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def client_for(fake: FakeAlpaca) -> StockHistoricalDataClient:

@@ -36,12 +36,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def fake() -> Iterator[FakeAlpaca]:
-    server = FakeAlpaca().start()
-    server.set_price("AAPL", "100")
-    try:
+    with FakeAlpaca.serving(prices={"AAPL": "100"}) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

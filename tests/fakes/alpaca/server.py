@@ -26,11 +26,12 @@ and market-data publishing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import threading
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -202,6 +203,18 @@ class FakeAlpaca:
         if not ready.wait(10):
             raise RuntimeError("fake alpaca did not start")
         return self
+
+    @classmethod
+    @contextlib.contextmanager
+    def serving(cls, prices: dict[str, str] | None = None) -> Iterator[FakeAlpaca]:
+        """A started fake (with these last prices), stopped on the way out: a test fixture's body."""
+        server = cls().start()
+        for symbol, price in (prices or {}).items():
+            server.set_price(symbol, price)
+        try:
+            yield server
+        finally:
+            server.stop()
 
     def stop(self) -> None:
         if self._loop is not None and self._thread is not None:
