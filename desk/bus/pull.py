@@ -47,6 +47,7 @@ from nats.js.api import ConsumerConfig, ConsumerInfo
 
 from desk.bus.fetch import fetch_available
 from desk.bus.logging import get_logger
+from desk.bus.streams import differences
 
 log = get_logger("desk.bus")
 
@@ -114,19 +115,11 @@ class _Fetched:
 
 
 def _differences(found: ConsumerConfig, wanted: ConsumerConfig) -> dict[str, tuple[Any, Any]]:
-    """The fields ``wanted`` sets that ``found`` has otherwise: name -> (found, wanted)."""
-    out: dict[str, tuple[Any, Any]] = {}
-    for f in fields(ConsumerConfig):
-        want = getattr(wanted, f.name)
-        if want is None:
-            continue
-        have = getattr(found, f.name)
-        if f.name == "filter_subject" and have is None and found.filter_subjects == [want]:
-            continue
-        if isinstance(want, float) and isinstance(have, (int, float)) and abs(have - want) < 1e-6:
-            continue
-        if have != want:
-            out[f.name] = (have, want)
+    """The fields ``wanted`` sets that ``found`` has otherwise (:func:`desk.bus.streams.differences`); a
+    single filter subject the server reports as ``filter_subjects`` is the same filter."""
+    out = differences(found, wanted, tuple(f.name for f in fields(ConsumerConfig)), unordered=frozenset())
+    if "filter_subject" in out and found.filter_subject is None and found.filter_subjects == [wanted.filter_subject]:
+        del out["filter_subject"]
     return out
 
 

@@ -78,23 +78,25 @@ BUCKETS: dict[str, KeyValueConfig] = {
 CHECKED = ("subjects", "retention", "storage", "max_age", "duplicate_window", "discard", "max_msgs_per_subject")
 
 
-def _same(have: object, want: object) -> bool:
+def _same(have: object, want: object, unordered: bool) -> bool:
     if isinstance(want, float) and isinstance(have, (int, float)):
-        return abs(have - want) < 1e-6
-    if isinstance(want, list) and isinstance(have, list):
+        return abs(have - want) < 1e-6  # the server rounds durations to nanoseconds
+    if unordered and isinstance(want, list) and isinstance(have, list):
         return sorted(have) == sorted(want)
     return have == want
 
 
-def differences(found: StreamConfig, wanted: StreamConfig, fields: tuple[str, ...] = CHECKED) -> dict[str, tuple[object, object]]:
-    """The ``fields`` ``wanted`` sets that ``found`` has otherwise: name -> (found, wanted)."""
+def differences(found: Any, wanted: Any, fields: tuple[str, ...] = CHECKED,
+                unordered: frozenset[str] = frozenset({"subjects"})) -> dict[str, tuple[object, object]]:
+    """The ``fields`` ``wanted`` (a stream's or a consumer's config) sets that ``found`` has otherwise:
+    name -> (found, wanted). Durations compare within a nanosecond; the ``unordered`` lists as sets."""
     out: dict[str, tuple[object, object]] = {}
     for name in fields:
         want = getattr(wanted, name)
         if want is None:
             continue
         have = getattr(found, name)
-        if not _same(have, want):
+        if not _same(have, want, name in unordered):
             out[name] = (have, want)
     return out
 
