@@ -86,12 +86,13 @@ async def test_a_durable_consumer_rides_out_the_loss_of_its_streams_leader(clust
     runner = asyncio.create_task(pull.run())
 
     async def publish(n: int) -> None:
-        while True:  # an election in progress answers 503 or times out: the desk's publishers retry
-            try:
-                await js.publish(subject, b"x", headers={"Nats-Msg-Id": f"m{n}"}, timeout=2)
-                return
-            except (nats.errors.TimeoutError, nats.js.errors.APIError, nats.errors.NoRespondersError):
-                await asyncio.sleep(0.1)  # a retry pause, not synchronisation
+        async with asyncio.timeout(60):  # an election answers 503 or times out: retried, bounded
+            while True:
+                try:
+                    await js.publish(subject, b"x", headers={"Nats-Msg-Id": f"m{n}"}, timeout=2)
+                    return
+                except (nats.errors.TimeoutError, nats.js.errors.APIError, nats.errors.NoRespondersError):
+                    await asyncio.sleep(0.1)  # a retry pause, not synchronisation
 
     try:
         for n in range(20):

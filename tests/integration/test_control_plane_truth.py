@@ -36,6 +36,7 @@ from services.orchestrator.service import DESIRED_HEADER, NAME, Orchestrator
 from services.orchestrator.settings import Settings
 from services.orchestrator.supervisor import RUNNING, STOPPED
 from strategy_sdk.client import EXIT_CONNECT
+from tests.support import poll
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,13 +154,16 @@ def _states(reply: strategy_pb2.StrategyStatusList) -> dict[str, int]:
     return {s.strategy_id: s.state for s in reply.strategies}
 
 
+async def _status(nc: Client, strategy_id: str) -> strategy_pb2.StrategyStatus:
+    return (await _ctl(nc, subjects.CTL_STATUS, strategy_id)).strategies[0]
+
+
 async def _until_running(nc: Client, strategy_id: str, timeout: float = 20) -> strategy_pb2.StrategyStatus:
-    async with asyncio.timeout(timeout):
-        while True:
-            status = (await _ctl(nc, subjects.CTL_STATUS, strategy_id)).strategies[0]
-            if status.state == RUNNING:
-                return status
-            await asyncio.sleep(0.05)
+    async def running() -> strategy_pb2.StrategyStatus | None:
+        status = await _status(nc, strategy_id)
+        return status if status.state == RUNNING else None
+
+    return await poll(running, f"{strategy_id} RUNNING", timeout=timeout, every=0.05)
 
 
 # -- 1. a stop lasts ------------------------------------------------------------------------------
@@ -226,15 +230,15 @@ async def test_a_strategy_that_recovered_after_a_crash_shows_no_old_error(desk: 
     await desk.start(autodeploy=False)
     desk.crash["keeper"] = [True, False]  # the first run crashes after one heartbeat, the restart is fine
     await _ctl(nc, subjects.CTL_DEPLOY, "keeper")
-    async with asyncio.timeout(20):  # the crash is shown while it waits to restart
-        while (await _ctl(nc, subjects.CTL_STATUS, "keeper")).strategies[0].restarts == 0:
-            await asyncio.sleep(0.02)
-    async with asyncio.timeout(20):
-        while True:
-            status = (await _ctl(nc, subjects.CTL_STATUS, "keeper")).strategies[0]
-            if status.restarts >= 1 and status.state == RUNNING:
-                break
-            await asyncio.sleep(0.05)
+    async def restarted() -> bool:  # the crash is shown while it waits to restart
+        return (await _status(nc, "keeper")).restarts > 0
+
+    async def running_again() -> strategy_pb2.StrategyStatus | None:
+        status = await _status(nc, "keeper")
+        return status if status.restarts >= 1 and status.state == RUNNING else None
+
+    await poll(restarted, "keeper restarted after its crash", timeout=20, every=0.02)
+    status = await poll(running_again, "keeper RUNNING again", timeout=20, every=0.05)
     assert status.last_error == "", status  # recovered: no error of the run that crashed
     assert desk.orch is not None
     assert "flaky first run" in desk.orch.managed["keeper"].supervisor.previous_error
