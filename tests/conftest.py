@@ -13,7 +13,7 @@ from desk.bus.testing import NatsServer
 
 
 @pytest.fixture
-def nats_server(tmp_path) -> Iterator[NatsServer]:  # type: ignore[no-untyped-def]
+def nats_server(tmp_path) -> Iterator[NatsServer]:
     """A fresh nats-server with JetStream on a free 127.0.0.1 port, its store under tmp_path."""
     server = NatsServer(store_dir=tmp_path / "nats")
     server.start()

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import nats
 import structlog
@@ -140,7 +140,11 @@ async def wait_for_services(url: str, names: tuple[str, ...], timeout: float = 1
 T = TypeVar("T")
 
 
-async def poll(probe: Callable[[], T | Awaitable[T]], what: str, timeout: float = 60, every: float = 0.25) -> T:
+@overload
+async def poll(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 60, every: float = 0.25) -> T: ...
+@overload
+async def poll(probe: Callable[[], T | None], what: str, timeout: float = 60, every: float = 0.25) -> T: ...
+async def poll(probe: Callable[[], Any], what: str, timeout: float = 60, every: float = 0.25) -> Any:
     """The first truthy value of ``probe()`` (sync or async), asked every ``every`` s: for state the desk
     only shows when asked (`desk status`, STATS, a log). Bounded: AssertionError naming ``what``."""
     loop = asyncio.get_running_loop()
@@ -150,7 +154,7 @@ async def poll(probe: Callable[[], T | Awaitable[T]], what: str, timeout: float 
         if inspect.isawaitable(value):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         if loop.time() > deadline:
             raise AssertionError(f"not within {timeout:g} s: {what}")
         await asyncio.sleep(every)  # polling an observable, bounded by the deadline
@@ -243,7 +247,7 @@ class DeskUp:
             await asyncio.wait_for(self._reader, 10)
         return code
 
-    def cli(self, *args: str) -> object:
+    def cli(self, *args: str) -> Any:
         result = subprocess.run(
             [*DESK, "--nats-url", f"nats://127.0.0.1:{self.port}", *args, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
             env=dict(os.environ, PYTHONPATH=str(ROOT), DESK_CREDENTIALS=str(self.data_dir / "credentials" / "cli.json")),

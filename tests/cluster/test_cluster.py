@@ -120,7 +120,7 @@ async def test_a_client_given_the_server_list_fails_over_to_another_node(cluster
 
     client = await open_connection(cluster.url, forever=True, connect_timeout=5, reconnected_cb=on_reconnect)
     try:
-        assert client.connected_url is not None
+        assert client.connected_url is not None and client.connected_url.port is not None
         first = client.connected_url.port
         cluster.servers[cluster.client_ports.index(first)].stop()
         await asyncio.wait_for(reconnected.wait(), 30)

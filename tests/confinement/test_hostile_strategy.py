@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,16 +140,16 @@ async def desk(tmp_path: Path) -> AsyncIterator[DeskUp]:
 
 
 @pytest.fixture
-def home_canary() -> AsyncIterator[Path]:
+def home_canary() -> Iterator[Path]:
     """A file in the real user's home, which no strategy may read."""
     path = Path.home() / f".quantdesk-canary-{uuid.uuid4().hex}"
     path.write_text("secret of the desk's user")
-    yield path  # type: ignore[misc]
+    yield path
     path.unlink()
 
 
 def status_of(desk: DeskUp, name: str) -> dict[str, Any]:
-    rows = desk.cli("status", name)["strategies"]  # type: ignore[index]
+    rows = desk.cli("status", name)["strategies"]
     return dict(rows[0])
 
 
@@ -210,7 +210,7 @@ async def test_hostile_strategies_are_contained_and_the_desk_carries_on(
 
         # and the rest carry on: the victim runs, its books are untouched, the desk takes orders
         assert status_of(desk, "victim")["state"] == "running"
-        assert desk.cli("orders", "-s", "victim")["orders"] == []  # type: ignore[index]
+        assert desk.cli("orders", "-s", "victim")["orders"] == []
         ack = await request(nc, subjects.order_submit("victim"), orders_pb2.OrderRequest(
             strategy_id="victim", client_order_id="still-open", symbol="AAPL", side=common_pb2.SIDE_BUY,
             type=common_pb2.ORDER_TYPE_MARKET, time_in_force=common_pb2.TIME_IN_FORCE_DAY, qty="1"),

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,7 +77,7 @@ class ComposeDesk:
             cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=600, check=check,
         )
 
-    def desk(self, *args: str) -> dict[str, object]:
+    def desk(self, *args: str) -> dict[str, Any]:
         result = subprocess.run(
             [str(ROOT / ".venv" / "bin" / "desk"), "--nats-url", self.plain_url, "--credentials", str(self.credentials),
              *args, "--json"],

@@ -91,7 +91,7 @@ def test_every_service_is_healthy_and_each_strategy_runs_in_its_own_labelled_con
     names = ("ma_crossover", "mean_reversion", "legacy_momentum", "idle_a", "idle_b")
     deadline = time.monotonic() + 90  # RUNNING once each container's strategy has heartbeaten: wait, bounded
     while True:
-        status = {s["strategy_id"]: s for s in compose_desk.desk("status")["strategies"]}  # type: ignore[union-attr]
+        status = {s["strategy_id"]: s for s in compose_desk.desk("status")["strategies"]}
         if all(status[n]["state"] == "running" for n in names) or time.monotonic() > deadline:
             break
         time.sleep(0.5)  # polling `desk status`, bounded by the deadline
@@ -116,9 +116,9 @@ def test_fills_of_the_example_strategies_reach_the_ledger_and_the_leaderboard(co
 
     asyncio.run(run())
     fills = compose_desk.desk("fills", "--limit", "10000")["fills"]
-    assert set(EXAMPLES.values()) <= {f["member_id"] for f in fills}  # type: ignore[union-attr,index]
+    assert set(EXAMPLES.values()) <= {f["member_id"] for f in fills}
     board = compose_desk.desk("leaderboard")["rows"]
-    assert set(EXAMPLES.values()) <= {row["member_id"] for row in board}  # type: ignore[union-attr,index]
+    assert set(EXAMPLES.values()) <= {row["member_id"] for row in board}
 
 
 def test_a_strategy_runs_as_non_root_on_a_read_only_root_filesystem_without_broker_keys(compose_desk: ComposeDesk) -> None:

@@ -186,7 +186,7 @@ async def test_a_replay_through_the_running_desk_trades_and_books_exactly_as_the
                 pass
         # Stopping waits for its last hook (and so for its last order's answer)...
         stopped = desk.cli("stop", STRATEGY_ID)
-        assert [s["state"] for s in stopped["strategies"]] == ["stopped"], stopped  # type: ignore[index]
+        assert [s["state"] for s in stopped["strategies"]] == ["stopped"], stopped
         # ...then the gateway has handled every routed order once its consumer owes nothing...
         js = nc.jetstream()
 
@@ -194,7 +194,7 @@ async def test_a_replay_through_the_running_desk_trades_and_books_exactly_as_the
             info = await js.consumer_info(subjects.STREAM_ORDERS, "gateway-sim")
             return not info.num_pending and not info.num_ack_pending
 
-        await poll(gateway_drained, "the gateway's ORDERS consumer drained")  # type: ignore[arg-type]
+        await poll(gateway_drained, "the gateway's ORDERS consumer drained")
         # ...and the ledger has booked every report.
         await ledger_caught_up(nc, acks)
         live = await stream_reports(nc)
@@ -225,7 +225,7 @@ async def test_a_replay_through_the_running_desk_trades_and_books_exactly_as_the
     # The ledger booked those fills (symbol, side, qty, price, fee), once each.
     booked = sorted(
         (f["execution_id"], f["symbol"], f["side"].lower().removeprefix("side_"), Decimal(f["qty"]), Decimal(f["price"]), Decimal(f["fee"]))
-        for f in ledger_fills["fills"]  # type: ignore[index]
+        for f in ledger_fills["fills"]
     )
     assert booked == sorted(
         (f.execution_id, f.symbol, f.side.lower(), f.qty, f.price, f.fee) for f in expected.fills
@@ -234,9 +234,9 @@ async def test_a_replay_through_the_running_desk_trades_and_books_exactly_as_the
     # And the final books: positions, cash, realized P&L, fees.
     books = books_from_reports(expected.reports, Decimal(str(config["initial_cash"])))
     assert books.positions == expected.positions and books.cash == expected.cash
-    held = {p["symbol"]: Decimal(p["qty"]) for p in positions["positions"] if Decimal(p["qty"])}  # type: ignore[index]
+    held = {p["symbol"]: Decimal(p["qty"]) for p in positions["positions"] if Decimal(p["qty"])}
     assert held == expected.positions
-    (row,) = pnl["strategies"]  # type: ignore[index]
+    (row,) = pnl["strategies"]
     assert (Decimal(row["cash"]), Decimal(row["realized_pnl"]), Decimal(row["fees"])) == (
         books.cash, books.realized_pnl, books.fees
     ), row

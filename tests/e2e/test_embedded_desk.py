@@ -103,25 +103,25 @@ async def test_the_embedded_desk_trades_books_every_fill_once_and_survives_a_res
 
         await ledger_caught_up(nc, acks)
         fills = desk.cli("fills", "--limit", "10000")
-        booked_members = {f["member_id"] for f in fills["fills"]}  # type: ignore[index]
+        booked_members = {f["member_id"] for f in fills["fills"]}
         assert set(MEMBERS.values()) <= booked_members
-        old_desk = [f for f in fills["fills"] if f["strategy_id"] == "old_desk_form"]  # type: ignore[index]
+        old_desk = [f for f in fills["fills"] if f["strategy_id"] == "old_desk_form"]
         assert old_desk and {(f["member_id"], f["symbol"], f["qty"]) for f in old_desk} == {("dave", "SPY", "3")}
 
         board = desk.cli("leaderboard")
-        assert {row["member_id"] for row in board["rows"]} >= set(MEMBERS.values())  # type: ignore[index]
-        assert [row["rank"] for row in board["rows"]] == list(range(1, len(board["rows"]) + 1))  # type: ignore[index]
+        assert {row["member_id"] for row in board["rows"]} >= set(MEMBERS.values())
+        assert [row["rank"] for row in board["rows"]] == list(range(1, len(board["rows"]) + 1))
 
         # RUNNING once each has sent a heartbeat (a strategy that traded has): wait for it, bounded
         def all_running() -> Any:
             status = desk.cli("status")
-            states = {s["state"] for s in status["strategies"]}  # type: ignore[index]
+            states = {s["state"] for s in status["strategies"]}
             return status if states == {"running"} else None
 
         status = await poll(all_running, "every strategy RUNNING")
-        pids = {s["strategy_id"]: s["pid"] for s in status["strategies"]}  # type: ignore[index]
+        pids = {s["strategy_id"]: s["pid"] for s in status["strategies"]}
         assert set(pids) == set(MEMBERS) and all(pids.values())
-        assert all(s["restarts"] == 0 for s in status["strategies"]), status  # type: ignore[index]
+        assert all(s["restarts"] == 0 for s in status["strategies"]), status
     finally:
         await nc.close()
 
@@ -140,11 +140,11 @@ async def test_the_embedded_desk_trades_books_every_fill_once_and_survives_a_res
         acks = await follow(nc, LEDGER_ACKS)
         await ledger_caught_up(nc, acks)
         in_stream = await stream_fills(nc)
-        booked = desk.cli("fills", "--limit", "10000")["fills"]  # type: ignore[index]
+        booked = desk.cli("fills", "--limit", "10000")["fills"]
         booked_ids = [f["execution_id"] for f in booked]
         assert len(booked_ids) == len(set(booked_ids)), "a fill was booked twice"
         assert set(booked_ids) == set(in_stream), "the ledger and the EXECUTIONS stream disagree"
-        for f in fills["fills"]:  # type: ignore[index]
+        for f in fills["fills"]:
             assert f["execution_id"] in set(booked_ids)
     finally:
         await nc.close()

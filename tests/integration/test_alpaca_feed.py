@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from nats.aio.client import Client
+from pydantic import SecretStr
 
 from desk.bus import codec, subjects
 from desk.bus import kv as desk_kv
@@ -37,7 +38,7 @@ async def deploy(nc: Client, strategy_id: str, *symbols: str) -> None:
 async def marketdata(nats_server: NatsServer, nc: Client, fake: FakeAlpaca) -> AsyncIterator[InProcessService]:
     await deploy(nc, "alpha", "AAPL")
     settings = Settings(nats_url=nats_server.url, drain_timeout=5, md_feed="alpaca", md_symbols="SPY",
-                        alpaca_api_key=fake.key, alpaca_secret_key=fake.secret, md_alpaca_url=fake.data_url)
+                        alpaca_api_key=SecretStr(fake.key), alpaca_secret_key=SecretStr(fake.secret), md_alpaca_url=fake.data_url)
     service = await run_in_process(NAME, settings, MarketData(settings).start)
     try:
         yield service

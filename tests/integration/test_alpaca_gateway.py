@@ -27,7 +27,7 @@ from services.broker_gateway.brokers.alpaca import AlpacaBroker, alpaca_config
 from services.broker_gateway.service import NAME, make_start
 from services.broker_gateway.settings import Settings
 from tests.fakes.alpaca import FakeAlpaca
-from tests.support import watch_logs
+from tests.support import poll, watch_logs
 
 pytestmark = pytest.mark.integration
 
@@ -341,13 +341,7 @@ async def put_price(nc: Client, symbol: str, price: str, source: str = "syntheti
 
 async def until(predicate: Callable[[], bool], what: str) -> None:
     """Poll the in-process broker's state (another connection's message has no completion to wait on)."""
-    async def check() -> None:
-        while not predicate():
-            await asyncio.sleep(0.01)
-    try:
-        await asyncio.wait_for(check(), TIMEOUT)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
+    await poll(predicate, what, timeout=TIMEOUT, every=0.01)
 
 
 async def market_data(nc: Client, gateway: Gateway, message: marketdata_pb2.Quote | marketdata_pb2.Trade) -> None:

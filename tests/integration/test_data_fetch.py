@@ -85,7 +85,7 @@ def test_the_cache_holds_exactly_what_alpaca_py_returns(fake: FakeAlpaca, tmp_pa
     expected = direct.data["SPY"]  # type: ignore[union-attr]
     cached = list(cache.bars("SPY", JAN2, JAN2, "1Min", data_dir=tmp_path))
     assert len(cached) == len(expected) == 390
-    for mine, theirs in zip(cached, expected):
+    for mine, theirs in zip(cached, expected, strict=True):
         assert mine.start_ns == int(theirs.timestamp.timestamp()) * 10**9
         assert (mine.open, mine.high, mine.low, mine.close) == tuple(
             Decimal(repr(x)) for x in (theirs.open, theirs.high, theirs.low, theirs.close))

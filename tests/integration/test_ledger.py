@@ -123,7 +123,7 @@ async def put_price(nc: Client, symbol: str, price: str) -> None:
     await desk_kv.put(nc.jetstream(), subjects.KV_PRICES, symbol, marketdata_pb2.Trade(symbol=symbol, price=price))
 
 
-async def query(nc: Client, subject: str, reply_type: type, **filters: object):  # type: ignore[no-untyped-def]
+async def query(nc: Client, subject: str, reply_type: type, **filters: object):
     return await request(nc, subject, ledger_pb2.LedgerQuery(**filters), reply_type)  # type: ignore[arg-type]
 
 

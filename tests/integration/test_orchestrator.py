@@ -30,6 +30,7 @@ from desk.v1 import strategy_pb2
 from services.orchestrator.service import NAME, Managed, Orchestrator
 from services.orchestrator.settings import Settings
 from services.orchestrator.supervisor import BACKOFF, FAILED, RUNNING, STOPPED
+from tests.support import poll
 
 pytestmark = pytest.mark.integration
 
@@ -391,9 +392,7 @@ async def test_a_slow_stop_of_one_strategy_holds_neither_the_others_nor_status(d
     assert [d.strategies[0].state for d in deployed] == [RUNNING, RUNNING]
     stubborn = desk.orch.managed["stubborn"]
     slow_stop = asyncio.create_task(_ctl(nc, subjects.CTL_STOP, "stubborn"))  # ignores SIGTERM: 4 s to SIGKILL
-    async with asyncio.timeout(10):
-        while not stubborn.supervisor.stop_requested:  # the stop is in progress
-            await asyncio.sleep(0.01)
+    await poll(lambda: stubborn.supervisor.stop_requested, "the stop is in progress", timeout=10, every=0.01)
 
     status = await request(nc, subjects.CTL_STATUS, strategy_pb2.StrategyControl(), strategy_pb2.StrategyStatusList,
                            timeout=2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -326,7 +327,7 @@ async def test_two_replicas_route_concurrent_duplicates_once_and_share_halts(
         await desk.risk(subjects.RISK_HALT)  # answered by one replica; the other learns it from the KV watch
         assert desk.router is not None
         for router in (desk.router, replica):
-            await router.wait_until(lambda r=router: subjects.halt_key("") in r.halts)
+            await router.wait_until(functools.partial(lambda r: subjects.halt_key("") in r.halts, router))
         refusals = await asyncio.gather(*(desk.submit(client_order_id=f"h-{n}") for n in range(6)))
         assert {ack.reason for ack in refusals} == {orders_pb2.REJECT_REASON_HALTED}
     finally:

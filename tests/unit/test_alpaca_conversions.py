@@ -8,13 +8,13 @@ from decimal import Decimal
 
 import pytest
 import requests
+from alpaca.common.exceptions import APIError
 
 from desk.v1 import common_pb2, orders_pb2, strategy_pb2
 from services.broker_gateway.brokers.alpaca import (  # imports alpaca-py with its import-time warning silenced
     AlpacaConfig,
     AlpacaRest,
     AlpacaUnavailable,
-    APIError,
     TimeoutSession,
     fill_from_activity,
     order_request,

@@ -142,8 +142,8 @@ def test_the_backtests_defaults_are_the_routers_and_the_sim_gateways() -> None:
 
 
 def test_the_feeds_build_ticks_with_the_pure_core_so_they_cannot_drift() -> None:
-    assert base.quote_around is synthetic.quote_around is marketdata.quote_around
-    assert base.Tick is replay.Tick is marketdata.Tick
+    assert base.quote_around is vars(synthetic)["quote_around"] is marketdata.quote_around
+    assert base.Tick is vars(replay)["Tick"] is marketdata.Tick
     data = replay.parse_replay(["timestamp,symbol,open,high,low,close,volume\n",
                                 "2026-01-02T14:30:00Z,AAPL,100.5,101,99.75,100.25,1200\n",
                                 "2026-01-02T14:31:00Z,AAPL,100.25,100.5,100,100.4,800\n"])

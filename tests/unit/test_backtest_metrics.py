@@ -299,7 +299,7 @@ def test_from_an_sdk_backtest_result() -> None:
     from strategy_sdk.testing import make_bars, run_backtest
 
     class BuyOnce(Strategy):
-        async def on_bar(self, bar):  # type: ignore[no-untyped-def]
+        async def on_bar(self, bar):
             if self.position(bar.symbol) == 0 and not self.open_orders:
                 await self.buy(bar.symbol, 10)
 
@@ -319,8 +319,8 @@ def test_a_million_points_compute_to_finite_figures() -> None:
     n = 1_000_000
     rng = np.random.default_rng(1)
     ts = T0 + np.arange(n, dtype=np.int64) * MIN
-    equity = 100000 * np.cumprod(1 + rng.normal(0, 0.0005, n))
-    prices = {"A": PriceSeries(ts, 100 * np.cumprod(1 + rng.normal(0, 0.0005, n)))}
+    equity = (100000 * np.cumprod(1 + rng.normal(0, 0.0005, n))).astype(np.float64)
+    prices = {"A": PriceSeries(ts, (100 * np.cumprod(1 + rng.normal(0, 0.0005, n))).astype(np.float64))}
     m = compute([], ts, equity, prices, 100000)
     assert m.bars == n and m.strategy.sharpe is not None and m.benchmark is not None
     assert math.isfinite(m.strategy.sharpe) and math.isfinite(m.strategy.max_drawdown)

@@ -101,8 +101,8 @@ def test_a_hundred_thousand_trades_stay_a_reasonable_file(tmp_path: Path) -> Non
     n, k = 200_000, 100_000
     rng = np.random.default_rng(3)
     ts = T0 + np.arange(n, dtype=np.int64) * 60 * S
-    closes = 100 * np.cumprod(1 + rng.normal(0, 0.0005, n))
-    equity = 100000 * np.cumprod(1 + rng.normal(0, 0.0003, n))
+    closes = (100 * np.cumprod(1 + rng.normal(0, 0.0005, n))).astype(np.float64)
+    equity = (100000 * np.cumprod(1 + rng.normal(0, 0.0003, n))).astype(np.float64)
     trades = [Trade("AAPL", "buy" if i % 2 == 0 else "sell", D(1), D(f"{closes[2 * i]:.2f}"), D("0.01"),
                     int(ts[2 * i]), f"o{i}") for i in range(k)]
     path = render_html(BacktestData(trades, ts, equity, {"AAPL": PriceSeries(ts, closes)}, 100000, name="big"),
@@ -157,7 +157,7 @@ def test_render_html_takes_an_sdk_backtest_result(tmp_path: Path) -> None:
     from strategy_sdk.testing import make_bars, run_backtest
 
     class BuyOnce(Strategy):
-        async def on_bar(self, bar):  # type: ignore[no-untyped-def]
+        async def on_bar(self, bar):
             if self.position(bar.symbol) == 0 and not self.open_orders:
                 await self.buy(bar.symbol, 10)
 

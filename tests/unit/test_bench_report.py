@@ -25,7 +25,7 @@ def test_percentile_does_not_depend_on_input_order() -> None:
 def test_percentile_refuses_no_values_and_out_of_range_q() -> None:
     with pytest.raises(ValueError, match="no values"):
         percentile([], 50)
-    with pytest.raises(ValueError, match="0..100"):
+    with pytest.raises(ValueError, match=r"0\.\.100"):
         percentile([1.0], 101)
 
 

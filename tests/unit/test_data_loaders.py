@@ -8,6 +8,7 @@ import gzip
 import json
 from decimal import Decimal
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -276,7 +277,7 @@ def test_the_fast_csv_reader_equals_the_row_by_row_parser(tmp_path: Path, stamp:
     path = write(tmp_path / "bars.csv", "\n".join(lines) + "\n")
     with path.open() as handle:
         slow = loaders.parse_lines(handle, name=path.name)
-    fast = loaders._fast_csv(path, header.split(","), lines[1], slow.source)
+    fast = loaders._fast_csv(path, header.split(","), lines[1], cast(loaders.Format, slow.source))
     assert fast is not None  # the file is clean: the fast reader took it
     _columns_equal(fast, slow)
     monkeypatch.setattr(loaders, "FAST_CSV_BYTES", 0)  # and load() uses it for such a file

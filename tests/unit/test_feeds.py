@@ -84,8 +84,8 @@ def test_the_synthetic_schedule_spaces_rounds_by_the_interval() -> None:
 
 
 def test_initial_prices_cover_every_symbol_with_plausible_values() -> None:
-    trades = SyntheticFeed(SYMBOLS + ["ZZZ"], 7, SEC, 5).initial()
-    assert [t.symbol for t in trades] == SYMBOLS + ["ZZZ"]
+    trades = SyntheticFeed([*SYMBOLS, "ZZZ"], 7, SEC, 5).initial()
+    assert [t.symbol for t in trades] == [*SYMBOLS, "ZZZ"]
     assert all(Decimal(20) <= Decimal(t.price) <= Decimal(500) and t.ts_ns == 5 for t in trades)
 
 

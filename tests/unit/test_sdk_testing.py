@@ -215,7 +215,7 @@ def test_the_configs_symbols_initial_cash_and_allow_short_are_honoured() -> None
             if self.position(bar.symbol) == 0 and not self.open_orders:
                 await self.sell(bar.symbol, 10)
 
-    bars = [b for pair in zip(make_bars("AAPL", ["100", "101"]), make_bars("MSFT", ["50", "51"])) for b in pair]
+    bars = [b for pair in zip(make_bars("AAPL", ["100", "101"]), make_bars("MSFT", ["50", "51"]), strict=True) for b in pair]
     config = {"symbols": ["MSFT"], "initial_cash": "5000", "risk": {"allow_short": True}}
     strategy = ShortEverything()
     result = run_backtest(strategy, bars, config=config, slippage_bps=0, fee_bps=0)

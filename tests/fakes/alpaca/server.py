@@ -517,10 +517,10 @@ class FakeAlpaca:
         if path.startswith("/v2/orders/"):
             order_id = path.removeprefix("/v2/orders/")
             if method == "GET":
-                order = self.orders.get(order_id)
-                if order is None:
+                found = self.orders.get(order_id)
+                if found is None:
                     raise ApiError(404, 40410000, "order not found")
-                return 200, order.to_json()
+                return 200, found.to_json()
             if method == "DELETE":
                 self._cancel(order_id)
                 return 204, None
@@ -595,7 +595,7 @@ class FakeAlpaca:
     async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._http_tasks.add(task)  # type: ignore[arg-type]
+        self._http_tasks.add(task)
         try:
             while True:
                 line = await reader.readline()
@@ -624,7 +624,7 @@ class FakeAlpaca:
         except (ConnectionError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError):  # stop: end quietly
             pass
         finally:
-            self._http_tasks.discard(task)  # type: ignore[arg-type]
+            self._http_tasks.discard(task)
             writer.close()
 
     # --- websockets --------------------------------------------------------------------------------

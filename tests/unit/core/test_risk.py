@@ -43,7 +43,7 @@ def _order(**fields: Any) -> ValidOrder:
     return validate_order(orders_pb2.OrderRequest(**base), "desk.order.submit.alpha")
 
 
-def _fill(order_id: str, side: int, qty: str, price: str, fee: str = "0", *, leaves: str = "0", eid: str = "") -> Any:
+def _fill(order_id: str, side: common_pb2.Side, qty: str, price: str, fee: str = "0", *, leaves: str = "0", eid: str = "") -> Any:
     status = executions_pb2.ORDER_STATUS_FILLED if leaves == "0" else executions_pb2.ORDER_STATUS_PARTIALLY_FILLED
     exec_type = executions_pb2.EXEC_TYPE_FILL if leaves == "0" else executions_pb2.EXEC_TYPE_PARTIAL_FILL
     return executions_pb2.ExecutionReport(
