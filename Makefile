@@ -18,7 +18,7 @@ PROJECT    ?= quantdesk
 WHEELS     := deploy/build/wheels
 
 .DEFAULT_GOAL := help
-.PHONY: sandbox-tools bench wheels base-image build strategy-image up down clean-docker test-docker test-browser test-faults test-cluster
+.PHONY: sandbox-tools bench wheels base-image build strategy-image up down clean-docker test-docker test-browser test-faults test-cluster test-busy hooks
 .PHONY: help setup run deploy stop status logs positions leaderboard halt resume proto test test-unit \
         test-integration test-e2e test-confinement lint typecheck clean
 
@@ -26,11 +26,13 @@ help: ## list the targets
 	@echo "Quant Desk — make targets (NAME=<strategy> where it applies):"
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# Two distributions, both editable: quant-desk-sdk (./sdk) and quant-desk, which depends on it (in one pip
+# command, so pip takes the SDK from ./sdk and never looks for it on an index).
+$(STAMP): pyproject.toml sdk/pyproject.toml sdk/split_build.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (found %s)" % sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e ./sdk -e '.[dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP) ## create the virtual environment and install everything (done by run/test too)
@@ -62,9 +64,9 @@ halt: $(STAMP) ## kill switch: refuse new orders (NAME=one strategy, else the wh
 resume: $(STAMP) ## lift a halt (NAME=one strategy, else the whole desk)
 	$(DESK) resume $(NAME)
 
-wheels: $(STAMP) ## download every Python wheel the images need into deploy/build/wheels (on the host)
+wheels: $(STAMP) ## build quant-desk and quant-desk-sdk and download every wheel the images need into deploy/build/wheels
 	rm -rf $(WHEELS) && mkdir -p $(WHEELS)
-	$(PY) -m pip wheel --quiet --wheel-dir $(WHEELS) '.[docker]'
+	$(PY) -m pip wheel --quiet --wheel-dir $(WHEELS) ./sdk '.[docker]'
 	cp $(VENV)/bin/nats-server deploy/build/nats-server
 
 base-image: ## make quantdesk/base:bookworm offline with debootstrap (root, Docker engine)
@@ -100,8 +102,8 @@ proto: $(STAMP) ## regenerate desk/v1/*_pb2.py(i) from protos/ with grpcio-tools
 STAGE := deploy/ci/stage.sh
 
 test: $(STAMP) sandbox-tools ## lint and types, then unit, integration, end-to-end, confinement, cluster, fault, browser and Docker tests
-	$(STAGE) lint $(VENV)/bin/ruff check desk services strategy_sdk desk_client bench tools tests
-	$(STAGE) typecheck $(VENV)/bin/mypy desk services strategy_sdk desk_client bench tools tests
+	$(STAGE) lint $(VENV)/bin/ruff check desk services strategy_sdk desk_client bench tools tests sdk/split_build.py
+	$(STAGE) typecheck $(VENV)/bin/mypy desk services strategy_sdk desk_client bench tools tests sdk/split_build.py
 	$(STAGE) unit $(PYTEST) tests/unit
 	$(STAGE) integration $(PYTEST) tests/integration
 	$(STAGE) e2e $(PYTEST) tests/e2e
@@ -110,6 +112,12 @@ test: $(STAMP) sandbox-tools ## lint and types, then unit, integration, end-to-e
 	$(STAGE) faults $(MAKE) --no-print-directory test-faults
 	$(STAGE) browser $(MAKE) --no-print-directory test-browser
 	$(STAGE) docker deploy/ci/docker-stage.sh
+
+hooks: $(STAMP) ## install the git pre-commit hook: ruff check, ruff format --check, mypy (.pre-commit-config.yaml)
+	$(VENV)/bin/pre-commit install
+
+test-busy: $(STAMP) ## `make test` twice with two CPU-burning processes beside it (RUNS=, BURNERS= to change)
+	deploy/ci/busy-test.sh
 
 sandbox-tools: ## install Debian's bubblewrap (the process runtime's sandbox) when missing and we are root
 	@command -v bwrap >/dev/null 2>&1 || { \
@@ -160,10 +168,10 @@ $(PEERS_STAMP): bench/peers/requirements.txt
 # --- end of the peers' environment ---
 
 lint: $(STAMP) ## ruff
-	$(VENV)/bin/ruff check desk services strategy_sdk desk_client bench tools tests
+	$(VENV)/bin/ruff check desk services strategy_sdk desk_client bench tools tests sdk/split_build.py
 
 typecheck: $(STAMP) ## mypy (strict on source, relaxed on tests)
-	$(VENV)/bin/mypy desk services strategy_sdk desk_client bench tools tests
+	$(VENV)/bin/mypy desk services strategy_sdk desk_client bench tools tests sdk/split_build.py
 
 clean: ## remove the virtual environment, caches and the embedded desk's data (var/)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info $(DATA)
