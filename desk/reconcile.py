@@ -336,44 +336,8 @@ def _check_orders(books: Books, orders: list[AlpacaOrder], fills: list[AlpacaFil
         by_desk_order.setdefault(desk_order_id, []).append(order)
         if order.created_ns < since_ns:
             continue
-        where = order.client_order_id
-        booked: dict[str, Decimal] = {}
-        seen_qty = ZERO
-        for a in sorted(activities.get(order.id, []), key=lambda a: a.cum_qty):
-            seen_qty += a.qty
-            exec_id = alpaca_fill_execution_id(order.id, a.cum_qty)
-            fill = ledger_fills.get(exec_id)
-            what = f"{a.side} {fmt(a.qty)} {a.symbol} @ {fmt(a.price)} at {_iso(a.ts_ns)} (alpaca order {order.id})"
-            if fill is None:
-                findings.append(Finding("fill", where, f"Alpaca filled {what}: not in the ledger",
-                                        {"alpaca_order_id": order.id, "execution_id": exec_id, "qty": fmt(a.qty),
-                                         "price": fmt(a.price)}))
-                continue
-            booked[fill.strategy_id] = booked.get(fill.strategy_id, ZERO) + Decimal(fill.qty or "0")
-            wrong = []
-            if Decimal(fill.qty or "0") != a.qty or Decimal(fill.price or "0") != a.price:
-                wrong.append(f"booked as {fill.qty} @ {fill.price}")
-            if (fill.strategy_id, fill.order_id) != (strategy_id, desk_order_id):
-                wrong.append(f"booked to {fill.strategy_id}/{fill.client_order_id}, not {strategy_id}/{client_id}")
-            if wrong:
-                findings.append(Finding("fill", where, f"Alpaca filled {what}: {'; '.join(wrong)}",
-                                        {"alpaca_order_id": order.id, "execution_id": exec_id}))
-        if seen_qty != order.filled_qty:
-            findings.append(Finding("attribution", where, f"filled {fmt(order.filled_qty)} at Alpaca (order {order.id}), "
-                                    f"its FILL activities add up to {fmt(seen_qty)}",
-                                    {"alpaca_order_id": order.id, "filled_qty": fmt(order.filled_qty),
-                                     "activities_qty": fmt(seen_qty)}))
-        total = sum(booked.values(), ZERO)
-        if total != order.filled_qty:
-            parts = ", ".join(f"{s} {fmt(q)}" for s, q in sorted(booked.items())) or "none"
-            findings.append(Finding("attribution", where, f"filled {fmt(order.filled_qty)} at Alpaca (order {order.id}), "
-                                    f"the strategies' fills of it in the ledger add up to {fmt(total)} ({parts})",
-                                    {"alpaca_order_id": order.id, "filled_qty": fmt(order.filled_qty),
-                                     "ledger_qty": fmt(total)}))
-        if desk_order_id not in ledger_orders:
-            findings.append(Finding("order", f"{strategy_id}/{client_id}", f"Alpaca has {where} (order {order.id}, "
-                                    f"{order.status}, filled {fmt(order.filled_qty)}); the ledger has no such desk order",
-                                    {"order_id": desk_order_id, "alpaca_order_id": order.id}))
+        findings += _check_alpaca_order(order, (strategy_id, client_id, desk_order_id),
+                                        activities.get(order.id, []), ledger_fills, ledger_orders)
 
     for record in sorted(books.orders, key=lambda o: (o.created_ns, o.order_id)):
         if record.venue != "alpaca" or record.created_ns < since_ns:
@@ -381,6 +345,63 @@ def _check_orders(books: Books, orders: list[AlpacaOrder], fills: list[AlpacaFil
         findings += _check_desk_order(record, fills_by_order.get(record.order_id, []),
                                       by_desk_order.get(record.order_id, []), alpaca_exec_ids)
 
+    findings += _check_crosses(books, alpaca_exec_ids, since_ns)
+    return findings
+
+
+def _check_alpaca_order(order: AlpacaOrder, desk_ids: tuple[str, str, str], activities: list[AlpacaFill],
+                        ledger_fills: dict[str, ledger_pb2.Fill],
+                        ledger_orders: dict[str, ledger_pb2.OrderRecord]) -> list[Finding]:
+    """One Alpaca order the desk placed (``desk_ids``: strategy id, client order id, desk order id):
+    each of its FILL activities booked once, to the right strategy and order; the activities and the
+    ledger's fills add up to its filled quantity; the ledger knows the desk order."""
+    strategy_id, client_id, desk_order_id = desk_ids
+    findings: list[Finding] = []
+    where = order.client_order_id
+    booked: dict[str, Decimal] = {}
+    seen_qty = ZERO
+    for a in sorted(activities, key=lambda a: a.cum_qty):
+        seen_qty += a.qty
+        exec_id = alpaca_fill_execution_id(order.id, a.cum_qty)
+        fill = ledger_fills.get(exec_id)
+        what = f"{a.side} {fmt(a.qty)} {a.symbol} @ {fmt(a.price)} at {_iso(a.ts_ns)} (alpaca order {order.id})"
+        if fill is None:
+            findings.append(Finding("fill", where, f"Alpaca filled {what}: not in the ledger",
+                                    {"alpaca_order_id": order.id, "execution_id": exec_id, "qty": fmt(a.qty),
+                                     "price": fmt(a.price)}))
+            continue
+        booked[fill.strategy_id] = booked.get(fill.strategy_id, ZERO) + Decimal(fill.qty or "0")
+        wrong = []
+        if Decimal(fill.qty or "0") != a.qty or Decimal(fill.price or "0") != a.price:
+            wrong.append(f"booked as {fill.qty} @ {fill.price}")
+        if (fill.strategy_id, fill.order_id) != (strategy_id, desk_order_id):
+            wrong.append(f"booked to {fill.strategy_id}/{fill.client_order_id}, not {strategy_id}/{client_id}")
+        if wrong:
+            findings.append(Finding("fill", where, f"Alpaca filled {what}: {'; '.join(wrong)}",
+                                    {"alpaca_order_id": order.id, "execution_id": exec_id}))
+    if seen_qty != order.filled_qty:
+        findings.append(Finding("attribution", where, f"filled {fmt(order.filled_qty)} at Alpaca (order {order.id}), "
+                                f"its FILL activities add up to {fmt(seen_qty)}",
+                                {"alpaca_order_id": order.id, "filled_qty": fmt(order.filled_qty),
+                                 "activities_qty": fmt(seen_qty)}))
+    total = sum(booked.values(), ZERO)
+    if total != order.filled_qty:
+        parts = ", ".join(f"{s} {fmt(q)}" for s, q in sorted(booked.items())) or "none"
+        findings.append(Finding("attribution", where, f"filled {fmt(order.filled_qty)} at Alpaca (order {order.id}), "
+                                f"the strategies' fills of it in the ledger add up to {fmt(total)} ({parts})",
+                                {"alpaca_order_id": order.id, "filled_qty": fmt(order.filled_qty),
+                                 "ledger_qty": fmt(total)}))
+    if desk_order_id not in ledger_orders:
+        findings.append(Finding("order", f"{strategy_id}/{client_id}", f"Alpaca has {where} (order {order.id}, "
+                                f"{order.status}, filled {fmt(order.filled_qty)}); the ledger has no such desk order",
+                                {"order_id": desk_order_id, "alpaca_order_id": order.id}))
+    return findings
+
+
+def _check_crosses(books: Books, alpaca_exec_ids: set[str], since_ns: int) -> list[Finding]:
+    """The internal crosses since ``since_ns`` (the ledger's venue-alpaca fills that
+    match no Alpaca FILL activity) balance per symbol: each cross is a buy and a sell at one price."""
+    findings: list[Finding] = []
     crosses: dict[str, list[ledger_pb2.Fill]] = {}
     for f in books.fills:
         if f.venue == "alpaca" and f.event_ns >= since_ns and f.execution_id not in alpaca_exec_ids:

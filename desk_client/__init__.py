@@ -150,6 +150,23 @@ def _reason(value: int) -> str:
     return str(orders_pb2.RejectReason.Name(value)).removeprefix("REJECT_REASON_")
 
 
+def _result(answer: orders_pb2.OrderAck | orders_pb2.CancelAck | tuple[str, str], client_order_id: str,
+            answer_names_it: bool = False) -> dict[str, Any]:
+    """The old desk's result dict for an ack (or a ``(reason, message)`` the request failed with);
+    ``answer_names_it``: the ack's client order id, when set, is the one reported (an order's ack)."""
+    if isinstance(answer, tuple):
+        return {"id": None, "client_order_id": client_order_id, "status": "rejected", "reason": answer[0],
+                "message": answer[1]}
+    named = answer.client_order_id if answer_names_it else ""
+    return {
+        "id": answer.order_id or None,
+        "client_order_id": named or client_order_id,
+        "status": "accepted" if answer.accepted else "rejected",
+        "reason": None if answer.accepted else _reason(answer.reason),
+        "message": answer.message,
+    }
+
+
 def place_order(
     symbol: str,
     qty: float | str | Decimal,
@@ -194,16 +211,7 @@ def place_order(
     answer = desk.run(
         desk.ask(subjects.order_submit(desk.strategy_id), order, orders_pb2.OrderAck), timeout=4 * REQUEST_TIMEOUT
     )
-    if isinstance(answer, tuple):
-        return {"id": None, "client_order_id": client_order_id, "status": "rejected", "reason": answer[0],
-                "message": answer[1]}
-    return {
-        "id": answer.order_id or None,
-        "client_order_id": answer.client_order_id or client_order_id,
-        "status": "accepted" if answer.accepted else "rejected",
-        "reason": None if answer.accepted else _reason(answer.reason),
-        "message": answer.message,
-    }
+    return _result(answer, client_order_id, answer_names_it=True)
 
 
 def cancel_order(client_order_id: str) -> dict[str, Any]:
@@ -215,13 +223,4 @@ def cancel_order(client_order_id: str) -> dict[str, Any]:
     answer = desk.run(
         desk.ask(subjects.order_cancel(desk.strategy_id), message, orders_pb2.CancelAck), timeout=4 * REQUEST_TIMEOUT
     )
-    if isinstance(answer, tuple):
-        return {"id": None, "client_order_id": client_order_id, "status": "rejected", "reason": answer[0],
-                "message": answer[1]}
-    return {
-        "id": answer.order_id or None,
-        "client_order_id": client_order_id,
-        "status": "accepted" if answer.accepted else "rejected",
-        "reason": None if answer.accepted else _reason(answer.reason),
-        "message": answer.message,
-    }
+    return _result(answer, client_order_id)

@@ -8,7 +8,8 @@ and the subject, each subject pattern maps to exactly one message type (:func:`t
 from __future__ import annotations
 
 import fnmatch
-from typing import TypeVar
+import functools
+from typing import Any, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
@@ -102,6 +103,22 @@ def type_for_subject(subject: str) -> type[Message] | None:
         if fnmatch.fnmatchcase(subject, pattern) and subject.count(".") == pattern.count("."):
             return message_type
     return None
+
+
+def enum_word(enum_type: Any, value: int) -> str:
+    """A wire enum's value as a word: ``SIDE_BUY`` -> ``"buy"``, ``ORDER_STATUS_PARTIALLY_FILLED`` ->
+    ``"partially_filled"`` (its name less the enum's prefix, in lower case); a number the enum does
+    not know, as that number (a newer peer's value is shown, not a crash)."""
+    return _enum_words(enum_type).get(value, str(value))
+
+
+@functools.cache
+def _enum_words(enum_type: Any) -> dict[int, str]:
+    """number -> word for a protobuf enum, once per enum; the prefix is its zero value's name less
+    ``UNSPECIFIED`` (every wire enum has a ``*_UNSPECIFIED = 0``)."""
+    values = enum_type.DESCRIPTOR.values_by_number
+    prefix = str(values[0].name).removesuffix("UNSPECIFIED") if 0 in values else ""
+    return {number: str(v.name).removeprefix(prefix).lower() for number, v in values.items()}
 
 
 def to_dict(message: Message) -> dict[str, object]:

@@ -12,12 +12,13 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import nats
 import nats.js.errors
 import typer
 from google.protobuf.message import Message
+from nats.aio.client import Client
 
 from desk.bus import codec, subjects
 from desk.bus.errors import DeskError
@@ -26,8 +27,12 @@ from desk.bus.request import request
 from desk.bus.servers import open_connection
 from desk.cli.backtest_cmd import backtest as backtest_command
 from desk.cli.data_cmd import data_app
-from desk.cli.render import console, enum_name, err_console, money, percent, print_json, signed_money, table, ts
+from desk.cli.render import console, err_console, money, percent, print_json, signed_money, table, ts
 from desk.v1 import ledger_pb2, orders_pb2, strategy_pb2
+
+if TYPE_CHECKING:  # imported when `desk up` runs (reason: the other commands start faster without it)
+    from desk import reconcile as rc
+    from desk.cli.embedded import EmbeddedDesk
 
 app = typer.Typer(
     name="desk",
@@ -108,7 +113,7 @@ def main(
     opts.credentials = credentials
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code)
 
@@ -126,6 +131,28 @@ async def _strategy_known(nc: Any, strategy_id: str) -> bool | None:
     return True
 
 
+async def cli_connection(**options: Any) -> Client:
+    """A connection to the desk at --nats-url with the CLI's credentials (``options`` go to
+    :func:`desk.bus.servers.open_connection`), or a DeskError a person can act on: a bad address,
+    refused credentials, no server."""
+    seen: list[Exception] = []  # what nats-py reported: a refused login or an unreachable server
+    try:
+        return await open_connection(opts.nats_url, forever=False, connect_timeout=CONNECT_TIMEOUT, errors=seen,
+                                     **nats_auth(), **options)
+    except ValueError as exc:  # not a server address
+        raise DeskError("BAD_URL", f"--nats-url / NATS_URL: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any connect failure means the same thing to the user
+        if any(isinstance(e, nats.errors.AuthorizationError) or "authorization" in str(e).lower() for e in seen):
+            raise DeskError(
+                "NOT_AUTHORIZED",
+                f"NATS at {opts.nats_url} refused our credentials: pass --credentials (the embedded desk writes "
+                f"<data dir>/credentials/cli.json; tried {opts.credentials}) or set NATS_USER/NATS_PASSWORD",
+            ) from None
+        raise DeskError(
+            "NO_DESK", f"cannot reach NATS at {opts.nats_url} ({exc!r}); is the desk running? (`make run`)"
+        ) from None
+
+
 def _call(
     subject: str,
     message: Message,
@@ -141,22 +168,7 @@ def _call(
     wait = opts.timeout if timeout is None else timeout
 
     async def go() -> R:
-        seen: list[Exception] = []  # what nats-py reported: a refused login or an unreachable server
-        try:
-            nc = await open_connection(opts.nats_url, forever=False, connect_timeout=CONNECT_TIMEOUT, errors=seen,
-                                       **nats_auth())
-        except ValueError as exc:  # not a server address
-            raise DeskError("BAD_URL", f"--nats-url / NATS_URL: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - any connect failure means the same thing to the user
-            if any(isinstance(e, nats.errors.AuthorizationError) or "authorization" in str(e).lower() for e in seen):
-                raise DeskError(
-                    "NOT_AUTHORIZED",
-                    f"NATS at {opts.nats_url} refused our credentials: pass --credentials (the embedded desk writes "
-                    f"<data dir>/credentials/cli.json; tried {opts.credentials}) or set NATS_USER/NATS_PASSWORD",
-                ) from None
-            raise DeskError(
-                "NO_DESK", f"cannot reach NATS at {opts.nats_url} ({exc!r}); is the desk running? (`make run`)"
-            ) from None
+        nc = await cli_connection()
         try:
             reply = await request(nc, subject, message, reply_type, timeout=wait)
             if strategy and empty is not None and empty(reply) and await _strategy_known(nc, strategy) is False:
@@ -221,15 +233,28 @@ def up(
     Ctrl-C stops everything; the ledger and JetStream data stay in DATA_DIR."""
     import os
 
-    from rich.markup import escape
-
-    from desk.cli.embedded import EmbeddedDesk, cli_command, venue_environment
+    from desk.cli.embedded import EmbeddedDesk, venue_environment
 
     configure_logging("desk", "info", "console")
     venues, mismatches = venue_environment(os.environ, feed)
     for mismatch in mismatches:
         err_console.print(f"[bold red]WARNING:[/bold red] {mismatch}", highlight=False)
     extra = {**venues, "DASHBOARD_PORT": str(dashboard_port)}
+    extra.update(_feed_environment(symbols, replay_file, replay_speed, replay_pace, replay_wait_for))
+    desk = EmbeddedDesk(
+        data_dir=data_dir.resolve(),
+        strategies_dir=strategies_dir.resolve(),
+        port=port,
+        extra_env=extra,
+        deploy_strategies=not no_strategies,
+    )
+    raise typer.Exit(asyncio.run(_run_embedded(desk, port, venues, data_dir)))
+
+
+def _feed_environment(symbols: str, replay_file: Path | None, replay_speed: float | None,
+                      replay_pace: float | None, replay_wait_for: str) -> dict[str, str]:
+    """The MD_* variables ``desk up``'s feed options set (an option left out sets none)."""
+    extra: dict[str, str] = {}
     if symbols:
         extra["MD_SYMBOLS"] = symbols
     if replay_file is not None:
@@ -240,42 +265,46 @@ def up(
         extra["MD_REPLAY_PACE"] = repr(replay_pace)
     if replay_wait_for:
         extra["MD_REPLAY_WAIT_FOR"] = replay_wait_for
-    desk = EmbeddedDesk(
-        data_dir=data_dir.resolve(),
-        strategies_dir=strategies_dir.resolve(),
-        port=port,
-        extra_env=extra,
-        deploy_strategies=not no_strategies,
+    return extra
+
+
+async def _run_embedded(desk: EmbeddedDesk, port: int, venues: dict[str, str], data_dir: Path) -> int:
+    """Run ``desk`` until SIGINT/SIGTERM (or it ends); say how to use it once it is ready."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, desk.stop.set)
+    ready = asyncio.create_task(desk.ready.wait())
+    runner = asyncio.create_task(desk.run())
+    await asyncio.wait({ready, runner}, return_when=asyncio.FIRST_COMPLETED)
+    if desk.ready.is_set():
+        _announce_up(desk, port, venues, data_dir)
+    ready.cancel()
+    return await runner
+
+
+def _announce_up(desk: EmbeddedDesk, port: int, venues: dict[str, str], data_dir: Path) -> None:
+    import os
+
+    from rich.markup import escape
+
+    from desk.cli.embedded import cli_command
+
+    cli = escape(cli_command(port, desk.credentials_file, os.environ, Path.cwd()))
+    console.print(
+        f"[bold green]desk is up[/bold green] on nats://127.0.0.1:{port} (broker {venues['BROKER']}, "
+        f"feed {venues['MD_FEED']}), dashboard on "
+        f"{desk.dashboard_url or '(not running)'} — data in {data_dir}/, logs in "
+        f"{data_dir}/logs/.\nTry: [bold]{cli} status[/bold], [bold]{cli} positions[/bold], "
+        f"[bold]{cli} leaderboard[/bold] (`nats sub` needs the desk-admin user of {desk.credentials_file}: "
+        "see the README). Ctrl-C stops the desk.",
+        highlight=False, soft_wrap=True,  # never a line break inside the command to copy
     )
-
-    async def go() -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, desk.stop.set)
-        ready = asyncio.create_task(desk.ready.wait())
-        runner = asyncio.create_task(desk.run())
-        await asyncio.wait({ready, runner}, return_when=asyncio.FIRST_COMPLETED)
-        if desk.ready.is_set():
-            cli = escape(cli_command(port, desk.credentials_file, os.environ, Path.cwd()))
-            console.print(
-                f"[bold green]desk is up[/bold green] on nats://127.0.0.1:{port} (broker {venues['BROKER']}, "
-                f"feed {venues['MD_FEED']}), dashboard on "
-                f"{desk.dashboard_url or '(not running)'} — data in {data_dir}/, logs in "
-                f"{data_dir}/logs/.\nTry: [bold]{cli} status[/bold], [bold]{cli} positions[/bold], "
-                f"[bold]{cli} leaderboard[/bold] (`nats sub` needs the desk-admin user of {desk.credentials_file}: "
-                "see the README). Ctrl-C stops the desk.",
-                highlight=False, soft_wrap=True,  # never a line break inside the command to copy
-            )
-            if desk.confinement.startswith("none"):
-                console.print(
-                    f"[bold red]WARNING: strategies run UNCONFINED[/bold red] ({desk.confinement}): each can read "
-                    "your files, var/ (credentials, the ledger) and other processes. Install bubblewrap "
-                    "(apt-get install bubblewrap) or see the README's security section."
-                )
-        ready.cancel()
-        return await runner
-
-    raise typer.Exit(asyncio.run(go()))
+    if desk.confinement.startswith("none"):
+        console.print(
+            f"[bold red]WARNING: strategies run UNCONFINED[/bold red] ({desk.confinement}): each can read "
+            "your files, var/ (credentials, the ledger) and other processes. Install bubblewrap "
+            "(apt-get install bubblewrap) or see the README's security section."
+        )
 
 
 # ------------------------------------------------------------------------------------ strategies
@@ -303,7 +332,7 @@ def _print_status(result: strategy_pb2.StrategyStatusList, as_json: bool) -> Non
             [
                 s.strategy_id,
                 s.member_id,
-                enum_name(strategy_pb2.StrategyState.Name(s.state)),
+                codec.enum_word(strategy_pb2.StrategyState, s.state),
                 s.runtime,
                 s.pid or s.container_id[:12],
                 s.restarts,
@@ -458,13 +487,13 @@ def orders(
                 o.strategy_id,
                 o.client_order_id,
                 o.symbol,
-                enum_name(common_pb2.Side.Name(o.side)),
-                enum_name(common_pb2.OrderType.Name(o.type)),
-                enum_name(common_pb2.TimeInForce.Name(o.time_in_force)),
+                codec.enum_word(common_pb2.Side, o.side),
+                codec.enum_word(common_pb2.OrderType, o.type),
+                codec.enum_word(common_pb2.TimeInForce, o.time_in_force),
                 o.qty or o.notional,
                 o.limit_price,
                 o.stop_price,
-                enum_name(executions_pb2.OrderStatus.Name(o.status)),
+                codec.enum_word(executions_pb2.OrderStatus, o.status),
                 o.filled_qty,
                 money(o.avg_price),
             ]
@@ -499,7 +528,7 @@ def fills(
                 f.strategy_id,
                 f.member_id,
                 f.symbol,
-                enum_name(common_pb2.Side.Name(f.side)),
+                codec.enum_word(common_pb2.Side, f.side),
                 f.qty,
                 money(f.price),
                 money(f.fee),
@@ -608,7 +637,6 @@ def reconcile(
     The account is read with ALPACA_API_KEY/ALPACA_SECRET_KEY (and ALPACA_REST_URL, ALPACA_PAPER) from
     this environment; without them only positions are compared, through the gateway. Prints every
     difference, one per line; exits 1 when there is one (0 when the books agree)."""
-    import os
     import time
 
     from desk import reconcile as rc
@@ -618,41 +646,8 @@ def reconcile(
         since_ns = rc.parse_since(since, now)
     except ValueError:
         _fail(f"--since {since!r}: give an ISO time (2026-12-01T09:30) or an age (90m, 6h, 1d)", 2)
-    key, secret = os.environ.get("ALPACA_API_KEY", ""), os.environ.get("ALPACA_SECRET_KEY", "")
-    account: rc.Account
-    if venue == "alpaca" and key and secret:
-        from alpaca.common.exceptions import APIError
-        from requests.exceptions import RequestException
-
-        client = rc.make_trading_client(
-            key, secret, paper=os.environ.get("ALPACA_PAPER", "true").lower() not in ("0", "false", "no"),
-            rest_url=os.environ.get("ALPACA_REST_URL") or None, timeout=max(opts.timeout, 10.0))
-        try:
-            account = rc.fetch_account(client, since_ns)
-        except APIError as exc:
-            _fail(f"Alpaca refused the reconcile's reads (HTTP {exc.status_code}): {str(exc)[:200]}")
-        except RequestException as exc:
-            _fail(f"Alpaca unreachable: {type(exc).__name__}")
-    else:
-        broker = _call(subjects.broker_positions(venue), ledger_pb2.LedgerQuery(), ledger_pb2.PositionsReply,
-                       f"{venue} broker gateway")
-        account = rc.Account(positions=list(broker.positions))
-
-    async def books() -> rc.Books:
-        nc = await open_connection(opts.nats_url, forever=False, connect_timeout=CONNECT_TIMEOUT, **nats_auth())
-        try:
-            return await rc.fetch_books(nc, since_ns, venue, timeout=opts.timeout)
-        finally:
-            await nc.close()
-
-    try:
-        ledger = asyncio.run(books())
-    except DeskError as err:
-        _fail(f"{err.code}: {err.message}")
-    except nats.errors.NoRespondersError:
-        _fail(f"no ledger is running on {opts.nats_url}")
-    except (nats.errors.Error, OSError) as exc:
-        _fail(f"cannot read the ledger at {opts.nats_url} ({exc!r}); is the desk running? (`make run`)")
+    account = _reconcile_account(venue, since_ns)
+    ledger = _reconcile_books(venue, since_ns)
     try:
         baseline = rc.Baseline.load(baseline_file)
     except ValueError as exc:
@@ -677,6 +672,52 @@ def reconcile(
         if recorded:
             console.print(recorded, highlight=False)
     raise typer.Exit(0 if result.clean else 1)
+
+
+def _reconcile_account(venue: str, since_ns: int) -> rc.Account:
+    """The broker's side: Alpaca's account (with the keys in this environment), else the gateway's positions."""
+    import os
+
+    from desk import reconcile as rc
+
+    key, secret = os.environ.get("ALPACA_API_KEY", ""), os.environ.get("ALPACA_SECRET_KEY", "")
+    if venue == "alpaca" and key and secret:
+        from alpaca.common.exceptions import APIError
+        from requests.exceptions import RequestException
+
+        client = rc.make_trading_client(
+            key, secret, paper=os.environ.get("ALPACA_PAPER", "true").lower() not in ("0", "false", "no"),
+            rest_url=os.environ.get("ALPACA_REST_URL") or None, timeout=max(opts.timeout, 10.0))
+        try:
+            return rc.fetch_account(client, since_ns)
+        except APIError as exc:
+            _fail(f"Alpaca refused the reconcile's reads (HTTP {exc.status_code}): {str(exc)[:200]}")
+        except RequestException as exc:
+            _fail(f"Alpaca unreachable: {type(exc).__name__}")
+    broker = _call(subjects.broker_positions(venue), ledger_pb2.LedgerQuery(), ledger_pb2.PositionsReply,
+                   f"{venue} broker gateway")
+    return rc.Account(positions=list(broker.positions))
+
+
+def _reconcile_books(venue: str, since_ns: int) -> rc.Books:
+    """The ledger's side, read over NATS (a clear line and exit 1 if it cannot be read)."""
+    from desk import reconcile as rc
+
+    async def books() -> rc.Books:
+        nc = await open_connection(opts.nats_url, forever=False, connect_timeout=CONNECT_TIMEOUT, **nats_auth())
+        try:
+            return await rc.fetch_books(nc, since_ns, venue, timeout=opts.timeout)
+        finally:
+            await nc.close()
+
+    try:
+        return asyncio.run(books())
+    except DeskError as err:
+        _fail(f"{err.code}: {err.message}")
+    except nats.errors.NoRespondersError:
+        _fail(f"no ledger is running on {opts.nats_url}")
+    except (nats.errors.Error, OSError) as exc:
+        _fail(f"cannot read the ledger at {opts.nats_url} ({exc!r}); is the desk running? (`make run`)")
 
 
 # ------------------------------------------------------------------------------------------- risk

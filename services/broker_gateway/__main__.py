@@ -6,7 +6,8 @@ import sys
 
 from desk.bus.lifecycle import run
 from desk.bus.settings import service_settings
-from services.broker_gateway.service import NAME, BrokerNotAvailable, build_broker, check_broker, make_start
+from services.broker_gateway.factory import BrokerNotAvailable, build_broker, check_broker
+from services.broker_gateway.service import NAME, BrokerGatewayService
 from services.broker_gateway.settings import Settings
 
 DESCRIPTION = (
@@ -22,11 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         broker = build_broker(settings)
         check_broker(broker)  # Alpaca: a wrong key is one clear line now, not a retry loop later
-        start = make_start(settings, broker)
     except BrokerNotAvailable as exc:
-        print(f"broker_gateway: {exc.code}", file=sys.stderr)
+        print(f"{NAME}: {exc.code}", file=sys.stderr)
         raise SystemExit(2) from None
-    run(NAME, settings, start)
+    run(NAME, settings, BrokerGatewayService(settings, broker).start)
 
 
 if __name__ == "__main__":

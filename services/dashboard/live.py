@@ -31,14 +31,6 @@ CLIENT_QUEUE = 1000
 FILL_TYPES = (executions_pb2.EXEC_TYPE_FILL, executions_pb2.EXEC_TYPE_PARTIAL_FILL)
 
 
-def enum_name(enum: Any, value: int, prefix: str) -> str:
-    """``SIDE_BUY`` -> ``buy``; unknown values as their number."""
-    try:
-        return str(enum.Name(value)).removeprefix(prefix).lower()
-    except ValueError:
-        return str(value)
-
-
 def execution_event(report: executions_pb2.ExecutionReport) -> Event:
     return {
         "type": "fill" if report.exec_type in FILL_TYPES else "order",
@@ -48,9 +40,9 @@ def execution_event(report: executions_pb2.ExecutionReport) -> Event:
         "order_id": report.order_id,
         "client_order_id": report.client_order_id,
         "symbol": report.symbol,
-        "side": enum_name(common_pb2.Side, report.side, "SIDE_"),
-        "exec_type": enum_name(executions_pb2.ExecType, report.exec_type, "EXEC_TYPE_"),
-        "status": enum_name(executions_pb2.OrderStatus, report.status, "ORDER_STATUS_"),
+        "side": codec.enum_word(common_pb2.Side, report.side),
+        "exec_type": codec.enum_word(executions_pb2.ExecType, report.exec_type),
+        "status": codec.enum_word(executions_pb2.OrderStatus, report.status),
         "qty": report.fill_qty if report.exec_type in FILL_TYPES else report.order_qty,
         "price": report.fill_price,
         "fee": report.fee,

@@ -25,7 +25,7 @@ from desk.bus.logging import get_logger
 from desk.bus.request import request
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2, strategy_pb2
 from services.dashboard import metrics
-from services.dashboard.live import LiveFeed, enum_name
+from services.dashboard.live import LiveFeed
 
 log = get_logger("dashboard")
 R = TypeVar("R", bound=Message)
@@ -320,7 +320,7 @@ def _status(s: strategy_pb2.StrategyStatus | None) -> dict[str, Any]:
     return {
         "strategy_id": s.strategy_id,
         "member_id": s.member_id,
-        "state": enum_name(strategy_pb2.StrategyState, s.state, "STRATEGY_STATE_"),
+        "state": codec.enum_word(strategy_pb2.StrategyState, s.state),
         "restarts": s.restarts,
         "last_error": s.last_error,
         "pid": s.pid,
@@ -356,11 +356,11 @@ def _order(o: ledger_pb2.OrderRecord) -> dict[str, Any]:
     return {
         "client_order_id": o.client_order_id,
         "symbol": o.symbol,
-        "side": enum_name(common_pb2.Side, o.side, "SIDE_"),
-        "type": enum_name(common_pb2.OrderType, o.type, "ORDER_TYPE_"),
+        "side": codec.enum_word(common_pb2.Side, o.side),
+        "type": codec.enum_word(common_pb2.OrderType, o.type),
         "qty": o.qty or o.notional,
         "limit_price": o.limit_price,
-        "status": enum_name(executions_pb2.OrderStatus, o.status, "ORDER_STATUS_"),
+        "status": codec.enum_word(executions_pb2.OrderStatus, o.status),
         "filled_qty": o.filled_qty,
         "avg_price": o.avg_price,
         "text": o.text,
@@ -373,7 +373,7 @@ def _fill(f: ledger_pb2.Fill) -> dict[str, Any]:
         "execution_id": f.execution_id,
         "client_order_id": f.client_order_id,
         "symbol": f.symbol,
-        "side": enum_name(common_pb2.Side, f.side, "SIDE_"),
+        "side": codec.enum_word(common_pb2.Side, f.side),
         "qty": f.qty,
         "price": f.price,
         "fee": f.fee,

@@ -9,7 +9,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from contextlib import closing
-from typing import Any
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
 
 from desk.bus.decimals import dec
 from desk.core.books import Account, Position
@@ -17,6 +19,8 @@ from desk.v1 import common_pb2, executions_pb2, ledger_pb2
 from services.ledger import schema
 from services.ledger.connection import SQLiteThread
 from services.ledger.rows import AccountRow, PositionRow, enum_value
+
+M = TypeVar("M", bound=Message)
 
 
 def _fetch(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[Any]:
@@ -74,80 +78,32 @@ class LedgerReads:
         return {r[0]: int(r[1]) for r in rows}
 
     async def orders(self, query: ledger_pb2.LedgerQuery, limit: int) -> list[ledger_pb2.OrderRecord]:
-        where, params = _where(
-            ("strategy_id", query.strategy_id), ("member_id", query.member_id), ("symbol", query.symbol)
-        )
-        if query.since_ns:
-            where += (" AND " if where else " WHERE ") + "updated_ns >= ?"
-            params.append(query.since_ns)
-        rows = await self._fetchall(
-            f"""SELECT order_id, client_order_id, strategy_id, member_id, symbol, side, type, tif, qty, limit_price,
-                       stop_price, status, filled_qty, avg_price, venue, text, created_ns, updated_ns, notional
-                FROM orders{where} ORDER BY updated_ns DESC, rowid DESC LIMIT ?""",
-            [*params, limit],
-        )
-        return [
-            ledger_pb2.OrderRecord(
-                order_id=r[0],
-                client_order_id=r[1],
-                strategy_id=r[2],
-                member_id=r[3],
-                symbol=r[4],
-                side=enum_value(common_pb2.Side, r[5]),  # type: ignore[arg-type]
-                type=enum_value(common_pb2.OrderType, r[6]),  # type: ignore[arg-type]
-                time_in_force=enum_value(common_pb2.TimeInForce, r[7]),  # type: ignore[arg-type]
-                qty=r[8],
-                limit_price=r[9],
-                stop_price=r[10],
-                status=enum_value(executions_pb2.OrderStatus, r[11]),  # type: ignore[arg-type]
-                filled_qty=r[12],
-                avg_price=r[13],
-                venue=r[14],
-                text=r[15],
-                created_ns=r[16],
-                updated_ns=r[17],
-                notional=r[18],
-            )
-            for r in rows
-        ]
+        """The newest ``limit`` orders matching ``query`` (updated since ``since_ns``), newest first."""
+        return await self._newest(ledger_pb2.OrderRecord, "orders", _ORDER_COLUMNS, "updated_ns", query, limit)
 
     async def fills(self, query: ledger_pb2.LedgerQuery, limit: int) -> list[ledger_pb2.Fill]:
+        """The newest ``limit`` fills matching ``query`` (since ``since_ns``), newest first."""
+        return await self._newest(ledger_pb2.Fill, "fills", _FILL_COLUMNS, "event_ns", query, limit)
+
+    async def _newest(self, message: type[M], table: str, columns: Sequence[Column], time_column: str,
+                      query: ledger_pb2.LedgerQuery, limit: int) -> list[M]:
+        """Rows of ``table`` (each with strategy_id, member_id and symbol) matching ``query``, newest
+        ``time_column`` first, as ``message``s: one field per column, enums read back from their names."""
         where, params = _where(
-            ("strategy_id", query.strategy_id), ("member_id", query.member_id), ("symbol", query.symbol)
+            ("strategy_id", query.strategy_id), ("member_id", query.member_id), ("symbol", query.symbol),
+            since=(time_column, query.since_ns),
         )
-        if query.since_ns:
-            where += (" AND " if where else " WHERE ") + "event_ns >= ?"
-            params.append(query.since_ns)
         rows = await self._fetchall(
-            f"""SELECT execution_id, order_id, client_order_id, strategy_id, member_id, symbol, side, qty, price, fee,
-                       venue, event_ns
-                FROM fills{where} ORDER BY event_ns DESC, rowid DESC LIMIT ?""",
+            f"""SELECT {", ".join(column for _, column, _ in columns)}
+                FROM {table}{where} ORDER BY {time_column} DESC, rowid DESC LIMIT ?""",
             [*params, limit],
         )
-        return [
-            ledger_pb2.Fill(
-                execution_id=r[0],
-                order_id=r[1],
-                client_order_id=r[2],
-                strategy_id=r[3],
-                member_id=r[4],
-                symbol=r[5],
-                side=enum_value(common_pb2.Side, r[6]),  # type: ignore[arg-type]
-                qty=r[7],
-                price=r[8],
-                fee=r[9],
-                venue=r[10],
-                event_ns=r[11],
-            )
-            for r in rows
-        ]
+        return [_message(message, columns, row) for row in rows]
 
     async def equity(self, query: ledger_pb2.LedgerQuery, limit: int) -> list[ledger_pb2.EquityPoint]:
         """The newest ``limit`` snapshots matching ``query``, returned oldest first (a curve's tail)."""
-        where, params = _where(("e.strategy_id", query.strategy_id), ("a.member_id", query.member_id))
-        if query.since_ns:
-            where += (" AND " if where else " WHERE ") + "e.ts_ns >= ?"
-            params.append(query.since_ns)
+        where, params = _where(("e.strategy_id", query.strategy_id), ("a.member_id", query.member_id),
+                               since=("e.ts_ns", query.since_ns))
         rows = await self._fetchall(
             f"""SELECT e.strategy_id, COALESCE(a.member_id, ''), e.ts_ns, e.equity, e.cash, e.realized, e.unrealized
                 FROM equity_snapshots e LEFT JOIN accounts a ON a.strategy_id = e.strategy_id{where}
@@ -163,9 +119,40 @@ class LedgerReads:
         ]
 
 
-def _where(*filters: tuple[str, str]) -> tuple[str, list[Any]]:
+def _where(*filters: tuple[str, str], since: tuple[str, int] = ("", 0)) -> tuple[str, list[Any]]:
+    """`` WHERE column = ? AND ...`` for the filters given a value (and ``since``'s column ``>= ?``
+    when its value is set), with its parameters; ``""`` for none."""
     clauses = [f"{column} = ?" for column, value in filters if value]
     params: list[Any] = [value for _, value in filters if value]
+    since_column, since_ns = since
+    if since_ns:
+        clauses.append(f"{since_column} >= ?")
+        params.append(since_ns)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+def _message(message: type[M], columns: Sequence[Column], row: Sequence[Any]) -> M:
+    values = {field: value if enum is None else enum_value(enum, value)
+              for (field, _, enum), value in zip(columns, row, strict=True)}
+    return message(**values)
+
+
+Column = tuple[str, str, Any]
+"""A message field, the column it is read from, and its protobuf enum when the column holds an enum's name."""
+
+_ENUM_OF: dict[str, Any] = {
+    "side": common_pb2.Side, "type": common_pb2.OrderType, "time_in_force": common_pb2.TimeInForce,
+    "status": executions_pb2.OrderStatus,
+}
+_COLUMN_OF = {"time_in_force": "tif"}  # the other fields are read from the column of their name
+
+
+def _columns(fields: str) -> tuple[Column, ...]:
+    return tuple((field, _COLUMN_OF.get(field, field), _ENUM_OF.get(field)) for field in fields.split())
+
+
+#: ledger_pb2.OrderRecord from the orders table, ledger_pb2.Fill from the fills table.
+_ORDER_COLUMNS = _columns("order_id client_order_id strategy_id member_id symbol side type time_in_force qty "
+                          "limit_price stop_price status filled_qty avg_price venue text created_ns updated_ns notional")
+_FILL_COLUMNS = _columns("execution_id order_id client_order_id strategy_id member_id symbol side qty price fee "
+                         "venue event_ns")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from desk.bus.lifecycle import run
 from desk.bus.settings import service_settings
-from services.marketdata.service import NAME, make_start
+from services.marketdata.service import NAME, MarketDataService
 from services.marketdata.settings import Settings
 
 DESCRIPTION = (
@@ -14,7 +14,7 @@ DESCRIPTION = (
 
 def main(argv: list[str] | None = None) -> None:
     settings = service_settings("python -m services.marketdata", DESCRIPTION, Settings, argv)
-    run(NAME, settings, make_start(settings))
+    run(NAME, settings, MarketDataService(settings).start)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 
 import desk
 from desk.bus import codec, kv, subjects
-from desk.bus.lifecycle import ServiceRuntime, StartFn
+from desk.bus.lifecycle import ServiceRuntime
 from desk.bus.logging import get_logger
 from desk.bus.micro import add_service
 from desk.bus.streams import ensure_bucket
@@ -55,7 +55,7 @@ def build_feed(settings: Settings) -> Feed:
     return SyntheticFeed(settings.symbols, settings.md_seed, int(settings.md_interval * 1e9), time.time_ns())
 
 
-class MarketData:
+class MarketDataService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stats = FeedStats()
@@ -191,8 +191,4 @@ class MarketData:
         runtime.stack.push_async_callback(feed.stop)
         await feed.start(wanted_symbols(specs.values(), self.settings.symbols))
         log.info("feed.started", feed=feed.name, symbols=sorted(feed.symbols))
-
-
-def make_start(settings: Settings) -> StartFn:
-    return MarketData(settings).start
 

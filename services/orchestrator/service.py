@@ -43,7 +43,6 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -105,7 +104,7 @@ class Managed:
         return str(self.spec.strategy_id)
 
 
-class Orchestrator:
+class OrchestratorService:
     def __init__(
         self, settings: Settings, runtime: Runtime | None = None, clock: Callable[[], float] = time.monotonic
     ) -> None:
@@ -656,7 +655,3 @@ def make_runtime(settings: Settings) -> Runtime:
             default_pids=settings.orch_docker_pids,
         )
     return ProcessRuntime.from_settings(settings)
-
-
-def make_start(settings: Settings, **options: Any) -> Callable[[ServiceRuntime], Any]:
-    return Orchestrator(settings, **options).start

@@ -4,5 +4,3 @@ The rules are the pure engine's (:mod:`desk.core.orders`, :mod:`desk.core.risk`)
 switch's state) and ``acks`` (the order ids seen, the acks) are the router's own pure state; ``service``
 is the async shell on the bus.
 """
-
-NAME = "order_router"

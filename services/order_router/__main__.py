@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from desk.bus.lifecycle import run
 from desk.bus.settings import service_settings
-from services.order_router import NAME
-from services.order_router.service import Router
+from services.order_router.service import NAME, OrderRouterService
 from services.order_router.settings import Settings
 
 DESCRIPTION = (
@@ -15,7 +14,7 @@ DESCRIPTION = (
 
 def main(argv: list[str] | None = None) -> None:
     settings = service_settings("python -m services.order_router", DESCRIPTION, Settings, argv)
-    run(NAME, settings, Router(settings).start)
+    run(NAME, settings, OrderRouterService(settings).start)
 
 
 if __name__ == "__main__":

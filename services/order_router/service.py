@@ -53,7 +53,6 @@ from desk.core.orders import ValidOrder, check_known, refusal, validate_cancel, 
 from desk.core.risk import Clock, Limits, VirtualAccount, report_numbers
 from desk.specs import validate_spec
 from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2, strategy_pb2
-from services.order_router import NAME
 from services.order_router.acks import (
     AckT,
     OrderIds,
@@ -65,12 +64,14 @@ from services.order_router.acks import (
 from services.order_router.halts import Halts
 from services.order_router.settings import Settings
 
-log = get_logger("order_router")
+NAME = "order_router"
+
+log = get_logger(NAME)
 
 MSG_ID = "Nats-Msg-Id"
 #: Orders one replica handles at once (each waits on three server round trips). Safe because the
 #: risk check and the reservation happen without an await between them, and a second request with
-#: the same client order id waits for the first (``Router._in_flight``).
+#: the same client order id waits for the first (``OrderRouterService._in_flight``).
 SUBMIT_CONCURRENCY = 32
 #: How long a cancel of an order no replica has recorded waits for another replica's ack to be stored.
 CANCEL_GRACE = 0.25
@@ -79,7 +80,7 @@ ORDER_IDS_TTL = streams.BUCKETS[subjects.KV_ORDER_IDS].ttl or 7 * streams.DAY
 ORDER_IDS_PRUNE_EVERY = 600.0
 
 
-class Router:
+class OrderRouterService:
     """One router replica. Construct (no I/O), then ``await start(runtime)`` inside ``serve``."""
 
     def __init__(self, settings: Settings, clock: Clock = time.monotonic) -> None:
@@ -351,7 +352,7 @@ class Router:
             "order.accepted",
             order_id=order_id,
             symbol=order.symbol,
-            side=common_pb2.Side.Name(order.side).removeprefix("SIDE_"),
+            side=codec.enum_word(common_pb2.Side, order.side),
             qty=fmt(reservation.qty),
             notional=fmt(reservation.notional, 2),
         )

@@ -14,7 +14,7 @@ from desk.bus import codec, subjects
 from desk.bus import kv as desk_kv
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
 from desk.v1 import marketdata_pb2, strategy_pb2
-from services.marketdata.service import NAME, MarketData
+from services.marketdata.service import NAME, MarketDataService
 from services.marketdata.settings import Settings
 from tests.fakes.alpaca import FakeAlpaca
 
@@ -39,7 +39,7 @@ async def marketdata(nats_server: NatsServer, nc: Client, fake: FakeAlpaca) -> A
     await deploy(nc, "alpha", "AAPL")
     settings = Settings(nats_url=nats_server.url, drain_timeout=5, md_feed="alpaca", md_symbols="SPY",
                         alpaca_api_key=SecretStr(fake.key), alpaca_secret_key=SecretStr(fake.secret), md_alpaca_url=fake.data_url)
-    service = await run_in_process(NAME, settings, MarketData(settings).start)
+    service = await run_in_process(NAME, settings, MarketDataService(settings).start)
     try:
         yield service
     finally:

@@ -24,7 +24,7 @@ from desk.bus.testing import InProcessService, NatsServer, run_in_process
 from desk.core.ids import order_id_for
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2, strategy_pb2
 from services.broker_gateway.brokers.alpaca import AlpacaBroker, alpaca_config
-from services.broker_gateway.service import NAME, make_start
+from services.broker_gateway.service import NAME, BrokerGatewayService
 from services.broker_gateway.settings import Settings
 from tests.fakes.alpaca import FakeAlpaca
 from tests.support import poll, watch_logs
@@ -86,7 +86,7 @@ class Gateway:
 async def start_gateway(nats_server: NatsServer, fake: FakeAlpaca, **overrides: Any) -> Gateway:
     settings = settings_for(nats_server, fake, **overrides)
     broker = AlpacaBroker(alpaca_config(settings))
-    service = await run_in_process(NAME, settings, make_start(settings, broker))
+    service = await run_in_process(NAME, settings, BrokerGatewayService(settings, broker).start)
     return Gateway(service, broker)
 
 

@@ -17,7 +17,7 @@ from desk.bus import codec, subjects
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
 from desk.core.matching import SHUTDOWN_TEXT
 from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2
-from services.broker_gateway.service import NAME, make_start
+from services.broker_gateway.service import NAME, BrokerGatewayService
 from services.broker_gateway.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,7 @@ class Reports:
 @pytest.fixture
 async def gateway(nats_server: NatsServer, nc: Client) -> AsyncIterator[InProcessService]:
     settings = Settings(nats_url=nats_server.url, drain_timeout=5)
-    service = await run_in_process(NAME, settings, make_start(settings))
+    service = await run_in_process(NAME, settings, BrokerGatewayService(settings).start)
     try:
         yield service
     finally:

@@ -13,7 +13,9 @@ from nats.js.api import DiscardPolicy
 from desk.bus import codec, streams, subjects
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
 from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2
-from services.broker_gateway.service import NAME, BrokerGateway, build_broker, next_wave
+from services.broker_gateway.factory import build_broker
+from services.broker_gateway.outbox import next_wave
+from services.broker_gateway.service import NAME, BrokerGatewayService
 from services.broker_gateway.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -46,12 +48,12 @@ async def route_all(nc: Client, order_ids: list[str]) -> None:
     assert not any(ack.duplicate for ack in acks)
 
 
-async def start_gateway(nats_server: NatsServer) -> tuple[InProcessService, BrokerGateway]:
+async def start_gateway(nats_server: NatsServer) -> tuple[InProcessService, BrokerGatewayService]:
     """A sim gateway whose venue has seen one trade without size (unlimited liquidity at 100)."""
     settings = Settings(nats_url=nats_server.url, drain_timeout=5)
     broker = build_broker(settings)
     assert await broker.on_market_data(marketdata_pb2.Trade(symbol="AAPL", price="100")) == []
-    gateway = BrokerGateway(settings, broker)
+    gateway = BrokerGatewayService(settings, broker)
     return await run_in_process(NAME, settings, gateway.start), gateway
 
 

@@ -39,14 +39,14 @@ from desk.bus.request import ERROR_CODE_HEADER, ERROR_HEADER, request, request_r
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
 from desk.core.orders import reject_reason
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2, strategy_pb2
-from services.broker_gateway import service as gateway_service
+from services.broker_gateway.service import BrokerGatewayService
 from services.broker_gateway.settings import Settings as GatewaySettings
 from services.ledger.service import LedgerService
 from services.ledger.settings import Settings as LedgerSettings
-from services.marketdata import service as marketdata_service
+from services.marketdata.service import MarketDataService
 from services.marketdata.settings import Settings as MarketDataSettings
-from services.order_router import NAME as ROUTER
-from services.order_router.service import Router
+from services.order_router.service import NAME as ROUTER
+from services.order_router.service import OrderRouterService
 from services.order_router.settings import Settings as RouterSettings
 
 pytestmark = pytest.mark.integration
@@ -317,7 +317,7 @@ class Garbage:
 @dataclass
 class Desk:
     nc: Client
-    router: Router
+    router: OrderRouterService
     ledger: LedgerService
     services: dict[str, InProcessService]
 
@@ -336,15 +336,15 @@ async def desk(nats_server: NatsServer, nc: Client, tmp_path: Path) -> AsyncIter
     try:
         # synthetic prices land in DESK_PRICES at once; the first bar would come after an hour
         md = MarketDataSettings(nats_url=url, md_symbols="AAPL,MSFT", md_interval=3600)
-        started["marketdata"] = await run_in_process("marketdata", md, marketdata_service.make_start(md))
+        started["marketdata"] = await run_in_process("marketdata", md, MarketDataService(md).start)
         await _put(nc, subjects.KV_PRICES, "AAPL", marketdata_pb2.Trade(symbol="AAPL", price="100", ts_ns=1))
         ledger_settings = LedgerSettings(nats_url=url, ledger_db_path=str(tmp_path / "ledger.db"), drain_timeout=5)
         ledger = LedgerService(ledger_settings)
         started["ledger"] = await run_in_process("ledger", ledger_settings, ledger.start)
         gateway = GatewaySettings(nats_url=url, drain_timeout=5)
-        started["broker_gateway"] = await run_in_process("broker_gateway", gateway, gateway_service.make_start(gateway))
+        started["broker_gateway"] = await run_in_process("broker_gateway", gateway, BrokerGatewayService(gateway).start)
         router_settings = RouterSettings(nats_url=url)
-        router = Router(router_settings)
+        router = OrderRouterService(router_settings)
         started["order_router"] = await run_in_process(ROUTER, router_settings, router.start)
         await router.wait_until(lambda: router.prices.get("AAPL") == Decimal(100))
         await ledger.wait_for(lambda _: ledger.prices.get("AAPL") == Decimal(100))

@@ -16,7 +16,7 @@ from desk.bus import codec, subjects
 from desk.bus.testing import NatsServer, run_in_process
 from desk.v1 import marketdata_pb2
 from services.marketdata.feeds.replay import parse_replay
-from services.marketdata.service import NAME, make_start
+from services.marketdata.service import NAME, MarketDataService
 from services.marketdata.settings import SAMPLE_BARS, Settings
 
 pytestmark = pytest.mark.integration
@@ -41,7 +41,7 @@ async def test_synthetic_prices_are_in_the_kv_before_the_service_reports_ready(n
     sub = await nc.subscribe("md.bar.>", cb=bars.on_msg)
     await nc.flush()
     settings = Settings(nats_url=nats_server.url, md_symbols="AAPL,MSFT,XYZ", md_interval=3600)
-    svc = await run_in_process(NAME, settings, make_start(settings))
+    svc = await run_in_process(NAME, settings, MarketDataService(settings).start)
     try:
         kv = await nc.jetstream().key_value(subjects.KV_PRICES)
         for symbol in ("AAPL", "MSFT", "XYZ"):
@@ -64,7 +64,7 @@ async def test_synthetic_bars_quotes_and_trades_reach_a_subscriber(nats_server: 
     ]
     await nc.flush()
     settings = Settings(nats_url=nats_server.url, md_symbols="AAPL,MSFT", md_interval=0.05)
-    svc = await run_in_process(NAME, settings, make_start(settings))
+    svc = await run_in_process(NAME, settings, MarketDataService(settings).start)
     try:
         await asyncio.wait_for(asyncio.gather(bars.done.wait(), quotes.done.wait(), trades.done.wait()), 10)
         decoded = [codec.decode(m.data, marketdata_pb2.Bar, m.headers) for m in bars.messages[:6]]
@@ -91,7 +91,7 @@ async def test_the_replay_feed_publishes_the_sample_file_in_order_then_keeps_ser
     await nc.flush()
     settings = Settings(nats_url=nats_server.url, md_feed="replay", md_replay_speed=0)
     with capture_logs() as logs:
-        svc = await run_in_process(NAME, settings, make_start(settings))
+        svc = await run_in_process(NAME, settings, MarketDataService(settings).start)
         try:
             await asyncio.wait_for(bars.done.wait(), 30)
             got = [codec.decode(m.data, marketdata_pb2.Bar, m.headers) for m in bars.messages]
@@ -125,7 +125,7 @@ async def test_bad_replay_rows_are_logged_with_their_line_and_skipped(
     await nc.flush()
     settings = Settings(nats_url=nats_server.url, md_feed="replay", md_replay_file=csv, md_replay_speed=0)
     with capture_logs() as logs:
-        svc = await run_in_process(NAME, settings, make_start(settings))
+        svc = await run_in_process(NAME, settings, MarketDataService(settings).start)
         try:
             await asyncio.wait_for(bars.done.wait(), 10)
             closes = [codec.decode(m.data, marketdata_pb2.Bar).close for m in bars.messages]

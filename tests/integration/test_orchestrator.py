@@ -27,7 +27,7 @@ from desk.bus.errors import DeskError
 from desk.bus.request import request
 from desk.bus.testing import NatsServer, run_in_process
 from desk.v1 import strategy_pb2
-from services.orchestrator.service import NAME, Managed, Orchestrator
+from services.orchestrator.service import NAME, Managed, OrchestratorService
 from services.orchestrator.settings import Settings
 from services.orchestrator.supervisor import BACKOFF, FAILED, RUNNING, STOPPED
 from tests.support import poll
@@ -138,7 +138,7 @@ class Started:
 
 @dataclass
 class Desk:
-    orch: Orchestrator
+    orch: OrchestratorService
     started: Started
     root: Path
     log_dir: Path
@@ -146,7 +146,7 @@ class Desk:
     beats: asyncio.Queue[str]
 
 
-def _record(orch: Orchestrator) -> tuple[asyncio.Queue[strategy_pb2.StrategyStatus], asyncio.Queue[str]]:
+def _record(orch: OrchestratorService) -> tuple[asyncio.Queue[strategy_pb2.StrategyStatus], asyncio.Queue[str]]:
     """Wrap the orchestrator's exit and heartbeat handlers so tests can await them."""
     exits: asyncio.Queue[strategy_pb2.StrategyStatus] = asyncio.Queue()
     beats: asyncio.Queue[str] = asyncio.Queue()
@@ -200,7 +200,7 @@ async def desk(nats_server: NatsServer, nc: Client, tmp_path: Path, request: pyt
     started = Started()
     sub = await nc.subscribe("test.started.*", cb=started.on_msg)
     await nc.flush()
-    orch = Orchestrator(settings)
+    orch = OrchestratorService(settings)
     exits, beats = _record(orch)
     svc = await run_in_process(NAME, settings, orch.start)
     try:

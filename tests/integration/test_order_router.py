@@ -17,8 +17,7 @@ from desk.bus.request import ERROR_CODE_HEADER, request, request_raw
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
 from desk.core.ids import order_id_for
 from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2, strategy_pb2
-from services.order_router import NAME
-from services.order_router.service import Router
+from services.order_router.service import NAME, OrderRouterService
 from services.order_router.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -43,11 +42,11 @@ class RouterHarness:
     def __init__(self, nats_server: NatsServer, nc: Client) -> None:
         self.settings = Settings(nats_url=nats_server.url)
         self.nc = nc
-        self.router: Router | None = None
+        self.router: OrderRouterService | None = None
         self.service: InProcessService | None = None
 
-    async def start(self) -> Router:
-        self.router = Router(self.settings)
+    async def start(self) -> OrderRouterService:
+        self.router = OrderRouterService(self.settings)
         self.service = await run_in_process(NAME, self.settings, self.router.start)
         return self.router
 

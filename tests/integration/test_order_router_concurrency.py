@@ -20,8 +20,7 @@ from desk.bus.request import request
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
 from desk.core.ids import order_id_for
 from desk.v1 import common_pb2, marketdata_pb2, orders_pb2, strategy_pb2
-from services.order_router import NAME
-from services.order_router.service import Router
+from services.order_router.service import NAME, OrderRouterService
 from services.order_router.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -29,7 +28,7 @@ pytestmark = pytest.mark.integration
 TIMEOUT = 5.0
 
 
-class GatedRouter(Router):
+class GatedRouter(OrderRouterService):
     """The real router; the first order to be routed waits at the gate before its real publish."""
 
     def __init__(self, settings: Settings) -> None:

@@ -20,7 +20,7 @@ from desk.bus import codec, subjects
 from desk.bus.request import request
 from desk.bus.testing import NatsServer, run_in_process
 from desk.v1 import marketdata_pb2, strategy_pb2
-from services.orchestrator.service import NAME, Managed, Orchestrator
+from services.orchestrator.service import NAME, Managed, OrchestratorService
 from services.orchestrator.settings import Settings
 from services.orchestrator.supervisor import BACKOFF, FAILED, RUNNING
 
@@ -93,7 +93,7 @@ def _strategy(root: Path, name: str, source: str, env: dict[str, str] | None = N
 
 
 @pytest.fixture
-async def orchestrator(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[tuple[Orchestrator, asyncio.Queue[strategy_pb2.StrategyStatus]]]:
+async def orchestrator(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[tuple[OrchestratorService, asyncio.Queue[strategy_pb2.StrategyStatus]]]:
     root = tmp_path / "strategies"
     _strategy(root, "import_error", IMPORT_ERROR)
     _strategy(root, "raiser", RAISES_IN_ON_BAR, {"DESK_HEARTBEAT_INTERVAL": "0.2"})
@@ -107,7 +107,7 @@ async def orchestrator(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator
         orch_backoff_initial=0.05, orch_max_restarts=1, orch_heartbeat_interval=0.5, orch_heartbeat_misses=3,
         orch_stop_timeout=2.0,
     )
-    orch = Orchestrator(settings)
+    orch = OrchestratorService(settings)
     exits: asyncio.Queue[strategy_pb2.StrategyStatus] = asyncio.Queue()
     after_exit = orch._after_exit
 
@@ -137,7 +137,7 @@ async def _next_exit(exits: asyncio.Queue[strategy_pb2.StrategyStatus], strategy
 
 
 async def test_a_strategy_that_fails_at_import_is_failed_at_deploy_with_its_traceback(
-    orchestrator: tuple[Orchestrator, asyncio.Queue[strategy_pb2.StrategyStatus]], nc: Client
+    orchestrator: tuple[OrchestratorService, asyncio.Queue[strategy_pb2.StrategyStatus]], nc: Client
 ) -> None:
     orch, _ = orchestrator
     reply = await _ctl(nc, subjects.CTL_DEPLOY, "import_error")
@@ -152,7 +152,7 @@ async def test_a_strategy_that_fails_at_import_is_failed_at_deploy_with_its_trac
 
 
 async def test_a_strategy_with_a_syntax_error_is_failed_at_deploy_with_the_error(
-    orchestrator: tuple[Orchestrator, asyncio.Queue[strategy_pb2.StrategyStatus]], nc: Client
+    orchestrator: tuple[OrchestratorService, asyncio.Queue[strategy_pb2.StrategyStatus]], nc: Client
 ) -> None:
     reply = await _ctl(nc, subjects.CTL_DEPLOY, "syntax_error")
     status = reply.strategies[0]
@@ -163,7 +163,7 @@ async def test_a_strategy_with_a_syntax_error_is_failed_at_deploy_with_the_error
 
 
 async def test_a_strategy_without_a_strategy_class_is_failed_at_deploy(
-    orchestrator: tuple[Orchestrator, asyncio.Queue[strategy_pb2.StrategyStatus]], nc: Client
+    orchestrator: tuple[OrchestratorService, asyncio.Queue[strategy_pb2.StrategyStatus]], nc: Client
 ) -> None:
     reply = await _ctl(nc, subjects.CTL_DEPLOY, "no_class")
     status = reply.strategies[0]
@@ -173,7 +173,7 @@ async def test_a_strategy_without_a_strategy_class_is_failed_at_deploy(
 
 
 async def test_a_strategy_that_exits_in_on_start_is_failed_at_deploy_with_its_exit_code(
-    orchestrator: tuple[Orchestrator, asyncio.Queue[strategy_pb2.StrategyStatus]], nc: Client
+    orchestrator: tuple[OrchestratorService, asyncio.Queue[strategy_pb2.StrategyStatus]], nc: Client
 ) -> None:
     reply = await _ctl(nc, subjects.CTL_DEPLOY, "quitter")
     status = reply.strategies[0]
@@ -181,7 +181,7 @@ async def test_a_strategy_that_exits_in_on_start_is_failed_at_deploy_with_its_ex
 
 
 async def test_a_strategy_that_dies_after_it_ran_is_restarted_with_backoff_and_keeps_its_error(
-    orchestrator: tuple[Orchestrator, asyncio.Queue[strategy_pb2.StrategyStatus]], nc: Client
+    orchestrator: tuple[OrchestratorService, asyncio.Queue[strategy_pb2.StrategyStatus]], nc: Client
 ) -> None:
     _, exits = orchestrator
     assert (await _ctl(nc, subjects.CTL_DEPLOY, "dier")).strategies[0].state == RUNNING
@@ -199,7 +199,7 @@ async def test_a_strategy_that_dies_after_it_ran_is_restarted_with_backoff_and_k
 
 
 async def test_a_strategy_raising_in_on_bar_keeps_running_and_reports_its_errors_in_heartbeats(
-    orchestrator: tuple[Orchestrator, asyncio.Queue[strategy_pb2.StrategyStatus]], nc: Client
+    orchestrator: tuple[OrchestratorService, asyncio.Queue[strategy_pb2.StrategyStatus]], nc: Client
 ) -> None:
     heartbeats: asyncio.Queue[strategy_pb2.Heartbeat] = asyncio.Queue()
 
@@ -224,7 +224,7 @@ async def test_a_strategy_raising_in_on_bar_keeps_running_and_reports_its_errors
 
 
 async def test_a_strategy_stuck_in_on_bar_is_killed_after_the_missed_heartbeats_and_restarted(
-    orchestrator: tuple[Orchestrator, asyncio.Queue[strategy_pb2.StrategyStatus]], nc: Client
+    orchestrator: tuple[OrchestratorService, asyncio.Queue[strategy_pb2.StrategyStatus]], nc: Client
 ) -> None:
     orch, exits = orchestrator
     heartbeats: asyncio.Queue[strategy_pb2.Heartbeat] = asyncio.Queue()

@@ -9,7 +9,7 @@ import pytest
 
 from desk.bus.kv import Change
 from desk.v1 import orders_pb2
-from services.order_router.service import ORDER_IDS_TTL, Router
+from services.order_router.service import ORDER_IDS_TTL, OrderRouterService
 from services.order_router.settings import Settings
 
 
@@ -19,7 +19,7 @@ def entry(key: str, stored: float, deleted: bool = False) -> Change[orders_pb2.O
 
 
 def test_keys_past_the_buckets_ttl_are_forgotten_and_recent_ones_kept() -> None:
-    router = Router(Settings())
+    router = OrderRouterService(Settings())
     now = time.time()
     router._on_order_id(entry("alpha.old", now - ORDER_IDS_TTL - 60))
     router._on_order_id(entry("alpha.recent", now - 60))
@@ -31,7 +31,7 @@ def test_keys_past_the_buckets_ttl_are_forgotten_and_recent_ones_kept() -> None:
 
 
 def test_a_deleted_key_is_forgotten_at_once() -> None:
-    router = Router(Settings())
+    router = OrderRouterService(Settings())
     router._on_order_id(entry("alpha.c-1", time.time()))
     router._on_order_id(entry("alpha.c-1", time.time(), deleted=True))
     assert "alpha.c-1" not in router.order_ids

@@ -60,7 +60,7 @@ from .alpaca_book import (
     dec,
     to_ns,
 )
-from .base import BrokerUnavailable, PriceSource, Sink
+from .base import BrokerStats, BrokerUnavailable, PriceSource, Sink
 
 with warnings.catch_warnings():
     # alpaca-py 0.44's TradingStream imports websockets.legacy, deprecated since websockets 14
@@ -356,7 +356,7 @@ class AlpacaBroker:
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
-    def check_credentials(self) -> None:
+    def check(self) -> None:
         """Start-up check (synchronous, before the service runs): one GET /v2/account."""
         try:
             self.rest.client.get_account()
@@ -668,6 +668,9 @@ class AlpacaBroker:
 
     def open_orders(self) -> list[ledger_pb2.OrderRecord]:
         return self.book.open_orders()
+
+    def stats(self) -> BrokerStats:
+        return {"restore_skipped": 0}  # the book's restore logs what it rebuilt (alpaca.book_restored)
 
     async def positions(self) -> list[ledger_pb2.Position]:
         """The account's positions at Alpaca (the ``positions`` endpoint, for ``desk reconcile``)."""

@@ -17,9 +17,12 @@ import time
 from collections.abc import Callable, Iterable
 
 from desk.bus.decimals import fmt
+from desk.bus.errors import DeskError
 from desk.core.matching import SHUTDOWN_TEXT, MarketUpdate, SimEngine, SimOrder
 from desk.core.orders import Reports
 from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2
+
+from .base import BrokerStats, PriceSource, Sink
 
 
 class MarketClock:
@@ -49,6 +52,7 @@ class SimBroker:
     time: every update fed here moves it."""
 
     wants_market_data = True
+    reports_async = False  # every report is returned by the call that caused it
 
     def __init__(self, engine: SimEngine, clock: MarketClock | None = None) -> None:
         self.engine = engine
@@ -57,6 +61,12 @@ class SimBroker:
     @property
     def venue(self) -> str:
         return self.engine.venue
+
+    def check(self) -> None:
+        """Nothing to check: the venue is this process."""
+
+    async def start(self, emit: Sink, prices: PriceSource | None = None, timeout: float = 30.0) -> None:
+        """Nothing to connect: the sim reports only through what its calls return."""
 
     async def submit(self, routed: orders_pb2.RoutedOrder) -> Reports:
         return self.engine.submit(routed)
@@ -78,6 +88,13 @@ class SimBroker:
 
     def open_orders(self) -> list[ledger_pb2.OrderRecord]:
         return [_record(order) for order in self.engine.open_orders()]
+
+    async def positions(self) -> list[ledger_pb2.Position]:
+        """Never asked (``reports_async`` is False): the sim keeps no account, the ledger has the books."""
+        raise DeskError("UNSUPPORTED", "the sim venue keeps no account; ask the ledger", 404)
+
+    def stats(self) -> BrokerStats:
+        return {"restore_skipped": self.engine.restore_skipped}
 
 
 def _record(order: SimOrder) -> ledger_pb2.OrderRecord:
