@@ -27,6 +27,9 @@ from desk.bus.request import request
 from desk.bus.servers import open_connection
 from desk.cli.backtest_cmd import backtest as backtest_command
 from desk.cli.data_cmd import data_app
+from desk.cli.inspect_cmd import services as services_command
+from desk.cli.inspect_cmd import streams as streams_command
+from desk.cli.inspect_cmd import watch as watch_command
 from desk.cli.render import console, err_console, money, percent, print_json, signed_money, table, ts
 from desk.v1 import ledger_pb2, orders_pb2, strategy_pb2
 
@@ -43,6 +46,9 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")  # desk data fetch | list | check
 app.command("backtest")(backtest_command)  # desk backtest
+app.command("watch")(watch_command)  # desk watch [SUBJECT ...]
+app.command("streams")(streams_command)  # desk streams
+app.command("services")(services_command)  # desk services [NAME]
 
 R = TypeVar("R", bound=Message)
 
@@ -131,11 +137,11 @@ async def _strategy_known(nc: Any, strategy_id: str) -> bool | None:
     return True
 
 
-async def cli_connection(**options: Any) -> Client:
+async def cli_connection(errors: list[Exception] | None = None, **options: Any) -> Client:
     """A connection to the desk at --nats-url with the CLI's credentials (``options`` go to
     :func:`desk.bus.servers.open_connection`), or a DeskError a person can act on: a bad address,
-    refused credentials, no server."""
-    seen: list[Exception] = []  # what nats-py reported: a refused login or an unreachable server
+    refused credentials, no server. ``errors`` collects what nats-py reports, also after connecting."""
+    seen: list[Exception] = [] if errors is None else errors  # a refused login, an unreachable server
     try:
         return await open_connection(opts.nats_url, forever=False, connect_timeout=CONNECT_TIMEOUT, errors=seen,
                                      **nats_auth(), **options)
