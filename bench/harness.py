@@ -19,11 +19,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import nats
 from nats.aio.client import Client
 
 from desk.bus import codec, streams, subjects
 from desk.bus import kv as desk_kv
+from desk.bus.servers import open_connection
 from desk.bus.testing import NatsServer
 from desk.v1 import marketdata_pb2, strategy_pb2
 
@@ -142,7 +142,7 @@ class Desk:
 
     async def __aenter__(self) -> Self:
         await asyncio.to_thread(self.server.start)
-        self.nc = await nats.connect(self.url)
+        self.nc = await open_connection(self.url, forever=True)
         await streams.ensure_all(self.nc.jetstream())
         for name in self.services:
             await self.spawn(name)

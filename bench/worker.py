@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from desk.bus.lifecycle import event_loop_factory
+from desk.bus.servers import open_connection
 
 SAMPLE_LIMIT = 20000
 
@@ -51,7 +51,7 @@ async def _connect(url: str, inbox_prefix: str = "_INBOX") -> Client:
     async def on_error(exc: Exception) -> None:
         errors.append(type(exc).__name__)
 
-    nc = await nats.connect(url, error_cb=on_error, max_reconnect_attempts=0, inbox_prefix=inbox_prefix)
+    nc = await open_connection(url, forever=False, error_cb=on_error, inbox_prefix=inbox_prefix)
     nc._bench_errors = errors  # type: ignore[attr-defined]
     return nc
 
