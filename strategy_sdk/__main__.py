@@ -14,11 +14,7 @@ import asyncio
 import json
 import signal
 import sys
-from datetime import date, datetime, time
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo
 
 from strategy_sdk.client import SDK_VERSION
 from strategy_sdk.runner import configure_logging, run_strategy
@@ -77,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="write the self-contained HTML report to this file")
     args = parser.parse_args(argv)
     if args.command == "backtest":
+        from desk.backtest.run import BacktestError  # numpy and the report: only for backtests
+
         try:
             return backtest(args.path, args.data, symbols=args.symbols, start=args.start, end=args.end,
                             cash=args.cash, as_json=args.as_json, html=args.html)
@@ -103,58 +101,18 @@ exit codes: 0 done (a warning on stderr when the strategy's hooks raised), 1 the
 cannot be loaded, or no bars are left, 2 a bad option.
 """
 
-NEW_YORK = ZoneInfo("America/New_York")
-
-
-class BacktestError(Exception):
-    """A backtest that cannot run: the message for stderr and the exit code."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _ns(text: str, option: str, *, end: bool) -> int | None:
-    """YYYY-MM-DD (a New York day, inclusive) or an ISO timestamp, as ns; None when empty."""
-    if not text:
-        return None
-    try:
-        moment = datetime.combine(date.fromisoformat(text), time.max if end else time.min, NEW_YORK)
-    except ValueError:
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise BacktestError(f"{option} {text!r} is neither a date (YYYY-MM-DD) nor an ISO timestamp", 2) from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=NEW_YORK)
-    return int(moment.timestamp() * 1_000_000_000)
-
-
 def backtest(path: str | Path, data: list[Path], *, symbols: str = "", start: str = "", end: str = "",
              cash: str = "", as_json: bool = False, html: Path | None = None) -> int:
     """Backtest the strategy folder ``path`` over the bar files ``data``; print the summary (or JSON).
 
-    Raises :class:`BacktestError` when the strategy, the data or an option is unusable."""
-    from desk.backtest.metrics import BacktestData, compute_data, to_json
+    Raises :class:`desk.backtest.run.BacktestError` when the strategy, the data or an option is unusable."""
     from desk.backtest.report import format_summary, render_html
+    from desk.backtest.run import BacktestError, load_folder, parse_when, run_folder, wanted_symbols
     from desk.data import BarFileError, load_many
-    from strategy_sdk.config import load_config
-    from strategy_sdk.loading import StrategyLoadError, is_legacy_source, load_strategy_class, resolve_strategy_path
-    from strategy_sdk.testing import run_backtest
 
-    try:
-        folder, file = resolve_strategy_path(path)
-        config: dict[str, Any] = load_config(folder)
-        if is_legacy_source(file.read_text(), str(file)):
-            raise BacktestError(f"{file} is an old-desk (stdin) strategy: it can only run on the desk")
-        cls = load_strategy_class(file, f"sdk_backtest_{folder.name.replace('-', '_')}")
-    except StrategyLoadError as exc:
-        raise BacktestError(str(exc)) from None
-    except SyntaxError as exc:
-        raise BacktestError(f"{path}: {exc}") from None
-    wanted = [s.strip().upper() for s in symbols.split(",") if s.strip()] or [
-        str(s) for s in config.get("symbols") or []]
-    start_ns, end_ns = _ns(start, "--start", end=False), _ns(end, "--end", end=True)
+    folder = load_folder(path, module_prefix="sdk_backtest")
+    wanted = wanted_symbols(symbols, folder.config)
+    start_ns, end_ns = parse_when(start, "--start", end=False), parse_when(end, "--end", end=True)
     try:
         loaded = load_many(data)
     except (BarFileError, OSError) as exc:
@@ -163,37 +121,20 @@ def backtest(path: str | Path, data: list[Path], *, symbols: str = "", start: st
     if len(bars) == 0:
         raise BacktestError(f"no bars of {', '.join(wanted) or 'any symbol'} in the given range (the data has "
                             f"{', '.join(loaded.symbol_list()) or 'none'}; pass --symbols)")
-    try:
-        initial = Decimal(cash or str(config.get("initial_cash") or "100000"))
-    except InvalidOperation:
-        raise BacktestError(f"initial cash {cash or config.get('initial_cash')!r} is not a number", 2) from None
-    if not initial.is_finite() or initial <= 0:
-        raise BacktestError(f"initial cash must be a positive number, got {initial}", 2)
-    risk = config.get("risk") or {}
-    result = run_backtest(
-        cls, iter(bars), initial_cash=initial, config=dict(config, symbols=bars.symbol_list()),
-        allow_short=bool(risk.get("allow_short", False)), strategy_id=folder.name,
-        member_id=str(config.get("user_id", "")),
-    )
-    name = f"{config.get('name') or folder.name} — {config.get('user_id') or 'backtest'}"
-    report_data = BacktestData.from_result(result, bars, initial_cash=initial, name=name)
-    metrics = compute_data(report_data)
+    outcome = run_folder(folder, bars, cash)
     if html is not None:
-        render_html(report_data, html, metrics)
+        render_html(outcome.data, html, outcome.metrics)
     if as_json:
-        out = to_json(metrics)
-        out.update(strategy=folder.name, symbols=bars.symbol_list(), orders=len(result.orders),
-                   hook_errors=result.errors, report=str(html) if html else None)
-        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        sys.stdout.write(json.dumps(outcome.summary_json(folder, bars.symbol_list(), html), indent=2) + "\n")
     else:
-        print(f"{name}: {len(bars):,} bars of {', '.join(bars.symbol_list())}, {len(result.orders)} orders, "
-              f"{len(result.fills)} fills")
-        print(format_summary(metrics))
+        print(f"{folder.title}: {len(bars):,} bars of {', '.join(bars.symbol_list())}, "
+              f"{len(outcome.result.orders)} orders, {len(outcome.result.fills)} fills")
+        print(format_summary(outcome.metrics))
         if html is not None:
             print(f"report: {html}")
-    if result.errors:
-        first = result.error_messages[0] if result.error_messages else ""
-        print(f"warning: the strategy's hooks raised {result.errors} times; first: {first}", file=sys.stderr)
+    warning = outcome.hook_warning()
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 

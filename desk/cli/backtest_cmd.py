@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from datetime import date, datetime, time
-from decimal import Decimal, InvalidOperation
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
-from zoneinfo import ZoneInfo
 
 import typer
 
 from desk.cli.render import console, err_console
 
-NEW_YORK = ZoneInfo("America/New_York")
 #: Runs this long or longer show a progress bar (on a terminal).
 PROGRESS_FROM = 20_000
 
@@ -31,41 +27,6 @@ PROGRESS_FROM = 20_000
 def _fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[red]error:[/red] {message}", highlight=False, markup=False)
     raise typer.Exit(code)
-
-
-def _ns(text: str, option: str, *, end: bool) -> int | None:
-    """YYYY-MM-DD (a New York day, inclusive) or an ISO timestamp, as ns; None when empty."""
-    if not text:
-        return None
-    try:
-        day = date.fromisoformat(text)
-        moment = datetime.combine(day, time.max if end else time.min, NEW_YORK)
-    except ValueError:
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            _fail(f"{option} {text!r} is neither a date (YYYY-MM-DD) nor an ISO timestamp", 2)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=NEW_YORK)
-    return int(moment.timestamp() * 1_000_000_000)
-
-
-def _load_strategy(path: Path) -> tuple[Path, type[Any], dict[str, Any]]:
-    from strategy_sdk.config import load_config
-    from strategy_sdk.loading import StrategyLoadError, is_legacy_source, load_strategy_class, resolve_strategy_path
-
-    try:
-        folder, file = resolve_strategy_path(path)
-        config = load_config(folder)
-        if is_legacy_source(file.read_text(), str(file)):
-            _fail(f"{file} is an old-desk (stdin) strategy: it can only run on the desk; try "
-                  "`desk up --feed replay` with MD_REPLAY_FILE")
-        cls = load_strategy_class(file, f"desk_backtest_{folder.name.replace('-', '_')}")
-    except StrategyLoadError as exc:
-        _fail(str(exc))
-    except SyntaxError as exc:
-        _fail(f"{path}: {exc}")
-    return folder, cls, config
 
 
 def _bars(data: list[Path], symbols: list[str], start_ns: int | None, end_ns: int | None, start: str, end: str,
@@ -88,7 +49,7 @@ def _bars(data: list[Path], symbols: list[str], start_ns: int | None, end_ns: in
         _fail(str(exc), 2)
 
 
-def _progress(bars: Any, total: int) -> Iterator[Any]:
+def _progress(bars: Iterable[Any], total: int) -> Iterator[Any]:
     """The bars, with a progress bar on stderr for long runs on a terminal."""
     if total < PROGRESS_FROM or not err_console.is_terminal:
         yield from bars
@@ -121,52 +82,35 @@ def backtest(
     html: Annotated[Path | None, typer.Option(help="Write the self-contained HTML report to this file.")] = None,
 ) -> None:
     """Backtest a strategy over historical bars, in process, and print the summary quants expect."""
-    from desk.backtest.metrics import BacktestData, compute_data, to_json
     from desk.backtest.report import format_summary, render_html
-    from strategy_sdk.testing import run_backtest
+    from desk.backtest.run import BacktestError, load_folder, parse_when, run_folder, wanted_symbols
 
-    folder, cls, config = _load_strategy(path)
-    wanted = [s.strip().upper() for s in symbols.split(",") if s.strip()] or [
-        str(s) for s in config.get("symbols") or []]
-    start_ns, end_ns = _ns(start, "--start", end=False), _ns(end, "--end", end=True)
-    bars = _bars(list(data or []), wanted, start_ns, end_ns, start, end, timeframe, feed, data_dir)
-    if len(bars) == 0:
-        have = ", ".join(load_symbols(data)) if data else ""
-        _fail(f"no bars of {', '.join(wanted) or 'any symbol'} in the given range"
-              + (f" (the data has {have}; pass --symbols)" if have else ""))
     try:
-        initial = Decimal(cash or str(config.get("initial_cash") or "100000"))
-    except InvalidOperation:
-        _fail(f"initial cash {cash or config.get('initial_cash')!r} is not a number", 2)
-    if not initial.is_finite() or initial <= 0:
-        _fail(f"initial cash must be a positive number, got {initial}", 2)
-    run_config = dict(config, symbols=bars.symbol_list())
-    risk = config.get("risk") or {}
-    result = run_backtest(
-        cls, _progress(iter(bars), len(bars)), initial_cash=initial, config=run_config,
-        allow_short=bool(risk.get("allow_short", False)), strategy_id=folder.name,
-        member_id=str(config.get("user_id", "")),
-    )
-    name = f"{config.get('name') or folder.name} — {config.get('user_id') or 'backtest'}"
-    report_data = BacktestData.from_result(result, bars, initial_cash=initial, name=name)  # its columns
-    metrics = compute_data(report_data)
+        folder = load_folder(path, module_prefix="desk_backtest",
+                             legacy_hint="; try `desk up --feed replay` with MD_REPLAY_FILE")
+        wanted = wanted_symbols(symbols, folder.config)
+        start_ns, end_ns = parse_when(start, "--start", end=False), parse_when(end, "--end", end=True)
+        bars = _bars(list(data or []), wanted, start_ns, end_ns, start, end, timeframe, feed, data_dir)
+        if len(bars) == 0:
+            have = ", ".join(load_symbols(data)) if data else ""
+            _fail(f"no bars of {', '.join(wanted) or 'any symbol'} in the given range"
+                  + (f" (the data has {have}; pass --symbols)" if have else ""))
+        outcome = run_folder(folder, bars, cash, feed=_progress)
+    except BacktestError as exc:
+        _fail(str(exc), exc.code)
     if html is not None:
-        render_html(report_data, html, metrics)
+        render_html(outcome.data, html, outcome.metrics)
     if as_json:
-        out = to_json(metrics)
-        out.update(strategy=folder.name, symbols=bars.symbol_list(), orders=len(result.orders),
-                   hook_errors=result.errors, report=str(html) if html else None)
-        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        sys.stdout.write(json.dumps(outcome.summary_json(folder, bars.symbol_list(), html), indent=2) + "\n")
     else:
-        console.print(f"[bold]{name}[/bold]: {len(bars):,} bars of {', '.join(bars.symbol_list())}, "
-                      f"{len(result.orders)} orders, {len(result.fills)} fills", highlight=False)
-        console.print(format_summary(metrics), markup=False, highlight=False)
+        console.print(f"[bold]{folder.title}[/bold]: {len(bars):,} bars of {', '.join(bars.symbol_list())}, "
+                      f"{len(outcome.result.orders)} orders, {len(outcome.result.fills)} fills", highlight=False)
+        console.print(format_summary(outcome.metrics), markup=False, highlight=False)
         if html is not None:
             console.print(f"report: {html}", highlight=False)
-    if result.errors:
-        first = result.error_messages[0] if result.error_messages else ""
-        err_console.print(f"warning: the strategy's hooks raised {result.errors} times; first: {first}",
-                          markup=False, highlight=False)
+    warning = outcome.hook_warning()
+    if warning:
+        err_console.print(warning, markup=False, highlight=False)
 
 
 def load_symbols(data: list[Path] | None) -> list[str]:
