@@ -177,6 +177,12 @@ clean: ## remove the virtual environment, caches and the embedded desk's data (v
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info $(DATA)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
+# --- docs-site: the members' docs site (mkdocs.yml; tests/unit/test_docs_site.py builds it too) ---
+.PHONY: docs-site
+docs-site: $(STAMP) ## build the docs site with its API reference into site/ (mkdocs build --strict; opens offline)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+	@echo "docs site: site/index.html"
+
 # --- docs: the generated parts of docs/architecture.md (tests/unit/test_docs_truth.py checks them) ---
 .PHONY: docs
 docs: $(STAMP) ## regenerate the generated parts of the docs (the environment tables, from the settings classes)
