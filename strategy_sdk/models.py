@@ -7,14 +7,17 @@ runner and built by :mod:`strategy_sdk.testing` for backtests. Quantities and pr
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from sys import intern
+from typing import Any, TypeVar
 
 from desk.bus.decimals import dec
-from desk.core.orders import exec_type_name, side_name, status_name
-from desk.v1 import executions_pb2, marketdata_pb2
+from desk.core.orders import AnyReport, exec_type_name, side_name, status_name
+from desk.v1 import marketdata_pb2
 
 __all__ = [
     "Bar",
@@ -68,6 +71,40 @@ class Bar:
             trade_count=bar.trade_count,
             source=bar.source,
         )
+
+
+_T = TypeVar("_T")
+
+
+def _fast_new(cls: type[_T], probe: tuple[Any, ...]) -> Callable[..., _T]:
+    """A constructor of ``cls`` (a frozen dataclass with slots) taking every field positionally: an object
+    of a writable twin class (the same slots, in the same order, on the same base) gets the fields and then
+    becomes a ``cls`` by assigning ``__class__``. A frozen dataclass's ``__init__`` sets every field through
+    ``object.__setattr__`` (a bar's 11 fields: ~1.2 µs); this costs ~0.3 µs, and what comes out is an
+    ordinary ``cls`` (equal, hashed, printed, copied and pickled alike). Checked on ``probe`` (one value per
+    field); where the layout or the interpreter does not allow it, ``cls`` itself is returned."""
+    names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]  # a dataclass
+    if getattr(cls, "__slots__", None) != names:
+        return cls
+    twin = type(f"_{cls.__name__}Fields", (), {"__slots__": names})
+    params = ", ".join(f"v{i}" for i in range(len(names)))
+    stores = "".join(f"    o.{name} = v{i}\n" for i, name in enumerate(names))
+    scope: dict[str, Any] = {"new": object.__new__, "twin": twin, "cls": cls}
+    exec(f"def make({params}):\n    o = new(twin)\n{stores}    o.__class__ = cls\n    return o\n", scope)  # noqa: S102
+    make: Callable[..., _T] = scope["make"]
+    try:
+        made = make(*probe)
+    except TypeError:  # an interpreter that refuses the __class__ assignment
+        return cls
+    if type(made) is not cls or made != cls(*probe):
+        return cls
+    return make
+
+
+#: ``new_bar(symbol, open, high, low, close, volume, start_ns, interval_ns, vwap, trade_count, source)``:
+#: ``Bar(...)`` with every field given positionally, for code that makes millions (the bar loaders).
+new_bar: Callable[[str, Decimal, Decimal, Decimal, Decimal, Decimal, int, int, Decimal | None, int, str], Bar] = (
+    _fast_new(Bar, ("X", Decimal(1), Decimal(2), Decimal(0), Decimal(1), Decimal(5), 1, 2, None, 3, "s")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,21 +166,22 @@ class Fill:
     ts_ns: int = 0
 
     @classmethod
-    def from_report(cls, report: executions_pb2.ExecutionReport) -> Fill:
-        return cls(
-            execution_id=intern(report.execution_id),
-            order_id=intern(report.order_id),
-            client_order_id=intern(report.client_order_id),
-            symbol=intern(report.symbol),
-            side=side_name(report.side),
-            qty=dec(report.fill_qty),
-            price=dec(report.fill_price),
-            fee=dec(report.fee),
-            cum_qty=dec(report.cum_qty),
-            leaves_qty=dec(report.leaves_qty),
-            order_status=status_name(report.status),
-            venue=intern(report.venue),
-            ts_ns=report.event_ns,
+    def from_report(cls, report: AnyReport) -> Fill:
+        make = _new_fill if cls is Fill else cls  # every field, in order
+        return make(
+            intern(report.execution_id),
+            intern(report.order_id),
+            intern(report.client_order_id),
+            intern(report.symbol),
+            side_name(report.side),
+            dec(report.fill_qty),
+            dec(report.fill_price),
+            dec(report.fee),
+            dec(report.cum_qty),
+            dec(report.leaves_qty),
+            status_name(report.status),
+            intern(report.venue),
+            report.event_ns,
         )
 
 
@@ -174,21 +212,29 @@ class OrderUpdate:
         return self.status in ("filled", "canceled", "expired", "rejected")
 
     @classmethod
-    def from_report(cls, report: executions_pb2.ExecutionReport) -> OrderUpdate:
-        return cls(
-            order_id=intern(report.order_id),
-            client_order_id=intern(report.client_order_id),
-            symbol=intern(report.symbol),
-            side=side_name(report.side),
-            exec_type=exec_type_name(report.exec_type),
-            status=status_name(report.status),
-            order_qty=dec(report.order_qty) if report.order_qty else None,
-            cum_qty=dec(report.cum_qty),
-            leaves_qty=dec(report.leaves_qty),
-            avg_price=dec(report.avg_price) if report.avg_price else None,
-            text=report.text,
-            ts_ns=report.event_ns,
+    def from_report(cls, report: AnyReport) -> OrderUpdate:
+        make = _new_update if cls is OrderUpdate else cls  # every field, in order
+        order_qty, avg_price = report.order_qty, report.avg_price
+        return make(
+            intern(report.order_id),
+            intern(report.client_order_id),
+            intern(report.symbol),
+            side_name(report.side),
+            exec_type_name(report.exec_type),
+            status_name(report.status),
+            dec(order_qty) if order_qty else None,
+            dec(report.cum_qty),
+            dec(report.leaves_qty),
+            dec(avg_price) if avg_price else None,
+            report.text,
+            report.event_ns,
         )
+
+
+_new_fill: Callable[..., Fill] = _fast_new(
+    Fill, ("e", "o", "c", "X", "buy", Decimal(1), Decimal(2), Decimal(0), Decimal(1), Decimal(0), "filled", "sim", 1))
+_new_update: Callable[..., OrderUpdate] = _fast_new(
+    OrderUpdate, ("o", "c", "X", "buy", "fill", "filled", Decimal(1), Decimal(1), Decimal(0), None, "", 1))
 
 
 @dataclass(frozen=True, slots=True)

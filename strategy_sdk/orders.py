@@ -28,6 +28,7 @@ from desk.core.orders import (
     SIDES,
     TIME_IN_FORCE_WORDS,
     TIMES_IN_FORCE,
+    AnyReport,
     needs_limit_price,
     needs_stop_price,
     side_name,
@@ -178,7 +179,7 @@ class Account:
         if cid not in self.open_orders and cid not in self._closed:
             self.open_orders[request.client_order_id] = open_order_from_request(request, order_id)
 
-    def apply(self, report: executions_pb2.ExecutionReport) -> tuple[Fill | None, OrderUpdate] | None:
+    def apply(self, report: AnyReport) -> tuple[Fill | None, OrderUpdate] | None:
         """Book ``report``; returns the fill (if any) and the update, or None for a repeat."""
         execution_id = report.execution_id
         if execution_id:

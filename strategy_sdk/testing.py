@@ -93,6 +93,7 @@ from desk.core.matching import SimConfig, SimEngine
 from desk.core.orders import (
     ORDER_TYPE_WORDS,
     TIME_IN_FORCE_WORDS,
+    Report,
     ValidOrder,
     refusal,
     reject_reason,
@@ -351,7 +352,7 @@ class _Desk:
         self.accepted: set[str] = set()               # DESK_ORDER_IDS: client order ids of accepted orders
         self.orders: dict[str, BacktestOrder] = {}     # by order id
         self.order_list: list[BacktestOrder] = []
-        self.queue: deque[executions_pb2.ExecutionReport] = deque()
+        self.queue: deque[Report] = deque()  # the engine's reports as plain objects: no wire in between
         self.all_reports: list[bytes] = []
         self.record_reports = record_reports
         self.bar_index = -1
@@ -378,13 +379,13 @@ class _Desk:
         symbol, close = bar.symbol, bar.close
         end = bar.start_ns + interval_ns
         bid, ask = quote_prices(close)
-        reports = engine.bar_update(symbol, bar.open, bar.high, bar.low, close, bar.volume, bar.start_ns)
+        reports = engine.bar_update_local(symbol, bar.open, bar.high, bar.low, close, bar.volume, bar.start_ns)
         if reports:
             self._reports(reports)
-        reports = engine.quote_update(symbol, bid, ask, REPLAY_SIZE_DECIMAL, REPLAY_SIZE_DECIMAL, end)
+        reports = engine.quote_update_local(symbol, bid, ask, REPLAY_SIZE_DECIMAL, REPLAY_SIZE_DECIMAL, end)
         if reports:
             self._reports(reports)
-        reports = engine.trade_update(symbol, close, REPLAY_SIZE_DECIMAL, end)
+        reports = engine.trade_update_local(symbol, close, REPLAY_SIZE_DECIMAL, end)
         if reports:
             self._reports(reports)
 
@@ -394,12 +395,12 @@ class _Desk:
         if pending is not None:
             self._feed(*pending)
 
-    def _reports(self, reports: list[executions_pb2.ExecutionReport]) -> None:
+    def _reports(self, reports: list[Report]) -> None:
         for report in reports:
             self.account.apply(report)   # the router follows desk.exec.*
             self.queue.append(report)    # the strategy's own subscription
             if self.record_reports:
-                self.all_reports.append(report.SerializeToString())
+                self.all_reports.append(report.to_proto().SerializeToString())
             record = self.orders.get(report.order_id)
             order = self.engine.get(report.order_id)
             if record is not None and order is not None:
@@ -440,7 +441,7 @@ class _Desk:
         routed = orders_pb2.RoutedOrder(order_id=order_id, strategy_id=order.strategy_id, member_id=self.member_id,
                                         routed_ns=self.now_ns, new_order=request)
         self._catch_up(order.symbol)
-        self._reports(self.engine.submit(routed))
+        self._reports(self.engine.submit_local(routed))
 
     async def cancel(self, client_order_id: str) -> CancelResult:
         request = orders_pb2.CancelRequest(strategy_id=self.strategy_id, client_order_id=client_order_id)
@@ -455,7 +456,7 @@ class _Desk:
             return CancelResult(False, known, client_order_id, _reason(err.code), err.message)
         routed = orders_pb2.RoutedOrder(order_id=order_id, strategy_id=self.strategy_id, member_id=self.member_id,
                                         routed_ns=self.now_ns, cancel=request)
-        self._reports(self.engine.cancel(routed))
+        self._reports(self.engine.cancel_local(routed))
         return CancelResult(True, order_id, client_order_id)
 
 
@@ -615,7 +616,9 @@ class _Run:
         value = account.cash
         value_f = float(value)
         books_changed = False
-        prices, desk_bar, record_bar = desk.prices, desk.on_bar, self.context.record_bar
+        prices, desk_bar = desk.prices, desk.on_bar
+        # StrategyContext.record_bar, inlined (a call per bar): each symbol's recent bars for history()
+        history, history_size = self.context.bars, self.context.history_size
         ts_append, value_append = self.equity.ts.append, self.equity.values.append
         index = -1
         for raw in bars:
@@ -624,8 +627,11 @@ class _Run:
                 continue
             index += 1
             desk.bar_index = index
-            desk_bar(bar, interval_of(bar))
-            record_bar(bar)
+            desk_bar(bar, bar.interval_ns or interval_of(bar))  # interval_of gives a bar's own interval first
+            kept = history.get(bar.symbol)
+            if kept is None:
+                kept = history[bar.symbol] = deque(maxlen=history_size)
+            kept.append(bar)
             try:
                 if bar_is_async:
                     await on_bar(bar)

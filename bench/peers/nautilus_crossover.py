@@ -1,10 +1,11 @@
 """The bench's MA crossover on NautilusTrader (low-level ``BacktestEngine`` API).
 
-    bench/.venv-peers/bin/python bench/peers/nautilus_crossover.py --data S00.csv [S01.csv ...]
+    bench/.venv-peers/bin/python bench/peers/nautilus_crossover.py --data S00.csv [S01.csv ...] [--oms hedging]
 
 Each file is one symbol in the desk's CSV (``timestamp,symbol,open,high,low,close,volume``, ISO
 timestamps, 1-minute bars). Per file: ``pandas.read_csv`` -> ``BarDataWrangler`` -> ``Bar`` objects for an
-``Equity`` on a simulated ``XNAS`` (cash account, hedging OMS, 1,000,000 USD). One strategy per instrument
+``Equity`` on a simulated ``XNAS`` (cash account, 1,000,000 USD; ``--oms netting`` (the default) or
+``hedging``). One strategy per instrument
 (the Nautilus pattern: a config naming the instrument and bar type): ``SimpleMovingAverage`` 10 and 30
 registered for the bars; when the fast average goes above the slow one and the portfolio is flat, a market
 buy of 10; when it goes below while long, ``close_all_positions``. Bars drive the matching engine
@@ -14,10 +15,13 @@ Prints one JSON line: engine, bars, seconds (wall: reading the CSVs, building th
 the framework's import is ``import_s``, not in ``seconds``), bars_per_s, peak_rss_mb (VmHWM),
 orders (filled), buys, sells, round_trips (= sells: each closes a long opened by a buy).
 Nautilus is given its faster settings, the trades being the same: logging bypassed (``bypass_logging``;
-at INFO it logs every order event, and even at ERROR it costs ~17 % at 100k bars), ``run_analysis=False``,
-and the HEDGING OMS: under NETTING one position id per instrument is reopened on every entry and snapshotted
-each time (a pickle of the position with all its fills so far: quadratic), which here made 1M bars take 116 s instead of 44 s (100k: 4.9 s against 3.3 s). Each long is
-opened flat and closed whole, so the two give the same orders and round trips.
+at INFO it logs every order event, and even at ERROR it costs ~17 % at 100k bars), ``run_analysis=False``.
+OMS: NETTING (one position per instrument, as the desk's books: one position per strategy and symbol) is
+the like-for-like configuration and the default; under it Nautilus reopens the one position id on every
+entry and snapshots it each time (a pickle of the position with all its fills so far: quadratic), which
+here made 1M bars take 116 s against 44 s under HEDGING (100k: 4.9 s against 3.3 s). Each long is opened
+flat and closed whole, so the two give the same orders and round trips; the bench runs both. The JSON
+line names the OMS (``oms``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ from peer_cli import main, peak_rss_mb  # bench/peers/ is the script's own folde
 PRICE_PRECISION = 4  # the bench's files have 4 decimals (see bench/backtest.py: exact ties are then rare)
 
 
-def run(files: list[str], fast: int = 10, slow: int = 30, size: int = 10) -> dict[str, Any]:
+OMS_CHOICES = ["netting", "hedging"]
+
+
+def run(files: list[str], fast: int = 10, slow: int = 30, size: int = 10, oms: str = "netting") -> dict[str, Any]:
     t_import = time.perf_counter()
     from decimal import Decimal
 
@@ -98,7 +105,7 @@ def run(files: list[str], fast: int = 10, slow: int = 30, size: int = 10) -> dic
     engine = BacktestEngine(config=BacktestEngineConfig(
         trader_id=TraderId("BENCH-001"), logging=LoggingConfig(log_level="ERROR", bypass_logging=True), run_analysis=False))
     venue = Venue("XNAS")
-    engine.add_venue(venue=venue, oms_type=OmsType.HEDGING, account_type=AccountType.CASH, base_currency=USD,
+    engine.add_venue(venue=venue, oms_type=OmsType.NETTING if oms == "netting" else OmsType.HEDGING, account_type=AccountType.CASH, base_currency=USD,
                      starting_balances=[Money(1_000_000, USD)])
     strategies = []
     count = 0
@@ -128,7 +135,8 @@ def run(files: list[str], fast: int = 10, slow: int = 30, size: int = 10) -> dic
     from importlib.metadata import version
 
     return {
-        "engine": "nautilus_trader", "version": version("nautilus_trader"), "bars": count, "symbols": len(files),
+        "engine": "nautilus_trader", "version": version("nautilus_trader"), "oms": oms, "bars": count,
+        "symbols": len(files),
         "seconds": round(seconds, 3), "load_s": round(loaded_s, 3), "import_s": round(import_s, 3),
         "bars_per_s": round(count / seconds), "peak_rss_mb": round(peak_rss_mb(), 1),
         "orders": buys + sells, "buys": buys, "sells": sells, "round_trips": sells,
@@ -136,4 +144,4 @@ def run(files: list[str], fast: int = 10, slow: int = 30, size: int = 10) -> dic
 
 
 if __name__ == "__main__":
-    sys.exit(main(run, __doc__ or ""))
+    sys.exit(main(run, __doc__ or "", choices={"oms": OMS_CHOICES}))

@@ -9,7 +9,7 @@ import resource
 from collections.abc import Callable
 from typing import Any
 
-Run = Callable[[list[str], int, int, int], dict[str, Any]]
+Run = Callable[..., dict[str, Any]]  # (files, fast, slow, size, **choices)
 
 
 def peak_rss_mb() -> float:
@@ -23,12 +23,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main(run: Run, doc: str, argv: list[str] | None = None) -> int:
+def main(run: Run, doc: str, argv: list[str] | None = None, choices: dict[str, list[str]] | None = None) -> int:
+    """``choices``: a peer's own options, ``{"oms": ["netting", "hedging"]}`` -> ``--oms`` (default the first),
+    passed to ``run`` as keyword arguments."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--data", nargs="+", required=True, help="desk CSV files, one symbol each")
     parser.add_argument("--fast", type=int, default=10)
     parser.add_argument("--slow", type=int, default=30)
     parser.add_argument("--size", type=int, default=10)
+    for name, values in (choices or {}).items():
+        parser.add_argument(f"--{name}", choices=values, default=values[0])
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.data, args.fast, args.slow, args.size)), flush=True)
+    extra = {name: getattr(args, name) for name in choices or {}}
+    print(json.dumps(run(args.data, args.fast, args.slow, args.size, **extra)), flush=True)
     return 0

@@ -56,10 +56,13 @@ from desk.core.orders import (
     REQUIRED_PRICES,
     SIDE_WORDS,
     TIME_IN_FORCE_WORDS,
+    LocalReports,
     OrderProgress,
+    Report,
     Reports,
     needs_limit_price,
     needs_stop_price,
+    to_protos,
 )
 from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2
 
@@ -214,6 +217,10 @@ class SimEngine:
 
     # --- orders ------------------------------------------------------------------------------------
 
+    # Every method that returns reports has a ``*_local`` twin returning them as :class:`Report` objects
+    # (the same fields, no protobuf message): the gateway publishes messages; the SDK's backtester, which
+    # never crosses the wire, reads the plain objects. The engine's state changes alike either way.
+
     def submit(self, routed: orders_pb2.RoutedOrder) -> Reports:
         """Accept ``routed.new_order``: a NEW report, then whatever fills at once.
 
@@ -221,6 +228,10 @@ class SimEngine:
         Raises :class:`DeskError` MALFORMED when the routed order has no order id, strategy id or
         new order; an order with bad fields is answered with a REJECTED report.
         """
+        return to_protos(self.submit_local(routed))
+
+    def submit_local(self, routed: orders_pb2.RoutedOrder) -> LocalReports:
+        """:meth:`submit`, the reports as :class:`Report` objects."""
         _check_envelope(routed)
         if not routed.HasField("new_order"):
             raise DeskError("MALFORMED", "routed order carries no new_order")
@@ -283,6 +294,10 @@ class SimEngine:
         A second cancel of an order this venue already canceled on request returns ``[]``
         (a redelivered cancel).
         """
+        return to_protos(self.cancel_local(routed))
+
+    def cancel_local(self, routed: orders_pb2.RoutedOrder) -> LocalReports:
+        """:meth:`cancel`, the reports as :class:`Report` objects."""
         _check_envelope(routed)
         request = routed.cancel
         order_id = routed.order_id
@@ -298,16 +313,16 @@ class SimEngine:
             status = E.OrderStatus.Name(order.status).removeprefix("ORDER_STATUS_").lower()
             return [self._report(order, E.EXEC_TYPE_CANCEL_REJECTED, text=f"order is already {status}")]
         order.canceled_by_request = True
-        reports: Reports = []
+        reports: LocalReports = []
         self._finish(order, E.ORDER_STATUS_CANCELED, E.EXEC_TYPE_CANCELED, reports, CANCELED_ON_REQUEST)
         return reports
 
     def expire_all(self, text: str = SHUTDOWN_TEXT) -> Reports:
         """Expire every resting order (the venue is stopping; its book cannot survive)."""
-        reports: Reports = []
+        reports: LocalReports = []
         for order in list(self._resting.values()):
             self._finish(order, E.ORDER_STATUS_EXPIRED, E.EXEC_TYPE_EXPIRED, reports, text)
-        return reports
+        return to_protos(reports)
 
     def open_orders(self) -> list[SimOrder]:
         return list(self._resting.values())
@@ -354,12 +369,12 @@ class SimEngine:
                 self._restore_one(report)
             except DeskError:
                 self.restore_skipped += 1  # an unreadable number: the gateway logs the count
-        made: Reports = []
+        made: LocalReports = []
         for order in list(self._resting.values()):
             if order.tif in (IOC, FOK):
                 self._finish(order, E.ORDER_STATUS_CANCELED, E.EXEC_TYPE_CANCELED, made,
                              RESTART_TEXT.format(tif=_tif_name(order.tif)))
-        return made
+        return to_protos(made)
 
     def _restore_one(self, report: executions_pb2.ExecutionReport) -> None:
         order = self._orders.get(report.order_id)
@@ -434,6 +449,17 @@ class SimEngine:
 
     def bar_update(self, symbol: str, open_: Decimal, high: Decimal, low: Decimal, close: Decimal,
                    volume: Decimal | None, ts_ns: int) -> Reports:
+        return to_protos(self.bar_update_local(symbol, open_, high, low, close, volume, ts_ns))
+
+    def trade_update(self, symbol: str, price: Decimal, size: Decimal | None, ts_ns: int) -> Reports:
+        return to_protos(self.trade_update_local(symbol, price, size, ts_ns))
+
+    def quote_update(self, symbol: str, bid: Decimal | None, ask: Decimal | None, bid_size: Decimal | None,
+                     ask_size: Decimal | None, ts_ns: int) -> Reports:
+        return to_protos(self.quote_update_local(symbol, bid, ask, bid_size, ask_size, ts_ns))
+
+    def bar_update_local(self, symbol: str, open_: Decimal, high: Decimal, low: Decimal, close: Decimal,
+                         volume: Decimal | None, ts_ns: int) -> LocalReports:
         market = self._market(symbol)
         market.last = close
         budget = self.config.liquidity(volume)
@@ -443,7 +469,7 @@ class SimEngine:
         touch = _Touch(open_, high, low)
         return self._on_update(symbol, ts_ns, market, {BUY: touch, SELL: touch})
 
-    def trade_update(self, symbol: str, price: Decimal, size: Decimal | None, ts_ns: int) -> Reports:
+    def trade_update_local(self, symbol: str, price: Decimal, size: Decimal | None, ts_ns: int) -> LocalReports:
         market = self._market(symbol)
         market.last = price
         budget = self.config.liquidity(size)
@@ -453,8 +479,8 @@ class SimEngine:
         touch = _Touch.at(price)
         return self._on_update(symbol, ts_ns, market, {BUY: touch, SELL: touch})
 
-    def quote_update(self, symbol: str, bid: Decimal | None, ask: Decimal | None, bid_size: Decimal | None,
-                     ask_size: Decimal | None, ts_ns: int) -> Reports:
+    def quote_update_local(self, symbol: str, bid: Decimal | None, ask: Decimal | None, bid_size: Decimal | None,
+                           ask_size: Decimal | None, ts_ns: int) -> LocalReports:
         market = self._market(symbol)
         market.bid = bid if bid else None
         market.ask = ask if ask else None
@@ -476,8 +502,8 @@ class SimEngine:
             market = self._markets[symbol] = _Market()
         return market
 
-    def _on_update(self, symbol: str, ts_ns: int, market: _Market, touches: dict[int, _Touch]) -> Reports:
-        reports: Reports = []
+    def _on_update(self, symbol: str, ts_ns: int, market: _Market, touches: dict[int, _Touch]) -> LocalReports:
+        reports: LocalReports = []
         self._expire_day_orders(ts_ns or self._clock(), reports)
         for order in [o for o in self._resting.values() if o.symbol == symbol]:
             touch = touches.get(order.side)
@@ -485,7 +511,7 @@ class SimEngine:
                 self._try_fill(order, market, touch, immediate=False, reports=reports)
         return reports
 
-    def _expire_day_orders(self, ts_ns: int, reports: Reports) -> None:
+    def _expire_day_orders(self, ts_ns: int, reports: LocalReports) -> None:
         today = _utc_date(ts_ns)
         for order in list(self._resting.values()):
             if order.tif == DAY and today > _utc_date(order.submitted_ns):
@@ -514,7 +540,7 @@ class SimEngine:
             return min(limit, price) if touch.low <= limit else None
         return max(limit, price) if touch.high >= limit else None
 
-    def _try_fill(self, order: SimOrder, market: _Market, touch: _Touch, *, immediate: bool, reports: Reports) -> None:
+    def _try_fill(self, order: SimOrder, market: _Market, touch: _Touch, *, immediate: bool, reports: LocalReports) -> None:
         price = self._fill_price(order, touch, immediate)
         if price is None:
             return
@@ -551,7 +577,7 @@ class SimEngine:
             self._resting.pop(order.order_id, None)
 
     def _finish(self, order: SimOrder, status: executions_pb2.OrderStatus,
-                exec_type: executions_pb2.ExecType, reports: Reports, text: str) -> None:
+                exec_type: executions_pb2.ExecType, reports: LocalReports, text: str) -> None:
         order.status = status
         self._resting.pop(order.order_id, None)
         reports.append(self._report(order, exec_type, text=text))
@@ -565,7 +591,7 @@ class SimEngine:
         fill_price: Decimal | None = None,
         fee: Decimal | None = None,
         text: str = "",
-    ) -> executions_pb2.ExecutionReport:
+    ) -> Report:
         now = self._clock()
         order.reports += 1
         if order.status not in OPEN_STATUSES and self._retain_final is not None:
@@ -573,7 +599,7 @@ class SimEngine:
         execution_id = (
             self._new_execution_id() if self._new_execution_id else f"{order.order_id}-{order.reports}"
         )
-        return ER(
+        return Report(
             execution_id=execution_id,
             order_id=order.order_id,
             client_order_id=order.client_order_id,
@@ -613,9 +639,9 @@ class SimEngine:
                 self._by_client_id.pop((old.strategy_id, old.client_order_id), None)
                 self._forgotten.add(old.order_id)
 
-    def _cancel_rejected_unknown(self, routed: orders_pb2.RoutedOrder, text: str = "") -> executions_pb2.ExecutionReport:
+    def _cancel_rejected_unknown(self, routed: orders_pb2.RoutedOrder, text: str = "") -> Report:
         now = self._clock()
-        return ER(
+        return Report(
             execution_id=(self._new_execution_id or _new_execution_id)(),
             order_id=routed.order_id,
             client_order_id=routed.cancel.client_order_id,

@@ -120,6 +120,67 @@ Reports = list[executions_pb2.ExecutionReport]
 """The execution reports one call to a venue caused, in order."""
 
 
+@dataclass(slots=True)
+class Report:
+    """An execution report as plain attributes: the fields of ``ExecutionReport`` with the values the
+    message would hold (numbers as the wire's strings, enums as their values, ``""``/``0`` when unset).
+
+    The sim engine makes its reports as these; :meth:`to_proto` is the message the gateway publishes.
+    In-process code that never crosses the wire (the SDK's backtester: the router's account, the
+    strategy's books) reads them directly, exactly as it would read the message: reading a protobuf
+    field from Python costs far more than reading an attribute."""
+
+    execution_id: str = ""
+    order_id: str = ""
+    client_order_id: str = ""
+    venue_order_id: str = ""
+    strategy_id: str = ""
+    member_id: str = ""
+    exec_type: executions_pb2.ExecType = executions_pb2.EXEC_TYPE_UNSPECIFIED
+    status: executions_pb2.OrderStatus = executions_pb2.ORDER_STATUS_UNSPECIFIED
+    symbol: str = ""
+    side: common_pb2.Side = common_pb2.SIDE_UNSPECIFIED
+    type: common_pb2.OrderType = common_pb2.ORDER_TYPE_UNSPECIFIED
+    time_in_force: common_pb2.TimeInForce = common_pb2.TIME_IN_FORCE_UNSPECIFIED
+    order_qty: str = ""
+    limit_price: str = ""
+    stop_price: str = ""
+    fill_qty: str = ""
+    fill_price: str = ""
+    cum_qty: str = ""
+    avg_price: str = ""
+    leaves_qty: str = ""
+    fee: str = ""
+    venue: str = ""
+    text: str = ""
+    event_ns: int = 0
+    report_ns: int = 0
+    notional: str = ""
+
+    def to_proto(self) -> executions_pb2.ExecutionReport:
+        """The ``ExecutionReport`` with these fields."""
+        return executions_pb2.ExecutionReport(
+            execution_id=self.execution_id, order_id=self.order_id, client_order_id=self.client_order_id,
+            venue_order_id=self.venue_order_id, strategy_id=self.strategy_id, member_id=self.member_id,
+            exec_type=self.exec_type, status=self.status, symbol=self.symbol, side=self.side, type=self.type,
+            time_in_force=self.time_in_force, order_qty=self.order_qty, limit_price=self.limit_price,
+            stop_price=self.stop_price, fill_qty=self.fill_qty, fill_price=self.fill_price, cum_qty=self.cum_qty,
+            avg_price=self.avg_price, leaves_qty=self.leaves_qty, fee=self.fee, venue=self.venue, text=self.text,
+            event_ns=self.event_ns, report_ns=self.report_ns, notional=self.notional,
+        )
+
+
+LocalReports = list[Report]
+"""A venue's reports as :class:`Report` objects (the in-process form of :data:`Reports`)."""
+
+AnyReport = executions_pb2.ExecutionReport | Report
+"""What the books read: the message from the wire or the in-process :class:`Report` (the same fields)."""
+
+
+def to_protos(reports: LocalReports) -> Reports:
+    return [report.to_proto() for report in reports]
+
+
 class OrderProgress:
     """What every venue's order record derives the same way from ``status``, ``qty``, ``cum_qty``
     and ``cost`` (the sum of fill qty x price): finality, leaves and the average price."""
@@ -227,6 +288,8 @@ def _places(value: Decimal) -> int:
     context and turn 1e-999999999 into 0, with no places at all)."""
     _, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)  # finite numbers only reach here
+    if exponent >= 0:  # an integer as written ("10", "1E+3"): no places, whatever its trailing zeros
+        return 0
     trailing = len(digits) - len("".join(map(str, digits)).rstrip("0"))
     return max(0, -(exponent + trailing))
 

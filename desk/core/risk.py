@@ -17,7 +17,7 @@ from sys import intern
 
 from desk.bus.decimals import ZERO, dec, fmt, parse_decimal
 from desk.bus.errors import DeskError
-from desk.core.orders import FINAL_STATUSES, ORDER_TYPE_WORDS, ValidOrder, refusal
+from desk.core.orders import FINAL_STATUSES, ORDER_TYPE_WORDS, AnyReport, ValidOrder, refusal
 from desk.v1 import common_pb2, executions_pb2, strategy_pb2
 
 Clock = Callable[[], float]
@@ -111,7 +111,7 @@ def _type_name(order: ValidOrder) -> str:
     return ORDER_TYPE_WORDS[order.type].replace("_", "-")
 
 
-def report_numbers(report: executions_pb2.ExecutionReport) -> tuple[Decimal, Decimal, Decimal] | None:
+def report_numbers(report: AnyReport) -> tuple[Decimal, Decimal, Decimal] | None:
     """(fill qty, fill price, fee) of a report the books may use, or None for one they must not:
     no execution id, or a number that is not a finite, non-negative decimal (as the ledger judges)."""
     if not report.execution_id:
@@ -265,7 +265,7 @@ class VirtualAccount:
             del self.open_orders[hold.order_id]
 
     # -- execution reports ------------------------------------------------------------------------
-    def apply(self, report: executions_pb2.ExecutionReport) -> bool:
+    def apply(self, report: AnyReport) -> bool:
         """Apply one report (fills move cash and positions; reservations follow the order).
 
         Returns False when the report was already applied (same execution id).
@@ -314,7 +314,7 @@ class VirtualAccount:
                 order.reserved_notional = order.remaining_qty * order.unit_price
         return True
 
-    def _adopt(self, report: executions_pb2.ExecutionReport) -> None:
+    def _adopt(self, report: AnyReport) -> None:
         unit_price = ZERO
         for text in (report.limit_price, report.stop_price, report.avg_price, report.fill_price):
             if text and dec(text) > 0:

@@ -36,11 +36,13 @@ volume, vwap); :class:`strategy_sdk.Bar` objects with Decimals are made one at a
 from __future__ import annotations
 
 import csv
+import decimal
 import gzip
 import io
 import itertools
 import json
 import math
+import operator
 import re
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -54,7 +56,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import numpy.typing as npt
 
-from strategy_sdk.models import Bar
+from strategy_sdk.models import Bar, new_bar
 
 __all__ = [
     "BarData",
@@ -158,11 +160,55 @@ def _pick(column: F64, index: npt.NDArray[Any]) -> F64:
     return picked
 
 
+#: :func:`_decimals` makes ``n * 10**-k`` here: exact for any 16-digit ``n`` whatever the caller's context.
+_EXACT = decimal.Context(prec=40, Emax=999_999, Emin=-999_999, traps=[])
+_POWERS = [Decimal(1).scaleb(-k) for k in range(7)]  # 1, 0.1, ... 1E-6
+_FAST_LIMIT = 1e9  # below it, a float with at most 6 decimals has exactly one such decimal (its ulp < 1e-6)
+
+
+def _decimals(values: F64) -> npt.NDArray[Any]:
+    """``[_decimal(x) for x in values]`` as an object array, without formatting and parsing a string each.
+
+    For ``|x| < 1e9`` the shortest decimal that reads back as ``x`` (what ``repr`` writes) is ``n / 10**k``
+    for the smallest ``k <= 6`` with ``float(n / 10**k) == x``, ``n = rint(x * 10**k)`` (an IEEE division
+    of two exact integers is correctly rounded, as ``float("n e-k")`` is; the ulp is below 10**-k, so no
+    other ``k``-decimal number reads back as ``x``, and ``n`` has no trailing zero when ``k`` is the smallest).
+    That is ``Decimal(n) * 10**-k``: the same coefficient and exponent as ``Decimal(repr(x))`` (for
+    ``k = 0``, ``Decimal(int(x))``, as :func:`_decimal`). Anything else (larger, more decimals, NaN)
+    goes through :func:`_decimal`."""
+    out = np.empty(len(values), dtype=object)
+    done = np.zeros(len(values), dtype=bool)
+    with np.errstate(invalid="ignore", over="ignore"):
+        left = np.flatnonzero(np.abs(values) < _FAST_LIMIT)
+        for k, power in enumerate(_POWERS):
+            if not len(left):
+                break
+            part = values[left]
+            scale = float(10**k)
+            n = np.rint(part * scale)
+            hit = (n / scale) == part
+            if not hit.any():
+                continue
+            ints = map(Decimal, n[hit].astype(np.int64).tolist())
+            if k == 0:
+                made = list(ints)
+            else:
+                with decimal.localcontext(_EXACT):  # the product n * 10**-k is exact
+                    made = list(map(operator.mul, ints, itertools.repeat(power)))
+            out[left[hit]] = np.fromiter(made, dtype=object, count=len(made))  # a list: numpy probes each item
+            done[left[hit]] = True
+            left = left[~hit]
+    missing = np.flatnonzero(~done)
+    if len(missing):
+        out[missing] = np.fromiter(map(_decimal, values[missing].tolist()), dtype=object, count=len(missing))
+    return out
+
+
 def _decimal_columns(*columns: F64) -> list[list[Decimal]]:
     """Float columns as lists of Decimals (:func:`_decimal`), each distinct value converted once."""
     joined = np.concatenate(columns) if len(columns) > 1 else columns[0]
     unique, inverse = np.unique(joined, return_inverse=True)
-    table = np.array([_decimal(x) for x in unique.tolist()] + [None], dtype=object)[:-1]
+    table = _decimals(unique)
     values = table[inverse]
     size = len(columns[0])
     return [values[i * size:(i + 1) * size].tolist() for i in range(len(columns))]
@@ -271,6 +317,7 @@ class BarData:
         symbols = self.symbols
         source = self.source
         default = DEFAULT_INTERVAL_NS
+        make = new_bar  # Bar(...) without the frozen dataclass's per-field object.__setattr__
         for start in range(0, len(self), CHUNK):
             stop = start + CHUNK
             # Prices repeat (a tick grid): each distinct value of the chunk becomes a Decimal once.
@@ -287,7 +334,7 @@ class BarData:
             for s, ts, o_, h_, l_, c_, v_, vw_, n_ in zip(self.sym[start:stop].tolist(),
                                                          self.ts_ns[start:stop].tolist(), o, h, lo, c, v, vw, counts):
                 symbol = symbols[s]
-                yield Bar(symbol, o_, h_, l_, c_, v_, ts, intervals.get(symbol, default), vw_, n_, source)
+                yield make(symbol, o_, h_, l_, c_, v_, ts, intervals.get(symbol, default), vw_, n_, source)
 
     def rows(self) -> Iterator[tuple[str, int, float, float, float, float, float]]:
         """Plain tuples ``(symbol, start_ns, open, high, low, close, volume)`` — the cheapest iteration."""
@@ -654,6 +701,16 @@ def _parse_csv(header: Sequence[str], rows: Any, file: str, kind: Format, errors
 
 _DIGITS_RE = re.compile(r"^\s*\d+\s*$")
 _SAMPLE = 64  # rows the fast path checks against the exact row-by-row parser
+
+
+def import_fast_csv() -> bool:
+    """Import what the fast CSV path needs (pandas) now rather than at the first large file it reads
+    (about 0.2 s); False when it is not installed (files are then read row by row)."""
+    try:
+        import pandas  # noqa: F401
+    except ImportError:  # pragma: no cover - pandas comes with alpaca-py
+        return False
+    return True
 
 
 def _fast_csv(path: Path, header: Sequence[str], first_row: str, kind: Format) -> BarData | None:
