@@ -164,79 +164,90 @@ async def run(plan: Plan, suffix: str = "", with_bare: bool = True) -> tuple[lis
         for p in range(max(plan.load_processes, 1)):
             await _probe(desk, f"bench-{p}")
         idle = {name: rss_mib(desk.pids(name)[0]) for name in desk.procs}
-
-        cpu_before = desk.cpu()
-        seq_results, _ = await _run_load(desk, plan, "s", 1, plan.sequential, 1, sample_rss=False)
-        cpu_after = desk.cpu()
-        seq = seq_results[0]
-        orders_sent = plan.sequential + plan.warmup
-        cpu_per_order = {
-            name: (cpu_after[name] - cpu_before[name]) / orders_sent * 1e6
-            for name in sorted(cpu_after) if name in cpu_before
-        }
-        raw["cpu_us_per_order"] = cpu_per_order
-        ack = summarize(seq["latencies_ms"])
-        fill = summarize(seq["fill_ms"]) if seq["fill_ms"] else None
-        raw["seq"] = {"ack": ack.__dict__, "fill": fill.__dict__ if fill else None, "rejected": seq["rejected"]}
-        bare_seq = summarize(bare["seq"]["latencies_ms"]) if bare else None
-        for pct in ("p50", "p90", "p99"):
-            target = None
-            if pct == "p50":
-                target = Target("ratio_max", 2.0)
-            elif pct == "p99":
-                target = Target("max", 5.0)
-            figures.append(Figure(
-                SECTION, f"ack latency {pct}, sequential{suffix}", "ms", getattr(ack, pct),
-                getattr(bare_seq, pct) if bare_seq else None, target,
-                note="strategy request -> router (validation, risk, route) -> OrderAck; bare: 2 req/reply hops",
-            ))
-        for pct in ("p50", "p90", "p99"):
-            figures.append(Figure(
-                SECTION, f"fill latency {pct}, sequential{suffix}", "ms", getattr(fill, pct) if fill else None,
-                getattr(bare_seq, pct) if bare_seq else None,
-                note=f"submit -> FILL report on desk.exec.<id> via the sim gateway ({seq['fills']}/{seq['count']} filled)",
-            ))
-
-        bare_rate = _throughput(bare["load"]) if bare else None
-        scaling: dict[int, float] = {}
-        rss_load: dict[str, float] = {}
-        for replicas in plan.replicas:
-            while len(desk.procs["order_router"]) < replicas:
-                await desk.spawn("order_router")
-            results, peak = await _run_load(
-                desk, plan, f"t{replicas}r", plan.load_processes, plan.throughput_orders, plan.concurrency,
-                sample_rss=replicas == 1,
-            )
-            if replicas == 1:
-                rss_load = peak
-            rate = _throughput(results)
-            fill_rate = _throughput(results, key="fills_elapsed_s", count="fills")
-            scaling[replicas] = rate
-            raw.setdefault("throughput", {})[replicas] = {
-                "acks_per_s": rate, "fills_per_s": fill_rate,
-                "failures": sum(r["failures"] for r in results), "rejected": [r["rejected"] for r in results],
-            }
-            in_flight = plan.load_processes * plan.concurrency
-            figures.append(Figure(
-                SECTION, f"throughput, {replicas} router(s), 1 sim gateway{suffix}", "orders/s", rate, bare_rate,
-                Target("min", 5000) if replicas == 1 else None,
-                note=f"{in_flight} in flight from {plan.load_processes} processes; fills/s {fill_rate:,.0f}",
-            ))
-            figures.append(Figure(
-                SECTION, f"fill throughput, {replicas} router(s){suffix}", "fills/s", fill_rate, bare_rate,
-                note="FILL reports reaching the strategies",
-            ))
+        cpu_per_order = await _sequential(desk, plan, suffix, bare, figures, raw)
+        rss_load = await _throughput_runs(desk, plan, suffix, bare, figures, raw)
         if not suffix:
-            for name, micros in cpu_per_order.items():
-                figures.append(Figure(
-                    "cpu", f"{name} CPU per order, sequential", "us", micros,
-                    note="CPU time (user + system) each process spent per order of the sequential run, "
-                         "its fill and booking included",
-                ))
-            for name, mib in idle.items():
-                figures.append(Figure("memory", f"{name} RSS idle", "MiB", mib))
-            for name, mib in sorted(rss_load.items()):
-                figures.append(Figure("memory", f"{name} RSS peak under order load", "MiB", mib))
-            figures.append(Figure("memory", "strategy process (SDK, idle strategy) RSS", "MiB",
-                                  await strategy_footprint(desk)))
+            await _resource_figures(desk, cpu_per_order, idle, rss_load, figures)
     return figures, raw
+
+
+async def _sequential(desk: Desk, plan: Plan, suffix: str, bare: dict[str, Any] | None, figures: list[Figure],
+                      raw: dict[str, Any]) -> dict[str, float]:
+    """One order at a time: ack and fill latency percentiles, and each process's CPU per order."""
+    cpu_before = desk.cpu()
+    seq_results, _ = await _run_load(desk, plan, "s", 1, plan.sequential, 1, sample_rss=False)
+    cpu_after = desk.cpu()
+    seq = seq_results[0]
+    orders_sent = plan.sequential + plan.warmup
+    cpu_per_order = {
+        name: (cpu_after[name] - cpu_before[name]) / orders_sent * 1e6
+        for name in sorted(cpu_after) if name in cpu_before
+    }
+    raw["cpu_us_per_order"] = cpu_per_order
+    ack = summarize(seq["latencies_ms"])
+    fill = summarize(seq["fill_ms"]) if seq["fill_ms"] else None
+    raw["seq"] = {"ack": ack.__dict__, "fill": fill.__dict__ if fill else None, "rejected": seq["rejected"]}
+    bare_seq = summarize(bare["seq"]["latencies_ms"]) if bare else None
+    targets = {"p50": Target("ratio_max", 2.0), "p90": None, "p99": Target("max", 5.0)}
+    for pct, target in targets.items():
+        figures.append(Figure(
+            SECTION, f"ack latency {pct}, sequential{suffix}", "ms", getattr(ack, pct),
+            getattr(bare_seq, pct) if bare_seq else None, target,
+            note="strategy request -> router (validation, risk, route) -> OrderAck; bare: 2 req/reply hops",
+        ))
+    for pct in targets:
+        figures.append(Figure(
+            SECTION, f"fill latency {pct}, sequential{suffix}", "ms", getattr(fill, pct) if fill else None,
+            getattr(bare_seq, pct) if bare_seq else None,
+            note=f"submit -> FILL report on desk.exec.<id> via the sim gateway ({seq['fills']}/{seq['count']} filled)",
+        ))
+    return cpu_per_order
+
+
+async def _throughput_runs(desk: Desk, plan: Plan, suffix: str, bare: dict[str, Any] | None, figures: list[Figure],
+                           raw: dict[str, Any]) -> dict[str, float]:
+    """Orders in flight from several processes, per router replica count; the peak RSS of the 1-router run."""
+    bare_rate = _throughput(bare["load"]) if bare else None
+    rss_load: dict[str, float] = {}
+    for replicas in plan.replicas:
+        while len(desk.procs["order_router"]) < replicas:
+            await desk.spawn("order_router")
+        results, peak = await _run_load(
+            desk, plan, f"t{replicas}r", plan.load_processes, plan.throughput_orders, plan.concurrency,
+            sample_rss=replicas == 1,
+        )
+        if replicas == 1:
+            rss_load = peak
+        rate = _throughput(results)
+        fill_rate = _throughput(results, key="fills_elapsed_s", count="fills")
+        raw.setdefault("throughput", {})[replicas] = {
+            "acks_per_s": rate, "fills_per_s": fill_rate,
+            "failures": sum(r["failures"] for r in results), "rejected": [r["rejected"] for r in results],
+        }
+        in_flight = plan.load_processes * plan.concurrency
+        figures.append(Figure(
+            SECTION, f"throughput, {replicas} router(s), 1 sim gateway{suffix}", "orders/s", rate, bare_rate,
+            Target("min", 5000) if replicas == 1 else None,
+            note=f"{in_flight} in flight from {plan.load_processes} processes; fills/s {fill_rate:,.0f}",
+        ))
+        figures.append(Figure(
+            SECTION, f"fill throughput, {replicas} router(s){suffix}", "fills/s", fill_rate, bare_rate,
+            note="FILL reports reaching the strategies",
+        ))
+    return rss_load
+
+
+async def _resource_figures(desk: Desk, cpu_per_order: dict[str, float], idle: dict[str, float | None],
+                            rss_load: dict[str, float], figures: list[Figure]) -> None:
+    """CPU per order and memory (idle, under load, one strategy process)."""
+    for name, micros in cpu_per_order.items():
+        figures.append(Figure(
+            "cpu", f"{name} CPU per order, sequential", "us", micros,
+            note="CPU time (user + system) each process spent per order of the sequential run, "
+                 "its fill and booking included",
+        ))
+    for name, mib in idle.items():
+        figures.append(Figure("memory", f"{name} RSS idle", "MiB", mib))
+    for name, mib in sorted(rss_load.items()):
+        figures.append(Figure("memory", f"{name} RSS peak under order load", "MiB", mib))
+    figures.append(Figure("memory", "strategy process (SDK, idle strategy) RSS", "MiB", await strategy_footprint(desk)))

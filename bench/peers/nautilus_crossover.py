@@ -38,23 +38,16 @@ PRICE_PRECISION = 4  # the bench's files have 4 decimals (see bench/backtest.py:
 OMS_CHOICES = ["netting", "hedging"]
 
 
-def run(files: list[str], fast: int = 10, slow: int = 30, size: int = 10, oms: str = "netting") -> dict[str, Any]:
-    t_import = time.perf_counter()
+def _crossover_strategy() -> tuple[Any, Any]:
+    """The strategy's config and class (defined here: Nautilus is imported inside the timed import)."""
     from decimal import Decimal
 
-    import pandas as pd
-    from nautilus_trader.backtest.config import BacktestEngineConfig
-    from nautilus_trader.backtest.engine import BacktestEngine
-    from nautilus_trader.config import LoggingConfig, StrategyConfig
+    from nautilus_trader.config import StrategyConfig
     from nautilus_trader.indicators import SimpleMovingAverage
-    from nautilus_trader.model.currencies import USD
     from nautilus_trader.model.data import Bar, BarType
-    from nautilus_trader.model.enums import AccountType, OmsType, OrderSide
+    from nautilus_trader.model.enums import OrderSide
     from nautilus_trader.model.events import OrderFilled
-    from nautilus_trader.model.identifiers import InstrumentId, Symbol, TraderId, Venue
-    from nautilus_trader.model.instruments import Equity
-    from nautilus_trader.model.objects import Money, Price, Quantity
-    from nautilus_trader.persistence.wranglers import BarDataWrangler
+    from nautilus_trader.model.identifiers import InstrumentId
     from nautilus_trader.trading.strategy import Strategy
 
     class SmaCrossConfig(StrategyConfig, frozen=True):
@@ -98,6 +91,27 @@ def run(files: list[str], fast: int = 10, slow: int = 30, size: int = 10, oms: s
                 self.buys += 1
             else:
                 self.sells += 1
+
+    return SmaCrossConfig, SmaCross
+
+
+def run(files: list[str], fast: int = 10, slow: int = 30, size: int = 10, oms: str = "netting") -> dict[str, Any]:
+    t_import = time.perf_counter()
+    from decimal import Decimal
+
+    import pandas as pd
+    from nautilus_trader.backtest.config import BacktestEngineConfig
+    from nautilus_trader.backtest.engine import BacktestEngine
+    from nautilus_trader.config import LoggingConfig
+    from nautilus_trader.model.currencies import USD
+    from nautilus_trader.model.data import BarType
+    from nautilus_trader.model.enums import AccountType, OmsType
+    from nautilus_trader.model.identifiers import InstrumentId, Symbol, TraderId, Venue
+    from nautilus_trader.model.instruments import Equity
+    from nautilus_trader.model.objects import Money, Price, Quantity
+    from nautilus_trader.persistence.wranglers import BarDataWrangler
+
+    SmaCrossConfig, SmaCross = _crossover_strategy()
 
     import_s = time.perf_counter() - t_import
 

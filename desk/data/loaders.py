@@ -719,6 +719,33 @@ def _fast_csv(path: Path, header: Sequence[str], first_row: str, kind: Format) -
     column of the first problem (or skips bad rows). The result equals the row-by-row parser's: Python's
     float parsing (pandas >= 3.1 converts correctly rounded), the symbols in order of first appearance, and the first rows
     re-read by the exact parser as a check (a file that does not agree is read row by row)."""
+    read = _fast_read(path, header, first_row)
+    if read is None:
+        return None
+    frame, index, ts_name, epoch_ns, ts_digits, numbers = read
+    n = len(frame)
+    table = _fast_symbols(frame[index["symbol"]], n)
+    ts = _fast_timestamps(frame[index[ts_name]], ts_digits, epoch_ns)
+    if table is None or ts is None:
+        return None
+    sym, symbols = table
+    columns: dict[str, F64] = {c: frame[index[c]].to_numpy(dtype=np.float64) for c in numbers}
+    if not _fast_values_clean(columns, n):
+        return None
+    # the exact parser on a sample of rows must agree (timestamps and numbers)
+    if not _sample_agrees(path, index, ts_name, epoch_ns, sym, symbols, ts, columns, n):
+        return None
+    o, h, lo, c = columns["open"], columns["high"], columns["low"], columns["close"]
+    data = BarData(symbols, np.ascontiguousarray(sym), np.ascontiguousarray(ts, dtype=np.int64), o, h, lo, c,
+                   columns.get("volume", np.zeros(n)), columns.get("vwap"), columns.get("trade_count"),
+                   report=LoadReport(), source=kind)
+    return _finish(data)
+
+
+def _fast_read(path: Path, header: Sequence[str], first_row: str) -> tuple[Any, dict[str, int], str, bool, bool,
+                                                                           list[str]] | None:
+    """pandas' reading of the file's columns the desk uses: (frame, column index by name, the timestamp
+    column's name, whether it is epoch ns, whether it is all digits, the number columns), or None."""
     try:
         import pandas as pd
     except ImportError:  # pragma: no cover - pandas comes with alpaca-py
@@ -728,7 +755,7 @@ def _fast_csv(path: Path, header: Sequence[str], first_row: str, kind: Format) -
         return None
     epoch_ns = "timestamp" not in lower
     ts_name = "start_ns" if epoch_ns else "timestamp"
-    numbers = [c for c in ("open", "high", "low", "close", "volume", "trade_count", "vwap") if c in lower]
+    numbers: list[str] = [c for c in ("open", "high", "low", "close", "volume", "trade_count", "vwap") if c in lower]
     index = {c: lower.index(c) for c in ("symbol", ts_name, *numbers)}
     cells = next(csv.reader([first_row]), [])
     if len(cells) != len(header):
@@ -745,59 +772,63 @@ def _fast_csv(path: Path, header: Sequence[str], first_row: str, kind: Format) -
                             skip_blank_lines=True, engine="c")
     except (ValueError, TypeError, OverflowError, OSError, UnicodeDecodeError, pd.errors.ParserError):
         return None
-    n = len(frame)
-    if n == 0:
+    if len(frame) == 0:
         return None
-    symbols_col = frame[index["symbol"]]
+    return frame, index, ts_name, epoch_ns, ts_digits, numbers
+
+
+def _fast_symbols(symbols_col: Any, n: int) -> tuple[I32, list[str]] | None:
+    """Each row's symbol number and the symbol table in order of first appearance (as the row-by-row
+    parser builds it), or None when a symbol is not one the desk accepts."""
     names = [str(c) for c in symbols_col.cat.categories]
     if any(not _SYMBOL_RE.match(name) for name in names):
         return None
     codes = symbols_col.cat.codes.to_numpy()
     if (codes < 0).any():
         return None
-    # symbol table in order of first appearance, as the row-by-row parser builds it
     first_seen = np.full(len(names), n, dtype=np.int64)
     np.minimum.at(first_seen, codes, np.arange(n, dtype=np.int64))
     order = np.argsort(first_seen, kind="stable")
     present = order[first_seen[order] < n]
     remap = np.full(len(names), -1, dtype=np.int32)
     remap[present] = np.arange(len(present), dtype=np.int32)
-    sym = remap[codes]
-    symbols = [names[i] for i in present.tolist()]
-    raw_ts = frame[index[ts_name]]
+    return remap[codes], [names[i] for i in present.tolist()]
+
+
+def _fast_timestamps(raw_ts: Any, ts_digits: bool, epoch_ns: bool) -> I64 | None:
+    """The timestamp column as epoch ns (from epoch ns, epoch seconds or ISO 8601), or None."""
+    import pandas as pd
+
     if ts_digits:
-        ts = raw_ts.to_numpy(dtype=np.int64)
+        ts: I64 = raw_ts.to_numpy(dtype=np.int64)
         if (ts < 0).any():
             return None
         if not epoch_ns:
             if (ts > 9_000_000_000).any():
                 return None
             ts = ts * 1_000_000_000
-    else:
-        try:
-            moments = pd.to_datetime(raw_ts, format="ISO8601", utc=True)
-        except (ValueError, TypeError, OverflowError):
-            return None
-        if moments.isna().any():
-            return None
-        ts = moments.to_numpy(dtype="datetime64[ns]").view(np.int64)
-    columns: dict[str, F64] = {c: frame[index[c]].to_numpy(dtype=np.float64) for c in numbers}
+        return ts
+    try:
+        moments = pd.to_datetime(raw_ts, format="ISO8601", utc=True)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if moments.isna().any():
+        return None
+    parsed: I64 = moments.to_numpy(dtype="datetime64[ns]").view(np.int64)
+    return parsed
+
+
+def _fast_values_clean(columns: dict[str, F64], n: int) -> bool:
+    """Every bar's prices are finite with low <= open, close <= high, a volume >= 0, no infinite vwap or
+    trade count."""
     o, h, lo, c = columns["open"], columns["high"], columns["low"], columns["close"]
     v = columns.get("volume", np.zeros(n))
     with np.errstate(invalid="ignore"):
         good = (np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c) & np.isfinite(v)
                 & (lo <= o) & (o <= h) & (lo <= c) & (c <= h) & (v >= 0))
     if not bool(good.all()):
-        return None
-    vw, count = columns.get("vwap"), columns.get("trade_count")
-    if any(a is not None and bool(np.isinf(a).any()) for a in (vw, count)):
-        return None
-    # the exact parser on a sample of rows must agree (timestamps and numbers)
-    if not _sample_agrees(path, index, ts_name, epoch_ns, sym, symbols, ts, columns, n):
-        return None
-    data = BarData(symbols, np.ascontiguousarray(sym), np.ascontiguousarray(ts, dtype=np.int64), o, h, lo, c, v,
-                   vw, count, report=LoadReport(), source=kind)
-    return _finish(data)
+        return False
+    return not any(a is not None and bool(np.isinf(a).any()) for a in (columns.get("vwap"), columns.get("trade_count")))
 
 
 def _sample_agrees(path: Path, index: dict[str, int], ts_name: str, epoch_ns: bool, sym: I32, symbols: list[str],

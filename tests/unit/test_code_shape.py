@@ -4,9 +4,8 @@ A function's length is counted from its ``def`` line to its last line (``end_lin
 its docstring, comments and blank lines count, its decorators do not (``ast`` puts ``lineno`` on the
 ``def``). Nested functions are measured on their own, and also count towards the one around them.
 
-Walked: the desk's own source. Left out: the generated protobuf code (``desk/v1``) and ``bench/peers``
-(scripts written in other frameworks' idiom, run by the bench's own venv against NautilusTrader and
-backtrader; mypy leaves them out too, pyproject.toml).
+Walked: the desk's own source, the bench and its peer scripts included. Left out: the generated
+protobuf code (``desk/v1``).
 """
 
 from __future__ import annotations
@@ -14,20 +13,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 WALKED = ("desk", "services", "strategy_sdk", "desk_client", "tools", "bench")
-LEFT_OUT = ("desk/v1", "bench/peers")
+LEFT_OUT = ("desk/v1",)
 MAX_LINES = 80
-
-#: Long functions in files another change owns, to be split there; each entry is removed with its
-#: split (keep this empty: it is a to-do list, not a licence). ``path:function`` -> lines when listed.
-ALLOWED: dict[str, int] = {
-    "desk/data/loaders.py:_fast_csv": 85,  # desk/data is another change's (issue 16)
-    "bench/orders.py:run": 90,  # bench/ is another change's (issue 16)
-}
-
 
 def _source_files() -> list[Path]:
     files = []
@@ -74,17 +63,12 @@ def test_the_walk_reads_the_source_and_leaves_out_generated_code() -> None:
     names = {path.relative_to(ROOT).as_posix() for path in _source_files()}
     assert "services/broker_gateway/service.py" in names
     assert "desk/bus/kv.py" in names
-    assert not any(name.startswith(("desk/v1/", "bench/peers/")) for name in names)
+    assert "bench/peers/nautilus_crossover.py" in names
+    assert not any(name.startswith("desk/v1/") for name in names)
 
 
 def test_no_function_is_longer_than_80_lines() -> None:
     found = long_functions()
-    too_long = {name: lines for name, lines in found.items() if name not in ALLOWED}
-    listing = "\n".join(f"  {name}: {lines} lines" for name, lines in sorted(too_long.items()))
-    assert not too_long, f"functions over {MAX_LINES} lines (split them along their seams):\n{listing}"
+    listing = "\n".join(f"  {name}: {lines} lines" for name, lines in sorted(found.items()))
+    assert not found, f"functions over {MAX_LINES} lines (split them along their seams):\n{listing}"
 
-
-@pytest.mark.parametrize("name", sorted(ALLOWED))
-def test_an_allowed_long_function_is_still_long(name: str) -> None:
-    """An entry of ALLOWED goes as soon as its function is split (or gone)."""
-    assert name in long_functions(), f"{name} is no longer over {MAX_LINES} lines: remove it from ALLOWED"
