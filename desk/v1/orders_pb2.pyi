@@ -27,6 +27,7 @@ class RejectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECT_REASON_UNKNOWN_ORDER: _ClassVar[RejectReason]
     REJECT_REASON_ORDER_CLOSED: _ClassVar[RejectReason]
     REJECT_REASON_INTERNAL: _ClassVar[RejectReason]
+    REJECT_REASON_VENUE_UNAVAILABLE: _ClassVar[RejectReason]
 REJECT_REASON_UNSPECIFIED: RejectReason
 REJECT_REASON_MALFORMED: RejectReason
 REJECT_REASON_INVALID_FIELD: RejectReason
@@ -44,6 +45,7 @@ REJECT_REASON_NO_MARKET_PRICE: RejectReason
 REJECT_REASON_UNKNOWN_ORDER: RejectReason
 REJECT_REASON_ORDER_CLOSED: RejectReason
 REJECT_REASON_INTERNAL: RejectReason
+REJECT_REASON_VENUE_UNAVAILABLE: RejectReason
 
 class OrderRequest(_message.Message):
     __slots__ = ("strategy_id", "client_order_id", "symbol", "side", "type", "time_in_force", "qty", "notional", "limit_price", "stop_price", "extended_hours")

@@ -5,7 +5,8 @@ All decisions live in :mod:`desk.core.orders` and :mod:`desk.core.risk`, the kil
 :mod:`services.order_router.acks` (both pure); this module only moves messages:
 
 * ``submit`` (``desk.order.submit.*``): decode -> subject/fields -> known strategy and symbol -> halt
-  -> idempotency -> risk -> publish ``RoutedOrder`` (``Nats-Msg-Id`` = order id) -> reply, and store
+  -> idempotency -> a gateway serves ``ROUTER_VENUE`` (:mod:`.venue`; else ``VENUE_UNAVAILABLE``) -> risk
+  -> publish ``RoutedOrder`` (``Nats-Msg-Id`` = order id) -> reply, and store
   the ack in ``DESK_ORDER_IDS`` (written as the reply goes out, not awaited before it). Up to
   ``SUBMIT_CONCURRENCY`` orders are handled at once: the risk check and the reservation are one step
   (no await between), a reservation is released if routing fails, and a request repeating a client
@@ -53,16 +54,10 @@ from desk.core.orders import ValidOrder, check_known, refusal, validate_cancel, 
 from desk.core.risk import Clock, Limits, VirtualAccount, report_numbers
 from desk.specs import validate_spec
 from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2, strategy_pb2
-from services.order_router.acks import (
-    AckT,
-    OrderIds,
-    accepted_ack,
-    duplicate_of,
-    refused_ack,
-    stored_ack_matches,
-)
+from services.order_router.acks import AckT, OrderIds, accepted_ack, duplicate_of, refused_ack, stored_ack_matches
 from services.order_router.halts import Halts
 from services.order_router.settings import Settings
+from services.order_router.venue import VenueCheck
 
 NAME = "order_router"
 
@@ -107,6 +102,7 @@ class OrderRouterService:
         #: accepted within the bucket's TTL (expiry does not reach a watch: see prune_order_ids)
         self.order_ids = OrderIds(ORDER_IDS_TTL, ORDER_IDS_PRUNE_EVERY, time.time())
         self._storing: set[asyncio.Task[None]] = set()  # acks being written to DESK_ORDER_IDS
+        self.venue: VenueCheck | None = None  # is ROUTER_VENUE served by a gateway? (venue.py)
 
     # -- start-up ---------------------------------------------------------------------------------
     async def start(self, runtime: ServiceRuntime) -> None:
@@ -114,6 +110,7 @@ class OrderRouterService:
         js = runtime.js
         await streams.ensure_stream(js, streams.ORDERS)
         await streams.ensure_stream(js, streams.EXECUTIONS)
+        self.venue = VenueCheck(js, self.settings.router_venue, self.settings.router_venue_wait)
         for bucket in (subjects.KV_PRICES, subjects.KV_STRATEGIES, subjects.KV_RISK, subjects.KV_ORDER_IDS):
             self._kv[bucket] = await streams.ensure_bucket(js, bucket)
 
@@ -316,6 +313,9 @@ class OrderRouterService:
     ) -> orders_pb2.OrderAck:
         if key in self.order_ids:
             return await self._duplicate_ack(order, key, reason="stored")
+        if self.venue is not None and not await self.venue.served():
+            log.warning("order.venue_unavailable", venue=self.settings.router_venue, symbol=order.symbol)
+            raise refusal("VENUE_UNAVAILABLE", self.venue.reason())
 
         # From the risk check to the reservation nothing awaits: a concurrent order of the same
         # strategy sees this one's reservation. Halts and specs may have changed while a request
@@ -413,9 +413,9 @@ class OrderRouterService:
                 headers=headers,
                 stream=subjects.STREAM_ORDERS,
             )
-        except Exception as exc:  # noqa: BLE001 - answered as a specific, retryable refusal
+        except Exception as exc:  # answered as a specific, retryable refusal
             log.error("order.route_failed", order_id=routed.order_id, error=repr(exc))
-            raise refusal("INTERNAL", f"could not route the order ({exc!r}); retry with the same client_order_id")
+            raise refusal("INTERNAL", f"could not route the order ({exc!r}); retry with the same client_order_id") from exc
         return bool(ack.duplicate)
 
     def _order_refused(

@@ -16,6 +16,11 @@ class Settings(BusSettings):
     router_venue: str = Field(
         default="sim", pattern=r"^[a-z0-9_-]{1,16}$", description="venue whose gateway gets routed orders"
     )
+    router_venue_wait: float = Field(
+        default=2.0, ge=0, le=4.0,
+        description="seconds an order waits for ROUTER_VENUE's gateway to appear (its durable consumer gateway-<venue> "
+        "on ORDERS) before it is refused as VENUE_UNAVAILABLE; covers a desk that is just starting",
+    )
     router_default_max_order_notional: Decimal = Field(
         default=DEFAULT_LIMITS.max_order_notional, gt=0, description="largest order notional when a strategy's spec sets none"
     )

@@ -13,8 +13,11 @@ fake Alpaca (tests/fakes/alpaca; real REST and trade_updates protocol, driven th
     sent to Alpaca (bravo has exactly 4, all crossed), and the books end equal.
 (c) killed earlier still: the pull record is stored and the cancel of alpha's Alpaca order is being
     retried (5xx): after the restart bravo's routed order comes back and is crossed then, once.
+(d) the lock-out rule: alpha bids below the market, bravo's market sell pulls the bid and rests at
+    Alpaca; the gateway is killed before the re-place: after the restart the bid stays off Alpaca
+    while bravo's sell rests, and goes back (``.2``, its 10) once Alpaca fills bravo's sell.
 
-Both end with ``desk reconcile --json`` (the CLI, keys in its environment) clean.
+All end with ``desk reconcile --json`` (the CLI, keys in its environment) clean.
 """
 
 from __future__ import annotations
@@ -305,3 +308,56 @@ async def test_a_kill_between_the_pull_record_and_the_cancel_crosses_once_after_
         books = await executions(desk)
         assert books.orders[A_ID].finals == [] and books.orders[A_ID].filled == Decimal(4)
         await alpaca_fills_the_rest_and_books_are_exact(desk, fake)
+
+
+async def test_a_kill_while_a_lock_out_pull_waits_to_re_place_completes_the_re_place_after_the_restart(
+    desk: Desk, fake: FakeAlpaca
+) -> None:
+    """(d) The lock-out rule (issue 13, item 2): alpha bids 10 at 140, below the market (153: no
+    cross); bravo sells 4 at market. The desk pulls alpha's bid (pull record first), sends bravo's
+    sell - which rests at Alpaca (the fake does not fill it yet) - and would place alpha's 10 again
+    once bravo's sell is done. kill -9 the gateway while it waits; restart. alpha's bid must stay
+    off Alpaca while bravo's sell rests there (no 42210000), go back as ``alpha.a-1.2`` with its 10
+    once Alpaca fills bravo's sell, and the books end exact and reconciled."""
+    assert desk.nc is not None
+    async with alpaca_quotes(desk.nc):
+        code, out = await desk_reconcile(desk, fake, "--set-baseline")
+        assert code == 0, out
+        figures = Figures()
+        ack = await submit(desk.nc, order("alpha", "a-1", common_pb2.SIDE_BUY, "10", limit="140"), figures)
+        assert ack.accepted, ack
+        await poll(lambda: at_alpaca(fake, "alpha.a-1"), "alpha's 10 resting at Alpaca")
+        fake.call(lambda: setattr(fake, "auto_fill", False))  # bravo's market sell will rest at Alpaca
+        ack = await submit(desk.nc, order("bravo", "b-1", common_pb2.SIDE_SELL, "4"), figures)
+        assert ack.accepted, ack
+        await poll(lambda: at_alpaca(fake, "bravo.b-1"), "bravo's sell sent to Alpaca")
+        assert at_alpaca(fake, "alpha.a-1") == ("canceled", Decimal(10), Decimal(0))  # pulled for it
+
+        await kill_and_restart_gateway(desk)
+
+        await settled(desk)  # bravo's routed order came back (unacked at the kill): not sent again
+        assert desk_orders_at_alpaca(fake, "bravo") == ["bravo.b-1"]
+        assert at_alpaca(fake, "alpha.a-1.2") is None  # not beside bravo's resting sell
+        books = await executions(desk)
+        assert books.orders[A_ID].finals == [] and books.orders[A_ID].filled == 0, books.orders[A_ID]
+
+        fake.fill("bravo.b-1", "4", "153")  # done at Alpaca: alpha's bid goes back with its 10
+        await poll(lambda: at_alpaca(fake, "alpha.a-1.2"), "alpha's 10 placed again once bravo's sell is done")
+        assert at_alpaca(fake, "alpha.a-1.2") == ("new", Decimal(10), Decimal(0))
+        fake.fill("alpha.a-1.2", "10", "140")
+
+        async def alpha_filled() -> Broker | None:
+            books = await executions(desk)
+            trail = books.orders.get(A_ID)
+            return books if trail is not None and trail.status == E.ORDER_STATUS_FILLED else None
+        books = await poll(alpha_filled, "alpha's order FILLED once Alpaca fills its 10")
+        alpha, bravo = books.orders[A_ID], books.orders[B_ID]
+        assert (alpha.filled, alpha.finals) == (Decimal(10), [E.EXEC_TYPE_FILL])
+        assert (bravo.filled, bravo.status) == (Decimal(4), E.ORDER_STATUS_FILLED)
+        assert desk_orders_at_alpaca(fake, "alpha") == ["alpha.a-1", "alpha.a-1.2"]
+        assert all(code != 42210000 for _, code in fake.call(lambda: list(fake.refusals)))
+        assert max(books.execution_ids.values()) == 1
+        await settled(desk)
+        code, out = await desk_reconcile(desk, fake, "--json")
+        report = json.loads(out) if out.strip().startswith("{") else {}
+        assert code == 0 and report.get("clean") is True, out

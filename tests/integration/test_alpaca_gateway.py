@@ -418,18 +418,221 @@ async def test_two_strategies_cross_inside_the_desk_without_a_wash_trade_and_boo
     assert reconcile.format_differences([], "alpaca") == ["reconcile: ledger and alpaca agree on every position"]
 
 
-async def test_an_order_that_cannot_cross_and_would_wash_trade_is_refused_by_the_desk_not_alpaca(
+def no_wash_refusal(fake: FakeAlpaca) -> bool:
+    return all(code != 42210000 for _, code in fake.refusals)
+
+
+async def positions_agree(nc: Client) -> None:
+    """The strategies' positions from EXECUTIONS summed per symbol = the account's at Alpaca."""
+    books = ledger_positions(await stream_reports(nc))
+    broker = await request(nc, "desk.broker.alpaca.positions", ledger_pb2.LedgerQuery(), ledger_pb2.PositionsReply)
+    assert reconcile.compare(books, broker.positions) == []
+
+
+def fills_once(stored: list[executions_pb2.ExecutionReport]) -> None:
+    ids = [r.execution_id for r in stored if r.fill_qty]
+    assert len(ids) == len(set(ids))
+
+
+async def test_a_market_buy_against_another_strategys_far_sell_pulls_it_sends_and_places_it_again(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    """The lock-out of issue 13: alpha's sell far above the market no longer blocks beta's buy."""
+    await quote(nc, gateway, "AAPL", "99.5", "100.5")
+    await route(nc, routed("a-buy", strategy="alpha", qty="10"))
+    await route(nc, routed("a-sell", strategy="alpha", side=common_pb2.SIDE_SELL, type=common_pb2.ORDER_TYPE_LIMIT,
+                           limit_price="150", time_in_force=common_pb2.TIME_IN_FORCE_GTC, qty="10"))
+    assert await reports.kinds(3) == ["NEW", "FILL", "NEW"]
+    fake.fill("alpha.c-a-sell", "3", "150")  # alpha's sell fills 3 of 10 at Alpaca first
+    assert (await reports.next()).cum_qty == "3"
+    await route(nc, routed("b-buy", strategy="beta", qty="4"))  # at Alpaca: 42210000 while alpha's rests
+    beta_fill = await reports.until(lambda r: r.order_id == oid("b-buy", "beta") and bool(r.fill_qty))
+    assert (beta_fill.exec_type, beta_fill.fill_qty, beta_fill.fill_price) == (E.EXEC_TYPE_FILL, "4", "100")
+    assert "alpaca execution" in beta_fill.text  # filled at Alpaca, not crossed
+    await until(lambda: fake.call(lambda: any(o.client_order_id == "alpha.c-a-sell.2" for o in fake.orders.values())),
+                "alpha's leaves placed again")
+    again = fake.order("alpha.c-a-sell.2")
+    assert (again.status, again.qty, again.limit_price, again.time_in_force) == ("new", 7, 150, "gtc")
+    assert fake.order("alpha.c-a-sell").status == "canceled" and fake.order("beta.c-b-buy").status == "filled"
+    assert no_wash_refusal(fake)
+    # alpha's order is alive, with its fills: never canceled for alpha; Alpaca fills its 7 later
+    fake.fill("alpha.c-a-sell.2", "7", "150")
+    last = await reports.until(lambda r: r.order_id == oid("a-sell") and r.exec_type == E.EXEC_TYPE_FILL)
+    assert (last.cum_qty, last.leaves_qty, last.avg_price) == ("10", "0", "150")
+    stored = await stream_reports(nc)
+    alpha = [E.ExecType.Name(r.exec_type) for r in stored if r.order_id == oid("a-sell")]
+    assert alpha == ["EXEC_TYPE_NEW", "EXEC_TYPE_PARTIAL_FILL", "EXEC_TYPE_FILL"]
+    fills_once(stored)
+    await positions_agree(nc)
+
+
+async def test_without_a_fresh_price_a_market_order_still_works_by_pull_send_re_place(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    await quote(nc, gateway, "AAPL", "99.5", "100.5", age=30)  # the Alpaca feed's, but 30 s old
+    await route(nc, routed("a-buy", strategy="alpha", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="101", qty="10"))
+    assert await reports.kinds(1) == ["NEW"]
+    with watch_logs() as logs:
+        await route(nc, routed("b-sell", strategy="beta", side=common_pb2.SIDE_SELL, qty="6"))
+        sold = await reports.until(lambda r: r.order_id == oid("b-sell", "beta") and bool(r.fill_qty))
+        await until(lambda: fake.call(lambda: any(o.client_order_id == "alpha.c-a-buy.2" for o in fake.orders.values())),
+                    "alpha's bid placed again")
+    assert (sold.fill_qty, sold.fill_price) == ("6", "100") and "internal cross" not in sold.text
+    assert fake.order("alpha.c-a-buy.2").qty == 10 and no_wash_refusal(fake)
+    not_crossed = [e for e in logs.entries if e["event"] == "order.not_crossed"]
+    assert [(e["symbol"], "its quote mid is 30.0 s old" in e["reason"]) for e in not_crossed] == [("AAPL", True)]
+
+    # a fresh Alpaca trade, the quote still stale: the cross is priced at the last trade
+    await trade(nc, gateway, "AAPL", "100.25")
+    await route(nc, routed("b-sell2", strategy="beta", side=common_pb2.SIDE_SELL, qty="6"))
+    crossed = await reports.until(lambda r: r.order_id == oid("b-sell2", "beta") and bool(r.fill_qty))
+    assert (crossed.fill_qty, crossed.fill_price) == ("6", "100.25") and "internal cross" in crossed.text
+
+    # a fresh quote wins over the trade: its mid
+    await quote(nc, gateway, "AAPL", "100.4", "100.6")
+    await route(nc, routed("b-sell3", strategy="beta", side=common_pb2.SIDE_SELL, qty="1"))
+    crossed = await reports.until(lambda r: r.order_id == oid("b-sell3", "beta") and bool(r.fill_qty))
+    assert crossed.fill_price == "100.5"
+    await positions_agree(nc)
+
+
+async def test_synthetic_prices_never_price_a_cross_for_the_alpaca_account(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    with watch_logs() as logs:
+        await quote(nc, gateway, "AAPL", "99.5", "100.5", source="synthetic")  # fresh, from MD_FEED=synthetic
+        await trade(nc, gateway, "AAPL", "80", source="replay")
+    assert gateway.broker.market.quotes == {} and gateway.broker.market.ignored == {"synthetic": 1, "replay": 1}
+    assert {e["source"] for e in logs.entries if e["event"] == "marketdata.not_alpaca"} == {"synthetic", "replay"}
+    await put_price(nc, "AAPL", "100")
+    await route(nc, routed("a-buy", strategy="alpha", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="101", qty="10"))
+    assert await reports.kinds(1) == ["NEW"]
+    await route(nc, routed("b-sell", strategy="beta", side=common_pb2.SIDE_SELL, qty="6"))
+    sold = await reports.until(lambda r: r.order_id == oid("b-sell", "beta") and bool(r.fill_qty))
+    assert "internal cross" not in sold.text and not any("internal cross" in r.text for r in reports.seen)
+    assert no_wash_refusal(fake)
+
+
+async def test_a_resting_stop_of_another_strategy_is_pulled_for_a_market_order_and_placed_again(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    await quote(nc, gateway, "AAPL", "99.5", "100.5")
+    await route(nc, routed("a-buy", strategy="alpha", qty="5"))
+    await route(nc, routed("a-stop", strategy="alpha", side=common_pb2.SIDE_SELL, type=common_pb2.ORDER_TYPE_STOP,
+                           stop_price="90", time_in_force=common_pb2.TIME_IN_FORCE_GTC, qty="5"))
+    assert await reports.kinds(3) == ["NEW", "FILL", "NEW"]
+    await route(nc, routed("b-buy", strategy="beta", qty="2"))  # Alpaca refuses a buy opposite a stop: 42210000
+    bought = await reports.until(lambda r: r.order_id == oid("b-buy", "beta") and bool(r.fill_qty))
+    assert (bought.exec_type, bought.fill_qty) == (E.EXEC_TYPE_FILL, "2")
+    await until(lambda: fake.call(lambda: any(o.client_order_id == "alpha.c-a-stop.2" for o in fake.orders.values())),
+                "alpha's stop placed again")
+    stop_again = fake.order("alpha.c-a-stop.2")
+    assert (stop_again.status, stop_again.type, stop_again.qty, stop_again.stop_price) == ("new", "stop", 5, 90)
+    assert no_wash_refusal(fake)
+    await positions_agree(nc)
+
+
+async def test_a_limit_that_would_rest_opposite_another_strategys_stop_waits_at_the_desk_then_works(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    await quote(nc, gateway, "AAPL", "99.5", "100.5")
+    await route(nc, routed("a-buy", strategy="alpha", qty="5"))
+    await route(nc, routed("a-stop", strategy="alpha", side=common_pb2.SIDE_SELL, type=common_pb2.ORDER_TYPE_STOP,
+                           stop_price="90", time_in_force=common_pb2.TIME_IN_FORCE_GTC, qty="5"))
+    assert await reports.kinds(3) == ["NEW", "FILL", "NEW"]
+    # beta bids 95 (would rest at 100): it cannot rest at Alpaca beside alpha's stop, which was first
+    await route(nc, routed("b-bid", strategy="beta", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="95", qty="3"))
+    held = await reports.until(lambda r: r.order_id == oid("b-bid", "beta"))
+    assert held.exec_type == E.EXEC_TYPE_NEW and "held at the desk" in held.text and "alpha" in held.text
+    assert not fake.call(lambda: any(o.client_order_id.startswith("beta.") for o in fake.orders.values()))
+    book = await request(nc, "desk.broker.alpaca.book", ledger_pb2.LedgerQuery(), ledger_pb2.OrdersReply)
+    assert oid("b-bid", "beta") in {o.order_id for o in book.orders}  # open at the desk
+    # the market comes down to 95: beta's bid would execute now: alpha's stop is pulled, the bid sent
+    await quote(nc, gateway, "AAPL", "94.9", "95.1")
+    await until(lambda: fake.call(lambda: any(o.client_order_id == "beta.c-b-bid" for o in fake.orders.values())),
+                "beta's bid sent to Alpaca")
+    assert fake.order("alpha.c-a-stop").status == "canceled"
+    fake.fill("beta.c-b-bid", "3", "95")  # done at Alpaca: alpha's stop goes back
+    await until(lambda: fake.call(lambda: any(o.client_order_id == "alpha.c-a-stop.2" for o in fake.orders.values())),
+                "alpha's stop placed again once beta's bid is done")
+    assert fake.order("alpha.c-a-stop.2").qty == 5 and no_wash_refusal(fake)
+    await positions_agree(nc)
+
+
+async def test_an_order_held_at_the_desk_is_still_held_after_a_gateway_restart_and_then_works(
+    nats_server: NatsServer, nc: Client, fake: FakeAlpaca, reports: Reports
+) -> None:
+    first = await start_gateway(nats_server, fake)
+    await quote(nc, first, "AAPL", "99.5", "100.5")
+    await route(nc, routed("a-buy", strategy="alpha", qty="5"))
+    await route(nc, routed("a-stop", strategy="alpha", side=common_pb2.SIDE_SELL, type=common_pb2.ORDER_TYPE_STOP,
+                           stop_price="90", time_in_force=common_pb2.TIME_IN_FORCE_GTC, qty="5"))
+    await route(nc, routed("b-bid", strategy="beta", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="95", qty="3"))
+    held = await reports.until(lambda r: r.order_id == oid("b-bid", "beta"))
+    assert "held at the desk" in held.text
+    assert await first.service.stop() == 0
+    second = await start_gateway(nats_server, fake)  # EXECUTIONS says b-bid is held
+    try:
+        assert [o.client_order_id for o in second.broker.book.held_orders()] == ["c-b-bid"]
+        await quote(nc, second, "AAPL", "94.9", "95.1")
+        await until(lambda: fake.call(lambda: any(o.client_order_id == "beta.c-b-bid" for o in fake.orders.values())),
+                    "beta's bid sent to Alpaca after the restart")
+        fake.fill("beta.c-b-bid", "3", "95")
+        await until(lambda: fake.call(lambda: any(o.client_order_id == "alpha.c-a-stop.2" for o in fake.orders.values())),
+                    "alpha's stop placed again")
+        assert no_wash_refusal(fake)
+        await positions_agree(nc)
+    finally:
+        await second.service.stop()
+
+
+async def test_an_order_held_at_the_desk_can_be_canceled_by_its_strategy(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    await quote(nc, gateway, "AAPL", "99.5", "100.5")
+    await route(nc, routed("a-stop", strategy="alpha", side=common_pb2.SIDE_SELL, type=common_pb2.ORDER_TYPE_STOP,
+                           stop_price="90", time_in_force=common_pb2.TIME_IN_FORCE_GTC, qty="5"))
+    assert await reports.kinds(1) == ["NEW"]
+    await route(nc, routed("b-bid", strategy="beta", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="95", qty="3"))
+    assert "held at the desk" in (await reports.next()).text
+    await route(nc, cancel("b-bid", "beta"))
+    ended = await reports.next()
+    assert (ended.order_id, ended.exec_type, ended.status) == (oid("b-bid", "beta"), E.EXEC_TYPE_CANCELED,
+                                                              E.ORDER_STATUS_CANCELED)
+
+
+async def test_an_order_against_the_strategys_own_resting_order_is_refused_naming_it(
     nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
 ) -> None:
     await quote(nc, gateway, "AAPL", "99.5", "100.5")
     await route(nc, routed("low-bid", strategy="alpha", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="90", qty="5"))
     assert await reports.kinds(1) == ["NEW"]
-    await route(nc, routed("dump", strategy="beta", side=common_pb2.SIDE_SELL, qty="3"))  # alpha won't pay 100
+    await route(nc, routed("dump", strategy="alpha", side=common_pb2.SIDE_SELL, qty="3"))
     refused = await reports.next()
-    assert (refused.order_id, refused.exec_type) == (oid("dump", "beta"), E.EXEC_TYPE_REJECTED)
-    assert "wash trade" in refused.text and "alpha" in refused.text
-    assert ("POST", "/v2/orders") in fake.requests and all(code != 42210000 for _, code in fake.refusals)
+    assert (refused.order_id, refused.exec_type) == (oid("dump"), E.EXEC_TYPE_REJECTED)
+    assert "this strategy's own resting buy limit 90 c-low-bid" in refused.text and "cancel that order first" in refused.text
+    assert no_wash_refusal(fake)
     assert [o.client_order_id for o in fake.call(lambda: list(fake.orders.values()))] == ["alpha.c-low-bid"]
+
+
+async def test_a_notional_order_is_crossed_at_the_fair_price_converted_to_shares(
+    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
+) -> None:
+    await quote(nc, gateway, "AAPL", "99.5", "100.5")
+    await route(nc, routed("a-sell", strategy="alpha", side=common_pb2.SIDE_SELL, type=common_pb2.ORDER_TYPE_LIMIT,
+                           limit_price="99", time_in_force=common_pb2.TIME_IN_FORCE_GTC, qty="10"))
+    assert await reports.kinds(1) == ["NEW"]
+    await route(nc, routed("b-usd", strategy="beta", qty="", notional="500"))  # $500 at 100: 5 shares
+    bought = await reports.until(lambda r: r.order_id == oid("b-usd", "beta") and bool(r.fill_qty))
+    assert (bought.exec_type, bought.fill_qty, bought.fill_price, bought.status) == (
+        E.EXEC_TYPE_FILL, "5", "100", E.ORDER_STATUS_FILLED)
+    assert "internal cross" in bought.text
+    await until(lambda: fake.call(lambda: any(o.client_order_id == "alpha.c-a-sell.2" for o in fake.orders.values())),
+                "alpha's leaves placed again")
+    assert fake.order("alpha.c-a-sell.2").qty == 5
+    assert not fake.call(lambda: any(o.client_order_id.startswith("beta.") for o in fake.orders.values()))
+    assert no_wash_refusal(fake)
+    await positions_agree(nc)
 
 
 async def test_one_strategys_resting_sell_does_not_block_anothers_sell_of_the_held_shares(
@@ -510,58 +713,6 @@ async def test_crossing_a_gateway_restart_and_the_real_ledger_end_with_a_clean_r
 
 
 # --- the price of an internal cross ------------------------------------------------------------------
-
-
-async def test_a_cross_without_a_fresh_alpaca_price_is_not_made_and_the_refusal_says_why(
-    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
-) -> None:
-    await quote(nc, gateway, "AAPL", "99.5", "100.5", age=30)  # the Alpaca feed's, but 30 s old
-    await put_price(nc, "AAPL", "100")
-    await route(nc, routed("a-buy", strategy="alpha", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="101", qty="10"))
-    assert await reports.kinds(1) == ["NEW"]
-    with watch_logs() as logs:
-        await route(nc, routed("b-sell", strategy="beta", side=common_pb2.SIDE_SELL, qty="6"))
-        refused = await reports.next()
-    assert (refused.order_id, refused.exec_type) == (oid("b-sell", "beta"), E.EXEC_TYPE_REJECTED)
-    assert "wash trade" in refused.text
-    assert ("not crossed inside the desk: no Alpaca price for AAPL at most 5 s old (ALPACA_CROSS_MAX_AGE): "
-            "its quote mid is 30.0 s old") in refused.text
-    not_crossed = [e for e in logs.entries if e["event"] == "order.not_crossed"]
-    assert [(e["symbol"], "30.0 s old" in e["reason"]) for e in not_crossed] == [("AAPL", True)]
-    assert fake.order("alpha.c-a-buy").status == "new"  # alpha's order was not touched
-
-    # a fresh Alpaca trade, the quote still stale: the cross is priced at the last trade
-    await trade(nc, gateway, "AAPL", "100.25")
-    await route(nc, routed("b-sell2", strategy="beta", side=common_pb2.SIDE_SELL, qty="6"))
-    crossed = await reports.until(lambda r: r.order_id == oid("b-sell2", "beta") and bool(r.fill_qty))
-    assert (crossed.fill_qty, crossed.fill_price) == ("6", "100.25") and "internal cross" in crossed.text
-
-    # a fresh quote wins over the trade: its mid
-    await quote(nc, gateway, "AAPL", "100.4", "100.6")
-    await route(nc, routed("b-sell3", strategy="beta", side=common_pb2.SIDE_SELL, qty="1"))
-    crossed = await reports.until(lambda r: r.order_id == oid("b-sell3", "beta") and bool(r.fill_qty))
-    assert crossed.fill_price == "100.5"
-
-
-async def test_synthetic_prices_never_price_a_cross_for_the_alpaca_account(
-    nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
-) -> None:
-    with watch_logs() as logs:
-        await quote(nc, gateway, "AAPL", "99.5", "100.5", source="synthetic")  # fresh, from MD_FEED=synthetic
-        await trade(nc, gateway, "AAPL", "80", source="replay")
-    assert gateway.broker.market.quotes == {} and gateway.broker.market.ignored == {"synthetic": 1, "replay": 1}
-    assert {e["source"] for e in logs.entries if e["event"] == "marketdata.not_alpaca"} == {"synthetic", "replay"}
-    await put_price(nc, "AAPL", "100")
-    await route(nc, routed("a-buy", strategy="alpha", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="101", qty="10"))
-    assert await reports.kinds(1) == ["NEW"]
-    await route(nc, routed("b-sell", strategy="beta", side=common_pb2.SIDE_SELL, qty="6"))
-    refused = await reports.next()
-    assert refused.exec_type == E.EXEC_TYPE_REJECTED and not any(r.fill_qty for r in reports.seen)
-    assert refused.text.endswith("the feed is replay/synthetic, whose prices never price a cross (MD_FEED=alpaca)")
-    # an order with nothing opposite resting goes to Alpaca as ever, whatever the feed
-    fake.set_price("MSFT", "50")
-    await route(nc, routed("b-buy", strategy="beta", symbol="MSFT", qty="1"))
-    assert await reports.kinds(2) == ["NEW", "FILL"]
 
 
 # --- one switch: BROKER=alpaca ---------------------------------------------------------------------

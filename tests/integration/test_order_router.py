@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from structlog.testing import capture_logs
 
-from desk.bus import codec, subjects
+from desk.bus import codec, streams, subjects
 from desk.bus import kv as desk_kv
 from desk.bus.request import ERROR_CODE_HEADER, request, request_raw
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
@@ -19,6 +20,7 @@ from desk.core.ids import order_id_for
 from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2, strategy_pb2
 from services.order_router.service import NAME, OrderRouterService
 from services.order_router.settings import Settings
+from services.order_router.venue import gateway_durable
 
 pytestmark = pytest.mark.integration
 
@@ -29,11 +31,21 @@ async def _put(nc: Client, bucket: str, key: str, message: Any) -> None:
     await desk_kv.put(nc.jetstream(), bucket, key, message)
 
 
+async def serve_venue(nc: Client, venue: str = "sim") -> None:
+    """What a gateway of ``venue`` does first: its durable consumer on ORDERS, so the router routes to it."""
+    js = nc.jetstream()
+    await streams.ensure_stream(js, streams.ORDERS)
+    await js.add_consumer(subjects.STREAM_ORDERS, ConsumerConfig(
+        durable_name=gateway_durable(venue), ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+        filter_subject=subjects.broker_orders(venue)))
+
+
 async def _set_up_desk(nc: Client) -> None:
     for strategy_id in ("alpha", "beta"):
         spec = strategy_pb2.StrategySpec(strategy_id=strategy_id, member_id=f"m-{strategy_id}", initial_cash="100000")
         await _put(nc, subjects.KV_STRATEGIES, strategy_id, spec)
     await _put(nc, subjects.KV_PRICES, "AAPL", marketdata_pb2.Trade(symbol="AAPL", price="100", size="1", ts_ns=1))
+    await serve_venue(nc)
 
 
 class RouterHarness:
@@ -384,3 +396,47 @@ async def test_a_cancel_through_another_replica_right_after_the_ack_finds_the_or
         assert kinds == ["new_order", "cancel"]
     finally:
         await second.stop()
+
+
+async def test_a_venue_no_gateway_serves_refuses_orders_with_the_reason_and_routes_nothing(
+    nats_server: NatsServer, nc: Client
+) -> None:
+    await _set_up_desk(nc)  # serves sim; the router is set to alpaca, whose gateway never ran
+    harness = RouterHarness(nats_server, nc)
+    harness.settings = Settings(nats_url=nats_server.url, router_venue="alpaca", router_venue_wait=0.5)
+    router = await harness.start()
+    try:
+        with capture_logs() as logs:
+            ack = await harness.submit(client_order_id="lost-1")
+        assert (ack.accepted, ack.reason) == (False, orders_pb2.REJECT_REASON_VENUE_UNAVAILABLE)
+        assert ack.message.startswith("no broker gateway serves venue 'alpaca' (no consumer gateway-alpaca on ORDERS)")
+        assert [e["venue"] for e in logs if e["event"] == "order.venue_unavailable"] == ["alpaca"]
+        assert await _routed(nc) == [] and router.account("alpha").buying_power == 100000
+        # the gateway of alpaca starts (its consumer): the next order is routed, checked once, then cached
+        await serve_venue(nc, "alpaca")
+        assert (await harness.submit(client_order_id="found-1")).accepted
+        checks = router.venue.checks if router.venue else 0
+        assert (await harness.submit(client_order_id="found-2")).accepted
+        assert router.venue is not None and router.venue.checks == checks
+        assert [o.new_order.client_order_id for o in await _routed(nc)] == ["found-1", "found-2"]
+    finally:
+        await harness.stop()
+
+
+async def test_an_order_sent_while_the_gateway_is_starting_waits_for_its_consumer(
+    nats_server: NatsServer, nc: Client
+) -> None:
+    await _set_up_desk(nc)
+    harness = RouterHarness(nats_server, nc)
+    harness.settings = Settings(nats_url=nats_server.url, router_venue="alpaca", router_venue_wait=3)
+    await harness.start()
+    try:
+        async def gateway_comes_up() -> None:
+            await asyncio.sleep(0.5)
+            await serve_venue(nc, "alpaca")
+        starting = asyncio.create_task(gateway_comes_up())
+        ack = await harness.submit(client_order_id="early-1")
+        await starting
+        assert ack.accepted and [o.new_order.client_order_id for o in await _routed(nc)] == ["early-1"]
+    finally:
+        await harness.stop()

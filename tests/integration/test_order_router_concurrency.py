@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
-from desk.bus import codec, streams, subjects
+from desk.bus import codec, subjects
 from desk.bus import kv as desk_kv
 from desk.bus.request import request
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
@@ -22,6 +22,7 @@ from desk.core.ids import order_id_for
 from desk.v1 import common_pb2, marketdata_pb2, orders_pb2, strategy_pb2
 from services.order_router.service import NAME, OrderRouterService
 from services.order_router.settings import Settings
+from tests.integration.test_order_router import serve_venue
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +70,7 @@ async def router(nats_server: NatsServer, nc: Client) -> AsyncIterator[GatedRout
     spec = strategy_pb2.StrategySpec(strategy_id="alpha", member_id="m-alpha", initial_cash="100000", risk=limits)
     await _put(nc, subjects.KV_STRATEGIES, "alpha", spec)
     await _put(nc, subjects.KV_PRICES, "AAPL", marketdata_pb2.Trade(symbol="AAPL", price="100", size="1", ts_ns=1))
+    await serve_venue(nc)  # what the sim gateway does at start: the venue is served
     settings = Settings(nats_url=nats_server.url)
     gated = GatedRouter(settings)
     service: InProcessService = await run_in_process(NAME, settings, gated.start)
@@ -145,12 +147,13 @@ async def test_concurrent_requests_with_one_client_order_id_route_one_order_and_
 async def test_a_reservation_is_released_when_routing_fails(router: GatedRouter, nc: Client) -> None:
     router.held = True  # no gate: route straight away
     js = nc.jetstream()
+    assert router.venue is not None and await router.venue.served()  # seen served: believed for SERVED_TTL
     await js.delete_stream(subjects.STREAM_ORDERS)  # routing now fails: no stream takes the order
     failed = await asyncio.wait_for(_submit(nc, "big-1"), TIMEOUT)
     assert not failed.accepted and failed.reason == orders_pb2.REJECT_REASON_INTERNAL
     assert router.account("alpha").buying_power == 100000
 
-    await streams.ensure_stream(js, streams.ORDERS)
+    await serve_venue(nc)  # the stream again, and the gateway's consumer on it
     retried = await asyncio.wait_for(_submit(nc, "big-1"), TIMEOUT)  # 60,000: fits only if released
     assert retried.accepted and not retried.duplicate
     assert router.account("alpha").buying_power == 40000

@@ -17,9 +17,11 @@
 * Internal crosses (two strategies' opposite orders netted inside the desk, :mod:`.netting`) are
   priced only from the Alpaca feed (:class:`AlpacaPrices`: ``md.quote|trade.*`` whose ``source`` is
   ``alpaca``; the quote mid, else the last trade) no older than ``ALPACA_CROSS_MAX_AGE`` seconds.
-  Without such a price nothing is crossed: the order goes on as if no other strategy's order
-  rested (to Alpaca, or refused by the desk as a wash trade), and the reason is logged and, on a
-  refusal, written in the report.
+  Without such a price nothing is crossed (the reason is logged). What is not crossed never meets
+  another strategy's resting order at Alpaca (a wash trade, 42210000): an order that executes at
+  once pulls those orders, is sent, and they are placed again once it is done ("pull, send,
+  re-place"); one that would rest waits at the desk (held) until it would execute or they are gone;
+  only an order against its own strategy's resting opposite order is refused, naming it.
 * Crashes (docs/alpaca.md, "Crashes"): before the desk cancels a resting order's Alpaca order to
   cross it, a pull record is stored in EXECUTIONS; at start the shell replays EXECUTIONS into
   :meth:`AlpacaBroker.restore` (crosses, fills, statuses, pull records), the reconcile attaches
@@ -39,7 +41,7 @@ import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Any, TypeVar
 
 import requests
@@ -51,15 +53,7 @@ from desk.core.orders import ORDER_TYPE_WORDS, SIDE_WORDS, TIME_IN_FORCE_WORDS, 
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2
 
 from . import netting
-from .alpaca_book import (
-    AlpacaBook,
-    AlpacaOrder,
-    DeskOrder,
-    Fill,
-    alpaca_client_order_id,
-    dec,
-    to_ns,
-)
+from .alpaca_book import AlpacaBook, AlpacaOrder, DeskOrder, Fill, alpaca_client_order_id, dec, to_ns
 from .base import BrokerStats, BrokerUnavailable, PriceSource, Sink
 
 with warnings.catch_warnings():
@@ -273,9 +267,11 @@ class AlpacaPrices:
         return None, why
 
 
-def order_request(routed: orders_pb2.RoutedOrder, qty: Decimal | None = None, placement: int = 1) -> OrderRequest:
+def order_request(routed: orders_pb2.RoutedOrder, qty: Decimal | None = None, placement: int = 1,
+                  notional: Decimal | None = None) -> OrderRequest:
     """The alpaca-py request for a routed order (client_order_id = ``<strategy_id>.<client_order_id>``),
-    for ``qty`` when only part of it goes to Alpaca (the rest was crossed inside the desk)."""
+    for ``qty`` (or, for an order by value, ``notional`` dollars) when only part of it goes to Alpaca
+    (the rest was crossed inside the desk)."""
     request = routed.new_order
     fields: dict[str, Any] = {
         "symbol": request.symbol,
@@ -287,6 +283,8 @@ def order_request(routed: orders_pb2.RoutedOrder, qty: Decimal | None = None, pl
         fields["extended_hours"] = True
     if qty is not None:
         fields["qty"] = float(qty)
+    elif notional is not None:
+        fields["notional"] = float(notional)
     elif request.qty:
         fields["qty"] = float(Decimal(request.qty))
     else:
@@ -303,11 +301,14 @@ def order_request(routed: orders_pb2.RoutedOrder, qty: Decimal | None = None, pl
 
 
 def net_view(order: DeskOrder) -> netting.NetOrder:
+    """``order`` as netting sees it; an order by value carries the dollars it has still to trade."""
+    by_value = order.qty is None and order.notional is not None and not order.is_final
     return netting.NetOrder(
         order_id=order.order_id, strategy_id=order.strategy_id, symbol=order.symbol,
         side=SIDE_WORDS.get(order.side, ""), type=ORDER_TYPE_WORDS.get(order.type, ""),
         leaves=order.leaves_qty or Decimal(0), limit_price=order.limit_price, stop_price=order.stop_price,
-        created_ns=order.created_ns,
+        created_ns=order.created_ns, client_order_id=order.client_order_id,
+        notional=max((order.notional or Decimal(0)) - order.cost, Decimal(0)) if by_value else None,
     )
 
 
@@ -345,7 +346,8 @@ class AlpacaBroker:
         self._routed: dict[str, orders_pb2.RoutedOrder] = {}  # desk order id -> its routed order (re-placing)
         self._symbol_locks: dict[str, asyncio.Lock] = {}
         self._final: dict[str, asyncio.Event] = {}  # desk order id -> set once it is final
-        self._tasks: set[asyncio.Task[None]] = set()  # re-places started by a stream event
+        self._tasks: set[asyncio.Task[None]] = set()  # re-places and held orders worked in the background
+        self._working: set[str] = set()  # symbols with such a task running
         self._stream: DeskTradingStream | None = None
         self._stream_task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()  # set while reconciled and connected
@@ -406,6 +408,7 @@ class AlpacaBroker:
             await self.stop()
             raise AlpacaUnavailable(f"trade_updates stream not connected and reconciled within {timeout} s")
         await self._complete_replacements()  # re-places the last process decided but did not make
+        await self._work_held()  # orders held at the desk before the restart
 
     async def _store(self, reports: Reports) -> None:
         """Publish ``reports`` and wait until EXECUTIONS holds them (a record written before acting).
@@ -454,16 +457,15 @@ class AlpacaBroker:
         except (ValueError, ArithmeticError) as exc:
             self._emit(self.book.rejected(order, f"invalid order for alpaca: {exc}"))
             return []
-        lock = self._symbol_locks.setdefault(order.symbol, asyncio.Lock())
-        async with lock:  # one netting decision per symbol at a time
+        async with self._lock(order.symbol):  # one netting decision per symbol at a time
             await self._complete_replacements(order.symbol, locked=True)
             if self._handled(order):
                 return []
-            send_qty = await self._net(order) if order.qty is not None else order.qty
-            if order.is_final or (send_qty is not None and send_qty <= 0):
-                return []
-            await self._place(routed, order, send_qty if send_qty != order.qty else None, placement=1)
+            await self._work(routed, order)
         return []
+
+    def _lock(self, symbol: str) -> asyncio.Lock:
+        return self._symbol_locks.setdefault(symbol, asyncio.Lock())
 
     @staticmethod
     def _handled(order: DeskOrder) -> bool:
@@ -472,6 +474,19 @@ class AlpacaBroker:
         Known from EXECUTIONS and the account after a restart, not only from this process's memory.
         A desk order partly crossed whose remainder was never placed is not handled: its leaves go on."""
         return bool(order.alpaca_ids) or order.is_final
+
+    def _live(self, order: DeskOrder) -> bool:
+        """``order`` rests at Alpaca now (placed, not final, not pulled and waiting to be placed again)."""
+        return bool(order.alpaca_ids) and not order.is_final and not self.book.needs_replacing(order)
+
+    def _blocker(self, order: DeskOrder) -> DeskOrder | None:
+        """An order live at Alpaca that ``order`` could trade against there (Alpaca would refuse it: 42210000)."""
+        view = net_view(order)
+        for other in self.book.orders.values():
+            if other.symbol == order.symbol and other.order_id != order.order_id and self._live(other) \
+                    and netting.could_wash(view, net_view(other)):
+                return other
+        return None
 
     def _routed_of(self, order: DeskOrder) -> orders_pb2.RoutedOrder:
         """The routed order of ``order`` (rebuilt from the book for an order of a previous process)."""
@@ -499,7 +514,7 @@ class AlpacaBroker:
             if locked:
                 await self._replace(order)
                 continue
-            async with self._symbol_locks.setdefault(order.symbol, asyncio.Lock()):
+            async with self._lock(order.symbol):
                 try:
                     await self._replace(order)
                 except AlpacaUnavailable as exc:  # retried with the next order of the symbol, or restart
@@ -515,27 +530,33 @@ class AlpacaBroker:
         leaves = order.qty - order.cum_qty - max(racing, Decimal(0))
         if leaves <= 0:
             return
+        blocker = self._blocker(order)
+        if blocker is not None:  # the order it was pulled for still works at Alpaca: placed once that is done
+            log.info("alpaca.replace_waits", order_id=order.order_id, for_order=blocker.order_id,
+                     for_strategy=blocker.strategy_id)
+            return
         log.info("alpaca.replacing_leaves", order_id=order.order_id, strategy_id=order.strategy_id,
                  client_order_id=order.client_order_id, qty=fmt(leaves), placement=order.next_placement,
                  canceled_alpaca_order=latest)
         await self._place(self._routed_of(order), order, leaves, placement=order.next_placement)
 
-    async def _net(self, order: DeskOrder) -> Decimal:
-        """Cross ``order`` with other strategies' resting orders (netting.plan); the quantity to send."""
+    async def _net(self, order: DeskOrder) -> tuple[netting.NettingPlan, Decimal | None, str]:
+        """Cross ``order`` with other strategies' orders live at Alpaca (netting.plan) and make the
+        crosses; the plan for the rest, the fair price used and where it came from."""
         resting = [net_view(o) for o in self.book.orders.values()
-                   if o.symbol == order.symbol and o.order_id != order.order_id and o.alpaca_ids and not o.is_final]
-        assert order.qty is not None
-        if not resting:
-            return order.qty
-        price, how = self.market.fair_price(order.symbol)
+                   if o.symbol == order.symbol and o.order_id != order.order_id and self._live(o)]
         incoming = net_view(order)
+        if not resting:
+            return netting.NettingPlan((), incoming.leaves, send_notional=incoming.notional), None, ""
+        price, how = self.market.fair_price(order.symbol)
         if price is None and any(r.side != incoming.side and r.strategy_id != incoming.strategy_id for r in resting):
             log.warning("order.not_crossed", symbol=order.symbol, reason=how)
         plan = netting.plan(incoming, resting, price)
         for cross in plan.crosses:
             other = self.book.orders[cross.resting_order_id]
             left = await self._pull(other, order)  # the pull record is stored before the cancel
-            qty = min(cross.qty, left, order.qty - order.cum_qty)
+            room = order.qty - order.cum_qty if order.qty is not None else cross.qty
+            qty = min(cross.qty, left, room)
             if qty > 0:
                 log.info("order.crossed_internally", with_order=other.order_id, with_strategy=other.strategy_id,
                          qty=fmt(qty), price=fmt(cross.price), price_source=how)
@@ -544,12 +565,85 @@ class AlpacaBroker:
                 # below is then pulled again: the pull record already covers the resting order
                 self._emit(self.book.cross(order, other, qty, cross.price))
             await self._replace(other)
+        return plan, price, how
+
+    def _rest_of(self, order: DeskOrder) -> tuple[Decimal | None, Decimal | None, bool]:
+        """What of ``order`` goes to Alpaca: ``(qty, notional, anything)``; ``None`` for the order's own
+        number (nothing crossed). An order by value sends its dollars not yet crossed (cents, down)."""
+        if order.qty is not None:
+            left = order.qty - order.cum_qty
+            return (None if left == order.qty else left), None, left > 0
+        value = ((order.notional or Decimal(0)) - order.cost).quantize(netting.CENT, ROUND_DOWN)
+        return None, (None if order.cost == 0 else value), value > 0
+
+    async def _work(self, routed: orders_pb2.RoutedOrder, order: DeskOrder) -> None:
+        """The netting rule for one order (``brokers/netting.py``; under its symbol's lock): cross,
+        then refuse (its own opposite order), hold at the desk, or send - pulling the other
+        strategies' orders it could trade against and placing their leaves again once it is done."""
+        plan, price, how = await self._net(order)
+        if order.is_final:
+            return
         if plan.conflict is not None:
-            reason = plan.conflict if price is not None else f"{plan.conflict}; not crossed inside the desk: {how}"
+            reason = plan.conflict if price is not None or not how else f"{plan.conflict}; not crossed inside the desk: {how}"
             log.warning("order.net_refused", reason=reason)
             self._emit(self.book.refused_remainder(order, reason))
-            return Decimal(0)
-        return order.qty - order.cum_qty
+            return
+        if plan.hold is not None:
+            reason = plan.hold if price is not None else f"{plan.hold} ({how})"
+            if not self.book.is_held(order):
+                log.info("order.held_at_desk", order_id=order.order_id, reason=reason)
+            self._emit(self.book.hold(order, reason))
+            return
+        qty, notional, anything = self._rest_of(order)
+        if not anything:
+            return
+        pulled = [self.book.orders[i] for i in plan.pulls if self._live(self.book.orders[i])]
+        if pulled:
+            log.info("alpaca.pulling_for_order", order_id=order.order_id, orders=[o.order_id for o in pulled],
+                     price_source=how or None)
+        for other in pulled:
+            await self._pull(other, order)  # pull record stored first; leaves placed again below
+        done = self._final.setdefault(order.order_id, asyncio.Event())
+        try:
+            await self._place(routed, order, qty, placement=1, notional=notional)
+            if pulled and not order.is_final:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), SETTLE_TIMEOUT)
+        finally:
+            self._final.pop(order.order_id, None)
+            for other in pulled:
+                await self._replace(other)  # waits (placed when this one is done) while it still works
+
+    async def _work_held(self, symbol: str | None = None) -> None:
+        """Work again the orders held at the desk (of ``symbol``): a fresh price may make them
+        executable, or what they could trade against may be gone."""
+        held = sorted((o for o in self.book.held_orders() if symbol is None or o.symbol == symbol),
+                      key=lambda o: o.created_ns)
+        for order in held:
+            async with self._lock(order.symbol):
+                if not self.book.is_held(order):
+                    continue
+                try:
+                    await self._complete_replacements(order.symbol, locked=True)
+                    await self._work(self._routed_of(order), order)
+                except AlpacaUnavailable as exc:
+                    log.error("alpaca.held_deferred", order_id=order.order_id, error=str(exc))
+
+    def _schedule(self, symbol: str) -> None:
+        """Re-places and held orders of ``symbol`` worked again, in the background (one task per symbol)."""
+        if symbol in self._working or not self._ready.is_set():
+            return
+        self._working.add(symbol)
+
+        async def run() -> None:
+            try:
+                await self._complete_replacements(symbol)
+                await self._work_held(symbol)
+            finally:
+                self._working.discard(symbol)
+        task = asyncio.create_task(run(), name=f"alpaca.work.{symbol}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _pull(self, order: DeskOrder, incoming: DeskOrder) -> Decimal:
         """Cancel ``order``'s Alpaca order so its leaves can be crossed (or sold past); its leaves now.
@@ -570,12 +664,12 @@ class AlpacaBroker:
         return max(order.qty - order.cum_qty - racing, Decimal(0))
 
     async def _place(self, routed: orders_pb2.RoutedOrder, order: DeskOrder, qty: Decimal | None,
-                     placement: int, may_pull: bool = True) -> None:
+                     placement: int, may_pull: bool = True, notional: Decimal | None = None) -> None:
         client_order_id = alpaca_client_order_id(routed.strategy_id, routed.new_order.client_order_id, placement)
         self.book.expect(order, client_order_id)
         try:
             placed = await self.rest.call("submit_order", self.rest.client.submit_order,
-                                          order_request(routed, qty, placement))
+                                          order_request(routed, qty, placement, notional))
         except APIError as exc:
             if may_pull and placement == 1 and self._held_by_others(exc, order):
                 await self._sell_past_held_shares(routed, order, qty)
@@ -639,6 +733,11 @@ class AlpacaBroker:
                 return self.book.cancel_rejected(routed, f"unknown order {routed.order_id}: {describe(exc)}")
             self._emit(self.book.on_order(AlpacaOrder.from_model(found)))
             order = self.book.orders.get(routed.order_id)
+        if order is not None and self.book.is_held(order):
+            async with self._lock(order.symbol):
+                if self.book.is_held(order):  # never sent to Alpaca: the desk ends it
+                    self._emit(self.book.cancel_held(order))
+                    return []
         if order is None or not order.alpaca_ids:
             return self.book.cancel_rejected(routed, f"unknown order {routed.order_id}")
         if order.is_final:
@@ -660,6 +759,9 @@ class AlpacaBroker:
 
     async def on_market_data(self, update: MarketUpdate) -> Reports:
         self.market.update(update)
+        if self.book.held and not isinstance(update, marketdata_pb2.Bar) and any(
+                o.symbol == update.symbol for o in self.book.held_orders()):
+            self._schedule(update.symbol)  # a fresh price may make a held order executable
         return []
 
     async def shutdown(self) -> Reports:
@@ -706,11 +808,10 @@ class AlpacaBroker:
                 )
             self._emit(self.book.on_update(event, alpaca, fill))
             order = self.book.by_alpaca_id(alpaca.id)
-            if order is not None and self._ready.is_set() and self.book.needs_replacing(order):
-                # a pulled order whose cancel Alpaca confirmed only now: place its leaves again
-                task = asyncio.create_task(self._complete_replacements(order.symbol), name="alpaca.replace")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            if order is not None and (self.book.needs_replacing(order) or order.is_final):
+                # a pulled order whose cancel Alpaca confirmed only now (its leaves go again), or an
+                # order done at Alpaca: what was pulled or held for it may go to Alpaca now
+                self._schedule(order.symbol)
         except Exception as exc:
             log.error("alpaca.trade_update_failed", error=repr(exc), exc_info=exc)
 

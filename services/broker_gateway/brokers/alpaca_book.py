@@ -48,8 +48,10 @@ TERMINAL = {
     "stopped": (E.EXEC_TYPE_CANCELED, E.ORDER_STATUS_CANCELED),
 }
 FILL_EVENTS = {"fill", "partial_fill"}
-PULL_TEXT = "pulling alpaca order"
-PULLED = {"canceled", "pending_cancel"}  # a pulled Alpaca order in these states carries no leaves any more  # a pull record's text begins so (AlpacaBook.pulling)
+PULL_TEXT = "pulling alpaca order"  # a pull record's text begins so (AlpacaBook.pulling)
+HELD_MARK = " held at the desk: "  # the text of a report that holds an order at the desk (AlpacaBook.hold)
+PULLED = {"canceled", "pending_cancel"}  # a pulled Alpaca order in these states carries no leaves any more
+CENT = Decimal("0.01")
 
 
 def alpaca_client_order_id(strategy_id: str, client_order_id: str, placement: int = 1) -> str:
@@ -202,6 +204,7 @@ class AlpacaBook:
         self.members: dict[str, str] = {}  # strategy_id -> member_id, from routed orders
         self.last_event_ns = 0  # newest event time seen from Alpaca (the reconcile's "since")
         self.pull_records: set[str] = set()  # execution ids of pull records (made, or restored from EXECUTIONS)
+        self.held: set[str] = set()  # desk order ids held at the desk (made, or restored from EXECUTIONS)
 
     # --- restore (after a restart: what the desk decided is in EXECUTIONS) -----------------------
 
@@ -232,6 +235,8 @@ class AlpacaBook:
             order.reported.add(r.execution_id)
             if r.text.startswith(PULL_TEXT):
                 self.pull_records.add(r.execution_id)
+            if HELD_MARK in r.text and r.exec_type == E.EXEC_TYPE_NEW:
+                self.held.add(r.order_id)
             qty = dec(r.fill_qty)
             if r.exec_type in (E.EXEC_TYPE_FILL, E.EXEC_TYPE_PARTIAL_FILL) and qty:
                 price = dec(r.fill_price) or ZERO
@@ -387,7 +392,8 @@ class AlpacaBook:
             order.cum_qty += qty
             order.cost += qty * price
             order.crosses += 1
-            done = order.qty is not None and order.cum_qty >= order.qty
+            done = order.cum_qty >= order.qty if order.qty is not None else (
+                order.notional is not None and order.notional - order.cost < CENT)  # by value: all spent
             exec_type, status = (E.EXEC_TYPE_FILL, E.ORDER_STATUS_FILLED) if done else (
                 E.EXEC_TYPE_PARTIAL_FILL, E.ORDER_STATUS_PARTIALLY_FILLED)
             reports += self._emit(order, exec_id, exec_type, status, event_ns=now, fill_qty=qty, fill_price=price,
@@ -409,6 +415,35 @@ class AlpacaBook:
         text = (f"{PULL_TEXT} {alpaca_id} of strategy {order.strategy_id} order {order.order_id}: canceled by "
                 f"the desk for this order; its leaves go to alpaca again as {again}")
         return self._emit(incoming, exec_id, E.EXEC_TYPE_NEW, incoming.status, event_ns=self._clock(), text=text)
+
+    def is_held(self, order: DeskOrder) -> bool:
+        """``order`` waits at the desk (netting's hold): never sent to Alpaca, not final."""
+        return order.order_id in self.held and not order.alpaca_ids and not order.is_final
+
+    def held_orders(self) -> list[DeskOrder]:
+        """The orders held at the desk now (those sent or ended since are forgotten here)."""
+        found = [o for o in (self.orders.get(i) for i in list(self.held)) if o is not None]
+        self.held = {o.order_id for o in found if self.is_held(o)}
+        return [o for o in found if o.order_id in self.held]
+
+    def hold(self, order: DeskOrder, reason: str) -> Reports:
+        """``order`` waits at the desk (it could trade against another strategy's order resting at
+        Alpaca and would rest itself): its NEW says so, or - already NEW after partial crosses - a
+        NEW-type record with its numbers unchanged (so a restart knows it is held: :meth:`restore`)."""
+        if order.order_id in self.held:
+            return []  # held already (worked again and still held): said once
+        self.held.add(order.order_id)
+        text = reason if HELD_MARK in reason else f"{order.symbol}{HELD_MARK}{reason}"
+        new_id = execution_id(order.order_id, "new")
+        exec_id = new_id if new_id not in order.reported else execution_id("held", order.order_id)
+        return self._emit(order, exec_id, E.EXEC_TYPE_NEW, order.status, event_ns=self._clock(), text=text)
+
+    def cancel_held(self, order: DeskOrder) -> Reports:
+        """The strategy canceled an order held at the desk: CANCELED (nothing of it is at Alpaca)."""
+        self.held.discard(order.order_id)
+        return self._emit(order, execution_id("canceled", order.order_id), E.EXEC_TYPE_CANCELED,
+                          E.ORDER_STATUS_CANCELED, event_ns=self._clock(),
+                          text="canceled while held at the desk (never sent to alpaca)")
 
     def expect(self, order: DeskOrder, alpaca_client_id: str) -> None:
         """An Alpaca order about to be placed for ``order`` (so its events find it first)."""
@@ -440,7 +475,7 @@ class AlpacaBook:
         return [report]
 
     def open_orders(self) -> list[ledger_pb2.OrderRecord]:
-        return [_record(o) for o in self.orders.values() if not o.is_final and o.alpaca_ids]
+        return [_record(o) for o in self.orders.values() if not o.is_final and (o.alpaca_ids or self.is_held(o))]
 
     # --- internals ---------------------------------------------------------------------------------
 
@@ -469,8 +504,8 @@ class AlpacaBook:
         exec_id = execution_id(order.order_id, "new")
         if exec_id in order.reported:
             return []
-        if order.qty is None and alpaca.qty is not None:
-            order.qty = alpaca.qty
+        if order.qty is None and alpaca.qty is not None and not order.crosses:
+            order.qty = alpaca.qty  # (an order by value partly crossed keeps trading by value)
         return self._emit(order, exec_id, E.EXEC_TYPE_NEW, E.ORDER_STATUS_NEW, event_ns=alpaca.created_ns)
 
     def _emit(
