@@ -22,19 +22,23 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SECTIONS = ("orders", "fanout", "ledger", "uvloop", "backtest")
 
 FULL = {
-    "orders": orders.Plan(sequential=2000, warmup=100, throughput_orders=3000, load_processes=2, concurrency=32,
-                          replicas=(1, 2, 4)),
-    "uvloop": orders.Plan(sequential=1000, warmup=100, throughput_orders=2000, load_processes=2, concurrency=32,
-                          replicas=(1,)),
+    "orders": orders.Plan(
+        sequential=2000, warmup=100, throughput_orders=3000, load_processes=2, concurrency=32, replicas=(1, 2, 4)
+    ),
+    "uvloop": orders.Plan(
+        sequential=1000, warmup=100, throughput_orders=2000, load_processes=2, concurrency=32, replicas=(1,)
+    ),
     "fanout": {"counts": (1, 10, 50), "duration": 6.0, "symbols": 50, "rate": 2000.0},
     "ledger": {"chunk": 20000, "budget_s": 70.0, "max_rows": 1_000_000},
     "backtest": backtest.FULL,
 }
 QUICK = {
-    "orders": orders.Plan(sequential=200, warmup=20, throughput_orders=400, load_processes=2, concurrency=16,
-                          replicas=(1, 2)),
-    "uvloop": orders.Plan(sequential=100, warmup=10, throughput_orders=200, load_processes=1, concurrency=16,
-                          replicas=(1,)),
+    "orders": orders.Plan(
+        sequential=200, warmup=20, throughput_orders=400, load_processes=2, concurrency=16, replicas=(1, 2)
+    ),
+    "uvloop": orders.Plan(
+        sequential=100, warmup=10, throughput_orders=200, load_processes=1, concurrency=16, replicas=(1,)
+    ),
     "fanout": {"counts": (1, 4), "duration": 2.0, "symbols": 20, "rate": 1000.0},
     "ledger": {"chunk": 2000, "budget_s": 4.0, "max_rows": 4000},
     "backtest": backtest.QUICK,
@@ -50,7 +54,9 @@ def _version(package: str) -> str:
 
 def machine() -> dict[str, Any]:
     try:
-        out = subprocess.run([nats_server_binary(), "--version"], capture_output=True, text=True, timeout=10, check=False).stdout
+        out = subprocess.run(
+            [nats_server_binary(), "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
         nats_server = out.strip().split()[-1]
     except (OSError, subprocess.SubprocessError, IndexError):
         nats_server = "unknown"
@@ -140,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench-{stamp}{'-quick' if args.quick else ''}.json"
     path.write_text(report_json(figures, info, notes, quick=args.quick, elapsed_s=elapsed, raw=raw))
-    print(f"\nmachine: {info['cpu_count']} CPU, Python {info['python']}, nats-server {info['nats_server']}, "
-          f"nats-py {info['nats_py']}; {elapsed:.0f} s; written {path}")
+    print(
+        f"\nmachine: {info['cpu_count']} CPU, Python {info['python']}, nats-server {info['nats_server']}, "
+        f"nats-py {info['nats_py']}; {elapsed:.0f} s; written {path}"
+    )
     return 0
 
 

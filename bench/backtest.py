@@ -47,7 +47,9 @@ from strategy_sdk import Bar, Strategy
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
-PEERS_PYTHON = Path(os.environ.get("BENCH_PEERS_PYTHON", str(Path(__file__).resolve().parent / ".venv-peers/bin/python")))
+PEERS_PYTHON = Path(
+    os.environ.get("BENCH_PEERS_PYTHON", str(Path(__file__).resolve().parent / ".venv-peers/bin/python"))
+)
 #: Peer engines: script in bench/peers and its arguments. NautilusTrader runs twice: NETTING (one position per
 #: instrument, as the desk's books keep one position per strategy and symbol: the like-for-like configuration,
 #: and the one issue 12's 10x target is measured against) and HEDGING (its faster OMS here, printed beside).
@@ -143,8 +145,13 @@ def run_desk(files: Sequence[str]) -> dict[str, Any]:
     start = time.perf_counter()
     bars = load_many([Path(f) for f in files]).select(None, None, None)
     loaded_s = time.perf_counter() - start
-    result = run_backtest(Crossover, iter(bars), initial_cash=Decimal(1_000_000),
-                          config={"symbols": bars.symbol_list()}, strategy_id="bench_crossover")
+    result = run_backtest(
+        Crossover,
+        iter(bars),
+        initial_cash=Decimal(1_000_000),
+        config={"symbols": bars.symbol_list()},
+        strategy_id="bench_crossover",
+    )
     seconds = time.perf_counter() - start
     sides: dict[str, str] = {}
     for fill in result.fills:
@@ -153,11 +160,21 @@ def run_desk(files: Sequence[str]) -> dict[str, Any]:
     sells = len(sides) - buys
     rejected = sum(1 for o in result.orders if getattr(o, "accepted", True) is False)
     return {
-        "engine": "desk", "bars": len(bars), "symbols": len(files), "seconds": round(seconds, 3),
-        "load_s": round(loaded_s, 3), "import_s": round(import_s, 3), "bars_per_s": round(len(bars) / seconds),
+        "engine": "desk",
+        "bars": len(bars),
+        "symbols": len(files),
+        "seconds": round(seconds, 3),
+        "load_s": round(loaded_s, 3),
+        "import_s": round(import_s, 3),
+        "bars_per_s": round(len(bars) / seconds),
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "orders": buys + sells, "buys": buys, "sells": sells, "round_trips": sells, "sent": len(result.orders),
-        "rejected": rejected, "hook_errors": result.errors,
+        "orders": buys + sells,
+        "buys": buys,
+        "sells": sells,
+        "round_trips": sells,
+        "sent": len(result.orders),
+        "rejected": rejected,
+        "hook_errors": result.errors,
     }
 
 
@@ -181,8 +198,11 @@ def write_bars(path: Path, symbol: str, count: int, seed: int) -> Path:
     open_ = np.concatenate(([1_000_000], close[:-1]))
     high = np.maximum(open_, close) + 200
     low = np.minimum(open_, close) - 200
-    stamps = np.datetime_as_string(np.datetime64(START_NS, "ns").astype("datetime64[s]")
-                                   + np.arange(count, dtype=np.int64) * np.timedelta64(60, "s"), unit="s")
+    stamps = np.datetime_as_string(
+        np.datetime64(START_NS, "ns").astype("datetime64[s]")
+        + np.arange(count, dtype=np.int64) * np.timedelta64(60, "s"),
+        unit="s",
+    )
 
     def price(units: int) -> str:
         return f"{units // 10_000}.{units % 10_000:04d}"
@@ -190,8 +210,9 @@ def write_bars(path: Path, symbol: str, count: int, seed: int) -> Path:
     with path.open("w") as out:
         out.write("timestamp,symbol,open,high,low,close,volume\n")
         lines = []
-        for ts, o, h, lo, c in zip(stamps.tolist(), open_.tolist(), high.tolist(), low.tolist(), close.tolist(),
-                                   strict=True):
+        for ts, o, h, lo, c in zip(
+            stamps.tolist(), open_.tolist(), high.tolist(), low.tolist(), close.tolist(), strict=True
+        ):
             lines.append(f"{ts}Z,{symbol},{price(o)},{price(h)},{price(lo)},{price(c)},500\n")
             if len(lines) >= 65_536:
                 out.writelines(lines)
@@ -212,8 +233,15 @@ def _command(engine: str, files: Sequence[Path]) -> list[str]:
 def run_one(engine: str, files: Sequence[Path]) -> dict[str, Any]:
     """One run of ``engine`` over ``files`` in its own process; its JSON line, plus ``process_s``."""
     started = time.perf_counter()
-    proc = subprocess.run(_command(engine, files), capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT_S,
-                          check=False, env={**os.environ, "PYTHONHASHSEED": "0"})
+    proc = subprocess.run(
+        _command(engine, files),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=TIMEOUT_S,
+        check=False,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
     process_s = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{engine} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
@@ -229,7 +257,6 @@ def peers_available() -> tuple[bool, str]:
     if not PEERS_PYTHON.exists():
         return False, f"{PEERS_PYTHON} is missing: `make bench-peers-env` makes the peers' environment"
     return True, ""
-
 
 
 def _median_run(engine: str, files: Sequence[Path], repeats: int) -> dict[str, Any]:
@@ -259,8 +286,11 @@ def run(plan: Plan, progress: Any = None) -> tuple[list[Figure], dict[str, Any]]
     say = progress or (lambda text: print(f"bench: backtest: {text}", file=sys.stderr, flush=True))
     ok, why = peers_available()
     engines = ("desk", *plan.peers) if ok else ("desk",)
-    raw: dict[str, Any] = {"plan": {"sizes": plan.sizes, "multi": plan.multi, "repeats": plan.repeats,
-                                    "repeat_upto": plan.repeat_upto}, "runs": {}, "peers_missing": "" if ok else why}
+    raw: dict[str, Any] = {
+        "plan": {"sizes": plan.sizes, "multi": plan.multi, "repeats": plan.repeats, "repeat_upto": plan.repeat_upto},
+        "runs": {},
+        "peers_missing": "" if ok else why,
+    }
     cases: list[tuple[str, int, int]] = [(_label(1, n), 1, n) for n in plan.sizes]
     if plan.multi:
         cases.append((_label(*plan.multi), *plan.multi))
@@ -271,8 +301,10 @@ def run(plan: Plan, progress: Any = None) -> tuple[list[Figure], dict[str, Any]]
             sub.mkdir()
             t0 = time.perf_counter()
             files = [write_bars(sub / f"S{i:02d}.csv", f"S{i:02d}", bars_each, seed=7 + i) for i in range(symbols)]
-            say(f"{label}: data written in {time.perf_counter() - t0:.1f} s "
-                f"({sum(f.stat().st_size for f in files) / 1e6:.1f} MB)")
+            say(
+                f"{label}: data written in {time.perf_counter() - t0:.1f} s "
+                f"({sum(f.stat().st_size for f in files) / 1e6:.1f} MB)"
+            )
             repeats = plan.repeats if symbols * bars_each <= plan.repeat_upto else 1
             runs: dict[str, Any] = {}
             for engine in engines:
@@ -281,9 +313,14 @@ def run(plan: Plan, progress: Any = None) -> tuple[list[Figure], dict[str, Any]]
                 except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
                     runs[engine] = {"error": str(exc)[-2000:]}
                 r = runs[engine]
-                say(f"{label}: {engine}: " + (f"{r['bars_per_s']:,} bars/s, {r['seconds']} s, "
-                                               f"{r['peak_rss_mb']} MB, {r['orders']} orders"
-                                               if "error" not in r else f"FAILED {r['error'][:300]}"))
+                say(
+                    f"{label}: {engine}: "
+                    + (
+                        f"{r['bars_per_s']:,} bars/s, {r['seconds']} s, {r['peak_rss_mb']} MB, {r['orders']} orders"
+                        if "error" not in r
+                        else f"FAILED {r['error'][:300]}"
+                    )
+                )
             raw["runs"][label] = runs
     figures = figures_from(raw, plan, engines)
     if not ok:
@@ -291,83 +328,141 @@ def run(plan: Plan, progress: Any = None) -> tuple[list[Figure], dict[str, Any]]
     return figures, raw
 
 
+def _good(r: dict[str, Any] | None) -> bool:
+    return r is not None and bool(r) and "error" not in r
+
+
 def figures_from(raw: dict[str, Any], plan: Plan, engines: Sequence[str]) -> list[Figure]:
+    """The section's figures from the runs: per size the trade-count checks, bars/s, ratios and RSS; then
+    the linearity of the two largest single-symbol sizes."""
     figures: list[Figure] = []
     peers = [e for e in engines if e != "desk"]
     runs_by_label: dict[str, dict[str, Any]] = raw["runs"]
-    single = {n: runs_by_label.get(_label(1, n), {}) for n in plan.sizes}
-
-    def good(r: dict[str, Any] | None) -> bool:
-        return r is not None and bool(r) and "error" not in r
-
     for label, runs in runs_by_label.items():
         desk = runs.get("desk", {})
         is_target = label == _label(1, plan.target_size)
-        if not good(desk):
-            figures.append(Figure("backtest", f"bars/s {label}, desk", "bars/s", None,
-                                  note=f"desk run FAILED: {desk.get('error', '?')}"))
+        if not _good(desk):
+            note = f"desk run FAILED: {desk.get('error', '?')}"
+            figures.append(Figure("backtest", f"bars/s {label}, desk", "bars/s", None, note=note))
             continue
-        mismatched = []
-        for peer in peers:
-            p = runs.get(peer, {})
-            if not good(p):
-                figures.append(Figure("backtest", f"orders {label}: desk vs {peer}", "orders", desk["orders"],
-                                      note=f"{peer} run FAILED: {p.get('error', '?')}"))
-                continue
-            agree = _agrees(int(desk["orders"]), int(p["orders"]))
-            tol = max(AGREE, 1 / max(1, int(p["orders"])))
-            note = (f"desk {desk['orders']} filled orders ({desk['round_trips']} round trips), {peer} "
-                    f"{p['orders']} ({p['round_trips']})")
-            if desk.get("rejected") or desk.get("hook_errors"):
-                note += (f"; the desk refused {desk.get('rejected', 0)} of {desk.get('sent', '?')} orders and the "
-                         f"strategy's hooks raised {desk.get('hook_errors', 0)} times")
-            if p.get("unfilled"):
-                note += f", {p['unfilled']} sent on the last bar and never filled"
-            if not agree:
-                mismatched.append(peer)
-                note = ("TRADE COUNTS DISAGREE by more than 1 %: the strategies did not do the same thing, so the "
-                        "speed ratios of this size are not like for like. " + note)
-            figures.append(Figure("backtest", f"orders {label}: desk vs {peer}" + ("" if agree else " — MISMATCH"),
-                                  "orders", float(desk["orders"]), float(p["orders"]),
-                                  Target("ratio_near", round(tol, 4)), note=note))
-        figures.append(Figure(
-            "backtest", f"bars/s {label}, desk (loading the file included)", "bars/s", float(desk["bars_per_s"]),
-            target=Target("min", TARGET_BARS_PER_S) if is_target else None,
-            note=f"desk: {desk['seconds']} s of which loading {desk['load_s']} s; whole process {desk['process_s']} s",
-            extra={"run": desk}))
-        for peer in peers:
-            p = runs.get(peer, {})
-            if not good(p):
-                continue
-            figures.append(Figure(
-                "backtest", f"bars/s {label}: desk vs {peer}" + (" — trade counts DISAGREE" if peer in mismatched
-                                                                 else ""),
-                "bars/s", float(desk["bars_per_s"]), float(p["bars_per_s"]),
-                Target("ratio_min", TARGET_VS[peer]) if is_target and peer in TARGET_VS else None,
-                note=f"{peer} {p.get('version', '')}: {p['seconds']} s (whole process {p['process_s']} s, "
-                     f"import {p.get('import_s', '?')} s)", extra={"run": p}))
-        for peer in peers or [""]:
-            p = runs.get(peer, {}) if peer else {}
-            figures.append(Figure(
-                "backtest", f"peak RSS {label}, desk" + (f" vs {peer}" if peer else ""), "MB",
-                float(desk["peak_rss_mb"]), float(p["peak_rss_mb"]) if good(p) else None,
-                Target("max", TARGET_RSS_MB) if is_target and peer == (peers or [""])[0] else None))
-    # Linearity: 10x the bars should take at most 11x the time.
-    if len(plan.sizes) >= 2:
-        small, big = plan.sizes[-2], plan.sizes[-1]
-        factor = big / small
-        for engine in engines:
-            a, b = single[small].get(engine), single[big].get(engine)
-            if not (good(a) and good(b)):
-                continue
-            assert a is not None and b is not None
-            figures.append(Figure(
-                "backtest", f"time {_label(1, big)} / time {_label(1, small)}, {engine}", "x",
-                float(b["seconds"]) / float(a["seconds"]),
-                target=Target("max", round(factor * 1.1, 2)) if engine == "desk" else None,
-                note=f"linear = {factor:g}x (the bars grow {factor:g}x)"))
+        mismatched = _order_checks(label, desk, runs, peers, figures)
+        _speed_figures(label, desk, runs, peers, mismatched, is_target, figures)
+    figures.extend(_linearity(runs_by_label, plan, engines))
     return figures
 
+
+def _order_checks(
+    label: str, desk: dict[str, Any], runs: dict[str, Any], peers: Sequence[str], figures: list[Figure]
+) -> list[str]:
+    """One figure per peer: the filled orders agree (within 1 %); the peers that do not."""
+    mismatched = []
+    for peer in peers:
+        p = runs.get(peer, {})
+        if not _good(p):
+            note = f"{peer} run FAILED: {p.get('error', '?')}"
+            figures.append(Figure("backtest", f"orders {label}: desk vs {peer}", "orders", desk["orders"], note=note))
+            continue
+        agree = _agrees(int(desk["orders"]), int(p["orders"]))
+        tol = max(AGREE, 1 / max(1, int(p["orders"])))
+        note = (
+            f"desk {desk['orders']} filled orders ({desk['round_trips']} round trips), {peer} "
+            f"{p['orders']} ({p['round_trips']})"
+        )
+        if desk.get("rejected") or desk.get("hook_errors"):
+            note += (
+                f"; the desk refused {desk.get('rejected', 0)} of {desk.get('sent', '?')} orders and the "
+                f"strategy's hooks raised {desk.get('hook_errors', 0)} times"
+            )
+        if p.get("unfilled"):
+            note += f", {p['unfilled']} sent on the last bar and never filled"
+        if not agree:
+            mismatched.append(peer)
+            note = (
+                "TRADE COUNTS DISAGREE by more than 1 %: the strategies did not do the same thing, so the "
+                "speed ratios of this size are not like for like. " + note
+            )
+        name = f"orders {label}: desk vs {peer}" + ("" if agree else " — MISMATCH")
+        target = Target("ratio_near", round(tol, 4))
+        figures.append(Figure("backtest", name, "orders", float(desk["orders"]), float(p["orders"]), target, note=note))
+    return mismatched
+
+
+def _speed_figures(
+    label: str,
+    desk: dict[str, Any],
+    runs: dict[str, Any],
+    peers: Sequence[str],
+    mismatched: list[str],
+    is_target: bool,
+    figures: list[Figure],
+) -> None:
+    """The desk's bars/s (with the target at the target size), each peer's ratio, and peak RSS."""
+    figures.append(
+        Figure(
+            "backtest",
+            f"bars/s {label}, desk (loading the file included)",
+            "bars/s",
+            float(desk["bars_per_s"]),
+            target=Target("min", TARGET_BARS_PER_S) if is_target else None,
+            note=f"desk: {desk['seconds']} s of which loading {desk['load_s']} s; whole process {desk['process_s']} s",
+            extra={"run": desk},
+        )
+    )
+    for peer in peers:
+        p = runs.get(peer, {})
+        if not _good(p):
+            continue
+        figures.append(
+            Figure(
+                "backtest",
+                f"bars/s {label}: desk vs {peer}" + (" — trade counts DISAGREE" if peer in mismatched else ""),
+                "bars/s",
+                float(desk["bars_per_s"]),
+                float(p["bars_per_s"]),
+                Target("ratio_min", TARGET_VS[peer]) if is_target and peer in TARGET_VS else None,
+                note=f"{peer} {p.get('version', '')}: {p['seconds']} s (whole process {p['process_s']} s, "
+                f"import {p.get('import_s', '?')} s)",
+                extra={"run": p},
+            )
+        )
+    for peer in peers or [""]:
+        p = runs.get(peer, {}) if peer else {}
+        figures.append(
+            Figure(
+                "backtest",
+                f"peak RSS {label}, desk" + (f" vs {peer}" if peer else ""),
+                "MB",
+                float(desk["peak_rss_mb"]),
+                float(p["peak_rss_mb"]) if _good(p) else None,
+                Target("max", TARGET_RSS_MB) if is_target and peer == (peers or [""])[0] else None,
+            )
+        )
+
+
+def _linearity(runs_by_label: dict[str, dict[str, Any]], plan: Plan, engines: Sequence[str]) -> list[Figure]:
+    """10x the bars should take at most 11x the time (the desk's target; the peers' shown beside)."""
+    if len(plan.sizes) < 2:
+        return []
+    single = {n: runs_by_label.get(_label(1, n), {}) for n in plan.sizes}
+    small, big = plan.sizes[-2], plan.sizes[-1]
+    factor = big / small
+    figures = []
+    for engine in engines:
+        a, b = single[small].get(engine), single[big].get(engine)
+        if not (_good(a) and _good(b)):
+            continue
+        assert a is not None and b is not None
+        figures.append(
+            Figure(
+                "backtest",
+                f"time {_label(1, big)} / time {_label(1, small)}, {engine}",
+                "x",
+                float(b["seconds"]) / float(a["seconds"]),
+                target=Target("max", round(factor * 1.1, 2)) if engine == "desk" else None,
+                note=f"linear = {factor:g}x (the bars grow {factor:g}x)",
+            )
+        )
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:

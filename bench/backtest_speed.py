@@ -63,8 +63,16 @@ def bars(count: int, seed: int = 7) -> Iterator[Bar]:
         open_ = cents
         cents = max(100, cents + rng.randint(-30, 30))
         hi, lo = max(open_, cents) + 2, min(open_, cents) - 2
-        yield Bar("AAPL", Decimal(open_).scaleb(-2), Decimal(hi).scaleb(-2), Decimal(lo).scaleb(-2),
-                  Decimal(cents).scaleb(-2), volume, t0 + i * 60_000_000_000, 60_000_000_000)
+        yield Bar(
+            "AAPL",
+            Decimal(open_).scaleb(-2),
+            Decimal(hi).scaleb(-2),
+            Decimal(lo).scaleb(-2),
+            Decimal(cents).scaleb(-2),
+            volume,
+            t0 + i * 60_000_000_000,
+            60_000_000_000,
+        )
 
 
 def one(count: int, which: str) -> dict[str, float]:
@@ -88,7 +96,12 @@ def one(count: int, which: str) -> dict[str, float]:
         result = run_backtest(FastCrossover(), bars(count))
     seconds = time.perf_counter() - start
     rss_mb = peak_rss_mb()
-    out = {"bars": count, "seconds": round(seconds, 3), "bars_per_s": round(count / seconds), "peak_rss_mb": round(rss_mb, 1)}
+    out = {
+        "bars": count,
+        "seconds": round(seconds, 3),
+        "bars_per_s": round(count / seconds),
+        "peak_rss_mb": round(rss_mb, 1),
+    }
     if result is not None:
         out.update(orders=len(result.orders), fills=len(result.fills), final_equity=float(result.final_equity))
     return out
@@ -101,8 +114,12 @@ def main(argv: list[str]) -> None:
     sizes = [int(a) for a in argv] or [10_000, 100_000, 1_000_000]
     for which in ("generator", "fast", "example"):
         for count in sizes:
-            run = subprocess.run([sys.executable, "-m", "bench.backtest_speed", "--one", str(count), which],
-                                 capture_output=True, text=True, check=True)
+            run = subprocess.run(
+                [sys.executable, "-m", "bench.backtest_speed", "--one", str(count), which],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             print(which, run.stdout.strip(), flush=True)
 
 

@@ -169,8 +169,14 @@ class Desk:
         log = (self.dir / f"{name}-{len(self.procs.get(name, []))}.log").open("ab")
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", f"services.{name}", cwd=ROOT, env=self.env(),
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                sys.executable,
+                "-m",
+                f"services.{name}",
+                cwd=ROOT,
+                env=self.env(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
             )
         finally:
             log.close()
@@ -220,10 +226,15 @@ class Desk:
         """A StrategySpec with limits no benchmark reaches."""
         assert self.nc is not None
         spec = strategy_pb2.StrategySpec(
-            strategy_id=strategy_id, member_id="bench", name=strategy_id, initial_cash="1000000000000",
+            strategy_id=strategy_id,
+            member_id="bench",
+            name=strategy_id,
+            initial_cash="1000000000000",
             risk=strategy_pb2.RiskLimits(
-                max_order_notional="1000000000", max_position_notional="1000000000000",
-                max_orders_per_minute=100_000_000, allow_short=True,
+                max_order_notional="1000000000",
+                max_position_notional="1000000000000",
+                max_orders_per_minute=100_000_000,
+                allow_short=True,
             ),
         )
         await desk_kv.put(self.nc.jetstream(), subjects.KV_STRATEGIES, strategy_id, spec)

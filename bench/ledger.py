@@ -22,11 +22,26 @@ BATCH = 256  # LEDGER_BATCH_SIZE's default
 
 def report(i: int, strategy_id: str = "bench-0") -> executions_pb2.ExecutionReport:
     return executions_pb2.ExecutionReport(
-        execution_id=f"x{i}", order_id=f"o{i}", client_order_id=f"c{i}", strategy_id=strategy_id, member_id="bench",
-        exec_type=executions_pb2.EXEC_TYPE_FILL, status=executions_pb2.ORDER_STATUS_FILLED, symbol="BENCH",
-        side=common_pb2.SIDE_BUY if i % 2 == 0 else common_pb2.SIDE_SELL, type=common_pb2.ORDER_TYPE_MARKET,
-        time_in_force=common_pb2.TIME_IN_FORCE_DAY, order_qty="1", fill_qty="1", fill_price="100.02",
-        cum_qty="1", avg_price="100.02", leaves_qty="0", fee="0.01", venue="sim", event_ns=time.time_ns(),
+        execution_id=f"x{i}",
+        order_id=f"o{i}",
+        client_order_id=f"c{i}",
+        strategy_id=strategy_id,
+        member_id="bench",
+        exec_type=executions_pb2.EXEC_TYPE_FILL,
+        status=executions_pb2.ORDER_STATUS_FILLED,
+        symbol="BENCH",
+        side=common_pb2.SIDE_BUY if i % 2 == 0 else common_pb2.SIDE_SELL,
+        type=common_pb2.ORDER_TYPE_MARKET,
+        time_in_force=common_pb2.TIME_IN_FORCE_DAY,
+        order_qty="1",
+        fill_qty="1",
+        fill_price="100.02",
+        cum_qty="1",
+        avg_price="100.02",
+        leaves_qty="0",
+        fee="0.01",
+        venue="sim",
+        event_ns=time.time_ns(),
     )
 
 
@@ -71,10 +86,14 @@ async def desk_ingest(chunk: int, budget_s: float, max_rows: int) -> dict[str, A
                 await asyncio.sleep(0.05)  # a bench samples the consumer's lag; not a test synchronisation
             done = time.perf_counter()
             rows += chunk
-            chunks.append({
-                "rows_after": rows, "fills_per_s": chunk / (done - t0), "max_lag_msgs": max_lag,
-                "drain_after_publish_s": done - published_at,
-            })
+            chunks.append(
+                {
+                    "rows_after": rows,
+                    "fills_per_s": chunk / (done - t0),
+                    "max_lag_msgs": max_lag,
+                    "drain_after_publish_s": done - published_at,
+                }
+            )
         with sqlite3.connect(f"file:{desk.db_path}?mode=ro", uri=True) as db:
             stored = db.execute("SELECT COUNT(*) FROM fills").fetchone()[0]
     return {"chunks": chunks, "published": rows, "stored": stored, "elapsed_s": time.perf_counter() - began}
@@ -94,8 +113,10 @@ async def bare_sqlite(path: str, rows: int) -> float:
             await db.execute("BEGIN IMMEDIATE")
             await db.executemany(
                 "INSERT INTO fills VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(f"x{i}", f"o{i}", "bench-0", "BENCH", "BUY", "1", "100.02", "0.01", i)
-                 for i in range(start, min(rows, start + BATCH))],
+                [
+                    (f"x{i}", f"o{i}", "bench-0", "BENCH", "BUY", "1", "100.02", "0.01", i)
+                    for i in range(start, min(rows, start + BATCH))
+                ],
             )
             await db.execute("COMMIT")
         return rows / (time.perf_counter() - t0)
@@ -113,7 +134,9 @@ async def bare_pull(desk: Desk, rows: int) -> float:
             await desk.nc.flush()
     await desk.nc.flush()
     sub = await js.pull_subscribe(
-        "benchpull.>", durable="bare", stream="BENCHPULL",
+        "benchpull.>",
+        durable="bare",
+        stream="BENCHPULL",
         config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=BATCH * 4),
     )
     got = 0
@@ -140,16 +163,30 @@ async def run(chunk: int, budget_s: float, max_rows: int) -> tuple[list[Figure],
     fill_rate = desk_result["published"] / sum(chunk / c["fills_per_s"] for c in chunks)
     lost = desk_result["published"] - desk_result["stored"]
     figures = [
-        Figure(SECTION, "ingest, executions -> committed SQLite rows (durable)", "fills/s", fill_rate, bare_rate,
-               Target("min", 20000),
-               note=f"bare = min(raw aiosqlite WAL+FULL {sqlite_rate:,.0f}/s, bare JetStream pull {pull_rate:,.0f}/s)"),
+        Figure(
+            SECTION,
+            "ingest, executions -> committed SQLite rows (durable)",
+            "fills/s",
+            fill_rate,
+            bare_rate,
+            Target("min", 20000),
+            note=f"bare = min(raw aiosqlite WAL+FULL {sqlite_rate:,.0f}/s, bare JetStream pull {pull_rate:,.0f}/s)",
+        ),
         Figure(SECTION, "lost fills (published - stored)", "fills", float(lost), None, Target("max", 0)),
         Figure(SECTION, f"max lag during the first {chunk:,} fills", "msgs", float(first["max_lag_msgs"])),
         Figure(SECTION, "drain time after the publisher stopped (first chunk)", "s", first["drain_after_publish_s"]),
-        Figure(SECTION, f"ingest rate at {chunks[-1]['rows_after']:,} rows (last chunk)", "fills/s",
-               chunks[-1]["fills_per_s"], bare_rate,
-               note=("1M rows did not fit the time bound; reached "
-                     f"{desk_result['published']:,} rows in {desk_result['elapsed_s']:.0f} s")
-               if desk_result["published"] < 1_000_000 else "1M rows reached"),
+        Figure(
+            SECTION,
+            f"ingest rate at {chunks[-1]['rows_after']:,} rows (last chunk)",
+            "fills/s",
+            chunks[-1]["fills_per_s"],
+            bare_rate,
+            note=(
+                "1M rows did not fit the time bound; reached "
+                f"{desk_result['published']:,} rows in {desk_result['elapsed_s']:.0f} s"
+            )
+            if desk_result["published"] < 1_000_000
+            else "1M rows reached",
+        ),
     ]
     return figures, {"desk": desk_result, "bare_sqlite_rows_per_s": sqlite_rate, "bare_pull_msgs_per_s": pull_rate}

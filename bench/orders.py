@@ -40,8 +40,13 @@ async def _probe(desk: Desk, strategy_id: str, timeout: float = 15.0) -> None:
     while True:
         i += 1
         req = orders_pb2.OrderRequest(
-            strategy_id=strategy_id, client_order_id=f"probe{i}", symbol=BENCH_SYMBOL, side=common_pb2.SIDE_BUY,
-            type=common_pb2.ORDER_TYPE_MARKET, time_in_force=common_pb2.TIME_IN_FORCE_DAY, qty="1",
+            strategy_id=strategy_id,
+            client_order_id=f"probe{i}",
+            symbol=BENCH_SYMBOL,
+            side=common_pb2.SIDE_BUY,
+            type=common_pb2.ORDER_TYPE_MARKET,
+            time_in_force=common_pb2.TIME_IN_FORCE_DAY,
+            qty="1",
         )
         with contextlib.suppress(Exception):
             ack = await request(desk.nc, subjects.order_submit(strategy_id), req, orders_pb2.OrderAck, timeout=2)
@@ -56,10 +61,19 @@ async def _run_load(
     desk: Desk, plan: Plan, tag: str, processes: int, n: int, concurrency: int, sample_rss: bool
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     workers = [
-        Worker("orders", {
-            "url": desk.url, "strategy_id": f"bench-{p}", "symbol": BENCH_SYMBOL, "n": n,
-            "concurrency": concurrency, "warmup": plan.warmup, "prefix": f"{tag}p{p}", "fill_timeout": 60.0,
-        })
+        Worker(
+            "orders",
+            {
+                "url": desk.url,
+                "strategy_id": f"bench-{p}",
+                "symbol": BENCH_SYMBOL,
+                "n": n,
+                "concurrency": concurrency,
+                "warmup": plan.warmup,
+                "prefix": f"{tag}p{p}",
+                "fill_timeout": 60.0,
+            },
+        )
         for p in range(processes)
     ]
     for w in workers:
@@ -84,16 +98,30 @@ async def bare_limits(plan: Plan) -> dict[str, Any]:
         relay = await Worker("relay", {"url": desk.url, "subject": "bench.hop1", "next_subject": "bench.hop2"}).start(
             wait_ready=True
         )
-        seq = await Worker("requester", {
-            "url": desk.url, "subject": "bench.hop1", "size": ORDER_BYTES, "n": plan.sequential,
-            "concurrency": 1, "warmup": plan.warmup,
-        }).start()
+        seq = await Worker(
+            "requester",
+            {
+                "url": desk.url,
+                "subject": "bench.hop1",
+                "size": ORDER_BYTES,
+                "n": plan.sequential,
+                "concurrency": 1,
+                "warmup": plan.warmup,
+            },
+        ).start()
         seq_result = await seq.result()
         loads = [
-            Worker("requester", {
-                "url": desk.url, "subject": "bench.hop1", "size": ORDER_BYTES, "n": plan.throughput_orders,
-                "concurrency": plan.concurrency, "warmup": plan.warmup,
-            })
+            Worker(
+                "requester",
+                {
+                    "url": desk.url,
+                    "subject": "bench.hop1",
+                    "size": ORDER_BYTES,
+                    "n": plan.throughput_orders,
+                    "concurrency": plan.concurrency,
+                    "warmup": plan.warmup,
+                },
+            )
             for _ in range(plan.load_processes)
         ]
         for w in loads:
@@ -134,9 +162,16 @@ async def strategy_footprint(desk: Desk) -> float | None:
         spec = strategy_pb2.StrategySpec(strategy_id="bench-idle", member_id="bench", initial_cash="100000")
         await desk_kv.put(desk.nc.jetstream(), subjects.KV_STRATEGIES, "bench-idle", spec)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "strategy_sdk", "run", str(folder), cwd=ROOT,
+            sys.executable,
+            "-m",
+            "strategy_sdk",
+            "run",
+            str(folder),
+            cwd=ROOT,
             env=_env({"NATS_URL": desk.url, "DESK_STRATEGY_ID": "bench-idle", "DESK_HEARTBEAT_INTERVAL": "0.5"}),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         try:
             await asyncio.wait_for(beat, 30)
@@ -171,8 +206,9 @@ async def run(plan: Plan, suffix: str = "", with_bare: bool = True) -> tuple[lis
     return figures, raw
 
 
-async def _sequential(desk: Desk, plan: Plan, suffix: str, bare: dict[str, Any] | None, figures: list[Figure],
-                      raw: dict[str, Any]) -> dict[str, float]:
+async def _sequential(
+    desk: Desk, plan: Plan, suffix: str, bare: dict[str, Any] | None, figures: list[Figure], raw: dict[str, Any]
+) -> dict[str, float]:
     """One order at a time: ack and fill latency percentiles, and each process's CPU per order."""
     cpu_before = desk.cpu()
     seq_results, _ = await _run_load(desk, plan, "s", 1, plan.sequential, 1, sample_rss=False)
@@ -181,7 +217,8 @@ async def _sequential(desk: Desk, plan: Plan, suffix: str, bare: dict[str, Any] 
     orders_sent = plan.sequential + plan.warmup
     cpu_per_order = {
         name: (cpu_after[name] - cpu_before[name]) / orders_sent * 1e6
-        for name in sorted(cpu_after) if name in cpu_before
+        for name in sorted(cpu_after)
+        if name in cpu_before
     }
     raw["cpu_us_per_order"] = cpu_per_order
     ack = summarize(seq["latencies_ms"])
@@ -190,22 +227,34 @@ async def _sequential(desk: Desk, plan: Plan, suffix: str, bare: dict[str, Any] 
     bare_seq = summarize(bare["seq"]["latencies_ms"]) if bare else None
     targets = {"p50": Target("ratio_max", 2.0), "p90": None, "p99": Target("max", 5.0)}
     for pct, target in targets.items():
-        figures.append(Figure(
-            SECTION, f"ack latency {pct}, sequential{suffix}", "ms", getattr(ack, pct),
-            getattr(bare_seq, pct) if bare_seq else None, target,
-            note="strategy request -> router (validation, risk, route) -> OrderAck; bare: 2 req/reply hops",
-        ))
+        figures.append(
+            Figure(
+                SECTION,
+                f"ack latency {pct}, sequential{suffix}",
+                "ms",
+                getattr(ack, pct),
+                getattr(bare_seq, pct) if bare_seq else None,
+                target,
+                note="strategy request -> router (validation, risk, route) -> OrderAck; bare: 2 req/reply hops",
+            )
+        )
     for pct in targets:
-        figures.append(Figure(
-            SECTION, f"fill latency {pct}, sequential{suffix}", "ms", getattr(fill, pct) if fill else None,
-            getattr(bare_seq, pct) if bare_seq else None,
-            note=f"submit -> FILL report on desk.exec.<id> via the sim gateway ({seq['fills']}/{seq['count']} filled)",
-        ))
+        figures.append(
+            Figure(
+                SECTION,
+                f"fill latency {pct}, sequential{suffix}",
+                "ms",
+                getattr(fill, pct) if fill else None,
+                getattr(bare_seq, pct) if bare_seq else None,
+                note=f"submit -> FILL report on desk.exec.<id> via the sim gateway ({seq['fills']}/{seq['count']} filled)",
+            )
+        )
     return cpu_per_order
 
 
-async def _throughput_runs(desk: Desk, plan: Plan, suffix: str, bare: dict[str, Any] | None, figures: list[Figure],
-                           raw: dict[str, Any]) -> dict[str, float]:
+async def _throughput_runs(
+    desk: Desk, plan: Plan, suffix: str, bare: dict[str, Any] | None, figures: list[Figure], raw: dict[str, Any]
+) -> dict[str, float]:
     """Orders in flight from several processes, per router replica count; the peak RSS of the 1-router run."""
     bare_rate = _throughput(bare["load"]) if bare else None
     rss_load: dict[str, float] = {}
@@ -213,7 +262,12 @@ async def _throughput_runs(desk: Desk, plan: Plan, suffix: str, bare: dict[str, 
         while len(desk.procs["order_router"]) < replicas:
             await desk.spawn("order_router")
         results, peak = await _run_load(
-            desk, plan, f"t{replicas}r", plan.load_processes, plan.throughput_orders, plan.concurrency,
+            desk,
+            plan,
+            f"t{replicas}r",
+            plan.load_processes,
+            plan.throughput_orders,
+            plan.concurrency,
             sample_rss=replicas == 1,
         )
         if replicas == 1:
@@ -221,31 +275,55 @@ async def _throughput_runs(desk: Desk, plan: Plan, suffix: str, bare: dict[str, 
         rate = _throughput(results)
         fill_rate = _throughput(results, key="fills_elapsed_s", count="fills")
         raw.setdefault("throughput", {})[replicas] = {
-            "acks_per_s": rate, "fills_per_s": fill_rate,
-            "failures": sum(r["failures"] for r in results), "rejected": [r["rejected"] for r in results],
+            "acks_per_s": rate,
+            "fills_per_s": fill_rate,
+            "failures": sum(r["failures"] for r in results),
+            "rejected": [r["rejected"] for r in results],
         }
         in_flight = plan.load_processes * plan.concurrency
-        figures.append(Figure(
-            SECTION, f"throughput, {replicas} router(s), 1 sim gateway{suffix}", "orders/s", rate, bare_rate,
-            Target("min", 5000) if replicas == 1 else None,
-            note=f"{in_flight} in flight from {plan.load_processes} processes; fills/s {fill_rate:,.0f}",
-        ))
-        figures.append(Figure(
-            SECTION, f"fill throughput, {replicas} router(s){suffix}", "fills/s", fill_rate, bare_rate,
-            note="FILL reports reaching the strategies",
-        ))
+        figures.append(
+            Figure(
+                SECTION,
+                f"throughput, {replicas} router(s), 1 sim gateway{suffix}",
+                "orders/s",
+                rate,
+                bare_rate,
+                Target("min", 5000) if replicas == 1 else None,
+                note=f"{in_flight} in flight from {plan.load_processes} processes; fills/s {fill_rate:,.0f}",
+            )
+        )
+        figures.append(
+            Figure(
+                SECTION,
+                f"fill throughput, {replicas} router(s){suffix}",
+                "fills/s",
+                fill_rate,
+                bare_rate,
+                note="FILL reports reaching the strategies",
+            )
+        )
     return rss_load
 
 
-async def _resource_figures(desk: Desk, cpu_per_order: dict[str, float], idle: dict[str, float | None],
-                            rss_load: dict[str, float], figures: list[Figure]) -> None:
+async def _resource_figures(
+    desk: Desk,
+    cpu_per_order: dict[str, float],
+    idle: dict[str, float | None],
+    rss_load: dict[str, float],
+    figures: list[Figure],
+) -> None:
     """CPU per order and memory (idle, under load, one strategy process)."""
     for name, micros in cpu_per_order.items():
-        figures.append(Figure(
-            "cpu", f"{name} CPU per order, sequential", "us", micros,
-            note="CPU time (user + system) each process spent per order of the sequential run, "
-                 "its fill and booking included",
-        ))
+        figures.append(
+            Figure(
+                "cpu",
+                f"{name} CPU per order, sequential",
+                "us",
+                micros,
+                note="CPU time (user + system) each process spent per order of the sequential run, "
+                "its fill and booking included",
+            )
+        )
     for name, mib in idle.items():
         figures.append(Figure("memory", f"{name} RSS idle", "MiB", mib))
     for name, mib in sorted(rss_load.items()):

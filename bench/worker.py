@@ -124,7 +124,9 @@ async def requester(url: str, subject: str, size: int, n: int, concurrency: int,
     await _closed_loop(warmup, 1, one)
     latencies, elapsed, failures = await _closed_loop(n, concurrency, one)
     await nc.drain()
-    _emit({"latencies_ms": latencies[:SAMPLE_LIMIT], "count": len(latencies), "elapsed_s": elapsed, "failures": failures})
+    _emit(
+        {"latencies_ms": latencies[:SAMPLE_LIMIT], "count": len(latencies), "elapsed_s": elapsed, "failures": failures}
+    )
 
 
 # -- the desk's order path ------------------------------------------------------------------------------
@@ -169,8 +171,13 @@ async def orders(
         async def one(i: int) -> bool:
             coid = f"{prefix}{tag}{i}"
             req = orders_pb2.OrderRequest(
-                strategy_id=strategy_id, client_order_id=coid, symbol=symbol, side=common_pb2.SIDE_BUY,
-                type=common_pb2.ORDER_TYPE_MARKET, time_in_force=common_pb2.TIME_IN_FORCE_DAY, qty="1",
+                strategy_id=strategy_id,
+                client_order_id=coid,
+                symbol=symbol,
+                side=common_pb2.SIDE_BUY,
+                type=common_pb2.ORDER_TYPE_MARKET,
+                time_in_force=common_pb2.TIME_IN_FORCE_DAY,
+                qty="1",
             )
             sent[coid] = time.perf_counter_ns()
             ack = await request(nc, subject, req, orders_pb2.OrderAck, timeout=10)
@@ -267,8 +274,16 @@ async def publisher(
             now = time.time_ns()
             if desk:
                 bar = marketdata_pb2.Bar(
-                    symbol=name, open="100.00", high="100.10", low="99.90", close="100.05", volume="12345",
-                    start_ns=now - interval_ns, interval_ns=interval_ns, vwap="100.01", trade_count=42,
+                    symbol=name,
+                    open="100.00",
+                    high="100.10",
+                    low="99.90",
+                    close="100.05",
+                    volume="12345",
+                    start_ns=now - interval_ns,
+                    interval_ns=interval_ns,
+                    vwap="100.01",
+                    trade_count=42,
                     source="bench",
                 )
                 body, headers = codec.encode(bar)

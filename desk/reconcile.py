@@ -82,8 +82,13 @@ def compare(ledger: Iterable[ledger_pb2.Position], broker: Iterable[ledger_pb2.P
     for symbol in sorted(set(ours) | set(theirs)):
         mine, venue = ours.get(symbol, ZERO), theirs.get(symbol, ZERO)
         if mine != venue:
-            strategies = tuple(sorted((p.strategy_id, Decimal(p.qty or "0")) for p in ledger
-                                      if p.symbol == symbol and Decimal(p.qty or "0") != 0))
+            strategies = tuple(
+                sorted(
+                    (p.strategy_id, Decimal(p.qty or "0"))
+                    for p in ledger
+                    if p.symbol == symbol and Decimal(p.qty or "0") != 0
+                )
+            )
             differences.append(Difference(symbol, mine, venue, strategies))
     return differences
 
@@ -95,8 +100,10 @@ def format_differences(differences: list[Difference], venue: str) -> list[str]:
     lines = [f"reconcile: {len(differences)} difference(s) between the ledger and {venue}:"]
     for d in differences:
         parts = ", ".join(f"{s} {fmt(q)}" for s, q in d.by_strategy) or "no strategy holds it"
-        lines.append(f"  {d.symbol}: ledger {fmt(d.ledger_qty)} ({parts}), {venue} {fmt(d.broker_qty)}, "
-                     f"difference {fmt(d.delta)}")
+        lines.append(
+            f"  {d.symbol}: ledger {fmt(d.ledger_qty)} ({parts}), {venue} {fmt(d.broker_qty)}, "
+            f"difference {fmt(d.delta)}"
+        )
     return lines
 
 
@@ -186,8 +193,12 @@ class Baseline:
     def load(cls, path: Path) -> Baseline | None:
         try:
             raw = json.loads(path.read_text())
-            return cls(str(raw["account_id"]), Decimal(raw["account_cash"]), Decimal(raw["ledger_cash_flow"]),
-                       int(raw["taken_ns"]))
+            return cls(
+                str(raw["account_id"]),
+                Decimal(raw["account_cash"]),
+                Decimal(raw["ledger_cash_flow"]),
+                int(raw["taken_ns"]),
+            )
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, ArithmeticError) as exc:
@@ -234,12 +245,21 @@ class Result:
             head = f"reconcile: {len(self.findings)} difference(s) between the ledger and {venue}:"
         else:
             head = f"reconcile: ledger and {venue} agree ({', '.join(self.checked)}; orders since {since})"
-        return [head, *(f"  {f.line()}" for f in self.findings),
-                *(f"  not checked: {reason}" for reason in self.not_checked)]
+        return [
+            head,
+            *(f"  {f.line()}" for f in self.findings),
+            *(f"  not checked: {reason}" for reason in self.not_checked),
+        ]
 
     def as_dict(self, venue: str) -> dict[str, Any]:
-        return {"venue": venue, "clean": self.clean, "since": _iso(self.since_ns), "checked": self.checked,
-                "not_checked": self.not_checked, "differences": [f.as_dict() for f in self.findings]}
+        return {
+            "venue": venue,
+            "clean": self.clean,
+            "since": _iso(self.since_ns),
+            "checked": self.checked,
+            "not_checked": self.not_checked,
+            "differences": [f.as_dict() for f in self.findings],
+        }
 
 
 def _iso(ns: int) -> str:
@@ -264,50 +284,73 @@ def _qty_at(qty: Decimal, avg: Decimal | None) -> str:
     return f"{fmt(qty)} @ {fmt(avg)}" if avg is not None else fmt(qty)
 
 
-def check(books: Books, account: Account, since_ns: int, baseline: Baseline | None = None,
-          venue: str = "alpaca") -> Result:
+def check(
+    books: Books, account: Account, since_ns: int, baseline: Baseline | None = None, venue: str = "alpaca"
+) -> Result:
     """Every difference between the ledger and the account (see the module's docstring)."""
     findings: list[Finding] = []
     checked = ["positions"]
     not_checked = list(books.incomplete)
     for d in compare(books.positions, account.positions):
         parts = ", ".join(f"{s} {fmt(q)}" for s, q in d.by_strategy) or "no strategy holds it"
-        findings.append(Finding("position", d.symbol, f"ledger {fmt(d.ledger_qty)} ({parts}), {venue} "
-                                f"{fmt(d.broker_qty)}, difference {fmt(d.delta)}",
-                                {"ledger_qty": fmt(d.ledger_qty), "broker_qty": fmt(d.broker_qty),
-                                 "difference": fmt(d.delta)}))
+        findings.append(
+            Finding(
+                "position",
+                d.symbol,
+                f"ledger {fmt(d.ledger_qty)} ({parts}), {venue} {fmt(d.broker_qty)}, difference {fmt(d.delta)}",
+                {"ledger_qty": fmt(d.ledger_qty), "broker_qty": fmt(d.broker_qty), "difference": fmt(d.delta)},
+            )
+        )
     findings += _check_cash(books, account, baseline, checked, not_checked)
     if account.orders is None or account.fills is None:
-        not_checked.append(f"fills, orders, attribution, crosses: the {venue} account's orders and fills were not read "
-                           "(ALPACA_API_KEY/ALPACA_SECRET_KEY are not set here)")
+        not_checked.append(
+            f"fills, orders, attribution, crosses: the {venue} account's orders and fills were not read "
+            "(ALPACA_API_KEY/ALPACA_SECRET_KEY are not set here)"
+        )
     else:
         checked += ["fills", "attribution", "orders", "crosses"]
         findings += _check_orders(books, account.orders, account.fills, since_ns)
     return Result(findings, checked, not_checked, since_ns)
 
 
-def _check_cash(books: Books, account: Account, baseline: Baseline | None, checked: list[str],
-                not_checked: list[str]) -> list[Finding]:
+def _check_cash(
+    books: Books, account: Account, baseline: Baseline | None, checked: list[str], not_checked: list[str]
+) -> list[Finding]:
     if account.cash is None or books.cash_flow is None:
         not_checked.append("cash: the account's cash or the ledger's P&L was not read")
         return []
     if baseline is None:
-        not_checked.append("cash: no baseline yet (recorded at the first reconcile without differences, or "
-                           "`desk reconcile --set-baseline`)")
+        not_checked.append(
+            "cash: no baseline yet (recorded at the first reconcile without differences, or "
+            "`desk reconcile --set-baseline`)"
+        )
         return []
     if baseline.account_id and account.account_id and baseline.account_id != account.account_id:
-        not_checked.append(f"cash: the baseline is of account {baseline.account_id}, this is {account.account_id} "
-                           "(`desk reconcile --set-baseline`)")
+        not_checked.append(
+            f"cash: the baseline is of account {baseline.account_id}, this is {account.account_id} "
+            "(`desk reconcile --set-baseline`)"
+        )
         return []
     checked.append("cash")
     moved = account.cash - baseline.account_cash
     booked = books.cash_flow - baseline.ledger_cash_flow
     if abs(moved - booked) <= CASH_TOLERANCE:
         return []
-    return [Finding("cash", "USD", f"the account's cash moved {fmt(moved)} since the baseline of "
-                    f"{_iso(baseline.taken_ns)}, the ledger's fills {fmt(booked)}, difference {fmt(moved - booked)}",
-                    {"account_change": fmt(moved), "ledger_change": fmt(booked), "difference": fmt(moved - booked),
-                     "account_cash": fmt(account.cash), "baseline_ns": str(baseline.taken_ns)})]
+    return [
+        Finding(
+            "cash",
+            "USD",
+            f"the account's cash moved {fmt(moved)} since the baseline of "
+            f"{_iso(baseline.taken_ns)}, the ledger's fills {fmt(booked)}, difference {fmt(moved - booked)}",
+            {
+                "account_change": fmt(moved),
+                "ledger_change": fmt(booked),
+                "difference": fmt(moved - booked),
+                "account_cash": fmt(account.cash),
+                "baseline_ns": str(baseline.taken_ns),
+            },
+        )
+    ]
 
 
 def _check_orders(books: Books, orders: list[AlpacaOrder], fills: list[AlpacaFill], since_ns: int) -> list[Finding]:
@@ -327,31 +370,44 @@ def _check_orders(books: Books, orders: list[AlpacaOrder], fills: list[AlpacaFil
         ids = desk_order_of(order.client_order_id)
         if ids is None:
             if order.filled_qty and order.created_ns >= since_ns:
-                findings.append(Finding("order", order.id, f"{order.side} {fmt(order.filled_qty)} {order.symbol} "
-                                        f"filled at Alpaca by an order the desk did not place (client_order_id "
-                                        f"{order.client_order_id!r})", {"filled_qty": fmt(order.filled_qty)}))
+                findings.append(
+                    Finding(
+                        "order",
+                        order.id,
+                        f"{order.side} {fmt(order.filled_qty)} {order.symbol} "
+                        f"filled at Alpaca by an order the desk did not place (client_order_id "
+                        f"{order.client_order_id!r})",
+                        {"filled_qty": fmt(order.filled_qty)},
+                    )
+                )
             continue
         strategy_id, client_id = ids
         desk_order_id = order_id_for(strategy_id, client_id)
         by_desk_order.setdefault(desk_order_id, []).append(order)
         if order.created_ns < since_ns:
             continue
-        findings += _check_alpaca_order(order, (strategy_id, client_id, desk_order_id),
-                                        activities.get(order.id, []), ledger_fills, ledger_orders)
+        findings += _check_alpaca_order(
+            order, (strategy_id, client_id, desk_order_id), activities.get(order.id, []), ledger_fills, ledger_orders
+        )
 
     for record in sorted(books.orders, key=lambda o: (o.created_ns, o.order_id)):
         if record.venue != "alpaca" or record.created_ns < since_ns:
             continue
-        findings += _check_desk_order(record, fills_by_order.get(record.order_id, []),
-                                      by_desk_order.get(record.order_id, []), alpaca_exec_ids)
+        findings += _check_desk_order(
+            record, fills_by_order.get(record.order_id, []), by_desk_order.get(record.order_id, []), alpaca_exec_ids
+        )
 
     findings += _check_crosses(books, alpaca_exec_ids, since_ns)
     return findings
 
 
-def _check_alpaca_order(order: AlpacaOrder, desk_ids: tuple[str, str, str], activities: list[AlpacaFill],
-                        ledger_fills: dict[str, ledger_pb2.Fill],
-                        ledger_orders: dict[str, ledger_pb2.OrderRecord]) -> list[Finding]:
+def _check_alpaca_order(
+    order: AlpacaOrder,
+    desk_ids: tuple[str, str, str],
+    activities: list[AlpacaFill],
+    ledger_fills: dict[str, ledger_pb2.Fill],
+    ledger_orders: dict[str, ledger_pb2.OrderRecord],
+) -> list[Finding]:
     """One Alpaca order the desk placed (``desk_ids``: strategy id, client order id, desk order id):
     each of its FILL activities booked once, to the right strategy and order; the activities and the
     ledger's fills add up to its filled quantity; the ledger knows the desk order."""
@@ -366,9 +422,14 @@ def _check_alpaca_order(order: AlpacaOrder, desk_ids: tuple[str, str, str], acti
         fill = ledger_fills.get(exec_id)
         what = f"{a.side} {fmt(a.qty)} {a.symbol} @ {fmt(a.price)} at {_iso(a.ts_ns)} (alpaca order {order.id})"
         if fill is None:
-            findings.append(Finding("fill", where, f"Alpaca filled {what}: not in the ledger",
-                                    {"alpaca_order_id": order.id, "execution_id": exec_id, "qty": fmt(a.qty),
-                                     "price": fmt(a.price)}))
+            findings.append(
+                Finding(
+                    "fill",
+                    where,
+                    f"Alpaca filled {what}: not in the ledger",
+                    {"alpaca_order_id": order.id, "execution_id": exec_id, "qty": fmt(a.qty), "price": fmt(a.price)},
+                )
+            )
             continue
         booked[fill.strategy_id] = booked.get(fill.strategy_id, ZERO) + Decimal(fill.qty or "0")
         wrong = []
@@ -377,24 +438,46 @@ def _check_alpaca_order(order: AlpacaOrder, desk_ids: tuple[str, str, str], acti
         if (fill.strategy_id, fill.order_id) != (strategy_id, desk_order_id):
             wrong.append(f"booked to {fill.strategy_id}/{fill.client_order_id}, not {strategy_id}/{client_id}")
         if wrong:
-            findings.append(Finding("fill", where, f"Alpaca filled {what}: {'; '.join(wrong)}",
-                                    {"alpaca_order_id": order.id, "execution_id": exec_id}))
+            findings.append(
+                Finding(
+                    "fill",
+                    where,
+                    f"Alpaca filled {what}: {'; '.join(wrong)}",
+                    {"alpaca_order_id": order.id, "execution_id": exec_id},
+                )
+            )
     if seen_qty != order.filled_qty:
-        findings.append(Finding("attribution", where, f"filled {fmt(order.filled_qty)} at Alpaca (order {order.id}), "
-                                f"its FILL activities add up to {fmt(seen_qty)}",
-                                {"alpaca_order_id": order.id, "filled_qty": fmt(order.filled_qty),
-                                 "activities_qty": fmt(seen_qty)}))
+        findings.append(
+            Finding(
+                "attribution",
+                where,
+                f"filled {fmt(order.filled_qty)} at Alpaca (order {order.id}), "
+                f"its FILL activities add up to {fmt(seen_qty)}",
+                {"alpaca_order_id": order.id, "filled_qty": fmt(order.filled_qty), "activities_qty": fmt(seen_qty)},
+            )
+        )
     total = sum(booked.values(), ZERO)
     if total != order.filled_qty:
         parts = ", ".join(f"{s} {fmt(q)}" for s, q in sorted(booked.items())) or "none"
-        findings.append(Finding("attribution", where, f"filled {fmt(order.filled_qty)} at Alpaca (order {order.id}), "
-                                f"the strategies' fills of it in the ledger add up to {fmt(total)} ({parts})",
-                                {"alpaca_order_id": order.id, "filled_qty": fmt(order.filled_qty),
-                                 "ledger_qty": fmt(total)}))
+        findings.append(
+            Finding(
+                "attribution",
+                where,
+                f"filled {fmt(order.filled_qty)} at Alpaca (order {order.id}), "
+                f"the strategies' fills of it in the ledger add up to {fmt(total)} ({parts})",
+                {"alpaca_order_id": order.id, "filled_qty": fmt(order.filled_qty), "ledger_qty": fmt(total)},
+            )
+        )
     if desk_order_id not in ledger_orders:
-        findings.append(Finding("order", f"{strategy_id}/{client_id}", f"Alpaca has {where} (order {order.id}, "
-                                f"{order.status}, filled {fmt(order.filled_qty)}); the ledger has no such desk order",
-                                {"order_id": desk_order_id, "alpaca_order_id": order.id}))
+        findings.append(
+            Finding(
+                "order",
+                f"{strategy_id}/{client_id}",
+                f"Alpaca has {where} (order {order.id}, "
+                f"{order.status}, filled {fmt(order.filled_qty)}); the ledger has no such desk order",
+                {"order_id": desk_order_id, "alpaca_order_id": order.id},
+            )
+        )
     return findings
 
 
@@ -410,15 +493,22 @@ def _check_crosses(books: Books, alpaca_exec_ids: set[str], since_ns: int) -> li
         qty = sum((_signed(f.side, Decimal(f.qty or "0")) for f in legs), ZERO)
         cash = sum((_signed(f.side, Decimal(f.qty or "0")) * Decimal(f.price or "0") for f in legs), ZERO)
         if qty or cash:
-            findings.append(Finding("cross", symbol, f"the internal crosses since {_iso(since_ns)} do not balance: "
-                                    f"{len(legs)} fills, net {fmt(qty)} shares for {fmt(-cash)} USD (each cross is a "
-                                    "buy and a sell of the same quantity at one price)",
-                                    {"net_qty": fmt(qty), "net_cash": fmt(-cash)}))
+            findings.append(
+                Finding(
+                    "cross",
+                    symbol,
+                    f"the internal crosses since {_iso(since_ns)} do not balance: "
+                    f"{len(legs)} fills, net {fmt(qty)} shares for {fmt(-cash)} USD (each cross is a "
+                    "buy and a sell of the same quantity at one price)",
+                    {"net_qty": fmt(qty), "net_cash": fmt(-cash)},
+                )
+            )
     return findings
 
 
-def _check_desk_order(record: ledger_pb2.OrderRecord, fills: list[ledger_pb2.Fill], alpaca: list[AlpacaOrder],
-                      alpaca_exec_ids: set[str]) -> list[Finding]:
+def _check_desk_order(
+    record: ledger_pb2.OrderRecord, fills: list[ledger_pb2.Fill], alpaca: list[AlpacaOrder], alpaca_exec_ids: set[str]
+) -> list[Finding]:
     name = f"{record.strategy_id}/{record.client_order_id}"
     filled = Decimal(record.filled_qty or "0")
     avg = Decimal(record.avg_price) if record.avg_price else None
@@ -426,10 +516,15 @@ def _check_desk_order(record: ledger_pb2.OrderRecord, fills: list[ledger_pb2.Fil
     own_cost = sum((Decimal(f.qty or "0") * Decimal(f.price or "0") for f in fills), ZERO)
     findings = []
     if own_qty != filled or (own_qty and _avg_differs(avg, _avg(own_cost, own_qty))):
-        findings.append(Finding("order", name, f"the ledger's order says filled {_qty_at(filled, avg)}, its fills "
-                                f"add up to {_qty_at(own_qty, _avg(own_cost, own_qty))}",
-                                {"order_id": record.order_id, "ledger_filled_qty": fmt(filled),
-                                 "fills_qty": fmt(own_qty)}))
+        findings.append(
+            Finding(
+                "order",
+                name,
+                f"the ledger's order says filled {_qty_at(filled, avg)}, its fills "
+                f"add up to {_qty_at(own_qty, _avg(own_cost, own_qty))}",
+                {"order_id": record.order_id, "ledger_filled_qty": fmt(filled), "fills_qty": fmt(own_qty)},
+            )
+        )
     crossed = [f for f in fills if f.execution_id not in alpaca_exec_ids]
     cross_qty = sum((Decimal(f.qty or "0") for f in crossed), ZERO)
     cross_cost = sum((Decimal(f.qty or "0") * Decimal(f.price or "0") for f in crossed), ZERO)
@@ -439,12 +534,22 @@ def _check_desk_order(record: ledger_pb2.OrderRecord, fills: list[ledger_pb2.Fil
     expected_avg = _avg(alpaca_cost + cross_cost, expected)
     if expected != filled or (expected and _avg_differs(avg, expected_avg)):
         names = ", ".join(o.client_order_id for o in alpaca) or "none"
-        findings.append(Finding("order", name, f"the ledger says filled {_qty_at(filled, avg)}; Alpaca filled "
-                                f"{_qty_at(at_alpaca, _avg(alpaca_cost, at_alpaca))} ({names}) + crossed inside the "
-                                f"desk {_qty_at(cross_qty, _avg(cross_cost, cross_qty))} = "
-                                f"{_qty_at(expected, expected_avg)}",
-                                {"order_id": record.order_id, "ledger_filled_qty": fmt(filled),
-                                 "alpaca_filled_qty": fmt(at_alpaca), "crossed_qty": fmt(cross_qty)}))
+        findings.append(
+            Finding(
+                "order",
+                name,
+                f"the ledger says filled {_qty_at(filled, avg)}; Alpaca filled "
+                f"{_qty_at(at_alpaca, _avg(alpaca_cost, at_alpaca))} ({names}) + crossed inside the "
+                f"desk {_qty_at(cross_qty, _avg(cross_cost, cross_qty))} = "
+                f"{_qty_at(expected, expected_avg)}",
+                {
+                    "order_id": record.order_id,
+                    "ledger_filled_qty": fmt(filled),
+                    "alpaca_filled_qty": fmt(at_alpaca),
+                    "crossed_qty": fmt(cross_qty),
+                },
+            )
+        )
     return findings
 
 
@@ -476,32 +581,52 @@ async def fetch_books(nc: Any, since_ns: int, venue: str = "alpaca", timeout: fl
         books.incomplete.append("cash and positions: more strategies than one ledger reply holds")
     window = max(since_ns - WINDOW_MARGIN_NS, 0)
     for strategy in sorted({r.strategy_id for r in pnl.strategies if r.strategy_id}):
-        positions = await request(nc, subjects.LEDGER_POSITIONS, Q(strategy_id=strategy, limit=MAX_ROWS),
-                                  ledger_pb2.PositionsReply, timeout=timeout)
+        positions = await request(
+            nc,
+            subjects.LEDGER_POSITIONS,
+            Q(strategy_id=strategy, limit=MAX_ROWS),
+            ledger_pb2.PositionsReply,
+            timeout=timeout,
+        )
         books.positions += positions.positions
         symbols = sorted({p.symbol for p in positions.positions})
         for subject, reply_type, rows_of, into in (
             (subjects.LEDGER_FILLS, ledger_pb2.FillsReply, lambda r: list(r.fills), books.fills),
             (subjects.LEDGER_ORDERS, ledger_pb2.OrdersReply, lambda r: list(r.orders), books.orders),
         ):
-            rows = await _rows(nc, subject, Q(strategy_id=strategy, since_ns=window, limit=MAX_ROWS), reply_type,
-                               rows_of, timeout)
+            rows = await _rows(
+                nc, subject, Q(strategy_id=strategy, since_ns=window, limit=MAX_ROWS), reply_type, rows_of, timeout
+            )
             if rows is None:  # too many for one reply: one query per symbol the strategy trades
                 rows = []
                 for symbol in symbols:
-                    part = await _rows(nc, subject, Q(strategy_id=strategy, symbol=symbol, since_ns=window,
-                                                      limit=MAX_ROWS), reply_type, rows_of, timeout)
+                    part = await _rows(
+                        nc,
+                        subject,
+                        Q(strategy_id=strategy, symbol=symbol, since_ns=window, limit=MAX_ROWS),
+                        reply_type,
+                        rows_of,
+                        timeout,
+                    )
                     if part is None:
-                        books.incomplete.append(f"{subject.rsplit('.', 1)[-1]} of {strategy} {symbol} since "
-                                                f"{_iso(window)}: more than one ledger reply holds (use a later --since)")
+                        books.incomplete.append(
+                            f"{subject.rsplit('.', 1)[-1]} of {strategy} {symbol} since "
+                            f"{_iso(window)}: more than one ledger reply holds (use a later --since)"
+                        )
                         part = []
                     rows += part
             into += [r for r in rows if r.venue == venue]
     return books
 
 
-async def _rows(nc: Any, subject: str, query: ledger_pb2.LedgerQuery, reply_type: Any,
-                rows_of: Callable[[Any], list[Any]], timeout: float) -> list[Any] | None:
+async def _rows(
+    nc: Any,
+    subject: str,
+    query: ledger_pb2.LedgerQuery,
+    reply_type: Any,
+    rows_of: Callable[[Any], list[Any]],
+    timeout: float,
+) -> list[Any] | None:
     from desk.bus.request import request
 
     reply = await request(nc, subject, query, reply_type, timeout=timeout)
@@ -541,18 +666,27 @@ def fetch_account(client: Any, since_ns: int) -> Account:
         qty = _dec(row.qty) or ZERO
         if _word(row.side) == "short" and qty > 0:
             qty = -qty
-        positions.append(ledger_pb2.Position(symbol=str(row.symbol), qty=fmt(qty), avg_cost=fmt(_dec(row.avg_entry_price))))
+        positions.append(
+            ledger_pb2.Position(symbol=str(row.symbol), qty=fmt(qty), avg_cost=fmt(_dec(row.avg_entry_price)))
+        )
     after = dt.datetime.fromtimestamp(max(since_ns - WINDOW_MARGIN_NS, 0) / 1e9, dt.UTC)
     orders: dict[str, AlpacaOrder] = {}
     page_after = after
     while True:
-        page = client.get_orders(GetOrdersRequest(status=QueryOrderStatus.ALL, after=page_after, limit=500,
-                                                  direction=Sort.ASC, nested=False))
+        page = client.get_orders(
+            GetOrdersRequest(status=QueryOrderStatus.ALL, after=page_after, limit=500, direction=Sort.ASC, nested=False)
+        )
         for o in page:
             orders[str(o.id)] = AlpacaOrder(
-                id=str(o.id), client_order_id=str(o.client_order_id), symbol=str(o.symbol), side=_word(o.side),
-                status=_word(o.status), filled_qty=_dec(o.filled_qty) or ZERO,
-                filled_avg_price=_dec(o.filled_avg_price), created_ns=_ns(o.created_at))
+                id=str(o.id),
+                client_order_id=str(o.client_order_id),
+                symbol=str(o.symbol),
+                side=_word(o.side),
+                status=_word(o.status),
+                filled_qty=_dec(o.filled_qty) or ZERO,
+                filled_avg_price=_dec(o.filled_avg_price),
+                created_ns=_ns(o.created_at),
+            )
         if len(page) < 500:
             break
         page_after = page[-1].created_at - dt.timedelta(microseconds=1)  # ties at the edge: deduplicated by id
@@ -563,19 +697,32 @@ def fetch_account(client: Any, since_ns: int) -> Account:
         rows = rows if isinstance(rows, list) else []
         for r in rows:
             if r.get("order_id"):
-                fills.append(AlpacaFill(
-                    order_id=str(r["order_id"]), symbol=str(r.get("symbol", "")), side=str(r.get("side", "")),
-                    qty=_dec(r["qty"]) or ZERO, price=_dec(r["price"]) or ZERO, cum_qty=_dec(r["cum_qty"]) or ZERO,
-                    ts_ns=_ns(r.get("transaction_time"))))
+                fills.append(
+                    AlpacaFill(
+                        order_id=str(r["order_id"]),
+                        symbol=str(r.get("symbol", "")),
+                        side=str(r.get("side", "")),
+                        qty=_dec(r["qty"]) or ZERO,
+                        price=_dec(r["price"]) or ZERO,
+                        cum_qty=_dec(r["cum_qty"]) or ZERO,
+                        ts_ns=_ns(r.get("transaction_time")),
+                    )
+                )
         if len(rows) < params["page_size"]:
             break
         params["page_token"] = rows[-1]["id"]
-    return Account(positions=positions, cash=_dec(account.cash), account_id=str(account.id),
-                   orders=list(orders.values()), fills=fills)
+    return Account(
+        positions=positions,
+        cash=_dec(account.cash),
+        account_id=str(account.id),
+        orders=list(orders.values()),
+        fills=fills,
+    )
 
 
-def make_trading_client(api_key: str, secret_key: str, paper: bool = True, rest_url: str | None = None,
-                        timeout: float = 10.0) -> Any:
+def make_trading_client(
+    api_key: str, secret_key: str, paper: bool = True, rest_url: str | None = None, timeout: float = 10.0
+) -> Any:
     """alpaca-py's TradingClient with a timeout on every request (alpaca-py sets none) and no 3 s retry
     sleeps: the gateway's ALPACA_* names, so the same environment works for both."""
     import requests

@@ -83,8 +83,12 @@ def spec_problems(spec: strategy_pb2.StrategySpec) -> list[str]:
     size = spec.ByteSize()
     if size > MAX_SPEC_BYTES:
         biggest = max(
-            (("env", sum(len(k) + len(v) for k, v in spec.env.items())), ("description", len(spec.description)),
-             ("name", len(spec.name)), ("symbols", sum(len(s) for s in spec.symbols))),
+            (
+                ("env", sum(len(k) + len(v) for k, v in spec.env.items())),
+                ("description", len(spec.description)),
+                ("name", len(spec.name)),
+                ("symbols", sum(len(s) for s in spec.symbols)),
+            ),
             key=lambda item: item[1],
         )
         problems.append(
@@ -114,7 +118,7 @@ def spec_problems(spec: strategy_pb2.StrategySpec) -> list[str]:
         problems.append(f"runtime {spec.runtime!r} is not one of {', '.join(RUNTIMES)}")
     resources = spec.resources
     if resources.memory and not MEMORY_RE.match(resources.memory):
-        problems.append(f"resources.memory must look like \"256m\" or \"1g\", got {resources.memory!r}")
+        problems.append(f'resources.memory must look like "256m" or "1g", got {resources.memory!r}')
     if resources.cpus:
         problem = _amount("resources.cpus", resources.cpus)
         if problem:

@@ -71,8 +71,9 @@ class _Desk:
             options["inbox_prefix"] = os.environ.get("NATS_INBOX_PREFIX") or confine.strategy_inbox_prefix(
                 self.strategy_id
             )
-            self.nc = await open_connection(os.environ.get("NATS_URL", DEFAULT_URL), forever=True,
-                                            name=f"desk-client-{self.strategy_id}", **options)
+            self.nc = await open_connection(
+                os.environ.get("NATS_URL", DEFAULT_URL), forever=True, name=f"desk-client-{self.strategy_id}", **options
+            )
         return self.nc
 
     async def ask(self, subject: str, message: Any, reply_type: Any) -> Any:
@@ -150,13 +151,21 @@ def _reason(value: int) -> str:
     return str(orders_pb2.RejectReason.Name(value)).removeprefix("REJECT_REASON_")
 
 
-def _result(answer: orders_pb2.OrderAck | orders_pb2.CancelAck | tuple[str, str], client_order_id: str,
-            answer_names_it: bool = False) -> dict[str, Any]:
+def _result(
+    answer: orders_pb2.OrderAck | orders_pb2.CancelAck | tuple[str, str],
+    client_order_id: str,
+    answer_names_it: bool = False,
+) -> dict[str, Any]:
     """The old desk's result dict for an ack (or a ``(reason, message)`` the request failed with);
     ``answer_names_it``: the ack's client order id, when set, is the one reported (an order's ack)."""
     if isinstance(answer, tuple):
-        return {"id": None, "client_order_id": client_order_id, "status": "rejected", "reason": answer[0],
-                "message": answer[1]}
+        return {
+            "id": None,
+            "client_order_id": client_order_id,
+            "status": "rejected",
+            "reason": answer[0],
+            "message": answer[1],
+        }
     named = answer.client_order_id if answer_names_it else ""
     return {
         "id": answer.order_id or None,

@@ -51,33 +51,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"strategy_sdk {SDK_VERSION}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
-        "run", help="run one strategy until SIGTERM/SIGINT", description="Run one strategy until SIGTERM/SIGINT.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "run",
+        help="run one strategy until SIGTERM/SIGINT",
+        description="Run one strategy until SIGTERM/SIGINT.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("path", metavar="PATH", help="strategy folder (strategy.py + config.json) or a strategy.py")
     bt = commands.add_parser(
-        "backtest", help="backtest a strategy folder over bar files, in process (no desk, no NATS)",
+        "backtest",
+        help="backtest a strategy folder over bar files, in process (no desk, no NATS)",
         description="Backtest a strategy folder over historical bars, in process, and print the summary "
-                    "(the same run and numbers as `desk backtest --data`).",
-        epilog=BACKTEST_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "(the same run and numbers as `desk backtest --data`).",
+        epilog=BACKTEST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bt.add_argument("path", metavar="PATH", help="strategy folder (strategy.py + config.json)")
-    bt.add_argument("--data", action="append", required=True, metavar="FILE", type=Path,
-                    help="bar file or folder: desk CSV, Yahoo CSV, Alpaca bar JSON/CSV (repeatable)")
+    bt.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="FILE",
+        type=Path,
+        help="bar file or folder: desk CSV, Yahoo CSV, Alpaca bar JSON/CSV (repeatable)",
+    )
     bt.add_argument("--symbols", default="", help="comma-separated symbols (default: config.json's symbols)")
     bt.add_argument("--start", default="", help="first day (YYYY-MM-DD, New York) or ISO timestamp")
     bt.add_argument("--end", default="", help="last day (inclusive) or ISO timestamp")
     bt.add_argument("--cash", default="", help="initial cash (default: config.json's initial_cash, else 100000)")
     bt.add_argument("--json", dest="as_json", action="store_true", help="print the metrics as JSON (stable keys)")
-    bt.add_argument("--html", type=Path, default=None, metavar="FILE",
-                    help="write the self-contained HTML report to this file")
+    bt.add_argument(
+        "--html", type=Path, default=None, metavar="FILE", help="write the self-contained HTML report to this file"
+    )
     args = parser.parse_args(argv)
     if args.command == "backtest":
         from desk.backtest.run import BacktestError  # numpy and the report: only for backtests
 
         try:
-            return backtest(args.path, args.data, symbols=args.symbols, start=args.start, end=args.end,
-                            cash=args.cash, as_json=args.as_json, html=args.html)
+            return backtest(
+                args.path,
+                args.data,
+                symbols=args.symbols,
+                start=args.start,
+                end=args.end,
+                cash=args.cash,
+                as_json=args.as_json,
+                html=args.html,
+            )
         except BacktestError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return exc.code
@@ -101,8 +121,18 @@ exit codes: 0 done (a warning on stderr when the strategy's hooks raised), 1 the
 cannot be loaded, or no bars are left, 2 a bad option.
 """
 
-def backtest(path: str | Path, data: list[Path], *, symbols: str = "", start: str = "", end: str = "",
-             cash: str = "", as_json: bool = False, html: Path | None = None) -> int:
+
+def backtest(
+    path: str | Path,
+    data: list[Path],
+    *,
+    symbols: str = "",
+    start: str = "",
+    end: str = "",
+    cash: str = "",
+    as_json: bool = False,
+    html: Path | None = None,
+) -> int:
     """Backtest the strategy folder ``path`` over the bar files ``data``; print the summary (or JSON).
 
     Raises :class:`desk.backtest.run.BacktestError` when the strategy, the data or an option is unusable."""
@@ -119,16 +149,20 @@ def backtest(path: str | Path, data: list[Path], *, symbols: str = "", start: st
         raise BacktestError(str(exc)) from None
     bars = loaded.select(wanted or None, start_ns, end_ns)
     if len(bars) == 0:
-        raise BacktestError(f"no bars of {', '.join(wanted) or 'any symbol'} in the given range (the data has "
-                            f"{', '.join(loaded.symbol_list()) or 'none'}; pass --symbols)")
+        raise BacktestError(
+            f"no bars of {', '.join(wanted) or 'any symbol'} in the given range (the data has "
+            f"{', '.join(loaded.symbol_list()) or 'none'}; pass --symbols)"
+        )
     outcome = run_folder(folder, bars, cash)
     if html is not None:
         render_html(outcome.data, html, outcome.metrics)
     if as_json:
         sys.stdout.write(json.dumps(outcome.summary_json(folder, bars.symbol_list(), html), indent=2) + "\n")
     else:
-        print(f"{folder.title}: {len(bars):,} bars of {', '.join(bars.symbol_list())}, "
-              f"{len(outcome.result.orders)} orders, {len(outcome.result.fills)} fills")
+        print(
+            f"{folder.title}: {len(bars):,} bars of {', '.join(bars.symbol_list())}, "
+            f"{len(outcome.result.orders)} orders, {len(outcome.result.fills)} fills"
+        )
         print(format_summary(outcome.metrics))
         if html is not None:
             print(f"report: {html}")

@@ -80,8 +80,10 @@ def _credentials_hint(env: Mapping[str, str]) -> str:
         return f"the credentials file NATS_CREDS={env['NATS_CREDS']}"
     if env.get("NATS_USER"):
         return f"user NATS_USER={env['NATS_USER']!r} and its NATS_PASSWORD"
-    return ("no credentials: the desk runs NATS with authorization; set NATS_USER/NATS_PASSWORD "
-            "(or NATS_CREDS) to a user allowed to run this strategy, or let the desk run it (desk deploy NAME)")
+    return (
+        "no credentials: the desk runs NATS with authorization; set NATS_USER/NATS_PASSWORD "
+        "(or NATS_CREDS) to a user allowed to run this strategy, or let the desk run it (desk deploy NAME)"
+    )
 
 
 async def connect_nats(
@@ -126,16 +128,18 @@ async def connect_nats(
     async def reconnected_cb() -> None:
         log.info("nats.reconnected")
 
-    connecting = asyncio.ensure_future(open_connection(
-        url,
-        forever=True,
-        name=name,
-        connect_timeout=5,
-        error_cb=error_cb,
-        disconnected_cb=disconnected_cb,
-        reconnected_cb=reconnected_cb,
-        **options,
-    ))
+    connecting = asyncio.ensure_future(
+        open_connection(
+            url,
+            forever=True,
+            name=name,
+            connect_timeout=5,
+            error_cb=error_cb,
+            disconnected_cb=disconnected_cb,
+            reconnected_cb=reconnected_cb,
+            **options,
+        )
+    )
     waits: set[asyncio.Future[Any]] = {connecting, asyncio.ensure_future(gave_up.wait())}
     if stop is not None:
         waits.add(asyncio.ensure_future(stop.wait()))
@@ -159,7 +163,9 @@ async def connect_nats(
     return nc
 
 
-async def subscribe(nc: Client, subject_list: Iterable[str], cb: Callable[[Msg], Awaitable[None]]) -> list[Subscription]:
+async def subscribe(
+    nc: Client, subject_list: Iterable[str], cb: Callable[[Msg], Awaitable[None]]
+) -> list[Subscription]:
     """One subscription per subject, in order, all delivering to ``cb``."""
     return [await nc.subscribe(subject, cb=cb) for subject in subject_list]
 
@@ -235,13 +241,18 @@ def _reason(value: int) -> str:
 # The books at start ----------------------------------------------------------------------------------
 def _open_order(o: ledger_pb2.OrderRecord) -> OpenOrder:
     return OpenOrder(
-        order_id=o.order_id, client_order_id=o.client_order_id, symbol=o.symbol,
-        side=side_name(o.side), type=ORDER_TYPE_WORDS.get(o.type, ""),
+        order_id=o.order_id,
+        client_order_id=o.client_order_id,
+        symbol=o.symbol,
+        side=side_name(o.side),
+        type=ORDER_TYPE_WORDS.get(o.type, ""),
         time_in_force=TIME_IN_FORCE_WORDS.get(o.time_in_force, ""),
         qty=Decimal(o.qty) if o.qty else None,
         limit_price=Decimal(o.limit_price) if o.limit_price else None,
         stop_price=Decimal(o.stop_price) if o.stop_price else None,
-        filled_qty=dec(o.filled_qty), status=status_name(o.status), created_ns=o.created_ns,
+        filled_qty=dec(o.filled_qty),
+        status=status_name(o.status),
+        created_ns=o.created_ns,
     )
 
 
@@ -253,12 +264,10 @@ async def recover_books(nc: Client, strategy_id: str, account: Account, timeout:
         return subjects.ledger_own(kind, strategy_id)
 
     try:
-        positions = await request(nc, own(subjects.LEDGER_POSITIONS), query, ledger_pb2.PositionsReply,
-                                  timeout=timeout)
+        positions = await request(nc, own(subjects.LEDGER_POSITIONS), query, ledger_pb2.PositionsReply, timeout=timeout)
         pnl = await request(nc, own(subjects.LEDGER_PNL), query, ledger_pb2.PnlReply, timeout=timeout)
     except (NatsTimeoutError, NoRespondersError, DeskError) as exc:
-        log.warning("books.fresh: ledger unavailable (%r); starting with cash %s and no positions",
-                    exc, account.cash)
+        log.warning("books.fresh: ledger unavailable (%r); starting with cash %s and no positions", exc, account.cash)
         return
     for p in positions.positions:
         if p.strategy_id in ("", strategy_id) and p.symbol:
@@ -270,11 +279,16 @@ async def recover_books(nc: Client, strategy_id: str, account: Account, timeout:
         orders = await request(nc, own(subjects.LEDGER_ORDERS), query, ledger_pb2.OrdersReply, timeout=timeout)
         for o in orders.orders:
             if o.strategy_id == strategy_id and o.status in (
-                executions_pb2.ORDER_STATUS_NEW, executions_pb2.ORDER_STATUS_PARTIALLY_FILLED
+                executions_pb2.ORDER_STATUS_NEW,
+                executions_pb2.ORDER_STATUS_PARTIALLY_FILLED,
             ):
                 account.open_orders[o.client_order_id] = _open_order(o)
-    log.info("books.recovered: cash %s, positions %s, open orders %d", account.cash,
-             {s: str(q) for s, q in account.positions.items() if q}, len(account.open_orders))
+    log.info(
+        "books.recovered: cash %s, positions %s, open orders %d",
+        account.cash,
+        {s: str(q) for s, q in account.positions.items() if q},
+        len(account.open_orders),
+    )
 
 
 # Heartbeats ------------------------------------------------------------------------------------------

@@ -146,8 +146,9 @@ async def _end_child(proc: asyncio.subprocess.Process, exited: asyncio.Task[int]
                 proc.kill()
 
 
-async def _clean_up(proc: asyncio.subprocess.Process, stdin: asyncio.StreamWriter, heartbeat: asyncio.Task[None],
-                    nc: Client) -> None:
+async def _clean_up(
+    proc: asyncio.subprocess.Process, stdin: asyncio.StreamWriter, heartbeat: asyncio.Task[None], nc: Client
+) -> None:
     """Whatever happened: no more beats, no child left behind, the connection drained."""
     heartbeat.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -171,7 +172,7 @@ async def run_legacy(cfg: RunnerConfig, stop_event: asyncio.Event) -> int:
     loop = asyncio.get_running_loop()
     bars = _Feed(loop)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(cfg.file), cwd=str(cfg.folder), env=child_env(cfg), stdin=asyncio.subprocess.PIPE,
+        sys.executable, str(cfg.file), cwd=str(cfg.folder), env=child_env(cfg), stdin=asyncio.subprocess.PIPE
     )
     log.info("legacy.started: %s pid %d (old-desk strategy fed on stdin)", cfg.strategy_id, proc.pid)
     assert proc.stdin is not None
@@ -190,7 +191,7 @@ async def run_legacy(cfg: RunnerConfig, stop_event: asyncio.Event) -> int:
     await nc.flush()
     feeder = asyncio.create_task(bars.feed(stdin), name="legacy-feed")
     heartbeat = asyncio.create_task(
-        heartbeat_loop(nc, cfg.strategy_id, cfg.heartbeat_interval, bars.stats, alive), name="heartbeat",
+        heartbeat_loop(nc, cfg.strategy_id, cfg.heartbeat_interval, bars.stats, alive), name="heartbeat"
     )
     exited = asyncio.create_task(proc.wait())
     stop_wait = asyncio.create_task(stop_event.wait())

@@ -15,13 +15,7 @@ from types import ModuleType
 
 from strategy_sdk.strategy import Strategy
 
-__all__ = [
-    "EXIT_LOAD",
-    "StrategyLoadError",
-    "is_legacy_source",
-    "load_strategy_class",
-    "resolve_strategy_path",
-]
+__all__ = ["EXIT_LOAD", "StrategyLoadError", "is_legacy_source", "load_strategy_class", "resolve_strategy_path"]
 
 #: The runner's exit code when the strategy cannot be loaded or its ``on_start`` fails.
 EXIT_LOAD = 2

@@ -19,16 +19,7 @@ from desk.bus.decimals import dec
 from desk.core.orders import AnyReport, exec_type_name, side_name, status_name
 from desk.v1 import marketdata_pb2
 
-__all__ = [
-    "Bar",
-    "CancelResult",
-    "Fill",
-    "OpenOrder",
-    "OrderResult",
-    "OrderUpdate",
-    "Quote",
-    "Trade",
-]
+__all__ = ["Bar", "CancelResult", "Fill", "OpenOrder", "OrderResult", "OrderUpdate", "Quote", "Trade"]
 
 
 def _ns_to_datetime(ns: int) -> datetime:
@@ -104,7 +95,8 @@ def _fast_new(cls: type[_T], probe: tuple[Any, ...]) -> Callable[..., _T]:
 #: ``new_bar(symbol, open, high, low, close, volume, start_ns, interval_ns, vwap, trade_count, source)``:
 #: ``Bar(...)`` with every field given positionally, for code that makes millions (the bar loaders).
 new_bar: Callable[[str, Decimal, Decimal, Decimal, Decimal, Decimal, int, int, Decimal | None, int, str], Bar] = (
-    _fast_new(Bar, ("X", Decimal(1), Decimal(2), Decimal(0), Decimal(1), Decimal(5), 1, 2, None, 3, "s")))
+    _fast_new(Bar, ("X", Decimal(1), Decimal(2), Decimal(0), Decimal(1), Decimal(5), 1, 2, None, 3, "s"))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,9 +224,11 @@ class OrderUpdate:
 
 
 _new_fill: Callable[..., Fill] = _fast_new(
-    Fill, ("e", "o", "c", "X", "buy", Decimal(1), Decimal(2), Decimal(0), Decimal(1), Decimal(0), "filled", "sim", 1))
+    Fill, ("e", "o", "c", "X", "buy", Decimal(1), Decimal(2), Decimal(0), Decimal(1), Decimal(0), "filled", "sim", 1)
+)
 _new_update: Callable[..., OrderUpdate] = _fast_new(
-    OrderUpdate, ("o", "c", "X", "buy", "fill", "filled", Decimal(1), Decimal(1), Decimal(0), None, "", 1))
+    OrderUpdate, ("o", "c", "X", "buy", "fill", "filled", Decimal(1), Decimal(1), Decimal(0), None, "", 1)
+)
 
 
 @dataclass(frozen=True, slots=True)

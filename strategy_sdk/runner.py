@@ -102,8 +102,15 @@ _STOP = object()
 class LiveRunner:
     """One strategy on the bus. Construction does no I/O; :meth:`run` does the rest."""
 
-    def __init__(self, cfg: RunnerConfig, strategy: Strategy, nc: Client, *, order_timeout: float = 5.0,
-                 ledger_timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        cfg: RunnerConfig,
+        strategy: Strategy,
+        nc: Client,
+        *,
+        order_timeout: float = 5.0,
+        ledger_timeout: float = 1.0,
+    ) -> None:
         self.cfg = cfg
         self.strategy = strategy
         self.nc = nc
@@ -157,9 +164,13 @@ class LiveRunner:
                 self.context.record_bar(bar)
                 await self._safe_hook("on_bar", bar)
             elif subject.startswith("md.trade."):
-                await self._safe_hook("on_trade", Trade.from_proto(codec.decode(msg.data, marketdata_pb2.Trade, headers)))
+                await self._safe_hook(
+                    "on_trade", Trade.from_proto(codec.decode(msg.data, marketdata_pb2.Trade, headers))
+                )
             elif subject.startswith("md.quote."):
-                await self._safe_hook("on_quote", Quote.from_proto(codec.decode(msg.data, marketdata_pb2.Quote, headers)))
+                await self._safe_hook(
+                    "on_quote", Quote.from_proto(codec.decode(msg.data, marketdata_pb2.Quote, headers))
+                )
             elif subject.startswith("desk.exec."):
                 report = codec.decode(msg.data, executions_pb2.ExecutionReport, headers)
                 booked = self.context.account.apply(report)
@@ -210,8 +221,12 @@ class LiveRunner:
     async def _start(self) -> list[Subscription] | None:
         """Subscribe, recover the books, ``on_start``; None (logged) when ``on_start`` fails."""
         subs = await self._subscribe()
-        log.info("strategy.starting: %s (member %s) symbols=%s", self.cfg.strategy_id, self.cfg.member_id,
-                 ",".join(self.cfg.symbols) or "all")
+        log.info(
+            "strategy.starting: %s (member %s) symbols=%s",
+            self.cfg.strategy_id,
+            self.cfg.member_id,
+            ",".join(self.cfg.symbols) or "all",
+        )
         try:
             await call_hook(self.strategy.on_start)
         except Exception as exc:
@@ -317,9 +332,18 @@ async def run_strategy(
     token = current_stop.set(stop_event)  # connect_nats (ours and the old-desk wrapper's) gives up on a stop
     try:
         return await _run_strategy(
-            path, nats_url, stop_event, strategy_id=strategy_id, member_id=member_id, symbols=symbols,
-            heartbeat_interval=heartbeat_interval, initial_cash=initial_cash, order_timeout=order_timeout,
-            ledger_timeout=ledger_timeout, env=env, on_ready=on_ready,
+            path,
+            nats_url,
+            stop_event,
+            strategy_id=strategy_id,
+            member_id=member_id,
+            symbols=symbols,
+            heartbeat_interval=heartbeat_interval,
+            initial_cash=initial_cash,
+            order_timeout=order_timeout,
+            ledger_timeout=ledger_timeout,
+            env=env,
+            on_ready=on_ready,
         )
     except ConnectStopped:
         log.info("strategy.stopped: stopped while connecting to NATS")
@@ -344,8 +368,14 @@ async def _run_strategy(
     on_ready: Callable[[Strategy], Awaitable[None] | None] | None,
 ) -> int:
     loaded = _configure(
-        path, nats_url=nats_url, strategy_id=strategy_id, member_id=member_id, symbols=symbols,
-        heartbeat_interval=heartbeat_interval, initial_cash=initial_cash, env=env,
+        path,
+        nats_url=nats_url,
+        strategy_id=strategy_id,
+        member_id=member_id,
+        symbols=symbols,
+        heartbeat_interval=heartbeat_interval,
+        initial_cash=initial_cash,
+        env=env,
     )
     if loaded is None:
         return EXIT_LOAD

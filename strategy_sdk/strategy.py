@@ -45,6 +45,7 @@ def history_size(config: dict[str, Any]) -> int:
         raise ValueError(f"config history must be a whole number from 1 to {MAX_HISTORY}, got {value!r}")
     return value
 
+
 __all__ = ["HOOKS", "OrderGateway", "Strategy", "StrategyContext", "call_hook"]
 
 HOOKS = ("on_start", "on_bar", "on_trade", "on_quote", "on_fill", "on_order_update", "on_stop")
@@ -244,8 +245,14 @@ class Strategy:
     ) -> OrderResult:
         """Buy ``qty`` of ``symbol`` (a market order unless ``type`` says otherwise)."""
         return await self.submit_order(
-            symbol, "buy", qty, type=type, limit_price=limit_price, stop_price=stop_price,
-            time_in_force=time_in_force, client_order_id=client_order_id,
+            symbol,
+            "buy",
+            qty,
+            type=type,
+            limit_price=limit_price,
+            stop_price=stop_price,
+            time_in_force=time_in_force,
+            client_order_id=client_order_id,
         )
 
     async def sell(
@@ -261,8 +268,14 @@ class Strategy:
     ) -> OrderResult:
         """Sell ``qty`` of ``symbol`` (a market order unless ``type`` says otherwise)."""
         return await self.submit_order(
-            symbol, "sell", qty, type=type, limit_price=limit_price, stop_price=stop_price,
-            time_in_force=time_in_force, client_order_id=client_order_id,
+            symbol,
+            "sell",
+            qty,
+            type=type,
+            limit_price=limit_price,
+            stop_price=stop_price,
+            time_in_force=time_in_force,
+            client_order_id=client_order_id,
         )
 
     async def cancel(self, client_order_id: str) -> CancelResult:

@@ -168,8 +168,13 @@ def bars_from_csv(path: str | Path, symbol: str | None = None) -> list[Bar]:
         return [to_bar(row, symbol) for row in csv.DictReader(f)]
 
 
-def make_bars(symbol: str, closes: Sequence[Decimal | int | str], *, interval_s: int = 60,
-              start_ns: int = 1_767_000_000 * 1_000_000_000) -> list[Bar]:
+def make_bars(
+    symbol: str,
+    closes: Sequence[Decimal | int | str],
+    *,
+    interval_s: int = 60,
+    start_ns: int = 1_767_000_000 * 1_000_000_000,
+) -> list[Bar]:
     """Handmade bars from closes: each bar opens at the previous close (the first at its own close),
     high/low are the max/min of open and close."""
     bars: list[Bar] = []
@@ -177,14 +182,26 @@ def make_bars(symbol: str, closes: Sequence[Decimal | int | str], *, interval_s:
     for i, raw in enumerate(closes):
         close = Decimal(raw)
         open_ = close if previous is None else previous
-        bars.append(Bar(symbol, open_, max(open_, close), min(open_, close), close, Decimal(100),
-                        start_ns + i * interval_s * 1_000_000_000, interval_s * 1_000_000_000, source="test"))
+        bars.append(
+            Bar(
+                symbol,
+                open_,
+                max(open_, close),
+                min(open_, close),
+                close,
+                Decimal(100),
+                start_ns + i * interval_s * 1_000_000_000,
+                interval_s * 1_000_000_000,
+                source="test",
+            )
+        )
         previous = close
     return bars
 
 
-def random_walk_bars(symbols: Sequence[str], count: int, *, seed: int = 7, start: str = "100",
-                     step_bps: int = 50) -> list[Bar]:
+def random_walk_bars(
+    symbols: Sequence[str], count: int, *, seed: int = 7, start: str = "100", step_bps: int = 50
+) -> list[Bar]:
     """``count`` bars per symbol of a seeded random walk, interleaved by time (like a live feed)."""
     rng = random.Random(seed)
     prices = {s: Decimal(start) for s in symbols}
@@ -198,8 +215,19 @@ def random_walk_bars(symbols: Sequence[str], count: int, *, seed: int = 7, start
             wick = Decimal(rng.randint(0, step_bps // 2)) / _BPS
             high = (max(open_, close) * (1 + wick)).quantize(Decimal("0.01"))
             low = (min(open_, close) * (1 - wick)).quantize(Decimal("0.01"))
-            bars.append(Bar(s, open_, high, low, close, Decimal(rng.randint(100, 1000)),
-                            t0 + i * 1_000_000_000, 1_000_000_000, source="synthetic"))
+            bars.append(
+                Bar(
+                    s,
+                    open_,
+                    high,
+                    low,
+                    close,
+                    Decimal(rng.randint(100, 1000)),
+                    t0 + i * 1_000_000_000,
+                    1_000_000_000,
+                    source="synthetic",
+                )
+            )
             prices[s] = close
     return bars
 
@@ -224,7 +252,7 @@ class BacktestOrder:
     status: str = "new"
     filled_qty: Decimal = Decimal(0)
     avg_price: Decimal | None = None
-    placed_at: int = -1          # index of the bar being processed when it was sent (-1: on_start)
+    placed_at: int = -1  # index of the bar being processed when it was sent (-1: on_start)
     triggered: bool = False
 
 
@@ -295,9 +323,11 @@ class BacktestResult:
     def __repr__(self) -> str:
         # A summary, not every order: asyncio.run formats its task (and so this result) on the way out
         # (Python 3.11's signal.getsignal -> enum error message), which for a long run took seconds.
-        return (f"BacktestResult({len(self.orders)} orders, {len(self.fills)} fills, {len(self.equity_curve)} bars, "
-                f"positions={self.positions!r}, cash={self.cash}, final_equity={self.final_equity}, "
-                f"errors={self.errors})")
+        return (
+            f"BacktestResult({len(self.orders)} orders, {len(self.fills)} fills, {len(self.equity_curve)} bars, "
+            f"positions={self.positions!r}, cash={self.cash}, final_equity={self.final_equity}, "
+            f"errors={self.errors})"
+        )
 
     @property
     def reports(self) -> list[executions_pb2.ExecutionReport]:
@@ -322,11 +352,18 @@ def _order_record(request: orders_pb2.OrderRequest, order_id: str, placed_at: in
             return None
 
     return BacktestOrder(
-        client_order_id=request.client_order_id, order_id=order_id, symbol=request.symbol,
-        side=side_name(request.side), type=ORDER_TYPE_WORDS.get(request.type, ""),
+        client_order_id=request.client_order_id,
+        order_id=order_id,
+        symbol=request.symbol,
+        side=side_name(request.side),
+        type=ORDER_TYPE_WORDS.get(request.type, ""),
         time_in_force=TIME_IN_FORCE_WORDS.get(request.time_in_force, ""),
-        qty=number(request.qty), notional=number(request.notional), limit_price=number(request.limit_price),
-        stop_price=number(request.stop_price), accepted=False, placed_at=placed_at,
+        qty=number(request.qty),
+        notional=number(request.notional),
+        limit_price=number(request.limit_price),
+        stop_price=number(request.stop_price),
+        accepted=False,
+        placed_at=placed_at,
     )
 
 
@@ -337,8 +374,17 @@ class _Desk:
     :class:`VirtualAccount` at once and queued for the strategy, which gets them between hooks.
     """
 
-    def __init__(self, strategy_id: str, member_id: str, *, initial_cash: Decimal, limits: Limits,
-                 sim_config: SimConfig, feed_every_tick: bool, record_reports: bool = False) -> None:
+    def __init__(
+        self,
+        strategy_id: str,
+        member_id: str,
+        *,
+        initial_cash: Decimal,
+        limits: Limits,
+        sim_config: SimConfig,
+        feed_every_tick: bool,
+        record_reports: bool = False,
+    ) -> None:
         self.strategy_id = strategy_id
         self.member_id = member_id
         self.limits = limits
@@ -347,10 +393,10 @@ class _Desk:
         self.engine = SimEngine(sim_config, clock=lambda: self.now_ns, retain_final=RETAIN_FINAL)
         self.account = VirtualAccount(strategy_id, initial_cash, clock=lambda: self.now_ns / 1e9)
         self.feed_every_tick = feed_every_tick
-        self.prices: dict[str, Decimal] = {}          # the router's DESK_PRICES: the last trade price
+        self.prices: dict[str, Decimal] = {}  # the router's DESK_PRICES: the last trade price
         self.pending: dict[str, tuple[Bar, int]] = {}  # a symbol's latest tick not fed to the engine
-        self.accepted: set[str] = set()               # DESK_ORDER_IDS: client order ids of accepted orders
-        self.orders: dict[str, BacktestOrder] = {}     # by order id
+        self.accepted: set[str] = set()  # DESK_ORDER_IDS: client order ids of accepted orders
+        self.orders: dict[str, BacktestOrder] = {}  # by order id
         self.order_list: list[BacktestOrder] = []
         self.queue: deque[Report] = deque()  # the engine's reports as plain objects: no wire in between
         self.all_reports: list[bytes] = []
@@ -370,7 +416,7 @@ class _Desk:
             self._feed(bar, interval_ns)
         else:
             self.pending[symbol] = (bar, interval_ns)
-        self.prices[symbol] = bar.close   # the router's last price: the tick's trade price (the close)
+        self.prices[symbol] = bar.close  # the router's last price: the tick's trade price (the close)
 
     def _feed(self, bar: Bar, interval_ns: int) -> None:
         """The engine sees ``bar``'s replay tick (:func:`desk.core.marketdata.replay_tick`: the bar, the
@@ -397,8 +443,8 @@ class _Desk:
 
     def _reports(self, reports: list[Report]) -> None:
         for report in reports:
-            self.account.apply(report)   # the router follows desk.exec.*
-            self.queue.append(report)    # the strategy's own subscription
+            self.account.apply(report)  # the router follows desk.exec.*
+            self.queue.append(report)  # the strategy's own subscription
             if self.record_reports:
                 self.all_reports.append(report.to_proto().SerializeToString())
             record = self.orders.get(report.order_id)
@@ -438,8 +484,13 @@ class _Desk:
         record.accepted = True
         self.orders[order_id] = record
         self.order_list.append(record)
-        routed = orders_pb2.RoutedOrder(order_id=order_id, strategy_id=order.strategy_id, member_id=self.member_id,
-                                        routed_ns=self.now_ns, new_order=request)
+        routed = orders_pb2.RoutedOrder(
+            order_id=order_id,
+            strategy_id=order.strategy_id,
+            member_id=self.member_id,
+            routed_ns=self.now_ns,
+            new_order=request,
+        )
         self._catch_up(order.symbol)
         self._reports(self.engine.submit_local(routed))
 
@@ -454,8 +505,13 @@ class _Desk:
         except DeskError as err:
             known = order_id_for(self.strategy_id, client_order_id) if client_order_id else ""
             return CancelResult(False, known, client_order_id, _reason(err.code), err.message)
-        routed = orders_pb2.RoutedOrder(order_id=order_id, strategy_id=self.strategy_id, member_id=self.member_id,
-                                        routed_ns=self.now_ns, cancel=request)
+        routed = orders_pb2.RoutedOrder(
+            order_id=order_id,
+            strategy_id=self.strategy_id,
+            member_id=self.member_id,
+            routed_ns=self.now_ns,
+            cancel=request,
+        )
         self._reports(self.engine.cancel_local(routed))
         return CancelResult(True, order_id, client_order_id)
 
@@ -545,8 +601,9 @@ def _long_run_gc() -> Iterator[None]:
             gc.unfreeze()
 
 
-def _sim_model(sim_config: SimConfig | None, fee_bps: Decimal | int | str | None,
-               slippage_bps: Decimal | int | str | None) -> SimConfig:
+def _sim_model(
+    sim_config: SimConfig | None, fee_bps: Decimal | int | str | None, slippage_bps: Decimal | int | str | None
+) -> SimConfig:
     """The venue model: ``sim_config`` (default: the sim gateway's ``SIM_*`` defaults), fee and slippage
     overridden when given."""
     sim = sim_config or SimConfig()
@@ -560,8 +617,7 @@ def _sim_model(sim_config: SimConfig | None, fee_bps: Decimal | int | str | None
 class _Run:
     """One backtest: the strategy attached to an in-process desk, the bars replayed through it."""
 
-    def __init__(self, instance: Strategy, desk: _Desk, context: StrategyContext,
-                 symbols: frozenset[str]) -> None:
+    def __init__(self, instance: Strategy, desk: _Desk, context: StrategyContext, symbols: frozenset[str]) -> None:
         self.instance = instance
         self.desk = desk
         self.context = context
@@ -668,9 +724,14 @@ class _Run:
         await self.drain()
         account = self.account
         return BacktestResult(
-            fills=self.fills, orders=self.desk.order_list, updates=self.updates,
-            positions={s: q for s, q in account.positions.items() if q != 0}, cash=account.cash,
-            equity_curve=self.equity, errors=self.context.errors, error_messages=self.messages,
+            fills=self.fills,
+            orders=self.desk.order_list,
+            updates=self.updates,
+            positions={s: q for s, q in account.positions.items() if q != 0},
+            cash=account.cash,
+            equity_curve=self.equity,
+            errors=self.context.errors,
+            error_messages=self.messages,
             raw_reports=self.desk.all_reports,
         )
 
@@ -698,13 +759,25 @@ async def run_backtest_async(
     risk = _risk_limits(config.get("risk"))
     if allow_short is not None:
         risk.allow_short = allow_short
-    desk = _Desk(strategy_id, member_id, initial_cash=cash, limits=Limits.resolve(risk, risk_defaults),
-                 sim_config=_sim_model(sim_config, fee_bps, slippage_bps), feed_every_tick=feed_every_tick,
-                 record_reports=record_reports)
-    context = StrategyContext(strategy_id=strategy_id, member_id=member_id, config=config,
-                              account=Account(cash=cash), gateway=desk,
-                              log=logging.getLogger(f"strategy.{strategy_id}"), history_size=history_size(config),
-                              new_client_order_id=_numbered_ids(strategy_id))
+    desk = _Desk(
+        strategy_id,
+        member_id,
+        initial_cash=cash,
+        limits=Limits.resolve(risk, risk_defaults),
+        sim_config=_sim_model(sim_config, fee_bps, slippage_bps),
+        feed_every_tick=feed_every_tick,
+        record_reports=record_reports,
+    )
+    context = StrategyContext(
+        strategy_id=strategy_id,
+        member_id=member_id,
+        config=config,
+        account=Account(cash=cash),
+        gateway=desk,
+        log=logging.getLogger(f"strategy.{strategy_id}"),
+        history_size=history_size(config),
+        new_client_order_id=_numbered_ids(strategy_id),
+    )
     instance.attach(context)
     symbols = frozenset(str(s) for s in config.get("symbols") or [])
     return await _Run(instance, desk, context, symbols).run(bars)
@@ -737,9 +810,18 @@ def run_backtest(
     docstring for the rules.
     """
     coro = run_backtest_async(
-        strategy, bars, initial_cash=initial_cash, fee_bps=fee_bps, slippage_bps=slippage_bps,
-        allow_short=allow_short, config=config, strategy_id=strategy_id, member_id=member_id,
-        sim_config=sim_config, risk_defaults=risk_defaults, feed_every_tick=feed_every_tick,
+        strategy,
+        bars,
+        initial_cash=initial_cash,
+        fee_bps=fee_bps,
+        slippage_bps=slippage_bps,
+        allow_short=allow_short,
+        config=config,
+        strategy_id=strategy_id,
+        member_id=member_id,
+        sim_config=sim_config,
+        risk_defaults=risk_defaults,
+        feed_every_tick=feed_every_tick,
         record_reports=record_reports,
     )
     try:

@@ -57,9 +57,7 @@ def settings_classes() -> list[tuple[str, type[BaseSettings]]]:
         own = [
             value
             for value in vars(module).values()
-            if isinstance(value, type)
-            and issubclass(value, BaseSettings)
-            and value.__module__ == module.__name__
+            if isinstance(value, type) and issubclass(value, BaseSettings) and value.__module__ == module.__name__
         ]
         for cls in sorted(own, key=lambda c: c.__name__):
             classes.append((name if len(own) == 1 else f"{name} ({cls.__name__})", cls))
@@ -124,9 +122,7 @@ def own_fields(cls: type[BaseSettings]) -> dict[str, FieldInfo]:
         return dict(cls.model_fields)
     shared = BusSettings.model_fields
     return {
-        name: info
-        for name, info in cls.model_fields.items()
-        if name not in shared or repr(info) != repr(shared[name])
+        name: info for name, info in cls.model_fields.items() if name not in shared or repr(info) != repr(shared[name])
     }
 
 

@@ -33,8 +33,10 @@ def run(files: list[str], fast: int = 10, slow: int = 30, size: int = 10) -> dic
         params = (("fast", 10), ("slow", 30), ("size", 10))
 
         def __init__(self) -> None:
-            self.crossovers = [bt.ind.CrossOver(bt.ind.SMA(d.close, period=self.p.fast),
-                                                bt.ind.SMA(d.close, period=self.p.slow)) for d in self.datas]
+            self.crossovers = [
+                bt.ind.CrossOver(bt.ind.SMA(d.close, period=self.p.fast), bt.ind.SMA(d.close, period=self.p.slow))
+                for d in self.datas
+            ]
             self.buys = self.sells = 0
 
         def next(self) -> None:
@@ -59,8 +61,19 @@ def run(files: list[str], fast: int = 10, slow: int = 30, size: int = 10) -> dic
     cerebro = bt.Cerebro(stdstats=False)
     for file in files:
         data = bt.feeds.GenericCSVData(
-            dataname=file, dtformat="%Y-%m-%dT%H:%M:%SZ", datetime=0, time=-1, open=2, high=3, low=4, close=5,
-            volume=6, openinterest=-1, timeframe=bt.TimeFrame.Minutes, compression=1)
+            dataname=file,
+            dtformat="%Y-%m-%dT%H:%M:%SZ",
+            datetime=0,
+            time=-1,
+            open=2,
+            high=3,
+            low=4,
+            close=5,
+            volume=6,
+            openinterest=-1,
+            timeframe=bt.TimeFrame.Minutes,
+            compression=1,
+        )
         cerebro.adddata(data)
     cerebro.addstrategy(SmaCross, fast=fast, slow=slow, size=size)
     cerebro.broker.setcash(1_000_000.0)
@@ -72,10 +85,19 @@ def run(files: list[str], fast: int = 10, slow: int = 30, size: int = 10) -> dic
     from importlib.metadata import version
 
     return {
-        "engine": "backtrader", "version": version("backtrader"), "bars": count, "symbols": len(files),
-        "seconds": round(seconds, 3), "import_s": round(import_s, 3),
-        "bars_per_s": round(count / seconds), "peak_rss_mb": round(peak_rss_mb(), 1),
-        "orders": buys + sells, "buys": buys, "sells": sells, "round_trips": sells, "unfilled": unfilled,
+        "engine": "backtrader",
+        "version": version("backtrader"),
+        "bars": count,
+        "symbols": len(files),
+        "seconds": round(seconds, 3),
+        "import_s": round(import_s, 3),
+        "bars_per_s": round(count / seconds),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "orders": buys + sells,
+        "buys": buys,
+        "sells": sells,
+        "round_trips": sells,
+        "unfilled": unfilled,
     }
 
 

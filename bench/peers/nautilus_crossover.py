@@ -80,8 +80,9 @@ def _crossover_strategy() -> tuple[Any, Any]:
                 return
             instrument_id = self.config.instrument_id
             if above and self.portfolio.is_flat(instrument_id):
-                order = self.order_factory.market(instrument_id, OrderSide.BUY,
-                                                  self.instrument.make_qty(self.config.trade_size))
+                order = self.order_factory.market(
+                    instrument_id, OrderSide.BUY, self.instrument.make_qty(self.config.trade_size)
+                )
                 self.submit_order(order)
             elif not above and self.portfolio.is_net_long(instrument_id):
                 self.close_all_positions(instrument_id)
@@ -95,51 +96,82 @@ def _crossover_strategy() -> tuple[Any, Any]:
     return SmaCrossConfig, SmaCross
 
 
-def run(files: list[str], fast: int = 10, slow: int = 30, size: int = 10, oms: str = "netting") -> dict[str, Any]:
-    t_import = time.perf_counter()
+def _add_symbol(
+    engine: Any, venue: Any, file: str, config_type: Any, strategy_type: Any, fast: int, slow: int, size: int
+) -> tuple[Any, int]:
+    """One file's symbol: its instrument, its bars and its strategy on ``engine``; (the strategy, bars)."""
     from decimal import Decimal
 
     import pandas as pd
+    from nautilus_trader.model.currencies import USD
+    from nautilus_trader.model.data import BarType
+    from nautilus_trader.model.identifiers import InstrumentId, Symbol
+    from nautilus_trader.model.instruments import Equity
+    from nautilus_trader.model.objects import Price, Quantity
+    from nautilus_trader.persistence.wranglers import BarDataWrangler
+
+    frame = pd.read_csv(file, index_col="timestamp", parse_dates=["timestamp"])
+    symbol = str(frame["symbol"].iloc[0])
+    instrument = Equity(
+        instrument_id=InstrumentId(Symbol(symbol), venue),
+        raw_symbol=Symbol(symbol),
+        currency=USD,
+        price_precision=PRICE_PRECISION,
+        price_increment=Price(10**-PRICE_PRECISION, PRICE_PRECISION),
+        lot_size=Quantity.from_int(1),
+        ts_event=0,
+        ts_init=0,
+    )
+    engine.add_instrument(instrument)
+    bar_type = BarType.from_str(f"{instrument.id}-1-MINUTE-LAST-EXTERNAL")
+    bars = BarDataWrangler(bar_type, instrument).process(frame[["open", "high", "low", "close", "volume"]])
+    engine.add_data(bars)
+    config = config_type(
+        instrument_id=instrument.id, bar_type=bar_type, trade_size=Decimal(size), fast_period=fast, slow_period=slow
+    )
+    strategy = strategy_type(config)
+    engine.add_strategy(strategy)
+    return strategy, len(bars)
+
+
+def run(files: list[str], fast: int = 10, slow: int = 30, size: int = 10, oms: str = "netting") -> dict[str, Any]:
+    t_import = time.perf_counter()
+    import pandas  # noqa: F401 - imported inside the timed import, as the framework is
     from nautilus_trader.backtest.config import BacktestEngineConfig
     from nautilus_trader.backtest.engine import BacktestEngine
     from nautilus_trader.config import LoggingConfig
     from nautilus_trader.model.currencies import USD
-    from nautilus_trader.model.data import BarType
     from nautilus_trader.model.enums import AccountType, OmsType
-    from nautilus_trader.model.identifiers import InstrumentId, Symbol, TraderId, Venue
-    from nautilus_trader.model.instruments import Equity
-    from nautilus_trader.model.objects import Money, Price, Quantity
-    from nautilus_trader.persistence.wranglers import BarDataWrangler
+    from nautilus_trader.model.identifiers import TraderId, Venue
+    from nautilus_trader.model.objects import Money
+    from nautilus_trader.persistence.wranglers import BarDataWrangler  # noqa: F401 - timed with the import
 
     SmaCrossConfig, SmaCross = _crossover_strategy()
 
     import_s = time.perf_counter() - t_import
 
     start = time.perf_counter()
-    engine = BacktestEngine(config=BacktestEngineConfig(
-        trader_id=TraderId("BENCH-001"), logging=LoggingConfig(log_level="ERROR", bypass_logging=True), run_analysis=False))
+    engine = BacktestEngine(
+        config=BacktestEngineConfig(
+            trader_id=TraderId("BENCH-001"),
+            logging=LoggingConfig(log_level="ERROR", bypass_logging=True),
+            run_analysis=False,
+        )
+    )
     venue = Venue("XNAS")
-    engine.add_venue(venue=venue, oms_type=OmsType.NETTING if oms == "netting" else OmsType.HEDGING, account_type=AccountType.CASH, base_currency=USD,
-                     starting_balances=[Money(1_000_000, USD)])
+    engine.add_venue(
+        venue=venue,
+        oms_type=OmsType.NETTING if oms == "netting" else OmsType.HEDGING,
+        account_type=AccountType.CASH,
+        base_currency=USD,
+        starting_balances=[Money(1_000_000, USD)],
+    )
     strategies = []
     count = 0
     for file in files:
-        frame = pd.read_csv(file, index_col="timestamp", parse_dates=["timestamp"])
-        symbol = str(frame["symbol"].iloc[0])
-        instrument = Equity(
-            instrument_id=InstrumentId(Symbol(symbol), venue), raw_symbol=Symbol(symbol), currency=USD,
-            price_precision=PRICE_PRECISION, price_increment=Price(10 ** -PRICE_PRECISION, PRICE_PRECISION),
-            lot_size=Quantity.from_int(1), ts_event=0, ts_init=0)
-        engine.add_instrument(instrument)
-        bar_type = BarType.from_str(f"{instrument.id}-1-MINUTE-LAST-EXTERNAL")
-        bars = BarDataWrangler(bar_type, instrument).process(frame[["open", "high", "low", "close", "volume"]])
-        count += len(bars)
-        engine.add_data(bars)
-        strategy = SmaCross(SmaCrossConfig(instrument_id=instrument.id, bar_type=bar_type,
-                                           trade_size=Decimal(size), fast_period=fast, slow_period=slow))
-        engine.add_strategy(strategy)
+        strategy, bars = _add_symbol(engine, venue, file, SmaCrossConfig, SmaCross, fast, slow, size)
         strategies.append(strategy)
-        del frame, bars
+        count += bars
     loaded_s = time.perf_counter() - start
     engine.run()
     seconds = time.perf_counter() - start
@@ -149,11 +181,20 @@ def run(files: list[str], fast: int = 10, slow: int = 30, size: int = 10, oms: s
     from importlib.metadata import version
 
     return {
-        "engine": "nautilus_trader", "version": version("nautilus_trader"), "oms": oms, "bars": count,
+        "engine": "nautilus_trader",
+        "version": version("nautilus_trader"),
+        "oms": oms,
+        "bars": count,
         "symbols": len(files),
-        "seconds": round(seconds, 3), "load_s": round(loaded_s, 3), "import_s": round(import_s, 3),
-        "bars_per_s": round(count / seconds), "peak_rss_mb": round(peak_rss_mb(), 1),
-        "orders": buys + sells, "buys": buys, "sells": sells, "round_trips": sells,
+        "seconds": round(seconds, 3),
+        "load_s": round(loaded_s, 3),
+        "import_s": round(import_s, 3),
+        "bars_per_s": round(count / seconds),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "orders": buys + sells,
+        "buys": buys,
+        "sells": sells,
+        "round_trips": sells,
     }
 
 

@@ -111,7 +111,7 @@ class Trade:
     price: Decimal
     fee: Decimal = _ZERO
     ts_ns: int = 0
-    order_id: str = ""   # the strategy's client order id
+    order_id: str = ""  # the strategy's client order id
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,12 +131,19 @@ class BacktestData:
     equity: Sequence[Number] | FloatArray
     prices: Mapping[str, PriceSeries]
     initial_cash: Number
-    name: str = ""          # shown as the report's title (a strategy's name: member text, escaped)
+    name: str = ""  # shown as the report's title (a strategy's name: member text, escaped)
     risk_free: float = 0.0
 
     @classmethod
-    def from_result(cls, result: Any, bars: Iterable[Any], *, initial_cash: Number = Decimal(100000),
-                    name: str = "", risk_free: float = 0.0) -> BacktestData:
+    def from_result(
+        cls,
+        result: Any,
+        bars: Iterable[Any],
+        *,
+        initial_cash: Number = Decimal(100000),
+        name: str = "",
+        risk_free: float = 0.0,
+    ) -> BacktestData:
         """From a ``strategy_sdk.testing.BacktestResult`` and the bars it ran on (duck-typed:
         fills with symbol/side/qty/price/fee/ts_ns/client_order_id, ``equity_curve`` of
         ``(ts_ns, equity)``, bars with symbol/start_ns/close)."""
@@ -190,10 +197,10 @@ class ReturnStats:
 @dataclass(frozen=True, slots=True)
 class RoundTrip:
     symbol: str
-    direction: str      # "long" or "short"
+    direction: str  # "long" or "short"
     open_ns: int
     close_ns: int
-    pnl: float          # realised less fees
+    pnl: float  # realised less fees
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,7 +354,7 @@ def _stats(ts: IntArray, values: FloatArray, ppy: float, risk_free: float) -> Re
 # Round trips and per-symbol P&L ------------------------------------------------------------------------------
 @dataclass
 class _Book:
-    lots: deque[list[Decimal]] = field(default_factory=deque)   # [signed qty, price], FIFO
+    lots: deque[list[Decimal]] = field(default_factory=deque)  # [signed qty, price], FIFO
     position: Decimal = _ZERO
     realised: Decimal = _ZERO
     fees: Decimal = _ZERO
@@ -404,8 +411,8 @@ def _book_fill(book: _Book, trade: Trade) -> None:
 @dataclass
 class _Ledger:
     books: dict[str, _Book]
-    fill_ts: IntArray        # fills in time order
-    exposed: npt.NDArray[np.bool_]   # any position open after each fill
+    fill_ts: IntArray  # fills in time order
+    exposed: npt.NDArray[np.bool_]  # any position open after each fill
     notional: Decimal
     fees: Decimal
 
@@ -448,8 +455,9 @@ def _exposure(ledger: _Ledger, bar_ts: IntArray) -> float:
     return float(held.mean())
 
 
-def _benchmark(symbols: Sequence[str], prices: Mapping[str, PriceSeries], bar_ts: IntArray,
-               initial: float) -> FloatArray | None:
+def _benchmark(
+    symbols: Sequence[str], prices: Mapping[str, PriceSeries], bar_ts: IntArray, initial: float
+) -> FloatArray | None:
     usable = [s for s in symbols if s in prices and len(prices[s].ts_ns) > 0]
     if not usable or len(bar_ts) == 0:
         return None
@@ -469,9 +477,13 @@ def _benchmark(symbols: Sequence[str], prices: Mapping[str, PriceSeries], bar_ts
     return np.concatenate(([initial], total))
 
 
-def equity_curves(ts_ns: Sequence[int] | IntArray, equity: Sequence[Number] | FloatArray,
-                  initial_cash: Number, symbols: Sequence[str], prices: Mapping[str, PriceSeries],
-                  ) -> tuple[IntArray, FloatArray, FloatArray | None]:
+def equity_curves(
+    ts_ns: Sequence[int] | IntArray,
+    equity: Sequence[Number] | FloatArray,
+    initial_cash: Number,
+    symbols: Sequence[str],
+    prices: Mapping[str, PriceSeries],
+) -> tuple[IntArray, FloatArray, FloatArray | None]:
     """The bars' timestamps (one per instant), ``[initial_cash, *equity]`` and the benchmark's
     values likewise (``None`` without prices for ``symbols``), as :func:`compute` uses them."""
     ts, eq = _last_per_timestamp(as_ints(ts_ns), as_floats(equity))
@@ -527,20 +539,42 @@ def compute(
         series = prices.get(symbol)
         last = _decimal(series.close[-1]) if series is not None and len(series.close) else book.last_price
         unrealised = sum((lot[0] * (last - lot[1]) for lot in book.lots), _ZERO)
-        per_symbol.append(SymbolPnL(
-            symbol, book.fills, len(book.trips), float(book.bought), float(book.sold), float(book.position),
-            float(book.realised), float(unrealised), float(book.fees),
-            float(book.realised + unrealised - book.fees),
-        ))
+        per_symbol.append(
+            SymbolPnL(
+                symbol,
+                book.fills,
+                len(book.trips),
+                float(book.bought),
+                float(book.sold),
+                float(book.position),
+                float(book.realised),
+                float(unrealised),
+                float(book.fees),
+                float(book.realised + unrealised - book.fees),
+            )
+        )
 
     bench = _stats(ts, bench_values, ppy, risk_free) if bench_values is not None else None
     return Metrics(
-        bars=bars, periods_per_year=ppy, start_ns=int(ts[0]) if bars else 0, end_ns=int(ts[-1]) if bars else 0,
-        initial_cash=initial, final_equity=float(values[-1]), strategy=stats,
-        round_trips=len(trips), win_rate=win_rate, profit_factor=profit_factor, fills=len(trades),
-        exposure=_exposure(ledger, ts), turnover=turnover, turnover_annualised=turnover_ann,
-        traded_notional=notional, fees=fees, risk_free=risk_free,
-        benchmark=bench, benchmark_symbols=tuple(traded) if bench is not None else (),
+        bars=bars,
+        periods_per_year=ppy,
+        start_ns=int(ts[0]) if bars else 0,
+        end_ns=int(ts[-1]) if bars else 0,
+        initial_cash=initial,
+        final_equity=float(values[-1]),
+        strategy=stats,
+        round_trips=len(trips),
+        win_rate=win_rate,
+        profit_factor=profit_factor,
+        fills=len(trades),
+        exposure=_exposure(ledger, ts),
+        turnover=turnover,
+        turnover_annualised=turnover_ann,
+        traded_notional=notional,
+        fees=fees,
+        risk_free=risk_free,
+        benchmark=bench,
+        benchmark_symbols=tuple(traded) if bench is not None else (),
         per_symbol=tuple(per_symbol),
     )
 
@@ -575,24 +609,36 @@ def to_json(metrics: Metrics) -> dict[str, Any]:
         "final_equity": metrics.final_equity,
     }
     out.update(_stats_json(metrics.strategy))
-    out.update({
-        "round_trips": metrics.round_trips,
-        "win_rate": metrics.win_rate,
-        "profit_factor": metrics.profit_factor,
-        "fills": metrics.fills,
-        "exposure": metrics.exposure,
-        "turnover": metrics.turnover,
-        "turnover_annualised": metrics.turnover_annualised,
-        "traded_notional": metrics.traded_notional,
-        "fees": metrics.fees,
-        "risk_free": metrics.risk_free,
-        "benchmark": None if metrics.benchmark is None else
-        {"symbols": list(metrics.benchmark_symbols), **_stats_json(metrics.benchmark)},
-        "per_symbol": [
-            {"symbol": p.symbol, "fills": p.fills, "round_trips": p.round_trips, "bought_qty": p.bought_qty,
-             "sold_qty": p.sold_qty, "position": p.position, "realised_pnl": p.realised_pnl,
-             "unrealised_pnl": p.unrealised_pnl, "fees": p.fees, "net_pnl": p.net_pnl}
-            for p in metrics.per_symbol
-        ],
-    })
+    out.update(
+        {
+            "round_trips": metrics.round_trips,
+            "win_rate": metrics.win_rate,
+            "profit_factor": metrics.profit_factor,
+            "fills": metrics.fills,
+            "exposure": metrics.exposure,
+            "turnover": metrics.turnover,
+            "turnover_annualised": metrics.turnover_annualised,
+            "traded_notional": metrics.traded_notional,
+            "fees": metrics.fees,
+            "risk_free": metrics.risk_free,
+            "benchmark": None
+            if metrics.benchmark is None
+            else {"symbols": list(metrics.benchmark_symbols), **_stats_json(metrics.benchmark)},
+            "per_symbol": [
+                {
+                    "symbol": p.symbol,
+                    "fills": p.fills,
+                    "round_trips": p.round_trips,
+                    "bought_qty": p.bought_qty,
+                    "sold_qty": p.sold_qty,
+                    "position": p.position,
+                    "realised_pnl": p.realised_pnl,
+                    "unrealised_pnl": p.unrealised_pnl,
+                    "fees": p.fees,
+                    "net_pnl": p.net_pnl,
+                }
+                for p in metrics.per_symbol
+            ],
+        }
+    )
     return out

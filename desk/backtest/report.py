@@ -139,8 +139,11 @@ def _rows(metrics: Metrics) -> list[tuple[str, str, str]]:
         ("Max drawdown", *both(pct, "max_drawdown")),
         ("Max drawdown duration", dd_duration(s), dd_duration(b)),
         ("Calmar", *both(ratio, "calmar")),
-        ("Final equity", money(metrics.final_equity),
-         money(metrics.initial_cash * (1 + b.total_return)) if b is not None else DASH),
+        (
+            "Final equity",
+            money(metrics.final_equity),
+            money(metrics.initial_cash * (1 + b.total_return)) if b is not None else DASH,
+        ),
         ("Round trips", f"{metrics.round_trips:,}", DASH),
         ("Win rate", pct(metrics.win_rate), DASH),
         ("Profit factor", ratio(metrics.profit_factor), DASH),
@@ -230,8 +233,11 @@ def _chart_data(data: BacktestData, metrics: Metrics) -> dict[str, Any]:
     prices = []
     for symbol in chart_symbols[:MAX_PRICE_CHARTS]:
         series = data.prices.get(symbol)
-        pts, close = (as_ints(series.ts_ns), as_floats(series.close)) if series is not None else (
-            np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))
+        pts, close = (
+            (as_ints(series.ts_ns), as_floats(series.close))
+            if series is not None
+            else (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))
+        )
         prices.append(_price_chart(symbol, pts, close, by_symbol.get(symbol, [])))
     return {
         "equity": {
@@ -251,8 +257,13 @@ def _chart_data(data: BacktestData, metrics: Metrics) -> dict[str, Any]:
 def _json_for_script(value: Any) -> str:
     """JSON safe inside <script type="application/json">: no "</script>", no HTML specials."""
     text = json.dumps(value, separators=(",", ":"), allow_nan=False)
-    return (text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+    return (
+        text.replace("&", "\\u0026")
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
 
 
 def _static(name: str) -> str:
@@ -286,8 +297,11 @@ def render_string(data: BacktestData, metrics: Metrics | None = None) -> str:
     head, tail = _trade_rows(data.trades)
     ts = np.unique(as_ints(data.ts_ns))
     spacing = int(np.median(np.diff(ts))) if len(ts) > 1 else 0
-    bar_kind = ("daily bars" if metrics.periods_per_year == 252 else f"bars of {duration(spacing)}") if spacing else (
-        "bar" if metrics.bars == 1 else "bars")
+    bar_kind = (
+        ("daily bars" if metrics.periods_per_year == 252 else f"bars of {duration(spacing)}")
+        if spacing
+        else ("bar" if metrics.bars == 1 else "bars")
+    )
     template = _environment().get_template("report.html.j2")
     return template.render(
         name=data.name or "Backtest",
@@ -310,8 +324,15 @@ def render_string(data: BacktestData, metrics: Metrics | None = None) -> str:
     )
 
 
-def render_html(result_like: BacktestData | Any, path: str | Path, metrics: Metrics | None = None, *,
-                bars: Iterable[Any] = (), name: str = "", initial_cash: Number = 100000) -> Path:
+def render_html(
+    result_like: BacktestData | Any,
+    path: str | Path,
+    metrics: Metrics | None = None,
+    *,
+    bars: Iterable[Any] = (),
+    name: str = "",
+    initial_cash: Number = 100000,
+) -> Path:
     """Write the report of ``result_like`` to ``path`` (one self-contained HTML file) and return the path.
 
     ``result_like`` is a :class:`BacktestData`, or anything :meth:`BacktestData.from_result` takes
@@ -319,8 +340,11 @@ def render_html(result_like: BacktestData | Any, path: str | Path, metrics: Metr
     ``initial_cash`` must be the backtest's, which the result does not carry).
     ``metrics`` are computed when not given.
     """
-    data = result_like if isinstance(result_like, BacktestData) else BacktestData.from_result(
-        result_like, bars, name=name, initial_cash=initial_cash)
+    data = (
+        result_like
+        if isinstance(result_like, BacktestData)
+        else BacktestData.from_result(result_like, bars, name=name, initial_cash=initial_cash)
+    )
     out = Path(path)
     out.write_text(render_string(data, metrics), encoding="utf-8")
     return out

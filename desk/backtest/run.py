@@ -102,8 +102,13 @@ class Outcome:
     def summary_json(self, folder: Folder, symbols: list[str], html: Path | None) -> dict[str, Any]:
         """The stable ``--json`` object of both commands."""
         out = to_json(self.metrics)
-        out.update(strategy=folder.path.name, symbols=symbols, orders=len(self.result.orders),
-                   hook_errors=self.result.errors, report=str(html) if html else None)
+        out.update(
+            strategy=folder.path.name,
+            symbols=symbols,
+            orders=len(self.result.orders),
+            hook_errors=self.result.errors,
+            report=str(html) if html else None,
+        )
         return out
 
     def hook_warning(self) -> str | None:
@@ -114,8 +119,9 @@ class Outcome:
         return f"warning: the strategy's hooks raised {self.result.errors} times; first: {first}"
 
 
-def run_folder(folder: Folder, bars: Any, cash: str = "",
-               feed: Callable[[Iterable[Any], int], Iterator[Any]] | None = None) -> Outcome:
+def run_folder(
+    folder: Folder, bars: Any, cash: str = "", feed: Callable[[Iterable[Any], int], Iterator[Any]] | None = None
+) -> Outcome:
     """Backtest ``folder`` over ``bars`` (a selected :class:`desk.data.BarData`, not empty); ``feed``
     wraps the bar iterator (a progress bar) given the bar count."""
     from strategy_sdk.testing import run_backtest
@@ -124,8 +130,12 @@ def run_folder(folder: Folder, bars: Any, cash: str = "",
     risk = folder.config.get("risk") or {}
     stream: Iterator[Any] = iter(bars) if feed is None else feed(iter(bars), len(bars))
     result = run_backtest(
-        folder.cls, stream, initial_cash=initial, config=dict(folder.config, symbols=bars.symbol_list()),
-        allow_short=bool(risk.get("allow_short", False)), strategy_id=folder.path.name,
+        folder.cls,
+        stream,
+        initial_cash=initial,
+        config=dict(folder.config, symbols=bars.symbol_list()),
+        allow_short=bool(risk.get("allow_short", False)),
+        strategy_id=folder.path.name,
         member_id=str(folder.config.get("user_id", "")),
     )
     data = BacktestData.from_result(result, bars, initial_cash=initial, name=folder.title)

@@ -29,8 +29,17 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _bars(data: list[Path], symbols: list[str], start_ns: int | None, end_ns: int | None, start: str, end: str,
-          timeframe: str, feed: str, data_dir: Path | None) -> Any:
+def _bars(
+    data: list[Path],
+    symbols: list[str],
+    start_ns: int | None,
+    end_ns: int | None,
+    start: str,
+    end: str,
+    timeframe: str,
+    feed: str,
+    data_dir: Path | None,
+) -> Any:
     from desk.data import BarFileError, cache, load_many
 
     if data:
@@ -56,8 +65,9 @@ def _progress(bars: Iterable[Any], total: int) -> Iterator[Any]:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    with Progress("backtest", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console,
-                  transient=True) as progress:
+    with Progress(
+        "backtest", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console, transient=True
+    ) as progress:
         task = progress.add_task("bars", total=total)
         for i, bar in enumerate(bars, 1):
             yield bar
@@ -67,16 +77,24 @@ def _progress(bars: Iterable[Any], total: int) -> Iterator[Any]:
 
 def backtest(
     path: Annotated[Path, typer.Argument(help="The strategy folder (strategy.py + config.json).")],
-    data: Annotated[list[Path] | None, typer.Option(
-        "--data", help="Bar file(s) or folder: desk CSV, Yahoo CSV, Alpaca bar JSON/CSV (repeatable).")] = None,
-    symbols: Annotated[str, typer.Option(
-        help="Comma-separated symbols (default: config.json's symbols); with no --data, read from the cache.")] = "",
+    data: Annotated[
+        list[Path] | None,
+        typer.Option("--data", help="Bar file(s) or folder: desk CSV, Yahoo CSV, Alpaca bar JSON/CSV (repeatable)."),
+    ] = None,
+    symbols: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated symbols (default: config.json's symbols); with no --data, read from the cache."
+        ),
+    ] = "",
     start: Annotated[str, typer.Option(help="First day (YYYY-MM-DD, New York) or ISO timestamp.")] = "",
     end: Annotated[str, typer.Option(help="Last day (inclusive) or ISO timestamp.")] = "",
     timeframe: Annotated[str, typer.Option(help="Cache timeframe: 1Min, 5Min, 15Min, 1Hour, 1Day.")] = "1Day",
     feed: Annotated[str, typer.Option(help="Cache feed: iex or sip.")] = "iex",
-    data_dir: Annotated[Path | None, typer.Option(
-        "--data-dir", envvar="DESK_DATA_DIR", help="The desk's data dir holding the cache (default var).")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", envvar="DESK_DATA_DIR", help="The desk's data dir holding the cache (default var)."),
+    ] = None,
     cash: Annotated[str, typer.Option(help="Initial cash (default: config.json's initial_cash, else 100000).")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (stable keys).")] = False,
     html: Annotated[Path | None, typer.Option(help="Write the self-contained HTML report to this file.")] = None,
@@ -86,15 +104,18 @@ def backtest(
     from desk.backtest.run import BacktestError, load_folder, parse_when, run_folder, wanted_symbols
 
     try:
-        folder = load_folder(path, module_prefix="desk_backtest",
-                             legacy_hint="; try `desk up --feed replay` with MD_REPLAY_FILE")
+        folder = load_folder(
+            path, module_prefix="desk_backtest", legacy_hint="; try `desk up --feed replay` with MD_REPLAY_FILE"
+        )
         wanted = wanted_symbols(symbols, folder.config)
         start_ns, end_ns = parse_when(start, "--start", end=False), parse_when(end, "--end", end=True)
         bars = _bars(list(data or []), wanted, start_ns, end_ns, start, end, timeframe, feed, data_dir)
         if len(bars) == 0:
             have = ", ".join(load_symbols(data)) if data else ""
-            _fail(f"no bars of {', '.join(wanted) or 'any symbol'} in the given range"
-                  + (f" (the data has {have}; pass --symbols)" if have else ""))
+            _fail(
+                f"no bars of {', '.join(wanted) or 'any symbol'} in the given range"
+                + (f" (the data has {have}; pass --symbols)" if have else "")
+            )
         outcome = run_folder(folder, bars, cash, feed=_progress)
     except BacktestError as exc:
         _fail(str(exc), exc.code)
@@ -103,8 +124,11 @@ def backtest(
     if as_json:
         sys.stdout.write(json.dumps(outcome.summary_json(folder, bars.symbol_list(), html), indent=2) + "\n")
     else:
-        console.print(f"[bold]{folder.title}[/bold]: {len(bars):,} bars of {', '.join(bars.symbol_list())}, "
-                      f"{len(outcome.result.orders)} orders, {len(outcome.result.fills)} fills", highlight=False)
+        console.print(
+            f"[bold]{folder.title}[/bold]: {len(bars):,} bars of {', '.join(bars.symbol_list())}, "
+            f"{len(outcome.result.orders)} orders, {len(outcome.result.fills)} fills",
+            highlight=False,
+        )
         console.print(format_summary(outcome.metrics), markup=False, highlight=False)
         if html is not None:
             console.print(f"report: {html}", highlight=False)

@@ -22,8 +22,12 @@ data_app = typer.Typer(
     add_completion=False,
 )
 
-DataDirOpt = Annotated[Path, typer.Option("--data-dir", envvar="DESK_DATA_DIR",
-                                          help="The desk's data dir; the cache is <data dir>/data/alpaca/.")]
+DataDirOpt = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir", envvar="DESK_DATA_DIR", help="The desk's data dir; the cache is <data dir>/data/alpaca/."
+    ),
+]
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -76,16 +80,26 @@ def fetch(
         _fail(str(err))
         return
     if as_json:
-        sys.stdout.write(json.dumps({"requests": result.requests, "bars": result.bars,
-                                     "cached_days": result.cached_days,
-                                     "fetched": [[s, str(a), str(b)] for s, a, b in result.fetched]}) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "requests": result.requests,
+                    "bars": result.bars,
+                    "cached_days": result.cached_days,
+                    "fetched": [[s, str(a), str(b)] for s, a, b in result.fetched],
+                }
+            )
+            + "\n"
+        )
         return
     if not result.requests:
         console.print(f"all cached: {','.join(names)} {first}..{last} {timeframe} ({feed}); nothing downloaded")
     else:
-        console.print(f"fetched {result.bars:,} bars in {result.requests} requests "
-                      f"({result.cached_days} symbol-days were already cached) into "
-                      f"{cache.cache_root(data_dir) / feed / timeframe}")
+        console.print(
+            f"fetched {result.bars:,} bars in {result.requests} requests "
+            f"({result.cached_days} symbol-days were already cached) into "
+            f"{cache.cache_root(data_dir) / feed / timeframe}"
+        )
 
 
 @data_app.command("list")
@@ -99,13 +113,28 @@ def list_(
         sys.stdout.write(json.dumps([e.to_json() for e in entries]) + "\n")
         return
     if not entries:
-        console.print(f"nothing cached under {cache.cache_root(data_dir)} (desk data fetch SYMBOLS --start ... --end ...)")
+        console.print(
+            f"nothing cached under {cache.cache_root(data_dir)} (desk data fetch SYMBOLS --start ... --end ...)"
+        )
         return
-    rows = [[e.feed, e.timeframe, e.symbol,
-             ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in e.ranges) or "-",
-             f"{e.bars:,}", str(e.files), f"{e.bytes / 1024:,.0f} KiB"] for e in entries]
-    table("cached bars", ["feed", "timeframe", "symbol", "days", "bars", "files", "size"], rows,
-          numeric=["bars", "files", "size"])
+    rows = [
+        [
+            e.feed,
+            e.timeframe,
+            e.symbol,
+            ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in e.ranges) or "-",
+            f"{e.bars:,}",
+            str(e.files),
+            f"{e.bytes / 1024:,.0f} KiB",
+        ]
+        for e in entries
+    ]
+    table(
+        "cached bars",
+        ["feed", "timeframe", "symbol", "days", "bars", "files", "size"],
+        rows,
+        numeric=["bars", "files", "size"],
+    )
 
 
 @data_app.command()
@@ -122,8 +151,9 @@ def check(
         _fail(str(err))
         return
     took = time.perf_counter() - began
-    console.print(f"{path}: {data.source}, {len(data):,} bars of {', '.join(data.symbol_list())} "
-                  f"in {took:.2f}s", highlight=False)
+    console.print(
+        f"{path}: {data.source}, {len(data):,} bars of {', '.join(data.symbol_list())} in {took:.2f}s", highlight=False
+    )
     if len(data):
         first, last = data.ts_ns[[0, -1]].tolist()
         console.print(f"from {cache._iso(first)} to {cache._iso(last)}", highlight=False)

@@ -215,8 +215,12 @@ def _full_type(name: str) -> str:
 
 def _check_subject(subject: str) -> None:
     tokens = subject.split(".")
-    if not subject or any(c.isspace() for c in subject) or "" in tokens or ">" in tokens[:-1] or any(
-        ("*" in t or ">" in t) and len(t) > 1 for t in tokens
+    if (
+        not subject
+        or any(c.isspace() for c in subject)
+        or "" in tokens
+        or ">" in tokens[:-1]
+        or any(("*" in t or ">" in t) and len(t) > 1 for t in tokens)
     ):
         _fail(f"{subject!r} is not a NATS subject (tokens separated by dots; * one token, > the rest, last)", 2)
 
@@ -229,8 +233,10 @@ class WatchStats:
     slow: int = 0
 
     def summary(self) -> str:
-        return (f"{self.shown} message{'s' if self.shown != 1 else ''} shown ({self.undecoded} undecoded), "
-                f"{self.filtered} filtered out" + (f"; {self.slow} slow-consumer warnings" if self.slow else ""))
+        return (
+            f"{self.shown} message{'s' if self.shown != 1 else ''} shown ({self.undecoded} undecoded), "
+            f"{self.filtered} filtered out" + (f"; {self.slow} slow-consumer warnings" if self.slow else "")
+        )
 
 
 @dataclass
@@ -257,18 +263,21 @@ class Watch:
         if decoded.message is None:
             self.stats.undecoded += 1
         if self.as_json:
-            return json.dumps({
-                "received_ns": received_ns,
-                "subject": msg.subject,
-                "reply": msg.reply or "",
-                "type": decoded.type_name,
-                "by_subject": decoded.by_subject,
-                "size": len(data),
-                "headers": headers,
-                "message": json_ready(decoded.message) if decoded.message is not None else None,
-                "undecoded": decoded.reason or None,
-                "data_base64": base64.b64encode(data).decode() if self.raw and decoded.message is None else None,
-            }, separators=(",", ":"))
+            return json.dumps(
+                {
+                    "received_ns": received_ns,
+                    "subject": msg.subject,
+                    "reply": msg.reply or "",
+                    "type": decoded.type_name,
+                    "by_subject": decoded.by_subject,
+                    "size": len(data),
+                    "headers": headers,
+                    "message": json_ready(decoded.message) if decoded.message is not None else None,
+                    "undecoded": decoded.reason or None,
+                    "data_base64": base64.b64encode(data).decode() if self.raw and decoded.message is None else None,
+                },
+                separators=(",", ":"),
+            )
         moment = datetime.fromtimestamp(received_ns / 1e9, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
         parts = [moment, _printable(msg.subject)]
         if msg.reply and self.headers:
@@ -328,8 +337,7 @@ async def _watch(subjects: list[str], watch: Watch, count: int, timeout: float |
         closed = asyncio.create_task(session.closed.wait())
         ended = asyncio.create_task(done.wait())
         refused = asyncio.create_task(session.violated.wait())
-        finished, _ = await asyncio.wait({closed, ended, refused}, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+        finished, _ = await asyncio.wait({closed, ended, refused}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for task in (closed, ended, refused):
             task.cancel()
         session.check_permitted(f"subscribe to {', '.join(subjects)}")
@@ -356,31 +364,52 @@ async def _watch(subjects: list[str], watch: Watch, count: int, timeout: float |
 
 def watch(
     subjects: Annotated[
-        list[str] | None, typer.Argument(help="Subjects to watch (wildcards * and >); default desk.>", show_default=False)
+        list[str] | None,
+        typer.Argument(help="Subjects to watch (wildcards * and >); default desk.>", show_default=False),
     ] = None,
     types: Annotated[
         list[str] | None,
-        typer.Option("--type", "-t", help="Only messages of this type (OrderRequest, desk.v1.Heartbeat, or "
-                                          "'undecoded'); repeat for several.", show_default=False),
+        typer.Option(
+            "--type",
+            "-t",
+            help="Only messages of this type (OrderRequest, desk.v1.Heartbeat, or 'undecoded'); repeat for several.",
+            show_default=False,
+        ),
     ] = None,
     strategies: Annotated[
         list[str] | None,
-        typer.Option("--strategy", "-s", help="Only messages whose strategy_id (or a nested message's) is this; "
-                                              "repeat for several.", show_default=False),
+        typer.Option(
+            "--strategy",
+            "-s",
+            help="Only messages whose strategy_id (or a nested message's) is this; repeat for several.",
+            show_default=False,
+        ),
     ] = None,
-    count: Annotated[int, typer.Option("--count", "-n", min=0, help="Stop after this many messages (0: no limit).")] = 0,
+    count: Annotated[
+        int, typer.Option("--count", "-n", min=0, help="Stop after this many messages (0: no limit).")
+    ] = 0,
     timeout: Annotated[
         float | None,
-        typer.Option("--timeout", min=0.0, help="Stop after this many seconds in all (default: never); with --count, "
-                                                "exit 1 if fewer messages came.", show_default=False),
+        typer.Option(
+            "--timeout",
+            min=0.0,
+            help="Stop after this many seconds in all (default: never); with --count, exit 1 if fewer messages came.",
+            show_default=False,
+        ),
     ] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Show undecoded bodies too, base64.")] = False,
     headers: Annotated[bool, typer.Option("--headers", help="Show each message's headers.")] = False,
     by_subject: Annotated[
-        bool, typer.Option("--by-subject", help="Decode messages without a Desk-Type header (KV values) by their "
-                                                "subject's type, as `desk decode` does; shown as Type?.")
+        bool,
+        typer.Option(
+            "--by-subject",
+            help="Decode messages without a Desk-Type header (KV values) by their "
+            "subject's type, as `desk decode` does; shown as Type?.",
+        ),
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line (subject, type, headers, message...).")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line (subject, type, headers, message...).")
+    ] = False,
 ) -> None:
     """Show live bus traffic, decoded: time received (UTC), subject, type, the message as JSON.
 
@@ -502,9 +531,7 @@ def _bytes(n: int) -> str:
     return f"{n} B"
 
 
-def streams(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
-) -> None:
+def streams(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False) -> None:
     """List JetStream's streams, KV buckets and object stores.
 
     What `nats stream ls`, `nats kv ls` and `nats object ls` show: for a stream its subjects,
@@ -518,28 +545,85 @@ def streams(
     infos = sorted(_run(_stream_infos()), key=lambda i: i.config.name or "")
     names = [(i.config.name or "") for i in infos]
     result = {
-        "streams": [stream_row(i) for i, n in zip(infos, names, strict=True)
-                    if not n.startswith((KV_PREFIX, OBJ_PREFIX))],
+        "streams": [
+            stream_row(i) for i, n in zip(infos, names, strict=True) if not n.startswith((KV_PREFIX, OBJ_PREFIX))
+        ],
         "buckets": [bucket_row(i) for i, n in zip(infos, names, strict=True) if n.startswith(KV_PREFIX)],
         "object_stores": [object_store_row(i) for i, n in zip(infos, names, strict=True) if n.startswith(OBJ_PREFIX)],
     }
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
-    table("streams", ["name", "subjects", "messages", "bytes", "first seq", "last seq", "consumers", "replicas",
-                      "storage", "retention"],
-          ([r["name"], ", ".join(r["subjects"]), f"{r['messages']:,}", _bytes(r["bytes"]), r["first_seq"],
-            r["last_seq"], r["consumers"], r["replicas"], r["storage"], r["retention"]] for r in result["streams"]),
-          numeric=["messages", "bytes", "first seq", "last seq", "consumers", "replicas"])
-    table("KV buckets", ["name", "values", "bytes", "history", "TTL", "replicas", "storage", "description"],
-          ([r["name"], f"{r['values']:,}", _bytes(r["bytes"]), r["history"], _seconds(r["ttl_seconds"]),
-            r["replicas"], r["storage"], r["description"]] for r in result["buckets"]),
-          numeric=["values", "bytes", "history", "replicas"])
+    _stream_tables(result)
+
+
+STREAM_COLUMNS = [
+    "name",
+    "subjects",
+    "messages",
+    "bytes",
+    "first seq",
+    "last seq",
+    "consumers",
+    "replicas",
+    "storage",
+    "retention",
+]
+BUCKET_COLUMNS = ["name", "values", "bytes", "history", "TTL", "replicas", "storage", "description"]
+OBJECT_COLUMNS = ["name", "messages", "bytes", "sealed", "replicas", "storage", "description"]
+
+
+def _stream_tables(result: dict[str, list[dict[str, Any]]]) -> None:
+    """`desk streams` as tables: streams, KV buckets, and object stores when there are any."""
+    streams_rows = (
+        [
+            r["name"],
+            ", ".join(r["subjects"]),
+            f"{r['messages']:,}",
+            _bytes(r["bytes"]),
+            r["first_seq"],
+            r["last_seq"],
+            r["consumers"],
+            r["replicas"],
+            r["storage"],
+            r["retention"],
+        ]
+        for r in result["streams"]
+    )
+    table(
+        "streams",
+        STREAM_COLUMNS,
+        streams_rows,
+        numeric=["messages", "bytes", "first seq", "last seq", "consumers", "replicas"],
+    )
+    bucket_rows = (
+        [
+            r["name"],
+            f"{r['values']:,}",
+            _bytes(r["bytes"]),
+            r["history"],
+            _seconds(r["ttl_seconds"]),
+            r["replicas"],
+            r["storage"],
+            r["description"],
+        ]
+        for r in result["buckets"]
+    )
+    table("KV buckets", BUCKET_COLUMNS, bucket_rows, numeric=["values", "bytes", "history", "replicas"])
     if result["object_stores"]:
-        table("object stores", ["name", "messages", "bytes", "sealed", "replicas", "storage", "description"],
-              ([r["name"], f"{r['messages']:,}", _bytes(r["bytes"]), "yes" if r["sealed"] else "no", r["replicas"],
-                r["storage"], r["description"]] for r in result["object_stores"]),
-              numeric=["messages", "bytes", "replicas"])
+        object_rows = (
+            [
+                r["name"],
+                f"{r['messages']:,}",
+                _bytes(r["bytes"]),
+                "yes" if r["sealed"] else "no",
+                r["replicas"],
+                r["storage"],
+                r["description"],
+            ]
+            for r in result["object_stores"]
+        )
+        table("object stores", OBJECT_COLUMNS, object_rows, numeric=["messages", "bytes", "replicas"])
 
 
 # -------------------------------------------------------------------------------------- services
@@ -611,35 +695,40 @@ def service_rows(infos: list[Any], stats: list[Any]) -> list[dict[str, Any]]:
             name = _text(e.get("name"))
             s: dict[str, Any] = endpoint_stats.get(name) or {}
             data: dict[str, Any] = s["data"] if isinstance(s.get("data"), dict) else {}
-            endpoints.append({
-                "name": name,
-                "subject": _text(e.get("subject")),
-                "queue_group": _text(e.get("queue_group")),
-                "num_requests": _int(s.get("num_requests")),
-                "num_errors": _int(s.get("num_errors")),
-                "refused": _counts(data.get("errors")),
-                "dropped": _counts(data.get("dropped")),
-                "processing_time_ns": _int(s.get("processing_time")),
-                "average_processing_time_ns": _int(s.get("average_processing_time")),
-                "last_error": _text(s.get("last_error")),
-            })
+            endpoints.append(
+                {
+                    "name": name,
+                    "subject": _text(e.get("subject")),
+                    "queue_group": _text(e.get("queue_group")),
+                    "num_requests": _int(s.get("num_requests")),
+                    "num_errors": _int(s.get("num_errors")),
+                    "refused": _counts(data.get("errors")),
+                    "dropped": _counts(data.get("dropped")),
+                    "processing_time_ns": _int(s.get("processing_time")),
+                    "average_processing_time_ns": _int(s.get("average_processing_time")),
+                    "last_error": _text(s.get("last_error")),
+                }
+            )
         requests = sum(e["num_requests"] for e in endpoints)
         total_ns = sum(e["processing_time_ns"] for e in endpoints)
-        rows.append({
-            "name": _text(info.get("name")),
-            "id": sid,
-            "version": _text(info.get("version")),
-            "description": _text(info.get("description")),
-            "metadata": {str(k): _text(v) for k, v in (info.get("metadata") or {}).items()}
-            if isinstance(info.get("metadata"), dict) else {},
-            "started": _text(stat.get("started")),
-            "num_requests": requests,
-            "num_errors": sum(e["num_errors"] for e in endpoints),
-            "refused": sum(sum(e["refused"].values()) for e in endpoints),
-            "dropped": sum(sum(e["dropped"].values()) for e in endpoints),
-            "average_processing_time_ns": total_ns // requests if requests else 0,
-            "endpoints": endpoints,
-        })
+        rows.append(
+            {
+                "name": _text(info.get("name")),
+                "id": sid,
+                "version": _text(info.get("version")),
+                "description": _text(info.get("description")),
+                "metadata": {str(k): _text(v) for k, v in (info.get("metadata") or {}).items()}
+                if isinstance(info.get("metadata"), dict)
+                else {},
+                "started": _text(stat.get("started")),
+                "num_requests": requests,
+                "num_errors": sum(e["num_errors"] for e in endpoints),
+                "refused": sum(sum(e["refused"].values()) for e in endpoints),
+                "dropped": sum(sum(e["dropped"].values()) for e in endpoints),
+                "average_processing_time_ns": total_ns // requests if requests else 0,
+                "endpoints": endpoints,
+            }
+        )
     return sorted(rows, key=lambda r: (r["name"], r["id"]))
 
 
@@ -666,16 +755,29 @@ def _duration(ns: int) -> str:
 def _iter_endpoints(rows: list[dict[str, Any]]) -> Iterator[list[Any]]:
     for r in rows:
         for e in r["endpoints"]:
-            refused = ", ".join(f"{k} {v}" for k, v in sorted({**e["refused"], **{
-                f"dropped {k}": v for k, v in e["dropped"].items()}}.items()))
-            yield [r["name"], r["id"], e["name"], e["subject"], f"{e['num_requests']:,}", e["num_errors"],
-                   refused, _duration(e["average_processing_time_ns"]), e["last_error"]]
+            refused = ", ".join(
+                f"{k} {v}"
+                for k, v in sorted({**e["refused"], **{f"dropped {k}": v for k, v in e["dropped"].items()}}.items())
+            )
+            yield [
+                r["name"],
+                r["id"],
+                e["name"],
+                e["subject"],
+                f"{e['num_requests']:,}",
+                e["num_errors"],
+                refused,
+                _duration(e["average_processing_time_ns"]),
+                e["last_error"],
+            ]
 
 
 def services(
     name: Annotated[str, typer.Argument(help="Only the services of this name.", show_default=False)] = "",
-    wait: Annotated[float, typer.Option("--wait", min=0.05, max=60.0,
-                                        help="Seconds to collect replies (every instance answers once).")] = 1.0,
+    wait: Annotated[
+        float,
+        typer.Option("--wait", min=0.05, max=60.0, help="Seconds to collect replies (every instance answers once)."),
+    ] = 1.0,
     endpoints: Annotated[bool, typer.Option("--endpoints", "-e", help="Also a table of every endpoint.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
@@ -695,15 +797,31 @@ def services(
     elif not rows:
         console.print(f"[dim]no micro service{' named ' + name if name else ''} answered within {wait:g}s[/dim]")
     else:
-        table("services", ["name", "id", "version", "endpoints", "requests", "errors", "refused", "dropped",
-                           "average"],
-              ([r["name"], r["id"], r["version"], ", ".join(e["name"] for e in r["endpoints"]),
-                f"{r['num_requests']:,}", r["num_errors"], r["refused"], r["dropped"],
-                _duration(r["average_processing_time_ns"])] for r in rows),
-              numeric=["requests", "errors", "refused", "dropped", "average"])
+        table(
+            "services",
+            ["name", "id", "version", "endpoints", "requests", "errors", "refused", "dropped", "average"],
+            (
+                [
+                    r["name"],
+                    r["id"],
+                    r["version"],
+                    ", ".join(e["name"] for e in r["endpoints"]),
+                    f"{r['num_requests']:,}",
+                    r["num_errors"],
+                    r["refused"],
+                    r["dropped"],
+                    _duration(r["average_processing_time_ns"]),
+                ]
+                for r in rows
+            ),
+            numeric=["requests", "errors", "refused", "dropped", "average"],
+        )
         if endpoints:
-            table("endpoints", ["service", "id", "endpoint", "subject", "requests", "errors", "refused", "average",
-                                "last error"], _iter_endpoints(rows),
-                  numeric=["requests", "errors", "average"])
+            table(
+                "endpoints",
+                ["service", "id", "endpoint", "subject", "requests", "errors", "refused", "average", "last error"],
+                _iter_endpoints(rows),
+                numeric=["requests", "errors", "average"],
+            )
     if name and not rows:
         raise typer.Exit(1)

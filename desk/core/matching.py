@@ -268,8 +268,13 @@ class SimEngine:
         reference = market.reference(order.side) if market else None
         if market is None or reference is None:
             if order.tif in (IOC, FOK):
-                self._finish(order, E.ORDER_STATUS_CANCELED, E.EXEC_TYPE_CANCELED, reports,
-                             f"no market price for {order.symbol}; {_tif_name(order.tif)} order canceled")
+                self._finish(
+                    order,
+                    E.ORDER_STATUS_CANCELED,
+                    E.EXEC_TYPE_CANCELED,
+                    reports,
+                    f"no market price for {order.symbol}; {_tif_name(order.tif)} order canceled",
+                )
             else:
                 self._resting[order.order_id] = order
             return reports
@@ -372,8 +377,13 @@ class SimEngine:
         made: LocalReports = []
         for order in list(self._resting.values()):
             if order.tif in (IOC, FOK):
-                self._finish(order, E.ORDER_STATUS_CANCELED, E.EXEC_TYPE_CANCELED, made,
-                             RESTART_TEXT.format(tif=_tif_name(order.tif)))
+                self._finish(
+                    order,
+                    E.ORDER_STATUS_CANCELED,
+                    E.EXEC_TYPE_CANCELED,
+                    made,
+                    RESTART_TEXT.format(tif=_tif_name(order.tif)),
+                )
         return to_protos(made)
 
     def _restore_one(self, report: executions_pb2.ExecutionReport) -> None:
@@ -421,15 +431,21 @@ class SimEngine:
     def on_bar(self, bar: marketdata_pb2.Bar) -> Reports:
         """A bar: resting orders see its open, high and low; its close becomes the last price."""
         return self.bar_update(
-            _symbol(bar.symbol), _price("open", bar.open), _price("high", bar.high), _price("low", bar.low),
-            _price("close", bar.close), parse_decimal("volume", bar.volume, positive=False, required=False),
+            _symbol(bar.symbol),
+            _price("open", bar.open),
+            _price("high", bar.high),
+            _price("low", bar.low),
+            _price("close", bar.close),
+            parse_decimal("volume", bar.volume, positive=False, required=False),
             bar.start_ns,
         )
 
     def on_trade(self, trade: marketdata_pb2.Trade) -> Reports:
         return self.trade_update(
-            _symbol(trade.symbol), _price("price", trade.price),
-            parse_decimal("size", trade.size, positive=False, required=False), trade.ts_ns,
+            _symbol(trade.symbol),
+            _price("price", trade.price),
+            parse_decimal("size", trade.size, positive=False, required=False),
+            trade.ts_ns,
         )
 
     def on_quote(self, quote: marketdata_pb2.Quote) -> Reports:
@@ -447,19 +463,42 @@ class SimEngine:
     # caller that already holds the Decimals (the SDK's backtester) calls these and skips the
     # message round trip; the engine's state and reports are the same.
 
-    def bar_update(self, symbol: str, open_: Decimal, high: Decimal, low: Decimal, close: Decimal,
-                   volume: Decimal | None, ts_ns: int) -> Reports:
+    def bar_update(
+        self,
+        symbol: str,
+        open_: Decimal,
+        high: Decimal,
+        low: Decimal,
+        close: Decimal,
+        volume: Decimal | None,
+        ts_ns: int,
+    ) -> Reports:
         return to_protos(self.bar_update_local(symbol, open_, high, low, close, volume, ts_ns))
 
     def trade_update(self, symbol: str, price: Decimal, size: Decimal | None, ts_ns: int) -> Reports:
         return to_protos(self.trade_update_local(symbol, price, size, ts_ns))
 
-    def quote_update(self, symbol: str, bid: Decimal | None, ask: Decimal | None, bid_size: Decimal | None,
-                     ask_size: Decimal | None, ts_ns: int) -> Reports:
+    def quote_update(
+        self,
+        symbol: str,
+        bid: Decimal | None,
+        ask: Decimal | None,
+        bid_size: Decimal | None,
+        ask_size: Decimal | None,
+        ts_ns: int,
+    ) -> Reports:
         return to_protos(self.quote_update_local(symbol, bid, ask, bid_size, ask_size, ts_ns))
 
-    def bar_update_local(self, symbol: str, open_: Decimal, high: Decimal, low: Decimal, close: Decimal,
-                         volume: Decimal | None, ts_ns: int) -> LocalReports:
+    def bar_update_local(
+        self,
+        symbol: str,
+        open_: Decimal,
+        high: Decimal,
+        low: Decimal,
+        close: Decimal,
+        volume: Decimal | None,
+        ts_ns: int,
+    ) -> LocalReports:
         market = self._market(symbol)
         market.last = close
         budget = self.config.liquidity(volume)
@@ -479,8 +518,15 @@ class SimEngine:
         touch = _Touch.at(price)
         return self._on_update(symbol, ts_ns, market, {BUY: touch, SELL: touch})
 
-    def quote_update_local(self, symbol: str, bid: Decimal | None, ask: Decimal | None, bid_size: Decimal | None,
-                           ask_size: Decimal | None, ts_ns: int) -> LocalReports:
+    def quote_update_local(
+        self,
+        symbol: str,
+        bid: Decimal | None,
+        ask: Decimal | None,
+        bid_size: Decimal | None,
+        ask_size: Decimal | None,
+        ts_ns: int,
+    ) -> LocalReports:
         market = self._market(symbol)
         market.bid = bid if bid else None
         market.ask = ask if ask else None
@@ -515,8 +561,13 @@ class SimEngine:
         today = _utc_date(ts_ns)
         for order in list(self._resting.values()):
             if order.tif == DAY and today > _utc_date(order.submitted_ns):
-                self._finish(order, E.ORDER_STATUS_EXPIRED, E.EXEC_TYPE_EXPIRED, reports,
-                             f"DAY order expired at the end of {_utc_date(order.submitted_ns).isoformat()} (UTC)")
+                self._finish(
+                    order,
+                    E.ORDER_STATUS_EXPIRED,
+                    E.EXEC_TYPE_EXPIRED,
+                    reports,
+                    f"DAY order expired at the end of {_utc_date(order.submitted_ns).isoformat()} (UTC)",
+                )
 
     def _fill_price(self, order: SimOrder, touch: _Touch, immediate: bool) -> Decimal | None:
         """The price ``order`` fills at against ``touch``, or ``None`` if it does not trade."""
@@ -540,7 +591,9 @@ class SimEngine:
             return min(limit, price) if touch.low <= limit else None
         return max(limit, price) if touch.high >= limit else None
 
-    def _try_fill(self, order: SimOrder, market: _Market, touch: _Touch, *, immediate: bool, reports: LocalReports) -> None:
+    def _try_fill(
+        self, order: SimOrder, market: _Market, touch: _Touch, *, immediate: bool, reports: LocalReports
+    ) -> None:
         price = self._fill_price(order, touch, immediate)
         if price is None:
             return
@@ -548,8 +601,13 @@ class SimEngine:
             assert order.notional is not None
             order.qty = floor_qty(order.notional / price)
             if order.qty <= 0:
-                self._finish(order, E.ORDER_STATUS_CANCELED, E.EXEC_TYPE_CANCELED, reports,
-                             f"notional {fmt(order.notional)} buys less than {fmt(QTY_STEP)} at {fmt(price)}")
+                self._finish(
+                    order,
+                    E.ORDER_STATUS_CANCELED,
+                    E.EXEC_TYPE_CANCELED,
+                    reports,
+                    f"notional {fmt(order.notional)} buys less than {fmt(QTY_STEP)} at {fmt(price)}",
+                )
                 return
         leaves = order.qty - order.cum_qty
         available = market.budget[order.side]
@@ -576,8 +634,14 @@ class SimEngine:
         if filled:
             self._resting.pop(order.order_id, None)
 
-    def _finish(self, order: SimOrder, status: executions_pb2.OrderStatus,
-                exec_type: executions_pb2.ExecType, reports: LocalReports, text: str) -> None:
+    def _finish(
+        self,
+        order: SimOrder,
+        status: executions_pb2.OrderStatus,
+        exec_type: executions_pb2.ExecType,
+        reports: LocalReports,
+        text: str,
+    ) -> None:
         order.status = status
         self._resting.pop(order.order_id, None)
         reports.append(self._report(order, exec_type, text=text))
@@ -596,9 +660,7 @@ class SimEngine:
         order.reports += 1
         if order.status not in OPEN_STATUSES and self._retain_final is not None:
             self._retire(order)
-        execution_id = (
-            self._new_execution_id() if self._new_execution_id else f"{order.order_id}-{order.reports}"
-        )
+        execution_id = self._new_execution_id() if self._new_execution_id else f"{order.order_id}-{order.reports}"
         return Report(
             execution_id=execution_id,
             order_id=order.order_id,
@@ -703,10 +765,21 @@ def _order_from_report(report: executions_pb2.ExecutionReport) -> SimOrder:
     """
     if report.exec_type == E.EXEC_TYPE_REJECTED:
         return SimOrder(
-            order_id=report.order_id, venue_order_id=report.venue_order_id, strategy_id=report.strategy_id,
-            member_id=report.member_id, client_order_id=report.client_order_id, symbol=report.symbol,
-            side=report.side, type=report.type, tif=report.time_in_force, qty=None, notional=None,
-            limit_price=None, stop_price=None, submitted_ns=report.event_ns, status=E.ORDER_STATUS_REJECTED,
+            order_id=report.order_id,
+            venue_order_id=report.venue_order_id,
+            strategy_id=report.strategy_id,
+            member_id=report.member_id,
+            client_order_id=report.client_order_id,
+            symbol=report.symbol,
+            side=report.side,
+            type=report.type,
+            tif=report.time_in_force,
+            qty=None,
+            notional=None,
+            limit_price=None,
+            stop_price=None,
+            submitted_ns=report.event_ns,
+            status=E.ORDER_STATUS_REJECTED,
         )
     return SimOrder(
         order_id=report.order_id,

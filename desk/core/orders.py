@@ -17,7 +17,7 @@ PAYLOAD_TOO_LARGE                                     413
 RATE_LIMIT                                            429
 INSUFFICIENT_BUYING_POWER, SHORT_NOT_ALLOWED,         403  refused by pre-trade risk
 MAX_ORDER_NOTIONAL, MAX_POSITION_NOTIONAL
-NO_MARKET_PRICE, INTERNAL                             503  the desk cannot value or route it now
+NO_MARKET_PRICE, VENUE_UNAVAILABLE, INTERNAL          503  the desk cannot value or route it now
 ====================================================  ======
 """
 
@@ -62,10 +62,12 @@ def side_name(side: int) -> str:
     return SIDE_WORDS.get(side, "")
 
 
-STATUS_WORDS: dict[int, str] = {v.number: v.name.removeprefix("ORDER_STATUS_").lower()
-                                 for v in executions_pb2.OrderStatus.DESCRIPTOR.values}
-EXEC_TYPE_WORDS: dict[int, str] = {v.number: v.name.removeprefix("EXEC_TYPE_").lower()
-                                   for v in executions_pb2.ExecType.DESCRIPTOR.values}
+STATUS_WORDS: dict[int, str] = {
+    v.number: v.name.removeprefix("ORDER_STATUS_").lower() for v in executions_pb2.OrderStatus.DESCRIPTOR.values
+}
+EXEC_TYPE_WORDS: dict[int, str] = {
+    v.number: v.name.removeprefix("EXEC_TYPE_").lower() for v in executions_pb2.ExecType.DESCRIPTOR.values
+}
 
 
 def status_name(status: int) -> str:
@@ -160,13 +162,32 @@ class Report:
     def to_proto(self) -> executions_pb2.ExecutionReport:
         """The ``ExecutionReport`` with these fields."""
         return executions_pb2.ExecutionReport(
-            execution_id=self.execution_id, order_id=self.order_id, client_order_id=self.client_order_id,
-            venue_order_id=self.venue_order_id, strategy_id=self.strategy_id, member_id=self.member_id,
-            exec_type=self.exec_type, status=self.status, symbol=self.symbol, side=self.side, type=self.type,
-            time_in_force=self.time_in_force, order_qty=self.order_qty, limit_price=self.limit_price,
-            stop_price=self.stop_price, fill_qty=self.fill_qty, fill_price=self.fill_price, cum_qty=self.cum_qty,
-            avg_price=self.avg_price, leaves_qty=self.leaves_qty, fee=self.fee, venue=self.venue, text=self.text,
-            event_ns=self.event_ns, report_ns=self.report_ns, notional=self.notional,
+            execution_id=self.execution_id,
+            order_id=self.order_id,
+            client_order_id=self.client_order_id,
+            venue_order_id=self.venue_order_id,
+            strategy_id=self.strategy_id,
+            member_id=self.member_id,
+            exec_type=self.exec_type,
+            status=self.status,
+            symbol=self.symbol,
+            side=self.side,
+            type=self.type,
+            time_in_force=self.time_in_force,
+            order_qty=self.order_qty,
+            limit_price=self.limit_price,
+            stop_price=self.stop_price,
+            fill_qty=self.fill_qty,
+            fill_price=self.fill_price,
+            cum_qty=self.cum_qty,
+            avg_price=self.avg_price,
+            leaves_qty=self.leaves_qty,
+            fee=self.fee,
+            venue=self.venue,
+            text=self.text,
+            event_ns=self.event_ns,
+            report_ns=self.report_ns,
+            notional=self.notional,
         )
 
 
@@ -226,6 +247,7 @@ STATUS: dict[str, int] = {
     "MAX_ORDER_NOTIONAL": 403,
     "MAX_POSITION_NOTIONAL": 403,
     "NO_MARKET_PRICE": 503,
+    "VENUE_UNAVAILABLE": 503,
     "INTERNAL": 503,
 }
 
@@ -239,7 +261,7 @@ PRICE_PLACES = 6
 NOTIONAL_PLACES = 2
 
 # What the SDK sends (desk.bus.decimals.fmt) and what a venue understands: ASCII digits, an optional
-# sign, point and exponent. Python's Decimal also takes whitespace, "_" and non-ASCII digits ("١٠");
+# sign, point and exponent. Python's Decimal also takes whitespace, "_" and non-ASCII digits ("\u0661\u0660");
 # those would be routed verbatim, so they are refused here.
 _PLAIN_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
 

@@ -58,10 +58,7 @@ class Limits:
 #: The router's defaults (``ROUTER_DEFAULT_*``) for a strategy whose spec sets no limit; the SDK's
 #: backtester resolves a config's ``risk`` against the same ones.
 DEFAULT_LIMITS = Limits(
-    max_order_notional=Decimal(25000),
-    max_position_notional=Decimal(50000),
-    max_orders_per_minute=60,
-    allow_short=False,
+    max_order_notional=Decimal(25000), max_position_notional=Decimal(50000), max_orders_per_minute=60, allow_short=False
 )
 #: The router's ``ROUTER_DEFAULT_INITIAL_CASH``: a virtual account's cash when the spec sets none.
 DEFAULT_INITIAL_CASH = Decimal(100000)
@@ -73,7 +70,7 @@ class Reservation:
 
     symbol: str
     side: common_pb2.Side
-    qty: Decimal          # for notional orders, estimated from the valuation price
+    qty: Decimal  # for notional orders, estimated from the valuation price
     notional: Decimal
     unit_price: Decimal
 
@@ -163,9 +160,7 @@ class VirtualAccount:
         return self.cash - self.reserved_buy_notional
 
     def reserved_qty(self, symbol: str, side: common_pb2.Side) -> Decimal:
-        return sum(
-            (o.remaining_qty for o in self.open_orders.values() if o.symbol == symbol and o.side == side), ZERO
-        )
+        return sum((o.remaining_qty for o in self.open_orders.values() if o.symbol == symbol and o.side == side), ZERO)
 
     def is_open(self, order_id: str) -> bool:
         return order_id in self.open_orders

@@ -152,8 +152,9 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def store(folder: Path, symbol: str, raw_bars: Sequence[Mapping[str, Any]], first: date, last: date,
-          complete_until: date) -> int:
+def store(
+    folder: Path, symbol: str, raw_bars: Sequence[Mapping[str, Any]], first: date, last: date, complete_until: date
+) -> int:
     """Merge Alpaca bars (``{"t","o","h","l","c","v","n","vw"}`` dicts) of [first, last] into the month files
     and record the days up to ``complete_until`` as covered. Returns the number of bars written."""
     by_month: dict[str, dict[int, list[str]]] = {}
@@ -184,8 +185,9 @@ def store(folder: Path, symbol: str, raw_bars: Sequence[Mapping[str, Any]], firs
     done_last = min(last, complete_until)
     if done_last >= first:
         ranges = _merge([*_read_coverage(folder), (first, done_last)])
-        _atomic_write(folder / COVERAGE, json.dumps({"days": [[a.isoformat(), b.isoformat()] for a, b in ranges]})
-                      + "\n")
+        _atomic_write(
+            folder / COVERAGE, json.dumps({"days": [[a.isoformat(), b.isoformat()] for a, b in ranges]}) + "\n"
+        )
     return len(raw_bars)
 
 
@@ -202,8 +204,16 @@ def _month_files(folder: Path, first: date, last: date) -> list[Path]:
     return sorted(p for p in folder.glob("*.csv") if lo <= p.stem <= hi)
 
 
-def bars(symbols: Sequence[str] | str, start: date | str, end: date | str, timeframe: str, *, feed: str = "iex",
-         data_dir: str | Path | None = None, allow_missing: bool = False) -> BarData:
+def bars(
+    symbols: Sequence[str] | str,
+    start: date | str,
+    end: date | str,
+    timeframe: str,
+    *,
+    feed: str = "iex",
+    data_dir: str | Path | None = None,
+    allow_missing: bool = False,
+) -> BarData:
     """The cached bars of ``symbols`` from ``start`` to ``end`` (New York days, inclusive) as one
     :class:`~desk.data.loaders.BarData` for a backtest. Reads only local files.
 
@@ -223,11 +233,15 @@ def bars(symbols: Sequence[str] | str, start: date | str, end: date | str, timef
             missing[symbol] = gaps
         files += _month_files(folder, first, last)
     if missing and not allow_missing:
-        what = "; ".join(f"{s}: " + ", ".join(f"{a}..{b}" if a != b else f"{a}" for a, b in r)
-                         for s, r in missing.items())
-        raise CacheMiss(f"not cached ({feed} {timeframe}): {what}. Run: desk data fetch {','.join(missing)} "
-                        f"--start {first} --end {last} --timeframe {timeframe} --feed {feed}"
-                        + (f" --data-dir {data_dir}" if data_dir is not None else ""), missing)
+        what = "; ".join(
+            f"{s}: " + ", ".join(f"{a}..{b}" if a != b else f"{a}" for a, b in r) for s, r in missing.items()
+        )
+        raise CacheMiss(
+            f"not cached ({feed} {timeframe}): {what}. Run: desk data fetch {','.join(missing)} "
+            f"--start {first} --end {last} --timeframe {timeframe} --feed {feed}"
+            + (f" --data-dir {data_dir}" if data_dir is not None else ""),
+            missing,
+        )
     if not files:
         return BarData.empty("alpaca-csv")
     data = load_many(files)
@@ -249,9 +263,16 @@ class CacheEntry:
     path: Path
 
     def to_json(self) -> dict[str, Any]:
-        return {"feed": self.feed, "timeframe": self.timeframe, "symbol": self.symbol,
-                "ranges": [[a.isoformat(), b.isoformat()] for a, b in self.ranges], "files": self.files,
-                "bars": self.bars, "bytes": self.bytes, "path": str(self.path)}
+        return {
+            "feed": self.feed,
+            "timeframe": self.timeframe,
+            "symbol": self.symbol,
+            "ranges": [[a.isoformat(), b.isoformat()] for a, b in self.ranges],
+            "files": self.files,
+            "bars": self.bars,
+            "bytes": self.bytes,
+            "path": str(self.path),
+        }
 
 
 def listing(data_dir: str | Path | None = None) -> list[CacheEntry]:

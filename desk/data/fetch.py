@@ -53,8 +53,9 @@ class FetchResult:
     cached_days: int = 0  # days of the asked range already in the cache (not downloaded)
 
 
-def make_client(api_key: str | None = None, secret_key: str | None = None,
-                url: str | None = None) -> StockHistoricalDataClient:
+def make_client(
+    api_key: str | None = None, secret_key: str | None = None, url: str | None = None
+) -> StockHistoricalDataClient:
     """A raw-data ``StockHistoricalDataClient`` from arguments or ALPACA_API_KEY/ALPACA_SECRET_KEY/ALPACA_DATA_URL."""
 
     key = api_key or os.environ.get("ALPACA_API_KEY")
@@ -87,9 +88,18 @@ def _complete_until(now: datetime) -> date:
     return (now - SETTLE).astimezone(NEW_YORK).date() - timedelta(days=1)
 
 
-def fetch(symbols: Sequence[str], start: date, end: date, timeframe: str, *, feed: str = "iex",
-          data_dir: str | Path | None = None, client: Any = None, progress: Callable[[str], None] | None = None,
-          now: datetime | None = None) -> FetchResult:
+def fetch(
+    symbols: Sequence[str],
+    start: date,
+    end: date,
+    timeframe: str,
+    *,
+    feed: str = "iex",
+    data_dir: str | Path | None = None,
+    client: Any = None,
+    progress: Callable[[str], None] | None = None,
+    now: datetime | None = None,
+) -> FetchResult:
     """Fill the cache with ``symbols``' bars of New York days ``start``..``end`` (inclusive).
 
     ``client``: a ``StockHistoricalDataClient`` made with ``raw_data=True`` (default: :func:`make_client`).
@@ -117,15 +127,21 @@ def fetch(symbols: Sequence[str], start: date, end: date, timeframe: str, *, fee
     for number, (group, (first, last)) in enumerate(chunks, 1):
         lo, hi = day_bounds_ns(first, last)
         request = StockBarsRequest(
-            symbol_or_symbols=group, timeframe=tf, feed=DataFeed(feed), adjustment=Adjustment.RAW,
+            symbol_or_symbols=group,
+            timeframe=tf,
+            feed=DataFeed(feed),
+            adjustment=Adjustment.RAW,
             start=datetime.combine(first, time(0), NEW_YORK).astimezone(UTC),
             end=datetime.combine(last + timedelta(days=1), time(0), NEW_YORK).astimezone(UTC) - timedelta(seconds=1),
         )
         try:
             raw = client.get_stock_bars(request)
         except APIError as err:
-            raise FetchError(f"Alpaca refused bars of {','.join(group)} {first}..{last}: HTTP {err.status_code} "
-                             f"{err.message}", err.status_code, _code(err)) from None
+            raise FetchError(
+                f"Alpaca refused bars of {','.join(group)} {first}..{last}: HTTP {err.status_code} {err.message}",
+                err.status_code,
+                _code(err),
+            ) from None
         count = 0
         for symbol in group:
             items = [b for b in (raw.get(symbol) or []) if lo <= parse_timestamp(str(b["t"])) < hi]

@@ -58,16 +58,7 @@ import numpy.typing as npt
 
 from strategy_sdk.models import Bar, new_bar
 
-__all__ = [
-    "BarData",
-    "BarFileError",
-    "LoadReport",
-    "detect",
-    "load",
-    "load_many",
-    "parse_lines",
-    "parse_timestamp",
-]
+__all__ = ["BarData", "BarFileError", "LoadReport", "detect", "load", "load_many", "parse_lines", "parse_timestamp"]
 
 Format = Literal["desk", "alpaca-csv", "yahoo", "alpaca-json"]
 Errors = Literal["raise", "skip"]
@@ -123,7 +114,9 @@ class LoadReport:
     def summary(self) -> str:
         parts = []
         if self.skipped:
-            parts.append(f"{len(self.skipped)} bad rows skipped (first: row {self.skipped[0][0]}: {self.skipped[0][1]})")
+            parts.append(
+                f"{len(self.skipped)} bad rows skipped (first: row {self.skipped[0][0]}: {self.skipped[0][1]})"
+            )
         if self.null_rows:
             parts.append(f"{self.null_rows} Yahoo 'null' rows skipped")
         if self.out_of_order:
@@ -211,7 +204,7 @@ def _decimal_columns(*columns: F64) -> list[list[Decimal]]:
     table = _decimals(unique)
     values = table[inverse]
     size = len(columns[0])
-    return [values[i * size:(i + 1) * size].tolist() for i in range(len(columns))]
+    return [values[i * size : (i + 1) * size].tolist() for i in range(len(columns))]
 
 
 class BarData:
@@ -234,9 +227,23 @@ class BarData:
         "vwap",
     )
 
-    def __init__(self, symbols: Sequence[str], sym: I32, ts_ns: I64, open_: F64, high: F64, low: F64, close: F64,
-                 volume: F64, vwap: F64 | None = None, trade_count: F64 | None = None, *,
-                 report: LoadReport | None = None, source: str = "", intervals: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        symbols: Sequence[str],
+        sym: I32,
+        ts_ns: I64,
+        open_: F64,
+        high: F64,
+        low: F64,
+        close: F64,
+        volume: F64,
+        vwap: F64 | None = None,
+        trade_count: F64 | None = None,
+        *,
+        report: LoadReport | None = None,
+        source: str = "",
+        intervals: dict[str, int] | None = None,
+    ) -> None:
         n = len(ts_ns)
         self.symbols = list(symbols)
         self.sym, self.ts_ns = sym, ts_ns
@@ -262,8 +269,21 @@ class BarData:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.sym, self.ts_ns, self.open, self.high, self.low, self.close,
-                                      self.volume, self.vwap, self.trade_count) if a.strides != (0,))
+        return sum(
+            a.nbytes
+            for a in (
+                self.sym,
+                self.ts_ns,
+                self.open,
+                self.high,
+                self.low,
+                self.close,
+                self.volume,
+                self.vwap,
+                self.trade_count,
+            )
+            if a.strides != (0,)
+        )
 
     def symbol_list(self) -> list[str]:
         """Symbols that have at least one bar, in symbol-table order."""
@@ -285,13 +305,25 @@ class BarData:
         return self._intervals
 
     def _take(self, index: npt.NDArray[Any]) -> BarData:
-        return BarData(self.symbols, self.sym[index], self.ts_ns[index], self.open[index], self.high[index],
-                       self.low[index], self.close[index], self.volume[index], _pick(self.vwap, index),
-                       _pick(self.trade_count, index), report=self.report, source=self.source,
-                       intervals=self._intervals)
+        return BarData(
+            self.symbols,
+            self.sym[index],
+            self.ts_ns[index],
+            self.open[index],
+            self.high[index],
+            self.low[index],
+            self.close[index],
+            self.volume[index],
+            _pick(self.vwap, index),
+            _pick(self.trade_count, index),
+            report=self.report,
+            source=self.source,
+            intervals=self._intervals,
+        )
 
-    def select(self, symbols: Iterable[str] | None = None, start_ns: int | None = None,
-               end_ns: int | None = None) -> BarData:
+    def select(
+        self, symbols: Iterable[str] | None = None, start_ns: int | None = None, end_ns: int | None = None
+    ) -> BarData:
         """Bars of ``symbols`` with ``start_ns <= time < end_ns`` (each bound optional)."""
         mask = np.ones(len(self), dtype=bool)
         if symbols is not None:
@@ -309,7 +341,7 @@ class BarData:
         """Columns as Python values, :data:`CHUNK` rows at a time (never a million objects at once)."""
         for start in range(0, len(self), CHUNK):
             stop = start + CHUNK
-            yield zip(*(getattr(self, name)[start:stop].tolist() for name in names))
+            yield zip(*(getattr(self, name)[start:stop].tolist() for name in names), strict=True)
 
     def __iter__(self) -> Iterator[Bar]:
         """:class:`strategy_sdk.Bar` objects in time order, made one at a time."""
@@ -321,18 +353,23 @@ class BarData:
         for start in range(0, len(self), CHUNK):
             stop = start + CHUNK
             # Prices repeat (a tick grid): each distinct value of the chunk becomes a Decimal once.
-            o, h, lo, c = _decimal_columns(self.open[start:stop], self.high[start:stop], self.low[start:stop],
-                                           self.close[start:stop])
+            o, h, lo, c = _decimal_columns(
+                self.open[start:stop], self.high[start:stop], self.low[start:stop], self.close[start:stop]
+            )
             (v,) = _decimal_columns(self.volume[start:stop])
             vw_col, n_col = self.vwap[start:stop], self.trade_count[start:stop]
             if np.isnan(vw_col).all():
                 vw: Iterable[Decimal | None] = itertools.repeat(None, len(o))
             else:
                 vw = [None if math.isnan(x) else _decimal(x) for x in vw_col.tolist()]
-            counts: Iterable[int] = (itertools.repeat(0, len(o)) if np.isnan(n_col).all()
-                                     else [0 if math.isnan(x) else int(x) for x in n_col.tolist()])
-            for s, ts, o_, h_, l_, c_, v_, vw_, n_ in zip(self.sym[start:stop].tolist(),
-                                                         self.ts_ns[start:stop].tolist(), o, h, lo, c, v, vw, counts):
+            counts: Iterable[int] = (
+                itertools.repeat(0, len(o))
+                if np.isnan(n_col).all()
+                else [0 if math.isnan(x) else int(x) for x in n_col.tolist()]
+            )
+            for s, ts, o_, h_, l_, c_, v_, vw_, n_ in zip(
+                self.sym[start:stop].tolist(), self.ts_ns[start:stop].tolist(), o, h, lo, c, v, vw, counts, strict=True
+            ):
                 symbol = symbols[s]
                 yield make(symbol, o_, h_, l_, c_, v_, ts, intervals.get(symbol, default), vw_, n_, source)
 
@@ -358,15 +395,21 @@ class BarData:
             remapped.append(table[part.sym])
             report.merge(part.report)
         symbols = list(index)
+
         def joined(name: str) -> F64:
             columns = [getattr(p, name) for p in parts]
             if all(c.strides == (0,) for c in columns):
                 return _no_values(sum(len(c) for c in columns))
             return np.concatenate(columns)
 
-        out = BarData(symbols, np.concatenate(remapped), np.concatenate([p.ts_ns for p in parts]),
-                      *(joined(name) for name in ("open", "high", "low", "close", "volume", "vwap", "trade_count")),
-                      report=report, source=source or parts[0].source)
+        out = BarData(
+            symbols,
+            np.concatenate(remapped),
+            np.concatenate([p.ts_ns for p in parts]),
+            *(joined(name) for name in ("open", "high", "low", "close", "volume", "vwap", "trade_count")),
+            report=report,
+            source=source or parts[0].source,
+        )
         return _finish(out, count_order=False)
 
 
@@ -416,9 +459,9 @@ def parse_timestamp(text: str) -> int:
     extra_ns = 0
     match = _FRACTION_RE.search(text)
     if match:  # nanoseconds: datetime keeps microseconds, the rest is added back
-        digits = text[match.start() + 7:match.end()]
+        digits = text[match.start() + 7 : match.end()]
         extra_ns = int((digits + "000")[:3])
-        text = text[:match.start() + 7] + text[match.end():]
+        text = text[: match.start() + 7] + text[match.end() :]
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -486,8 +529,14 @@ def symbol_from_name(path: Path) -> str | None:
 # Loading ----------------------------------------------------------------------------------------------
 
 
-def load(path: str | Path, *, symbol: str | None = None, format: Format | None = None,
-         errors: Errors = "raise", skip_null: bool = False) -> BarData:
+def load(
+    path: str | Path,
+    *,
+    symbol: str | None = None,
+    format: Format | None = None,
+    errors: Errors = "raise",
+    skip_null: bool = False,
+) -> BarData:
     """Bars from one file (any format above; see :func:`detect`), sorted by time.
 
     ``symbol`` names a Yahoo file's symbol (default: from the file name); ``errors="skip"`` skips bad rows
@@ -496,9 +545,14 @@ def load(path: str | Path, *, symbol: str | None = None, format: Format | None =
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
-                       and p.name != "coverage.json"  # the fetch cache's index, not bars
-                       and p.name.endswith((".csv", ".csv.gz", ".json")))
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and not p.name.startswith(".")
+            and p.name != "coverage.json"  # the fetch cache's index, not bars
+            and p.name.endswith((".csv", ".csv.gz", ".json"))
+        )
         if not files:
             raise BarFileError(str(path), "no bar files (*.csv, *.csv.gz, *.json) in this folder")
         return load_many(files, symbol=symbol, format=format, errors=errors, skip_null=skip_null)
@@ -512,8 +566,14 @@ def load(path: str | Path, *, symbol: str | None = None, format: Format | None =
                 if fast is not None:
                     return fast
             handle.seek(0)
-            return parse_lines(handle, name=path.name, symbol=symbol or symbol_from_name(path), format=format,
-                               errors=errors, skip_null=skip_null)
+            return parse_lines(
+                handle,
+                name=path.name,
+                symbol=symbol or symbol_from_name(path),
+                format=format,
+                errors=errors,
+                skip_null=skip_null,
+            )
     except OSError as exc:
         raise BarFileError(str(path), f"cannot read: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
@@ -526,20 +586,32 @@ def load_many(paths: Iterable[str | Path], **kwargs: Any) -> BarData:
     return BarData.concat(parts, source=parts[0].source if parts else "")
 
 
-def parse_lines(lines: Iterable[str], *, name: str = "<bars>", symbol: str | None = None,
-                format: Format | None = None, errors: Errors = "raise", skip_null: bool = False) -> BarData:
+def parse_lines(
+    lines: Iterable[str],
+    *,
+    name: str = "<bars>",
+    symbol: str | None = None,
+    format: Format | None = None,
+    errors: Errors = "raise",
+    skip_null: bool = False,
+) -> BarData:
     """Bars from lines of text (see :func:`load`); ``name`` is the file name used in errors."""
     iterator = iter(lines)
     first = next(iterator, None)
     if first is None or not first.strip():
-        raise BarFileError(name, "the file is empty (expected a header such as "
-                                 "timestamp,symbol,open,high,low,close,volume)")
+        raise BarFileError(
+            name, "the file is empty (expected a header such as timestamp,symbol,open,high,low,close,volume)"
+        )
     kind = format or detect(first)
     if kind is None:
-        raise BarFileError(name, f"bad header {first.strip()!r}: not a known bar format (expected the desk's "
-                                 "timestamp,symbol,open,high,low,close,volume; Alpaca's symbol,timestamp,open,"
-                                 "high,low,close,volume,trade_count,vwap; Yahoo's Date,Open,High,Low,Close,"
-                                 "Adj Close,Volume; or Alpaca bars JSON)", row=1)
+        raise BarFileError(
+            name,
+            f"bad header {first.strip()!r}: not a known bar format (expected the desk's "
+            "timestamp,symbol,open,high,low,close,volume; Alpaca's symbol,timestamp,open,"
+            "high,low,close,volume,trade_count,vwap; Yahoo's Date,Open,High,Low,Close,"
+            "Adj Close,Volume; or Alpaca bars JSON)",
+            row=1,
+        )
     if kind == "alpaca-json":
         text = first + "".join(iterator)
         return _finish(_parse_json(text, name, errors))
@@ -547,8 +619,9 @@ def parse_lines(lines: Iterable[str], *, name: str = "<bars>", symbol: str | Non
     rows = csv.reader(iterator)
     if kind == "yahoo":
         if symbol is None:
-            raise BarFileError(name, "a Yahoo file has no symbol column and the file name is not a symbol: "
-                                     "pass the symbol (--symbol)")
+            raise BarFileError(
+                name, "a Yahoo file has no symbol column and the file name is not a symbol: pass the symbol (--symbol)"
+            )
         symbol = symbol.upper()
         if not _SYMBOL_RE.match(symbol):
             raise BarFileError(name, f"symbol {symbol!r} is not a valid symbol (A-Z, 0-9, at most 16)")
@@ -565,15 +638,27 @@ class _Columns:
         self.o, self.h, self.l, self.c, self.v = array("d"), array("d"), array("d"), array("d"), array("d")
         self.vw, self.n = array("d"), array("d")
 
-    def finish(self, symbols: Sequence[str], source: str, report: LoadReport,
-               intervals: dict[str, int] | None = None) -> BarData:
+    def finish(
+        self, symbols: Sequence[str], source: str, report: LoadReport, intervals: dict[str, int] | None = None
+    ) -> BarData:
         def f(a: array[float]) -> F64:
             return np.frombuffer(a, dtype=np.float64) if len(a) else np.empty(0, dtype=np.float64)
 
-        return BarData(symbols, np.frombuffer(self.sym, dtype=np.int32) if len(self.sym) else np.empty(0, np.int32),
-                       np.frombuffer(self.ts, dtype=np.int64) if len(self.ts) else np.empty(0, np.int64),
-                       f(self.o), f(self.h), f(self.l), f(self.c), f(self.v), f(self.vw), f(self.n),
-                       report=report, source=source, intervals=intervals)
+        return BarData(
+            symbols,
+            np.frombuffer(self.sym, dtype=np.int32) if len(self.sym) else np.empty(0, np.int32),
+            np.frombuffer(self.ts, dtype=np.int64) if len(self.ts) else np.empty(0, np.int64),
+            f(self.o),
+            f(self.h),
+            f(self.l),
+            f(self.c),
+            f(self.v),
+            f(self.vw),
+            f(self.n),
+            report=report,
+            source=source,
+            intervals=intervals,
+        )
 
 
 def _number(text: str) -> float:
@@ -583,8 +668,7 @@ def _number(text: str) -> float:
     return value
 
 
-def _diagnose(cells: Sequence[str], columns: dict[str, int], file: str, line: int,
-              parse_ts: Any) -> BarFileError:
+def _diagnose(cells: Sequence[str], columns: dict[str, int], file: str, line: int, parse_ts: Any) -> BarFileError:
     """The first problem of a row that failed the fast path, as a :class:`BarFileError`."""
     width = max(columns.values()) + 1
     if len(cells) < width:
@@ -606,41 +690,56 @@ def _diagnose(cells: Sequence[str], columns: dict[str, int], file: str, line: in
         if col in ("trade_count", "vwap") and text == "":
             continue
         if text.lower() == "null" and col in ("open", "high", "low", "close", "volume", "adj close"):
-            return BarFileError(file, "'null' (no price in the file for this row); pass --skip-null "
-                                      "(skip_null=True) to skip such rows", line, col)
+            return BarFileError(
+                file,
+                "'null' (no price in the file for this row); pass --skip-null (skip_null=True) to skip such rows",
+                line,
+                col,
+            )
         try:
             values[col] = _number(text)
         except ValueError:
             return BarFileError(file, f"{text!r} is not a number", line, col)
     if values.get("volume", 0.0) < 0:
-        return BarFileError(file, f"volume must not be negative, got {cells[columns['volume']].strip()}", line,
-                            "volume")
+        return BarFileError(
+            file, f"volume must not be negative, got {cells[columns['volume']].strip()}", line, "volume"
+        )
     o, h, lo, c = values["open"], values["high"], values["low"], values["close"]
     if not (lo <= min(o, c) and max(o, c) <= h):
-        return BarFileError(file, f"inconsistent bar: low {lo} <= open {o}, close {c} <= high {h} does not hold",
-                            line, "low" if lo > min(o, c) else "high")
+        return BarFileError(
+            file,
+            f"inconsistent bar: low {lo} <= open {o}, close {c} <= high {h} does not hold",
+            line,
+            "low" if lo > min(o, c) else "high",
+        )
     return BarFileError(file, "row cannot be used", line)
 
 
-def _parse_csv(header: Sequence[str], rows: Any, file: str, kind: Format, errors: Errors) -> BarData:
+def _csv_columns(header: Sequence[str]) -> tuple[dict[str, int], bool]:
+    """The index of each column the desk reads, by name, and whether the timestamps are epoch ns
+    (``start_ns``) rather than ISO 8601 (``timestamp``); only one of the two is kept."""
     lower = [h.strip().lower().lstrip("\ufeff") for h in header]
-    columns = {name: lower.index(name) for name in
-               ("symbol", "timestamp", "start_ns", "open", "high", "low", "close", "volume", "trade_count", "vwap")
-               if name in lower}
+    columns: dict[str, int] = {
+        name: lower.index(name)
+        for name in ("symbol", "timestamp", "start_ns", "open", "high", "low", "close", "volume", "trade_count", "vwap")
+        if name in lower
+    }
     epoch_ns = "timestamp" not in columns
+    columns.pop("timestamp" if epoch_ns else "start_ns", None)
+    return columns, epoch_ns
+
+
+def _epoch_ns(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError(f"{text!r} is not epoch nanoseconds")
+    return int(text)
+
+
+def _parse_csv(header: Sequence[str], rows: Any, file: str, kind: Format, errors: Errors) -> BarData:
+    """The exact row-by-row reader: every row checked, a bad one named (row, column) or skipped."""
+    columns, epoch_ns = _csv_columns(header)
     ts_col = columns["start_ns"] if epoch_ns else columns["timestamp"]
-    if epoch_ns:
-        columns.pop("timestamp", None)
-    else:
-        columns.pop("start_ns", None)
-
-    def parse_ts(text: str) -> int:
-        if epoch_ns:
-            if not text.strip().isdigit():
-                raise ValueError(f"{text!r} is not epoch nanoseconds")
-            return int(text)
-        return parse_timestamp(text)
-
+    parse_ts = _epoch_ns if epoch_ns else parse_timestamp
     i_sym, i_o, i_h, i_l, i_c = (columns[k] for k in ("symbol", "open", "high", "low", "close"))
     i_v = columns.get("volume")
     i_n, i_vw = columns.get("trade_count"), columns.get("vwap")
@@ -651,8 +750,13 @@ def _parse_csv(header: Sequence[str], rows: Any, file: str, kind: Format, errors
     last_text, last_ns = "", 0
     line = 1
     append_sym, append_ts = cols.sym.append, cols.ts.append
-    append_o, append_h, append_l, append_c, append_v = (cols.o.append, cols.h.append, cols.l.append,
-                                                        cols.c.append, cols.v.append)
+    append_o, append_h, append_l, append_c, append_v = (
+        cols.o.append,
+        cols.h.append,
+        cols.l.append,
+        cols.c.append,
+        cols.v.append,
+    )
     append_vw, append_n = cols.vw.append, cols.n.append
     nan = math.nan
     for cells in rows:
@@ -678,9 +782,7 @@ def _parse_csv(header: Sequence[str], rows: Any, file: str, kind: Format, errors
             n = float(cells[i_n]) if i_n is not None and cells[i_n] else nan
             vw = float(cells[i_vw]) if i_vw is not None and cells[i_vw] else nan
         except ValueError:
-            err = _diagnose(cells, {"symbol": i_sym, ("start_ns" if epoch_ns else "timestamp"): ts_col,
-                                    **{k: v for k, v in columns.items() if k not in ("symbol",)}},
-                            file, line, parse_ts)
+            err = _diagnose(cells, columns, file, line, parse_ts)
             if errors == "raise":
                 raise err from None
             report.skipped.append((line, err.reason if err.column is None else f"column {err.column}: {err.reason}"))
@@ -736,14 +838,26 @@ def _fast_csv(path: Path, header: Sequence[str], first_row: str, kind: Format) -
     if not _sample_agrees(path, index, ts_name, epoch_ns, sym, symbols, ts, columns, n):
         return None
     o, h, lo, c = columns["open"], columns["high"], columns["low"], columns["close"]
-    data = BarData(symbols, np.ascontiguousarray(sym), np.ascontiguousarray(ts, dtype=np.int64), o, h, lo, c,
-                   columns.get("volume", np.zeros(n)), columns.get("vwap"), columns.get("trade_count"),
-                   report=LoadReport(), source=kind)
+    data = BarData(
+        symbols,
+        np.ascontiguousarray(sym),
+        np.ascontiguousarray(ts, dtype=np.int64),
+        o,
+        h,
+        lo,
+        c,
+        columns.get("volume", np.zeros(n)),
+        columns.get("vwap"),
+        columns.get("trade_count"),
+        report=LoadReport(),
+        source=kind,
+    )
     return _finish(data)
 
 
-def _fast_read(path: Path, header: Sequence[str], first_row: str) -> tuple[Any, dict[str, int], str, bool, bool,
-                                                                           list[str]] | None:
+def _fast_read(
+    path: Path, header: Sequence[str], first_row: str
+) -> tuple[Any, dict[str, int], str, bool, bool, list[str]] | None:
     """pandas' reading of the file's columns the desk uses: (frame, column index by name, the timestamp
     column's name, whether it is epoch ns, whether it is all digits, the number columns), or None."""
     try:
@@ -766,10 +880,19 @@ def _fast_read(path: Path, header: Sequence[str], first_row: str) -> tuple[Any, 
     dtypes: dict[int, Any] = {index["symbol"]: "category", index[ts_name]: np.int64 if ts_digits else object}
     dtypes.update({index[c]: np.float64 for c in numbers})
     try:
-        frame = pd.read_csv(path, header=0, names=list(range(len(header))), usecols=list(index.values()),
-                            dtype=dtypes, encoding="utf-8-sig", compression="infer",
-                            keep_default_na=False, na_values={index[c]: [""] for c in numbers},
-                            skip_blank_lines=True, engine="c")
+        frame = pd.read_csv(
+            path,
+            header=0,
+            names=list(range(len(header))),
+            usecols=list(index.values()),
+            dtype=dtypes,
+            encoding="utf-8-sig",
+            compression="infer",
+            keep_default_na=False,
+            na_values={index[c]: [""] for c in numbers},
+            skip_blank_lines=True,
+            engine="c",
+        )
     except (ValueError, TypeError, OverflowError, OSError, UnicodeDecodeError, pd.errors.ParserError):
         return None
     if len(frame) == 0:
@@ -824,15 +947,34 @@ def _fast_values_clean(columns: dict[str, F64], n: int) -> bool:
     o, h, lo, c = columns["open"], columns["high"], columns["low"], columns["close"]
     v = columns.get("volume", np.zeros(n))
     with np.errstate(invalid="ignore"):
-        good = (np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c) & np.isfinite(v)
-                & (lo <= o) & (o <= h) & (lo <= c) & (c <= h) & (v >= 0))
+        good = (
+            np.isfinite(o)
+            & np.isfinite(h)
+            & np.isfinite(lo)
+            & np.isfinite(c)
+            & np.isfinite(v)
+            & (lo <= o)
+            & (o <= h)
+            & (lo <= c)
+            & (c <= h)
+            & (v >= 0)
+        )
     if not bool(good.all()):
         return False
     return not any(a is not None and bool(np.isinf(a).any()) for a in (columns.get("vwap"), columns.get("trade_count")))
 
 
-def _sample_agrees(path: Path, index: dict[str, int], ts_name: str, epoch_ns: bool, sym: I32, symbols: list[str],
-                   ts: I64, columns: dict[str, F64], n: int) -> bool:
+def _sample_agrees(
+    path: Path,
+    index: dict[str, int],
+    ts_name: str,
+    epoch_ns: bool,
+    sym: I32,
+    symbols: list[str],
+    ts: I64,
+    columns: dict[str, F64],
+    n: int,
+) -> bool:
     """The row-by-row parser's reading of the first :data:`_SAMPLE` rows equals the fast one's."""
     row = -1
     with _open_text(path) as handle:
@@ -858,12 +1000,12 @@ def _sample_agrees(path: Path, index: dict[str, int], ts_name: str, epoch_ns: bo
     return True
 
 
-def _parse_yahoo(header: Sequence[str], rows: Any, file: str, symbol: str, errors: Errors,
-                 skip_null: bool) -> BarData:
+def _parse_yahoo(header: Sequence[str], rows: Any, file: str, symbol: str, errors: Errors, skip_null: bool) -> BarData:
     lower = [h.strip().lower().lstrip("\ufeff") for h in header]
     date_col = "date" if "date" in lower else "datetime"
-    columns = {name: lower.index(name) for name in (date_col, "open", "high", "low", "close", "volume")
-               if name in lower}
+    columns = {
+        name: lower.index(name) for name in (date_col, "open", "high", "low", "close", "volume") if name in lower
+    }
     i_d, i_o, i_h, i_l, i_c = (columns[k] for k in (date_col, "open", "high", "low", "close"))
     i_v = columns.get("volume")
     width = max(columns.values()) + 1
@@ -878,8 +1020,13 @@ def _parse_yahoo(header: Sequence[str], rows: Any, file: str, symbol: str, error
             if skip_null:
                 report.null_rows += 1
                 continue
-            raise BarFileError(file, f"Yahoo 'null' row (no prices for {cells[i_d].strip()}); pass --skip-null "
-                                     "(skip_null=True) to skip such rows", row=line, column="open")
+            raise BarFileError(
+                file,
+                f"Yahoo 'null' row (no prices for {cells[i_d].strip()}); pass --skip-null "
+                "(skip_null=True) to skip such rows",
+                row=line,
+                column="open",
+            )
         try:
             if len(cells) < width:
                 raise ValueError
@@ -948,8 +1095,11 @@ def _parse_json(text: str, file: str, errors: Errors) -> BarData:
                         raise BarFileError(file, f"{raw!r} is not a number", column=f"{where}.{key}") from None
                 o, h, lo, c, v = values
                 if not (lo <= o <= h and lo <= c <= h):
-                    raise BarFileError(file, f"inconsistent bar: low {lo} <= open {o}, close {c} <= high {h} "
-                                             "does not hold", column=where)
+                    raise BarFileError(
+                        file,
+                        f"inconsistent bar: low {lo} <= open {o}, close {c} <= high {h} does not hold",
+                        column=where,
+                    )
                 if v < 0:
                     raise BarFileError(file, f"volume must not be negative, got {v}", column=f"{where}.v")
                 try:

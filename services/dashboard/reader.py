@@ -108,9 +108,15 @@ class DeskReader:
             log.warning("dashboard.query_failed", error=str(exc))
             return default
 
+    async def _ask_soft(self, subject: str, message: Message, reply_type: type[R], errors: list[str]) -> R:
+        """:meth:`_ask`, or an empty ``reply_type`` with the error noted in ``errors``."""
+        return await self._soft(self._ask(subject, message, reply_type), reply_type(), errors)
+
     async def equity_series(self, strategy_id: str) -> list[metrics.Point]:
         reply = await self._ask(
-            subjects.LEDGER_EQUITY, ledger_pb2.LedgerQuery(strategy_id=strategy_id, limit=EQUITY_POINTS), ledger_pb2.EquityReply
+            subjects.LEDGER_EQUITY,
+            ledger_pb2.LedgerQuery(strategy_id=strategy_id, limit=EQUITY_POINTS),
+            ledger_pb2.EquityReply,
         )
         return series([p for p in reply.points if p.strategy_id == strategy_id])
 
@@ -118,7 +124,7 @@ class DeskReader:
 
     async def leaderboard(self) -> dict[str, Any]:
         errors: list[str] = []
-        pnl = await self._soft(self._ask(subjects.LEDGER_PNL, ledger_pb2.LedgerQuery(), ledger_pb2.PnlReply), ledger_pb2.PnlReply(), errors)
+        pnl = await self._ask_soft(subjects.LEDGER_PNL, ledger_pb2.LedgerQuery(), ledger_pb2.PnlReply, errors)
         curves_list = await asyncio.gather(
             *(self._soft(self.equity_series(row.strategy_id), [], errors) for row in pnl.strategies)
         )
@@ -165,16 +171,29 @@ class DeskReader:
         errors: list[str] = []
         query = ledger_pb2.LedgerQuery(strategy_id=strategy_id, limit=TABLE_ROWS)
         # Two gathers of four: asyncio.gather is typed for at most six awaitables.
+        control = strategy_pb2.StrategyControl(strategy_id=strategy_id)
         status, specs, pnl, logs = await asyncio.gather(
-            self._soft(self._ask(subjects.CTL_STATUS, strategy_pb2.StrategyControl(strategy_id=strategy_id), strategy_pb2.StrategyStatusList), strategy_pb2.StrategyStatusList(), errors),
-            self._soft(self._ask(subjects.CTL_LIST, strategy_pb2.StrategyControl(strategy_id=strategy_id), strategy_pb2.StrategyList), strategy_pb2.StrategyList(), errors),
-            self._soft(self._ask(subjects.LEDGER_PNL, ledger_pb2.LedgerQuery(strategy_id=strategy_id), ledger_pb2.PnlReply), ledger_pb2.PnlReply(), errors),
-            self._soft(self._ask(subjects.CTL_LOGS, strategy_pb2.LogsRequest(strategy_id=strategy_id, tail=LOG_LINES), strategy_pb2.LogsReply), strategy_pb2.LogsReply(), errors),
+            self._ask_soft(subjects.CTL_STATUS, control, strategy_pb2.StrategyStatusList, errors),
+            self._ask_soft(subjects.CTL_LIST, control, strategy_pb2.StrategyList, errors),
+            self._ask_soft(
+                subjects.LEDGER_PNL, ledger_pb2.LedgerQuery(strategy_id=strategy_id), ledger_pb2.PnlReply, errors
+            ),
+            self._ask_soft(
+                subjects.CTL_LOGS,
+                strategy_pb2.LogsRequest(strategy_id=strategy_id, tail=LOG_LINES),
+                strategy_pb2.LogsReply,
+                errors,
+            ),
         )
         positions, orders, fills, curve = await asyncio.gather(
-            self._soft(self._ask(subjects.LEDGER_POSITIONS, query, ledger_pb2.PositionsReply), ledger_pb2.PositionsReply(), errors),
-            self._soft(self._ask(subjects.LEDGER_ORDERS, query, ledger_pb2.OrdersReply), ledger_pb2.OrdersReply(), errors),
-            self._soft(self._ask(subjects.LEDGER_FILLS, ledger_pb2.LedgerQuery(strategy_id=strategy_id, limit=1000), ledger_pb2.FillsReply), ledger_pb2.FillsReply(), errors),
+            self._ask_soft(subjects.LEDGER_POSITIONS, query, ledger_pb2.PositionsReply, errors),
+            self._ask_soft(subjects.LEDGER_ORDERS, query, ledger_pb2.OrdersReply, errors),
+            self._ask_soft(
+                subjects.LEDGER_FILLS,
+                ledger_pb2.LedgerQuery(strategy_id=strategy_id, limit=1000),
+                ledger_pb2.FillsReply,
+                errors,
+            ),
             self._soft(self.equity_series(strategy_id), [], errors),
         )
         spec = specs.strategies[0] if specs.strategies else None
@@ -187,7 +206,9 @@ class DeskReader:
         st = status.strategies[0] if status.strategies else None
         return {
             "strategy_id": strategy_id,
-            "member_id": (row.member_id if row else "") or (spec.member_id if spec else "") or (st.member_id if st else ""),
+            "member_id": (row.member_id if row else "")
+            or (spec.member_id if spec else "")
+            or (st.member_id if st else ""),
             "name": spec.name if spec else "",
             "description": spec.description if spec else "",
             "symbols": list(spec.symbols) if spec else [],
@@ -229,11 +250,29 @@ class DeskReader:
             stats_msg = await self.nc.request(f"$SRV.STATS.{name}", b"", timeout=self.timeout)
             info, stats = json.loads(ping.data), json.loads(stats_msg.data)
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-            return {"name": name, "up": False, "version": "", "id": "", "rtt_ms": "", "started": "",
-                    "requests": 0, "errors": 0, "endpoints": []}
+            return {
+                "name": name,
+                "up": False,
+                "version": "",
+                "id": "",
+                "rtt_ms": "",
+                "started": "",
+                "requests": 0,
+                "errors": 0,
+                "endpoints": [],
+            }
         except ValueError as exc:
-            return {"name": name, "up": False, "version": "", "id": "", "rtt_ms": "", "started": str(exc),
-                    "requests": 0, "errors": 0, "endpoints": []}
+            return {
+                "name": name,
+                "up": False,
+                "version": "",
+                "id": "",
+                "rtt_ms": "",
+                "started": str(exc),
+                "requests": 0,
+                "errors": 0,
+                "endpoints": [],
+            }
         endpoints = stats.get("endpoints") or []
         return {
             "name": name,
@@ -283,11 +322,15 @@ class DeskReader:
             asyncio.gather(*(self._micro(name) for name in self.service_names)),
             self._soft(self._ask(subjects.RISK_STATUS, orders_pb2.HaltRequest(), orders_pb2.HaltAck), None, errors),
             self._soft(self._prices_soft(), [], errors),
-            self._soft(self._ask(subjects.CTL_STATUS, strategy_pb2.StrategyControl(), strategy_pb2.StrategyStatusList), strategy_pb2.StrategyStatusList(), errors),
+            self._ask_soft(
+                subjects.CTL_STATUS, strategy_pb2.StrategyControl(), strategy_pb2.StrategyStatusList, errors
+            ),
         )
         return {
             "services": list(services),
-            "risk": None if risk is None else {
+            "risk": None
+            if risk is None
+            else {
                 "known": True,
                 "global_halted": risk.global_halted,
                 "halted_strategies": list(risk.halted_strategies),
@@ -302,12 +345,16 @@ class DeskReader:
     async def halt(self, strategy_id: str, resume: bool, requested_by: str, reason: str) -> orders_pb2.HaltAck:
         subject = subjects.RISK_RESUME if resume else subjects.RISK_HALT
         return await self._ask(
-            subject, orders_pb2.HaltRequest(strategy_id=strategy_id, reason=reason, requested_by=requested_by), orders_pb2.HaltAck
+            subject,
+            orders_pb2.HaltRequest(strategy_id=strategy_id, reason=reason, requested_by=requested_by),
+            orders_pb2.HaltAck,
         )
 
     async def control(self, action: str, strategy_id: str) -> strategy_pb2.StrategyStatusList:
         subject = {"start": subjects.CTL_START, "stop": subjects.CTL_STOP}[action]
-        return await self._ask(subject, strategy_pb2.StrategyControl(strategy_id=strategy_id), strategy_pb2.StrategyStatusList)
+        return await self._ask(
+            subject, strategy_pb2.StrategyControl(strategy_id=strategy_id), strategy_pb2.StrategyStatusList
+        )
 
 
 # -- rows ---------------------------------------------------------------------------------------------
@@ -315,8 +362,16 @@ class DeskReader:
 
 def _status(s: strategy_pb2.StrategyStatus | None) -> dict[str, Any]:
     if s is None:
-        return {"strategy_id": "", "state": "unknown", "restarts": 0, "last_error": "", "pid": 0,
-                "started_ns": 0, "last_heartbeat_ns": 0, "member_id": ""}
+        return {
+            "strategy_id": "",
+            "state": "unknown",
+            "restarts": 0,
+            "last_error": "",
+            "pid": 0,
+            "started_ns": 0,
+            "last_heartbeat_ns": 0,
+            "member_id": "",
+        }
     return {
         "strategy_id": s.strategy_id,
         "member_id": s.member_id,
@@ -347,8 +402,13 @@ def _pnl(row: ledger_pb2.PnlRow | None) -> Mapping[str, str]:
 
 def _position(p: ledger_pb2.Position) -> dict[str, str]:
     return {
-        "symbol": p.symbol, "qty": p.qty, "avg_cost": p.avg_cost, "last_price": p.last_price,
-        "market_value": p.market_value, "realized_pnl": p.realized_pnl, "unrealized_pnl": p.unrealized_pnl,
+        "symbol": p.symbol,
+        "qty": p.qty,
+        "avg_cost": p.avg_cost,
+        "last_price": p.last_price,
+        "market_value": p.market_value,
+        "realized_pnl": p.realized_pnl,
+        "unrealized_pnl": p.unrealized_pnl,
     }
 
 

@@ -41,13 +41,22 @@ class Settings(BusSettings):
         default=5, ge=1, le=1000, description="failed logins per client address before further attempts are delayed"
     )
     dashboard_login_window: float = Field(
-        default=900.0, gt=0, le=7 * 24 * 3600, description="seconds after a client's latest failure (or the end of its lockout) after which its failed logins are forgotten"
+        default=900.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="seconds after a client's latest failure (or the end of its lockout) after which its failed logins are forgotten",
     )
     dashboard_login_max_delay: float = Field(
-        default=300.0, ge=1, le=24 * 3600, description="longest delay (seconds) between login attempts; the delay doubles from 1 s per failure"
+        default=300.0,
+        ge=1,
+        le=24 * 3600,
+        description="longest delay (seconds) between login attempts; the delay doubles from 1 s per failure",
     )
     dashboard_login_max_clients: int = Field(
-        default=10_000, ge=1, le=10_000_000, description="client addresses the login throttle remembers (the oldest is forgotten)"
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="client addresses the login throttle remembers (the oldest is forgotten)",
     )
     dashboard_trusted_proxies: str = Field(
         default="",
@@ -67,7 +76,9 @@ class Settings(BusSettings):
 
     @property
     def trusted_proxies(self) -> frozenset[str]:
-        return frozenset(str(ipaddress.ip_address(p.strip())) for p in self.dashboard_trusted_proxies.split(",") if p.strip())
+        return frozenset(
+            str(ipaddress.ip_address(p.strip())) for p in self.dashboard_trusted_proxies.split(",") if p.strip()
+        )
 
     def login_throttle(self) -> LoginThrottle:
         return LoginThrottle(

@@ -31,7 +31,7 @@ class MovingAverageCrossover(Strategy):
         closes.append(bar.close)
         if len(closes) < self.slow:
             return
-        fast_ma = sum(list(closes)[-self.fast:], Decimal(0)) / self.fast
+        fast_ma = sum(list(closes)[-self.fast :], Decimal(0)) / self.fast
         slow_ma = sum(closes, Decimal(0)) / self.slow
         above = fast_ma > slow_ma
         was_above = self.fast_above.get(bar.symbol)
@@ -42,13 +42,32 @@ class MovingAverageCrossover(Strategy):
         held = self.position(bar.symbol)
         if above and held == 0 and not pending:
             result = await self.buy(bar.symbol, self.qty)
-            self.log.info("golden cross %s at %s: buy %s -> %s %s", bar.symbol, bar.close, self.qty,
-                          "accepted" if result.accepted else result.reason, result.message)
+            self.log.info(
+                "golden cross %s at %s: buy %s -> %s %s",
+                bar.symbol,
+                bar.close,
+                self.qty,
+                "accepted" if result.accepted else result.reason,
+                result.message,
+            )
         elif not above and held > 0 and not pending:
             result = await self.sell(bar.symbol, held)
-            self.log.info("death cross %s at %s: sell %s -> %s %s", bar.symbol, bar.close, held,
-                          "accepted" if result.accepted else result.reason, result.message)
+            self.log.info(
+                "death cross %s at %s: sell %s -> %s %s",
+                bar.symbol,
+                bar.close,
+                held,
+                "accepted" if result.accepted else result.reason,
+                result.message,
+            )
 
     def on_fill(self, fill: Fill) -> None:
-        self.log.info("filled %s %s %s @ %s; position %s, cash %s", fill.side, fill.qty, fill.symbol, fill.price,
-                      self.position(fill.symbol), self.cash)
+        self.log.info(
+            "filled %s %s %s @ %s; position %s, cash %s",
+            fill.side,
+            fill.qty,
+            fill.symbol,
+            fill.price,
+            self.position(fill.symbol),
+            self.cash,
+        )

@@ -26,7 +26,7 @@ class MeanReversion(Strategy):
         self.qty = Decimal(str(params.get("qty", 10)))
         self.closes: dict[str, deque[Decimal]] = {}
         self.bar_count: dict[str, int] = {}
-        self.placed_at: dict[str, tuple[str, int]] = {}   # client order id -> (symbol, bar number)
+        self.placed_at: dict[str, tuple[str, int]] = {}  # client order id -> (symbol, bar number)
         self.cancelling: set[str] = set()
 
     async def on_bar(self, bar: Bar) -> None:
@@ -71,8 +71,14 @@ class MeanReversion(Strategy):
                     self.cancelling.discard(cid)
 
     def on_fill(self, fill: Fill) -> None:
-        self.log.info("filled %s %s %s @ %s; position %s", fill.side, fill.qty, fill.symbol, fill.price,
-                      self.position(fill.symbol))
+        self.log.info(
+            "filled %s %s %s @ %s; position %s",
+            fill.side,
+            fill.qty,
+            fill.symbol,
+            fill.price,
+            self.position(fill.symbol),
+        )
 
     def on_order_update(self, update: OrderUpdate) -> None:
         if update.is_final:

@@ -44,7 +44,7 @@ EXAMPLES = ("ma_crossover", "mean_reversion", "legacy_momentum")
 PROBE = "browser_probe"
 PROBE_MEMBER = "erin"
 PROBE_NAME = "<b>probe</b>"
-PROBE_LOG = '<img src=x onerror="document.title=\'pwned\'"> probe ready'
+PROBE_LOG = "<img src=x onerror=\"document.title='pwned'\"> probe ready"
 PROBE_STRATEGY = f'''\
 from strategy_sdk import Strategy
 
@@ -139,12 +139,27 @@ def running_desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDe
     port = free_port()
     # `desk up` starts the dashboard itself (any free port) and prints its address.
     env = dict(
-        os.environ, PYTHONPATH=str(ROOT), MD_INTERVAL="0.25", LEDGER_SNAPSHOT_INTERVAL="1", COLUMNS="200",
-        DASHBOARD_PORT="0", DASHBOARD_OPERATOR_PASSWORD=OPERATOR_PASSWORD,
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        MD_INTERVAL="0.25",
+        LEDGER_SNAPSHOT_INTERVAL="1",
+        COLUMNS="200",
+        DASHBOARD_PORT="0",
+        DASHBOARD_OPERATOR_PASSWORD=OPERATOR_PASSWORD,
     )
     desk = Child(
-        [sys.executable, "-m", "desk.cli", "up", "--data-dir", str(base / "var"), "--strategies", str(strategies),
-         "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "desk.cli",
+            "up",
+            "--data-dir",
+            str(base / "var"),
+            "--strategies",
+            str(strategies),
+            "--port",
+            str(port),
+        ],
         env,
         base / "desk-up.log",
     )

@@ -37,7 +37,7 @@ def daily_bars(symbols: list[str], days: int, seed: int = 11) -> list[Bar]:
     while len(bars) < days * len(symbols):
         ts = t0 + day * DAY_NS
         day += 1
-        if (day + 2) % 7 in (5, 6):   # skip weekends
+        if (day + 2) % 7 in (5, 6):  # skip weekends
             continue
         for s in symbols:
             open_ = prices[s]
@@ -115,15 +115,15 @@ async def test_report_renders_its_charts_offline(browser: Browser, tmp_path: Pat
     charts = await page.get_attribute("body", "data-charts")
     assert charts == str(2 + len(symbols))
     # each uPlot chart draws on a canvas of real size
-    sizes = await page.eval_on_selector_all(
-        ".uplot canvas", "els => els.map(c => [c.width, c.height])")
+    sizes = await page.eval_on_selector_all(".uplot canvas", "els => els.map(c => [c.width, c.height])")
     assert len(sizes) == 2 + len(symbols)
     assert all(w > 200 and h > 100 for w, h in sizes), sizes
     # the canvases are not blank: some pixels differ from the first one
     drawn = await page.eval_on_selector_all(
         ".uplot canvas",
         """els => els.map(c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                                 let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; })""")
+                                 let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; })""",
+    )
     assert all(n > 500 for n in drawn), drawn
     summary = await page.inner_text("#summary")
     assert "Sharpe" in summary and "Max drawdown" in summary
@@ -139,12 +139,13 @@ async def test_report_renders_its_charts_offline(browser: Browser, tmp_path: Pat
 
 
 async def test_member_text_stays_text(browser: Browser, tmp_path: Path) -> None:
-    hostile = '<img src=x onerror="document.title=\'pwned\'">'
+    hostile = "<img src=x onerror=\"document.title='pwned'\">"
     rename = {"AAPL": hostile, "MSFT": "</script><script>document.title='pwned'</script>"}
     clean = report_data(list(rename), "x")
     # the desk refuses such symbols, but the report must not trust that
     data = dataclasses.replace(
-        clean, name=hostile,
+        clean,
+        name=hostile,
         trades=[dataclasses.replace(t, symbol=rename[t.symbol]) for t in clean.trades],
         prices={rename[s]: p for s, p in clean.prices.items()},
     )

@@ -20,15 +20,7 @@ from playwright.async_api import Browser, Page, expect
 from desk.bus import codec, subjects
 from desk.bus.request import request
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2, orders_pb2
-from tests.browser.conftest import (
-    CHROMIUM,
-    OPERATOR_PASSWORD,
-    PROBE,
-    PROBE_LOG,
-    PROBE_MEMBER,
-    PROBE_NAME,
-    RunningDesk,
-)
+from tests.browser.conftest import CHROMIUM, OPERATOR_PASSWORD, PROBE, PROBE_LOG, PROBE_MEMBER, PROBE_NAME, RunningDesk
 from tests.support import LEDGER_ACKS, follow, follow_executions, ledger_caught_up
 
 pytestmark = [
@@ -85,7 +77,9 @@ async def live_page(browser: Browser, url: str) -> Page:
     return page
 
 
-async def test_the_leaderboard_ranks_the_strategies_that_have_traded(running_desk: RunningDesk, browser: Browser) -> None:
+async def test_the_leaderboard_ranks_the_strategies_that_have_traded(
+    running_desk: RunningDesk, browser: Browser
+) -> None:
     nc = await nats.connect(running_desk.nats_url)
     try:
         await probe_fill_booked(nc, f"rank-{uuid.uuid4().hex[:12]}")
@@ -98,9 +92,7 @@ async def test_the_leaderboard_ranks_the_strategies_that_have_traded(running_des
     page = await live_page(browser, running_desk.url + "/")
     rows = page.locator("#strategies-board tbody tr")
     await expect(rows.filter(has_text=PROBE)).to_have_count(1, timeout=WAIT_MS)
-    table = await rows.evaluate_all(
-        "rows => rows.map(r => Array.from(r.cells).map(c => c.textContent.trim()))"
-    )
+    table = await rows.evaluate_all("rows => rows.map(r => Array.from(r.cells).map(c => c.textContent.trim()))")
     shown = {cells[1]: cells for cells in table}
     assert traded <= set(shown), f"traded {traded}, shown {set(shown)}"
     assert [int(cells[0]) for cells in table] == list(range(1, len(table) + 1))

@@ -30,7 +30,7 @@ pytestmark = [
 LOG_MAX = 256 * 1024
 LOG_BACKUPS = 1
 
-PROBE = '''\
+PROBE = """\
 import json, os, glob
 from strategy_sdk import Strategy
 
@@ -77,18 +77,18 @@ class Probe(Strategy):
             os.waitpid(pid, 0)
         print("PROBE " + json.dumps(results), flush=True)
         raise SystemExit(3)  # end the run: the desk reports how it ended (the pids limit it hit)
-'''
+"""
 
-HOG = '''\
+HOG = """\
 from strategy_sdk import Strategy
 
 
 class Hog(Strategy):
     def on_start(self) -> None:
         self.hoard = [bytearray(16 * 1024 * 1024) for _ in range(96)]  # 1.5 GiB, touched
-'''
+"""
 
-SPINNER = '''\
+SPINNER = """\
 from strategy_sdk import Strategy
 
 
@@ -96,9 +96,9 @@ class Spinner(Strategy):
     async def on_bar(self, bar) -> None:
         while True:
             pass
-'''
+"""
 
-FLOOD = '''\
+FLOOD = """\
 import sys
 from strategy_sdk import Strategy
 
@@ -110,16 +110,16 @@ class Flood(Strategy):
             sys.stdout.write(line)
         sys.stdout.flush()
         print("FLOOD DONE", flush=True)
-'''
+"""
 
-VICTIM = '''\
+VICTIM = """\
 from strategy_sdk import Strategy
 
 
 class Victim(Strategy):
     def on_start(self) -> None:
         self.log.info("victim up")
-'''
+"""
 
 
 def write(folder: Path, source: str, **config: Any) -> None:
@@ -131,8 +131,12 @@ def write(folder: Path, source: str, **config: Any) -> None:
 @pytest.fixture
 async def desk(tmp_path: Path) -> AsyncIterator[DeskUp]:
     desk = DeskUp(tmp_path / "var", tmp_path / "strategies", free_port())
-    desk.extra_env = {"ORCH_HEARTBEAT_INTERVAL": "1", "ORCH_LOG_MAX_BYTES": str(LOG_MAX),
-                      "ORCH_LOG_BACKUPS": str(LOG_BACKUPS), "ORCH_BACKOFF_INITIAL": "0.5"}
+    desk.extra_env = {
+        "ORCH_HEARTBEAT_INTERVAL": "1",
+        "ORCH_LOG_MAX_BYTES": str(LOG_MAX),
+        "ORCH_LOG_BACKUPS": str(LOG_BACKUPS),
+        "ORCH_BACKOFF_INITIAL": "0.5",
+    }
     yield desk
     if desk.process and desk.process.returncode is None:
         desk.process.kill()
@@ -157,9 +161,13 @@ async def test_hostile_strategies_are_contained_and_the_desk_carries_on(
     desk: DeskUp, tmp_path: Path, home_canary: Path
 ) -> None:
     var = desk.data_dir
-    paths = {"cli credentials": str(var / "credentials" / "cli.json"), "nats users": str(var / "nats" / "auth.conf"),
-             "ledger": str(var / "ledger.db"), "home canary": str(home_canary),
-             "another strategy's code": str(desk.strategies / "victim" / "strategy.py")}
+    paths = {
+        "cli credentials": str(var / "credentials" / "cli.json"),
+        "nats users": str(var / "nats" / "auth.conf"),
+        "ledger": str(var / "ledger.db"),
+        "home canary": str(home_canary),
+        "another strategy's code": str(desk.strategies / "victim" / "strategy.py"),
+    }
     write(desk.strategies / "victim", VICTIM)
     write(desk.strategies / "probe", PROBE, env={"PROBE_PATHS": json.dumps(paths)}, resources={"pids": 16})
     write(desk.strategies / "hog", HOG, resources={"memory": "64m"})
@@ -184,8 +192,11 @@ async def test_hostile_strategies_are_contained_and_the_desk_carries_on(
             assert results[target].startswith("refused"), (target, results[target])
         assert results["write /tmp"].startswith("ok")
         assert results["forks refused"] > 0 and results["forks"] < 16, results
-        await poll(lambda: "pids limit 16 reached" in status_of(desk, "probe")["last_error"],
-                       "the pids limit is reported", timeout=90)
+        await poll(
+            lambda: "pids limit 16 reached" in status_of(desk, "probe")["last_error"],
+            "the pids limit is reported",
+            timeout=90,
+        )
 
         # the hog: killed at its memory limit and reported as such
         await poll(lambda: "memory limit" in status_of(desk, "hog")["last_error"], "the hog is reported", timeout=90)
@@ -195,8 +206,9 @@ async def test_hostile_strategies_are_contained_and_the_desk_carries_on(
         await poll(lambda: status_of(desk, "spinner")["restarts"] >= 1, "the spinner is restarted", timeout=90)
         # last_error is the current run's (issue 15): it says why while the spinner waits to restart
         # again, and is cleared while a restarted run heartbeats, so wait for a moment it is hung
-        await poll(lambda: "no heartbeat" in status_of(desk, "spinner")["last_error"], "the hang is reported",
-                   timeout=90)
+        await poll(
+            lambda: "no heartbeat" in status_of(desk, "spinner")["last_error"], "the hang is reported", timeout=90
+        )
 
         # the flood: 100 MB written, the log files stay capped (the rate limit says what it dropped)
         logs = var / "logs" / "strategies"
@@ -211,10 +223,20 @@ async def test_hostile_strategies_are_contained_and_the_desk_carries_on(
         # and the rest carry on: the victim runs, its books are untouched, the desk takes orders
         assert status_of(desk, "victim")["state"] == "running"
         assert desk.cli("orders", "-s", "victim")["orders"] == []
-        ack = await request(nc, subjects.order_submit("victim"), orders_pb2.OrderRequest(
-            strategy_id="victim", client_order_id="still-open", symbol="AAPL", side=common_pb2.SIDE_BUY,
-            type=common_pb2.ORDER_TYPE_MARKET, time_in_force=common_pb2.TIME_IN_FORCE_DAY, qty="1"),
-            orders_pb2.OrderAck)
+        ack = await request(
+            nc,
+            subjects.order_submit("victim"),
+            orders_pb2.OrderRequest(
+                strategy_id="victim",
+                client_order_id="still-open",
+                symbol="AAPL",
+                side=common_pb2.SIDE_BUY,
+                type=common_pb2.ORDER_TYPE_MARKET,
+                time_in_force=common_pb2.TIME_IN_FORCE_DAY,
+                qty="1",
+            ),
+            orders_pb2.OrderAck,
+        )
         assert ack.accepted, ack.message
         assert os.path.exists(paths["ledger"]) and not os.path.exists(paths["ledger"] + ".evil")
     finally:

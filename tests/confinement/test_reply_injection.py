@@ -39,9 +39,7 @@ TARGETS = (
     "_INBOX.someone",
     None,
 )
-EXPECTED_REASONS = Counter(
-    {confine.REPLY_NOT_INBOX: 9, confine.REPLY_FOREIGN_INBOX: 2, confine.NO_REPLY: 1}
-)
+EXPECTED_REASONS = Counter({confine.REPLY_NOT_INBOX: 9, confine.REPLY_FOREIGN_INBOX: 2, confine.NO_REPLY: 1})
 # endpoint (service, name) -> the subject a strategy sends it on
 ENDPOINTS = {
     ("order_router", "submit"): "desk.order.submit.attacker",
@@ -51,7 +49,7 @@ ENDPOINTS = {
     ("ledger", "own_pnl"): "desk.ledger.pnl.attacker",
 }
 
-ATTACKER = '''\
+ATTACKER = """\
 import json, os
 import nats
 from strategy_sdk import Strategy
@@ -86,22 +84,28 @@ class Attacker(Strategy):
         answer = await nc.request("desk.ledger.pnl." + me, codec.encode(ledger_pb2.LedgerQuery())[0], timeout=10)
         print(json.dumps({"attacks_sent": sent, "honest_answer_bytes": len(answer.data)}), flush=True)
         await nc.close()
-'''
+"""
 
-VICTIM_CONFIG = {"user_id": "vic", "name": "victim", "symbols": ["AAPL"], "initial_cash": "100000",
-                 "risk": {"max_order_notional": "2000", "max_orders_per_minute": 30}}
+VICTIM_CONFIG = {
+    "user_id": "vic",
+    "name": "victim",
+    "symbols": ["AAPL"],
+    "initial_cash": "100000",
+    "risk": {"max_order_notional": "2000", "max_orders_per_minute": 30},
+}
 ATTACKER_CONFIG = {"user_id": "mallory", "name": "attacker", "symbols": ["AAPL"], "initial_cash": "1000"}
-VICTIM = '''\
+VICTIM = """\
 from strategy_sdk import Strategy
 
 
 class Victim(Strategy):
     async def on_start(self) -> None:
         self.log.info("victim up")
-'''
+"""
 
-REPLY_TYPES = {f"desk.v1.{name}" for name in ("OrderAck", "CancelAck", "ErrorReply", "PositionsReply", "OrdersReply",
-                                                "PnlReply")}
+REPLY_TYPES = {
+    f"desk.v1.{name}" for name in ("OrderAck", "CancelAck", "ErrorReply", "PositionsReply", "OrdersReply", "PnlReply")
+}
 
 
 def write_strategy(folder: Path, source: str, config: Mapping[str, object]) -> None:
@@ -144,8 +148,10 @@ async def test_no_reply_subject_attack_takes_effect_on_any_endpoint(desk: DeskUp
             await nc.subscribe(pattern, cb=watch)
         await nc.flush()
         victim_spec = await (await js.key_value(subjects.KV_STRATEGIES)).get("victim")
-        before = {name: (await js.stream_info(name)).state for name in ("EXECUTIONS", "ORDERS", "KV_DESK_RISK",
-                                                                         "KV_DESK_ORDER_IDS")}
+        before = {
+            name: (await js.stream_info(name)).state
+            for name in ("EXECUTIONS", "ORDERS", "KV_DESK_RISK", "KV_DESK_ORDER_IDS")
+        }
 
         source = ATTACKER % {"targets": repr(TARGETS), "endpoints": repr(list(ENDPOINTS.values()))}
         write_strategy(desk.strategies / "attacker", source, ATTACKER_CONFIG)
@@ -153,6 +159,7 @@ async def test_no_reply_subject_attack_takes_effect_on_any_endpoint(desk: DeskUp
 
         # the attacker says it sent everything (its log, through the orchestrator)
         expected_total = len(TARGETS) * len(ENDPOINTS)
+
         def attack_report() -> dict[str, int] | None:
             for line in desk.cli("logs", "attacker")["lines"]:
                 if line.startswith("{") and "attacks_sent" in line:
@@ -164,8 +171,10 @@ async def test_no_reply_subject_attack_takes_effect_on_any_endpoint(desk: DeskUp
 
         # every attack dropped and counted, per endpoint and reason
         async def all_dropped() -> bool:
-            dropped = {**{("order_router", k): v for k, v in (await _stats(nc, "order_router")).items()},
-                       **{("ledger", k): v for k, v in (await _stats(nc, "ledger")).items()}}
+            dropped = {
+                **{("order_router", k): v for k, v in (await _stats(nc, "order_router")).items()},
+                **{("ledger", k): v for k, v in (await _stats(nc, "ledger")).items()},
+            }
             return all(dropped.get(endpoint) == EXPECTED_REASONS for endpoint in ENDPOINTS)
 
         await poll(all_dropped, "every attack counted as dropped", timeout=30)
@@ -183,9 +192,20 @@ async def test_no_reply_subject_attack_takes_effect_on_any_endpoint(desk: DeskUp
         assert orders == []  # not one of the 12 forged submits was placed
 
         # the desk still takes the victim's orders
-        ack = await request(nc, subjects.order_submit("victim"), orders_pb2.OrderRequest(
-            strategy_id="victim", client_order_id="after-attack", symbol="AAPL", side=common_pb2.SIDE_BUY,
-            type=common_pb2.ORDER_TYPE_MARKET, time_in_force=common_pb2.TIME_IN_FORCE_DAY, qty="1"), orders_pb2.OrderAck)
+        ack = await request(
+            nc,
+            subjects.order_submit("victim"),
+            orders_pb2.OrderRequest(
+                strategy_id="victim",
+                client_order_id="after-attack",
+                symbol="AAPL",
+                side=common_pb2.SIDE_BUY,
+                type=common_pb2.ORDER_TYPE_MARKET,
+                time_in_force=common_pb2.TIME_IN_FORCE_DAY,
+                qty="1",
+            ),
+            orders_pb2.OrderAck,
+        )
         assert ack.accepted, ack.message
     finally:
         await nc.close()

@@ -81,7 +81,11 @@ async def test_each_service_may_publish_only_what_it_needs(secured: NatsServer) 
                 for subject in targets:
                     await nc.publish(subject, b"forged", reply="_INBOX.never")
                     error = await asyncio.wait_for(errors.get(), 10)  # the server's answer to each publish
-                    assert f"permissions violation for publish to \"{subject.lower()}\"" in error.lower(), (service, subject, error)
+                    assert f'permissions violation for publish to "{subject.lower()}"' in error.lower(), (
+                        service,
+                        subject,
+                        error,
+                    )
                     refused.setdefault(service, []).append(subject)
                 # and what it needs works: a service answers on an inbox, reads JetStream
                 own = [s for s, owner in FORBIDDEN_UNLESS.items() if owner == service]
@@ -103,8 +107,11 @@ async def test_each_service_may_publish_only_what_it_needs(secured: NatsServer) 
     finally:
         await admin.close()
     assert set(refused) == set(SERVICES)
-    assert allowed["order_router"] == ["$KV.DESK_RISK.halt._global", "$KV.DESK_ORDER_IDS.alpha.c-1",
-                                       "desk.broker.sim.orders"]
+    assert allowed["order_router"] == [
+        "$KV.DESK_RISK.halt._global",
+        "$KV.DESK_ORDER_IDS.alpha.c-1",
+        "desk.broker.sim.orders",
+    ]
 
 
 def test_an_earlier_releases_users_file_gets_todays_permissions_and_keeps_its_passwords(tmp_path: Path) -> None:
@@ -119,4 +126,3 @@ def test_an_earlier_releases_users_file_gets_todays_permissions_and_keeps_its_pa
     assert "permissions" not in users[auth.ADMIN_USER]
     assert "$KV.DESK_RISK.>" in (tmp_path / "auth.conf").read_text()
     assert auth.upgrade_permissions(tmp_path, SERVICES) is False  # idempotent
-

@@ -28,23 +28,23 @@ EXAMPLES = {"ma_crossover": "alice", "mean_reversion": "bob", "legacy_momentum":
 BROKER_KEY = "PKTEST-never-give-this-to-a-strategy"
 
 # A strategy that only idles: the isolation probes run inside its container with `docker exec`.
-IDLE = '''
+IDLE = """
 from strategy_sdk import Strategy
 
 class Idle(Strategy):
     def on_bar(self, bar):
         pass
-'''
+"""
 
 # A strategy that allocates far past its 64 MB limit as soon as it starts.
-HOG = '''
+HOG = """
 from strategy_sdk import Strategy
 
 class Hog(Strategy):
     def on_start(self):
         self.log.info("allocating past the memory limit")
         self.blocks = [bytearray(16 * 1024 * 1024) for _ in range(64)]
-'''
+"""
 
 
 def compose_command() -> list[str]:
@@ -74,14 +74,30 @@ class ComposeDesk:
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*compose_command(), "-p", PROJECT, "-f", str(ROOT / "compose.yaml"), *args],
-            cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=600, check=check,
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=check,
         )
 
     def desk(self, *args: str) -> dict[str, Any]:
         result = subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "desk"), "--nats-url", self.plain_url, "--credentials", str(self.credentials),
-             *args, "--json"],
-            cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+            [
+                str(ROOT / ".venv" / "bin" / "desk"),
+                "--nats-url",
+                self.plain_url,
+                "--credentials",
+                str(self.credentials),
+                *args,
+                "--json",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         assert result.returncode == 0, result.stderr
         reply: dict[str, object] = json.loads(result.stdout)
@@ -89,9 +105,13 @@ class ComposeDesk:
 
     def make(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["make", "--no-print-directory", *args], cwd=ROOT,
+            ["make", "--no-print-directory", *args],
+            cwd=ROOT,
             env={**self.env, "NATS_URL": self.plain_url, "DESK_CREDENTIALS": str(self.credentials)},
-            capture_output=True, text=True, timeout=120, check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
 
 
@@ -117,8 +137,9 @@ def wait_for_docker_health(desk: ComposeDesk, timeout: float = 180) -> None:
     while time.monotonic() < deadline:
         states = {}
         for container_id in ids:
-            name, health = docker("inspect", "-f", "{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
-                                  container_id).partition(" ")[::2]
+            name, health = docker(
+                "inspect", "-f", "{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{end}}", container_id
+            ).partition(" ")[::2]
             states[name] = health or "no healthcheck"
         if all(h in ("healthy", "no healthcheck") for h in states.values()):
             return
@@ -128,7 +149,10 @@ def wait_for_docker_health(desk: ComposeDesk, timeout: float = 180) -> None:
 
 @pytest.fixture(scope="session")
 def compose_desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeDesk]:
-    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True, check=False).returncode:
+    if (
+        shutil.which("docker") is None
+        or subprocess.run(["docker", "info"], capture_output=True, check=False).returncode
+    ):
         pytest.fail("no Docker engine: run these tests through `make test-docker`, which starts one")
     images = docker("images", "--format", "{{.Repository}}:{{.Tag}}").split()
     missing = {"quantdesk/service:latest", "quantdesk/strategy:latest", "quantdesk/nats:latest"} - set(images)
@@ -138,13 +162,20 @@ def compose_desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeDe
     for name in EXAMPLES:
         shutil.copytree(ROOT / "strategies" / name, strategies / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name, source, extra in (
-        ("idle_a", IDLE, {}), ("idle_b", IDLE, {}),
+        ("idle_a", IDLE, {}),
+        ("idle_b", IDLE, {}),
         ("hog", HOG, {"resources": {"memory": "64m", "pids": 64}}),
     ):
         (strategies / name).mkdir()
         (strategies / name / "strategy.py").write_text(source)
-        config = {"user_id": f"member_{name}", "name": name, "description": "docker test", "version": "1",
-                  "env": {"PURPOSE": "isolation-test"}, **extra}
+        config = {
+            "user_id": f"member_{name}",
+            "name": name,
+            "description": "docker test",
+            "version": "1",
+            "env": {"PURPOSE": "isolation-test"},
+            **extra,
+        }
         (strategies / name / "config.json").write_text(json.dumps(config))
     strategies.chmod(0o755)
 
@@ -166,8 +197,9 @@ def compose_desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeDe
     try:
         up = desk.compose("up", "-d", check=False)
         assert up.returncode == 0, up.stderr
-        creds = desk.compose("run", "--rm", "--no-deps", "-T", "nats-auth", "python", "-m", "desk.bus.auth",
-                             "cli-credentials", "/auth")
+        creds = desk.compose(
+            "run", "--rm", "--no-deps", "-T", "nats-auth", "python", "-m", "desk.bus.auth", "cli-credentials", "/auth"
+        )
         desk.credentials = strategies.parent / "cli.json"
         desk.credentials.write_text(creds.stdout.strip().splitlines()[-1])
         asyncio.run(wait_for_services(desk.url, SERVICES))

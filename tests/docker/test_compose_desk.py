@@ -27,14 +27,17 @@ def probe(strategy_id: str, code: str) -> dict[str, object]:
     """Run Python inside a strategy's container (same user, filesystem and network) -> its JSON."""
     result = subprocess.run(
         ["docker", "exec", container(strategy_id), "python", "-c", code],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     answer: dict[str, object] = json.loads(result.stdout)
     return answer
 
 
-CONNECT = '''
+CONNECT = """
 import json, socket, sys
 results = {}
 for target in sys.argv[1:] if len(sys.argv) > 1 else TARGETS:
@@ -47,7 +50,7 @@ for target in sys.argv[1:] if len(sys.argv) > 1 else TARGETS:
     finally:
         s.close()
 print(json.dumps(results))
-'''
+"""
 
 
 def strategy_state(desk: ComposeDesk, strategy_id: str) -> dict[str, object]:
@@ -82,7 +85,9 @@ def host_listener() -> Iterator[int]:
     server.close()
 
 
-def test_every_service_is_healthy_and_each_strategy_runs_in_its_own_labelled_container(compose_desk: ComposeDesk) -> None:
+def test_every_service_is_healthy_and_each_strategy_runs_in_its_own_labelled_container(
+    compose_desk: ComposeDesk,
+) -> None:
     ps = compose_desk.compose("ps").stdout
     for service in SERVICES:
         line = next(line for line in ps.splitlines() if f"_{service}_" in line or f"-{service}-" in line)
@@ -121,8 +126,12 @@ def test_fills_of_the_example_strategies_reach_the_ledger_and_the_leaderboard(co
     assert set(EXAMPLES.values()) <= {row["member_id"] for row in board}
 
 
-def test_a_strategy_runs_as_non_root_on_a_read_only_root_filesystem_without_broker_keys(compose_desk: ComposeDesk) -> None:
-    facts = probe("idle_a", '''
+def test_a_strategy_runs_as_non_root_on_a_read_only_root_filesystem_without_broker_keys(
+    compose_desk: ComposeDesk,
+) -> None:
+    facts = probe(
+        "idle_a",
+        """
 import json, os
 def can_write(path):
     try:
@@ -133,7 +142,8 @@ def can_write(path):
 print(json.dumps({"uid": os.getuid(), "gid": os.getgid(), "root_fs": can_write("/owned"),
                   "strategy_dir": can_write("/strategy/owned"), "tmp": can_write("/tmp/scratch"),
                   "env": dict(os.environ), "caps": open("/proc/self/status").read().split("CapEff:")[1].split()[0]}))
-''')
+""",
+    )
     assert facts["uid"] != 0 and facts["gid"] != 0
     assert facts["root_fs"] is False and facts["strategy_dir"] is False and facts["tmp"] is True
     assert int(str(facts["caps"]), 16) == 0, "capabilities left"
@@ -190,8 +200,7 @@ def test_a_strategy_past_its_memory_limit_is_killed_and_reported_while_the_rest_
     asyncio.run(run())
     hog = strategy_state(compose_desk, "hog")
     assert "memory limit of 64m" in str(hog["last_error"])
-    assert hog["state"] in ("backoff", "running", "starting",
-                            "crashed", "failed")
+    assert hog["state"] in ("backoff", "running", "starting", "crashed", "failed")
     for strategy_id in ("ma_crossover", "idle_a", "idle_b"):
         other = strategy_state(compose_desk, strategy_id)
         assert other["state"] == "running" and int(str(other.get("restarts", 0))) == 0, other
@@ -215,7 +224,7 @@ def test_make_status_stop_and_deploy_work_against_the_containers(compose_desk: C
     assert logs.returncode == 0 and "ma_crossover ready" in logs.stdout
 
 
-CONFINED = '''
+CONFINED = """
 import asyncio, json, os
 import nats
 
@@ -236,13 +245,14 @@ async def main():
     print(json.dumps({"user": os.environ["NATS_USER"], "errors": errors}))
 
 asyncio.run(main())
-'''
+"""
 
 
 def test_the_stacks_nats_refuses_anonymous_clients_and_confines_each_strategy(compose_desk: ComposeDesk) -> None:
     async def anonymous() -> None:
-        nc = await nats.connect(compose_desk.plain_url, max_reconnect_attempts=1, reconnect_time_wait=0.1,
-                                connect_timeout=2)
+        nc = await nats.connect(
+            compose_desk.plain_url, max_reconnect_attempts=1, reconnect_time_wait=0.1, connect_timeout=2
+        )
         await nc.close()
 
     with pytest.raises(Exception):  # noqa: B017 - nats-py raises NoServersError after the refusal
@@ -257,6 +267,8 @@ def test_the_stacks_nats_refuses_anonymous_clients_and_confines_each_strategy(co
 
 
 def test_the_strategy_image_has_the_indicator_library(compose_desk: ComposeDesk) -> None:
-    code = ("import json; from talipp.indicators import RSI; r = RSI(2); [r.add(x) for x in (1.0, 2.0, 1.5)]; "
-            "print(json.dumps({'rsi': round(r[-1], 2)}))")
+    code = (
+        "import json; from talipp.indicators import RSI; r = RSI(2); [r.add(x) for x in (1.0, 2.0, 1.5)]; "
+        "print(json.dumps({'rsi': round(r[-1], 2)}))"
+    )
     assert probe("idle_a", code) == {"rsi": 66.67}  # the README's indicator recipe works in a container

@@ -67,13 +67,23 @@ STRATEGY = Path(__file__).resolve().parent / "parity_strategy"
 STRATEGY_ID = "parity"
 SAMPLES = ROOT / "desk" / "data" / "samples"
 SYMBOLS = ("GSPC", "IXIC")
-DAYS = 80          # 160 bars: 33 orders, 14 fills, 25 expiries, partial fills
-PACE = 0.1         # seconds between bars on the desk (a reaction takes a few ms)
+DAYS = 80  # 160 bars: 33 orders, 14 fills, 25 expiries, partial fills
+PACE = 0.1  # seconds between bars on the desk (a reaction takes a few ms)
 #: The venue model, not the defaults, so the test shows the gateway's SIM_* are the backtest's.
-SIM = SimConfig(slippage_bps=Decimal(3), fee_bps=Decimal("1.5"), fee_per_share=Decimal("0.005"),
-                fee_min=Decimal(1), participation=Decimal("0.25"))
-SIM_ENV = {"SIM_SLIPPAGE_BPS": "3", "SIM_FEE_BPS": "1.5", "SIM_FEE_PER_SHARE": "0.005", "SIM_FEE_MIN": "1",
-           "SIM_PARTICIPATION": "0.25"}
+SIM = SimConfig(
+    slippage_bps=Decimal(3),
+    fee_bps=Decimal("1.5"),
+    fee_per_share=Decimal("0.005"),
+    fee_min=Decimal(1),
+    participation=Decimal("0.25"),
+)
+SIM_ENV = {
+    "SIM_SLIPPAGE_BPS": "3",
+    "SIM_FEE_BPS": "1.5",
+    "SIM_FEE_PER_SHARE": "0.005",
+    "SIM_FEE_MIN": "1",
+    "SIM_PARTICIPATION": "0.25",
+}
 E = executions_pb2
 FILLS = (E.EXEC_TYPE_FILL, E.EXEC_TYPE_PARTIAL_FILL)
 
@@ -85,8 +95,17 @@ def write_slice(path: Path, days: int = DAYS) -> None:
     for symbol in SYMBOLS:
         with (SAMPLES / f"{symbol}.csv").open(newline="") as handle:
             for row in list(csv.DictReader(handle))[:days]:
-                rows.append((f"{row['Date']}T00:00:00Z", symbol, row["Open"], row["High"], row["Low"], row["Close"],
-                             row["Volume"]))
+                rows.append(
+                    (
+                        f"{row['Date']}T00:00:00Z",
+                        symbol,
+                        row["Open"],
+                        row["High"],
+                        row["Low"],
+                        row["Close"],
+                        row["Volume"],
+                    )
+                )
     rows.sort(key=lambda r: (r[0], r[1]))
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -96,14 +115,34 @@ def write_slice(path: Path, days: int = DAYS) -> None:
 
 def report_key(r: executions_pb2.ExecutionReport) -> tuple[Any, ...]:
     """Everything a report says except when it was published (``report_ns``, the wall clock)."""
+
     def d(text: str) -> Decimal | None:
         return Decimal(text) if text else None
 
     return (
-        r.execution_id, r.order_id, r.client_order_id, r.venue_order_id, r.strategy_id, r.member_id,
-        E.ExecType.Name(r.exec_type), E.OrderStatus.Name(r.status), r.symbol, r.side, r.type, r.time_in_force,
-        d(r.order_qty), d(r.limit_price), d(r.fill_qty), d(r.fill_price), d(r.cum_qty), d(r.avg_price),
-        d(r.leaves_qty), d(r.fee), r.venue, r.text, r.event_ns,
+        r.execution_id,
+        r.order_id,
+        r.client_order_id,
+        r.venue_order_id,
+        r.strategy_id,
+        r.member_id,
+        E.ExecType.Name(r.exec_type),
+        E.OrderStatus.Name(r.status),
+        r.symbol,
+        r.side,
+        r.type,
+        r.time_in_force,
+        d(r.order_qty),
+        d(r.limit_price),
+        d(r.fill_qty),
+        d(r.fill_price),
+        d(r.cum_qty),
+        d(r.avg_price),
+        d(r.leaves_qty),
+        d(r.fee),
+        r.venue,
+        r.text,
+        r.event_ns,
     )
 
 
@@ -133,8 +172,15 @@ def backtest(data: Path, config: dict[str, Any]) -> tuple[list[Bar], BacktestRes
     """The file read by the SDK's own CSV reader (exact Decimals), the strategy's config.json."""
     bars = bars_from_csv(data)
     cls = load_strategy_class(STRATEGY / "strategy.py", "parity_backtest_strategy")
-    result = run_backtest(cls, bars, config=config, strategy_id=STRATEGY_ID, member_id=str(config["user_id"]),
-                          sim_config=SIM, record_reports=True)
+    result = run_backtest(
+        cls,
+        bars,
+        config=config,
+        strategy_id=STRATEGY_ID,
+        member_id=str(config["user_id"]),
+        sim_config=SIM,
+        record_reports=True,
+    )
     return bars, result
 
 
@@ -148,10 +194,13 @@ async def desk(tmp_path: Path) -> AsyncIterator[DeskUp]:
         await up.process.wait()
 
 
-@pytest.mark.parametrize(("cooldown", "days"), [
-    pytest.param(2, DAYS, id="orders-settled-before-the-next-decision"),
-    pytest.param(0, 30, id="deciding-on-the-bar-its-order-settles"),
-])
+@pytest.mark.parametrize(
+    ("cooldown", "days"),
+    [
+        pytest.param(2, DAYS, id="orders-settled-before-the-next-decision"),
+        pytest.param(0, 30, id="deciding-on-the-bar-its-order-settles"),
+    ],
+)
 async def test_a_replay_through_the_running_desk_trades_and_books_exactly_as_the_backtest(
     desk: DeskUp, tmp_path: Path, cooldown: int, days: int
 ) -> None:
@@ -173,8 +222,9 @@ async def test_a_replay_through_the_running_desk_trades_and_books_exactly_as_the
         assert any(r.exec_type == E.EXEC_TYPE_PARTIAL_FILL for r in expected.reports)
         assert len(expected.fills) >= 10
 
-    await desk.start("--feed", "replay", "--replay-file", str(data), "--replay-pace", str(PACE),
-                     "--replay-wait-for", STRATEGY_ID)
+    await desk.start(
+        "--feed", "replay", "--replay-file", str(data), "--replay-pace", str(PACE), "--replay-wait-for", STRATEGY_ID
+    )
     nc = await nats.connect(desk.url)
     try:
         acks = await follow(nc, LEDGER_ACKS)
@@ -212,10 +262,15 @@ async def test_a_replay_through_the_running_desk_trades_and_books_exactly_as_the
         return {r.client_order_id: r.event_ns for r in reports if r.exec_type == E.EXEC_TYPE_NEW}
 
     desk_new, backtest_new = placed(live), placed(expected.reports)
-    late = {cid: (desk_new[cid] - backtest_new[cid]) / 86400e9 for cid in desk_new.keys() & backtest_new.keys()
-            if desk_new[cid] > backtest_new[cid]}
-    assert not late, (f"orders reached the sim venue later than in the backtest (days of bar time): {late}; "
-                      f"a reaction slower than PACE={PACE} s, or a decision taken on a later bar")
+    late = {
+        cid: (desk_new[cid] - backtest_new[cid]) / 86400e9
+        for cid in desk_new.keys() & backtest_new.keys()
+        if desk_new[cid] > backtest_new[cid]
+    }
+    assert not late, (
+        f"orders reached the sim venue later than in the backtest (days of bar time): {late}; "
+        f"a reaction slower than PACE={PACE} s, or a decision taken on a later bar"
+    )
 
     # The same reports, in the same order: ids, statuses, quantities, prices, fees, dates.
     want = [report_key(r) for r in expected.reports]
@@ -224,12 +279,17 @@ async def test_a_replay_through_the_running_desk_trades_and_books_exactly_as_the
 
     # The ledger booked those fills (symbol, side, qty, price, fee), once each.
     booked = sorted(
-        (f["execution_id"], f["symbol"], f["side"].lower().removeprefix("side_"), Decimal(f["qty"]), Decimal(f["price"]), Decimal(f["fee"]))
+        (
+            f["execution_id"],
+            f["symbol"],
+            f["side"].lower().removeprefix("side_"),
+            Decimal(f["qty"]),
+            Decimal(f["price"]),
+            Decimal(f["fee"]),
+        )
         for f in ledger_fills["fills"]
     )
-    assert booked == sorted(
-        (f.execution_id, f.symbol, f.side.lower(), f.qty, f.price, f.fee) for f in expected.fills
-    )
+    assert booked == sorted((f.execution_id, f.symbol, f.side.lower(), f.qty, f.price, f.fee) for f in expected.fills)
 
     # And the final books: positions, cash, realized P&L, fees.
     books = books_from_reports(expected.reports, Decimal(str(config["initial_cash"])))
@@ -238,7 +298,9 @@ async def test_a_replay_through_the_running_desk_trades_and_books_exactly_as_the
     assert held == expected.positions
     (row,) = pnl["strategies"]
     assert (Decimal(row["cash"]), Decimal(row["realized_pnl"]), Decimal(row["fees"])) == (
-        books.cash, books.realized_pnl, books.fees
+        books.cash,
+        books.realized_pnl,
+        books.fees,
     ), row
 
 
@@ -267,10 +329,15 @@ def first_difference(got: list[tuple[Any, ...]], want: list[tuple[Any, ...]]) ->
     for i, (g, w) in enumerate(zip(got, want, strict=False)):
         if g != w:
             around = range(max(0, i - 3), min(max(len(got), len(want)), i + 6))
-            lines = [f"{j:3d} desk: {short(got[j]) if j < len(got) else '-':60s} backtest: "
-                     f"{short(want[j]) if j < len(want) else '-'}" for j in around]
+            lines = [
+                f"{j:3d} desk: {short(got[j]) if j < len(got) else '-':60s} backtest: "
+                f"{short(want[j]) if j < len(want) else '-'}"
+                for j in around
+            ]
             return f"report {i} differs:\n  desk:     {g}\n  backtest: {w}\n" + "\n".join(lines)
-    return f"desk made {len(got)} reports, the backtest {len(want)}; first extra: {(got + want)[min(len(got), len(want))]}"
+    return (
+        f"desk made {len(got)} reports, the backtest {len(want)}; first extra: {(got + want)[min(len(got), len(want))]}"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover - a look at the backtest side alone

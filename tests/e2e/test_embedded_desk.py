@@ -29,9 +29,7 @@ from tests.support import (
     poll,
     stream_fills,
 )
-from tests.support import (
-    DeskUp as Desk,
-)
+from tests.support import DeskUp as Desk
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +39,7 @@ EXAMPLES = ("ma_crossover", "mean_reversion", "legacy_momentum")
 MEMBERS = {"ma_crossover": "alice", "mean_reversion": "bob", "legacy_momentum": "carol", "old_desk_form": "dave"}
 
 # A strategy exactly as the old desk ran them: stdin JSON lines in, desk_client.place_order out.
-OLD_DESK_STRATEGY = '''\
+OLD_DESK_STRATEGY = """\
 import sys
 import json
 from desk_client import place_order
@@ -55,8 +53,14 @@ for line in sys.stdin:
         result = place_order(data["symbol"], 3, "buy", "market", "day")
         print("placed", result["id"], result["status"], flush=True)
         bought = result["status"] == "accepted"
-'''
-OLD_DESK_CONFIG = {"user_id": "dave", "name": "Old desk buyer", "description": "buys SPY once", "version": "1.0.0", "env": {}}
+"""
+OLD_DESK_CONFIG = {
+    "user_id": "dave",
+    "name": "Old desk buyer",
+    "description": "buys SPY once",
+    "version": "1.0.0",
+    "env": {},
+}
 
 
 @pytest.fixture

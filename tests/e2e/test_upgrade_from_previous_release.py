@@ -42,8 +42,9 @@ async def upgraded(tmp_path: Path) -> AsyncIterator[DeskUp]:
         archive.extractall(var, filter="data")
     strategies = tmp_path / "strategies"
     strategies.mkdir()
-    shutil.copytree(ROOT / "strategies" / "ma_crossover", strategies / "ma_crossover",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "strategies" / "ma_crossover", strategies / "ma_crossover", ignore=shutil.ignore_patterns("__pycache__")
+    )
     up = DeskUp(var, strategies, free_port())
     yield up
     if up.process and up.process.returncode is None:

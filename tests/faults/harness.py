@@ -120,10 +120,7 @@ class Desk:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.server.start)
         self.nc = await nats.connect(
-            self.server.url,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.1,
-            error_cb=self._on_error,
+            self.server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1, error_cb=self._on_error
         )
         js = self.nc.jetstream()
         await streams.ensure_all(js)
@@ -352,9 +349,7 @@ class Strategy:
             self.figures.accepted_qty[ack.order_id] = Decimal(order.qty)
             await self.progress.bump()
         else:
-            self.figures.rejected.append(
-                f"{client_order_id}: {orders_pb2.RejectReason.Name(ack.reason)} {ack.message}"
-            )
+            self.figures.rejected.append(f"{client_order_id}: {orders_pb2.RejectReason.Name(ack.reason)} {ack.message}")
         return ack
 
 
@@ -370,8 +365,9 @@ async def cancel_order(nc: Client, strategy_id: str, client_order_id: str, figur
     while True:
         figures.attempts += 1
         try:
-            return await request(nc, subjects.order_cancel(strategy_id), request_, orders_pb2.CancelAck,
-                                 timeout=REQUEST_TIMEOUT)
+            return await request(
+                nc, subjects.order_cancel(strategy_id), request_, orders_pb2.CancelAck, timeout=REQUEST_TIMEOUT
+            )
         except nats.errors.NoRespondersError:
             figures.retries["no_responders"] += 1
         except nats.errors.TimeoutError:
@@ -380,8 +376,12 @@ async def cancel_order(nc: Client, strategy_id: str, client_order_id: str, figur
             figures.retries[type(exc).__name__] += 1
         except DeskError as err:
             if err.code not in ("INTERNAL", "UNAVAILABLE", "VENUE_UNAVAILABLE"):
-                return orders_pb2.CancelAck(strategy_id=strategy_id, client_order_id=client_order_id,
-                                            accepted=False, message=f"{err.code}: {err.message}")
+                return orders_pb2.CancelAck(
+                    strategy_id=strategy_id,
+                    client_order_id=client_order_id,
+                    accepted=False,
+                    message=f"{err.code}: {err.message}",
+                )
             figures.retries[err.code] += 1
         await asyncio.sleep(RETRY_PAUSE)
 
@@ -433,9 +433,13 @@ class RestingStrategy:
 
     async def send(self, client_order_id: str, symbol: str, side: int, limit: Decimal) -> None:
         order = orders_pb2.OrderRequest(
-            strategy_id=self.strategy_id, client_order_id=client_order_id, symbol=symbol,
+            strategy_id=self.strategy_id,
+            client_order_id=client_order_id,
+            symbol=symbol,
             side=side,  # type: ignore[arg-type]
-            type=common_pb2.ORDER_TYPE_LIMIT, time_in_force=common_pb2.TIME_IN_FORCE_GTC, qty="1",
+            type=common_pb2.ORDER_TYPE_LIMIT,
+            time_in_force=common_pb2.TIME_IN_FORCE_GTC,
+            qty="1",
             limit_price=str(limit),
         )
         self.figures.sent += 1
@@ -536,7 +540,10 @@ async def read_executions(nc: Client, timeout: float = 60.0, *, settled: bool = 
             done.set_result(None)
 
     sub = await js.subscribe(
-        subjects.EXEC_ALL, stream=subjects.STREAM_EXECUTIONS, cb=on_msg, ordered_consumer=True,
+        subjects.EXEC_ALL,
+        stream=subjects.STREAM_EXECUTIONS,
+        cb=on_msg,
+        ordered_consumer=True,
         deliver_policy=DeliverPolicy.ALL,
     )
     try:
@@ -548,9 +555,7 @@ async def read_executions(nc: Client, timeout: float = 60.0, *, settled: bool = 
     return broker
 
 
-async def ledger_books(
-    nc: Client,
-) -> tuple[dict[tuple[str, str], Decimal], dict[str, ledger_pb2.PnlRow]]:
+async def ledger_books(nc: Client) -> tuple[dict[tuple[str, str], Decimal], dict[str, ledger_pb2.PnlRow]]:
     """The ledger's positions (strategy, symbol) -> qty and its P&L rows per strategy."""
     positions = await request(
         nc, subjects.LEDGER_POSITIONS, ledger_pb2.LedgerQuery(limit=1000), ledger_pb2.PositionsReply, timeout=10

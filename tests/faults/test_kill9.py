@@ -128,7 +128,9 @@ async def run(desk: Desk, pytest_request: pytest.FixtureRequest) -> None:
     started = time.monotonic()
     stop_load = asyncio.Event()
     load = [
-        asyncio.create_task(Strategy(nc, sid, figures, progress).run(stop_load, MOST_PER_STRATEGY, RATE_PER_STRATEGY), name=sid)
+        asyncio.create_task(
+            Strategy(nc, sid, figures, progress).run(stop_load, MOST_PER_STRATEGY, RATE_PER_STRATEGY), name=sid
+        )
         for sid in STRATEGIES
     ]
     resting = [RestingStrategy(nc, sid, figures) for sid in RESTING]
@@ -177,24 +179,28 @@ async def run(desk: Desk, pytest_request: pytest.FixtureRequest) -> None:
 
     # --- the figures ---------------------------------------------------------------------------
     lost = sorted(
-        oid for oid, qty in figures.accepted_qty.items()
+        oid
+        for oid, qty in figures.accepted_qty.items()
         if oid not in broker.orders or broker.orders[oid].news == 0 or broker.orders[oid].filled < qty
     ) + sorted(  # a resting order must have its NEW and an end (filled or canceled)
-        oid for oid in figures.resting
+        oid
+        for oid in figures.resting
         if oid not in broker.orders or broker.orders[oid].news == 0 or not broker.orders[oid].finals
     )
     duplicated = sorted(
-        oid for oid, qty in figures.accepted_qty.items()
+        oid
+        for oid, qty in figures.accepted_qty.items()
         if oid in broker.orders and (broker.orders[oid].news > 1 or broker.orders[oid].filled > qty)
     ) + sorted(
-        oid for oid in figures.resting
-        if oid in broker.orders and (
-            broker.orders[oid].news > 1 or broker.orders[oid].filled > 1 or len(broker.orders[oid].finals) > 1
-        )
+        oid
+        for oid in figures.resting
+        if oid in broker.orders
+        and (broker.orders[oid].news > 1 or broker.orders[oid].filled > 1 or len(broker.orders[oid].finals) > 1)
     )
     resting_ends = collections.Counter(
         E.ExecType.Name(broker.orders[oid].finals[-1]).removeprefix("EXEC_TYPE_")
-        for oid in figures.resting if oid in broker.orders and broker.orders[oid].finals
+        for oid in figures.resting
+        if oid in broker.orders and broker.orders[oid].finals
     )
     resting_diffs: list[str] = []
     for oid in figures.resting:
@@ -264,7 +270,9 @@ async def run(desk: Desk, pytest_request: pytest.FixtureRequest) -> None:
     assert len(restored) >= 2 and restored[1] > 0, f"no resting order survived the gateway kill: {restored}"
     assert set(strategy_ids) <= registered, f"strategies lost from DESK_STRATEGIES: {set(strategy_ids) - registered}"
     for fault in faults:
-        assert fault.accept_s < RECOVERY_BOUND, f"{fault.target}: orders accepted again only after {fault.accept_s:.1f}s"
+        assert fault.accept_s < RECOVERY_BOUND, (
+            f"{fault.target}: orders accepted again only after {fault.accept_s:.1f}s"
+        )
     assert [f.target for f in faults] == list(FAULTS)
 
 
@@ -326,8 +334,11 @@ async def ledger_order_rows(nc: Any, strategy_ids: list[str]) -> dict[str, ledge
     for sid in strategy_ids:
         for symbol in SYMBOLS:
             reply = await bus_request(
-                nc, subjects.LEDGER_ORDERS, ledger_pb2.LedgerQuery(strategy_id=sid, symbol=symbol, limit=1000),
-                ledger_pb2.OrdersReply, timeout=10,
+                nc,
+                subjects.LEDGER_ORDERS,
+                ledger_pb2.LedgerQuery(strategy_id=sid, symbol=symbol, limit=1000),
+                ledger_pb2.OrdersReply,
+                timeout=10,
             )
             rows.update((o.order_id, o) for o in reply.orders)
     return rows

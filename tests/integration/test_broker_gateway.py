@@ -73,20 +73,29 @@ async def publish_bar(nc: Client, o: str, h: str, lo: str, c: str, volume: str =
 
 def routed(order_id: str, **fields: Any) -> orders_pb2.RoutedOrder:
     request: dict[str, Any] = {
-        "strategy_id": "alpha", "client_order_id": f"c-{order_id}", "symbol": "AAPL",
-        "side": common_pb2.SIDE_BUY, "type": common_pb2.ORDER_TYPE_MARKET,
-        "time_in_force": common_pb2.TIME_IN_FORCE_GTC, "qty": "10",
+        "strategy_id": "alpha",
+        "client_order_id": f"c-{order_id}",
+        "symbol": "AAPL",
+        "side": common_pb2.SIDE_BUY,
+        "type": common_pb2.ORDER_TYPE_MARKET,
+        "time_in_force": common_pb2.TIME_IN_FORCE_GTC,
+        "qty": "10",
     }
     request.update(fields)
     return orders_pb2.RoutedOrder(
-        order_id=order_id, strategy_id="alpha", member_id="m1", routed_ns=1,
+        order_id=order_id,
+        strategy_id="alpha",
+        member_id="m1",
+        routed_ns=1,
         new_order=orders_pb2.OrderRequest(**request),
     )
 
 
 def cancel(order_id: str) -> orders_pb2.RoutedOrder:
     return orders_pb2.RoutedOrder(
-        order_id=order_id, strategy_id="alpha", member_id="m1",
+        order_id=order_id,
+        strategy_id="alpha",
+        member_id="m1",
         cancel=orders_pb2.CancelRequest(strategy_id="alpha", client_order_id=f"c-{order_id}"),
     )
 
@@ -109,7 +118,10 @@ async def test_market_order_after_a_bar_is_reported_new_and_filled_and_leaves_th
     fill, fill_headers, fill_seq = await reports.next()
     assert (new.exec_type, new.status, new.order_id, new.order_qty) == (E.EXEC_TYPE_NEW, E.ORDER_STATUS_NEW, "o1", "10")
     assert (fill.exec_type, fill.status, fill.fill_qty, fill.fill_price) == (
-        E.EXEC_TYPE_FILL, E.ORDER_STATUS_FILLED, "10", "100.02"
+        E.EXEC_TYPE_FILL,
+        E.ORDER_STATUS_FILLED,
+        "10",
+        "100.02",
     )
     assert (fill.fee, fill.venue, fill.member_id) == ("0.10002", "sim", "m1")
     assert fill.report_ns >= fill.event_ns > 0
@@ -192,7 +204,9 @@ async def test_book_endpoint_lists_the_resting_orders(nc: Client, gateway: InPro
 
     await route(nc, routed("waiting", type=common_pb2.ORDER_TYPE_STOP, stop_price="120"))
     await reports.kinds(1)
-    book = await request(nc, "desk.broker.sim.book", ledger_pb2.LedgerQuery(strategy_id="alpha"), ledger_pb2.OrdersReply)
+    book = await request(
+        nc, "desk.broker.sim.book", ledger_pb2.LedgerQuery(strategy_id="alpha"), ledger_pb2.OrdersReply
+    )
     assert [(o.order_id, o.stop_price, o.venue) for o in book.orders] == [("waiting", "120", "sim")]
     await asyncio.wait_for(gateway.stop(), TIMEOUT)
 

@@ -28,10 +28,18 @@ COUNT = 100
 
 def routed(order_id: str) -> orders_pb2.RoutedOrder:
     return orders_pb2.RoutedOrder(
-        order_id=order_id, strategy_id="alpha", member_id="m1", routed_ns=1,
+        order_id=order_id,
+        strategy_id="alpha",
+        member_id="m1",
+        routed_ns=1,
         new_order=orders_pb2.OrderRequest(
-            strategy_id="alpha", client_order_id=f"c-{order_id}", symbol="AAPL", side=common_pb2.SIDE_BUY,
-            type=common_pb2.ORDER_TYPE_MARKET, time_in_force=common_pb2.TIME_IN_FORCE_GTC, qty="1",
+            strategy_id="alpha",
+            client_order_id=f"c-{order_id}",
+            symbol="AAPL",
+            side=common_pb2.SIDE_BUY,
+            type=common_pb2.ORDER_TYPE_MARKET,
+            time_in_force=common_pb2.TIME_IN_FORCE_GTC,
+            qty="1",
         ),
     )
 
@@ -103,8 +111,9 @@ async def test_a_backlog_of_orders_is_taken_in_batches_and_every_order_is_new_th
         assert len({r.execution_id for r in reports}) == 2 * COUNT
         # fills reach the stream in the order the routed orders were (their outbox order)
         assert [r.order_id for r in reports if r.exec_type == E.EXEC_TYPE_FILL] == order_ids
-        assert all(r.fill_qty == "1" and r.status == E.ORDER_STATUS_FILLED
-                   for r in reports if r.exec_type == E.EXEC_TYPE_FILL)
+        assert all(
+            r.fill_qty == "1" and r.status == E.ORDER_STATUS_FILLED for r in reports if r.exec_type == E.EXEC_TYPE_FILL
+        )
         data = await stats(nc)
         assert (data["orders_received"], data["order_batches"], data["reports_published"]) == (COUNT, 2, 2 * COUNT)
         assert data["unpublished_reports"] == 0 and "publish_failures" not in data
@@ -158,13 +167,18 @@ async def test_reports_refused_mid_batch_are_retried_in_order_and_no_order_leave
 
 
 def report(order_id: str, kind: executions_pb2.ExecType, qty: str = "") -> executions_pb2.ExecutionReport:
-    return E.ExecutionReport(strategy_id="alpha", order_id=order_id, execution_id=f"{order_id}-{kind}-{qty}",
-                             exec_type=kind, fill_qty=qty)
+    return E.ExecutionReport(
+        strategy_id="alpha", order_id=order_id, execution_id=f"{order_id}-{kind}-{qty}", exec_type=kind, fill_qty=qty
+    )
 
 
 def test_a_wave_holds_one_report_per_order_and_keeps_fills_in_outbox_order() -> None:
-    new1, fill1, new2, fill2 = (report("1", E.EXEC_TYPE_NEW), report("1", E.EXEC_TYPE_FILL, "1"),
-                                report("2", E.EXEC_TYPE_NEW), report("2", E.EXEC_TYPE_FILL, "1"))
+    new1, fill1, new2, fill2 = (
+        report("1", E.EXEC_TYPE_NEW),
+        report("1", E.EXEC_TYPE_FILL, "1"),
+        report("2", E.EXEC_TYPE_NEW),
+        report("2", E.EXEC_TYPE_FILL, "1"),
+    )
     assert next_wave([new1, fill1, new2, fill2]) == [new1, new2]
     assert next_wave([fill1, fill2]) == [fill1, fill2]
     # order 1 has a partial fill held back: order 2's fill must not overtake it, its NEW may

@@ -71,12 +71,16 @@ class Holding:
 
 
 async def _ask(nc: Client, symbol: str, subject: str = "test.hold") -> str:
-    reply = await request(nc, subject, ledger_pb2.LedgerQuery(symbol=symbol), ledger_pb2.PositionsReply, timeout=TIMEOUT)
+    reply = await request(
+        nc, subject, ledger_pb2.LedgerQuery(symbol=symbol), ledger_pb2.PositionsReply, timeout=TIMEOUT
+    )
     return reply.positions[0].symbol
 
 
 @pytest.fixture
-async def running(nats_server: NatsServer, request: pytest.FixtureRequest) -> AsyncIterator[tuple[Holding, InProcessService]]:
+async def running(
+    nats_server: NatsServer, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Holding, InProcessService]]:
     holding = Holding(concurrency=request.param)
     svc = await run_in_process("holding", BusSettings(nats_url=nats_server.url), holding.start)
     try:

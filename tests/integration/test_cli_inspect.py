@@ -39,8 +39,18 @@ def _env(**extra: str) -> dict[str, str]:
 
 async def _spawn(url: str, *args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "desk.cli", "--nats-url", url, "--credentials", "/nonexistent/cli.json", *args,
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env or _env(),
+        sys.executable,
+        "-m",
+        "desk.cli",
+        "--nats-url",
+        url,
+        "--credentials",
+        "/nonexistent/cli.json",
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env or _env(),
     )
 
 
@@ -104,8 +114,15 @@ async def _publish(nc: Client, subject: str, message: Any) -> None:
 
 
 def _order(strategy: str = "alpha", symbol: str = "AAPL") -> orders_pb2.OrderRequest:
-    return orders_pb2.OrderRequest(strategy_id=strategy, client_order_id="c-1", symbol=symbol, side=common_pb2.SIDE_BUY,
-                                   type=common_pb2.ORDER_TYPE_LIMIT, qty="10", limit_price="187.25")
+    return orders_pb2.OrderRequest(
+        strategy_id=strategy,
+        client_order_id="c-1",
+        symbol=symbol,
+        side=common_pb2.SIDE_BUY,
+        type=common_pb2.ORDER_TYPE_LIMIT,
+        qty="10",
+        limit_price="187.25",
+    )
 
 
 # -- desk watch ----------------------------------------------------------------------------------------
@@ -131,14 +148,29 @@ async def test_watch_json_writes_one_object_a_line_by_the_clis_json_rule(
     nats_server: NatsServer, nc: Client, watchers: list[Watching]
 ) -> None:
     w = await _watch(watchers, nats_server.url, "desk.exec.>", "--json", "--count", "1")
-    report = executions_pb2.ExecutionReport(strategy_id="alpha", symbol="MSFT", exec_type=executions_pb2.EXEC_TYPE_FILL,
-                                            side=common_pb2.SIDE_SELL, event_ns=1_700_000_000_123_456_789)
+    report = executions_pb2.ExecutionReport(
+        strategy_id="alpha",
+        symbol="MSFT",
+        exec_type=executions_pb2.EXEC_TYPE_FILL,
+        side=common_pb2.SIDE_SELL,
+        event_ns=1_700_000_000_123_456_789,
+    )
     await _publish(nc, "desk.exec.alpha", report)
     code, out, err = await w.finish()
     assert code == 0, err
     row = json.loads(out)
-    assert set(row) == {"received_ns", "subject", "reply", "type", "by_subject", "size", "headers", "message",
-                        "undecoded", "data_base64"}
+    assert set(row) == {
+        "received_ns",
+        "subject",
+        "reply",
+        "type",
+        "by_subject",
+        "size",
+        "headers",
+        "message",
+        "undecoded",
+        "data_base64",
+    }
     assert row["subject"] == "desk.exec.alpha" and row["type"] == "desk.v1.ExecutionReport"
     assert row["headers"][codec.DESK_TYPE] == "desk.v1.ExecutionReport" and row["undecoded"] is None
     message = row["message"]
@@ -151,8 +183,19 @@ async def test_watch_json_writes_one_object_a_line_by_the_clis_json_rule(
 async def test_watch_filters_by_type_and_by_strategy(
     nats_server: NatsServer, nc: Client, watchers: list[Watching]
 ) -> None:
-    w = await _watch(watchers, nats_server.url, "--type", "OrderRequest", "--type", "desk.v1.RoutedOrder",
-                     "--strategy", "alpha", "--json", "--count", "2")
+    w = await _watch(
+        watchers,
+        nats_server.url,
+        "--type",
+        "OrderRequest",
+        "--type",
+        "desk.v1.RoutedOrder",
+        "--strategy",
+        "alpha",
+        "--json",
+        "--count",
+        "2",
+    )
     await _publish(nc, "desk.hb.alpha", strategy_pb2.Heartbeat(strategy_id="alpha"))  # another type
     await _publish(nc, "desk.order.submit.beta", _order("beta"))  # another strategy
     await nc.publish("desk.order.submit.alpha", b"\xff\xff\xff")  # undecoded: neither type nor strategy
@@ -163,7 +206,9 @@ async def test_watch_filters_by_type_and_by_strategy(
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert [(r["type"], r["subject"]) for r in rows] == [
-        ("desk.v1.OrderRequest", "desk.order.submit.alpha"), ("desk.v1.RoutedOrder", "desk.broker.sim.orders")]
+        ("desk.v1.OrderRequest", "desk.order.submit.alpha"),
+        ("desk.v1.RoutedOrder", "desk.broker.sim.orders"),
+    ]
     assert rows[0]["message"]["symbol"] == "IBM" and rows[1]["message"]["new_order"]["symbol"] == "TSLA"
     assert "2 messages shown (0 undecoded), 3 filtered out" in err
 
@@ -250,7 +295,9 @@ async def test_bad_arguments_are_refused_with_exit_2(nats_server: NatsServer) ->
 # -- desk streams ----------------------------------------------------------------------------------------
 
 
-async def test_streams_lists_the_desks_streams_and_buckets_with_their_counts(nats_server: NatsServer, nc: Client) -> None:
+async def test_streams_lists_the_desks_streams_and_buckets_with_their_counts(
+    nats_server: NatsServer, nc: Client
+) -> None:
     js = nc.jetstream()
     await streams.provision(js, log_actions=False)
     for n in range(3):
@@ -353,7 +400,10 @@ async def test_no_server_is_a_clear_error_for_every_command(nats_server: NatsSer
     nats_server.stop()
     for args in (["watch"], ["streams"], ["services"], ["streams", "--json"]):
         code, out, err = await _desk(url, *args)
-        assert code == 1 and out == "" and "NO_DESK: cannot reach NATS at" in err and "Traceback" not in err, (args, err)
+        assert code == 1 and out == "" and "NO_DESK: cannot reach NATS at" in err and "Traceback" not in err, (
+            args,
+            err,
+        )
 
 
 async def test_permission_errors_are_named(tmp_path: Path) -> None:

@@ -117,10 +117,16 @@ class Desk:
 
     async def start(self, autodeploy: bool = True) -> OrchestratorService:
         settings = Settings(
-            nats_url=self.server.url, orch_strategies_dir=self.root, orch_log_dir=self.logs,
-            orch_autodeploy=autodeploy, orch_process_command="{python} {path}/strategy.py",
-            orch_backoff_initial=0.05, orch_max_restarts=3, orch_stop_timeout=5.0,
-            orch_heartbeat_interval=0.3, orch_start_timeout=15.0,
+            nats_url=self.server.url,
+            orch_strategies_dir=self.root,
+            orch_log_dir=self.logs,
+            orch_autodeploy=autodeploy,
+            orch_process_command="{python} {path}/strategy.py",
+            orch_backoff_initial=0.05,
+            orch_max_restarts=3,
+            orch_stop_timeout=5.0,
+            orch_heartbeat_interval=0.3,
+            orch_start_timeout=15.0,
         )
         self.orch = OrchestratorService(settings)
         self.svc = await run_in_process(NAME, settings, self.orch.start)
@@ -145,8 +151,9 @@ async def desk(nats_server: NatsServer, nc: Client, tmp_path: Path) -> AsyncIter
 
 
 async def _ctl(nc: Client, subject: str, strategy_id: str = "") -> strategy_pb2.StrategyStatusList:
-    return await request(nc, subject, strategy_pb2.StrategyControl(strategy_id=strategy_id),
-                         strategy_pb2.StrategyStatusList, timeout=20)
+    return await request(
+        nc, subject, strategy_pb2.StrategyControl(strategy_id=strategy_id), strategy_pb2.StrategyStatusList, timeout=20
+    )
 
 
 def _states(reply: strategy_pb2.StrategyStatusList) -> dict[str, int]:
@@ -229,6 +236,7 @@ async def test_a_strategy_that_recovered_after_a_crash_shows_no_old_error(desk: 
     await desk.start(autodeploy=False)
     desk.crash["keeper"] = [True, False]  # the first run crashes after one heartbeat, the restart is fine
     await _ctl(nc, subjects.CTL_DEPLOY, "keeper")
+
     async def restarted() -> bool:  # the crash is shown while it waits to restart
         return (await _status(nc, "keeper")).restarts > 0
 
@@ -248,8 +256,17 @@ async def test_a_strategy_that_recovered_after_a_crash_shows_no_old_error(desk: 
 
 async def _desk_cli(server: NatsServer, *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "desk.cli", "--nats-url", server.url, "--credentials", "/nonexistent/cli.json", *args,
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "desk.cli",
+        "--nats-url",
+        server.url,
+        "--credentials",
+        "/nonexistent/cli.json",
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={k: v for k, v in os.environ.items() if k not in ("NATS_USER", "NATS_PASSWORD", "NATS_URL")},
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
@@ -328,8 +345,14 @@ def _sdk_folder(tmp_path: Path, slow_start: bool = False) -> Path:
 async def _sdk(folder: Path, url: str, **env: str) -> asyncio.subprocess.Process:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "DESK_"))}
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "strategy_sdk", "run", str(folder), cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "strategy_sdk",
+        "run",
+        str(folder),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**clean, "PYTHONPATH": str(ROOT), "NATS_URL": url, "DESK_HEARTBEAT_INTERVAL": "0.2", **env},
     )
 
@@ -405,11 +428,22 @@ async def test_desk_up_prints_a_command_that_reaches_it_on_another_port_and_data
         assert found, banner
         command = shlex.split(found.group(1))
         assert command[0] == "desk" and f"nats://127.0.0.1:{up.port}" in command and "--credentials" in command
-        clean = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "NATS_USER", "NATS_PASSWORD",
-                                                                 "DESK_CREDENTIALS")}
+        clean = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("NATS_URL", "NATS_USER", "NATS_PASSWORD", "DESK_CREDENTIALS")
+        }
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "desk.cli", *command[1:], "status", "--json", cwd=ROOT, env=clean,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "desk.cli",
+            *command[1:],
+            "status",
+            "--json",
+            cwd=ROOT,
+            env=clean,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, err.decode()

@@ -47,11 +47,13 @@ def client_for(fake: FakeAlpaca) -> StockHistoricalDataClient:
 
 
 def test_fetch_pages_through_alpaca_py_caches_per_month_and_a_cached_range_needs_no_network(
-        fake: FakeAlpaca, tmp_path: Path) -> None:
+    fake: FakeAlpaca, tmp_path: Path
+) -> None:
     fake.historical.max_page = 100  # force several pages per request
     lines: list[str] = []
-    result = fetch(["AAPL", "MSFT"], JAN2, JAN5, "5Min", data_dir=tmp_path, client=client_for(fake),
-                   progress=lines.append)
+    result = fetch(
+        ["AAPL", "MSFT"], JAN2, JAN5, "5Min", data_dir=tmp_path, client=client_for(fake), progress=lines.append
+    )
     expected = 4 * BARS_5MIN_PER_DAY * 2
     assert result.bars == expected and result.requests == 1
     pages = [q for q in fake.historical.queries if q["symbols"] == "AAPL,MSFT"]
@@ -80,15 +82,22 @@ def test_the_cache_holds_exactly_what_alpaca_py_returns(fake: FakeAlpaca, tmp_pa
     client = client_for(fake)
     fetch(["SPY"], JAN2, JAN2, "1Min", data_dir=tmp_path, client=client)
     direct = StockHistoricalDataClient(fake.key, fake.secret, url_override=fake.historical_url).get_stock_bars(
-        StockBarsRequest(symbol_or_symbols="SPY", timeframe=TimeFrame.Minute, start=dt.datetime(2024, 1, 2, 14),
-                         end=dt.datetime(2024, 1, 2, 22), feed=DataFeed.IEX))
+        StockBarsRequest(
+            symbol_or_symbols="SPY",
+            timeframe=TimeFrame.Minute,
+            start=dt.datetime(2024, 1, 2, 14),
+            end=dt.datetime(2024, 1, 2, 22),
+            feed=DataFeed.IEX,
+        )
+    )
     expected = direct.data["SPY"]  # type: ignore[union-attr]
     cached = list(cache.bars("SPY", JAN2, JAN2, "1Min", data_dir=tmp_path))
     assert len(cached) == len(expected) == 390
     for mine, theirs in zip(cached, expected, strict=True):
         assert mine.start_ns == int(theirs.timestamp.timestamp()) * 10**9
         assert (mine.open, mine.high, mine.low, mine.close) == tuple(
-            Decimal(repr(x)) for x in (theirs.open, theirs.high, theirs.low, theirs.close))
+            Decimal(repr(x)) for x in (theirs.open, theirs.high, theirs.low, theirs.close)
+        )
         assert mine.volume == Decimal(int(theirs.volume)) and mine.trade_count == int(theirs.trade_count or 0)
 
 
@@ -96,12 +105,15 @@ def test_an_overlapping_fetch_downloads_only_the_missing_days(fake: FakeAlpaca, 
     client = client_for(fake)
     fetch(["AAPL"], JAN2, JAN5, "15Min", data_dir=tmp_path, client=client)
     before = len(fake.historical.queries)
-    result = fetch(["AAPL", "MSFT"], dt.date(2024, 1, 4), dt.date(2024, 1, 10), "15Min", data_dir=tmp_path,
-                   client=client)
+    result = fetch(
+        ["AAPL", "MSFT"], dt.date(2024, 1, 4), dt.date(2024, 1, 10), "15Min", data_dir=tmp_path, client=client
+    )
     asked = fake.historical.queries[before:]
     # MSFT has nothing: all 7 days; AAPL only lacks Jan 6..10 (midnight New York = 05:00Z)
     assert sorted((q["symbols"], q["start"]) for q in asked) == [
-        ("AAPL", "2024-01-06T05:00:00+00:00"), ("MSFT", "2024-01-04T05:00:00+00:00")]
+        ("AAPL", "2024-01-06T05:00:00+00:00"),
+        ("MSFT", "2024-01-04T05:00:00+00:00"),
+    ]
     assert result.cached_days == 2 and result.requests == 2
     folder = cache.symbol_dir(tmp_path, "iex", "15Min", "AAPL")
     assert cache.covered(folder) == [(JAN2, dt.date(2024, 1, 10))]
@@ -110,17 +122,28 @@ def test_an_overlapping_fetch_downloads_only_the_missing_days(fake: FakeAlpaca, 
 
 
 def test_a_range_crossing_months_is_stored_per_month_and_a_missing_range_names_the_fetch_command(
-        fake: FakeAlpaca, tmp_path: Path) -> None:
+    fake: FakeAlpaca, tmp_path: Path
+) -> None:
     lines: list[str] = []
-    fetch(["QQQ"], dt.date(2024, 1, 30), dt.date(2024, 2, 2), "1Day", data_dir=tmp_path, client=client_for(fake),
-          progress=lines.append)
+    fetch(
+        ["QQQ"],
+        dt.date(2024, 1, 30),
+        dt.date(2024, 2, 2),
+        "1Day",
+        data_dir=tmp_path,
+        client=client_for(fake),
+        progress=lines.append,
+    )
     folder = cache.symbol_dir(tmp_path, "iex", "1Day", "QQQ")
     assert sorted(p.name for p in folder.glob("*.csv")) == ["2024-01.csv", "2024-02.csv"]
     assert [line.split(" ", 1)[0] for line in lines] == ["[1/2]", "[2/2]"]
     daily = load(folder)  # a cache folder is a loader input too
     assert len(daily) == 4 and daily.source == "alpaca-csv"
-    with pytest.raises(cache.CacheMiss, match=r"QQQ: 2024-02-03..2024-02-09. Run: desk data fetch QQQ "
-                                              r"--start 2024-01-30 --end 2024-02-09 --timeframe 1Day"):
+    with pytest.raises(
+        cache.CacheMiss,
+        match=r"QQQ: 2024-02-03..2024-02-09. Run: desk data fetch QQQ "
+        r"--start 2024-01-30 --end 2024-02-09 --timeframe 1Day",
+    ):
         cache.bars("QQQ", "2024-01-30", "2024-02-09", "1Day", data_dir=tmp_path)
 
 
@@ -136,8 +159,11 @@ def test_days_not_yet_over_are_fetched_but_not_recorded_as_cached(fake: FakeAlpa
 def test_alpaca_refusals_arrive_as_api_errors_with_alpacas_codes(fake: FakeAlpaca, tmp_path: Path) -> None:
     client = StockHistoricalDataClient(fake.key, fake.secret, url_override=fake.historical_url)
     with pytest.raises(APIError) as invalid:
-        client.get_stock_bars(StockBarsRequest(symbol_or_symbols="AAPL", timeframe=TimeFrame(1, TimeFrameUnit.Week),
-                                               start=dt.datetime(2024, 1, 2)))
+        client.get_stock_bars(
+            StockBarsRequest(
+                symbol_or_symbols="AAPL", timeframe=TimeFrame(1, TimeFrameUnit.Week), start=dt.datetime(2024, 1, 2)
+            )
+        )
     assert invalid.value.status_code == 422 and invalid.value.code == 42210000
 
     today = dt.datetime.now(dt.UTC).astimezone(NEW_YORK).date()
@@ -157,22 +183,36 @@ def test_alpaca_refusals_arrive_as_api_errors_with_alpacas_codes(fake: FakeAlpac
 
 def test_the_single_symbol_route_and_descending_sort(fake: FakeAlpaca) -> None:
     client = StockHistoricalDataClient(fake.key, fake.secret, raw_data=True, url_override=fake.historical_url)
-    body = client.get("/stocks/AAPL/bars", {"timeframe": "1Hour", "start": "2024-01-02", "end": "2024-01-03",
-                                             "limit": 3, "sort": "desc", "feed": "iex"})
+    body = client.get(
+        "/stocks/AAPL/bars",
+        {"timeframe": "1Hour", "start": "2024-01-02", "end": "2024-01-03", "limit": 3, "sort": "desc", "feed": "iex"},
+    )
     assert isinstance(body, dict) and body["symbol"] == "AAPL" and len(body["bars"]) == 3
     stamps = [b["t"] for b in body["bars"]]
     assert stamps == sorted(stamps, reverse=True) and stamps[0] == "2024-01-02T20:00:00Z"
     assert body["next_page_token"]
 
 
-def test_desk_data_fetch_and_list_on_the_command_line(fake: FakeAlpaca, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_desk_data_fetch_and_list_on_the_command_line(
+    fake: FakeAlpaca, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ALPACA_API_KEY", fake.key)
     monkeypatch.setenv("ALPACA_SECRET_KEY", fake.secret)
     monkeypatch.setenv("ALPACA_DATA_URL", fake.historical_url)
     runner = CliRunner()
-    args = ["data", "fetch", "AAPL,MSFT", "--start", "2024-01-02", "--end", "2024-01-05", "--timeframe", "1Day",
-            "--data-dir", str(tmp_path)]
+    args = [
+        "data",
+        "fetch",
+        "AAPL,MSFT",
+        "--start",
+        "2024-01-02",
+        "--end",
+        "2024-01-05",
+        "--timeframe",
+        "1Day",
+        "--data-dir",
+        str(tmp_path),
+    ]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "fetched 8 bars in 1 requests" in first.output
@@ -181,10 +221,13 @@ def test_desk_data_fetch_and_list_on_the_command_line(fake: FakeAlpaca, tmp_path
     listed = runner.invoke(app, ["data", "list", "--json", "--data-dir", str(tmp_path)])
     entries = json.loads(listed.output)
     assert [(e["symbol"], e["timeframe"], e["bars"], e["ranges"]) for e in entries] == [
-        ("AAPL", "1Day", 4, [["2024-01-02", "2024-01-05"]]), ("MSFT", "1Day", 4, [["2024-01-02", "2024-01-05"]])]
+        ("AAPL", "1Day", 4, [["2024-01-02", "2024-01-05"]]),
+        ("MSFT", "1Day", 4, [["2024-01-02", "2024-01-05"]]),
+    ]
     monkeypatch.delenv("ALPACA_API_KEY")
-    missing = runner.invoke(app, ["data", "fetch", "SPY", "--start", "2024-01-02", "--end", "2024-01-02",
-                                  "--data-dir", str(tmp_path)])
+    missing = runner.invoke(
+        app, ["data", "fetch", "SPY", "--start", "2024-01-02", "--end", "2024-01-02", "--data-dir", str(tmp_path)]
+    )
     assert missing.exit_code == 1 and "ALPACA_API_KEY" in missing.output
 
 
@@ -213,8 +256,9 @@ def test_cached_bars_feed_a_backtest_and_the_replay_feed(fake: FakeAlpaca, tmp_p
     assert [r.close for r in replay.rows] == [b.close for b in bars]
 
 
-def test_desk_data_fetch_then_desk_backtest_html_reads_only_the_cache(fake: FakeAlpaca, tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_desk_data_fetch_then_desk_backtest_html_reads_only_the_cache(
+    fake: FakeAlpaca, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The README's flow: fetch a quarter of daily bars, then backtest the example strategy from the
     cache into a self-contained HTML report, with the fake Alpaca stopped (no network at all)."""
     monkeypatch.setenv("ALPACA_API_KEY", fake.key)
@@ -227,11 +271,12 @@ def test_desk_data_fetch_then_desk_backtest_html_reads_only_the_cache(fake: Fake
     fake.stop()  # from here on nothing may reach Alpaca
     report = tmp_path / "report.html"
     strategy = Path(__file__).resolve().parents[2] / "strategies" / "ma_crossover"
-    run = runner.invoke(app, ["backtest", str(strategy), "--symbols", "AAPL,MSFT", *span, "--html", str(report),
-                              "--json"])
+    run = runner.invoke(
+        app, ["backtest", str(strategy), "--symbols", "AAPL,MSFT", *span, "--html", str(report), "--json"]
+    )
     assert run.exit_code == 0, run.output
-    summary = json.loads(run.output[run.output.index("{"):])
+    summary = json.loads(run.output[run.output.index("{") :])
     assert summary["symbols"] == ["AAPL", "MSFT"] and summary["orders"] > 0
     html = report.read_text()
     assert "<html" in html and "AAPL" in html and "MSFT" in html
-    assert "src=\"http" not in html and "href=\"http" not in html  # opens offline: everything inlined
+    assert 'src="http' not in html and 'href="http' not in html  # opens offline: everything inlined

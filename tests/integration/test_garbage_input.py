@@ -69,15 +69,55 @@ ROUTER_ENDPOINTS = {
     subjects.RISK_RESUME: "resume",
     subjects.RISK_STATUS: "risk_status",
 }
-LEDGER_ENDPOINTS = {f"desk.ledger.{name}": name for name in ("positions", "orders", "fills", "pnl", "leaderboard", "equity")}
+LEDGER_ENDPOINTS = {
+    f"desk.ledger.{name}": name for name in ("positions", "orders", "fills", "pnl", "leaderboard", "equity")
+}
 CTL_SUBJECTS = [subjects.CTL_DEPLOY, subjects.CTL_START, subjects.CTL_STOP, subjects.CTL_LIST, subjects.CTL_LOGS]
 
 # Decimal strings no order may carry (each refused as INVALID_FIELD, whatever field it is in).
 EXTREME_DECIMALS = [
-    "1e400", "-1e400", "1e999999999", "1e-999999999", "1e9999999999999999999", "-0", "0", "+0", "-0.0", "NaN",
-    "-NaN", "sNaN", "nan", "Infinity", "-Infinity", "inf", "1e-30", "0.0000000001", "9" * 40, "1" + "0" * 39,
-    "0." + "0" * 39 + "1", "-" + "9" * 40, "١٠", "１０", "٣.٥", " 10", "10 ", "\t1\n", "1 0", "1_000", "1,5", "0x10",
-    "--1", "1e", "e5", ".", "1.2.3", "\x00", "10\x00", "½", "abc", "-1",
+    "1e400",
+    "-1e400",
+    "1e999999999",
+    "1e-999999999",
+    "1e9999999999999999999",
+    "-0",
+    "0",
+    "+0",
+    "-0.0",
+    "NaN",
+    "-NaN",
+    "sNaN",
+    "nan",
+    "Infinity",
+    "-Infinity",
+    "inf",
+    "1e-30",
+    "0.0000000001",
+    "9" * 40,
+    "1" + "0" * 39,
+    "0." + "0" * 39 + "1",
+    "-" + "9" * 40,
+    "\u0661\u0660",  # Arabic-Indic 10
+    "\uff11\uff10",  # full-width 10
+    "\u0663.\u0665",  # Arabic-Indic 3.5
+    " 10",
+    "10 ",
+    "\t1\n",
+    "1 0",
+    "1_000",
+    "1,5",
+    "0x10",
+    "--1",
+    "1e",
+    "e5",
+    ".",
+    "1.2.3",
+    "\x00",
+    "10\x00",
+    "½",
+    "abc",
+    "-1",
 ]
 # The other message types, sent with their own Desk-Type header where another is expected.
 OTHER_TYPES = [
@@ -98,8 +138,13 @@ OTHER_TYPES = [
 
 def _order(strategy_id: str = "alpha", client_order_id: str = "c-1", **fields: Any) -> orders_pb2.OrderRequest:
     base: dict[str, Any] = {
-        "strategy_id": strategy_id, "client_order_id": client_order_id, "symbol": "AAPL", "side": BUY,
-        "type": MARKET, "time_in_force": DAY, "qty": "1",
+        "strategy_id": strategy_id,
+        "client_order_id": client_order_id,
+        "symbol": "AAPL",
+        "side": BUY,
+        "type": MARKET,
+        "time_in_force": DAY,
+        "qty": "1",
     }
     base.update(fields)
     return orders_pb2.OrderRequest(**base)
@@ -157,8 +202,11 @@ class Garbage:
                 probes.append(Probe(kind, subject, cut, self.header(full), codes))
             elif kind == "other_type":
                 message = self.rng.choice(OTHER_TYPES)
-                probes.append(Probe(kind, subject, message.SerializeToString(), codec.headers_for(message),
-                                    _refused("WRONG_TYPE")))
+                probes.append(
+                    Probe(
+                        kind, subject, message.SerializeToString(), codec.headers_for(message), _refused("WRONG_TYPE")
+                    )
+                )
             elif kind == "decimal":
                 value = self.rng.choice(EXTREME_DECIMALS)
                 field = self.rng.choice(["qty", "notional", "limit_price"])
@@ -167,22 +215,43 @@ class Garbage:
                     fields["type"] = LIMIT
                 fields[field] = value
                 message = _order(client_order_id=f"d-{i}", **fields)
-                probes.append(Probe(kind, subject, message.SerializeToString(), self.header(message),
-                                    _refused("INVALID_FIELD")))
+                probes.append(
+                    Probe(kind, subject, message.SerializeToString(), self.header(message), _refused("INVALID_FIELD"))
+                )
             elif kind == "spoof":  # alpha sends beta's orders on its own subject
                 message = _order("beta", f"s-{i}")
-                probes.append(Probe(kind, subject, message.SerializeToString(), self.header(message),
-                                    _refused("WRONG_SUBJECT")))
+                probes.append(
+                    Probe(kind, subject, message.SerializeToString(), self.header(message), _refused("WRONG_SUBJECT"))
+                )
             elif kind == "fields":  # one bad non-numeric field each
-                bad: dict[str, Any] = self.rng.choice([
-                    {"symbol": "ZZZZ"}, {"symbol": "aapl"}, {"symbol": "AAPL.>"}, {"symbol": "A" * 5000},
-                    {"client_order_id": ""}, {"client_order_id": "x" * 65}, {"client_order_id": "a b"},
-                    {"side": 99}, {"type": -1}, {"time_in_force": 12345}, {"extended_hours": True},
-                    {"stop_price": "10"}, {"limit_price": "10"}, {"strategy_id": ""},
-                ])
+                bad: dict[str, Any] = self.rng.choice(
+                    [
+                        {"symbol": "ZZZZ"},
+                        {"symbol": "aapl"},
+                        {"symbol": "AAPL.>"},
+                        {"symbol": "A" * 5000},
+                        {"client_order_id": ""},
+                        {"client_order_id": "x" * 65},
+                        {"client_order_id": "a b"},
+                        {"side": 99},
+                        {"type": -1},
+                        {"time_in_force": 12345},
+                        {"extended_hours": True},
+                        {"stop_price": "10"},
+                        {"limit_price": "10"},
+                        {"strategy_id": ""},
+                    ]
+                )
                 message = _order(**{"client_order_id": f"f-{i}", **bad})
-                probes.append(Probe(kind, subject, message.SerializeToString(), self.header(message),
-                                    _refused("INVALID_FIELD", "UNKNOWN_SYMBOL", "WRONG_SUBJECT")))
+                probes.append(
+                    Probe(
+                        kind,
+                        subject,
+                        message.SerializeToString(),
+                        self.header(message),
+                        _refused("INVALID_FIELD", "UNKNOWN_SYMBOL", "WRONG_SUBJECT"),
+                    )
+                )
             else:  # a Desk-Type header that names no type, or the wrong one
                 message = _order(client_order_id=f"h-{i}")
                 headers = {codec.DESK_TYPE: self.rng.choice(["desk.v1.Nope", "", "desk.v1.OrderAck", "\u00e9" * 10])}
@@ -204,15 +273,21 @@ class Garbage:
                 probes.append(Probe(kind, subject, data, None, codes))
             elif kind == "other_type":
                 message = self.rng.choice([m for m in OTHER_TYPES if not isinstance(m, orders_pb2.CancelRequest)])
-                probes.append(Probe(kind, subject, message.SerializeToString(), codec.headers_for(message),
-                                    _refused("WRONG_TYPE")))
+                probes.append(
+                    Probe(
+                        kind, subject, message.SerializeToString(), codec.headers_for(message), _refused("WRONG_TYPE")
+                    )
+                )
             else:
                 cancel = orders_pb2.CancelRequest(
                     strategy_id="beta" if kind == "spoof" else "alpha",
                     client_order_id={"spoof": "beta-1", "unknown": f"never-{i}", "bad_id": "no such id!"}[kind],
                 )
-                codes = {"spoof": _refused("WRONG_SUBJECT"), "unknown": _refused("UNKNOWN_ORDER"),
-                         "bad_id": _refused("INVALID_FIELD")}[kind]
+                codes = {
+                    "spoof": _refused("WRONG_SUBJECT"),
+                    "unknown": _refused("UNKNOWN_ORDER"),
+                    "bad_id": _refused("INVALID_FIELD"),
+                }[kind]
                 probes.append(Probe(kind, subject, cancel.SerializeToString(), self.header(cancel), codes))
         return probes
 
@@ -227,18 +302,29 @@ class Garbage:
                 probes.append(Probe(kind, subject, data, None, codes))
             elif kind == "other_type":
                 message = self.rng.choice([m for m in OTHER_TYPES if not isinstance(m, ledger_pb2.LedgerQuery)])
-                probes.append(Probe(kind, subject, message.SerializeToString(), codec.headers_for(message),
-                                    _refused("WRONG_TYPE")))
+                probes.append(
+                    Probe(
+                        kind, subject, message.SerializeToString(), codec.headers_for(message), _refused("WRONG_TYPE")
+                    )
+                )
             elif kind == "bad_query":
-                query = self.rng.choice([
-                    ledger_pb2.LedgerQuery(strategy_id="Beta!"), ledger_pb2.LedgerQuery(symbol="aapl"),
-                    ledger_pb2.LedgerQuery(member_id="m" * 65), ledger_pb2.LedgerQuery(since_ns=-1),
-                    ledger_pb2.LedgerQuery(strategy_id="x" * 5000), ledger_pb2.LedgerQuery(symbol="AAPL'; DROP TABLE"),
-                ])
-                probes.append(Probe(kind, subject, query.SerializeToString(), self.header(query), _refused("INVALID_FIELD")))
+                query = self.rng.choice(
+                    [
+                        ledger_pb2.LedgerQuery(strategy_id="Beta!"),
+                        ledger_pb2.LedgerQuery(symbol="aapl"),
+                        ledger_pb2.LedgerQuery(member_id="m" * 65),
+                        ledger_pb2.LedgerQuery(since_ns=-1),
+                        ledger_pb2.LedgerQuery(strategy_id="x" * 5000),
+                        ledger_pb2.LedgerQuery(symbol="AAPL'; DROP TABLE"),
+                    ]
+                )
+                probes.append(
+                    Probe(kind, subject, query.SerializeToString(), self.header(query), _refused("INVALID_FIELD"))
+                )
             else:  # well-formed but odd: answered normally
                 query = ledger_pb2.LedgerQuery(
-                    strategy_id=self.rng.choice(["", "alpha", "beta", "nobody"]), limit=self.rng.choice([0, 1, 2**32 - 1]),
+                    strategy_id=self.rng.choice(["", "alpha", "beta", "nobody"]),
+                    limit=self.rng.choice([0, 1, 2**32 - 1]),
                     since_ns=self.rng.choice([0, 2**63 - 1]),
                 )
                 probes.append(Probe(kind, subject, query.SerializeToString(), self.header(query), None))
@@ -260,8 +346,11 @@ class Garbage:
                 probes.append(Probe(kind, subject, data, None, codes))
             elif kind == "other_type":
                 message = self.rng.choice([m for m in OTHER_TYPES if not isinstance(m, orders_pb2.HaltRequest)])
-                probes.append(Probe(kind, subject, message.SerializeToString(), codec.headers_for(message),
-                                    _refused("WRONG_TYPE")))
+                probes.append(
+                    Probe(
+                        kind, subject, message.SerializeToString(), codec.headers_for(message), _refused("WRONG_TYPE")
+                    )
+                )
             else:
                 halt = orders_pb2.HaltRequest(strategy_id=self.rng.choice(["Beta", "beta!", "_global", "x" * 33]))
                 codes = _refused("INVALID_FIELD") if subject != subjects.RISK_STATUS else None
@@ -275,8 +364,15 @@ class Garbage:
         for subject in [*ROUTER_ENDPOINTS, *LEDGER_ENDPOINTS]:
             size = self.rng.choice(sizes)
             data = self.rng.choice([b"\x00" * size, self.rng.randbytes(size)])
-            probes.append(Probe("big", subject, data, self.rng.choice([None, {codec.DESK_TYPE: "desk.v1.OrderRequest"}]),
-                                _refused("PAYLOAD_TOO_LARGE")))
+            probes.append(
+                Probe(
+                    "big",
+                    subject,
+                    data,
+                    self.rng.choice([None, {codec.DESK_TYPE: "desk.v1.OrderRequest"}]),
+                    _refused("PAYLOAD_TOO_LARGE"),
+                )
+            )
         return probes
 
     def executions(self, n: int) -> list[tuple[str, bytes, dict[str, str]]]:
@@ -294,8 +390,14 @@ class Garbage:
             else:
                 report = E.ExecutionReport(
                     execution_id="" if kind == "no_id" else f"garbage-{i}",
-                    order_id=f"o-{i}", strategy_id="al pha" if kind == "bad_strategy" else "alpha", symbol="AAPL",
-                    side=BUY, exec_type=E.EXEC_TYPE_FILL, status=E.ORDER_STATUS_FILLED, fill_qty="1", fill_price="1",
+                    order_id=f"o-{i}",
+                    strategy_id="al pha" if kind == "bad_strategy" else "alpha",
+                    symbol="AAPL",
+                    side=BUY,
+                    exec_type=E.EXEC_TYPE_FILL,
+                    status=E.ORDER_STATUS_FILLED,
+                    fill_qty="1",
+                    fill_price="1",
                 )
                 if kind == "no_id":
                     report.fill_qty, report.fill_price = "", ""  # nothing a consumer could book even without the id
@@ -417,8 +519,9 @@ async def _stats_errors(nc: Client, service: str) -> dict[str, dict[str, int]]:
 
 
 async def _beta_order(desk: Desk, execs: Executions, client_order_id: str, side: int, qty: str) -> E.ExecutionReport:
-    ack = await request(desk.nc, subjects.order_submit("beta"),
-                        _order("beta", client_order_id, side=side, qty=qty), orders_pb2.OrderAck)
+    ack = await request(
+        desk.nc, subjects.order_submit("beta"), _order("beta", client_order_id, side=side, qty=qty), orders_pb2.OrderAck
+    )
     assert ack.accepted, ack
     return await execs.until(client_order_id, E.EXEC_TYPE_FILL)
 
@@ -442,15 +545,26 @@ async def test_thousands_of_hostile_messages_are_refused_and_harm_no_one(desk: D
     refusals: Counter[tuple[str, str, str]] = Counter()  # (service, endpoint, code)
 
     # 1. a flood from alpha: valid orders until the rate limit, then RATE_LIMIT (429)
-    flood = [Probe("flood", subjects.order_submit("alpha"), _order(client_order_id=f"flood-{i}").SerializeToString(),
-                   codec.headers_for(orders_pb2.OrderRequest()), None) for i in range(150)]
+    flood = [
+        Probe(
+            "flood",
+            subjects.order_submit("alpha"),
+            _order(client_order_id=f"flood-{i}").SerializeToString(),
+            codec.headers_for(orders_pb2.OrderRequest()),
+            None,
+        )
+        for i in range(150)
+    ]
     flood_replies = [await _ask(nc, probe) for probe in flood]  # one at a time: the window is exact
     assert Counter(flood_replies) == Counter({("200", ""): RATE_LIMIT, ("429", "RATE_LIMIT"): 150 - RATE_LIMIT})
     refusals[("order_router", "submit", "RATE_LIMIT")] += 150 - RATE_LIMIT
 
     # 2. thousands of hostile requests, 50 in flight at a time
     probes = [
-        *garbage.submits(1500), *garbage.cancels(400), *garbage.ledger_queries(600), *garbage.risk(300),
+        *garbage.submits(1500),
+        *garbage.cancels(400),
+        *garbage.ledger_queries(600),
+        *garbage.risk(300),
         *garbage.big(nc.max_payload),
     ]
     garbage.rng.shuffle(probes)
@@ -521,7 +635,8 @@ async def test_thousands_of_hostile_messages_are_refused_and_harm_no_one(desk: D
         assert {k: v for k, v in errors.items() if v} == seen, service
     router_errors = await _stats_errors(nc, "order_router")
     assert {"MALFORMED", "WRONG_TYPE", "INVALID_FIELD", "WRONG_SUBJECT", "PAYLOAD_TOO_LARGE", "RATE_LIMIT"} <= set(
-        router_errors["submit"])
+        router_errors["submit"]
+    )
 
     # beta's books are exactly its own three fills
     fills = beta_execs.fills
@@ -537,19 +652,29 @@ async def test_thousands_of_hostile_messages_are_refused_and_harm_no_one(desk: D
     cash = Decimal(100000) - buy_cost + sell_value - fees
     last = Decimal(100)
 
-    positions = (await request(nc, subjects.LEDGER_POSITIONS, ledger_pb2.LedgerQuery(strategy_id="beta"),
-                               ledger_pb2.PositionsReply)).positions
-    assert [(p.symbol, Decimal(p.qty), Decimal(p.avg_cost), Decimal(p.realized_pnl), Decimal(p.unrealized_pnl))
-            for p in positions] == [("AAPL", qty, avg, realized, qty * last - avg * qty)]
-    pnl = (await request(nc, subjects.LEDGER_PNL, ledger_pb2.LedgerQuery(strategy_id="beta"),
-                         ledger_pb2.PnlReply)).strategies
-    assert [(r.strategy_id, Decimal(r.cash), Decimal(r.realized_pnl), Decimal(r.fees), Decimal(r.equity), r.fills)
-            for r in pnl] == [("beta", cash, realized, fees, cash + qty * last, 3)]
-    ledger_fills = (await request(nc, subjects.LEDGER_FILLS, ledger_pb2.LedgerQuery(strategy_id="beta"),
-                                  ledger_pb2.FillsReply)).fills
+    positions = (
+        await request(
+            nc, subjects.LEDGER_POSITIONS, ledger_pb2.LedgerQuery(strategy_id="beta"), ledger_pb2.PositionsReply
+        )
+    ).positions
+    assert [
+        (p.symbol, Decimal(p.qty), Decimal(p.avg_cost), Decimal(p.realized_pnl), Decimal(p.unrealized_pnl))
+        for p in positions
+    ] == [("AAPL", qty, avg, realized, qty * last - avg * qty)]
+    pnl = (
+        await request(nc, subjects.LEDGER_PNL, ledger_pb2.LedgerQuery(strategy_id="beta"), ledger_pb2.PnlReply)
+    ).strategies
+    assert [
+        (r.strategy_id, Decimal(r.cash), Decimal(r.realized_pnl), Decimal(r.fees), Decimal(r.equity), r.fills)
+        for r in pnl
+    ] == [("beta", cash, realized, fees, cash + qty * last, 3)]
+    ledger_fills = (
+        await request(nc, subjects.LEDGER_FILLS, ledger_pb2.LedgerQuery(strategy_id="beta"), ledger_pb2.FillsReply)
+    ).fills
     assert sorted(f.execution_id for f in ledger_fills) == sorted(f.execution_id for f in fills)
-    orders = (await request(nc, subjects.LEDGER_ORDERS, ledger_pb2.LedgerQuery(strategy_id="beta"),
-                            ledger_pb2.OrdersReply)).orders
+    orders = (
+        await request(nc, subjects.LEDGER_ORDERS, ledger_pb2.LedgerQuery(strategy_id="beta"), ledger_pb2.OrdersReply)
+    ).orders
     assert sorted(o.client_order_id for o in orders) == ["beta-1", "beta-2", "beta-3"]
     # and the router's view of beta (its pre-trade risk) agrees
     await desk.router.wait_until(lambda: fills[-1].execution_id in desk.router.applied_executions)
@@ -570,12 +695,30 @@ async def test_an_execution_report_with_an_overflowing_decimal_is_skipped_not_fa
     try:
         # parse_decimal's abs() rounds in the default context: 1e999999999 overflows it
         for n, value in enumerate(["1e999999999", "-1e999999999"]):
-            await _publish_report(nc, E.ExecutionReport(
-                execution_id=f"overflow-{n}", order_id="o", strategy_id="alpha", symbol="AAPL", side=BUY,
-                exec_type=E.EXEC_TYPE_NEW, status=E.ORDER_STATUS_NEW, cum_qty=value))
-        fine = E.ExecutionReport(execution_id="fine", order_id="o2", strategy_id="alpha", symbol="AAPL", side=BUY,
-                                 exec_type=E.EXEC_TYPE_FILL, status=E.ORDER_STATUS_FILLED, fill_qty="1",
-                                 fill_price="100")
+            await _publish_report(
+                nc,
+                E.ExecutionReport(
+                    execution_id=f"overflow-{n}",
+                    order_id="o",
+                    strategy_id="alpha",
+                    symbol="AAPL",
+                    side=BUY,
+                    exec_type=E.EXEC_TYPE_NEW,
+                    status=E.ORDER_STATUS_NEW,
+                    cum_qty=value,
+                ),
+            )
+        fine = E.ExecutionReport(
+            execution_id="fine",
+            order_id="o2",
+            strategy_id="alpha",
+            symbol="AAPL",
+            side=BUY,
+            exec_type=E.EXEC_TYPE_FILL,
+            status=E.ORDER_STATUS_FILLED,
+            fill_qty="1",
+            fill_price="100",
+        )
         await _publish_report(nc, fine)
         booked = asyncio.ensure_future(desk.ledger.wait_for(lambda s: s.messages >= 3, timeout=TIMEOUT))
         await asyncio.wait({booked, ledger.task}, return_when=asyncio.FIRST_COMPLETED)
@@ -592,11 +735,28 @@ async def test_an_execution_report_with_an_overflowing_decimal_is_skipped_not_fa
 async def test_a_report_the_ledger_refuses_does_not_move_the_routers_view_of_a_strategy(desk: Desk, nc: Client) -> None:
     forged = [
         # no execution id: the ledger refuses it (INVALID_FIELD), so it is no fill of beta's
-        E.ExecutionReport(order_id="x1", strategy_id="beta", symbol="AAPL", side=BUY, exec_type=E.EXEC_TYPE_FILL,
-                          status=E.ORDER_STATUS_FILLED, fill_qty="1000", fill_price="1"),
+        E.ExecutionReport(
+            order_id="x1",
+            strategy_id="beta",
+            symbol="AAPL",
+            side=BUY,
+            exec_type=E.EXEC_TYPE_FILL,
+            status=E.ORDER_STATUS_FILLED,
+            fill_qty="1000",
+            fill_price="1",
+        ),
         # a NaN price: refused by the ledger too
-        E.ExecutionReport(execution_id="x2", order_id="x2", strategy_id="beta", symbol="AAPL", side=BUY,
-                          exec_type=E.EXEC_TYPE_FILL, status=E.ORDER_STATUS_FILLED, fill_qty="1", fill_price="NaN"),
+        E.ExecutionReport(
+            execution_id="x2",
+            order_id="x2",
+            strategy_id="beta",
+            symbol="AAPL",
+            side=BUY,
+            exec_type=E.EXEC_TYPE_FILL,
+            status=E.ORDER_STATUS_FILLED,
+            fill_qty="1",
+            fill_price="NaN",
+        ),
     ]
     for report in forged:
         await _publish_report(nc, report)

@@ -133,16 +133,52 @@ async def test_executions_are_booked_and_every_query_gives_exact_numbers(nc: Cli
     await ledger.start()
     reports = [
         report("alpha", "buy1", E.EXEC_TYPE_NEW, status=E.ORDER_STATUS_NEW),
-        report("alpha", "buy1", E.EXEC_TYPE_PARTIAL_FILL, fill_qty="5", fill_price="100", fee="0.5",
-               status=E.ORDER_STATUS_PARTIALLY_FILLED, cum_qty="5"),
-        report("alpha", "buy1", E.EXEC_TYPE_FILL, fill_qty="5", fill_price="102", fee="0.5",
-               status=E.ORDER_STATUS_FILLED, cum_qty="10"),
+        report(
+            "alpha",
+            "buy1",
+            E.EXEC_TYPE_PARTIAL_FILL,
+            fill_qty="5",
+            fill_price="100",
+            fee="0.5",
+            status=E.ORDER_STATUS_PARTIALLY_FILLED,
+            cum_qty="5",
+        ),
+        report(
+            "alpha",
+            "buy1",
+            E.EXEC_TYPE_FILL,
+            fill_qty="5",
+            fill_price="102",
+            fee="0.5",
+            status=E.ORDER_STATUS_FILLED,
+            cum_qty="10",
+        ),
         report("alpha", "sell1", E.EXEC_TYPE_NEW, side=SELL, order_qty="4", status=E.ORDER_STATUS_NEW),
-        report("alpha", "sell1", E.EXEC_TYPE_FILL, side=SELL, order_qty="4", fill_qty="4", fill_price="110",
-               fee="0.4", status=E.ORDER_STATUS_FILLED, cum_qty="4"),
+        report(
+            "alpha",
+            "sell1",
+            E.EXEC_TYPE_FILL,
+            side=SELL,
+            order_qty="4",
+            fill_qty="4",
+            fill_price="110",
+            fee="0.4",
+            status=E.ORDER_STATUS_FILLED,
+            cum_qty="4",
+        ),
         # bob has no spec yet: his account opens with the default cash and the report's member id
-        report("beta", "b1", E.EXEC_TYPE_FILL, symbol="MSFT", fill_qty="1", fill_price="50", member_id="bob",
-               status=E.ORDER_STATUS_FILLED, cum_qty="1", order_qty="1"),
+        report(
+            "beta",
+            "b1",
+            E.EXEC_TYPE_FILL,
+            symbol="MSFT",
+            fill_qty="1",
+            fill_price="50",
+            member_id="bob",
+            status=E.ORDER_STATUS_FILLED,
+            cum_qty="1",
+            order_qty="1",
+        ),
     ]
     for r in reports:
         await publish(nc, r)
@@ -150,8 +186,10 @@ async def test_executions_are_booked_and_every_query_gives_exact_numbers(nc: Cli
     assert (stats.fills_booked, stats.events_stored, stats.duplicates, stats.malformed) == (4, 6, 0, 0)
 
     positions = (await query(nc, subjects.LEDGER_POSITIONS, ledger_pb2.PositionsReply, strategy_id="alpha")).positions
-    assert [(p.symbol, p.member_id, p.qty, p.avg_cost, p.last_price, p.market_value, p.realized_pnl, p.unrealized_pnl)
-            for p in positions] == [("AAPL", "alice", "6", "101", "105", "630", "36", "24")]
+    assert [
+        (p.symbol, p.member_id, p.qty, p.avg_cost, p.last_price, p.market_value, p.realized_pnl, p.unrealized_pnl)
+        for p in positions
+    ] == [("AAPL", "alice", "6", "101", "105", "630", "36", "24")]
 
     pnl = await query(nc, subjects.LEDGER_PNL, ledger_pb2.PnlReply)
     alpha = next(row for row in pnl.strategies if row.strategy_id == "alpha")
@@ -161,20 +199,31 @@ async def test_executions_are_booked_and_every_query_gives_exact_numbers(nc: Cli
     assert (alpha.return_pct, alpha.fills) == ("0.586", 3)
     beta = next(row for row in pnl.strategies if row.strategy_id == "beta")
     assert (beta.member_id, beta.initial_cash, beta.cash, beta.market_value, beta.total_pnl) == (
-        "bob", "100000", "99950", "50", "0")  # no MSFT price yet: marked at cost
+        "bob",
+        "100000",
+        "99950",
+        "50",
+        "0",
+    )  # no MSFT price yet: marked at cost
     assert sorted((m.member_id, m.equity) for m in pnl.members) == [("alice", "10058.6"), ("bob", "100000")]
 
     board = (await query(nc, subjects.LEDGER_LEADERBOARD, ledger_pb2.LeaderboardReply)).rows
     assert [(r.rank, r.member_id, r.return_pct, r.total_pnl, r.strategies, r.fills) for r in board] == [
-        (1, "alice", "0.586", "58.6", 1, 3), (2, "bob", "0", "0", 1, 1)]
+        (1, "alice", "0.586", "58.6", 1, 3),
+        (2, "bob", "0", "0", 1, 1),
+    ]
 
     orders = (await query(nc, subjects.LEDGER_ORDERS, ledger_pb2.OrdersReply, strategy_id="alpha")).orders
     assert [(o.client_order_id, o.status, o.filled_qty, o.side) for o in orders] == [
-        ("sell1", E.ORDER_STATUS_FILLED, "4", SELL), ("buy1", E.ORDER_STATUS_FILLED, "10", BUY)]
+        ("sell1", E.ORDER_STATUS_FILLED, "4", SELL),
+        ("buy1", E.ORDER_STATUS_FILLED, "10", BUY),
+    ]
 
     fills = (await query(nc, subjects.LEDGER_FILLS, ledger_pb2.FillsReply, member_id="alice", limit=2)).fills
-    assert [(f.client_order_id, f.qty, f.price, f.fee) for f in fills] == [("sell1", "4", "110", "0.4"),
-                                                                          ("buy1", "5", "102", "0.5")]
+    assert [(f.client_order_id, f.qty, f.price, f.fee) for f in fills] == [
+        ("sell1", "4", "110", "0.4"),
+        ("buy1", "5", "102", "0.5"),
+    ]
 
     # a new price moves unrealized P&L without any new fill
     await put_price(nc, "AAPL", "100.5")
@@ -301,7 +350,10 @@ async def test_a_redelivered_batch_changes_nothing_in_the_store(tmp_path: Path) 
         await store.upsert_strategy("alpha", "alice", Decimal(1000), "Alpha", 2)
         [account] = await store.accounts()
         assert (account.member_id, account.account.initial_cash, account.account.cash) == (
-            "alice", Decimal(1000), Decimal("984.99"))
+            "alice",
+            Decimal(1000),
+            Decimal("984.99"),
+        )
     async with LedgerStore(tmp_path / "l.db") as reopened:  # migrations are not re-run
         assert await reopened.schema_version() == 1
         assert len(await reopened.positions()) == 1
@@ -329,8 +381,9 @@ async def test_a_stop_mid_stream_acks_exactly_what_is_committed_and_a_restart_bo
     nc: Client, ledger: Ledger
 ) -> None:
     # Small batches: the fetcher runs ahead of the writer (decoded batches wait their turn) when stopped.
-    fills = [report("alpha", f"o{i}", E.EXEC_TYPE_FILL, fill_qty="1", fill_price="10", member_id="al")
-             for i in range(300)]
+    fills = [
+        report("alpha", f"o{i}", E.EXEC_TYPE_FILL, fill_qty="1", fill_price="10", member_id="al") for i in range(300)
+    ]
     for r in fills:
         await publish(nc, r)
     await ledger.start(ledger_batch_size=5)

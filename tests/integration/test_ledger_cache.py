@@ -30,15 +30,34 @@ _seq = itertools.count(1)
 
 
 def fill(
-    strategy_id: str, symbol: str, side: int, qty: str, price: str, fee: str = "0", execution_id: str = "",
+    strategy_id: str,
+    symbol: str,
+    side: int,
+    qty: str,
+    price: str,
+    fee: str = "0",
+    execution_id: str = "",
     member_id: str = "",
 ) -> Booking:
     n = next(_seq)
     r = executions_pb2.ExecutionReport(
-        execution_id=execution_id or f"x{n}", client_order_id=f"c{n}", strategy_id=strategy_id, member_id=member_id,
-        exec_type=E.EXEC_TYPE_FILL, status=E.ORDER_STATUS_FILLED, symbol=symbol, side=side,  # type: ignore[arg-type]
-        type=common_pb2.ORDER_TYPE_MARKET, time_in_force=common_pb2.TIME_IN_FORCE_DAY, order_qty=qty, fill_qty=qty,
-        fill_price=price, cum_qty=qty, fee=fee, venue="sim", event_ns=1_700_000_000_000_000_000 + n,
+        execution_id=execution_id or f"x{n}",
+        client_order_id=f"c{n}",
+        strategy_id=strategy_id,
+        member_id=member_id,
+        exec_type=E.EXEC_TYPE_FILL,
+        status=E.ORDER_STATUS_FILLED,
+        symbol=symbol,
+        side=side,  # type: ignore[arg-type]
+        type=common_pb2.ORDER_TYPE_MARKET,
+        time_in_force=common_pb2.TIME_IN_FORCE_DAY,
+        order_qty=qty,
+        fill_qty=qty,
+        fill_price=price,
+        cum_qty=qty,
+        fee=fee,
+        venue="sim",
+        event_ns=1_700_000_000_000_000_000 + n,
     )
     return parse_booking(r, r.SerializeToString(), 1)
 
@@ -97,7 +116,13 @@ async def test_a_rolled_back_batch_leaves_the_in_memory_books_equal_to_the_datab
 
         # a failure in the books themselves (not SQL) also rolls back
         bad = fill("alpha", "AAPL", common_pb2.SIDE_BUY, "1", "10")
-        bad = Booking(bad.report, bad.payload, bad.order_id, bad.event_ns, FillBooking(Side.BUY, Decimal(0), Decimal(1), Decimal(0)))
+        bad = Booking(
+            bad.report,
+            bad.payload,
+            bad.order_id,
+            bad.event_ns,
+            FillBooking(Side.BUY, Decimal(0), Decimal(1), Decimal(0)),
+        )
         with pytest.raises(ValueError, match="quantity must be positive"):
             await store.apply_batch([fill("alpha", "AAPL", common_pb2.SIDE_BUY, "5", "10"), bad])
         assert await store.cached_books() == before
@@ -109,7 +134,11 @@ async def test_a_rolled_back_batch_leaves_the_in_memory_books_equal_to_the_datab
         [alpha, beta] = await store.accounts()
         # 1000 - 20.5 (buy 2@10, fee .5) + 12 (sell 1@12) - 1 (buy 1@1)
         assert (alpha.account.cash, alpha.account.realized_pnl, beta.member_id, beta.account.cash) == (
-            Decimal("990.5"), Decimal(2), "be", Decimal(979))
+            Decimal("990.5"),
+            Decimal(2),
+            "be",
+            Decimal(979),
+        )
 
 
 async def test_duplicates_within_and_across_batches_are_booked_once(tmp_path: Path) -> None:
@@ -139,7 +168,10 @@ async def test_a_spec_after_fills_rebases_the_cached_account_as_well(tmp_path: P
         [account] = await store.accounts()
         # opened with 500, re-based to 1000 (+500), two buys: 1000 - 20 - 10
         assert (account.member_id, account.account.initial_cash, account.account.cash) == (
-            "alice", Decimal(1000), Decimal(970))
+            "alice",
+            Decimal(1000),
+            Decimal(970),
+        )
         await store.upsert_strategy("beta", "bob", None, "Beta", 6)  # spec first: the account opens at once
         await store.apply_batch([fill("beta", "MSFT", common_pb2.SIDE_SELL, "1", "50")])
         await assert_cache_matches_database(store)
@@ -162,8 +194,14 @@ async def test_books_after_many_random_batches_equal_a_reload_and_an_independent
                     continue
                 sid, symbol = rnd.choice(["s1", "s2", "s3"]), rnd.choice(["AAA", "BBB"])
                 side = rnd.choice([common_pb2.SIDE_BUY, common_pb2.SIDE_SELL])
-                b = fill(sid, symbol, side, str(rnd.randint(1, 9)), f"{rnd.randint(100, 999)}.{rnd.randint(0, 99):02d}",
-                         f"0.{rnd.randint(0, 9)}")
+                b = fill(
+                    sid,
+                    symbol,
+                    side,
+                    str(rnd.randint(1, 9)),
+                    f"{rnd.randint(100, 999)}.{rnd.randint(0, 99):02d}",
+                    f"0.{rnd.randint(0, 9)}",
+                )
                 batch.append(b)
                 booked.append(b)
                 assert b.fill is not None

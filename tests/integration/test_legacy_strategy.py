@@ -25,8 +25,17 @@ WAIT = 20.0
 
 
 async def publish_bar(nc: Client, symbol: str, close: str) -> None:
-    bar = marketdata_pb2.Bar(symbol=symbol, open=close, high=close, low=close, close=close, volume="100",
-                             start_ns=1_767_000_000_000_000_000, interval_ns=1_000_000_000, source="test")
+    bar = marketdata_pb2.Bar(
+        symbol=symbol,
+        open=close,
+        high=close,
+        low=close,
+        close=close,
+        volume="100",
+        start_ns=1_767_000_000_000_000_000,
+        interval_ns=1_000_000_000,
+        source="test",
+    )
     data, headers = codec.encode(bar)
     await nc.publish(subjects.md_bar(symbol), data, headers=headers)
 
@@ -44,7 +53,9 @@ async def test_legacy_momentum_runs_unchanged_and_its_orders_reach_the_router(
         order = codec.decode(msg.data, orders_pb2.OrderRequest, msg.headers)
         requests.append(order)
         ack = orders_pb2.OrderAck(
-            strategy_id=order.strategy_id, client_order_id=order.client_order_id, accepted=True,
+            strategy_id=order.strategy_id,
+            client_order_id=order.client_order_id,
+            accepted=True,
             order_id=order_id_for(order.strategy_id, order.client_order_id),
         )
         data, headers = codec.encode(ack)
@@ -63,12 +74,24 @@ async def test_legacy_momentum_runs_unchanged_and_its_orders_reach_the_router(
     await nc.subscribe(subjects.heartbeat("legacy_momentum"), cb=heartbeat)
     await nc.flush()
 
-    env = {**os.environ, "NATS_URL": nats_server.url, "PYTHONPATH": str(ROOT), "DESK_SYMBOLS": "AAPL",
-           "DESK_HEARTBEAT_INTERVAL": "0.2"}
+    env = {
+        **os.environ,
+        "NATS_URL": nats_server.url,
+        "PYTHONPATH": str(ROOT),
+        "DESK_SYMBOLS": "AAPL",
+        "DESK_HEARTBEAT_INTERVAL": "0.2",
+    }
     env.pop("DESK_STRATEGY_ID", None)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "strategy_sdk", "run", str(folder), cwd=tmp_path, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "strategy_sdk",
+        "run",
+        str(folder),
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         await asyncio.wait_for(beat_seen.wait(), WAIT)  # the runner is subscribed and the child started
@@ -83,7 +106,11 @@ async def test_legacy_momentum_runs_unchanged_and_its_orders_reach_the_router(
     buy, sell = requests[:2]
     for order in (buy, sell):
         assert (order.strategy_id, order.symbol, order.qty, order.type, order.time_in_force) == (
-            "legacy_momentum", "AAPL", "10", common_pb2.ORDER_TYPE_MARKET, common_pb2.TIME_IN_FORCE_DAY,
+            "legacy_momentum",
+            "AAPL",
+            "10",
+            common_pb2.ORDER_TYPE_MARKET,
+            common_pb2.TIME_IN_FORCE_DAY,
         )
         assert re.fullmatch(r"legacy_momentum-[0-9a-f]{24}", order.client_order_id)
     assert (buy.side, sell.side) == (common_pb2.SIDE_BUY, common_pb2.SIDE_SELL)
@@ -92,17 +119,28 @@ async def test_legacy_momentum_runs_unchanged_and_its_orders_reach_the_router(
     assert "legacy.stopped" in stderr.decode()
 
 
-async def test_legacy_runner_exits_with_the_old_strategys_own_exit_code(nats_server: NatsServer, tmp_path: Path) -> None:
+async def test_legacy_runner_exits_with_the_old_strategys_own_exit_code(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
     folder = tmp_path / "old_quitter"
     folder.mkdir()
     (folder / "strategy.py").write_text(
         "import sys\nfrom desk_client import place_order\nprint('giving up', file=sys.stderr)\nsys.exit(3)\n"
     )
-    (folder / "config.json").write_text('{"user_id": "dave", "name": "q", "description": "", "version": "1", "env": {}}')
+    (folder / "config.json").write_text(
+        '{"user_id": "dave", "name": "q", "description": "", "version": "1", "env": {}}'
+    )
     env = {**os.environ, "NATS_URL": nats_server.url, "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "strategy_sdk", "run", str(folder), cwd=tmp_path, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "strategy_sdk",
+        "run",
+        str(folder),
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, stderr = await asyncio.wait_for(proc.communicate(), WAIT)
     assert proc.returncode == 3

@@ -36,7 +36,9 @@ class Collector:
             self.done.set()
 
 
-async def test_synthetic_prices_are_in_the_kv_before_the_service_reports_ready(nats_server: NatsServer, nc: Client) -> None:
+async def test_synthetic_prices_are_in_the_kv_before_the_service_reports_ready(
+    nats_server: NatsServer, nc: Client
+) -> None:
     bars = Collector(1)
     sub = await nc.subscribe("md.bar.>", cb=bars.on_msg)
     await nc.flush()

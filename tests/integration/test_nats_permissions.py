@@ -57,21 +57,27 @@ async def admin(secured_server: NatsServer) -> AsyncIterator[Client]:
 
 async def strategy(server: NatsServer, strategy_id: str, violations: Violations) -> Client:
     return await nats.connect(
-        server.url, user=auth.strategy_user(strategy_id), password=PASSWORDS[strategy_id],
-        inbox_prefix=auth.strategy_inbox_prefix(strategy_id), error_cb=violations.record,
+        server.url,
+        user=auth.strategy_user(strategy_id),
+        password=PASSWORDS[strategy_id],
+        inbox_prefix=auth.strategy_inbox_prefix(strategy_id),
+        error_cb=violations.record,
     )
 
 
 async def test_anonymous_and_wrong_passwords_are_refused(secured_server: NatsServer) -> None:
     for options in ({}, {"user": auth.strategy_user("alpha"), "password": "guess"}):
         with pytest.raises(Exception):  # noqa: B017 - nats-py raises its own error types for each
-            await nats.connect(secured_server.url, max_reconnect_attempts=1, reconnect_time_wait=0.1,
-                               connect_timeout=2, **options)
+            await nats.connect(
+                secured_server.url, max_reconnect_attempts=1, reconnect_time_wait=0.1, connect_timeout=2, **options
+            )
 
 
 async def test_a_strategy_places_and_hears_only_its_own_orders(secured_server: NatsServer, admin: Client) -> None:
     async def router(msg: Msg) -> None:
-        await msg.respond(orders_pb2.OrderAck(accepted=True, strategy_id=msg.subject.split(".")[-1]).SerializeToString())
+        await msg.respond(
+            orders_pb2.OrderAck(accepted=True, strategy_id=msg.subject.split(".")[-1]).SerializeToString()
+        )
 
     await admin.subscribe(subjects.ORDER_SUBMIT_ALL, cb=router)
     await admin.flush()
@@ -90,8 +96,7 @@ async def test_a_strategy_places_and_hears_only_its_own_orders(secured_server: N
 
 
 @pytest.mark.parametrize(
-    "subject",
-    ["desk.exec.beta", "desk.>", ">", "_INBOX.>", "_INBOX_S.beta.>", "desk.order.submit.*", "$JS.API.>"],
+    "subject", ["desk.exec.beta", "desk.>", ">", "_INBOX.>", "_INBOX_S.beta.>", "desk.order.submit.*", "$JS.API.>"]
 )
 async def test_a_strategy_cannot_read_another_strategys_fills_replies_or_the_desk(
     secured_server: NatsServer, admin: Client, subject: str
@@ -165,8 +170,12 @@ async def test_a_strategy_may_ask_the_ledger_for_its_own_books_only(secured_serv
         for kind in subjects.LEDGER_OWN_KINDS:
             reply = await alpha.request(subjects.ledger_own(kind, "alpha"), b"", timeout=5)
             assert reply.data == subjects.ledger_own(kind, "alpha").encode()
-        for forbidden in (subjects.LEDGER_POSITIONS, subjects.ledger_own(subjects.LEDGER_POSITIONS, "beta"),
-                          subjects.LEDGER_FILLS, subjects.LEDGER_LEADERBOARD):
+        for forbidden in (
+            subjects.LEDGER_POSITIONS,
+            subjects.ledger_own(subjects.LEDGER_POSITIONS, "beta"),
+            subjects.LEDGER_FILLS,
+            subjects.LEDGER_LEADERBOARD,
+        ):
             await alpha.publish(forbidden, b"")
             assert "permissions violation for publish" in await violations.next()
     finally:

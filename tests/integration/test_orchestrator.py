@@ -61,15 +61,20 @@ async def beat(nc, times=None):
         await asyncio.sleep(interval)
 """
 
-RUNNER = ANNOUNCE + """
+RUNNER = (
+    ANNOUNCE
+    + """
 async def main():
     nc = await announce()
     await beat(nc)
 
 asyncio.run(main())
 """
+)
 
-CRASHER = ANNOUNCE + """
+CRASHER = (
+    ANNOUNCE
+    + """
 async def main():
     nc = await announce()
     await beat(nc, times=1)
@@ -79,8 +84,11 @@ async def main():
 
 asyncio.run(main())
 """
+)
 
-STUBBORN = ANNOUNCE + """
+STUBBORN = (
+    ANNOUNCE
+    + """
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 async def main():
@@ -89,9 +97,12 @@ async def main():
 
 asyncio.run(main())
 """
+)
 
 # Heartbeats twice, then its loop is stuck (as in `while True: pass`): alive, silent.
-FREEZER = ANNOUNCE + """
+FREEZER = (
+    ANNOUNCE
+    + """
 import time
 
 async def main():
@@ -102,15 +113,19 @@ async def main():
 
 asyncio.run(main())
 """
+)
 
 # Alive but never heartbeats.
-SILENT = ANNOUNCE + """
+SILENT = (
+    ANNOUNCE
+    + """
 async def main():
     await announce()
     await asyncio.Event().wait()
 
 asyncio.run(main())
 """
+)
 
 
 def _strategy(root: Path, name: str, source: str, config: dict[str, Any] | str) -> None:
@@ -174,7 +189,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 @pytest.fixture
-async def desk(nats_server: NatsServer, nc: Client, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Desk]:
+async def desk(
+    nats_server: NatsServer, nc: Client, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Desk]:
     root = tmp_path / "strategies"
     root.mkdir()
     _strategy(root, "runner", RUNNER, {"user_id": "alice", "env": {"LOOKBACK": "20"}, "symbols": ["AAPL", "MSFT"]})
@@ -213,8 +230,9 @@ async def desk(nats_server: NatsServer, nc: Client, tmp_path: Path, request: pyt
 
 
 async def _ctl(nc: Client, subject: str, strategy_id: str = "") -> strategy_pb2.StrategyStatusList:
-    return await request(nc, subject, strategy_pb2.StrategyControl(strategy_id=strategy_id),
-                         strategy_pb2.StrategyStatusList, timeout=20)
+    return await request(
+        nc, subject, strategy_pb2.StrategyControl(strategy_id=strategy_id), strategy_pb2.StrategyStatusList, timeout=20
+    )
 
 
 async def test_deploy_writes_the_spec_then_runs_the_strategy_with_a_clean_environment(
@@ -250,8 +268,9 @@ async def test_stop_leaves_no_process_and_the_logs_keep_its_output(desk: Desk, n
     assert stopped.strategies[0].state == STOPPED and stopped.strategies[0].pid == 0
     assert not _pid_alive(pid)
 
-    logs = await request(nc, subjects.CTL_LOGS, strategy_pb2.LogsRequest(strategy_id="runner", tail=50),
-                         strategy_pb2.LogsReply)
+    logs = await request(
+        nc, subjects.CTL_LOGS, strategy_pb2.LogsRequest(strategy_id="runner", tail=50), strategy_pb2.LogsReply
+    )
     assert any(f"--- started pid {pid} at" in line for line in logs.lines)
     assert "hello from runner" in logs.lines
     assert "hello from runner" in (desk.log_dir / "runner.log").read_text()
@@ -394,11 +413,17 @@ async def test_a_slow_stop_of_one_strategy_holds_neither_the_others_nor_status(d
     slow_stop = asyncio.create_task(_ctl(nc, subjects.CTL_STOP, "stubborn"))  # ignores SIGTERM: 4 s to SIGKILL
     await poll(lambda: stubborn.supervisor.stop_requested, "the stop is in progress", timeout=10, every=0.01)
 
-    status = await request(nc, subjects.CTL_STATUS, strategy_pb2.StrategyControl(), strategy_pb2.StrategyStatusList,
-                           timeout=2)
+    status = await request(
+        nc, subjects.CTL_STATUS, strategy_pb2.StrategyControl(), strategy_pb2.StrategyStatusList, timeout=2
+    )
     assert {s.strategy_id for s in status.strategies} == {"stubborn", "runner"}
-    stopped = await request(nc, subjects.CTL_STOP, strategy_pb2.StrategyControl(strategy_id="runner"),
-                            strategy_pb2.StrategyStatusList, timeout=3)
+    stopped = await request(
+        nc,
+        subjects.CTL_STOP,
+        strategy_pb2.StrategyControl(strategy_id="runner"),
+        strategy_pb2.StrategyStatusList,
+        timeout=3,
+    )
     assert stopped.strategies[0].state == STOPPED
     restarted = await _ctl(nc, subjects.CTL_START, "runner")
     assert restarted.strategies[0].state == RUNNING

@@ -65,8 +65,9 @@ class Desk:
         for strategy, member in (("alpha", "alice"), ("beta", "bob")):
             spec = strategy_pb2.StrategySpec(strategy_id=strategy, member_id=member, initial_cash="100000")
             await desk_kv.put(self.nc.jetstream(), subjects.KV_STRATEGIES, strategy, spec)
-        settings = LedgerSettings(nats_url=self.nats_server.url, ledger_db_path=str(self.tmp_path / "ledger.db"),
-                                  drain_timeout=5)
+        settings = LedgerSettings(
+            nats_url=self.nats_server.url, ledger_db_path=str(self.tmp_path / "ledger.db"), drain_timeout=5
+        )
         self.ledger = LedgerService(settings)
         self.ledger_proc = await run_in_process("ledger", settings, self.ledger.start)
         self.gateway = await start_gateway(self.nats_server, self.fake)
@@ -92,12 +93,31 @@ class Desk:
     async def cli(self, *args: str) -> tuple[int, str]:
         """``desk reconcile`` as a user runs it, keys in the environment."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ALPACA_", "NATS_"))}
-        env.update(PYTHONPATH=str(ROOT), ALPACA_API_KEY=self.fake.key, ALPACA_SECRET_KEY=self.fake.secret,
-                   ALPACA_REST_URL=self.fake.rest_url, COLUMNS="400")
+        env.update(
+            PYTHONPATH=str(ROOT),
+            ALPACA_API_KEY=self.fake.key,
+            ALPACA_SECRET_KEY=self.fake.secret,
+            ALPACA_REST_URL=self.fake.rest_url,
+            COLUMNS="400",
+        )
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "desk.cli", "--nats-url", self.nats_server.url, "--credentials",
-            str(self.tmp_path / "none.json"), "reconcile", "--baseline", str(self.baseline), "--since",
-            reconcile._iso(self.since), *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "desk.cli",
+            "--nats-url",
+            self.nats_server.url,
+            "--credentials",
+            str(self.tmp_path / "none.json"),
+            "reconcile",
+            "--baseline",
+            str(self.baseline),
+            "--since",
+            reconcile._iso(self.since),
+            *args,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(process.communicate(), 60)
         assert process.returncode is not None
         return process.returncode, out.decode() + err.decode()
@@ -158,7 +178,8 @@ async def test_a_clean_desk_reconciles_on_every_check_and_the_cli_says_so(desk: 
     assert (report["clean"], report["differences"], report["not_checked"]) == (True, [], [])
     code, out = await desk.cli()
     assert code == 0 and out.splitlines()[0].startswith(
-        "reconcile: ledger and alpaca agree (positions, cash, fills, attribution, orders, crosses; orders since ")
+        "reconcile: ledger and alpaca agree (positions, cash, fills, attribution, orders, crosses; orders since "
+    )
 
 
 async def test_every_injected_difference_is_named_on_its_own_line_and_a_restarted_gateway_heals_the_fill(
@@ -185,8 +206,12 @@ async def test_every_injected_difference_is_named_on_its_own_line_and_a_restarte
     from alpaca.trading.enums import OrderSide, TimeInForce
     from alpaca.trading.requests import MarketOrderRequest
 
-    manual = await asyncio.to_thread(client.submit_order, MarketOrderRequest(
-        symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY, client_order_id="by-hand"))
+    manual = await asyncio.to_thread(
+        client.submit_order,
+        MarketOrderRequest(
+            symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY, client_order_id="by-hand"
+        ),
+    )
 
     result = await desk.check(baseline)
     rest_id = fake.order("alpha.c-rest").id
@@ -194,17 +219,23 @@ async def test_every_injected_difference_is_named_on_its_own_line_and_a_restarte
     lines = [f.line() for f in result.findings]
     assert lines[:2] == [
         "position AAPL: ledger 4 (alpha 10, beta -6), alpaca 7, difference 3",
-        (f"cash USD: the account's cash moved -592.5 since the baseline of {when}, the ledger's fills -301.25, "
-        "difference -291.25"),  # 2 x 95 unbooked, the 1.25 fee, the 100 of the order placed by hand
+        (
+            f"cash USD: the account's cash moved -592.5 since the baseline of {when}, the ledger's fills -301.25, "
+            "difference -291.25"
+        ),  # 2 x 95 unbooked, the 1.25 fee, the 100 of the order placed by hand
     ]
     assert lines[2].startswith("fill alpha.c-rest: Alpaca filled buy 2 AAPL @ 95 at ")
     assert lines[2].endswith(f" (alpaca order {rest_id}): not in the ledger")
     assert lines[3:] == [
-        (f"attribution alpha.c-rest: filled 2 at Alpaca (order {rest_id}), the strategies' fills of it in the ledger "
-        "add up to 0 (none)"),
+        (
+            f"attribution alpha.c-rest: filled 2 at Alpaca (order {rest_id}), the strategies' fills of it in the ledger "
+            "add up to 0 (none)"
+        ),
         f"order {manual.id}: buy 1 AAPL filled at Alpaca by an order the desk did not place (client_order_id 'by-hand')",
-        ("order alpha/c-rest: the ledger says filled 0; Alpaca filled 2 @ 95 (alpha.c-rest) + crossed inside the desk 0 "
-        "= 2 @ 95"),
+        (
+            "order alpha/c-rest: the ledger says filled 0; Alpaca filled 2 @ 95 (alpha.c-rest) + crossed inside the desk 0 "
+            "= 2 @ 95"
+        ),
     ]
 
     # the CLI: every difference one per line, exit 1; --json for machines
@@ -215,7 +246,14 @@ async def test_every_injected_difference_is_named_on_its_own_line_and_a_restarte
     assert [line.strip() for line in out.splitlines()[1:7]] == lines
     code, out = await desk.cli("--json")
     differences = json.loads(out)["differences"]
-    assert code == 1 and [d["check"] for d in differences] == ["position", "cash", "fill", "attribution", "order", "order"]
+    assert code == 1 and [d["check"] for d in differences] == [
+        "position",
+        "cash",
+        "fill",
+        "attribution",
+        "order",
+        "order",
+    ]
     assert differences[1]["difference"] == "-291.25" and differences[2]["alpaca_order_id"] == rest_id
 
     # a restarted gateway reconciles the missed fill into the ledger: what the desk did not do remains
@@ -225,8 +263,10 @@ async def test_every_injected_difference_is_named_on_its_own_line_and_a_restarte
     healed = await desk.check(baseline)
     assert [f.line() for f in healed.findings] == [
         "position AAPL: ledger 6 (alpha 12, beta -6), alpaca 7, difference 1",
-        (f"cash USD: the account's cash moved -592.5 since the baseline of {when}, the ledger's fills -491.25, "
-        "difference -101.25"),
+        (
+            f"cash USD: the account's cash moved -592.5 since the baseline of {when}, the ledger's fills -491.25, "
+            "difference -101.25"
+        ),
         f"order {manual.id}: buy 1 AAPL filled at Alpaca by an order the desk did not place (client_order_id 'by-hand')",
     ]
 
@@ -238,41 +278,84 @@ def test_a_fill_booked_to_the_wrong_strategy_and_an_unbalanced_cross_are_differe
     activity = reconcile.AlpacaFill("A1", "AAPL", "buy", Decimal(3), Decimal(10), Decimal(3), since + 2)
     exec_id = reconcile.alpaca_fill_execution_id("A1", Decimal(3))
     beta_order = order_id_for("beta", "c-9")
-    wrong = ledger_pb2.Fill(execution_id=exec_id, order_id=beta_order, client_order_id="c-9", strategy_id="beta",
-                            symbol="AAPL", side=common_pb2.SIDE_BUY, qty="3", price="10", venue="alpaca",
-                            event_ns=since + 2)
-    half_cross = ledger_pb2.Fill(execution_id="x1", order_id=beta_order, client_order_id="c-9", strategy_id="beta",
-                                 symbol="MSFT", side=common_pb2.SIDE_SELL, qty="2", price="50", venue="alpaca",
-                                 event_ns=since + 3)
-    alpha_record = ledger_pb2.OrderRecord(order_id=order_id_for("alpha", "c-1"), client_order_id="c-1",
-                                          strategy_id="alpha", symbol="AAPL", filled_qty="3", avg_price="10",
-                                          venue="alpaca", created_ns=since + 1)
-    books = reconcile.Books(positions=[ledger_pb2.Position(strategy_id="beta", symbol="AAPL", qty="3")],
-                            cash_flow=Decimal(70), orders=[alpha_record], fills=[wrong, half_cross])
-    account = reconcile.Account(positions=[ledger_pb2.Position(symbol="AAPL", qty="3")], cash=Decimal(970),
-                                account_id="acc", orders=[order], fills=[activity])
+    wrong = ledger_pb2.Fill(
+        execution_id=exec_id,
+        order_id=beta_order,
+        client_order_id="c-9",
+        strategy_id="beta",
+        symbol="AAPL",
+        side=common_pb2.SIDE_BUY,
+        qty="3",
+        price="10",
+        venue="alpaca",
+        event_ns=since + 2,
+    )
+    half_cross = ledger_pb2.Fill(
+        execution_id="x1",
+        order_id=beta_order,
+        client_order_id="c-9",
+        strategy_id="beta",
+        symbol="MSFT",
+        side=common_pb2.SIDE_SELL,
+        qty="2",
+        price="50",
+        venue="alpaca",
+        event_ns=since + 3,
+    )
+    alpha_record = ledger_pb2.OrderRecord(
+        order_id=order_id_for("alpha", "c-1"),
+        client_order_id="c-1",
+        strategy_id="alpha",
+        symbol="AAPL",
+        filled_qty="3",
+        avg_price="10",
+        venue="alpaca",
+        created_ns=since + 1,
+    )
+    books = reconcile.Books(
+        positions=[ledger_pb2.Position(strategy_id="beta", symbol="AAPL", qty="3")],
+        cash_flow=Decimal(70),
+        orders=[alpha_record],
+        fills=[wrong, half_cross],
+    )
+    account = reconcile.Account(
+        positions=[ledger_pb2.Position(symbol="AAPL", qty="3")],
+        cash=Decimal(970),
+        account_id="acc",
+        orders=[order],
+        fills=[activity],
+    )
     result = reconcile.check(books, account, since, reconcile.Baseline("acc", Decimal(1000), Decimal(0), since))
     assert [f.line() for f in result.findings] == [
-        ("cash USD: the account's cash moved -30 since the baseline of 1970-01-01T00:16:40+00:00, the ledger's fills "
-        "70, difference -100"),
-        ("fill alpha.c-1: Alpaca filled buy 3 AAPL @ 10 at 1970-01-01T00:16:40+00:00 (alpaca order A1): booked to "
-        "beta/c-9, not alpha/c-1"),
+        (
+            "cash USD: the account's cash moved -30 since the baseline of 1970-01-01T00:16:40+00:00, the ledger's fills "
+            "70, difference -100"
+        ),
+        (
+            "fill alpha.c-1: Alpaca filled buy 3 AAPL @ 10 at 1970-01-01T00:16:40+00:00 (alpaca order A1): booked to "
+            "beta/c-9, not alpha/c-1"
+        ),
         "order alpha/c-1: the ledger's order says filled 3 @ 10, its fills add up to 0",
-        ("cross MSFT: the internal crosses since 1970-01-01T00:16:40+00:00 do not balance: 1 fills, net -2 shares for "
-        "100 USD (each cross is a buy and a sell of the same quantity at one price)"),
+        (
+            "cross MSFT: the internal crosses since 1970-01-01T00:16:40+00:00 do not balance: 1 fills, net -2 shares for "
+            "100 USD (each cross is a buy and a sell of the same quantity at one price)"
+        ),
     ]
     assert result.checked == ["positions", "cash", "fills", "attribution", "orders", "crosses"]
 
 
 def test_without_keys_or_a_baseline_what_was_not_checked_is_said() -> None:
     account = reconcile.Account(positions=[ledger_pb2.Position(symbol="AAPL", qty="1")])
-    books = reconcile.Books(positions=[ledger_pb2.Position(strategy_id="a", symbol="AAPL", qty="1")],
-                            cash_flow=Decimal(0))
+    books = reconcile.Books(
+        positions=[ledger_pb2.Position(strategy_id="a", symbol="AAPL", qty="1")], cash_flow=Decimal(0)
+    )
     result = reconcile.check(books, account, 0)
     assert result.clean and result.checked == ["positions"]
     assert result.not_checked == [
         "cash: the account's cash or the ledger's P&L was not read",
-        ("fills, orders, attribution, crosses: the alpaca account's orders and fills were not read "
-        "(ALPACA_API_KEY/ALPACA_SECRET_KEY are not set here)"),
+        (
+            "fills, orders, attribution, crosses: the alpaca account's orders and fills were not read "
+            "(ALPACA_API_KEY/ALPACA_SECRET_KEY are not set here)"
+        ),
     ]
     assert result.lines("alpaca")[1:] == [f"  not checked: {r}" for r in result.not_checked]

@@ -41,7 +41,7 @@ def _cgroups_writable() -> bool:
 
 needs_cgroups = pytest.mark.skipif(not _cgroups_writable(), reason="no writable memory+pids cgroups here")
 
-HOSTILE = r'''
+HOSTILE = r"""
 import json, os, signal, subprocess, sys, time
 
 mode = os.environ["HOSTILE"]
@@ -119,7 +119,7 @@ elif mode == "flood":
         sys.stdout.buffer.write(block)
     sys.stdout.buffer.flush()
     print("RESULT " + json.dumps({"flooded": 100}), flush=True)
-'''
+"""
 
 
 class Fixture:
@@ -173,7 +173,10 @@ class Fixture:
         if real_cli.exists():
             env["REAL_VAR"] = str(real_cli)
         return strategy_pb2.StrategySpec(
-            strategy_id=strategy_id, member_id="mallory", path=str(self.folder), env=env,
+            strategy_id=strategy_id,
+            member_id="mallory",
+            path=str(self.folder),
+            env=env,
             resources=strategy_pb2.Resources(**resources),  # type: ignore[arg-type]
         )
 
@@ -190,7 +193,7 @@ async def _result(runtime: ProcessRuntime, strategy_id: str, timeout: float = 20
     while time.monotonic() < deadline:
         for line in await runtime.logs(strategy_id, 1000):
             if line.startswith("RESULT "):
-                result: dict[str, object] = json.loads(line[len("RESULT "):])
+                result: dict[str, object] = json.loads(line[len("RESULT ") :])
                 return result
         await asyncio.sleep(0.02)
     raise AssertionError(f"no RESULT line within {timeout}s: {await runtime.logs(strategy_id, 20)}")
@@ -415,10 +418,11 @@ async def test_start_time_sandboxed_vs_unconfined(fx: Fixture, capsys: pytest.Ca
             assert "hello" in await runtime.logs(f"t-{mode}-{n}", 10)
         timings[mode] = min(samples)
     with capsys.disabled():
-        print(f"\nstart-to-exit of a strategy_sdk import: bwrap {timings['bwrap'] * 1000:.0f} ms, "
-              f"unconfined {timings['none'] * 1000:.0f} ms")
+        print(
+            f"\nstart-to-exit of a strategy_sdk import: bwrap {timings['bwrap'] * 1000:.0f} ms, "
+            f"unconfined {timings['none'] * 1000:.0f} ms"
+        )
     assert timings["bwrap"] < timings["none"] + 1.0
-
 
 
 @needs_bwrap

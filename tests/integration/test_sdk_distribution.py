@@ -41,8 +41,9 @@ def _env() -> dict[str, str]:
 
 
 def _run(args: list[str | Path], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([str(a) for a in args], cwd=cwd, env=_env(), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    done = subprocess.run(
+        [str(a) for a in args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
     assert done.returncode == 0, f"{args} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
 
@@ -74,20 +75,43 @@ def test_the_sdk_venv_has_none_of_the_rest_of_the_desk(sdk_venv: tuple[Path, Pat
     out = json.loads(_run([python, "-c", probe], work, RUN_S).stdout)
     venv = str(python.parent.parent)
     assert out.pop("sdk").startswith(venv) and out.pop("desk").startswith(venv), "imported from outside the venv"
-    assert out == {"services": "services", "desk.cli": "desk.cli", "desk.bus.pull": "desk.bus.pull",
-                   "desk.data.fetch": "desk.data.fetch", "typer": "typer", "structlog": "structlog"}
+    assert out == {
+        "services": "services",
+        "desk.cli": "desk.cli",
+        "desk.bus.pull": "desk.bus.pull",
+        "desk.data.fetch": "desk.data.fetch",
+        "typer": "typer",
+        "structlog": "structlog",
+    }
 
 
 def test_the_sdk_alone_backtests_an_example_strategy_on_the_shipped_sample(sdk_venv: tuple[Path, Path]) -> None:
     python, work = sdk_venv
-    strategy = shutil.copytree(ROOT / "strategies" / "ma_crossover", work / "ma_crossover",
-                               ignore=shutil.ignore_patterns("__pycache__"))
+    strategy = shutil.copytree(
+        ROOT / "strategies" / "ma_crossover", work / "ma_crossover", ignore=shutil.ignore_patterns("__pycache__")
+    )
     where = "from importlib import resources; print(resources.files('desk.data') / 'samples' / 'GSPC.csv')"
     sample = _run([python, "-c", where], work, RUN_S).stdout.strip()
     assert sample.startswith(str(python.parent.parent)), sample  # the wheel's copy, not the repository's
     report = work / "report.html"
-    done = _run([python, "-m", "strategy_sdk", "backtest", strategy, "--data", sample, "--symbols", "GSPC",
-                 "--json", "--html", report], work, RUN_S)
+    done = _run(
+        [
+            python,
+            "-m",
+            "strategy_sdk",
+            "backtest",
+            strategy,
+            "--data",
+            sample,
+            "--symbols",
+            "GSPC",
+            "--json",
+            "--html",
+            report,
+        ],
+        work,
+        RUN_S,
+    )
     result = json.loads(done.stdout)
     assert result["strategy"] == "ma_crossover" and result["symbols"] == ["GSPC"]
     assert result["bars"] == 1258 and result["hook_errors"] == 0
@@ -95,8 +119,9 @@ def test_the_sdk_alone_backtests_an_example_strategy_on_the_shipped_sample(sdk_v
     assert isinstance(result["sharpe"], float) and isinstance(result["total_return"], float)
     assert result["benchmark"], "no buy-and-hold benchmark"
     assert "uPlot" in report.read_text(encoding="utf-8")  # the report's inlined static files are in the wheel
-    table = _run([python, "-m", "strategy_sdk", "backtest", strategy, "--data", sample, "--symbols", "GSPC"],
-                 work, RUN_S).stdout
+    table = _run(
+        [python, "-m", "strategy_sdk", "backtest", strategy, "--data", sample, "--symbols", "GSPC"], work, RUN_S
+    ).stdout
     assert "Sharpe" in table and "Max drawdown" in table
 
 
@@ -120,8 +145,22 @@ def test_every_module_is_in_exactly_one_wheel(tmp_path: Path) -> None:
     setuptools): disjoint, and together every module of the source trees."""
     out = tmp_path / "wheels"
     for project in (ROOT / "sdk", ROOT):
-        _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-              "--wheel-dir", out, project], tmp_path, WHEEL_S)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--no-deps",
+                "--no-build-isolation",
+                "--wheel-dir",
+                out,
+                project,
+            ],
+            tmp_path,
+            WHEEL_S,
+        )
     (sdk_wheel,) = out.glob("quant_desk_sdk-*.whl")
     (desk_wheel,) = out.glob("quant_desk-*.whl")
     assert sdk_wheel.name == f"quant_desk_sdk-{desk.__version__}-py3-none-any.whl"
@@ -136,9 +175,22 @@ def test_every_module_is_in_exactly_one_wheel(tmp_path: Path) -> None:
     assert not modules - (sdk_files | desk_files), f"in neither wheel: {sorted(modules - (sdk_files | desk_files))}"
     tops = {name.split("/")[0] for name in sdk_files}
     assert tops == {"desk", "strategy_sdk", "desk_client"}, tops
-    assert {"desk/__init__.py", "desk/bus/__init__.py", "desk/bus/subjects.py", "desk/core/matching.py",
-            "desk/data/loaders.py", "desk/data/samples/GSPC.csv", "desk/backtest/templates/report.html.j2",
-            "strategy_sdk/testing.py", "desk_client/__init__.py"} <= sdk_files
-    assert {"desk/bus/pull.py", "desk/data/fetch.py", "desk/cli/main.py", "desk/specs.py",
-            "services/marketdata/data/sample_bars.csv"} <= desk_files
+    assert {
+        "desk/__init__.py",
+        "desk/bus/__init__.py",
+        "desk/bus/subjects.py",
+        "desk/core/matching.py",
+        "desk/data/loaders.py",
+        "desk/data/samples/GSPC.csv",
+        "desk/backtest/templates/report.html.j2",
+        "strategy_sdk/testing.py",
+        "desk_client/__init__.py",
+    } <= sdk_files
+    assert {
+        "desk/bus/pull.py",
+        "desk/data/fetch.py",
+        "desk/cli/main.py",
+        "desk/specs.py",
+        "services/marketdata/data/sample_bars.csv",
+    } <= desk_files
     assert not any(name.startswith(("strategy_sdk/", "desk_client/", "desk/core/", "desk/v1/")) for name in desk_files)

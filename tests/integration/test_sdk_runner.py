@@ -50,7 +50,9 @@ class FakeRouter:
             self.ignore -= 1
             return
         ack = orders_pb2.OrderAck(
-            strategy_id=order.strategy_id, client_order_id=order.client_order_id, accepted=True,
+            strategy_id=order.strategy_id,
+            client_order_id=order.client_order_id,
+            accepted=True,
             order_id=order_id_for(order.strategy_id, order.client_order_id),
         )
         data, headers = codec.encode(ack)
@@ -90,8 +92,17 @@ class Heartbeats:
 
 
 async def publish_bar(nc: Client, symbol: str, close: str) -> None:
-    bar = marketdata_pb2.Bar(symbol=symbol, open=close, high=close, low=close, close=close, volume="100",
-                             start_ns=1_767_000_000_000_000_000, interval_ns=1_000_000_000, source="test")
+    bar = marketdata_pb2.Bar(
+        symbol=symbol,
+        open=close,
+        high=close,
+        low=close,
+        close=close,
+        volume="100",
+        start_ns=1_767_000_000_000_000_000,
+        interval_ns=1_000_000_000,
+        source="test",
+    )
     data, headers = codec.encode(bar)
     await nc.publish(subjects.md_bar(symbol), data, headers=headers)
 
@@ -128,10 +139,19 @@ async def start_strategy(nats_server: NatsServer) -> AsyncIterator[Callable[...,
         await nc.flush()
         stop = asyncio.Event()
         captured: list[Strategy] = []
-        task = asyncio.create_task(run_strategy(
-            folder, nats_server.url, stop, strategy_id=sid, heartbeat_interval=0.2, ledger_timeout=0.3,
-            symbols=["AAPL"], on_ready=captured.append, **kwargs,
-        ))
+        task = asyncio.create_task(
+            run_strategy(
+                folder,
+                nats_server.url,
+                stop,
+                strategy_id=sid,
+                heartbeat_interval=0.2,
+                ledger_timeout=0.3,
+                symbols=["AAPL"],
+                on_ready=captured.append,
+                **kwargs,
+            )
+        )
         running = Running(task, stop, captured)
         runs.append(running)
         await hb.wait_for(lambda beat: True)  # subscribed and on_start done
@@ -186,7 +206,12 @@ async def test_runner_delivers_bars_sends_a_well_formed_order_books_fills_and_he
     await publish_bar(nc, "AAPL", "101.25")
     (order,) = await router.wait_for(1)
     assert (order.strategy_id, order.symbol, order.side, order.type, order.time_in_force, order.qty) == (
-        "buyer-one", "AAPL", common_pb2.SIDE_BUY, common_pb2.ORDER_TYPE_MARKET, common_pb2.TIME_IN_FORCE_DAY, "5",
+        "buyer-one",
+        "AAPL",
+        common_pb2.SIDE_BUY,
+        common_pb2.ORDER_TYPE_MARKET,
+        common_pb2.TIME_IN_FORCE_DAY,
+        "5",
     )
     assert re.fullmatch(r"buyer-one-[0-9a-f]{24}", order.client_order_id)
     assert order.limit_price == order.stop_price == order.notional == ""
@@ -197,10 +222,22 @@ async def test_runner_delivers_bars_sends_a_well_formed_order_books_fills_and_he
     assert strategy.results[0].accepted and strategy.results[0].client_order_id == order.client_order_id
 
     fill = executions_pb2.ExecutionReport(
-        execution_id="exec-1", order_id=strategy.results[0].order_id, client_order_id=order.client_order_id,
-        strategy_id="buyer-one", exec_type=executions_pb2.EXEC_TYPE_FILL, status=executions_pb2.ORDER_STATUS_FILLED,
-        symbol="AAPL", side=common_pb2.SIDE_BUY, order_qty="5", fill_qty="5", fill_price="101.30", cum_qty="5",
-        avg_price="101.30", leaves_qty="0", fee="0.05", venue="sim",
+        execution_id="exec-1",
+        order_id=strategy.results[0].order_id,
+        client_order_id=order.client_order_id,
+        strategy_id="buyer-one",
+        exec_type=executions_pb2.EXEC_TYPE_FILL,
+        status=executions_pb2.ORDER_STATUS_FILLED,
+        symbol="AAPL",
+        side=common_pb2.SIDE_BUY,
+        order_qty="5",
+        fill_qty="5",
+        fill_price="101.30",
+        cum_qty="5",
+        avg_price="101.30",
+        leaves_qty="0",
+        fee="0.05",
+        venue="sim",
     )
     data, headers = codec.encode(fill)
     await nc.publish(subjects.execution("buyer-one"), data, headers=headers)
@@ -275,13 +312,16 @@ async def test_an_order_nobody_answers_is_reported_as_a_timeout(
 
 
 async def test_an_exception_in_on_start_ends_the_runner_with_code_2(nats_server: NatsServer, tmp_path: Path) -> None:
-    folder = write_strategy(tmp_path / "nostart", """
+    folder = write_strategy(
+        tmp_path / "nostart",
+        """
         from strategy_sdk import Strategy
 
         class NoStart(Strategy):
             def on_start(self):
                 raise RuntimeError("cannot start")
-    """)
+    """,
+    )
     code = await asyncio.wait_for(run_strategy(folder, nats_server.url, asyncio.Event(), ledger_timeout=0.2), WAIT)
     assert code == 2
 
@@ -300,8 +340,15 @@ async def test_a_strategy_that_cannot_be_loaded_exits_2_with_a_clear_message(
     folder = write_strategy(tmp_path / "broken", source)
     env = {**os.environ, "NATS_URL": nats_server.url, "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "strategy_sdk", "run", str(folder), cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "strategy_sdk",
+        "run",
+        str(folder),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, stderr = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
@@ -338,16 +385,36 @@ async def test_books_are_recovered_from_the_ledger_at_start_and_cancels_reach_th
         data, headers = codec.encode(reply)
         await nc.publish(msg.reply, data, headers=headers)
 
-    positions = ledger_pb2.PositionsReply(positions=[ledger_pb2.Position(strategy_id="recover", symbol="AAPL", qty="7")])
+    positions = ledger_pb2.PositionsReply(
+        positions=[ledger_pb2.Position(strategy_id="recover", symbol="AAPL", qty="7")]
+    )
     pnl = ledger_pb2.PnlReply(strategies=[ledger_pb2.PnlRow(strategy_id="recover", cash="98765.43")])
-    orders = ledger_pb2.OrdersReply(orders=[
-        ledger_pb2.OrderRecord(strategy_id="recover", client_order_id="old-order-1", order_id="o-1", symbol="AAPL",
-                               side=common_pb2.SIDE_BUY, qty="3", limit_price="90", status=executions_pb2.ORDER_STATUS_NEW),
-        ledger_pb2.OrderRecord(strategy_id="recover", client_order_id="done-order", order_id="o-2", symbol="AAPL",
-                               status=executions_pb2.ORDER_STATUS_FILLED),
-    ])
-    for subject, reply in ((subjects.LEDGER_POSITIONS, positions), (subjects.LEDGER_PNL, pnl),
-                           (subjects.LEDGER_ORDERS, orders)):
+    orders = ledger_pb2.OrdersReply(
+        orders=[
+            ledger_pb2.OrderRecord(
+                strategy_id="recover",
+                client_order_id="old-order-1",
+                order_id="o-1",
+                symbol="AAPL",
+                side=common_pb2.SIDE_BUY,
+                qty="3",
+                limit_price="90",
+                status=executions_pb2.ORDER_STATUS_NEW,
+            ),
+            ledger_pb2.OrderRecord(
+                strategy_id="recover",
+                client_order_id="done-order",
+                order_id="o-2",
+                symbol="AAPL",
+                status=executions_pb2.ORDER_STATUS_FILLED,
+            ),
+        ]
+    )
+    for subject, reply in (
+        (subjects.LEDGER_POSITIONS, positions),
+        (subjects.LEDGER_PNL, pnl),
+        (subjects.LEDGER_ORDERS, orders),
+    ):
         # the strategy asks for its own books on the scoped subjects its NATS user may publish
         await nc.subscribe(subjects.ledger_own(subject, "recover"), cb=functools.partial(answer, reply=reply))
 
@@ -358,8 +425,11 @@ async def test_books_are_recovered_from_the_ledger_at_start_and_cancels_reach_th
         cancels.append(request)
         known = request.client_order_id == "old-order-1"
         ack = orders_pb2.CancelAck(
-            strategy_id=request.strategy_id, client_order_id=request.client_order_id, order_id="o-1" if known else "",
-            accepted=known, reason=orders_pb2.REJECT_REASON_UNSPECIFIED if known else orders_pb2.REJECT_REASON_UNKNOWN_ORDER,
+            strategy_id=request.strategy_id,
+            client_order_id=request.client_order_id,
+            order_id="o-1" if known else "",
+            accepted=known,
+            reason=orders_pb2.REJECT_REASON_UNSPECIFIED if known else orders_pb2.REJECT_REASON_UNKNOWN_ORDER,
         )
         data, headers = codec.encode(ack)
         headers = {**headers, **({} if known else {"Nats-Service-Error-Code": "404", "Nats-Service-Error": "unknown"})}
@@ -381,21 +451,33 @@ async def test_books_are_recovered_from_the_ledger_at_start_and_cancels_reach_th
     assert await run.stop() == 0
 
 
-async def test_sigterm_stops_a_running_strategy_process_cleanly(nats_server: NatsServer, nc: Client, tmp_path: Path) -> None:
-    folder = write_strategy(tmp_path / "sleepy", """
+async def test_sigterm_stops_a_running_strategy_process_cleanly(
+    nats_server: NatsServer, nc: Client, tmp_path: Path
+) -> None:
+    folder = write_strategy(
+        tmp_path / "sleepy",
+        """
         from strategy_sdk import Strategy
 
         class Sleepy(Strategy):
             def on_stop(self):
                 self.log.info("sleepy says goodbye")
-    """)
+    """,
+    )
     hb = Heartbeats()
     await nc.subscribe(subjects.heartbeat("sleepy"), cb=hb.handle)
     await nc.flush()
     env = {**os.environ, "NATS_URL": nats_server.url, "PYTHONPATH": str(ROOT), "DESK_HEARTBEAT_INTERVAL": "0.2"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "strategy_sdk", "run", str(folder), cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "strategy_sdk",
+        "run",
+        str(folder),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         await hb.wait_for(lambda beat: True)

@@ -45,12 +45,25 @@ class Gateway:
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self, nc: Client) -> None:
-        env = dict(os.environ, NATS_URL=self.url, BROKER="sim", LOG_FORMAT="json", PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])))
+        env = dict(
+            os.environ,
+            NATS_URL=self.url,
+            BROKER="sim",
+            LOG_FORMAT="json",
+            PYTHONUNBUFFERED="1",
+            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
+        )
         with self.log_path.open("ab") as handle:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "services.broker_gateway", env=env, cwd=str(ROOT),
-                stdin=asyncio.subprocess.DEVNULL, stdout=handle, stderr=handle, preexec_fn=die_with_parent,
+                sys.executable,
+                "-m",
+                "services.broker_gateway",
+                env=env,
+                cwd=str(ROOT),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=handle,
+                stderr=handle,
+                preexec_fn=die_with_parent,
             )
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
@@ -82,13 +95,20 @@ async def publish_bar(nc: Client, o: str, h: str, lo: str, c: str, volume: str =
 
 def routed(order_id: str, **fields: Any) -> orders_pb2.RoutedOrder:
     request_fields: dict[str, Any] = {
-        "strategy_id": "alpha", "client_order_id": f"c-{order_id}", "symbol": "AAPL",
-        "side": common_pb2.SIDE_BUY, "type": common_pb2.ORDER_TYPE_LIMIT,
-        "time_in_force": common_pb2.TIME_IN_FORCE_GTC, "qty": "10",
+        "strategy_id": "alpha",
+        "client_order_id": f"c-{order_id}",
+        "symbol": "AAPL",
+        "side": common_pb2.SIDE_BUY,
+        "type": common_pb2.ORDER_TYPE_LIMIT,
+        "time_in_force": common_pb2.TIME_IN_FORCE_GTC,
+        "qty": "10",
     }
     request_fields.update(fields)
     return orders_pb2.RoutedOrder(
-        order_id=order_id, strategy_id="alpha", member_id="m1", routed_ns=1,
+        order_id=order_id,
+        strategy_id="alpha",
+        member_id="m1",
+        routed_ns=1,
         new_order=orders_pb2.OrderRequest(**request_fields),
     )
 
@@ -107,13 +127,16 @@ async def next_reports(sub: JetStreamContext.PushSubscription, count: int) -> li
 
 
 def summary(reports: list[executions_pb2.ExecutionReport]) -> list[tuple[str, str, str, str]]:
-    return [(r.execution_id, E.ExecType.Name(r.exec_type).removeprefix("EXEC_TYPE_"), r.fill_qty, r.fill_price)
-            for r in reports]
+    return [
+        (r.execution_id, E.ExecType.Name(r.exec_type).removeprefix("EXEC_TYPE_"), r.fill_qty, r.fill_price)
+        for r in reports
+    ]
 
 
 async def book(nc: Client) -> list[tuple[str, str, str, str]]:
-    reply = await request(nc, "desk.broker.sim.book", ledger_pb2.LedgerQuery(strategy_id="alpha"),
-                          ledger_pb2.OrdersReply)
+    reply = await request(
+        nc, "desk.broker.sim.book", ledger_pb2.LedgerQuery(strategy_id="alpha"), ledger_pb2.OrdersReply
+    )
     return [(o.order_id, o.qty, o.filled_qty, o.avg_price) for o in reply.orders]
 
 
@@ -153,7 +176,11 @@ async def test_resting_orders_survive_a_gateway_sigkill_and_fill_after_the_resta
         # a clean stop still expires what rests (a sim rule); the restart restores it as expired
         assert await gateway.terminate() == 0
         [expired] = await next_reports(sub, 1)
-        assert (expired.execution_id, expired.exec_type, expired.text) == ("after-2", E.EXEC_TYPE_EXPIRED, SHUTDOWN_TEXT)
+        assert (expired.execution_id, expired.exec_type, expired.text) == (
+            "after-2",
+            E.EXEC_TYPE_EXPIRED,
+            SHUTDOWN_TEXT,
+        )
         await gateway.start(nc)
         assert await book(nc) == []
         await route(nc, routed("after", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="50"), "after-redelivered")
@@ -176,7 +203,10 @@ async def test_resting_orders_survive_a_gateway_sigkill_and_fill_after_the_resta
     ids = collections.Counter(r.execution_id for r in stored)
     assert [i for i, n in ids.items() if n > 1] == []
     assert collections.Counter(r.order_id for r in stored if r.exec_type == E.EXEC_TYPE_NEW) == {
-        "lim": 1, "part": 1, "after": 1, "last": 1
+        "lim": 1,
+        "part": 1,
+        "after": 1,
+        "last": 1,
     }
     filled: dict[str, Decimal] = collections.defaultdict(Decimal)
     cost: dict[str, Decimal] = collections.defaultdict(Decimal)

@@ -93,7 +93,9 @@ def _strategy(root: Path, name: str, source: str, env: dict[str, str] | None = N
 
 
 @pytest.fixture
-async def orchestrator(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[tuple[OrchestratorService, asyncio.Queue[strategy_pb2.StrategyStatus]]]:
+async def orchestrator(
+    nats_server: NatsServer, tmp_path: Path
+) -> AsyncIterator[tuple[OrchestratorService, asyncio.Queue[strategy_pb2.StrategyStatus]]]:
     root = tmp_path / "strategies"
     _strategy(root, "import_error", IMPORT_ERROR)
     _strategy(root, "raiser", RAISES_IN_ON_BAR, {"DESK_HEARTBEAT_INTERVAL": "0.2"})
@@ -103,8 +105,14 @@ async def orchestrator(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator
     _strategy(root, "spinner", HANGS_IN_ON_BAR)
     _strategy(root, "dier", DIES_IN_ON_BAR)
     settings = Settings(
-        nats_url=nats_server.url, orch_strategies_dir=root, orch_log_dir=tmp_path / "logs", orch_autodeploy=False,
-        orch_backoff_initial=0.05, orch_max_restarts=1, orch_heartbeat_interval=0.5, orch_heartbeat_misses=3,
+        nats_url=nats_server.url,
+        orch_strategies_dir=root,
+        orch_log_dir=tmp_path / "logs",
+        orch_autodeploy=False,
+        orch_backoff_initial=0.05,
+        orch_max_restarts=1,
+        orch_heartbeat_interval=0.5,
+        orch_heartbeat_misses=3,
         orch_stop_timeout=2.0,
     )
     orch = OrchestratorService(settings)
@@ -124,11 +132,14 @@ async def orchestrator(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator
 
 
 async def _ctl(nc: Client, subject: str, strategy_id: str) -> strategy_pb2.StrategyStatusList:
-    return await request(nc, subject, strategy_pb2.StrategyControl(strategy_id=strategy_id),
-                         strategy_pb2.StrategyStatusList, timeout=20)
+    return await request(
+        nc, subject, strategy_pb2.StrategyControl(strategy_id=strategy_id), strategy_pb2.StrategyStatusList, timeout=20
+    )
 
 
-async def _next_exit(exits: asyncio.Queue[strategy_pb2.StrategyStatus], strategy_id: str) -> strategy_pb2.StrategyStatus:
+async def _next_exit(
+    exits: asyncio.Queue[strategy_pb2.StrategyStatus], strategy_id: str
+) -> strategy_pb2.StrategyStatus:
     async with asyncio.timeout(60):
         while True:
             status = await exits.get()
@@ -145,9 +156,13 @@ async def test_a_strategy_that_fails_at_import_is_failed_at_deploy_with_its_trac
     assert status.state == FAILED and status.exit_code == 2 and status.restarts == 0
     assert status.last_error == "ModuleNotFoundError: No module named 'a_module_that_does_not_exist'"
     assert "import_error: exited with code 2 before its first heartbeat" in reply.message
-    assert "Traceback (most recent call last):" in reply.message and "import a_module_that_does_not_exist" in reply.message
+    assert (
+        "Traceback (most recent call last):" in reply.message and "import a_module_that_does_not_exist" in reply.message
+    )
     assert orch.managed["import_error"].restart_task is None  # no restart loop
-    logs = await request(nc, subjects.CTL_LOGS, strategy_pb2.LogsRequest(strategy_id="import_error"), strategy_pb2.LogsReply)
+    logs = await request(
+        nc, subjects.CTL_LOGS, strategy_pb2.LogsRequest(strategy_id="import_error"), strategy_pb2.LogsReply
+    )
     assert sum(line.startswith("--- started pid") for line in logs.lines) == 1
 
 

@@ -25,25 +25,54 @@ T0 = dt.datetime(2026, 3, 2, 15, 30, tzinfo=dt.UTC)
 
 
 def routed(**fields: object) -> orders_pb2.RoutedOrder:
-    request = {"strategy_id": "alpha", "client_order_id": "c1", "symbol": "AAPL", "side": common_pb2.SIDE_SELL,
-               "type": common_pb2.ORDER_TYPE_STOP_LIMIT, "time_in_force": common_pb2.TIME_IN_FORCE_GTC,
-               "qty": "2.5", "limit_price": "99.5", "stop_price": "100"}
+    request = {
+        "strategy_id": "alpha",
+        "client_order_id": "c1",
+        "symbol": "AAPL",
+        "side": common_pb2.SIDE_SELL,
+        "type": common_pb2.ORDER_TYPE_STOP_LIMIT,
+        "time_in_force": common_pb2.TIME_IN_FORCE_GTC,
+        "qty": "2.5",
+        "limit_price": "99.5",
+        "stop_price": "100",
+    }
     request.update(fields)
     return orders_pb2.RoutedOrder(order_id="o", strategy_id="alpha", new_order=orders_pb2.OrderRequest(**request))  # type: ignore[arg-type]
 
 
 def test_a_routed_order_becomes_alpaca_pys_request_with_the_strategy_prefixed_client_order_id() -> None:
     body = order_request(routed()).to_request_fields()
-    assert body == {"symbol": "AAPL", "qty": 2.5, "side": "sell", "type": "stop_limit", "time_in_force": "gtc",
-                    "client_order_id": "alpha.c1", "limit_price": 99.5, "stop_price": 100.0}
-    market = order_request(routed(type=common_pb2.ORDER_TYPE_MARKET, limit_price="", stop_price="",
-                                  time_in_force=common_pb2.TIME_IN_FORCE_DAY), Decimal(1), placement=2)
+    assert body == {
+        "symbol": "AAPL",
+        "qty": 2.5,
+        "side": "sell",
+        "type": "stop_limit",
+        "time_in_force": "gtc",
+        "client_order_id": "alpha.c1",
+        "limit_price": 99.5,
+        "stop_price": 100.0,
+    }
+    market = order_request(
+        routed(
+            type=common_pb2.ORDER_TYPE_MARKET, limit_price="", stop_price="", time_in_force=common_pb2.TIME_IN_FORCE_DAY
+        ),
+        Decimal(1),
+        placement=2,
+    )
     assert market.to_request_fields()["client_order_id"] == "alpha.c1.2" and market.qty == 1.0
 
 
 def test_a_fill_activity_keeps_cumulative_quantity_and_alpacas_execution_id() -> None:
-    fill = fill_from_activity({"id": "20260302153000123::7f1c6c0e-8e0b-4a8b-9a51-1f9a3c2f0e11", "order_id": "a-1",
-                               "cum_qty": "7", "qty": "3", "price": "101.25", "transaction_time": "2026-03-02T15:30:00Z"})
+    fill = fill_from_activity(
+        {
+            "id": "20260302153000123::7f1c6c0e-8e0b-4a8b-9a51-1f9a3c2f0e11",
+            "order_id": "a-1",
+            "cum_qty": "7",
+            "qty": "3",
+            "price": "101.25",
+            "transaction_time": "2026-03-02T15:30:00Z",
+        }
+    )
     assert (fill.cum_qty, fill.qty, fill.price) == (Decimal(7), Decimal(3), Decimal("101.25"))
     assert fill.alpaca_execution_id == "7f1c6c0e-8e0b-4a8b-9a51-1f9a3c2f0e11"
     assert fill.event_ns == int(T0.timestamp()) * 10**9
@@ -60,11 +89,20 @@ def test_market_data_models_become_desk_messages_with_exact_decimals() -> None:
     assert (quote_message(quote).bid_price, quote_message(quote).ask_price) == ("187.41", "187.43")
     message = bar_message(bar)
     assert (message.open, message.high, message.close, message.volume, message.trade_count, message.vwap) == (
-        "1.1", "1.3", "1.2", "500", 7, "1.15")
+        "1.1",
+        "1.3",
+        "1.2",
+        "500",
+        7,
+        "1.15",
+    )
 
 
 def test_the_feed_follows_the_strategies_symbols_and_falls_back_to_md_symbols() -> None:
-    specs = [strategy_pb2.StrategySpec(symbols=["MSFT", "AAPL"]), strategy_pb2.StrategySpec(symbols=["AAPL", "bad.sym"])]
+    specs = [
+        strategy_pb2.StrategySpec(symbols=["MSFT", "AAPL"]),
+        strategy_pb2.StrategySpec(symbols=["AAPL", "bad.sym"]),
+    ]
     assert wanted_symbols(specs, ["SPY"]) == ["AAPL", "MSFT"]
     assert wanted_symbols([strategy_pb2.StrategySpec()], ["SPY", "QQQ"]) == ["QQQ", "SPY"]
 

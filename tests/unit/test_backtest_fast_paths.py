@@ -16,8 +16,19 @@ from desk.data.loaders import _decimal, _decimals
 from desk.v1 import common_pb2, executions_pb2
 from strategy_sdk.models import Bar, Fill, OrderUpdate, new_bar
 
-FIELDS = ("AAPL", Decimal("187.25"), Decimal(188), Decimal("186.5"), Decimal("187.75"), Decimal(1200),
-          1_700_000_000_000_000_000, 60_000_000_000, Decimal("187.4"), 42, "replay")
+FIELDS = (
+    "AAPL",
+    Decimal("187.25"),
+    Decimal(188),
+    Decimal("186.5"),
+    Decimal("187.75"),
+    Decimal(1200),
+    1_700_000_000_000_000_000,
+    60_000_000_000,
+    Decimal("187.4"),
+    42,
+    "replay",
+)
 
 
 def test_new_bar_makes_an_ordinary_frozen_bar() -> None:
@@ -33,11 +44,25 @@ def test_new_bar_makes_an_ordinary_frozen_bar() -> None:
 
 
 def test_reports_as_fills_and_updates_are_the_same_from_the_plain_report_and_the_message() -> None:
-    report = Report(execution_id="e1", order_id="o1", client_order_id="c1", strategy_id="alpha", symbol="AAPL",
-                    side=common_pb2.SIDE_BUY, exec_type=executions_pb2.EXEC_TYPE_PARTIAL_FILL,
-                    status=executions_pb2.ORDER_STATUS_PARTIALLY_FILLED, order_qty="10", fill_qty="4",
-                    fill_price="187.25", cum_qty="4", leaves_qty="6", avg_price="187.25", fee="0.01", venue="sim",
-                    event_ns=123)
+    report = Report(
+        execution_id="e1",
+        order_id="o1",
+        client_order_id="c1",
+        strategy_id="alpha",
+        symbol="AAPL",
+        side=common_pb2.SIDE_BUY,
+        exec_type=executions_pb2.EXEC_TYPE_PARTIAL_FILL,
+        status=executions_pb2.ORDER_STATUS_PARTIALLY_FILLED,
+        order_qty="10",
+        fill_qty="4",
+        fill_price="187.25",
+        cum_qty="4",
+        leaves_qty="6",
+        avg_price="187.25",
+        fee="0.01",
+        venue="sim",
+        event_ns=123,
+    )
     message = report.to_proto()
     assert type(Fill.from_report(report)) is Fill
     assert Fill.from_report(report) == Fill.from_report(message)
@@ -58,8 +83,32 @@ def test_the_plain_report_has_every_field_of_the_message_and_to_proto_carries_ea
     assert Report(**values).to_proto() == executions_pb2.ExecutionReport(**values)  # type: ignore[arg-type]
 
 
-EDGES = [0.0, -0.0, 1.0, -1.0, 0.1, 0.2, 0.3, 1e-6, 1.5e-6, 1e-7, 123456.789012, 999_999_999.5, 1e9, 1e9 + 0.5,
-         1e15, 1e16, 187.25, 187.2499999, 0.000001, 5e-324, 1.7976931348623157e308, 33.33, 100.01, 2.675]
+EDGES = [
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    0.1,
+    0.2,
+    0.3,
+    1e-6,
+    1.5e-6,
+    1e-7,
+    123456.789012,
+    999_999_999.5,
+    1e9,
+    1e9 + 0.5,
+    1e15,
+    1e16,
+    187.25,
+    187.2499999,
+    0.000001,
+    5e-324,
+    1.7976931348623157e308,
+    33.33,
+    100.01,
+    2.675,
+]
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -59,14 +59,14 @@ def test_returns_volatility_sharpe_sortino_drawdown_calmar_by_hand() -> None:
     assert close(s.annualised_return, 1.188 ** (252 / 3) - 1)
     mean = 0.2 / 3
     std = math.sqrt(((0.1 - mean) ** 2 + (-0.1 - mean) ** 2 + (0.2 - mean) ** 2) / 2)
-    assert close(std, math.sqrt(0.07 / 3))   # sum of squared deviations 0.14 / 3, over n - 1 = 2
+    assert close(std, math.sqrt(0.07 / 3))  # sum of squared deviations 0.14 / 3, over n - 1 = 2
     assert close(s.volatility, std * math.sqrt(252))
     assert close(s.sharpe, mean / std * math.sqrt(252))
     assert close(s.sortino, mean / math.sqrt(0.01 / 3) * math.sqrt(252))
     # peak 110 (first bar), trough 99 (second), back above 110 on the third: two days
     assert close(s.max_drawdown, -0.1)
     assert s.max_drawdown_duration_ns == 2 * DAY and s.max_drawdown_recovered
-    assert close(s.calmar, (1.188 ** 84 - 1) / 0.1)
+    assert close(s.calmar, (1.188**84 - 1) / 0.1)
 
 
 def test_risk_free_rate_is_taken_per_bar() -> None:
@@ -125,7 +125,7 @@ def test_round_trip_statistics_exposure_turnover_and_fees_by_hand() -> None:
     assert m.exposure == pytest.approx(2 / 5, abs=EPS)
     assert m.traded_notional == 1000 + 1100 + 500 + 450
     assert m.fees == 2
-    average = (3 * 100000 + 2 * 100098 + 100048) / 6   # initial cash and the five bars
+    average = (3 * 100000 + 2 * 100098 + 100048) / 6  # initial cash and the five bars
     assert close(m.turnover, 3050 / average)
     assert close(m.turnover_annualised, 3050 / average * 252 / 5)
     [a] = m.per_symbol
@@ -142,8 +142,8 @@ def test_fifo_matching_and_unrealised_pnl_at_the_last_close() -> None:
     ]
     m = compute(trades, days(4), [100000] * 4, {"A": PriceSeries(days(4), [100, 120, 130, 125])}, 100000)
     [a] = m.per_symbol
-    assert a.realised_pnl == 300          # FIFO: the lot bought at 100 is sold (LIFO would give 100)
-    assert a.unrealised_pnl == 50         # 10 left from 120, marked at 125
+    assert a.realised_pnl == 300  # FIFO: the lot bought at 100 is sold (LIFO would give 100)
+    assert a.unrealised_pnl == 50  # 10 left from 120, marked at 125
     assert a.position == 10 and a.net_pnl == 350
     assert m.round_trips == 0 and m.win_rate is None and m.profit_factor is None
     assert m.exposure == 1.0
@@ -152,17 +152,19 @@ def test_fifo_matching_and_unrealised_pnl_at_the_last_close() -> None:
 def test_a_fill_through_zero_closes_one_trip_and_opens_a_short_with_its_fee_split() -> None:
     trades = [
         Trade("A", "buy", D(10), D(100), D(1), T0),
-        Trade("A", "sell", D(15), D(110), D("1.5"), T0 + DAY),   # 10 close the long, 5 open a short
+        Trade("A", "sell", D(15), D(110), D("1.5"), T0 + DAY),  # 10 close the long, 5 open a short
         Trade("A", "buy", D(5), D(100), D("0.5"), T0 + 2 * DAY),
     ]
     trips = round_trips(trades)
     assert [(t.direction, t.open_ns, t.close_ns) for t in trips] == [
-        ("long", T0, T0 + DAY), ("short", T0 + DAY, T0 + 2 * DAY)]
-    assert close(trips[0].pnl, 100 - 1 - 1.0)       # 10 of the 15 carry 1.0 of the 1.5 fee
+        ("long", T0, T0 + DAY),
+        ("short", T0 + DAY, T0 + 2 * DAY),
+    ]
+    assert close(trips[0].pnl, 100 - 1 - 1.0)  # 10 of the 15 carry 1.0 of the 1.5 fee
     assert close(trips[1].pnl, 50 - 0.5 - 0.5)
     m = compute(trades, days(3), [100000] * 3, {}, 100000)
     assert m.win_rate == 1.0
-    assert m.profit_factor is None                  # no losing trip: undefined, not infinite
+    assert m.profit_factor is None  # no losing trip: undefined, not infinite
     assert m.per_symbol[0].realised_pnl == 150
 
 
@@ -182,8 +184,8 @@ def test_round_trips_are_per_symbol() -> None:
 def test_benchmark_is_equal_weight_buy_and_hold_of_the_traded_symbols() -> None:
     prices = {
         "A": PriceSeries(days(3), [100, 110, 120]),
-        "B": PriceSeries([T0, T0 + 2 * DAY], [50, 25]),       # no price on day 1: the last one holds
-        "C": PriceSeries(days(3), [1, 100, 1000]),            # not traded: not in the benchmark
+        "B": PriceSeries([T0, T0 + 2 * DAY], [50, 25]),  # no price on day 1: the last one holds
+        "C": PriceSeries(days(3), [1, 100, 1000]),  # not traded: not in the benchmark
     }
     trades = [Trade("A", "buy", D(1), D(100), D(0), T0), Trade("B", "buy", D(1), D(50), D(0), T0)]
     m = compute(trades, days(3), [1000, 1000, 1000], prices, 1000)
@@ -229,7 +231,7 @@ def test_one_bar() -> None:
     s = m.strategy
     assert m.bars == 1 and m.periods_per_year == 252
     assert close(s.total_return, 0.01)
-    assert close(s.annualised_return, 1.01 ** 252 - 1)
+    assert close(s.annualised_return, 1.01**252 - 1)
     assert s.volatility is None and s.sharpe is None and s.sortino is None
     assert s.max_drawdown == 0 and s.calmar is None
     json.dumps(to_json(m), allow_nan=False)
@@ -240,7 +242,7 @@ def test_losing_everything() -> None:
     s = m.strategy
     assert s.total_return == -1 and s.annualised_return == -1
     assert s.max_drawdown == -1 and not s.max_drawdown_recovered
-    assert s.max_drawdown_duration_ns == 3 * DAY         # from the initial cash to the last bar
+    assert s.max_drawdown_duration_ns == 3 * DAY  # from the initial cash to the last bar
     assert s.calmar == -1
     # returns -50 %, -100 %, then 0 (nothing left): finite
     returns = [-0.5, -1.0, 0.0, 0.0]
@@ -270,27 +272,62 @@ def test_mismatched_lengths_are_refused() -> None:
 
 
 # JSON ------------------------------------------------------------------------------------------------------------
-STATS_KEYS = ["total_return", "annualised_return", "volatility", "sharpe", "sortino", "max_drawdown",
-              "max_drawdown_duration_s", "max_drawdown_recovered", "calmar"]
+STATS_KEYS = [
+    "total_return",
+    "annualised_return",
+    "volatility",
+    "sharpe",
+    "sortino",
+    "max_drawdown",
+    "max_drawdown_duration_s",
+    "max_drawdown_recovered",
+    "calmar",
+]
 
 
 def test_json_keys_are_pinned() -> None:
     prices = {"A": PriceSeries(days(5), [100, 105, 110, 100, 90])}
     out = to_json(compute(sample_trades(), days(5), [100000, 100000, 100098, 100098, 100048], prices, 100000))
     assert list(out) == [
-        "bars", "periods_per_year", "start_ns", "end_ns", "initial_cash", "final_equity",
+        "bars",
+        "periods_per_year",
+        "start_ns",
+        "end_ns",
+        "initial_cash",
+        "final_equity",
         *STATS_KEYS,
-        "round_trips", "win_rate", "profit_factor", "fills", "exposure", "turnover", "turnover_annualised",
-        "traded_notional", "fees", "risk_free", "benchmark", "per_symbol",
+        "round_trips",
+        "win_rate",
+        "profit_factor",
+        "fills",
+        "exposure",
+        "turnover",
+        "turnover_annualised",
+        "traded_notional",
+        "fees",
+        "risk_free",
+        "benchmark",
+        "per_symbol",
     ]
     assert list(out["benchmark"]) == ["symbols", *STATS_KEYS]
-    assert list(out["per_symbol"][0]) == ["symbol", "fills", "round_trips", "bought_qty", "sold_qty", "position",
-                                          "realised_pnl", "unrealised_pnl", "fees", "net_pnl"]
+    assert list(out["per_symbol"][0]) == [
+        "symbol",
+        "fills",
+        "round_trips",
+        "bought_qty",
+        "sold_qty",
+        "position",
+        "realised_pnl",
+        "unrealised_pnl",
+        "fees",
+        "net_pnl",
+    ]
     assert out["max_drawdown_duration_s"] == 86400.0
     text = json.dumps(out, allow_nan=False)
     assert json.loads(text) == out
-    assert all(isinstance(v, (int, float, bool, type(None))) for k, v in out.items()
-               if k not in ("benchmark", "per_symbol"))
+    assert all(
+        isinstance(v, (int, float, bool, type(None))) for k, v in out.items() if k not in ("benchmark", "per_symbol")
+    )
 
 
 # From the SDK's backtester ----------------------------------------------------------------------------------------
@@ -310,7 +347,7 @@ def test_from_an_sdk_backtest_result() -> None:
     assert m.fills == 1 and m.round_trips == 0
     assert m.final_equity == float(result.final_equity)
     assert m.per_symbol[0].unrealised_pnl == pytest.approx(10 * (104 - 100.01))  # bought at bar 0's ask
-    assert m.exposure == 0.75   # the fill is stamped at bar 0's end, the second bar's start
+    assert m.exposure == 0.75  # the fill is stamped at bar 0's end, the second bar's start
     assert m.periods_per_year == 252 * 390
 
 

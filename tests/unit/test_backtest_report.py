@@ -37,8 +37,14 @@ def small(symbol: str = "AAPL", name: str = "demo") -> BacktestData:
         Trade(symbol, "buy", D(10), D(100), D(1), ts[1], "o-1"),
         Trade(symbol, "sell", D(10), D(110), D(1), ts[3], "o-2"),
     ]
-    return BacktestData(trades, ts, [100000, 100000, 100050, 100098, 100098], {symbol: PriceSeries(ts, [99, 100, 105, 110, 108])},
-                        100000, name=name)
+    return BacktestData(
+        trades,
+        ts,
+        [100000, 100000, 100050, 100098, 100098],
+        {symbol: PriceSeries(ts, [99, 100, 105, 110, 108])},
+        100000,
+        name=name,
+    )
 
 
 def fetched_urls(page: str) -> list[str]:
@@ -55,18 +61,31 @@ def test_renders_one_self_contained_file(tmp_path: Path) -> None:
     path = render_html(small(), tmp_path / "report.html")
     page = path.read_text()
     assert page.startswith("<!DOCTYPE html>")
-    for text in ("Summary", "Equity vs benchmark", "Drawdown", "Prices and trades", "P&amp;L per symbol", "Trades (2)",
-                 "Sharpe", "Sortino", "Calmar", "Win rate", "Profit factor", "Exposure", "Turnover"):
+    for text in (
+        "Summary",
+        "Equity vs benchmark",
+        "Drawdown",
+        "Prices and trades",
+        "P&amp;L per symbol",
+        "Trades (2)",
+        "Sharpe",
+        "Sortino",
+        "Calmar",
+        "Win rate",
+        "Profit factor",
+        "Exposure",
+        "Turnover",
+    ):
         assert text in page, text
-    assert "new uPlot(" in page and "uPlot.tzDate" in page     # the library is inlined
-    assert "<script src" not in page and "<link rel=\"stylesheet\"" not in page
+    assert "new uPlot(" in page and "uPlot.tzDate" in page  # the library is inlined
+    assert "<script src" not in page and '<link rel="stylesheet"' not in page
     # nothing to fetch: only the inline favicon
     assert all(not re.match(r"(?:https?:)?//", url) for url in fetched_urls(page)), fetched_urls(page)
     assert "data:," in fetched_urls(page)
     assert [u for u in fetched_urls(page) if not u.startswith(("#", "data:"))] == []
     # the only http(s) text is uPlot's licence comment
     assert re.findall(r"https?://[^\s\"'<>)]+", page) == ["https://github.com/leeoniya/uPlot"]
-    assert "default-src 'none'" in page       # and a CSP forbids loading anything anyway
+    assert "default-src 'none'" in page  # and a CSP forbids loading anything anyway
     # the embedded data is JSON the page parses
     blob = re.search(r'<script type="application/json" id="chart-data">(.*?)</script>', page, re.DOTALL)
     assert blob is not None
@@ -79,8 +98,8 @@ def test_member_text_is_escaped_everywhere() -> None:
     page = render_string(small(symbol=HOSTILE, name=HOSTILE))
     assert "<img" not in page
     assert "alert(2)</script>" not in page
-    assert page.count("<script") == 4          # two JSON blobs, uPlot, the page's script
-    assert str(escape(HOSTILE)) in page          # the title, the P&L table and the trade list
+    assert page.count("<script") == 4  # two JSON blobs, uPlot, the page's script
+    assert str(escape(HOSTILE)) in page  # the title, the P&L table and the trade list
     assert page.count(str(escape(HOSTILE))) >= 4
     # in the embedded JSON, < > & are escaped and the symbol decodes back intact
     blob = re.search(r'<script type="application/json" id="chart-data">(.*?)</script>', page, re.DOTALL)
@@ -92,7 +111,7 @@ def test_no_trades_and_flat_equity_render() -> None:
     ts = [T0 + i * DAY for i in range(3)]
     page = render_string(BacktestData([], ts, [100, 100, 100], {}, 100))
     assert "No trades." in page and "Trades (0)" in page
-    assert "—" in page   # undefined Sharpe etc.
+    assert "—" in page  # undefined Sharpe etc.
     one = render_string(BacktestData([], [T0], [100], {}, 100))
     assert re.search(r"· 1 bar\s+·", one)
 
@@ -103,15 +122,20 @@ def test_a_hundred_thousand_trades_stay_a_reasonable_file(tmp_path: Path) -> Non
     ts = T0 + np.arange(n, dtype=np.int64) * 60 * S
     closes = (100 * np.cumprod(1 + rng.normal(0, 0.0005, n))).astype(np.float64)
     equity = (100000 * np.cumprod(1 + rng.normal(0, 0.0003, n))).astype(np.float64)
-    trades = [Trade("AAPL", "buy" if i % 2 == 0 else "sell", D(1), D(f"{closes[2 * i]:.2f}"), D("0.01"),
-                    int(ts[2 * i]), f"o{i}") for i in range(k)]
-    path = render_html(BacktestData(trades, ts, equity, {"AAPL": PriceSeries(ts, closes)}, 100000, name="big"),
-                       tmp_path / "big.html")
+    trades = [
+        Trade(
+            "AAPL", "buy" if i % 2 == 0 else "sell", D(1), D(f"{closes[2 * i]:.2f}"), D("0.01"), int(ts[2 * i]), f"o{i}"
+        )
+        for i in range(k)
+    ]
+    path = render_html(
+        BacktestData(trades, ts, equity, {"AAPL": PriceSeries(ts, closes)}, 100000, name="big"), tmp_path / "big.html"
+    )
     size = path.stat().st_size
     assert size < 1_500_000, size
     page = path.read_text()
     assert "Trades (100,000)" in page
-    assert page.count('<td class="num">0.01</td>') == MAX_TRADE_ROWS       # one fee cell per listed trade
+    assert page.count('<td class="num">0.01</td>') == MAX_TRADE_ROWS  # one fee cell per listed trade
     assert f"the first {MAX_TRADE_ROWS // 2:,} and the last" in page
     assert "Charts downsampled" in page and "of 200,000 points" in page
     assert "2,000 of 100,000 trade markers" in page
@@ -146,9 +170,9 @@ def test_format_summary_is_a_plain_table() -> None:
     assert lines[1].split() == ["Metric", "Strategy", "Benchmark"]
     assert set(lines[2]) <= {"-", " "}
     assert any(line.startswith("Total return") and line.endswith("%") for line in lines)
-    assert "Profit factor" in text and "—" in text        # no losing trip: undefined
+    assert "Profit factor" in text and "—" in text  # no losing trip: undefined
     widths = {len(line) for line in lines[1:] if not line.endswith("—")}
-    assert len(widths) == 1                               # right-aligned columns
+    assert len(widths) == 1  # right-aligned columns
     assert "<" not in format_summary(compute([], [T0], [100], {}, 100))
 
 

@@ -35,7 +35,8 @@ def test_the_walk_is_floored_exactly_where_the_free_walk_would_go_below() -> Non
 
 
 def test_the_quick_harness_runs_the_desk_alone_when_the_peers_env_is_missing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(backtest, "PEERS_PYTHON", tmp_path / "no-such-venv" / "python")
     plan = backtest.Plan(sizes=(400, 4_000), multi=(2, 300), repeats=1, repeat_upto=0, target_size=4_000)
     figures, raw = backtest.run(plan, progress=lambda _text: None)
@@ -57,14 +58,30 @@ def test_the_quick_harness_runs_the_desk_alone_when_the_peers_env_is_missing(
 
 
 def _run(engine: str, orders: int, seconds: float = 1.0) -> dict[str, object]:
-    return {"engine": engine, "bars": 1000, "seconds": seconds, "bars_per_s": 1000 / seconds, "peak_rss_mb": 50.0,
-            "orders": orders, "round_trips": orders // 2, "load_s": 0.1, "process_s": seconds + 0.5}
+    return {
+        "engine": engine,
+        "bars": 1000,
+        "seconds": seconds,
+        "bars_per_s": 1000 / seconds,
+        "peak_rss_mb": 50.0,
+        "orders": orders,
+        "round_trips": orders // 2,
+        "load_s": 0.1,
+        "process_s": seconds + 0.5,
+    }
 
 
 def test_counts_that_disagree_say_so_in_the_row_and_the_note() -> None:
     plan = backtest.Plan(sizes=(1000,), multi=None, target_size=1000)
-    raw = {"runs": {"1k bars, 1 symbol": {"desk": _run("desk", 400), "backtrader": _run("backtrader", 400),
-                                             "nautilus": _run("nautilus", 380, 4.0)}}}
+    raw = {
+        "runs": {
+            "1k bars, 1 symbol": {
+                "desk": _run("desk", 400),
+                "backtrader": _run("backtrader", 400),
+                "nautilus": _run("nautilus", 380, 4.0),
+            }
+        }
+    }
     figures = backtest.figures_from(raw, plan, ("desk", "backtrader", "nautilus"))
     by_name = {f.name: f for f in figures}
     agree = by_name["orders 1k bars, 1 symbol: desk vs backtrader"]

@@ -56,10 +56,12 @@ def test_targets_on_the_figure_and_on_the_ratio() -> None:
 
 
 def test_table_lists_figure_bare_ratio_target_and_met() -> None:
-    table = render_table([
-        Figure("orders", "ack p50", "ms", 1.0, bare=0.5, target=Target("ratio_max", 2.0)),
-        Figure("ledger", "ingest", "fills/s", 900.0, bare=30000.0, target=Target("min", 20000)),
-    ])
+    table = render_table(
+        [
+            Figure("orders", "ack p50", "ms", 1.0, bare=0.5, target=Target("ratio_max", 2.0)),
+            Figure("ledger", "ingest", "fills/s", 900.0, bare=30000.0, target=Target("min", 20000)),
+        ]
+    )
     lines = table.splitlines()
     assert lines[0].split() == ["figure", "unit", "desk", "bare", "ratio", "target", "met"]
     assert "2.00x" in lines[2] and "<= 2x bare" in lines[2] and lines[2].endswith("yes")
@@ -67,10 +69,14 @@ def test_table_lists_figure_bare_ratio_target_and_met() -> None:
 
 
 def test_json_report_carries_ratio_met_and_machine() -> None:
-    data = json.loads(report_json(
-        [Figure("orders", "rate", "orders/s", 6000.0, bare=3000.0, target=Target("min", 5000))],
-        {"cpu_count": 2, "python": "3.11.7"}, ["a note"], quick=True,
-    ))
+    data = json.loads(
+        report_json(
+            [Figure("orders", "rate", "orders/s", 6000.0, bare=3000.0, target=Target("min", 5000))],
+            {"cpu_count": 2, "python": "3.11.7"},
+            ["a note"],
+            quick=True,
+        )
+    )
     (figure,) = data["figures"]
     assert figure["ratio"] == pytest.approx(2.0)
     assert figure["met"] is True

@@ -13,31 +13,59 @@ from desk.v1 import common_pb2, executions_pb2, ledger_pb2, strategy_pb2
 
 
 def test_json_writes_enums_as_words_counts_as_numbers_and_money_as_exact_decimal_strings() -> None:
-    fills = ledger_pb2.FillsReply(fills=[ledger_pb2.Fill(
-        execution_id="e1", side=common_pb2.SIDE_BUY, qty="3", price="187.5", fee="0.190481896", event_ns=1_700_000_000_000_000_000,
-    )])
+    fills = ledger_pb2.FillsReply(
+        fills=[
+            ledger_pb2.Fill(
+                execution_id="e1",
+                side=common_pb2.SIDE_BUY,
+                qty="3",
+                price="187.5",
+                fee="0.190481896",
+                event_ns=1_700_000_000_000_000_000,
+            )
+        ]
+    )
     row = json.loads(json.dumps(json_ready(fills)))["fills"][0]
     assert row["side"] == "buy"
     assert row["event_ns"] == 1_700_000_000_000_000_000  # int64: a number, not "1700000000000000000"
     assert (row["qty"], row["price"], row["fee"]) == ("3", "187.5", "0.190481896")  # exact, never floats
 
-    pnl = json_ready(ledger_pb2.PnlReply(strategies=[ledger_pb2.PnlRow(strategy_id="a", fills=12, return_pct="0.0184")]))
+    pnl = json_ready(
+        ledger_pb2.PnlReply(strategies=[ledger_pb2.PnlRow(strategy_id="a", fills=12, return_pct="0.0184")])
+    )
     assert pnl["strategies"][0]["fills"] == 12 and pnl["strategies"][0]["return_pct"] == "0.0184"
     board = json_ready(ledger_pb2.LeaderboardReply(rows=[ledger_pb2.LeaderboardRow(rank=1, strategies=2, fills=7)]))
     assert board["rows"][0] == {**board["rows"][0], "rank": 1, "strategies": 2, "fills": 7}
 
-    status = json_ready(strategy_pb2.StrategyStatusList(strategies=[strategy_pb2.StrategyStatus(
-        strategy_id="a", state=strategy_pb2.STRATEGY_STATE_RUNNING, restarts=2, last_heartbeat_ns=5,
-    )]))
+    status = json_ready(
+        strategy_pb2.StrategyStatusList(
+            strategies=[
+                strategy_pb2.StrategyStatus(
+                    strategy_id="a", state=strategy_pb2.STRATEGY_STATE_RUNNING, restarts=2, last_heartbeat_ns=5
+                )
+            ]
+        )
+    )
     assert status["strategies"][0]["state"] == "running"
     assert status["strategies"][0]["restarts"] == 2 and status["strategies"][0]["last_heartbeat_ns"] == 5
 
-    orders = json_ready(ledger_pb2.OrdersReply(orders=[ledger_pb2.OrderRecord(
-        status=executions_pb2.ORDER_STATUS_PARTIALLY_FILLED, type=common_pb2.ORDER_TYPE_STOP_LIMIT,
-        time_in_force=common_pb2.TIME_IN_FORCE_GTC,
-    )]))["orders"][0]
+    orders = json_ready(
+        ledger_pb2.OrdersReply(
+            orders=[
+                ledger_pb2.OrderRecord(
+                    status=executions_pb2.ORDER_STATUS_PARTIALLY_FILLED,
+                    type=common_pb2.ORDER_TYPE_STOP_LIMIT,
+                    time_in_force=common_pb2.TIME_IN_FORCE_GTC,
+                )
+            ]
+        )
+    )["orders"][0]
     assert (orders["status"], orders["type"], orders["time_in_force"], orders["side"]) == (
-        "partially_filled", "stop_limit", "gtc", "")  # unset enum: ""
+        "partially_filled",
+        "stop_limit",
+        "gtc",
+        "",
+    )  # unset enum: ""
 
 
 def test_every_enum_of_the_wire_becomes_a_lower_case_word_without_its_prefix() -> None:

@@ -18,6 +18,7 @@ WALKED = ("desk", "services", "strategy_sdk", "desk_client", "tools", "bench")
 LEFT_OUT = ("desk/v1",)
 MAX_LINES = 80
 
+
 def _source_files() -> list[Path]:
     files = []
     for top in WALKED:
@@ -71,4 +72,3 @@ def test_no_function_is_longer_than_80_lines() -> None:
     found = long_functions()
     listing = "\n".join(f"  {name}: {lines} lines" for name, lines in sorted(found.items()))
     assert not found, f"functions over {MAX_LINES} lines (split them along their seams):\n{listing}"
-

@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def desk(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "desk.cli", *args], input=stdin, capture_output=True, cwd=ROOT, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "desk.cli", *args], input=stdin, capture_output=True, cwd=ROOT, timeout=60, check=False
+    )
 
 
 @pytest.mark.parametrize(
@@ -54,7 +56,15 @@ def test_decode_refuses_a_message_whose_header_names_another_type() -> None:
 
 @pytest.mark.parametrize(
     ("value", "problem"),
-    [("0", "positive"), ("-1", "positive"), ("NaN", "finite"), ("inf", "finite"), ("1e20", "larger"), ("ten", "not a decimal"), ("", "required")],
+    [
+        ("0", "positive"),
+        ("-1", "positive"),
+        ("NaN", "finite"),
+        ("inf", "finite"),
+        ("1e20", "larger"),
+        ("ten", "not a decimal"),
+        ("", "required"),
+    ],
 )
 def test_parse_decimal_names_what_is_wrong(value: str, problem: str) -> None:
     with pytest.raises(DeskError) as refused:
@@ -66,7 +76,11 @@ def test_fmt_writes_plain_decimals_without_exponents_or_trailing_zeros() -> None
     from decimal import Decimal
 
     assert [fmt(Decimal("1E+3")), fmt(Decimal("0.10")), fmt(Decimal("-0")), fmt(None), fmt(Decimal("2.345"), 2)] == [
-        "1000", "0.1", "0", "", "2.34",
+        "1000",
+        "0.1",
+        "0",
+        "",
+        "2.34",
     ]
 
 

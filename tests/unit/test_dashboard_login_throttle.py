@@ -241,7 +241,9 @@ def test_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() -> None:
         for _ in range(5):
             c.post("/login", data={"password": "nope"}, headers={"X-Forwarded-For": "203.0.113.1"})
         assert c.post("/login", data={"password": "pw"}, headers={"X-Forwarded-For": "203.0.113.1"}).status_code == 429
-        other = c.post("/login", data={"password": "pw"}, headers={"X-Forwarded-For": "203.0.113.2"}, follow_redirects=False)
+        other = c.post(
+            "/login", data={"password": "pw"}, headers={"X-Forwarded-For": "203.0.113.2"}, follow_redirects=False
+        )
         assert other.status_code == 303
 
 

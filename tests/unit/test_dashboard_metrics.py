@@ -69,10 +69,7 @@ def test_sharpe_is_negative_for_a_losing_curve() -> None:
 
 def test_combined_curve_sums_the_latest_value_of_each_and_holds_late_starters_flat() -> None:
     combined = metrics.combine_series(
-        {
-            "a": [(1, Decimal(100)), (3, Decimal(110))],
-            "b": [(2, Decimal(50)), (3, Decimal(40))],
-        }
+        {"a": [(1, Decimal(100)), (3, Decimal(110))], "b": [(2, Decimal(50)), (3, Decimal(40))]}
     )
     # At t=1 "b" has not started: it counts its first value (50), not zero.
     assert combined == [(1, Decimal(150)), (2, Decimal(150)), (3, Decimal(150))]
@@ -106,5 +103,11 @@ def perf(key: str, ret: str, pnl: str, dd: str = "0") -> Performance:
 
 
 def test_rank_orders_by_return_then_pnl_then_drawdown_then_name() -> None:
-    rows = [perf("c", "1", "5"), perf("a", "2", "1"), perf("b", "1", "5", "0.1"), perf("d", "1", "7"), perf("e", "1", "5")]
+    rows = [
+        perf("c", "1", "5"),
+        perf("a", "2", "1"),
+        perf("b", "1", "5", "0.1"),
+        perf("d", "1", "7"),
+        perf("e", "1", "5"),
+    ]
     assert [r.key for r in metrics.rank(rows)] == ["a", "d", "c", "e", "b"]

@@ -58,21 +58,56 @@ def test_the_four_formats_are_detected_from_their_first_line() -> None:
 def test_desk_csv_and_alpaca_csv_and_json_give_the_same_bars(tmp_path: Path) -> None:
     desk = load(write(tmp_path / "desk.csv", DESK))
     alp = load(write(tmp_path / "alpaca.csv", ALPACA_CSV))
-    doc = {"bars": {"AAPL": [{"t": "2024-01-02T14:30:00Z", "o": 185.1, "h": 185.5, "l": 185.0, "c": 185.4,
-                              "v": 1000, "n": 12, "vw": 185.3},
-                             {"t": "2024-01-02T14:31:00Z", "o": 185.4, "h": 185.6, "l": 185.3, "c": 185.55,
-                              "v": 1200, "n": 15, "vw": 185.45}],
-                    "MSFT": [{"t": "2024-01-02T14:30:00Z", "o": 370.0, "h": 370.2, "l": 369.9, "c": 370.1,
-                              "v": 500, "n": 7, "vw": 370.05}]},
-           "next_page_token": None}
+    doc = {
+        "bars": {
+            "AAPL": [
+                {
+                    "t": "2024-01-02T14:30:00Z",
+                    "o": 185.1,
+                    "h": 185.5,
+                    "l": 185.0,
+                    "c": 185.4,
+                    "v": 1000,
+                    "n": 12,
+                    "vw": 185.3,
+                },
+                {
+                    "t": "2024-01-02T14:31:00Z",
+                    "o": 185.4,
+                    "h": 185.6,
+                    "l": 185.3,
+                    "c": 185.55,
+                    "v": 1200,
+                    "n": 15,
+                    "vw": 185.45,
+                },
+            ],
+            "MSFT": [
+                {
+                    "t": "2024-01-02T14:30:00Z",
+                    "o": 370.0,
+                    "h": 370.2,
+                    "l": 369.9,
+                    "c": 370.1,
+                    "v": 500,
+                    "n": 7,
+                    "vw": 370.05,
+                }
+            ],
+        },
+        "next_page_token": None,
+    }
     js = load(write(tmp_path / "bars.json", json.dumps(doc)))
     assert (desk.source, alp.source, js.source) == ("desk", "alpaca-csv", "alpaca-json")
 
     def plain(data: object) -> list[tuple[str, int, Decimal, Decimal]]:
         return [(b.symbol, b.start_ns, b.open, b.close) for b in data]  # type: ignore[attr-defined]
 
-    expected = [("AAPL", T0, Decimal("185.1"), Decimal("185.4")), ("MSFT", T0, Decimal(370), Decimal("370.1")),
-                ("AAPL", T0 + MIN, Decimal("185.4"), Decimal("185.55"))]
+    expected = [
+        ("AAPL", T0, Decimal("185.1"), Decimal("185.4")),
+        ("MSFT", T0, Decimal(370), Decimal("370.1")),
+        ("AAPL", T0 + MIN, Decimal("185.4"), Decimal("185.55")),
+    ]
     assert plain(desk) == plain(js) == expected
     assert sorted(plain(alp)) == sorted(expected) and [b.start_ns for b in alp] == [T0, T0, T0 + MIN]
     first = next(iter(alp))
@@ -129,9 +164,21 @@ def test_errors_name_the_file_the_row_and_the_column(tmp_path: Path) -> None:
     with pytest.raises(BarFileError, match=r"^x.csv row 1: bad header 'ts,sym,o,h,l,c,v'"):
         load(write(tmp_path / "x.csv", "ts,sym,o,h,l,c,v\n1,A,1,1,1,1,1\n"))
     with pytest.raises(BarFileError, match=r"^b.json, column bars.AAPL\[1\].c: 'abc' is not a number"):
-        load(write(tmp_path / "b.json", json.dumps({"bars": {"AAPL": [
-            {"t": "2024-01-02T14:30:00Z", "o": 1, "h": 1, "l": 1, "c": 1, "v": 1},
-            {"t": "2024-01-02T14:31:00Z", "o": 1, "h": 1, "l": 1, "c": "abc", "v": 1}]}})))
+        load(
+            write(
+                tmp_path / "b.json",
+                json.dumps(
+                    {
+                        "bars": {
+                            "AAPL": [
+                                {"t": "2024-01-02T14:30:00Z", "o": 1, "h": 1, "l": 1, "c": 1, "v": 1},
+                                {"t": "2024-01-02T14:31:00Z", "o": 1, "h": 1, "l": 1, "c": "abc", "v": 1},
+                            ]
+                        }
+                    }
+                ),
+            )
+        )
 
 
 def test_bad_rows_can_be_skipped_and_are_listed(tmp_path: Path) -> None:
@@ -214,7 +261,10 @@ def test_cache_day_ranges_merge_and_report_what_is_missing(tmp_path: Path) -> No
     cache.store(folder, "AAPL", [], d(2024, 1, 20), d(2024, 1, 25), complete_until=d(2024, 1, 22))
     assert cache.covered(folder) == [(d(2024, 1, 1), d(2024, 1, 9)), (d(2024, 1, 20), d(2024, 1, 22))]
     assert cache.missing_ranges(folder, d(2023, 12, 30), d(2024, 1, 31)) == [
-        (d(2023, 12, 30), d(2023, 12, 31)), (d(2024, 1, 10), d(2024, 1, 19)), (d(2024, 1, 23), d(2024, 1, 31))]
+        (d(2023, 12, 30), d(2023, 12, 31)),
+        (d(2024, 1, 10), d(2024, 1, 19)),
+        (d(2024, 1, 23), d(2024, 1, 31)),
+    ]
     assert cache.missing_ranges(folder, d(2024, 1, 2), d(2024, 1, 8)) == []
     assert not list(folder.glob("*.csv"))  # no bars: no month files, only coverage
 
@@ -245,8 +295,9 @@ def _columns_equal(a: object, b: object) -> None:
 
 
 @pytest.mark.parametrize("stamp", ["iso", "iso-fraction", "epoch", "epoch-ns"])
-def test_the_fast_csv_reader_equals_the_row_by_row_parser(tmp_path: Path, stamp: str,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_fast_csv_reader_equals_the_row_by_row_parser(
+    tmp_path: Path, stamp: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A clean file goes through pandas' C parser; what it gives must be exactly the exact parser's:
     awkward floats (17 significant digits, exponents), several symbols in first-appearance order,
     every timestamp style, empty vwap cells."""
@@ -255,15 +306,21 @@ def test_the_fast_csv_reader_equals_the_row_by_row_parser(tmp_path: Path, stamp:
     from desk.data import loaders
 
     rng = random.Random(3)
-    header = "start_ns,symbol,open,high,low,close,volume,trade_count,vwap" if stamp == "epoch-ns" else \
-        "symbol,timestamp,open,high,low,close,volume,trade_count,vwap"
+    header = (
+        "start_ns,symbol,open,high,low,close,volume,trade_count,vwap"
+        if stamp == "epoch-ns"
+        else "symbol,timestamp,open,high,low,close,volume,trade_count,vwap"
+    )
     lines = [header]
     for i in range(3000):
         symbol = ("MSFT", "AAPL", "SPY")[i % 3]
         ts = T0 // 10**9 + i * 60
-        when = {"iso": dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(),
-                "iso-fraction": dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.123456789Z"),
-                "epoch": str(ts), "epoch-ns": str(ts * 10**9)}[stamp]
+        when = {
+            "iso": dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(),
+            "iso-fraction": dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.123456789Z"),
+            "epoch": str(ts),
+            "epoch-ns": str(ts * 10**9),
+        }[stamp]
         low = rng.uniform(1, 500)
         o, c = low + rng.random(), low + rng.random() * 2
         high = max(o, c) + rng.random()

@@ -50,7 +50,11 @@ def test_a_good_folder_becomes_a_spec_with_old_and_new_keys(tmp_path: Path) -> N
     spec = strategy.spec
     assert strategy.enabled
     assert (spec.strategy_id, spec.member_id, spec.name, spec.description, spec.version) == (
-        "momentum", "alice", "Momentum", "buys strength", "1.2",
+        "momentum",
+        "alice",
+        "Momentum",
+        "buys strength",
+        "1.2",
     )
     assert dict(spec.env) == {"LOOKBACK": "20"}
     assert spec.initial_cash == "25000.5"
@@ -123,9 +127,13 @@ def test_a_missing_strategies_folder_finds_nothing(tmp_path: Path) -> None:
         ('{"user_id": "a", "risk": {"max_orders_per_minute": 0}}', "max_orders_per_minute must be a whole number >= 1"),
         ('{"user_id": "a", "risk": {"max_order_notional": "0"}}', "risk.max_order_notional must be positive"),
         ('{"user_id": "a", "env": {"BIG": "' + "x" * 100_000 + '"}}', "more than the 16384 the desk accepts"),
-        ('{"user_id": "a", "runtime": "docker"}',
-         ("strategy s asks for runtime docker but this desk runs strategies with process; remove runtime from "
-          "config.json or run the desk under compose")),
+        (
+            '{"user_id": "a", "runtime": "docker"}',
+            (
+                "strategy s asks for runtime docker but this desk runs strategies with process; remove runtime from "
+                "config.json or run the desk under compose"
+            ),
+        ),
     ],
 )
 def test_each_bad_value_gets_a_message_that_names_it(config: str, message: str) -> None:
@@ -137,12 +145,19 @@ def test_each_bad_value_gets_a_message_that_names_it(config: str, message: str) 
 def test_legacy_means_desk_client_without_an_sdk_strategy_class() -> None:
     assert is_legacy(LEGACY_STRATEGY)
     assert not is_legacy(SDK_STRATEGY)
-    assert not is_legacy("import strategy_sdk\nfrom desk_client import place_order\n\nclass X(strategy_sdk.Strategy):\n    pass\n")
+    assert not is_legacy(
+        "import strategy_sdk\nfrom desk_client import place_order\n\nclass X(strategy_sdk.Strategy):\n    pass\n"
+    )
     assert not is_legacy("print('no desk client here')\n")
 
 
 def test_the_runtime_of_the_orchestrator_is_accepted_spelled_out_or_implied() -> None:
-    assert validate_strategy("s", '{"user_id": "a", "runtime": "docker"}', SDK_STRATEGY, default_runtime="docker").spec.runtime == "docker"
+    assert (
+        validate_strategy(
+            "s", '{"user_id": "a", "runtime": "docker"}', SDK_STRATEGY, default_runtime="docker"
+        ).spec.runtime
+        == "docker"
+    )
     assert validate_strategy("s", '{"user_id": "a"}', SDK_STRATEGY, default_runtime="docker").spec.runtime == "docker"
     with pytest.raises(StrategyConfigError) as refused:
         validate_strategy("s", '{"user_id": "a", "runtime": "process"}', SDK_STRATEGY, default_runtime="docker")

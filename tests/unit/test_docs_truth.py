@@ -205,12 +205,16 @@ def _read_outside_settings() -> set[str]:
 
 def test_the_variables_the_doc_names_exist() -> None:
     text = envtable.splice(doc(), "")  # the prose only: the generated tables are checked above
-    known = {
-        name
-        for _title, cls in envtable.settings_classes()
-        for field, info in cls.model_fields.items()
-        for name in envtable.env_names(cls, field, info)
-    } | _read_outside_settings() | COMPOSE_VARIABLES
+    known = (
+        {
+            name
+            for _title, cls in envtable.settings_classes()
+            for field, info in cls.model_fields.items()
+            for name in envtable.env_names(cls, field, info)
+        }
+        | _read_outside_settings()
+        | COMPOSE_VARIABLES
+    )
     wrong = []
     for name, wildcard, value in re.findall(r"`([A-Z][A-Z0-9_]*?)(_\*)?(=[^`]*)?`", text):
         if wildcard:

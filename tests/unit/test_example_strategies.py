@@ -50,7 +50,8 @@ def test_ma_crossover_buys_the_golden_cross_and_sells_the_death_cross_exactly() 
     result = run_backtest(cls(), bars, config=config, slippage_bps=0, fee_bps=0)
     # Filled at once at the crossing bar's ask (close 11 + 1 cent) and bid (close 9 - 1 cent).
     assert [(f.side, f.qty, f.price) for f in result.fills] == [
-        ("buy", Decimal(10), Decimal("11.01")), ("sell", Decimal(10), Decimal("8.99")),
+        ("buy", Decimal(10), Decimal("11.01")),
+        ("sell", Decimal(10), Decimal("8.99")),
     ]
     assert result.cash == Decimal("99979.8")
 
@@ -93,12 +94,33 @@ def test_legacy_momentum_reads_stdin_and_places_orders_through_desk_client(tmp_p
         "    return {'id': 'o1', 'client_order_id': 'c1', 'status': 'accepted', 'reason': None, 'message': ''}\n"
     )
     calls = tmp_path / "calls.jsonl"
-    lines = [json.dumps({"symbol": "AAPL", "price": p, "open": p, "high": p, "low": p, "close": p, "volume": 1,
-                         "timestamp": "2026-01-02T14:30:00+00:00"}) for p in (100, 101, 102, 101.5, 103, 104)]
+    lines = [
+        json.dumps(
+            {
+                "symbol": "AAPL",
+                "price": p,
+                "open": p,
+                "high": p,
+                "low": p,
+                "close": p,
+                "volume": 1,
+                "timestamp": "2026-01-02T14:30:00+00:00",
+            }
+        )
+        for p in (100, 101, 102, 101.5, 103, 104)
+    ]
     other = json.dumps({"symbol": "TSLA", "price": 1, "timestamp": "2026-01-02T14:30:00+00:00"})
     env = {**os.environ, "PYTHONPATH": str(fake.parent), "CALLS": str(calls), "SYMBOLS": "AAPL,MSFT"}
-    out = subprocess.run([sys.executable, "strategy.py"], cwd=STRATEGIES / "legacy_momentum", env=env,
-                         input="\n".join([other, *lines, other]) + "\n", capture_output=True, text=True, timeout=30, check=True)
+    out = subprocess.run(
+        [sys.executable, "strategy.py"],
+        cwd=STRATEGIES / "legacy_momentum",
+        env=env,
+        input="\n".join([other, *lines, other]) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     recorded = [json.loads(line) for line in calls.read_text().splitlines()]
     assert recorded == [
         ["AAPL", 10, "buy", "market", "day"],

@@ -26,10 +26,20 @@ def test_members_are_ranked_by_return_then_pnl() -> None:
     def val(strategy: str, member: str, initial: str, cash: str) -> Valuation:
         return value_strategy(strategy, member, Account(initial_cash=D(initial), cash=D(cash)), [], {}, fills=1)
 
-    members = member_totals([val("a1", "alice", "100", "110"), val("a2", "alice", "100", "100"),
-                             val("b1", "bob", "1000", "1050"), val("c1", "carol", "100", "95")])
+    members = member_totals(
+        [
+            val("a1", "alice", "100", "110"),
+            val("a2", "alice", "100", "100"),
+            val("b1", "bob", "1000", "1050"),
+            val("c1", "carol", "100", "95"),
+        ]
+    )
     rows = leaderboard(members)
-    assert [(r.rank, r.member_id, r.return_pct) for r in rows] == [(1, "bob", "5"), (2, "alice", "5"), (3, "carol", "-5")]
+    assert [(r.rank, r.member_id, r.return_pct) for r in rows] == [
+        (1, "bob", "5"),
+        (2, "alice", "5"),
+        (3, "carol", "-5"),
+    ]
     assert rows[0].total_pnl == "50"  # same return as alice: the larger P&L ranks first
     assert rows[1].total_pnl == "10" and rows[1].strategies == 2 and rows[1].fills == 2
     assert return_pct(D(1), D(3)) == D("33.3333")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,10 +30,48 @@ PROPERTY = settings(max_examples=200, deadline=None, database=None)  # no .hypot
 # protobuf strings must be valid UTF-8: no lone surrogates
 _TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
 _NASTY_NUMBERS = [
-    "", "0", "-0", "+0", "0.0", "-0.0", "NaN", "-NaN", "sNaN", "nan", "Infinity", "-inf", "1e400", "-1e400",
-    "1e999999999", "-1e999999999", "1e-999999999", "1e9999999999999999999", "1e-30", "1E+2", "1e12", "1e12.5",
-    "9" * 40, "0." + "0" * 39 + "1", "1" + "0" * 39, " 10", "10 ", "\t1\n", "1_000", "١٠", "１０", "½", "1,5",
-    "0x10", "--1", "+-1", ".", "e5", "1e", "1.2.3", "\x00", "10\x00",
+    "",
+    "0",
+    "-0",
+    "+0",
+    "0.0",
+    "-0.0",
+    "NaN",
+    "-NaN",
+    "sNaN",
+    "nan",
+    "Infinity",
+    "-inf",
+    "1e400",
+    "-1e400",
+    "1e999999999",
+    "-1e999999999",
+    "1e-999999999",
+    "1e9999999999999999999",
+    "1e-30",
+    "1E+2",
+    "1e12",
+    "1e12.5",
+    "9" * 40,
+    "0." + "0" * 39 + "1",
+    "1" + "0" * 39,
+    " 10",
+    "10 ",
+    "\t1\n",
+    "1_000",
+    "\u0661\u0660",  # Arabic-Indic 10
+    "\uff11\uff10",  # full-width 10
+    "½",
+    "1,5",
+    "0x10",
+    "--1",
+    "+-1",
+    ".",
+    "e5",
+    "1e",
+    "1.2.3",
+    "\x00",
+    "10\x00",
 ]
 _NUMBER_TEXT = st.one_of(
     st.sampled_from(_NASTY_NUMBERS),
@@ -65,7 +104,9 @@ def _any_order(draw: st.DrawFn) -> tuple[orders_pb2.OrderRequest, str]:
 
 @PROPERTY
 @given(_any_order())
-def test_the_validator_only_ever_raises_desk_errors_with_a_known_reason(case: tuple[orders_pb2.OrderRequest, str]) -> None:
+def test_the_validator_only_ever_raises_desk_errors_with_a_known_reason(
+    case: tuple[orders_pb2.OrderRequest, str],
+) -> None:
     request, subject = case
     try:
         order = validate_order(request, subject)
@@ -81,44 +122,48 @@ def test_the_validator_only_ever_raises_desk_errors_with_a_known_reason(case: tu
 
 
 def _decimal(places: int, low: str = "0", high: str = "1e12") -> st.SearchStrategy[Decimal]:
-    return st.decimals(min_value=D(low), max_value=D(high), places=places, allow_nan=False, allow_infinity=False).filter(
-        lambda d: d > 0
-    )
+    return st.decimals(
+        min_value=D(low), max_value=D(high), places=places, allow_nan=False, allow_infinity=False
+    ).filter(lambda d: d > 0)
 
 
 @dataclass(frozen=True)
 class _Shape:
-    type: int
-    tif: int
+    type: common_pb2.OrderType
+    tif: common_pb2.TimeInForce
     limit: bool
     stop: bool
 
 
-_SHAPES = [
-    _Shape(common_pb2.ORDER_TYPE_MARKET, tif, False, False) for tif in (1, 2, 3, 4)
-] + [_Shape(common_pb2.ORDER_TYPE_LIMIT, tif, True, False) for tif in (1, 2, 3, 4)] + [
-    _Shape(common_pb2.ORDER_TYPE_STOP, tif, False, True) for tif in (1, 2)
-] + [_Shape(common_pb2.ORDER_TYPE_STOP_LIMIT, tif, True, True) for tif in (1, 2)]
+_ALL_TIFS = (common_pb2.TIME_IN_FORCE_DAY, common_pb2.TIME_IN_FORCE_GTC, common_pb2.TIME_IN_FORCE_IOC,
+             common_pb2.TIME_IN_FORCE_FOK)
+_SHAPES = (
+    [_Shape(common_pb2.ORDER_TYPE_MARKET, tif, False, False) for tif in _ALL_TIFS]
+    + [_Shape(common_pb2.ORDER_TYPE_LIMIT, tif, True, False) for tif in _ALL_TIFS]
+    + [_Shape(common_pb2.ORDER_TYPE_STOP, tif, False, True) for tif in _ALL_TIFS[:2]]
+    + [_Shape(common_pb2.ORDER_TYPE_STOP_LIMIT, tif, True, True) for tif in _ALL_TIFS[:2]]
+)
 
 
 @st.composite
 def _good_order(draw: st.DrawFn) -> orders_pb2.OrderRequest:
     shape = draw(st.sampled_from(_SHAPES))
-    by_notional = shape.type == common_pb2.ORDER_TYPE_MARKET and shape.tif == common_pb2.TIME_IN_FORCE_DAY and draw(
-        st.booleans()
+    by_notional = (
+        shape.type == common_pb2.ORDER_TYPE_MARKET and shape.tif == common_pb2.TIME_IN_FORCE_DAY and draw(st.booleans())
     )
     return orders_pb2.OrderRequest(
         strategy_id=draw(st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,31}\Z")),
         client_order_id=draw(st.from_regex(r"\A[A-Za-z0-9_-]{1,64}\Z")),
         symbol=draw(st.from_regex(r"\A[A-Z][A-Z0-9]{0,15}\Z")),
         side=draw(st.sampled_from([common_pb2.SIDE_BUY, common_pb2.SIDE_SELL])),
-        type=shape.type,  # type: ignore[arg-type]
-        time_in_force=shape.tif,  # type: ignore[arg-type]
+        type=shape.type,
+        time_in_force=shape.tif,
         qty="" if by_notional else fmt(draw(_decimal(9))),
         notional=fmt(draw(_decimal(2))) if by_notional else "",
         limit_price=fmt(draw(_decimal(6, high="1e9"))) if shape.limit else "",
         stop_price=fmt(draw(_decimal(6, high="1e9"))) if shape.stop else "",
-        extended_hours=shape.type == common_pb2.ORDER_TYPE_LIMIT and shape.tif == common_pb2.TIME_IN_FORCE_DAY
+        extended_hours=shape.type == common_pb2.ORDER_TYPE_LIMIT
+        and shape.tif == common_pb2.TIME_IN_FORCE_DAY
         and draw(st.booleans()),
     )
 
@@ -129,13 +174,20 @@ def test_every_well_formed_order_is_accepted_with_its_numbers(request: orders_pb
     order = validate_order(request, f"desk.order.submit.{request.strategy_id}")
     assert isinstance(order, ValidOrder)
     assert (order.strategy_id, order.client_order_id, order.symbol) == (
-        request.strategy_id, request.client_order_id, request.symbol)
+        request.strategy_id,
+        request.client_order_id,
+        request.symbol,
+    )
 
     def parsed(text: str) -> Decimal | None:
         return D(text) if text else None
 
     assert (order.qty, order.notional, order.limit_price, order.stop_price) == (
-        parsed(request.qty), parsed(request.notional), parsed(request.limit_price), parsed(request.stop_price))
+        parsed(request.qty),
+        parsed(request.notional),
+        parsed(request.limit_price),
+        parsed(request.stop_price),
+    )
 
 
 # --- the ledger's books --------------------------------------------------------------------------
@@ -212,22 +264,35 @@ _SIM_UPDATE = st.tuples(
 )
 
 
-def _update(kind: str, price: Decimal, spread: Decimal, volume: str, ts_ns: int) -> (
-    marketdata_pb2.Bar | marketdata_pb2.Trade | marketdata_pb2.Quote
-):
+def _update(
+    kind: str, price: Decimal, spread: Decimal, volume: str, ts_ns: int
+) -> marketdata_pb2.Bar | marketdata_pb2.Trade | marketdata_pb2.Quote:
     if kind == "bar":
-        return marketdata_pb2.Bar(symbol="AAPL", open=fmt(price), high=fmt(price + spread), low=fmt(price - spread),
-                                  close=fmt(price), volume=volume, start_ns=ts_ns)
+        return marketdata_pb2.Bar(
+            symbol="AAPL",
+            open=fmt(price),
+            high=fmt(price + spread),
+            low=fmt(price - spread),
+            close=fmt(price),
+            volume=volume,
+            start_ns=ts_ns,
+        )
     if kind == "trade":
         return marketdata_pb2.Trade(symbol="AAPL", price=fmt(price), size=volume, ts_ns=ts_ns)
-    return marketdata_pb2.Quote(symbol="AAPL", bid_price=fmt(price - spread), ask_price=fmt(price + spread),
-                                bid_size=volume, ask_size=volume, ts_ns=ts_ns)
+    return marketdata_pb2.Quote(
+        symbol="AAPL",
+        bid_price=fmt(price - spread),
+        ask_price=fmt(price + spread),
+        bid_size=volume,
+        ask_size=volume,
+        ts_ns=ts_ns,
+    )
 
 
 @PROPERTY
 @given(st.lists(st.one_of(_SIM_ORDER.map(lambda o: ("order", o)), _SIM_UPDATE.map(lambda u: ("md", u))), max_size=40))
 def test_the_sim_never_overfills_and_its_cum_qty_and_avg_price_add_up(
-    steps: list[tuple[str, tuple[object, ...]]]
+    steps: list[tuple[str, tuple[object, ...]]],
 ) -> None:
     now = itertools.count(1_772_460_000_000_000_000, 1000)  # one UTC day: no DAY order expires mid-test
     ids = itertools.count(1)
@@ -235,14 +300,21 @@ def test_the_sim_never_overfills_and_its_cum_qty_and_avg_price_add_up(
     fills: dict[str, list[tuple[Decimal, Decimal]]] = {}
     for n, (kind, step) in enumerate(steps):
         if kind == "order":
-            side, shape, qty, limit, stop = step
-            assert isinstance(shape, _Shape)
+            side, shape, qty, limit, stop = cast(tuple[common_pb2.Side, _Shape, Decimal, Decimal, Decimal], step)
             routed = orders_pb2.RoutedOrder(
-                order_id=f"o{n}", strategy_id="alpha", member_id="m",
+                order_id=f"o{n}",
+                strategy_id="alpha",
+                member_id="m",
                 new_order=orders_pb2.OrderRequest(
-                    strategy_id="alpha", client_order_id=f"c{n}", symbol="AAPL", side=side,  # type: ignore[arg-type]
-                    type=shape.type, time_in_force=shape.tif, qty=fmt(qty),  # type: ignore[arg-type]
-                    limit_price=fmt(limit) if shape.limit else "", stop_price=fmt(stop) if shape.stop else "",  # type: ignore[arg-type]
+                    strategy_id="alpha",
+                    client_order_id=f"c{n}",
+                    symbol="AAPL",
+                    side=side,
+                    type=shape.type,
+                    time_in_force=shape.tif,
+                    qty=fmt(qty),
+                    limit_price=fmt(limit) if shape.limit else "",
+                    stop_price=fmt(stop) if shape.stop else "",
                 ),
             )
             reports = engine.submit(routed)

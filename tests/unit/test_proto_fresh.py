@@ -14,8 +14,15 @@ def test_generated_protobuf_code_matches_the_proto_files(tmp_path: Path) -> None
     protos = sorted((ROOT / "protos").rglob("*.proto"))
     assert protos, "no .proto files found"
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'protos'}", f"--python_out={tmp_path}",
-         f"--pyi_out={tmp_path}", *[str(p) for p in protos]],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{ROOT / 'protos'}",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            *[str(p) for p in protos],
+        ],
         check=True,
     )
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*_pb2.py*"))

@@ -13,13 +13,7 @@ from desk.bus.errors import DeskError
 from desk.core.ids import order_id_for
 from desk.core.orders import validate_order
 from desk.v1 import common_pb2, orders_pb2
-from services.order_router.acks import (
-    OrderIds,
-    accepted_ack,
-    duplicate_of,
-    refused_ack,
-    stored_ack_matches,
-)
+from services.order_router.acks import OrderIds, accepted_ack, duplicate_of, refused_ack, stored_ack_matches
 from services.order_router.halts import GLOBAL_HALT_KEY, Halts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +65,9 @@ def test_the_state_names_the_desk_halt_and_the_halted_strategies_sorted() -> Non
     halts.apply(GLOBAL_HALT_KEY, 1, halt())
     state = halts.state("halted the desk")
     assert (state.global_halted, list(state.halted_strategies), state.message) == (
-        True, ["alpha", "beta"], "halted the desk"
+        True,
+        ["alpha", "beta"],
+        "halted the desk",
     )
     assert halts.keys() == [GLOBAL_HALT_KEY, "halt.alpha", "halt.beta"]
 
@@ -119,7 +115,12 @@ def test_an_accepted_ack_carries_the_derived_order_id_and_a_duplicate_is_a_marke
     order = validate_order(order_request(), "desk.order.submit.alpha")
     ack = accepted_ack(order, ts_ns=7)
     assert (ack.strategy_id, ack.client_order_id, ack.order_id, ack.accepted, ack.duplicate, ack.ts_ns) == (
-        "alpha", "c-1", order_id_for("alpha", "c-1"), True, False, 7
+        "alpha",
+        "c-1",
+        order_id_for("alpha", "c-1"),
+        True,
+        False,
+        7,
     )
     again = duplicate_of(ack)
     assert again.duplicate and not ack.duplicate
@@ -138,11 +139,18 @@ def test_a_refusal_names_the_request_or_else_the_subjects_strategy() -> None:
     err = DeskError("HALTED", "trading is halted", status=409)
     ack = refused_ack(orders_pb2.OrderAck, err, "desk.order.submit.alpha", order_request(), ts_ns=3)
     assert (ack.strategy_id, ack.client_order_id, ack.order_id, ack.accepted, ack.message, ack.ts_ns) == (
-        "alpha", "c-1", order_id_for("alpha", "c-1"), False, "trading is halted", 3
+        "alpha",
+        "c-1",
+        order_id_for("alpha", "c-1"),
+        False,
+        "trading is halted",
+        3,
     )
     assert ack.reason == orders_pb2.REJECT_REASON_HALTED
 
-    undecoded = refused_ack(orders_pb2.CancelAck, DeskError("MALFORMED", "bad bytes"), "desk.order.cancel.beta", None, 4)
+    undecoded = refused_ack(
+        orders_pb2.CancelAck, DeskError("MALFORMED", "bad bytes"), "desk.order.cancel.beta", None, 4
+    )
     assert isinstance(undecoded, orders_pb2.CancelAck)
     assert (undecoded.strategy_id, undecoded.client_order_id, undecoded.order_id) == ("beta", "", "")
 

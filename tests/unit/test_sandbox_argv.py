@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,13 +30,19 @@ def test_the_sandbox_unshares_everything_but_the_network_and_drops_every_privile
     argv, folder = _sandbox_argv(tmp_path)
     assert argv[0] == "/usr/bin/bwrap"
     options = argv[: argv.index("--")]
-    for flag in ("--unshare-all", "--unshare-user", "--share-net", "--disable-userns", "--die-with-parent",
-                 "--new-session"):
+    for flag in (
+        "--unshare-all",
+        "--unshare-user",
+        "--share-net",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+    ):
         assert flag in options, flag
     assert options[options.index("--cap-drop") + 1] == "ALL"
-    assert ("--remount-ro", "/") == tuple(options[options.index("--remount-ro"): options.index("--remount-ro") + 2])
+    assert ("--remount-ro", "/") == tuple(options[options.index("--remount-ro") : options.index("--remount-ro") + 2])
     assert options[options.index("--chdir") + 1] == str(folder)
-    assert argv[argv.index("--") + 1:] == [sys.executable, "-m", "strategy_sdk", "run", str(folder)]
+    assert argv[argv.index("--") + 1 :] == [sys.executable, "-m", "strategy_sdk", "run", str(folder)]
     # Private /tmp, /proc, /dev; the environment is not on the command line (it goes through execve).
     assert options[options.index("--tmpfs") + 1] == "/tmp"
     assert options[options.index("--proc") + 1] == "/proc"
@@ -82,9 +89,10 @@ def test_limits_parse_memory_and_cpus() -> None:
         _ = Limits("lots", "1", 8).memory_bytes
 
 
-def _runtime(tmp_path: Path, **options: object) -> ProcessRuntime:
-    return ProcessRuntime(nats_url="nats://x:1", log_dir=tmp_path, repo_root=REPO_ROOT, base_env={"HOME": "/root"},
-                          **options)  # type: ignore[arg-type]
+def _runtime(tmp_path: Path, **options: Any) -> ProcessRuntime:
+    return ProcessRuntime(
+        nats_url="nats://x:1", log_dir=tmp_path, repo_root=REPO_ROOT, base_env={"HOME": "/root"}, **options
+    )
 
 
 def test_spec_resources_override_the_defaults(tmp_path: Path) -> None:
@@ -149,7 +157,15 @@ def test_the_log_drops_a_flood_and_says_how_many_lines_it_dropped(tmp_path: Path
 
 def test_the_environment_goes_to_bwrap_as_nul_separated_setenv_arguments() -> None:
     data = env_args({"NATS_PASSWORD": "p w\nx", "HOME": "/tmp"})
-    assert data.split(b"\0") == [b"--clearenv", b"--setenv", b"NATS_PASSWORD", b"p w\nx", b"--setenv", b"HOME",
-                                 b"/tmp", b""]
+    assert data.split(b"\0") == [
+        b"--clearenv",
+        b"--setenv",
+        b"NATS_PASSWORD",
+        b"p w\nx",
+        b"--setenv",
+        b"HOME",
+        b"/tmp",
+        b"",
+    ]
     argv = Sandbox(bwrap="bwrap", repo_root=REPO_ROOT).argv(["x"], strategy_dir="", args_fd=7)
     assert argv[:3] == ["bwrap", "--args", "7"] and "NATS_PASSWORD" not in " ".join(argv)

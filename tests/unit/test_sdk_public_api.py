@@ -50,8 +50,20 @@ def test_testing_module_and_desk_client_export_exactly_their_documented_names() 
 
 
 def test_strategy_base_class_offers_every_hook_and_trading_method() -> None:
-    for name in ("on_start", "on_bar", "on_trade", "on_quote", "on_fill", "on_order_update", "on_stop",
-                 "buy", "sell", "submit_order", "cancel", "position"):
+    for name in (
+        "on_start",
+        "on_bar",
+        "on_trade",
+        "on_quote",
+        "on_fill",
+        "on_order_update",
+        "on_stop",
+        "buy",
+        "sell",
+        "submit_order",
+        "cancel",
+        "position",
+    ):
         assert callable(getattr(strategy_sdk.Strategy, name)), name
     for name in ("cash", "log", "strategy_id", "member_id", "config", "open_orders"):
         assert isinstance(getattr(strategy_sdk.Strategy, name), property), name
@@ -71,8 +83,17 @@ def test_sdk_and_desk_client_import_neither_structlog_nor_pydantic() -> None:
 def test_sdk_and_desk_client_use_only_desk_v1_the_pure_bus_modules_and_desk_core() -> None:
     # desk.core on purpose: the SDK and desk_client share the engine's order words and rules, and its
     # order id (docs/architecture.md §8); the async bus modules (connect, lifecycle, micro, kv) stay out.
-    allowed = ("desk.v1", "desk.core", "desk.bus.codec", "desk.bus.confine", "desk.bus.decimals", "desk.bus.errors",
-               "desk.bus.request", "desk.bus.servers", "desk.bus.subjects")  # servers: stdlib + nats-py, how to reach NATS
+    allowed = (
+        "desk.v1",
+        "desk.core",
+        "desk.bus.codec",
+        "desk.bus.confine",
+        "desk.bus.decimals",
+        "desk.bus.errors",
+        "desk.bus.request",
+        "desk.bus.servers",
+        "desk.bus.subjects",
+    )  # servers: stdlib + nats-py, how to reach NATS
     code = (
         "import sys, strategy_sdk, strategy_sdk.testing, strategy_sdk.legacy, desk_client\n"
         "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'desk')))\n"
@@ -84,10 +105,18 @@ def test_sdk_and_desk_client_use_only_desk_v1_the_pure_bus_modules_and_desk_core
 
 
 def test_runner_help_explains_the_command_and_its_environment() -> None:
-    out = subprocess.run([sys.executable, "-m", "strategy_sdk", "run", "--help"], cwd=ROOT,
-                         capture_output=True, text=True, check=True)
-    for word in ("PATH", "NATS_URL", "DESK_STRATEGY_ID", "DESK_MEMBER_ID", "DESK_SYMBOLS", "DESK_HEARTBEAT_INTERVAL",
-                 "exit codes"):
+    out = subprocess.run(
+        [sys.executable, "-m", "strategy_sdk", "run", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    for word in (
+        "PATH",
+        "NATS_URL",
+        "DESK_STRATEGY_ID",
+        "DESK_MEMBER_ID",
+        "DESK_SYMBOLS",
+        "DESK_HEARTBEAT_INTERVAL",
+        "exit codes",
+    ):
         assert word in out.stdout, word
 
 

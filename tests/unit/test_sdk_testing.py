@@ -70,8 +70,9 @@ def test_fees_and_slippage_are_charged_on_market_fills() -> None:
     buy, sell = result.fills
     assert (buy.price, sell.price) == (Decimal("11.1201"), Decimal("8.9001"))  # 11.01 * 1.01, 8.99 * 0.99
     assert buy.fee == Decimal("0.111201")
-    assert result.cash == (Decimal(100000) - Decimal("111.201") - Decimal("0.111201")
-                           + Decimal("89.001") - Decimal("0.089001"))
+    assert result.cash == (
+        Decimal(100000) - Decimal("111.201") - Decimal("0.111201") + Decimal("89.001") - Decimal("0.089001")
+    )
 
 
 def test_an_order_larger_than_the_participation_fills_partially_and_the_rest_on_the_next_bar() -> None:
@@ -133,7 +134,10 @@ def test_limit_orders_fill_only_when_a_later_bar_crosses_and_cancels_work() -> N
     by_id = {o.client_order_id: o for o in result.orders}
     assert (by_id["near"].status, by_id["far"].status) == ("filled", "canceled")
     assert [(u.client_order_id, u.exec_type) for u in strategy.updates] == [
-        ("near", "new"), ("far", "new"), ("far", "canceled"), ("near", "fill"),
+        ("near", "new"),
+        ("far", "new"),
+        ("far", "canceled"),
+        ("near", "fill"),
     ]
     accepted, again, unknown = strategy.cancel_results
     assert accepted.accepted and not again.accepted and not unknown.accepted
@@ -146,8 +150,10 @@ def test_a_limit_order_that_gaps_through_fills_at_the_better_open() -> None:
             if not self.open_orders and self.position(bar.symbol) == 0:
                 await self.buy(bar.symbol, 1, type="limit", limit_price="95")
 
-    bars = [to_bar({"symbol": "MSFT", "open": "100", "high": "100", "low": "99", "close": "100"}),
-            to_bar({"symbol": "MSFT", "open": "90", "high": "91", "low": "89", "close": "90"})]
+    bars = [
+        to_bar({"symbol": "MSFT", "open": "100", "high": "100", "low": "99", "close": "100"}),
+        to_bar({"symbol": "MSFT", "open": "90", "high": "91", "low": "89", "close": "90"}),
+    ]
     result = run_backtest(GapBuyer, bars)
     assert [f.price for f in result.fills] == [Decimal(90)]
 
@@ -185,8 +191,8 @@ class Greedy(Strategy):
 
     async def on_bar(self, bar: Bar) -> None:
         if len(self.results) == 0:
-            self.results.append(await self.buy(bar.symbol, 600))   # 60000 of 100000
-            self.results.append(await self.buy(bar.symbol, 600))   # 60000 more
+            self.results.append(await self.buy(bar.symbol, 600))  # 60000 of 100000
+            self.results.append(await self.buy(bar.symbol, 600))  # 60000 more
             self.results.append(await self.sell(bar.symbol, 100))  # only 25 held (the first buy's fill)
 
 
@@ -215,7 +221,9 @@ def test_the_configs_symbols_initial_cash_and_allow_short_are_honoured() -> None
             if self.position(bar.symbol) == 0 and not self.open_orders:
                 await self.sell(bar.symbol, 10)
 
-    bars = [b for pair in zip(make_bars("AAPL", ["100", "101"]), make_bars("MSFT", ["50", "51"]), strict=True) for b in pair]
+    bars = [
+        b for pair in zip(make_bars("AAPL", ["100", "101"]), make_bars("MSFT", ["50", "51"]), strict=True) for b in pair
+    ]
     config = {"symbols": ["MSFT"], "initial_cash": "5000", "risk": {"allow_short": True}}
     strategy = ShortEverything()
     result = run_backtest(strategy, bars, config=config, slippage_bps=0, fee_bps=0)
@@ -228,8 +236,15 @@ def test_the_configs_symbols_initial_cash_and_allow_short_are_honoured() -> None
 
 def test_bars_may_be_dicts_or_csv_rows_with_iso_timestamps() -> None:
     rows: list[dict[str, Any]] = [
-        {"symbol": "AAPL", "open": "1.5", "high": "2", "low": "1", "close": "1.75", "volume": "10",
-         "timestamp": "2026-01-02T14:30:00Z"},
+        {
+            "symbol": "AAPL",
+            "open": "1.5",
+            "high": "2",
+            "low": "1",
+            "close": "1.75",
+            "volume": "10",
+            "timestamp": "2026-01-02T14:30:00Z",
+        },
         {"symbol": "AAPL", "open": 2, "high": 2, "low": 2, "close": 2},
     ]
     result = run_backtest(Crossover, rows)
@@ -242,20 +257,32 @@ async def test_backtests_also_run_from_async_tests() -> None:
     bars = make_bars("AAPL", CROSSING)
     from_thread = run_backtest(Crossover(), bars)
     awaited = await run_backtest_async(Crossover(), bars)
+
     def trades(fills: list[Fill]) -> list[tuple[str, Decimal, Decimal]]:
         return [(f.side, f.qty, f.price) for f in fills]
 
-    assert trades(from_thread.fills) == trades(awaited.fills) == [
-        ("buy", Decimal(10), Decimal("11.012202")), ("sell", Decimal(10), Decimal("8.988202")),
-    ]
+    assert (
+        trades(from_thread.fills)
+        == trades(awaited.fills)
+        == [("buy", Decimal(10), Decimal("11.012202")), ("sell", Decimal(10), Decimal("8.988202"))]
+    )
 
 
 def test_account_books_each_execution_once_even_when_repeated() -> None:
     account = Account(cash=Decimal(1000))
     report = executions_pb2.ExecutionReport(
-        execution_id="e1", client_order_id="c1", order_id="o1", symbol="AAPL", side=common_pb2.SIDE_BUY,
-        exec_type=executions_pb2.EXEC_TYPE_FILL, status=executions_pb2.ORDER_STATUS_FILLED,
-        fill_qty="2", fill_price="10.5", fee="0.01", cum_qty="2", leaves_qty="0",
+        execution_id="e1",
+        client_order_id="c1",
+        order_id="o1",
+        symbol="AAPL",
+        side=common_pb2.SIDE_BUY,
+        exec_type=executions_pb2.EXEC_TYPE_FILL,
+        status=executions_pb2.ORDER_STATUS_FILLED,
+        fill_qty="2",
+        fill_price="10.5",
+        fee="0.01",
+        cum_qty="2",
+        leaves_qty="0",
     )
     assert account.apply(report) is not None
     assert account.apply(report) is None

@@ -19,8 +19,9 @@ def test_what_is_not_a_server_address_is_refused_by_name(bad: str) -> None:
         server_list(f"nats://ok:4222,{bad}" if bad else bad)
 
 
-def test_the_settings_refuse_a_bad_nats_url_at_start_up(monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_settings_refuse_a_bad_nats_url_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("NATS_URL", "nats://a:4222,nats://b:x")
     with pytest.raises(SettingsError):
         load_settings(BusSettings)

@@ -19,9 +19,12 @@ def _spec(**fields: object) -> strategy_pb2.StrategySpec:
 def test_a_plain_spec_and_one_with_every_field_set_are_valid() -> None:
     assert spec_problems(_spec()) == []
     full = _spec(
-        initial_cash="100000", symbols=["AAPL", "MSFT"], env={"LOOKBACK": "20"},
-        risk=strategy_pb2.RiskLimits(max_order_notional="25000", max_position_notional="50000.5",
-                                     max_orders_per_minute=30, allow_short=True),
+        initial_cash="100000",
+        symbols=["AAPL", "MSFT"],
+        env={"LOOKBACK": "20"},
+        risk=strategy_pb2.RiskLimits(
+            max_order_notional="25000", max_position_notional="50000.5", max_orders_per_minute=30, allow_short=True
+        ),
         resources=strategy_pb2.Resources(memory="256m", cpus="0.5", pids=64),
     )
     validate_spec(full)  # does not raise
@@ -39,8 +42,10 @@ def test_a_plain_spec_and_one_with_every_field_set_are_valid() -> None:
         ({"initial_cash": "NaN"}, "initial_cash must be a finite number"),
         ({"initial_cash": "1e400"}, "initial_cash 1e400 is larger than the limit"),
         ({"risk": strategy_pb2.RiskLimits(max_order_notional="-1")}, "risk.max_order_notional must be positive"),
-        ({"risk": strategy_pb2.RiskLimits(max_position_notional="Infinity")},
-         "risk.max_position_notional must be a finite number"),
+        (
+            {"risk": strategy_pb2.RiskLimits(max_position_notional="Infinity")},
+            "risk.max_position_notional must be a finite number",
+        ),
         ({"symbols": ["aapl"]}, "symbols ['aapl'] are not valid symbols"),
         ({"symbols": ["AAPL", "AAPL"]}, "more than once"),
         ({"env": {"1X": "y"}}, "env keys ['1X'] are not valid"),

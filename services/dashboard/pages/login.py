@@ -17,7 +17,9 @@ log = get_logger("dashboard")
 DISABLED = "operator actions are disabled (DASHBOARD_OPERATOR_PASSWORD is not set)"
 
 
-def routes(site: Site, throttle: LoginThrottle, trusted_proxies: Collection[str], secure_cookie: bool) -> list[BaseRoute]:
+def routes(
+    site: Site, throttle: LoginThrottle, trusted_proxies: Collection[str], secure_cookie: bool
+) -> list[BaseRoute]:
     """``trusted_proxies``: peers whose ``X-Forwarded-For`` names the login's client."""
     proxies = frozenset(trusted_proxies)
 
@@ -46,8 +48,12 @@ def routes(site: Site, throttle: LoginThrottle, trusted_proxies: Collection[str]
         log.info("operator.logged_in", client=client)
         response = RedirectResponse("/desk", status_code=303)
         response.set_cookie(
-            SESSION_COOKIE, site.auth.issue_session(time.time_ns()), httponly=True, samesite="strict",
-            secure=secure_cookie, path="/",
+            SESSION_COOKIE,
+            site.auth.issue_session(time.time_ns()),
+            httponly=True,
+            samesite="strict",
+            secure=secure_cookie,
+            path="/",
         )
         return response
 

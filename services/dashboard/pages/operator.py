@@ -75,7 +75,11 @@ def routes(site: Site) -> list[BaseRoute]:
         target = strategy_target(form.get("strategy_id", ""))
         reason = form.get("reason", "")[:200] or "dashboard"
         ack = await site.reader.halt(target, resume, requested_by="dashboard operator", reason=reason)
-        return {"message": ack.message, "global_halted": ack.global_halted, "halted_strategies": list(ack.halted_strategies)}
+        return {
+            "message": ack.message,
+            "global_halted": ack.global_halted,
+            "halted_strategies": list(ack.halted_strategies),
+        }
 
     async def do_control(request: Request, form: dict[str, str]) -> dict[str, Any]:
         action = str(request.path_params["action"])
@@ -91,7 +95,8 @@ def routes(site: Site) -> list[BaseRoute]:
     return [
         Route("/operator/risk/{action:str}", operator_action(site, do_halt, "risk"), methods=["POST"]),
         Route(
-            "/operator/strategy/{strategy_id}/{action:str}", operator_action(site, do_control, "strategy"),
+            "/operator/strategy/{strategy_id}/{action:str}",
+            operator_action(site, do_control, "strategy"),
             methods=["POST"],
         ),
     ]

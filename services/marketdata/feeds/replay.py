@@ -72,7 +72,7 @@ def _row(line: int, cells: list[str]) -> ReplayRow:
     if not subjects.SYMBOL_RE.match(symbol):
         raise ValueError(f"symbol {symbol!r} is not a valid symbol")
     try:
-        open_, high, low, close = (parse_decimal(name, value) for name, value in zip(HEADER[2:6], numbers[:4]))
+        open_, high, low, close = (parse_decimal(name, value) for name, value in zip(HEADER[2:6], numbers[:4], strict=True))
         volume = parse_decimal("volume", numbers[4], positive=False)
     except DeskError as err:
         raise ValueError(err.message) from None
@@ -186,7 +186,7 @@ class ReplayFeed:
         passes = 0
         while True:
             offset = passes * self.pass_ns
-            for i, (row, delay) in enumerate(zip(self.rows, self._delays)):
+            for i, (row, delay) in enumerate(zip(self.rows, self._delays, strict=True)):
                 if i == 0 and passes > 0 and self.pace > 0:
                     delay = self.pace
                 elif i == 0 and passes > 0 and self.speed > 0:

@@ -52,7 +52,7 @@ class Parity(Strategy):
         closes.append(bar.close)
         if len(closes) < self.slow:
             return
-        fast_ma = sum(list(closes)[-self.fast:], Decimal(0)) / self.fast
+        fast_ma = sum(list(closes)[-self.fast :], Decimal(0)) / self.fast
         slow_ma = sum(closes, Decimal(0)) / self.slow
         above = fast_ma > slow_ma
         was_above = self.fast_above.get(bar.symbol)
@@ -68,11 +68,18 @@ class Parity(Strategy):
                 result = await self.buy(bar.symbol, self.qty, client_order_id=self._next_id(bar.symbol))
             else:
                 limit = (bar.close * Decimal("1.01")).quantize(CENT)
-                result = await self.buy(bar.symbol, self.qty, type="limit", limit_price=limit,
-                                        client_order_id=self._next_id(bar.symbol))
+                result = await self.buy(
+                    bar.symbol, self.qty, type="limit", limit_price=limit, client_order_id=self._next_id(bar.symbol)
+                )
             self.log.info("entry %s at %s -> %s %s", bar.symbol, bar.close, result.accepted, result.reason)
         elif not above and held > 0:
             limit = (bar.close * (1 + self.exit_premium)).quantize(CENT)
-            result = await self.sell(bar.symbol, held, type="limit", limit_price=limit, time_in_force="day",
-                                     client_order_id=self._next_id(bar.symbol))
+            result = await self.sell(
+                bar.symbol,
+                held,
+                type="limit",
+                limit_price=limit,
+                time_in_force="day",
+                client_order_id=self._next_id(bar.symbol),
+            )
             self.log.info("exit offer %s %s at %s -> %s %s", bar.symbol, held, limit, result.accepted, result.reason)

@@ -95,8 +95,18 @@ def _minutes(symbol: str, day: dt.date) -> list[dict[str, Any]]:
         volume = rng.randint(100, 20_000)
         trades = max(1, volume // rng.randint(50, 200))
         vwap = round((high + low + close) / 3, 4)
-        out.append({"t": start + dt.timedelta(minutes=i), "o": open_, "h": high, "l": low, "c": close,
-                    "v": volume, "n": trades, "vw": vwap})
+        out.append(
+            {
+                "t": start + dt.timedelta(minutes=i),
+                "o": open_,
+                "h": high,
+                "l": low,
+                "c": close,
+                "v": volume,
+                "n": trades,
+                "vw": vwap,
+            }
+        )
         price = close
     return out
 
@@ -104,8 +114,16 @@ def _minutes(symbol: str, day: dt.date) -> list[dict[str, Any]]:
 def _aggregate(group: list[dict[str, Any]], stamp: dt.datetime) -> dict[str, Any]:
     volume = sum(b["v"] for b in group)
     vwap = round(sum(b["vw"] * b["v"] for b in group) / volume, 4) if volume else group[-1]["c"]
-    return {"t": stamp, "o": group[0]["o"], "h": max(b["h"] for b in group), "l": min(b["l"] for b in group),
-            "c": group[-1]["c"], "v": volume, "n": sum(b["n"] for b in group), "vw": vwap}
+    return {
+        "t": stamp,
+        "o": group[0]["o"],
+        "h": max(b["h"] for b in group),
+        "l": min(b["l"] for b in group),
+        "c": group[-1]["c"],
+        "v": volume,
+        "n": sum(b["n"] for b in group),
+        "vw": vwap,
+    }
 
 
 def bars_for_day(symbol: str, day: dt.date, amount: int, unit: str) -> list[dict[str, Any]]:
@@ -158,8 +176,11 @@ class HistoricalBars:
         body = self._bars(sorted(set(symbols)), query)
         self.served += 1
         if single is not None:
-            return 200, {"bars": body["bars"].get(single, []), "symbol": single,
-                         "next_page_token": body["next_page_token"]}
+            return 200, {
+                "bars": body["bars"].get(single, []),
+                "symbol": single,
+                "next_page_token": body["next_page_token"],
+            }
         return 200, body
 
     def _bars(self, symbols: list[str], query: dict[str, str]) -> dict[str, Any]:
@@ -167,8 +188,11 @@ class HistoricalBars:
         if unit in ("Week", "Month"):
             raise _bad("this fake serves Min, Hour and Day bars only")
         now = self.now()
-        start = _parse_time("start", query["start"]) if query.get("start") else \
-            dt.datetime.combine(now.astimezone(NEW_YORK).date(), dt.time(0), NEW_YORK)
+        start = (
+            _parse_time("start", query["start"])
+            if query.get("start")
+            else dt.datetime.combine(now.astimezone(NEW_YORK).date(), dt.time(0), NEW_YORK)
+        )
         end = _parse_time("end", query["end"]) if query.get("end") else now
         if end < start:
             raise _bad("end should not be before start")
@@ -213,13 +237,15 @@ class HistoricalBars:
                     bars.reverse()
                 for bar in bars:
                     stamp = _iso(bar["t"])
-                    if after is not None and symbol == after[0] and (
-                            (stamp <= after[1]) if sort == "asc" else (stamp >= after[1])):
+                    if (
+                        after is not None
+                        and symbol == after[0]
+                        and ((stamp <= after[1]) if sort == "asc" else (stamp >= after[1]))
+                    ):
                         continue  # up to and including the last bar of the previous page
                     if count == limit:
                         last_symbol, last_bar = next(reversed(out.items()))
-                        next_token = base64.urlsafe_b64encode(
-                            f"{last_symbol}|{last_bar[-1]['t']}".encode()).decode()
+                        next_token = base64.urlsafe_b64encode(f"{last_symbol}|{last_bar[-1]['t']}".encode()).decode()
                         return {"bars": out, "next_page_token": next_token}
                     out.setdefault(symbol, []).append({**bar, "t": stamp})
                     count += 1

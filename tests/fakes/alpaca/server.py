@@ -111,18 +111,40 @@ class FakeOrder:
     def to_json(self) -> dict[str, Any]:
         avg = self.cost / self.filled_qty if self.filled_qty else None
         return {
-            "id": self.id, "client_order_id": self.client_order_id,
-            "created_at": _iso(self.created_at), "updated_at": _iso(self.updated_at),
-            "submitted_at": _iso(self.created_at), "filled_at": _iso(self.filled_at),
-            "expired_at": None, "expires_at": None, "canceled_at": _iso(self.canceled_at), "failed_at": None,
-            "replaced_at": None, "replaced_by": None, "replaces": None,
-            "asset_id": self.asset_id, "symbol": self.symbol, "asset_class": "us_equity",
-            "notional": None, "qty": _fmt(self.qty), "filled_qty": _fmt(self.filled_qty),
-            "filled_avg_price": _fmt(avg), "order_class": "simple", "order_type": self.type, "type": self.type,
-            "side": self.side, "time_in_force": self.time_in_force,
-            "limit_price": _fmt(self.limit_price), "stop_price": _fmt(self.stop_price),
-            "status": self.status, "extended_hours": False, "legs": None,
-            "trail_percent": None, "trail_price": None, "hwm": None, "position_intent": None,
+            "id": self.id,
+            "client_order_id": self.client_order_id,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "submitted_at": _iso(self.created_at),
+            "filled_at": _iso(self.filled_at),
+            "expired_at": None,
+            "expires_at": None,
+            "canceled_at": _iso(self.canceled_at),
+            "failed_at": None,
+            "replaced_at": None,
+            "replaced_by": None,
+            "replaces": None,
+            "asset_id": self.asset_id,
+            "symbol": self.symbol,
+            "asset_class": "us_equity",
+            "notional": None,
+            "qty": _fmt(self.qty),
+            "filled_qty": _fmt(self.filled_qty),
+            "filled_avg_price": _fmt(avg),
+            "order_class": "simple",
+            "order_type": self.type,
+            "type": self.type,
+            "side": self.side,
+            "time_in_force": self.time_in_force,
+            "limit_price": _fmt(self.limit_price),
+            "stop_price": _fmt(self.stop_price),
+            "status": self.status,
+            "extended_hours": False,
+            "legs": None,
+            "trail_percent": None,
+            "trail_price": None,
+            "hwm": None,
+            "position_intent": None,
         }
 
 
@@ -262,26 +284,34 @@ class FakeAlpaca:
     def set_price(self, symbol: str, price: str | Decimal) -> None:
         self.call(lambda: self.prices.__setitem__(symbol, Decimal(str(price))))
 
-    def inject(self, status: int, count: int = 1, method: str = "", path_prefix: str = "", after_commit: bool = False) -> None:
+    def inject(
+        self, status: int, count: int = 1, method: str = "", path_prefix: str = "", after_commit: bool = False
+    ) -> None:
         """The next ``count`` matching requests get ``status`` (429, 500, 503, 504...)."""
+
         def add() -> None:
             for _ in range(count):
                 self.injections.append(Injection(status, method, path_prefix, after_commit))
+
         self.call(add)
 
     def clear_injections(self) -> int:
         """Forget the injected failures not used yet (Alpaca is healthy again); how many there were."""
+
         def run() -> int:
             left = len(self.injections)
             self.injections.clear()
             return left
+
         return self.call(run)
 
     def fill(self, client_order_id: str, qty: str | Decimal, price: str | Decimal) -> dict[str, Any]:
         """Fill ``qty`` of an open order at ``price`` (a partial fill when less than its leaves)."""
+
         def run() -> dict[str, Any]:
             order = self._by_client_id(client_order_id)
             return self._execute(order, Decimal(str(qty)), Decimal(str(price)))
+
         return self.call(run)
 
     def order(self, client_order_id: str) -> FakeOrder:
@@ -289,10 +319,12 @@ class FakeAlpaca:
 
     def drop_trade_streams(self, refuse_reconnect: bool = True) -> None:
         """Close every trade_updates connection; with ``refuse_reconnect`` new handshakes get HTTP 503."""
+
         def run() -> None:
             self.trade_streams_refused = refuse_reconnect
             for queue in list(self._trade_queues):
                 queue.put_nowait(None)
+
         self.call(run)
 
     def allow_trade_streams(self) -> None:
@@ -300,11 +332,13 @@ class FakeAlpaca:
 
     def drop_data_streams(self) -> None:
         """Close every market-data connection (without waiting: the client may share the caller's loop)."""
+
         def run() -> None:
             for conn in list(self._data_conns):
                 task = asyncio.ensure_future(conn.close(1011, "injected drop"))
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
+
         self.call(run)
 
     def data_subscriptions(self) -> list[dict[str, set[str]]]:
@@ -313,9 +347,13 @@ class FakeAlpaca:
     def wait_data_subscribed(self, symbols: set[str], connections: int = 1, timeout: float = 15.0) -> None:
         """Block (call it through ``asyncio.to_thread``) until connection number ``connections`` or later
         has subscribed trades, quotes and bars of every symbol in ``symbols``."""
+
         def done() -> bool:
             return self.data_connections >= connections and any(
-                all(symbols <= subs[c] for c in ("trades", "quotes", "bars")) for subs in list(self._data_conns.values()))
+                all(symbols <= subs[c] for c in ("trades", "quotes", "bars"))
+                for subs in list(self._data_conns.values())
+            )
+
         with self._data_changed:
             if not self._data_changed.wait_for(done, timeout):
                 raise TimeoutError(f"no market-data subscription to {sorted(symbols)} within {timeout} s")
@@ -326,6 +364,7 @@ class FakeAlpaca:
 
     def publish_market(self, messages: list[dict[str, Any]]) -> int:
         """Send market-data messages (``T`` t/q/b with fields, ``t`` a datetime) to subscribed connections."""
+
         async def run() -> int:
             sent = 0
             for conn, subs in list(self._data_conns.items()):
@@ -343,6 +382,7 @@ class FakeAlpaca:
                     except ConnectionClosed:
                         pass
             return sent
+
         return self._run_coro(run())
 
     # --- the account's state (on the fake's loop) --------------------------------------------------
@@ -357,7 +397,9 @@ class FakeAlpaca:
         return self.positions.get(symbol, (ZERO, ZERO))[0]
 
     def _held_for_sells(self, symbol: str) -> Decimal:
-        return sum((o.leaves for o in self.orders.values() if o.is_open and o.symbol == symbol and o.side == "sell"), ZERO)
+        return sum(
+            (o.leaves for o in self.orders.values() if o.is_open and o.symbol == symbol and o.side == "sell"), ZERO
+        )
 
     def _emit(self, event: str, order: FakeOrder, **extra: Any) -> None:
         data: dict[str, Any] = {"event": event, "order": order.to_json(), "timestamp": _iso(_now())}
@@ -393,14 +435,23 @@ class FakeAlpaca:
         execution_id = str(uuid.uuid4())
         event = "fill" if order.status == "filled" else "partial_fill"
         activity = {
-            "id": f"{now.strftime('%Y%m%d%H%M%S%f')[:17]}::{execution_id}", "activity_type": "FILL",
-            "transaction_time": _iso(now), "type": event, "price": _fmt(price), "qty": _fmt(qty),
-            "side": order.side, "symbol": order.symbol, "leaves_qty": _fmt(order.leaves), "order_id": order.id,
-            "cum_qty": _fmt(order.filled_qty), "order_status": order.status,
+            "id": f"{now.strftime('%Y%m%d%H%M%S%f')[:17]}::{execution_id}",
+            "activity_type": "FILL",
+            "transaction_time": _iso(now),
+            "type": event,
+            "price": _fmt(price),
+            "qty": _fmt(qty),
+            "side": order.side,
+            "symbol": order.symbol,
+            "leaves_qty": _fmt(order.leaves),
+            "order_id": order.id,
+            "cum_qty": _fmt(order.filled_qty),
+            "order_status": order.status,
         }
         self.activities.append(activity)
-        self._emit(event, order, execution_id=execution_id, price=_fmt(price), qty=_fmt(qty),
-                   position_qty=_fmt(position))
+        self._emit(
+            event, order, execution_id=execution_id, price=_fmt(price), qty=_fmt(qty), position_qty=_fmt(position)
+        )
         return activity
 
     def _place(self, body: dict[str, Any]) -> FakeOrder:
@@ -430,16 +481,23 @@ class FakeAlpaca:
             if position > 0 and qty > position - held:
                 related = [o.id for o in self.orders.values() if o.is_open and o.symbol == symbol and o.side == "sell"]
                 raise ApiError(
-                    403, 40310000,
+                    403,
+                    40310000,
                     f"insufficient qty available for order (requested: {_fmt(qty)}, available: {_fmt(position - held)})",
-                    available=_fmt(position - held), existing_qty=_fmt(position), held_for_orders=_fmt(held),
-                    related_orders=related, symbol=symbol,
+                    available=_fmt(position - held),
+                    existing_qty=_fmt(position),
+                    held_for_orders=_fmt(held),
+                    related_orders=related,
+                    symbol=symbol,
                 )
         elif qty * price > self.cash:
-            raise ApiError(403, 40310000, "insufficient buying power", buying_power=_fmt(self.cash),
-                           cost_basis=_fmt(qty * price))
+            raise ApiError(
+                403, 40310000, "insufficient buying power", buying_power=_fmt(self.cash), cost_basis=_fmt(qty * price)
+            )
         now = _now()
-        order = FakeOrder(str(uuid.uuid4()), client_order_id, symbol, side, kind, tif, qty, limit_price, stop_price, now)
+        order = FakeOrder(
+            str(uuid.uuid4()), client_order_id, symbol, side, kind, tif, qty, limit_price, stop_price, now
+        )
         self.orders[order.id] = order
         self._emit("new", order)
         if self.auto_fill and kind == "market" and symbol in self.prices:
@@ -450,47 +508,82 @@ class FakeAlpaca:
         for other in self.orders.values():
             if not other.is_open or other.symbol != symbol or other.side == side:
                 continue
-            buy_limit, sell_limit = (limit_price, other.limit_price) if side == "buy" else (other.limit_price, limit_price)
+            buy_limit, sell_limit = (
+                (limit_price, other.limit_price) if side == "buy" else (other.limit_price, limit_price)
+            )
             could_cross = (
-                kind == "market" or other.type in ("market", "stop", "stop_limit") or kind in ("stop", "stop_limit")
+                kind == "market"
+                or other.type in ("market", "stop", "stop_limit")
+                or kind in ("stop", "stop_limit")
                 or (buy_limit is not None and sell_limit is not None and buy_limit >= sell_limit)
             )
             if could_cross:
-                raise ApiError(422, 42210000, "potential wash trade detected. use complex orders",
-                               reject_reason="opposite side market/stop order exists")
+                raise ApiError(
+                    422,
+                    42210000,
+                    "potential wash trade detected. use complex orders",
+                    reject_reason="opposite side market/stop order exists",
+                )
 
     def _cancel(self, order_id: str) -> None:
         order = self.orders.get(order_id)
         if order is None:
             raise ApiError(404, 40410000, "order not found")
         if not order.is_open:
-            raise ApiError(422, 42210000, f"order is already in \"{order.status}\" state")
+            raise ApiError(422, 42210000, f'order is already in "{order.status}" state')
         order.status = "canceled"
         order.canceled_at = order.updated_at = _now()
         self._emit("canceled", order)
 
     def _account(self) -> dict[str, Any]:
-        market_value = sum((q * self.prices.get(s, b / q if q else ZERO) for s, (q, b) in self.positions.items() if q), ZERO)
+        market_value = sum(
+            (q * self.prices.get(s, b / q if q else ZERO) for s, (q, b) in self.positions.items() if q), ZERO
+        )
         return {
-            "id": "3f7ae1a4-8a0d-4b4e-9f6e-6a4d2a8d7c11", "account_number": "PA3FAKE00001", "status": "ACTIVE",
-            "crypto_status": "ACTIVE", "currency": "USD", "buying_power": _fmt(self.cash), "cash": _fmt(self.cash),
-            "portfolio_value": _fmt(self.cash + market_value), "equity": _fmt(self.cash + market_value),
-            "last_equity": _fmt(self.cash + market_value), "pattern_day_trader": False, "trading_blocked": False,
-            "transfers_blocked": False, "account_blocked": False, "created_at": "2024-01-02T14:30:00Z",
-            "trade_suspended_by_user": False, "multiplier": "2", "shorting_enabled": True,
-            "long_market_value": "0", "short_market_value": "0", "daytrade_count": 0, "accrued_fees": "0",
-            "pending_transfer_in": "0", "pending_transfer_out": "0", "sma": "0",
+            "id": "3f7ae1a4-8a0d-4b4e-9f6e-6a4d2a8d7c11",
+            "account_number": "PA3FAKE00001",
+            "status": "ACTIVE",
+            "crypto_status": "ACTIVE",
+            "currency": "USD",
+            "buying_power": _fmt(self.cash),
+            "cash": _fmt(self.cash),
+            "portfolio_value": _fmt(self.cash + market_value),
+            "equity": _fmt(self.cash + market_value),
+            "last_equity": _fmt(self.cash + market_value),
+            "pattern_day_trader": False,
+            "trading_blocked": False,
+            "transfers_blocked": False,
+            "account_blocked": False,
+            "created_at": "2024-01-02T14:30:00Z",
+            "trade_suspended_by_user": False,
+            "multiplier": "2",
+            "shorting_enabled": True,
+            "long_market_value": "0",
+            "short_market_value": "0",
+            "daytrade_count": 0,
+            "accrued_fees": "0",
+            "pending_transfer_in": "0",
+            "pending_transfer_out": "0",
+            "sma": "0",
         }
 
     def _position_json(self, symbol: str) -> dict[str, Any]:
         qty, basis = self.positions[symbol]
         price = self.prices.get(symbol, basis / qty)
         return {
-            "asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, symbol)), "symbol": symbol, "exchange": "NASDAQ",
-            "asset_class": "us_equity", "asset_marginable": True, "avg_entry_price": _fmt(basis / qty),
-            "qty": _fmt(qty), "qty_available": _fmt(qty - self._held_for_sells(symbol)) if qty > 0 else _fmt(qty),
-            "side": "long" if qty > 0 else "short", "market_value": _fmt(qty * price), "cost_basis": _fmt(basis),
-            "unrealized_pl": _fmt(qty * price - basis), "current_price": _fmt(price),
+            "asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, symbol)),
+            "symbol": symbol,
+            "exchange": "NASDAQ",
+            "asset_class": "us_equity",
+            "asset_marginable": True,
+            "avg_entry_price": _fmt(basis / qty),
+            "qty": _fmt(qty),
+            "qty_available": _fmt(qty - self._held_for_sells(symbol)) if qty > 0 else _fmt(qty),
+            "side": "long" if qty > 0 else "short",
+            "market_value": _fmt(qty * price),
+            "cost_basis": _fmt(basis),
+            "unrealized_pl": _fmt(qty * price - basis),
+            "current_price": _fmt(price),
         }
 
     # --- REST --------------------------------------------------------------------------------------
@@ -535,8 +628,12 @@ class FakeAlpaca:
             return 200, self._position_json(symbol)
         if method == "GET" and path == "/v2/clock":
             now = _now()
-            return 200, {"timestamp": _iso(now), "is_open": True, "next_open": _iso(now + dt.timedelta(days=1)),
-                         "next_close": _iso(now + dt.timedelta(hours=6))}
+            return 200, {
+                "timestamp": _iso(now),
+                "is_open": True,
+                "next_open": _iso(now + dt.timedelta(days=1)),
+                "next_close": _iso(now + dt.timedelta(hours=6)),
+            }
         if method == "GET" and path == "/v2/account/activities/FILL":
             return 200, self._list_activities(query)
         raise ApiError(404, 40410000, "endpoint not found")
@@ -568,7 +665,7 @@ class FakeAlpaca:
         if "page_token" in query:
             ids = [a["id"] for a in items]
             if query["page_token"] in ids:
-                items = items[ids.index(query["page_token"]) + 1:]
+                items = items[ids.index(query["page_token"]) + 1 :]
         return items[: int(query.get("page_size", 100))]
 
     def _handle(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
@@ -646,9 +743,15 @@ class FakeAlpaca:
         try:
             auth = json.loads(await conn.recv())
             data = auth.get("data") or {}
-            ok = auth.get("action") == "authenticate" and data.get("key_id") == self.key and data.get("secret_key") == self.secret
+            ok = (
+                auth.get("action") == "authenticate"
+                and data.get("key_id") == self.key
+                and data.get("secret_key") == self.secret
+            )
             status = "authorized" if ok else "unauthorized"
-            await conn.send(json.dumps({"stream": "authorization", "data": {"status": status, "action": "authenticate"}}))
+            await conn.send(
+                json.dumps({"stream": "authorization", "data": {"status": status, "action": "authenticate"}})
+            )
             if not ok:
                 await conn.close(1008, "unauthorized")
                 return
@@ -689,9 +792,16 @@ class FakeAlpaca:
                             subs[channel] |= symbols
                         elif action == "unsubscribe":
                             subs[channel] -= symbols
-                    ack = {"T": "subscription", **{c: sorted(s) for c, s in subs.items()},
-                           "updatedBars": [], "dailyBars": [], "statuses": [], "lulds": [],
-                           "corrections": sorted(subs["trades"]), "cancelErrors": sorted(subs["trades"])}
+                    ack = {
+                        "T": "subscription",
+                        **{c: sorted(s) for c, s in subs.items()},
+                        "updatedBars": [],
+                        "dailyBars": [],
+                        "statuses": [],
+                        "lulds": [],
+                        "corrections": sorted(subs["trades"]),
+                        "cancelErrors": sorted(subs["trades"]),
+                    }
                     await conn.send(msgpack.packb([ack]))
                     self._notify_data()
             finally:

@@ -52,8 +52,10 @@ def test_desk_core_imports_only_the_standard_library_desk_v1_and_the_pure_bus_mo
     loaded = out.stdout.split()
     stdlib = sys.stdlib_module_names
     foreign = [
-        m for m in loaded
-        if m.split(".")[0] not in stdlib and m.split(".")[0] not in ("google", "desk")  # google: protobuf
+        m
+        for m in loaded
+        if m.split(".")[0] not in stdlib
+        and m.split(".")[0] not in ("google", "desk")  # google: protobuf
         and not m.startswith("_")
     ]
     assert foreign == []

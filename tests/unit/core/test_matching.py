@@ -42,9 +42,9 @@ def engine(clock: FakeClock) -> SimEngine:
 def order(
     order_id: str = "o1",
     *,
-    side: int = common_pb2.SIDE_BUY,
-    type: int = common_pb2.ORDER_TYPE_MARKET,
-    tif: int = common_pb2.TIME_IN_FORCE_DAY,
+    side: common_pb2.Side = common_pb2.SIDE_BUY,
+    type: common_pb2.OrderType = common_pb2.ORDER_TYPE_MARKET,
+    tif: common_pb2.TimeInForce = common_pb2.TIME_IN_FORCE_DAY,
     qty: str = "10",
     notional: str = "",
     limit: str = "",
@@ -56,20 +56,32 @@ def order(
         strategy_id="alpha",
         member_id="m1",
         new_order=orders_pb2.OrderRequest(
-            strategy_id="alpha", client_order_id=f"c-{order_id}", symbol=symbol, side=side,  # type: ignore[arg-type]
-            type=type, time_in_force=tif, qty=qty, notional=notional, limit_price=limit, stop_price=stop,  # type: ignore[arg-type]
+            strategy_id="alpha",
+            client_order_id=f"c-{order_id}",
+            symbol=symbol,
+            side=side,
+            type=type,
+            time_in_force=tif,
+            qty=qty,
+            notional=notional,
+            limit_price=limit,
+            stop_price=stop,
         ),
     )
 
 
 def cancel(order_id: str = "o1") -> orders_pb2.RoutedOrder:
     return orders_pb2.RoutedOrder(
-        order_id=order_id, strategy_id="alpha", member_id="m1",
+        order_id=order_id,
+        strategy_id="alpha",
+        member_id="m1",
         cancel=orders_pb2.CancelRequest(strategy_id="alpha", client_order_id=f"c-{order_id}"),
     )
 
 
-def bar(o: str, h: str, lo: str, c: str, volume: str = "", start_ns: int = DAY1, symbol: str = "AAPL") -> marketdata_pb2.Bar:
+def bar(
+    o: str, h: str, lo: str, c: str, volume: str = "", start_ns: int = DAY1, symbol: str = "AAPL"
+) -> marketdata_pb2.Bar:
     return marketdata_pb2.Bar(symbol=symbol, open=o, high=h, low=lo, close=c, volume=volume, start_ns=start_ns)
 
 
@@ -84,7 +96,10 @@ def test_market_buy_fills_at_once_with_slippage_and_fee(engine: SimEngine) -> No
     new, fill = reports
     assert (new.status, new.order_qty, new.leaves_qty, new.cum_qty) == (E.ORDER_STATUS_NEW, "10", "10", "0")
     assert (new.symbol, new.side, new.type, new.time_in_force) == (
-        "AAPL", common_pb2.SIDE_BUY, common_pb2.ORDER_TYPE_MARKET, common_pb2.TIME_IN_FORCE_DAY
+        "AAPL",
+        common_pb2.SIDE_BUY,
+        common_pb2.ORDER_TYPE_MARKET,
+        common_pb2.TIME_IN_FORCE_DAY,
     )
     assert (new.strategy_id, new.member_id, new.client_order_id, new.venue) == ("alpha", "m1", "c-o1", "sim")
     assert new.venue_order_id and new.venue_order_id == fill.venue_order_id
@@ -218,7 +233,9 @@ def test_sell_stop_gapping_through_fills_at_the_open(engine: SimEngine) -> None:
 
 def test_stop_limit_triggers_then_waits_for_its_limit(engine: SimEngine) -> None:
     engine.on_bar(bar("99", "101", "98", "100"))
-    engine.submit(order(type=common_pb2.ORDER_TYPE_STOP_LIMIT, stop="102", limit="102.5", tif=common_pb2.TIME_IN_FORCE_GTC))
+    engine.submit(
+        order(type=common_pb2.ORDER_TYPE_STOP_LIMIT, stop="102", limit="102.5", tif=common_pb2.TIME_IN_FORCE_GTC)
+    )
     # opens above the limit: triggered, but the limit is never reached on this bar
     assert engine.on_bar(bar("103", "104", "102.8", "103.5")) == []
     assert engine.get("o1") is not None and engine.get("o1").triggered  # type: ignore[union-attr]
@@ -253,7 +270,9 @@ def test_cancel_of_a_resting_order_and_of_unknown_or_final_orders(engine: SimEng
     canceled = engine.cancel(cancel("rest"))
     assert kinds(canceled) == ["CANCELED"]
     assert (canceled[0].status, canceled[0].leaves_qty, canceled[0].client_order_id) == (
-        E.ORDER_STATUS_CANCELED, "0", "c-rest"
+        E.ORDER_STATUS_CANCELED,
+        "0",
+        "c-rest",
     )
     assert engine.open_orders() == []
     assert engine.cancel(cancel("rest")) == []  # a redelivered cancel changes nothing
@@ -334,16 +353,19 @@ def test_expire_all_expires_every_resting_order_for_a_shutdown(engine: SimEngine
 
 def test_an_engine_that_forgets_final_orders_reports_the_same_and_still_ignores_their_ids() -> None:
     """retain_final (the backtester's memory bound) changes what is held, not what is reported."""
+
     def run(retain: int | None) -> tuple[SimEngine, list[bytes]]:
         ids = itertools.count(1)
-        engine = SimEngine(SimConfig(), clock=FakeClock(), new_execution_id=lambda: f"exec-{next(ids)}",
-                           retain_final=retain)
+        engine = SimEngine(
+            SimConfig(), clock=FakeClock(), new_execution_id=lambda: f"exec-{next(ids)}", retain_final=retain
+        )
         made: list[executions_pb2.ExecutionReport] = []
         for i in range(40):
             made += engine.on_bar(bar("100", "101", "99", str(100 + i % 3), volume="1000"))
             made += engine.submit(order(f"o{i}", side=common_pb2.SIDE_BUY if i % 2 else common_pb2.SIDE_SELL))
-            made += engine.submit(order(f"l{i}", type=common_pb2.ORDER_TYPE_LIMIT, limit="99.5",
-                                        tif=common_pb2.TIME_IN_FORCE_GTC))
+            made += engine.submit(
+                order(f"l{i}", type=common_pb2.ORDER_TYPE_LIMIT, limit="99.5", tif=common_pb2.TIME_IN_FORCE_GTC)
+            )
             if i % 4 == 0:
                 made += engine.cancel(cancel(f"l{i}"))
         return engine, [r.SerializeToString() for r in made]

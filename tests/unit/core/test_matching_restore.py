@@ -29,20 +29,41 @@ def engine(now: int = DAY1) -> SimEngine:
     return SimEngine(SimConfig(), clock=FakeClock(now))  # default ids: <order_id>-<n>
 
 
-def order(order_id: str, *, type: int = LIMIT, tif: int = GTC, qty: str = "10", notional: str = "",
-          limit: str = "", stop: str = "", side: int = common_pb2.SIDE_BUY) -> orders_pb2.RoutedOrder:
+def order(
+    order_id: str,
+    *,
+    type: common_pb2.OrderType = LIMIT,
+    tif: common_pb2.TimeInForce = GTC,
+    qty: str = "10",
+    notional: str = "",
+    limit: str = "",
+    stop: str = "",
+    side: common_pb2.Side = common_pb2.SIDE_BUY,
+) -> orders_pb2.RoutedOrder:
     return orders_pb2.RoutedOrder(
-        order_id=order_id, strategy_id="alpha", member_id="m1",
+        order_id=order_id,
+        strategy_id="alpha",
+        member_id="m1",
         new_order=orders_pb2.OrderRequest(
-            strategy_id="alpha", client_order_id=f"c-{order_id}", symbol="AAPL", side=side,  # type: ignore[arg-type]
-            type=type, time_in_force=tif, qty=qty, notional=notional, limit_price=limit, stop_price=stop,  # type: ignore[arg-type]
+            strategy_id="alpha",
+            client_order_id=f"c-{order_id}",
+            symbol="AAPL",
+            side=side,
+            type=type,
+            time_in_force=tif,
+            qty=qty,
+            notional=notional,
+            limit_price=limit,
+            stop_price=stop,
         ),
     )
 
 
 def cancel(order_id: str) -> orders_pb2.RoutedOrder:
     return orders_pb2.RoutedOrder(
-        order_id=order_id, strategy_id="alpha", member_id="m1",
+        order_id=order_id,
+        strategy_id="alpha",
+        member_id="m1",
         cancel=orders_pb2.CancelRequest(strategy_id="alpha", client_order_id=f"c-{order_id}"),
     )
 
@@ -64,9 +85,26 @@ def stripped(reports: list[executions_pb2.ExecutionReport]) -> list[executions_p
 
 def book_state(o: SimOrder) -> tuple[object, ...]:
     """Everything but ``submitted_ns`` (restored from the NEW's event_ns, a clock reading later)."""
-    return (o.order_id, o.venue_order_id, o.strategy_id, o.member_id, o.client_order_id, o.symbol, o.side,
-            o.type, o.tif, o.qty, o.notional, o.limit_price, o.stop_price, o.cum_qty, o.cost,
-            o.status, o.reports, o.canceled_by_request)
+    return (
+        o.order_id,
+        o.venue_order_id,
+        o.strategy_id,
+        o.member_id,
+        o.client_order_id,
+        o.symbol,
+        o.side,
+        o.type,
+        o.tif,
+        o.qty,
+        o.notional,
+        o.limit_price,
+        o.stop_price,
+        o.cum_qty,
+        o.cost,
+        o.status,
+        o.reports,
+        o.canceled_by_request,
+    )
 
 
 def test_partial_fills_are_restored_exactly_and_the_restored_engine_trades_as_the_first_one_would() -> None:
@@ -86,7 +124,10 @@ def test_partial_fills_are_restored_exactly_and_the_restored_engine_trades_as_th
     restored = second.get("lim")
     assert restored is not None
     assert (restored.cum_qty, restored.cost, restored.reports, restored.status) == (
-        D("6"), D("570"), 3, E.ORDER_STATUS_PARTIALLY_FILLED
+        D("6"),
+        D("570"),
+        3,
+        E.ORDER_STATUS_PARTIALLY_FILLED,
     )
     assert restored.submitted_ns == stored[0].event_ns
     assert [o.order_id for o in second.open_orders()] == ["lim", "lim2"]  # time priority kept
@@ -97,7 +138,8 @@ def test_partial_fills_are_restored_exactly_and_the_restored_engine_trades_as_th
     got = stripped(second.on_bar(later))
     assert got == expected
     assert [(r.execution_id, r.fill_qty, r.cum_qty, r.avg_price) for r in got] == [
-        ("lim-4", "4", "10", "94.6"), ("lim2-2", "3", "3", "94")
+        ("lim-4", "4", "10", "94.6"),
+        ("lim2-2", "3", "3", "94"),
     ]
     assert second.open_orders() == []
 
@@ -122,7 +164,9 @@ def test_final_orders_are_not_restored_but_known_so_redeliveries_do_nothing() ->
     assert second.cancel(cancel("canceled")) == []  # a redelivered cancel of a canceled order
     [rejected] = second.cancel(cancel("filled"))
     assert (rejected.exec_type, rejected.execution_id, rejected.text) == (
-        E.EXEC_TYPE_CANCEL_REJECTED, "filled-3", "order is already filled"
+        E.EXEC_TYPE_CANCEL_REJECTED,
+        "filled-3",
+        "order is already filled",
     )
     # a new order takes the next venue order id, not one already used
     [new] = second.submit(order("fresh", limit="50"))
@@ -160,7 +204,9 @@ def test_an_ioc_order_left_open_by_a_crash_is_canceled_by_the_restore() -> None:
     second = engine()
     [canceled] = second.restore([new])  # the process died before the CANCELED was stored
     assert (canceled.execution_id, canceled.exec_type, canceled.status) == (
-        "ioc-2", E.EXEC_TYPE_CANCELED, E.ORDER_STATUS_CANCELED
+        "ioc-2",
+        E.EXEC_TYPE_CANCELED,
+        E.ORDER_STATUS_CANCELED,
     )
     assert "restarted" in canceled.text and second.open_orders() == []
 

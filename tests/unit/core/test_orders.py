@@ -51,8 +51,7 @@ def test_a_plain_market_order_is_valid_and_parsed_to_decimals() -> None:
 
 def test_a_stop_limit_order_keeps_both_prices() -> None:
     order = validate_order(
-        _order(type=common_pb2.ORDER_TYPE_STOP_LIMIT, limit_price="101.25", stop_price="100", time_in_force=2),
-        SUBJECT,
+        _order(type=common_pb2.ORDER_TYPE_STOP_LIMIT, limit_price="101.25", stop_price="100", time_in_force=2), SUBJECT
     )
     assert (order.limit_price, order.stop_price) == (Decimal("101.25"), Decimal(100))
 
@@ -165,15 +164,22 @@ def test_cancel_and_halt_requests_are_checked() -> None:
 
 
 def test_every_wire_value_has_one_word_and_every_order_type_its_required_prices() -> None:
-    for enum, words in ((common_pb2.Side, SIDE_WORDS), (common_pb2.OrderType, ORDER_TYPE_WORDS),
-                        (common_pb2.TimeInForce, TIME_IN_FORCE_WORDS)):
+    for enum, words in (
+        (common_pb2.Side, SIDE_WORDS),
+        (common_pb2.OrderType, ORDER_TYPE_WORDS),
+        (common_pb2.TimeInForce, TIME_IN_FORCE_WORDS),
+    ):
         values = {v for v in enum.values() if v != 0}  # 0 is *_UNSPECIFIED
         assert set(words) == values
         for value in values:  # the word is the enum's name without its prefix, in lower case
             assert enum.Name(value).lower().endswith("_" + words[value])
     assert set(REQUIRED_PRICES) == set(ORDER_TYPE_WORDS)
-    assert [t for t in ORDER_TYPE_WORDS if needs_limit_price(t)] == [common_pb2.ORDER_TYPE_LIMIT,
-                                                                      common_pb2.ORDER_TYPE_STOP_LIMIT]
-    assert [t for t in ORDER_TYPE_WORDS if needs_stop_price(t)] == [common_pb2.ORDER_TYPE_STOP,
-                                                                     common_pb2.ORDER_TYPE_STOP_LIMIT]
+    assert [t for t in ORDER_TYPE_WORDS if needs_limit_price(t)] == [
+        common_pb2.ORDER_TYPE_LIMIT,
+        common_pb2.ORDER_TYPE_STOP_LIMIT,
+    ]
+    assert [t for t in ORDER_TYPE_WORDS if needs_stop_price(t)] == [
+        common_pb2.ORDER_TYPE_STOP,
+        common_pb2.ORDER_TYPE_STOP_LIMIT,
+    ]
     assert not needs_limit_price(common_pb2.ORDER_TYPE_UNSPECIFIED)

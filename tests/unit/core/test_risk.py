@@ -13,10 +13,7 @@ from desk.core.risk import Limits, VirtualAccount
 from desk.v1 import common_pb2, executions_pb2, orders_pb2, strategy_pb2
 
 DEFAULTS = Limits(
-    max_order_notional=Decimal(25000),
-    max_position_notional=Decimal(50000),
-    max_orders_per_minute=60,
-    allow_short=False,
+    max_order_notional=Decimal(25000), max_position_notional=Decimal(50000), max_orders_per_minute=60, allow_short=False
 )
 PRICE = Decimal(100)
 
@@ -43,7 +40,9 @@ def _order(**fields: Any) -> ValidOrder:
     return validate_order(orders_pb2.OrderRequest(**base), "desk.order.submit.alpha")
 
 
-def _fill(order_id: str, side: common_pb2.Side, qty: str, price: str, fee: str = "0", *, leaves: str = "0", eid: str = "") -> Any:
+def _fill(
+    order_id: str, side: common_pb2.Side, qty: str, price: str, fee: str = "0", *, leaves: str = "0", eid: str = ""
+) -> Any:
     status = executions_pb2.ORDER_STATUS_FILLED if leaves == "0" else executions_pb2.ORDER_STATUS_PARTIALLY_FILLED
     exec_type = executions_pb2.EXEC_TYPE_FILL if leaves == "0" else executions_pb2.EXEC_TYPE_PARTIAL_FILL
     return executions_pb2.ExecutionReport(
@@ -65,7 +64,9 @@ def _account(cash: str = "100000", clock: FakeClock | None = None) -> VirtualAcc
     return VirtualAccount("alpha", Decimal(cash), clock=clock or FakeClock())
 
 
-def _refusal(account: VirtualAccount, order: ValidOrder, limits: Limits = DEFAULTS, price: Decimal | None = PRICE) -> str:
+def _refusal(
+    account: VirtualAccount, order: ValidOrder, limits: Limits = DEFAULTS, price: Decimal | None = PRICE
+) -> str:
     with pytest.raises(DeskError) as refused:
         account.check(order, limits, price)
     assert refused.value.status in (403, 429, 503)
