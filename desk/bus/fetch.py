@@ -4,7 +4,8 @@ nats-py's ``fetch(n)`` on an idle consumer sends a lingering pull for ``n`` mess
 arrives, keeps waiting for the other ``n - 1`` until its timeout: a routed order reaching an idle gateway
 that fetches 64 at a time waited up to the whole fetch timeout (measured: up to ~0.5 s of a 1 s timeout;
 under 5 ms with a batch of one). :func:`fetch_available` waits for one message only, then takes at once
-what the consumer already holds (the message's ``num_pending``), up to ``batch``.
+what the consumer already holds (the message's ``num_pending``), up to ``batch``. An election's error
+(desk.bus.retry) on that second fetch keeps the messages already fetched.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
+
+from desk.bus.retry import transient
 
 #: How long the second, immediate fetch may take: its messages are already in the stream.
 READY_TIMEOUT = 0.25
@@ -32,4 +35,9 @@ async def fetch_available(sub: JetStreamContext.PullSubscription, batch: int, ti
             messages += await sub.fetch(more, timeout=READY_TIMEOUT)
         except nats.errors.TimeoutError:
             pass  # taken by another consumer meanwhile: these are enough
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            # an election began between the two fetches: hand on the messages in hand (unacked, they
+            # would only come back after ack_wait); the next fetch meets the election and retries
     return messages

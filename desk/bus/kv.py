@@ -35,6 +35,7 @@ from desk.bus import codec, subjects
 from desk.bus.errors import DeskError
 from desk.bus.lifecycle import ServiceRuntime
 from desk.bus.logging import get_logger
+from desk.bus.retry import retrying
 from desk.v1 import marketdata_pb2, orders_pb2, strategy_pb2
 
 log = get_logger("desk.bus")
@@ -52,11 +53,21 @@ _MARKER_REASON = "Nats-Marker-Reason"  # nats-server 2.11+: TTL / purge markers
 _WRONG_LAST_SEQUENCE = 10071  # JetStream's "wrong last sequence" error code
 
 
-async def put(js: JetStreamContext, bucket: str, key: str, message: Message) -> int:
-    """Write ``message`` under ``key`` with its ``Desk-Type`` label; returns the new revision."""
+async def put(js: JetStreamContext, bucket: str, key: str, message: Message, *, deadline: float | None = 0.0,
+              stop: asyncio.Event | None = None) -> int:
+    """Write ``message`` under ``key`` with its ``Desk-Type`` label; returns the new revision.
+
+    ``deadline``: seconds to retry an election's errors for (desk.bus.retry; None: until ``stop``);
+    0, the default, tries once. A put is safe to repeat: the last value is the value."""
     data, headers = codec.encode(message)
-    ack = await js.publish(f"$KV.{bucket}.{key}", data, headers=headers)
-    return int(ack.seq)
+
+    async def once() -> int:
+        ack = await js.publish(f"$KV.{bucket}.{key}", data, headers=headers)
+        return int(ack.seq)
+
+    if deadline == 0.0:
+        return await once()
+    return await retrying(once, what=f"kv put {bucket}.{key}", deadline=deadline, stop=stop)
 
 
 @dataclass(frozen=True)
@@ -109,20 +120,30 @@ class KvFollower(Generic[M]):
 
     async def start(self, runtime: ServiceRuntime, timeout: float = 30.0) -> int:
         """Subscribe, apply the current values, and follow for the life of ``runtime``; returns once
-        the current values are applied (how many there were)."""
-        self._sub = await self.js.subscribe(
-            f"{self._prefix}>",
-            stream=f"KV_{self.bucket}",
-            cb=self._on_msg,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-            headers_only=self.meta_only,
-            inactive_threshold=5 * 60.0,
-        )
+        the current values are applied (how many there were). Creating the consumer is retried
+        through an election (desk.bus.retry) for up to ``timeout``; once it follows, nats-py's ordered
+        consumer re-creates itself after a leader change (idle heartbeats)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+
+        async def subscribe() -> Any:
+            await self.stop()  # an attempt that failed half-way
+            self._sub = await self.js.subscribe(
+                f"{self._prefix}>",
+                stream=f"KV_{self.bucket}",
+                cb=self._on_msg,
+                ordered_consumer=True,
+                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+                headers_only=self.meta_only,
+                inactive_threshold=5 * 60.0,
+            )
+            return await self._sub.consumer_info()
+
         runtime.stack.push_async_callback(self.stop)
-        info = await self._sub.consumer_info()
+        info = await retrying(subscribe, what=f"kv follow {self.bucket}", deadline=timeout, stop=runtime.stop)
         if info.num_pending == 0 and self._sub.delivered == 0:
             self.loaded.set()
+        timeout = max(1.0, end - loop.time())
         await asyncio.wait_for(self.loaded.wait(), timeout)
         log.info("kv.synced", bucket=self.bucket, entries=self.initial_entries, ignored=sum(self.ignored.values()))
         return self.initial_entries

@@ -8,7 +8,8 @@ handler and acks, naks or terminates each message as the handler says, until :me
   subscription before the next fetch;
 - a JetStream timeout, ``503 no responders`` or an election error while creating the consumer,
   fetching or acking is retried inside the loop after a bounded exponential backoff with jitter
-  (:class:`Backoff`), each retry logged (``pull.retry``) and counted;
+  (:class:`desk.bus.retry.Backoff`), each retry logged (``pull.retry``) and counted; :meth:`ensure`
+  raises what is not transient (:func:`desk.bus.retry.transient`: a wrong config) at once;
 - a consumer deleted under it (the next fetch is answered 503) is created again, from the config.
 
 A message is data: a handler that raises for it gets it terminated (by default), logged
@@ -34,7 +35,6 @@ import asyncio
 import contextlib
 import enum
 import inspect
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -47,6 +47,7 @@ from nats.js.api import ConsumerConfig, ConsumerInfo
 
 from desk.bus.fetch import fetch_available
 from desk.bus.logging import get_logger
+from desk.bus.retry import CLOSED, Backoff, transient
 from desk.bus.streams import differences
 
 log = get_logger("desk.bus")
@@ -58,21 +59,6 @@ class Outcome(enum.Enum):
     ACK = "ack"    # done: never again
     NAK = "nak"    # not now: redeliver (after ``nak_delay``)
     TERM = "term"  # never: it will not get better (bad data)
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Pause before retry ``attempt`` (1, 2, ...): ``initial * factor**(attempt-1)``, at most
-    ``maximum``, spread by +-``jitter`` (a fraction) so replicas do not retry in step."""
-
-    initial: float = 0.1
-    maximum: float = 5.0
-    factor: float = 2.0
-    jitter: float = 0.2
-
-    def delay(self, attempt: int) -> float:
-        base = min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
-        return max(0.0, base * (1.0 + random.uniform(-self.jitter, self.jitter)))
 
 
 @dataclass
@@ -102,7 +88,8 @@ class _Retry(Exception):
         self.phase, self.error = phase, error
 
 
-_CLOSED = (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError)
+_CLOSED = CLOSED
+__all__ = ["Backoff", "DurablePull", "Outcome", "PullStats"]
 
 
 @dataclass
@@ -156,7 +143,7 @@ class DurablePull:
         nak_delay: float | None = None,
         on_handler_error: Outcome | None = Outcome.TERM,
         update: bool = True,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = Backoff(),  # noqa: B008 - frozen
         stop: asyncio.Event | None = None,
     ) -> None:
         if (handler is None) == (batch_handler is None):
@@ -214,8 +201,10 @@ class DurablePull:
                 return info
             except _CLOSED:
                 raise
-            except Exception as exc:  # noqa: BLE001 - transient (timeout, 503, election): retried
-                await self._back_off(_Retry("consumer", exc))
+            except Exception as exc:
+                if not transient(exc):
+                    raise  # a wrong config, a refused permission: surfaced at once (desk.bus.retry)
+                await self._back_off(_Retry("consumer", exc))  # timeout, 503, election: retried
         return None
 
     # -- the loop --------------------------------------------------------------------------------

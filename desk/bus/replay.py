@@ -23,14 +23,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from desk.bus.logging import get_logger
-from desk.bus.pull import Backoff
+from desk.bus.retry import CLOSED, Backoff, retrying, transient
 
 log = get_logger("desk.bus")
 
@@ -55,7 +54,7 @@ class _Resume(Exception):
     """Internal: re-create the consumer after the last message applied."""
 
 
-_CLOSED = (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError)
+_CLOSED = CLOSED
 
 
 async def _call(apply: Apply, msg: Msg) -> None:
@@ -154,10 +153,10 @@ async def _replay(
         try:
             info = await js.stream_info(stream)
             break
-        except _CLOSED:
-            raise
-        except Exception as exc:  # noqa: BLE001 - timeout, 503, election: retried
-            await back_off("stream_info", exc)
+        except Exception as exc:
+            if not transient(exc):
+                raise  # no such stream, connection closed: not an election (desk.bus.retry)
+            await back_off("stream_info", exc)  # timeout, 503, election: retried
     state.last_seq = int(info.state.last_seq or 0)
     state.next_seq = max(1, int(info.state.first_seq or 1))
     if not info.state.messages:
@@ -232,5 +231,8 @@ async def follow(
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq + 1)
     else:
         config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
-    return await js.subscribe(subject_filter, stream=stream, cb=on_msg, ordered_consumer=True, config=config,
-                              **options)
+    # Creating the consumer is a JetStream API call: retried through an election (desk.bus.retry).
+    return await retrying(
+        lambda: js.subscribe(subject_filter, stream=stream, cb=on_msg, ordered_consumer=True, config=config, **options),
+        what=f"follow {stream} {subject_filter}",
+    )

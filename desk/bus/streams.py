@@ -19,6 +19,7 @@ from nats.js.kv import KeyValue
 
 from desk.bus import subjects
 from desk.bus.logging import get_logger
+from desk.bus.retry import retrying
 
 log = get_logger("desk.bus")
 
@@ -95,10 +96,15 @@ def differences(found: Any, wanted: Any, fields: tuple[str, ...] = CHECKED,
     return out
 
 
-async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+async def ensure_stream(js: JetStreamContext, config: StreamConfig, *, deadline: float | None = 60.0) -> None:
     """A service's start: create ``config``'s stream when it is missing (one replica unless the config
     says otherwise); an existing one is checked, never changed — a warning lists what differs.
-    Changing streams (replicas, limits) is :func:`provision`'s: ``desk provision``, run by ``desk up``."""
+    Changing streams (replicas, limits) is :func:`provision`'s: ``desk provision``, run by ``desk up``.
+    An election's errors are retried for up to ``deadline`` seconds (desk.bus.retry)."""
+    await retrying(lambda: _ensure_stream(js, config), what=f"ensure stream {config.name}", deadline=deadline)
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
         info = await js.stream_info(config.name or "")
     except NotFoundError:
@@ -114,9 +120,13 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
                     hint="run `desk provision` to bring it to the desk's settings")
 
 
-async def ensure_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
+async def ensure_bucket(js: JetStreamContext, bucket: str, *, deadline: float | None = 60.0) -> KeyValue:
     """Open KV ``bucket`` (one of :data:`BUCKETS`), creating it (one replica) if it is missing; an
-    existing bucket is used as it is."""
+    existing bucket is used as it is. An election's errors are retried for up to ``deadline`` seconds."""
+    return await retrying(lambda: _ensure_bucket(js, bucket), what=f"ensure bucket {bucket}", deadline=deadline)
+
+
+async def _ensure_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
     try:
         return await js.key_value(bucket)
     except (NotFoundError, BucketNotFoundError):

@@ -7,6 +7,7 @@ connections" line.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -16,9 +17,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from desk.bus.process import die_with_parent
 
@@ -149,6 +151,16 @@ class NatsServer:
             self.process.stderr.close()
         self.process = None
 
+    def kill(self, timeout: float = 10.0) -> int:
+        """SIGKILL the server (``kill -9``: no shutdown, no flush) and reap it; the store is kept for
+        a restart. Returns the pid killed."""
+        assert self.process is not None, "the server is not running"
+        pid = self.process.pid
+        self.process.kill()
+        self.process.wait(timeout)
+        self.stop(timeout)  # joins the log reader, closes the pipe
+        return pid
+
     def restart(self, timeout: float = 15.0) -> Self:
         """Stop and start again on the same port with the same store (JetStream state survives)."""
         self.stop()
@@ -186,14 +198,16 @@ class NatsCluster:
     def __init__(self, base_dir: str | os.PathLike[str], size: int = 3, name: str = "desk",
                  config_file: str | os.PathLike[str] | None = None) -> None:
         self.base_dir = Path(base_dir)
-        ports = _free_ports(2 * size)
-        self.client_ports, self.cluster_ports = ports[:size], ports[size:]
+        ports = _free_ports(3 * size)
+        self.client_ports, self.cluster_ports = ports[:size], ports[size : 2 * size]
+        self.monitor_ports = ports[2 * size :]  # HTTP monitoring (/jsz: the meta leader, replicas)
         routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.cluster_ports)
         self.servers = [
             NatsServer(store_dir=self.base_dir / f"n{i + 1}", port=self.client_ports[i], config_file=config_file,
                        log_file=self.base_dir / f"n{i + 1}.log",
                        extra_args=["--cluster", f"nats://127.0.0.1:{self.cluster_ports[i]}", "--routes", routes,
-                                   "--cluster_name", name, "--server_name", f"n{i + 1}"])
+                                   "--cluster_name", name, "--server_name", f"n{i + 1}",
+                                   "-m", str(self.monitor_ports[i])])
             for i in range(size)
         ]
 
@@ -203,6 +217,46 @@ class NatsCluster:
 
     def server_named(self, name: str) -> NatsServer:
         return self.servers[int(name.removeprefix("n")) - 1]
+
+    def name_of(self, server: NatsServer) -> str:
+        return f"n{self.servers.index(server) + 1}"
+
+    def running(self) -> list[NatsServer]:
+        return [s for s in self.servers if s.process is not None and s.process.poll() is None]
+
+    def jsz(self, name: str, timeout: float = 2.0) -> dict[str, Any]:
+        """Server ``name``'s ``/jsz`` (JetStream state as it sees it; blocking: call it in a thread)."""
+        port = self.monitor_ports[self.servers.index(self.server_named(name))]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/jsz", timeout=timeout) as reply:
+            data: dict[str, Any] = json.load(reply)
+        return data
+
+    def meta_leader(self) -> str | None:
+        """The JetStream meta leader's name as the running servers see it (None: none agreed, or none
+        elected yet; blocking: call it in a thread)."""
+        seen: set[str] = set()
+        for server in self.running():
+            try:
+                meta = self.jsz(self.name_of(server)).get("meta_cluster") or {}
+            except (OSError, ValueError):
+                return None
+            seen.add(str(meta.get("leader") or ""))
+        return seen.pop() if len(seen) == 1 and "" not in seen else None
+
+    def meta_current(self) -> bool:
+        """Every server running, one meta leader they all name, and every meta peer current and
+        active (blocking: call it in a thread)."""
+        if len(self.running()) != len(self.servers) or self.meta_leader() is None:
+            return False
+        try:
+            for server in self.servers:
+                meta = self.jsz(self.name_of(server)).get("meta_cluster") or {}
+                if meta.get("leader") == self.name_of(server):
+                    replicas = meta.get("replicas") or []
+                    return len(replicas) == len(self.servers) - 1 and all(r.get("current") for r in replicas)
+        except (OSError, ValueError):
+            return False
+        return False
 
     def start(self, timeout: float = 30.0) -> Self:
         """Start every server, one after another from this thread (a server's parent-death signal is

@@ -27,6 +27,8 @@ from services.marketdata.feeds.synthetic import SyntheticFeed
 from services.marketdata.settings import Settings
 
 NAME = "marketdata"
+#: Seconds a start-up JetStream call is retried through an election before the start fails.
+START_DEADLINE = 60.0
 log = get_logger(NAME)
 
 
@@ -67,8 +69,8 @@ class MarketDataService:
         feed = build_feed(self.settings)
         await ensure_bucket(runtime.js, subjects.KV_PRICES)
         # Known before ready: the router learns the symbol universe from DESK_PRICES.
-        for trade in feed.initial():
-            await kv.put(runtime.js, subjects.KV_PRICES, trade.symbol, trade)
+        for trade in feed.initial():  # retried through an election (desk.bus.retry)
+            await kv.put(runtime.js, subjects.KV_PRICES, trade.symbol, trade, deadline=START_DEADLINE, stop=runtime.stop)
         await add_service(
             runtime,
             NAME,
@@ -143,8 +145,9 @@ class MarketDataService:
             try:
                 await self._publish(runtime, scheduled.tick)
             except (nats.errors.Error, TimeoutError) as exc:
-                # nats-server restarting (a DESK_PRICES put lost with the connection): skip this tick,
-                # the next one publishes the price again; the feed must not die with the connection.
+                # nats-server restarting, or an election of DESK_PRICES' leader (a put answered 503 or
+                # timed out): skip this tick, the next one publishes the price again (not retried: a
+                # later tick supersedes it); the feed must not die with the connection or the leader.
                 self.stats.publish_failures += 1
                 log.warning("feed.publish_failed", symbol=scheduled.tick.symbol, error=repr(exc))
         self.stats.finished = True
