@@ -254,3 +254,29 @@ class DeskUp:
         )
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
+
+
+# Members (issue 15): a member's CLI on "another machine" -------------------------------------------
+
+#: What a member's laptop does not have: the operator's environment and credentials.
+_OPERATOR_ENV = ("NATS_URL", "NATS_USER", "NATS_PASSWORD", "NATS_CREDS", "DESK_CREDENTIALS", "XDG_CONFIG_HOME")
+
+
+def member_cli(home: Path, *args: str, check: bool = True, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """`desk ARGS` as a member runs it on their own laptop: HOME (and the working directory) ``home``,
+    no admin credentials, no NATS_* settings: what `desk login` stored under ``home`` is all it has."""
+    env = {k: v for k, v in os.environ.items() if k not in _OPERATOR_ENV}
+    env.update(HOME=str(home), PYTHONPATH=str(ROOT), COLUMNS="200")
+    result = subprocess.run([*DESK, *args], cwd=home, env=env, capture_output=True, text=True, timeout=timeout,
+                            check=False)
+    if check:
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result
+
+
+def write_strategy(folder: Path, member: str, source: str, **config: Any) -> Path:
+    """A strategy folder in the old desk's layout: ``strategy.py`` + ``config.json`` (user_id = member)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "strategy.py").write_text(source)
+    (folder / "config.json").write_text(json.dumps({"user_id": member, "name": folder.name, **config}))
+    return folder

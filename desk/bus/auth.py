@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from desk.bus import confine, subjects
+from desk.bus.logging import get_logger
+
+_log = get_logger("desk.bus")
 
 STRATEGY_INBOX_ROOT = confine.STRATEGY_INBOX_ROOT
 ADMIN_USER = "desk-admin"
@@ -46,6 +50,19 @@ def service_user(service: str) -> str:
 
 def strategy_user(strategy_id: str) -> str:
     return f"strategy-{strategy_id}"
+
+
+def member_user(member: str) -> str:
+    return f"member-{member}"
+
+
+#: A member's reply inbox: under ``_INBOX_S.`` (where every endpoint may answer) but in a token no
+#: strategy id can take (ids start with a letter or digit), so no strategy's user can read it.
+MEMBER_INBOX_ROOT = f"{STRATEGY_INBOX_ROOT}._m"
+
+
+def member_inbox_prefix(member: str) -> str:
+    return f"{MEMBER_INBOX_ROOT}.{member}"
 
 
 strategy_inbox_prefix = confine.strategy_inbox_prefix
@@ -95,7 +112,15 @@ SERVICE_PUBLISH: dict[str, list[str]] = {
         *_bucket_rights(subjects.KV_RISK, write=True),
         *_bucket_rights(subjects.KV_ORDER_IDS, write=True),
     ],
-    "orchestrator": [*_bucket_rights(subjects.KV_STRATEGIES, write=True)],
+    "orchestrator": [
+        *_bucket_rights(subjects.KV_STRATEGIES, write=True),
+        # uploaded strategies' versions (an object store): write, and purge its own replaced chunks
+        *_stream_rights(f"OBJ_{subjects.OBJ_CODE}"), f"$O.{subjects.OBJ_CODE}.>",
+        f"$JS.API.STREAM.PURGE.OBJ_{subjects.OBJ_CODE}",
+        "$JS.API.STREAM.NAMES",  # read-only: nats-py's object store finds its stream by subject with it
+        # a member's halt/resume of their own strategy, checked and passed on to the router
+        subjects.RISK_HALT, subjects.RISK_RESUME,
+    ],
     "dashboard": [
         "desk.ledger.>", "desk.ctl.strategy.>", "desk.risk.>", "$SRV.>",
         *_bucket_rights(subjects.KV_PRICES, write=False),
@@ -130,6 +155,20 @@ def strategy_permissions(strategy_id: str) -> dict[str, Any]:
     }
 
 
+def member_permissions(member: str) -> dict[str, Any]:
+    """A member (a person, from their own laptop): their own control subjects and the leaderboard;
+    replies only on their own inbox. No JetStream API, no other subject: an upload goes through the
+    orchestrator, which checks what it is given."""
+    return {
+        "publish": {"allow": [f"{subjects.MEMBER_CTL_PREFIX}{member}.>", subjects.LEDGER_LEADERBOARD]},
+        "subscribe": {"allow": [f"{member_inbox_prefix(member)}.>"]},
+    }
+
+
+def member_entry(member: str, password_hash: str) -> dict[str, Any]:
+    return user_entry(member_user(member), password_hash, member_permissions(member))
+
+
 def user_entry(user: str, password_hash: str, permissions: dict[str, Any] | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {"user": user, "password": password_hash}
     if permissions is not None:
@@ -160,6 +199,35 @@ def write_private(path: Path, text: str) -> None:
 def read_users(path: Path) -> list[dict[str, Any]]:
     users: list[dict[str, Any]] = json.loads(path.read_text())
     return users
+
+
+_BCRYPT_RE = re.compile(r"^\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}$")
+
+
+def is_bcrypt(value: str) -> bool:
+    return bool(_BCRYPT_RE.match(value))
+
+
+def read_members(path: Path) -> dict[str, str]:
+    """The members file: ``[{"member": ..., "password": <bcrypt>}]``; entries that are not well formed
+    are ignored (and logged), a missing file is no members."""
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        _log.error("members.unreadable", path=str(path), error=repr(exc))
+        return {}
+    members: dict[str, str] = {}
+    for entry in raw if isinstance(raw, list) else []:
+        member = entry.get("member") if isinstance(entry, dict) else None
+        hashed = entry.get("password") if isinstance(entry, dict) else None
+        if isinstance(member, str) and subjects.MEMBER_LOGIN_RE.match(member) and isinstance(hashed, str) \
+                and is_bcrypt(hashed):
+            members[member] = hashed
+        else:
+            _log.warning("members.bad_entry", path=str(path))
+    return members
 
 
 # Compose: `python -m desk.bus.auth init /auth` (the one-shot nats-auth service) ---------------------

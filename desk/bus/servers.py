@@ -7,10 +7,18 @@ the whole list to nats-py, which connects to the first that answers and fails ov
 ``forever=True`` (services, strategies) reconnects for as long as the process lives; ``forever=False``
 (a command, a probe) tries each server once and gives up, so an unreachable desk is an error, not a
 hang. Only the standard library and nats-py: the SDK imports this.
+
+TLS: a desk exposed beyond its machine runs nats-server with a certificate (NATS_TLS_CERT /
+NATS_TLS_KEY); its clients check it against a CA: ``tls_ca`` (a file) or ``tls_ca_pem`` (the PEM
+text: a member's credential file carries it; sandboxed strategies get it in NATS_TLS_CA_PEM), by
+default NATS_TLS_CA / NATS_TLS_CA_PEM from the environment. Without one, ``tls://`` URLs use the
+system's CAs.
 """
 
 from __future__ import annotations
 
+import os
+import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,6 +66,18 @@ def env_auth(env: Mapping[str, str]) -> dict[str, Any]:
     return {}
 
 
+def tls_context(ca_file: str | None = None, ca_pem: str | None = None) -> ssl.SSLContext | None:
+    """A client TLS context that trusts ``ca_file`` or ``ca_pem`` (default: NATS_TLS_CA, NATS_TLS_CA_PEM
+    from the environment); None when neither is given."""
+    ca_file = ca_file or os.environ.get("NATS_TLS_CA") or None
+    ca_pem = ca_pem or os.environ.get("NATS_TLS_CA_PEM") or None
+    if not ca_file and not ca_pem:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file, cadata=ca_pem)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 async def _quiet(exc: Exception) -> None:
     """nats-py logs every failed attempt through error_cb; a command says one clear line itself."""
 
@@ -70,6 +90,8 @@ async def open_connection(
     connect_timeout: float = 2.0,
     error_cb: ErrorCallback | None = None,
     errors: list[Exception] | None = None,
+    tls_ca: str | None = None,
+    tls_ca_pem: str | None = None,
     **options: Any,
 ) -> Client:
     """Connect to ``servers`` (see the module docstring). ``errors``: a list that collects every
@@ -88,5 +110,9 @@ async def open_connection(
         # max_reconnect_attempts must be > 0 for nats-py to give up on an unreachable server
         {"max_reconnect_attempts": 1, "reconnect_time_wait": 0.2}
     )
+    if "tls" not in options:
+        context = tls_context(tls_ca, tls_ca_pem)
+        if context is not None:
+            options["tls"] = context
     return await nats.connect(servers=server_list(servers), name=name, connect_timeout=connect_timeout,
                               error_cb=report, **reconnect, **options)

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, KeyValueConfig, ObjectStoreConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from desk.bus import subjects
 from desk.bus.logging import get_logger
@@ -67,6 +68,35 @@ BUCKETS: dict[str, KeyValueConfig] = {
         ttl=7 * DAY,
     ),
 }
+
+#: Uploaded strategies (``desk deploy ./folder``): ``<strategy>/<version>`` = the folder as a tar,
+#: ``<strategy>/current`` = which version runs and whose it is. Bounded: 1 GiB in all.
+CODE_STORE = ObjectStoreConfig(
+    bucket=subjects.OBJ_CODE, description="uploaded strategy folders: <strategy>/<version>, <strategy>/current",
+    storage=StorageType.FILE, max_bytes=1024**3,
+)
+
+
+async def ensure_object_store(js: JetStreamContext, config: ObjectStoreConfig = CODE_STORE, *,
+                              deadline: float | None = 60.0) -> ObjectStore:
+    """Open object store ``config.bucket``, creating it (one replica) when it is missing (an existing
+    desk upgraded to this release has none until ``desk provision`` or the orchestrator makes it).
+    An election's errors are retried for up to ``deadline`` seconds."""
+    return await retrying(lambda: _ensure_object_store(js, config), what=f"ensure object store {config.bucket}",
+                          deadline=deadline)
+
+
+async def _ensure_object_store(js: JetStreamContext, config: ObjectStoreConfig) -> ObjectStore:
+    bucket = config.bucket or ""
+    try:
+        return await js.object_store(bucket)
+    except (NotFoundError, BucketNotFoundError):
+        pass
+    try:
+        # nats-py sets config.bucket from its `bucket` argument (even when None): pass both, on a copy
+        return await js.create_object_store(bucket, config=dataclasses.replace(config))
+    except BadRequestError:  # created meanwhile
+        return await js.object_store(bucket)
 
 
 #: The settings of a stream the desk declares and checks (what the desk's correctness depends on).
@@ -203,4 +233,25 @@ async def provision(js: JetStreamContext, replicas: int = 1, *, log_actions: boo
         if log_actions:
             log.info("provision.updated", kind=kind, name=name,
                      changes={k: f"{a!r} -> {b!r}" for k, (a, b) in diff.items()})
+    done.append(await _provision_objects(js, replicas, log_actions))
     return done
+
+
+async def _provision_objects(js: JetStreamContext, replicas: int, log_actions: bool) -> Provisioned:
+    """The object store of uploaded strategies: created when missing, its replicas brought to ``replicas``."""
+    name = CODE_STORE.bucket or ""
+    stream = f"OBJ_{name}"
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        await js.create_object_store(name, config=dataclasses.replace(CODE_STORE, replicas=replicas))
+        if log_actions:
+            log.info("provision.created", kind="objects", name=name, replicas=replicas)
+        return Provisioned("objects", name, "created", {}, replicas)
+    have = info.config.num_replicas or 1
+    if have == replicas:
+        return Provisioned("objects", name, "unchanged", {}, have)
+    await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
+    if log_actions:
+        log.info("provision.updated", kind="objects", name=name, changes={"num_replicas": f"{have} -> {replicas}"})
+    return Provisioned("objects", name, "updated", {"num_replicas": (have, replicas)}, replicas)

@@ -48,6 +48,20 @@ CTL_RESTART = "desk.ctl.strategy.restart"
 CTL_STATUS = "desk.ctl.strategy.status"
 CTL_LIST = "desk.ctl.strategy.list"
 CTL_LOGS = "desk.ctl.strategy.logs"
+#: Deploy from anywhere: an upload in chunks, its commit (a new stored version), back to the previous one.
+CTL_UPLOAD = "desk.ctl.strategy.upload"
+CTL_COMMIT = "desk.ctl.strategy.commit"
+CTL_ROLLBACK = "desk.ctl.strategy.rollback"
+#: The operator's member administration (only the admin user may publish these).
+CTL_MEMBER_ADD = "desk.ctl.member.add"
+CTL_MEMBER_REMOVE = "desk.ctl.member.remove"
+CTL_MEMBER_LIST = "desk.ctl.member.list"
+#: A member's own control subjects, ``desk.ctl.m.<member>.<op>``: only that member's NATS user may
+#: publish them (server-enforced), so the orchestrator knows the member from the subject it got.
+MEMBER_CTL = "desk.ctl.m.{member}.{op}"
+MEMBER_CTL_PREFIX = "desk.ctl.m."
+MEMBER_OPS = ("deploy", "start", "stop", "restart", "status", "logs", "upload", "commit", "rollback",
+              "halt", "resume")
 
 # JetStream ----------------------------------------------------------------------------------------
 STREAM_EXECUTIONS = "EXECUTIONS"
@@ -61,8 +75,13 @@ KV_STRATEGIES = "DESK_STRATEGIES"  # key = strategy_id, value = StrategySpec
 KV_RISK = "DESK_RISK"  # key = "halt._global" / "halt.<strategy_id>", value = HaltRequest
 KV_ORDER_IDS = "DESK_ORDER_IDS"  # key = "<strategy_id>.<client_order_id>", value = OrderAck
 
+# Object store -------------------------------------------------------------------------------------
+OBJ_CODE = "DESK_CODE"  # "<strategy_id>/<version>" = the uploaded folder (tar); "<strategy_id>/current" = JSON
+
 # Validation ---------------------------------------------------------------------------------------
 STRATEGY_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+#: A member with a login (one subject token, as strategy ids; config.json user_id must equal it).
+MEMBER_LOGIN_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 # No "." in symbols: a symbol is one subject token (md.bar.<SYMBOL>). Class shares are written
 # without it (BRKB). Nothing translates to Alpaca's dotted form (BRK.B): the Alpaca broker and feed
 # pass symbols through as they are.
@@ -129,3 +148,18 @@ def order_id_key(strategy_id: str, client_order_id: str) -> str:
 def halt_key(strategy_id: str) -> str:
     # "_global" cannot collide with a strategy id: ids start with a letter or digit.
     return f"halt.{strategy_id}" if strategy_id else "halt._global"
+
+
+def member_ctl(member: str, op: str) -> str:
+    """A member's own control subject, e.g. ``desk.ctl.m.alice.stop``."""
+    return MEMBER_CTL.format(member=member, op=op)
+
+
+def member_of(subject: str) -> str | None:
+    """The member of a ``desk.ctl.m.<member>.<op>`` subject (as the server delivered it); None otherwise."""
+    if not subject.startswith(MEMBER_CTL_PREFIX):
+        return None
+    parts = subject.split(".")
+    if len(parts) != 5 or not MEMBER_LOGIN_RE.match(parts[3]):
+        return None
+    return parts[3]

@@ -7,6 +7,12 @@ that the orchestrator adds when it deploys it (see desk.bus.auth). Passwords are
 Services run as child processes in their own session, so Ctrl-C reaches only ``desk up``, which then
 stops them in reverse start order (orchestrator first, so strategies stop before the router; nats-server
 last) and leaves nothing behind. Each child also gets SIGTERM if ``desk up`` itself dies.
+
+Members reach the desk from their laptops: ``NATS_TLS_CERT`` and ``NATS_TLS_KEY`` turn TLS on for
+the client port (every client then checks the certificate: ``NATS_TLS_CA``, by default the
+certificate itself, for a self-signed one), and ``DESK_NATS_HOST`` (default 127.0.0.1) is the address
+nats-server listens on, e.g. ``0.0.0.0``; listening beyond this machine without TLS is refused.
+The services still connect through 127.0.0.1, so the certificate must name it too.
 """
 
 from __future__ import annotations
@@ -127,6 +133,27 @@ class EmbeddedDesk:
     confinement: str = ""  # what confines strategies (the orchestrator says, once it is up)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
+    def _setting(self, name: str) -> str:
+        return self.extra_env.get(name) or os.environ.get(name) or ""
+
+    @property
+    def listen_host(self) -> str:
+        return self._setting("DESK_NATS_HOST") or "127.0.0.1"
+
+    @property
+    def tls(self) -> tuple[str, str, str] | None:
+        """(certificate, key, CA) files when TLS is on (NATS_TLS_CERT and NATS_TLS_KEY set)."""
+        cert, key = self._setting("NATS_TLS_CERT"), self._setting("NATS_TLS_KEY")
+        if not cert or not key:
+            return None
+        return (str(Path(cert).resolve()), str(Path(key).resolve()),
+                str(Path(self._setting("NATS_TLS_CA") or cert).resolve()))
+
+    @property
+    def local_url(self) -> str:
+        """How this machine's services reach nats-server (loopback, whatever it listens on)."""
+        return f"nats://127.0.0.1:{self.server.port if self.server else self.port}"
+
     @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
@@ -147,16 +174,25 @@ class EmbeddedDesk:
             ORCH_NATS_AUTH_FILE=str(self.nats_dir / "auth.conf"),
             ORCH_NATS_BASE_USERS=str(self.nats_dir / "base-users.json"),
             ORCH_NATS_PID_FILE=str(self.nats_dir / "nats.pid"),
+            ORCH_NATS_MEMBERS_FILE=str(self.members_file),
+            ORCH_CODE_DIR=str(self.data_dir / "deployed"),
         )
         env.update(venue_environment(env)[0])  # BROKER=alpaca implies MD_FEED and ROUTER_VENUE alpaca
         env.setdefault("DASHBOARD_HOST", "127.0.0.1")
         env.setdefault("DASHBOARD_PORT", "8080")
         env.update(self.extra_env)
+        if self.tls is not None:
+            env["NATS_TLS_CA"] = self.tls[2]
         return env
 
     @property
     def nats_dir(self) -> Path:
         return self.data_dir / "nats"
+
+    @property
+    def members_file(self) -> Path:
+        """Members' logins (bcrypt hashes; ``desk member add``): kept across runs, unlike the others."""
+        return self.nats_dir / "members.json"
 
     @property
     def credentials_file(self) -> Path:
@@ -174,10 +210,15 @@ class EmbeddedDesk:
         base = [auth.service_entry(name, auth.hash_password(passwords[auth.service_user(name)])) for name in SERVICES]
         base.append(auth.user_entry(auth.ADMIN_USER, auth.hash_password(passwords[auth.ADMIN_USER])))
         auth.write_private(self.nats_dir / "base-users.json", json.dumps(base))
-        auth.write_private(self.nats_dir / "auth.conf", auth.render_users(base))
+        members = [auth.member_entry(m, h) for m, h in sorted(auth.read_members(self.members_file).items())]
+        auth.write_private(self.nats_dir / "auth.conf", auth.render_users(base + members))
+        tls = ""
+        if self.tls is not None:
+            cert, key, _ = self.tls
+            tls = f"tls {{\n  cert_file: {json.dumps(cert)}\n  key_file: {json.dumps(key)}\n  timeout: 5\n}}\n"
         auth.write_private(
             self.nats_dir / "nats.conf",
-            f'pid_file: "{self.nats_dir / "nats.pid"}"\ninclude "auth.conf"\n',
+            f'pid_file: "{self.nats_dir / "nats.pid"}"\ninclude "auth.conf"\n' + tls,
         )
         auth.write_private(
             self.credentials_file,
@@ -188,10 +229,14 @@ class EmbeddedDesk:
     async def run(self) -> int:
         """Start everything, supervise until ``stop``, shut down cleanly. Returns an exit code."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.listen_host not in ("127.0.0.1", "localhost", "::1") and self.tls is None:
+            log.error("desk.exposed_without_tls", host=self.listen_host,
+                      hint="set NATS_TLS_CERT and NATS_TLS_KEY to expose the desk (README: Members)")
+            return 2
         passwords = await asyncio.to_thread(self._make_identities)
         self.server = NatsServer(
             store_dir=self.nats_dir, port=self.port, log_file=self.log_dir / "nats-server.log",
-            config_file=self.nats_dir / "nats.conf",
+            config_file=self.nats_dir / "nats.conf", host=self.listen_host,
         )
         try:
             await asyncio.to_thread(self.server.start)
@@ -200,13 +245,14 @@ class EmbeddedDesk:
             return 1
         code = 0
         try:
-            nc = await open_connection(self.server.url, forever=True, user=auth.ADMIN_USER,
+            nc = await open_connection(self.local_url, forever=True, tls_ca=self.tls[2] if self.tls else None,
+                                       user=auth.ADMIN_USER,
                                        password=passwords[auth.ADMIN_USER])
             try:
                 for done in await streams.provision(nc.jetstream(), replicas=1):  # one server: one copy
                     if done.action != "unchanged":
                         log.info("desk.provisioned", kind=done.kind, name=done.name, action=done.action)
-                env = self._env(self.server.url)
+                env = self._env(self.local_url)
                 for name in SERVICES:
                     user = auth.service_user(name)
                     service_env = dict(service_environment(name, env), NATS_USER=user, NATS_PASSWORD=passwords[user])
@@ -226,7 +272,7 @@ class EmbeddedDesk:
                     log.error("desk.strategies_unconfined", confinement=self.confinement,
                               hint="install bubblewrap (apt-get install bubblewrap); README: Security")
                 self.ready.set()
-                log.info("desk.up", nats=self.server.url, data_dir=str(self.data_dir))
+                log.info("desk.up", nats=self.server.url, tls=self.tls is not None, data_dir=str(self.data_dir))
                 code = await self._supervise()
             finally:
                 await nc.close()

@@ -30,6 +30,9 @@ from desk.cli.data_cmd import data_app
 from desk.cli.inspect_cmd import services as services_command
 from desk.cli.inspect_cmd import streams as streams_command
 from desk.cli.inspect_cmd import watch as watch_command
+from desk.cli.member_cmd import login as login_command
+from desk.cli.member_cmd import member_app
+from desk.cli.member_cmd import rollback as rollback_command
 from desk.cli.render import console, err_console, money, percent, print_json, signed_money, table, ts
 from desk.v1 import ledger_pb2, orders_pb2, strategy_pb2
 
@@ -49,6 +52,9 @@ app.command("backtest")(backtest_command)  # desk backtest
 app.command("watch")(watch_command)  # desk watch [SUBJECT ...]
 app.command("streams")(streams_command)  # desk streams
 app.command("services")(services_command)  # desk services [NAME]
+app.add_typer(member_app, name="member")  # desk member add | list | remove (operator)
+app.command("login")(login_command)  # desk login FILE (a member, on their laptop)
+app.command("rollback")(rollback_command)  # desk rollback NAME
 
 R = TypeVar("R", bound=Message)
 
@@ -69,19 +75,49 @@ class Options:
     credentials: Path = Path("var/credentials/cli.json")
 
 
+def _credential() -> dict[str, str] | None:
+    """The credential file in use: --credentials (the embedded desk's cli.json), else a member's
+    `desk login`; None when there is neither."""
+    from desk.cli.member_cmd import login_path, read_credential
+
+    return read_credential(opts.credentials) or read_credential(login_path())
+
+
 def nats_auth() -> dict[str, Any]:
     """The CLI's NATS identity: NATS_USER/NATS_PASSWORD, else the embedded desk's credentials file
-    (written by `desk up`), else none (a desk without authorization)."""
-    import json
+    (written by `desk up`), else a member's login (`desk login`), else none (a desk without
+    authorization). A member's connection uses the member's own reply inbox."""
     import os
 
+    from desk.bus.auth import member_inbox_prefix
+    from desk.cli.member_cmd import member_of_user
+
     if os.environ.get("NATS_USER"):
-        return {"user": os.environ["NATS_USER"], "password": os.environ.get("NATS_PASSWORD", "")}
-    try:
-        stored = json.loads(opts.credentials.read_text())
-    except (OSError, ValueError):
-        return {}
-    return {"user": str(stored["user"]), "password": str(stored["password"])}
+        found = {"user": os.environ["NATS_USER"], "password": os.environ.get("NATS_PASSWORD", "")}
+    else:
+        stored = _credential()
+        if stored is None:
+            return {}
+        found = {"user": stored["user"], "password": stored["password"]}
+        if stored.get("ca"):  # a member's login to a desk with TLS: the CA its certificate is checked with
+            found["tls_ca_pem"] = stored["ca"]
+    member = member_of_user(found["user"])
+    if member is not None:
+        found["inbox_prefix"] = member_inbox_prefix(member)
+    return found
+
+
+def current_member() -> str | None:
+    """The member the CLI acts as (its credential is a member's login); None for the operator."""
+    from desk.cli.member_cmd import member_of_user
+
+    return member_of_user(str(nats_auth().get("user", "")))
+
+
+def _member_subject(subject: str) -> str:
+    """``desk.ctl.strategy.<op>`` for the operator; the member's own ``desk.ctl.m.<member>.<op>``."""
+    member = current_member()
+    return subjects.member_ctl(member, subject.rsplit(".", 1)[1]) if member else subject
 
 
 opts = Options()
@@ -96,8 +132,9 @@ LimitOpt = Annotated[int, typer.Option("--limit", "-n", min=1, max=10000, help="
 @app.callback()
 def main(
     nats_url: Annotated[
-        str, typer.Option("--nats-url", envvar="NATS_URL", help="NATS server to talk to.")
-    ] = opts.nats_url,
+        str | None, typer.Option("--nats-url", envvar="NATS_URL",
+                                 help=f"NATS server to talk to (default: a member login's url, else {opts.nats_url}).")
+    ] = None,
     timeout: Annotated[
         float | None,
         typer.Option(
@@ -113,10 +150,11 @@ def main(
         ),
     ] = Options.credentials,
 ) -> None:
-    opts.nats_url = nats_url
+    opts.credentials = credentials
+    stored = None if nats_url else _credential()
+    opts.nats_url = nats_url or (stored or {}).get("url") or Options.nats_url
     opts.timeout = 5.0 if timeout is None else timeout
     opts.timeout_given = timeout is not None
-    opts.credentials = credentials
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -322,7 +360,7 @@ def _control(subject: str, name: str) -> strategy_pb2.StrategyStatusList:
     if lifecycle:
         timeout = opts.timeout if opts.timeout_given else LIFECYCLE_TIMEOUT
     return _call(
-        subject, strategy_pb2.StrategyControl(strategy_id=name), strategy_pb2.StrategyStatusList, "orchestrator",
+        _member_subject(subject), strategy_pb2.StrategyControl(strategy_id=name), strategy_pb2.StrategyStatusList, "orchestrator",
         timeout=timeout,
     )
 
@@ -354,12 +392,44 @@ def _print_status(result: strategy_pb2.StrategyStatusList, as_json: bool) -> Non
 
 @app.command()
 def deploy(
-    name: Annotated[str, typer.Argument(help="Strategy folder name; all strategies if omitted.")] = "",
+    name: Annotated[str, typer.Argument(help="Strategy folder name; all strategies if omitted; a path "
+                                             "(./my_strategy) uploads that folder.")] = "",
     as_json: JsonOpt = False,
 ) -> None:
     """(Re)read a strategy's folder, register it and start it. Without NAME: every enabled strategy,
-    except those stopped with `desk stop` (their folder is re-read; they stay stopped)."""
+    except those stopped with `desk stop` (their folder is re-read; they stay stopped). With a path
+    (`desk deploy ./my_strategy`, from any machine): upload the folder as a new version and run it."""
+    from desk.cli.member_cmd import is_folder_argument
+
+    if is_folder_argument(name):
+        _print_status(_upload(Path(name)), as_json)
+        return
     _print_status(_control(subjects.CTL_DEPLOY, name), as_json)
+
+
+def _upload(folder: Path) -> strategy_pb2.StrategyStatusList:
+    from desk.cli.member_cmd import upload
+
+    if not folder.is_dir():
+        _fail(f"{folder} is not a folder (a strategy folder holds strategy.py and config.json)", 2)
+    commit_timeout = opts.timeout if opts.timeout_given else LIFECYCLE_TIMEOUT
+
+    async def go() -> strategy_pb2.StrategyStatusList:
+        nc = await cli_connection()
+        try:
+            return await upload(nc, folder, current_member(), opts.timeout, commit_timeout)
+        except nats.errors.NoRespondersError:
+            raise DeskError("NO_SERVICE", f"no orchestrator is running on {opts.nats_url}") from None
+        except nats.errors.TimeoutError:
+            raise DeskError("TIMEOUT", "the orchestrator did not answer the upload in time "
+                            "(it may still be deploying: see `desk status`)") from None
+        finally:
+            await nc.close()
+
+    try:
+        return asyncio.run(go())
+    except DeskError as err:
+        _fail(f"{err.code}: {err.message}")
 
 
 @app.command()
@@ -401,7 +471,7 @@ def logs(
 ) -> None:
     """A strategy's recent output (stdout and stderr)."""
     reply = _call(
-        subjects.CTL_LOGS, strategy_pb2.LogsRequest(strategy_id=name, tail=tail), strategy_pb2.LogsReply, "orchestrator"
+        _member_subject(subjects.CTL_LOGS), strategy_pb2.LogsRequest(strategy_id=name, tail=tail), strategy_pb2.LogsReply, "orchestrator"
     )
     if as_json:
         print_json(reply)
@@ -732,12 +802,18 @@ def _reconcile_books(venue: str, since_ns: int) -> rc.Books:
 def _halt(subject: str, name: str, reason: str, as_json: bool) -> None:
     import getpass
 
-    ack = _call(
-        subject,
-        orders_pb2.HaltRequest(strategy_id=name, reason=reason, requested_by=getpass.getuser()),
-        orders_pb2.HaltAck,
-        "order_router",
-    )
+    member = current_member()
+    if member:  # a member halts their own strategies, through the orchestrator, which checks whose they are
+        op = "halt" if subject == subjects.RISK_HALT else "resume"
+        ack = _call(subjects.member_ctl(member, op), strategy_pb2.StrategyControl(strategy_id=name),
+                    orders_pb2.HaltAck, "orchestrator")
+    else:
+        ack = _call(
+            subject,
+            orders_pb2.HaltRequest(strategy_id=name, reason=reason, requested_by=getpass.getuser()),
+            orders_pb2.HaltAck,
+            "order_router",
+        )
     if as_json:
         print_json(ack)
         return

@@ -102,7 +102,7 @@ class Heartbeat(_message.Message):
     def __init__(self, strategy_id: _Optional[str] = ..., ts_ns: _Optional[int] = ..., bars_seen: _Optional[int] = ..., orders_sent: _Optional[int] = ..., errors: _Optional[int] = ..., sdk_version: _Optional[str] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class StrategyStatus(_message.Message):
-    __slots__ = ("strategy_id", "member_id", "state", "runtime", "pid", "container_id", "restarts", "last_error", "exit_code", "started_ns", "last_heartbeat_ns", "next_restart_ns")
+    __slots__ = ("strategy_id", "member_id", "state", "runtime", "pid", "container_id", "restarts", "last_error", "exit_code", "started_ns", "last_heartbeat_ns", "next_restart_ns", "code_version")
     STRATEGY_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class StrategyStatus(_message.Message):
     STARTED_NS_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_NS_FIELD_NUMBER: _ClassVar[int]
     NEXT_RESTART_NS_FIELD_NUMBER: _ClassVar[int]
+    CODE_VERSION_FIELD_NUMBER: _ClassVar[int]
     strategy_id: str
     member_id: str
     state: StrategyState
@@ -127,7 +128,8 @@ class StrategyStatus(_message.Message):
     started_ns: int
     last_heartbeat_ns: int
     next_restart_ns: int
-    def __init__(self, strategy_id: _Optional[str] = ..., member_id: _Optional[str] = ..., state: _Optional[_Union[StrategyState, str]] = ..., runtime: _Optional[str] = ..., pid: _Optional[int] = ..., container_id: _Optional[str] = ..., restarts: _Optional[int] = ..., last_error: _Optional[str] = ..., exit_code: _Optional[int] = ..., started_ns: _Optional[int] = ..., last_heartbeat_ns: _Optional[int] = ..., next_restart_ns: _Optional[int] = ...) -> None: ...
+    code_version: int
+    def __init__(self, strategy_id: _Optional[str] = ..., member_id: _Optional[str] = ..., state: _Optional[_Union[StrategyState, str]] = ..., runtime: _Optional[str] = ..., pid: _Optional[int] = ..., container_id: _Optional[str] = ..., restarts: _Optional[int] = ..., last_error: _Optional[str] = ..., exit_code: _Optional[int] = ..., started_ns: _Optional[int] = ..., last_heartbeat_ns: _Optional[int] = ..., next_restart_ns: _Optional[int] = ..., code_version: _Optional[int] = ...) -> None: ...
 
 class StrategyControl(_message.Message):
     __slots__ = ("strategy_id",)
@@ -164,3 +166,63 @@ class LogsReply(_message.Message):
     strategy_id: str
     lines: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, strategy_id: _Optional[str] = ..., lines: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UploadChunk(_message.Message):
+    __slots__ = ("strategy_id", "upload_id", "offset", "data")
+    STRATEGY_ID_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    strategy_id: str
+    upload_id: str
+    offset: int
+    data: bytes
+    def __init__(self, strategy_id: _Optional[str] = ..., upload_id: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadAck(_message.Message):
+    __slots__ = ("upload_id", "received", "limit")
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    upload_id: str
+    received: int
+    limit: int
+    def __init__(self, upload_id: _Optional[str] = ..., received: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class UploadCommit(_message.Message):
+    __slots__ = ("strategy_id", "upload_id", "size", "sha256")
+    STRATEGY_ID_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    strategy_id: str
+    upload_id: str
+    size: int
+    sha256: str
+    def __init__(self, strategy_id: _Optional[str] = ..., upload_id: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class MemberRequest(_message.Message):
+    __slots__ = ("member_id", "password_hash")
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_HASH_FIELD_NUMBER: _ClassVar[int]
+    member_id: str
+    password_hash: str
+    def __init__(self, member_id: _Optional[str] = ..., password_hash: _Optional[str] = ...) -> None: ...
+
+class Member(_message.Message):
+    __slots__ = ("member_id", "user", "strategies")
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    STRATEGIES_FIELD_NUMBER: _ClassVar[int]
+    member_id: str
+    user: str
+    strategies: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, member_id: _Optional[str] = ..., user: _Optional[str] = ..., strategies: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MemberList(_message.Message):
+    __slots__ = ("members", "message")
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[Member]
+    message: str
+    def __init__(self, members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...

@@ -30,7 +30,8 @@ from desk.v1 import strategy_pb2
 
 STRATEGY_FILE = "strategy.py"
 CONFIG_FILE = "config.json"
-__all__ = ["ENV_NAME_RE", "FORBIDDEN_ENV_PREFIXES", "MEMBER_ID_RE", "RUNTIMES", "discover", "validate_strategy"]
+__all__ = ["ENV_NAME_RE", "FORBIDDEN_ENV_PREFIXES", "MEMBER_ID_RE", "RUNTIMES", "discover", "load_folder",
+           "validate_strategy"]
 # A class deriving from the SDK's Strategy: `class X(Strategy)` or `class X(strategy_sdk.Strategy)`.
 _SDK_SUBCLASS_RE = re.compile(r"^\s*class\s+\w+\s*\([^)]*\bStrategy\s*\)", re.MULTILINE)
 _RISK_KEYS = ("max_order_notional", "max_position_notional", "max_orders_per_minute", "allow_short")
@@ -241,19 +242,23 @@ def discover(root: Path, default_runtime: str = "process") -> Discovery:
         if not strategy_file.is_file() and not config_file.is_file():
             continue
         try:
-            if not strategy_file.is_file():
-                raise StrategyConfigError(f"{STRATEGY_FILE} is missing")
-            if not config_file.is_file():
-                raise StrategyConfigError(f"{CONFIG_FILE} is missing")
-            try:
-                config_text = config_file.read_text(encoding="utf-8")
-                source = strategy_file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise StrategyConfigError(f"cannot read the strategy's files: {exc}") from None
-            found.strategies[folder.name] = validate_strategy(
-                folder.name, config_text, source, str(folder.resolve()), default_runtime
-            )
+            found.strategies[folder.name] = load_folder(folder.name, folder, default_runtime)
         except StrategyConfigError as exc:
             found.errors[folder.name] = str(exc)
     return found
+
+
+def load_folder(strategy_id: str, folder: Path, default_runtime: str = "process") -> DiscoveredStrategy:
+    """One strategy folder (``strategy.py`` + ``config.json``) as ``strategy_id``, or StrategyConfigError."""
+    strategy_file, config_file = folder / STRATEGY_FILE, folder / CONFIG_FILE
+    if not strategy_file.is_file():
+        raise StrategyConfigError(f"{STRATEGY_FILE} is missing")
+    if not config_file.is_file():
+        raise StrategyConfigError(f"{CONFIG_FILE} is missing")
+    try:
+        config_text = config_file.read_text(encoding="utf-8")
+        source = strategy_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StrategyConfigError(f"cannot read the strategy's files: {exc}") from None
+    return validate_strategy(strategy_id, config_text, source, str(folder.resolve()), default_runtime)
 

@@ -5,11 +5,17 @@ and confined permissions, see desk.bus.auth) to the users file the NATS server i
 server to reload it (SIGHUP to the pid in its pid file), and proves the new user works by connecting
 with it before the strategy starts. The plain password goes only into the strategy's environment.
 Restarts reuse the same credentials; a new orchestrator makes new ones.
+
+Members (people, from their own laptops: ``desk member add``) are users too, kept (bcrypt hashes
+only) in a members file that outlives restarts (``<data dir>/nats/members.json`` in the embedded
+desk); the users file is always the base users + the members + the strategies. A desk made by an
+earlier release has no members file: it opens with no members.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from collections.abc import Callable
@@ -17,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from desk.bus import auth
+from desk.bus.auth import is_bcrypt, read_members
 from desk.bus.logging import get_logger
 from desk.bus.servers import open_connection
 
@@ -32,6 +39,7 @@ class NatsIdentities:
         base_users_file: Path,
         pid_file: Path | None = None,
         reload: Callable[[], None] | None = None,
+        members_file: Path | None = None,
     ) -> None:
         """``reload`` asks the server to re-read its users (default: SIGHUP to the pid in ``pid_file``;
         in compose, a SIGHUP through the Docker engine)."""
@@ -40,6 +48,7 @@ class NatsIdentities:
         self.base_users_file = base_users_file
         self.pid_file = pid_file
         self._reload_fn = reload
+        self.members_file = members_file if members_file is not None else auth_file.parent / "members.json"
         self._passwords: dict[str, str] = {}
         self._entries: dict[str, dict[str, Any]] = {}
         self._lock = asyncio.Lock()
@@ -62,8 +71,45 @@ class NatsIdentities:
             "NATS_INBOX_PREFIX": auth.strategy_inbox_prefix(strategy_id),
         }
 
+    # -- members -------------------------------------------------------------------------------
+
+    def members(self) -> dict[str, str]:
+        """Member -> bcrypt hash, from the members file (none when it does not exist yet)."""
+        return read_members(self.members_file)
+
+    async def sync(self) -> None:
+        """At start: make sure the server knows the members (the users file may hold only the base)."""
+        async with self._lock:
+            if self.members():
+                await asyncio.to_thread(self._write)
+                self._reload()
+
+    async def set_member(self, member: str, password_hash: str) -> None:
+        async with self._lock:
+            members = self.members()
+            members[member] = password_hash
+            await asyncio.to_thread(self._save_members, members)
+            self._reload()
+        log.info("member.added", member=member, user=auth.member_user(member))
+
+    async def remove_member(self, member: str) -> bool:
+        async with self._lock:
+            members = self.members()
+            if members.pop(member, None) is None:
+                return False
+            await asyncio.to_thread(self._save_members, members)
+            self._reload()  # the server closes the removed user's connections
+        log.info("member.removed", member=member)
+        return True
+
+    def _save_members(self, members: dict[str, str]) -> None:
+        auth.write_private(self.members_file,
+                           json.dumps([{"member": m, "password": h} for m, h in sorted(members.items())]))
+        self._write()
+
     def _write(self) -> None:
-        users = auth.read_users(self.base_users_file) + list(self._entries.values())
+        members = [auth.member_entry(m, h) for m, h in sorted(self.members().items())]
+        users = auth.read_users(self.base_users_file) + members + list(self._entries.values())
         auth.write_private(self.auth_file, auth.render_users(users))
 
     def _reload(self) -> None:
@@ -92,3 +138,6 @@ class NatsIdentities:
                 if asyncio.get_running_loop().time() > deadline:
                     raise RuntimeError(f"NATS did not accept the new user of {strategy_id}: {exc!r}") from None
                 await asyncio.sleep(0.1)
+
+
+__all__ = ["NatsIdentities", "is_bcrypt", "read_members"]

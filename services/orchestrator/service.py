@@ -34,30 +34,56 @@ orchestrator's own shutdown stops strategies without recording anything.
 
 Invalid strategy folders are not deployable; since ``StrategyList`` has no room for errors, their
 messages are reported in the ``message`` of every ``StrategyStatusList`` reply (status, deploy...).
+
+**Members and uploads** (issue 15). A member's requests come on ``desk.ctl.m.<member>.<op>``, which
+only that member's NATS user may publish: the member is taken from the subject, and each op acts on
+the member's own strategies only (NOT_YOURS otherwise); replies go only to the member's own inbox
+(:class:`MemberAwareService`). ``desk deploy ./folder`` uploads the folder in chunks (upload) and
+commits it (commit): checked by :mod:`services.orchestrator.uploads`, stored as a new version in the
+object store (:mod:`services.orchestrator.codestore`), unpacked under ORCH_CODE_DIR and run like any
+strategy (an uploaded version wins over a folder of the same name); rollback runs the previous
+version. The operator adds and removes members (``desk.ctl.member.*``; logins in
+:mod:`services.orchestrator.identities`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import nats.js.errors
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.micro.request import Request
 
 import desk
-from desk.bus import codec, subjects
+from desk.bus import auth, codec, confine, subjects
 from desk.bus.errors import DeskError
 from desk.bus.lifecycle import ServiceRuntime
 from desk.bus.logging import get_logger
-from desk.bus.micro import add_service
+from desk.bus.micro import DeskService, add_service
+from desk.bus.request import request as bus_request
 from desk.bus.streams import ensure_bucket
-from desk.v1 import strategy_pb2
-from services.orchestrator.discovery import DiscoveredStrategy, Discovery, discover
-from services.orchestrator.identities import NatsIdentities
+from desk.v1 import orders_pb2, strategy_pb2
+from services.orchestrator import uploads
+from services.orchestrator.codestore import CodeStore, Pointer
+from services.orchestrator.discovery import (
+    CONFIG_FILE,
+    STRATEGY_FILE,
+    DiscoveredStrategy,
+    Discovery,
+    StrategyConfigError,
+    discover,
+    load_folder,
+    validate_strategy,
+)
+from services.orchestrator.identities import NatsIdentities, is_bcrypt
 from services.orchestrator.runtimes.base import ExitInfo, RunHandle, Runtime
 from services.orchestrator.runtimes.docker import DockerRuntime
 from services.orchestrator.runtimes.process import ProcessRuntime
@@ -81,6 +107,8 @@ BANNER = "--- started pid"
 #: Header on a DESK_STRATEGIES entry: the desired state a user asked for (absent: run it).
 DESIRED_HEADER = "Desk-Desired"
 DESIRED_STOPPED = "stopped"
+#: The owner of a name taken by an invalid folder in the strategies folder (no member may take it).
+FOLDER_OWNER = "the desk's strategies folder"
 
 
 @dataclass
@@ -123,6 +151,7 @@ class OrchestratorService:
                 base_users_file=settings.orch_nats_base_users,
                 pid_file=settings.orch_nats_pid_file,
                 reload=reload,
+                members_file=settings.orch_nats_members_file,
             )
         self.clock = clock
         self.policy = RestartPolicy(
@@ -139,13 +168,30 @@ class OrchestratorService:
         self.heartbeats: dict[str, int] = {}
         self.bad_heartbeats = 0
         self._js: JetStreamContext | None = None
+        self._nc: Client | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self.uploads = uploads.Uploads(settings.orch_upload_max_bytes)
+        self.code: CodeStore | None = None
+        #: uploaded strategies (DESK_CODE): whose, and which version runs
+        self.pointers: dict[str, Pointer] = {}
+        self._code_locks: dict[str, asyncio.Lock] = {}
 
     # -- service shell -------------------------------------------------------------------------
 
     async def start(self, runtime: ServiceRuntime) -> None:
         await ensure_bucket(runtime.js, subjects.KV_STRATEGIES)
         self._js = runtime.js
+        self._nc = runtime.nc
+        self.code = await CodeStore.open(runtime.js)
+        self.pointers = await self.code.pointers()
+        for pointer in list(self.pointers.values()):
+            try:
+                await self._materialise(pointer.strategy_id, pointer.current)
+            except Exception as exc:  # noqa: BLE001 - one bad version must not keep the others from running
+                log.error("code.materialise_failed", strategy_id=pointer.strategy_id, version=pointer.current,
+                          error=repr(exc))
+        if self.identities is not None:
+            await self.identities.sync()  # members log in again after a restart
         svc = await add_service(
             runtime,
             NAME,
@@ -154,6 +200,7 @@ class OrchestratorService:
             metadata={"runtime": self.runtime.name, "confinement": self.runtime.confinement,
                       "strategies_dir": str(self.settings.orch_strategies_dir)},
         )
+        svc.__class__ = MemberAwareService  # the same service, with the members' reply rule (below)
         control = strategy_pb2.StrategyControl
         many = CONTROL_CONCURRENCY
         await svc.add_endpoint("deploy", subjects.CTL_DEPLOY, control, self.on_deploy, concurrency=many)
@@ -163,6 +210,7 @@ class OrchestratorService:
         await svc.add_endpoint("status", subjects.CTL_STATUS, control, self.on_status)
         await svc.add_endpoint("list", subjects.CTL_LIST, control, self.on_list)
         await svc.add_endpoint("logs", subjects.CTL_LOGS, strategy_pb2.LogsRequest, self.on_logs)
+        await self._add_code_endpoints(svc)
         sub = await runtime.nc.subscribe(subjects.HEARTBEAT_ALL, cb=self._on_heartbeat)
         await self.runtime.cleanup()
         # Unwound in reverse: strategies stop first, then the subscription, then the micro service.
@@ -215,8 +263,9 @@ class OrchestratorService:
         return await self._outcome_list(deployed, errors)
 
     async def on_start(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
-        targets = self._targets(request.strategy_id)
+        return await self._start_targets(self._targets(request.strategy_id))
 
+    async def _start_targets(self, targets: list[Managed]) -> strategy_pb2.StrategyStatusList:
         async def start(m: Managed) -> None:
             async with m.lock:
                 await self._set_held(m, False)
@@ -230,8 +279,9 @@ class OrchestratorService:
         return await self._outcome_list(targets)
 
     async def on_stop(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
-        targets = self._targets(request.strategy_id)
+        return await self._stop_targets(self._targets(request.strategy_id))
 
+    async def _stop_targets(self, targets: list[Managed]) -> strategy_pb2.StrategyStatusList:
         async def stop(m: Managed) -> None:
             async with m.lock:
                 await self._set_held(m, True)  # recorded first: a stop survives a restart mid-way
@@ -241,8 +291,9 @@ class OrchestratorService:
         return self._status_list(targets)
 
     async def on_restart(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
-        targets = self._targets(request.strategy_id)
+        return await self._restart_targets(self._targets(request.strategy_id))
 
+    async def _restart_targets(self, targets: list[Managed]) -> strategy_pb2.StrategyStatusList:
         async def restart(m: Managed) -> None:
             async with m.lock:
                 await self._set_held(m, False)
@@ -273,6 +324,308 @@ class OrchestratorService:
         if not lines and strategy_id not in self.managed:  # not deployed now, and no log of an earlier run
             raise self._unknown(strategy_id)
         return strategy_pb2.LogsReply(strategy_id=strategy_id, lines=lines)
+
+    # -- members and uploads -------------------------------------------------------------------
+    #
+    # A member's requests arrive on desk.ctl.m.<member>.<op>, which only that member's NATS user may
+    # publish (desk.bus.auth.member_permissions): the member is the subject's, as the server delivered
+    # it, never a field of the message. Each acts only on the member's own strategies (NOT_YOURS
+    # otherwise). The operator (admin user) keeps desk.ctl.strategy.* and may do everything.
+
+    async def _add_code_endpoints(self, svc: DeskService) -> None:
+        control = strategy_pb2.StrategyControl
+        many = CONTROL_CONCURRENCY
+        await svc.add_endpoint("upload", subjects.CTL_UPLOAD, strategy_pb2.UploadChunk, self.on_upload)
+        await svc.add_endpoint("commit", subjects.CTL_COMMIT, strategy_pb2.UploadCommit, self.on_commit,
+                               concurrency=many)
+        await svc.add_endpoint("rollback", subjects.CTL_ROLLBACK, control, self.on_rollback, concurrency=many)
+        await svc.add_endpoint("member_add", subjects.CTL_MEMBER_ADD, strategy_pb2.MemberRequest, self.on_member_add)
+        await svc.add_endpoint("member_remove", subjects.CTL_MEMBER_REMOVE, strategy_pb2.MemberRequest,
+                               self.on_member_remove)
+        await svc.add_endpoint("member_list", subjects.CTL_MEMBER_LIST, strategy_pb2.MemberRequest,
+                               self.on_member_list)
+        member = {
+            "deploy": (control, self.on_member_deploy), "start": (control, self.on_member_start),
+            "stop": (control, self.on_member_stop), "restart": (control, self.on_member_restart),
+            "status": (control, self.on_member_status), "logs": (strategy_pb2.LogsRequest, self.on_member_logs),
+            "upload": (strategy_pb2.UploadChunk, self.on_upload), "commit": (strategy_pb2.UploadCommit, self.on_commit),
+            "rollback": (control, self.on_rollback), "halt": (control, self.on_member_halt),
+            "resume": (control, self.on_member_halt),
+        }
+        assert set(member) == set(subjects.MEMBER_OPS)
+        for op, (request_type, handler) in member.items():
+            await svc.add_endpoint(f"m_{op}", subjects.member_ctl("*", op), request_type, handler,  # type: ignore[arg-type]
+                                   concurrency=1 if op == "upload" else many)
+
+    @staticmethod
+    def _member(subject: str) -> str:
+        member = subjects.member_of(subject)
+        if member is None:  # the endpoint's subscription is desk.ctl.m.*.<op>: cannot happen
+            raise DeskError("BAD_SUBJECT", f"not a member subject: {subject}")
+        return member
+
+    def _owner(self, strategy_id: str, found: Discovery | None = None) -> str | None:
+        """Whose strategy ``strategy_id`` is: its uploaded record's member, else its spec's (deployed,
+        or found in the strategies folder); None when there is no such strategy."""
+        if strategy_id in self.pointers:
+            return self.pointers[strategy_id].member
+        if strategy_id in self.managed:
+            return str(self.managed[strategy_id].spec.member_id)
+        if found is not None and strategy_id in found.strategies:
+            return str(found.strategies[strategy_id].spec.member_id)
+        if found is not None and strategy_id in found.errors:  # a folder of the desk's own, invalid: not free
+            return FOLDER_OWNER
+        return None
+
+    def _own(self, member: str, strategy_id: str) -> None:
+        """Refuse unless ``strategy_id`` is deployed and ``member``'s."""
+        owner = self._owner(strategy_id)
+        if owner is None:
+            raise self._unknown(strategy_id)
+        if owner != member:
+            raise DeskError("NOT_YOURS", f"strategy {strategy_id!r} is not yours ({member}): only its owner "
+                            "or the operator may control it", status=403)
+
+    def _own_targets(self, member: str, strategy_id: str) -> list[Managed]:
+        if not strategy_id:
+            return [m for m in self.managed.values() if m.spec.member_id == member]
+        self._own(member, strategy_id)
+        return self._targets(strategy_id)
+
+    @staticmethod
+    def _for_member(reply: strategy_pb2.StrategyStatusList) -> strategy_pb2.StrategyStatusList:
+        """A reply to a member without the desk-wide notes (other members' invalid folders)."""
+        reply.message = " | ".join(n for n in reply.message.split(" | ") if not n.startswith("invalid strategies"))
+        return reply
+
+    async def on_member_status(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
+        return self._for_member(self._status_list(self._own_targets(self._member(subject), request.strategy_id)))
+
+    async def on_member_start(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
+        targets = self._own_targets(self._member(subject), request.strategy_id)
+        return self._for_member(await self._start_targets(targets))
+
+    async def on_member_stop(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
+        targets = self._own_targets(self._member(subject), request.strategy_id)
+        return self._for_member(await self._stop_targets(targets))
+
+    async def on_member_restart(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
+        if not request.strategy_id:
+            raise DeskError("NAME_REQUIRED", "name the strategy to restart")
+        targets = self._own_targets(self._member(subject), request.strategy_id)
+        return self._for_member(await self._restart_targets(targets))
+
+    async def on_member_deploy(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
+        """Run a member's strategy again from what the desk has (its current version); a new version
+        comes with an upload (desk deploy ./folder)."""
+        member = self._member(subject)
+        if not request.strategy_id:
+            raise DeskError("NAME_REQUIRED", "name the strategy, or deploy a folder: desk deploy ./my_strategy")
+        found = await self._discover()
+        owner = self._owner(request.strategy_id, found)
+        if owner is None:
+            raise self._unknown(request.strategy_id)
+        if owner != member:
+            raise DeskError("NOT_YOURS", f"strategy {request.strategy_id!r} is not yours ({member})", status=403)
+        return self._for_member(await self._deploy_one(found, request.strategy_id))
+
+    async def on_member_logs(self, request: strategy_pb2.LogsRequest, subject: str) -> strategy_pb2.LogsReply:
+        self._own(self._member(subject), request.strategy_id)
+        return await self.on_logs(request, subject)
+
+    async def on_member_halt(self, request: strategy_pb2.StrategyControl, subject: str) -> orders_pb2.HaltAck:
+        """A member's kill switch, for one of their own strategies only (the desk-wide one is the
+        operator's): checked here, passed on to the router with the orchestrator's identity."""
+        member = self._member(subject)
+        if not request.strategy_id:
+            raise DeskError("NAME_REQUIRED", "members halt their own strategies: name one (the whole desk is the "
+                            "operator's)", status=403)
+        self._own(member, request.strategy_id)
+        assert self._nc is not None
+        target = subjects.RISK_HALT if subject.endswith(".halt") else subjects.RISK_RESUME
+        try:
+            ack = await bus_request(self._nc, target, orders_pb2.HaltRequest(
+                strategy_id=request.strategy_id, reason=f"halted by member {member}", requested_by=f"member:{member}"),
+                orders_pb2.HaltAck, timeout=5.0)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            raise DeskError("NO_SERVICE", "the order router did not answer the halt", status=503) from None
+        own = {m.strategy_id for m in self.managed.values() if m.spec.member_id == member}
+        del ack.halted_strategies[:]
+        ack.halted_strategies.extend(s for s in sorted(own) if s == request.strategy_id and target == subjects.RISK_HALT)
+        return ack
+
+    # uploads
+
+    def _uploader(self, subject: str) -> str | None:
+        """The member of a member subject; None for the operator's desk.ctl.strategy.* subjects."""
+        return subjects.member_of(subject)
+
+    def _uploads_supported(self) -> None:
+        # The docker runtime bind-mounts <host strategies dir>/<folder>; uploaded versions live elsewhere.
+        if self.runtime.name != "process":
+            raise DeskError("NOT_SUPPORTED", f"deploying by upload needs the process runtime (this desk runs "
+                            f"{self.runtime.name}): put the folder in the strategies folder instead", status=501)
+
+    async def on_upload(self, request: strategy_pb2.UploadChunk, subject: str) -> strategy_pb2.UploadAck:
+        self._uploads_supported()
+        member = self._uploader(subject)
+        if not subjects.STRATEGY_ID_RE.match(request.strategy_id):
+            raise uploads.refuse("BAD_NAME", f"strategy name {request.strategy_id[:40]!r} is not valid: 1-32 of "
+                                 "a-z 0-9 _ -, starting with a letter or digit (the folder's name)")
+        if member is not None:  # refused before any byte is kept: a name another member owns
+            owner = self._owner(request.strategy_id, await self._discover() if request.offset == 0 else None)
+            if owner is not None and owner != member:
+                raise DeskError("NOT_YOURS", f"strategy name {request.strategy_id!r} is taken by another member; "
+                                "choose another folder name", status=403)
+        held = self.uploads.add(member or "", request.strategy_id, request.upload_id, request.offset,
+                                bytes(request.data))
+        return strategy_pb2.UploadAck(upload_id=request.upload_id, received=held, limit=self.uploads.max_bytes)
+
+    async def on_commit(self, request: strategy_pb2.UploadCommit, subject: str) -> strategy_pb2.StrategyStatusList:
+        self._uploads_supported()
+        member = self._uploader(subject)
+        strategy_id = request.strategy_id
+        if not subjects.STRATEGY_ID_RE.match(strategy_id):
+            raise uploads.refuse("BAD_NAME", f"strategy name {strategy_id[:40]!r} is not valid")
+        data = self.uploads.take(member or "", strategy_id, request.upload_id, request.size, request.sha256)
+        files = uploads.read_tar(data, self.uploads.max_bytes)
+        try:
+            config_text = files[CONFIG_FILE].decode("utf-8")
+            source = files[STRATEGY_FILE].decode("utf-8")
+        except UnicodeDecodeError:
+            raise uploads.refuse("BAD_CONFIG", f"{CONFIG_FILE} and {STRATEGY_FILE} must be UTF-8 text") from None
+        try:
+            spec = validate_strategy(strategy_id, config_text, source, "", self.settings.orch_runtime).spec
+        except StrategyConfigError as exc:
+            raise uploads.refuse("BAD_CONFIG", f"{strategy_id}: {exc}") from None
+        if member is not None and spec.member_id != member:
+            raise uploads.refuse("WRONG_MEMBER", f"{CONFIG_FILE} says user_id {spec.member_id!r}, but you are "
+                                 f"{member!r}: set \"user_id\": \"{member}\"")
+        if not subjects.MEMBER_LOGIN_RE.match(spec.member_id):
+            raise uploads.refuse("BAD_CONFIG", f"user_id {spec.member_id!r} is not a member name (a-z 0-9 _ -)")
+        found = await self._discover()
+        owner = self._owner(strategy_id, found)
+        if owner is not None and owner != spec.member_id:
+            raise DeskError("NOT_YOURS", f"strategy name {strategy_id!r} is {owner}'s; choose another folder name",
+                            status=403)
+        assert self.code is not None
+        if strategy_id not in self.pointers and member is not None:
+            mine = sum(1 for p in self.pointers.values() if p.member == member)
+            if mine >= self.settings.orch_member_max_strategies:
+                raise DeskError("TOO_MANY_STRATEGIES", f"{member} has {mine} uploaded strategies, the most a member "
+                                "may have (ORCH_MEMBER_MAX_STRATEGIES)", status=403)
+        async with self._code_lock(strategy_id):
+            pointer = self.pointers.get(strategy_id)
+            version = max(pointer.versions) + 1 if pointer else 1
+            await self.code.put_version(strategy_id, version, data)
+            await asyncio.to_thread(uploads.materialise, files, self._code_path(strategy_id, version))
+            versions = sorted([*(pointer.versions if pointer else []), version])
+            dropped, versions = versions[:-self.settings.orch_code_versions], versions[-self.settings.orch_code_versions:]
+            updated = Pointer(strategy_id, spec.member_id, version, versions)
+            await self.code.set_pointer(updated)
+            self.pointers[strategy_id] = updated
+            for old in dropped:  # bounded history: the oldest versions go (never the one running)
+                await self.code.delete_version(strategy_id, old)
+                await asyncio.to_thread(shutil.rmtree, self._code_path(strategy_id, old), True)
+        log.info("code.version_stored", strategy_id=strategy_id, member_id=spec.member_id, version=version,
+                 bytes=len(data), files=len(files), by=member or "operator")
+        reply = await self._deploy_one(await self._discover(), strategy_id)
+        reply.message = f"{strategy_id}: version {version} deployed" + (f" | {reply.message}" if reply.message else "")
+        return self._for_member(reply) if member is not None else reply
+
+    async def on_rollback(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
+        member = self._uploader(subject)
+        strategy_id = request.strategy_id
+        pointer = self.pointers.get(strategy_id)
+        if pointer is None:
+            raise DeskError("NOT_UPLOADED", f"strategy {strategy_id!r} has no uploaded versions to roll back "
+                            "(desk deploy ./folder uploads one)", status=404)
+        if member is not None and pointer.member != member:
+            raise DeskError("NOT_YOURS", f"strategy {strategy_id!r} is not yours ({member})", status=403)
+        assert self.code is not None
+        async with self._code_lock(strategy_id):
+            previous = pointer.previous()
+            if previous is None:
+                raise DeskError("NO_PREVIOUS", f"{strategy_id} runs version {pointer.current}, its first: nothing "
+                                "to roll back to")
+            await self._materialise(strategy_id, previous)
+            updated = Pointer(strategy_id, pointer.member, previous, list(pointer.versions))
+            await self.code.set_pointer(updated)
+            self.pointers[strategy_id] = updated
+        log.info("code.rolled_back", strategy_id=strategy_id, version=previous, was=pointer.current)
+        reply = await self._deploy_one(await self._discover(), strategy_id)
+        reply.message = (f"{strategy_id}: rolled back to version {previous} (from {pointer.current})"
+                         + (f" | {reply.message}" if reply.message else ""))
+        return self._for_member(reply) if member is not None else reply
+
+    async def _deploy_one(self, found: Discovery, strategy_id: str) -> strategy_pb2.StrategyStatusList:
+        target = self._found(found, strategy_id)
+        await self._deploy(target, wait=True)
+        return await self._outcome_list([self.managed[strategy_id]])
+
+    def _code_lock(self, strategy_id: str) -> asyncio.Lock:
+        return self._code_locks.setdefault(strategy_id, asyncio.Lock())
+
+    def _code_path(self, strategy_id: str, version: int) -> Path:
+        return self.settings.orch_code_dir.resolve() / strategy_id / str(version)
+
+    async def _materialise(self, strategy_id: str, version: int) -> Path:
+        """Version ``version`` of ``strategy_id`` unpacked (from the store, checked again) where it runs."""
+        path = self._code_path(strategy_id, version)
+        if path.is_dir():
+            return path
+        assert self.code is not None
+        data = await self.code.get_version(strategy_id, version)
+        files = uploads.read_tar(data, max(self.uploads.max_bytes, len(data)))
+        return await asyncio.to_thread(uploads.materialise, files, path)
+
+    # the operator's member administration
+
+    def _need_identities(self) -> NatsIdentities:
+        if self.identities is None:
+            raise DeskError("NO_AUTH", "this desk runs without NATS users (ORCH_NATS_AUTH_FILE): members need the "
+                            "embedded desk (desk up) or compose", status=409)
+        return self.identities
+
+    async def on_member_add(self, request: strategy_pb2.MemberRequest, subject: str) -> strategy_pb2.MemberList:
+        identities = self._need_identities()
+        if not subjects.MEMBER_LOGIN_RE.match(request.member_id):
+            raise DeskError("BAD_NAME", f"member name {request.member_id[:40]!r}: use 1-32 of a-z 0-9 _ -, starting "
+                            "with a letter or digit")
+        if not is_bcrypt(request.password_hash):
+            raise DeskError("BAD_HASH", "password_hash must be a bcrypt hash (the CLI makes it)")
+        await identities.set_member(request.member_id, request.password_hash)
+        return self._member_list([request.member_id])
+
+    async def on_member_remove(self, request: strategy_pb2.MemberRequest, subject: str) -> strategy_pb2.MemberList:
+        """Revoke a member's login (the server drops their connections); their strategies are stopped
+        (recorded: they stay stopped across restarts) and kept, with their versions: the operator may
+        start them again or give the name back with a new login of the same name."""
+        identities = self._need_identities()
+        if not await identities.remove_member(request.member_id):
+            raise DeskError("NOT_FOUND", f"no member {request.member_id[:40]!r}", status=404)
+        theirs = [m for m in self.managed.values() if m.spec.member_id == request.member_id]
+        await self._stop_targets(theirs)
+        listed = self._member_list([])
+        listed.message = (f"{request.member_id}: login revoked; strategies stopped and kept: "
+                          + (", ".join(sorted(m.strategy_id for m in theirs)) or "none"))
+        return listed
+
+    async def on_member_list(self, request: strategy_pb2.MemberRequest, subject: str) -> strategy_pb2.MemberList:
+        self._need_identities()
+        return self._member_list(None)
+
+    def _member_list(self, only: list[str] | None) -> strategy_pb2.MemberList:
+        assert self.identities is not None
+        names = sorted(self.identities.members()) if only is None else only
+        owned: dict[str, set[str]] = {}
+        for m in self.managed.values():
+            owned.setdefault(str(m.spec.member_id), set()).add(m.strategy_id)
+        for p in self.pointers.values():
+            owned.setdefault(p.member, set()).add(p.strategy_id)
+        return strategy_pb2.MemberList(members=[
+            strategy_pb2.Member(member_id=n, user=auth.member_user(n), strategies=sorted(owned.get(n, set())))
+            for n in names])
 
     # -- heartbeats ----------------------------------------------------------------------------
 
@@ -347,6 +700,17 @@ class OrchestratorService:
 
     async def _discover(self) -> Discovery:
         found = await asyncio.to_thread(discover, self.settings.orch_strategies_dir, self.settings.orch_runtime)
+        uploaded = self.pointers if self.runtime.name == "process" else {}
+        for strategy_id, pointer in list(uploaded.items()):  # an uploaded version wins over a folder
+            folder = self._code_path(strategy_id, pointer.current)
+            try:
+                strategy = await asyncio.to_thread(load_folder, strategy_id, folder, self.settings.orch_runtime)
+            except StrategyConfigError as exc:
+                found.strategies.pop(strategy_id, None)
+                found.errors[strategy_id] = f"uploaded version {pointer.current}: {exc}"
+                continue
+            found.errors.pop(strategy_id, None)
+            found.strategies[strategy_id] = strategy
         for strategy_id, error in found.errors.items():
             if self.invalid.get(strategy_id) != error:
                 log.warning("strategy.invalid", strategy_id=strategy_id, error=error)
@@ -484,6 +848,8 @@ class OrchestratorService:
         m.outcome = asyncio.Event()
         try:
             secrets = self._heartbeat_env(m.spec)
+            if self.settings.nats_tls_ca:  # TLS on the client port: the CA, as text (a sandbox sees no host files)
+                secrets["NATS_TLS_CA_PEM"] = await asyncio.to_thread(Path(self.settings.nats_tls_ca).read_text)
             if self.identities:
                 secrets.update(await self.identities.credentials(m.strategy_id))
             handle = await self.runtime.start(m.spec, secrets)
@@ -582,6 +948,7 @@ class OrchestratorService:
             started_ns=m.handle.started_ns if m.handle and sup.state in ACTIVE else 0,
             last_heartbeat_ns=self.heartbeats.get(m.strategy_id, 0),
             next_restart_ns=time.time_ns() + int(wait * 1e9) if wait is not None else 0,
+            code_version=self.pointers[m.strategy_id].current if m.strategy_id in self.pointers else 0,
         )
 
     async def _outcome_list(self, targets: list[Managed], notes: list[str] | None = None) -> strategy_pb2.StrategyStatusList:
@@ -655,3 +1022,21 @@ def make_runtime(settings: Settings) -> Runtime:
             default_pids=settings.orch_docker_pids,
         )
     return ProcessRuntime.from_settings(settings)
+
+
+class MemberAwareService(DeskService):
+    """The orchestrator's micro service: the desk's reply rule (desk.bus.confine) and, on a member's
+    subjects (``desk.ctl.m.<member>.<op>``), replies only to that member's own inbox (or the
+    operator's ``_INBOX.``): never to another member's or a strategy's."""
+
+    def _admit(self, endpoint: str, req: Request) -> bool:
+        if not super()._admit(endpoint, req):
+            return False
+        member = subjects.member_of(req.subject)
+        reply = req._msg.reply or ""
+        if member is None or reply.startswith((auth.member_inbox_prefix(member) + ".", confine.ADMIN_INBOX_ROOT + ".")):
+            return True
+        self.dropped[endpoint][confine.REPLY_FOREIGN_INBOX] += 1
+        log.warning("request.dropped", endpoint=endpoint, subject=req.subject, reply=reply[:120],
+                    reason=confine.REPLY_FOREIGN_INBOX, member=member)
+        return False

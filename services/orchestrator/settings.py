@@ -55,6 +55,24 @@ class Settings(BusSettings):
     orch_nats_base_users: Path | None = Field(
         default=None, description="JSON list of the service and admin users the users file always holds"
     )
+    orch_nats_members_file: Path | None = Field(
+        default=None, description="members' NATS users (bcrypt hashes; desk member add); default: members.json "
+        "beside ORCH_NATS_AUTH_FILE"
+    )
+    orch_code_dir: Path = Field(
+        default=Path("var/deployed"),
+        description="where uploaded strategies (desk deploy ./folder) are unpacked: <id>/<version>/",
+    )
+    orch_upload_max_bytes: int = Field(
+        default=5 * 1024**2, ge=64 * 1024, le=64 * 1024**2,
+        description="largest upload of a strategy folder (an uncompressed tar), bytes",
+    )
+    orch_code_versions: int = Field(
+        default=10, ge=2, le=1000, description="uploaded versions kept per strategy (older ones are deleted)"
+    )
+    orch_member_max_strategies: int = Field(
+        default=10, ge=1, le=1000, description="uploaded strategies a member may have"
+    )
     orch_nats_pid_file: Path | None = Field(default=None, description="nats-server's pid file, to signal a reload")
     orch_nats_reload: Literal["pid", "docker"] = Field(
         default="pid", description="how to make NATS reload its users: pid (SIGHUP via the pid file) or docker"

@@ -54,8 +54,9 @@ async def nc(cluster: NatsCluster) -> AsyncIterator[Client]:
 async def test_provision_makes_every_stream_and_bucket_r3_and_a_service_start_keeps_it(nc: Client) -> None:
     js = nc.jetstream()
     done = await streams.provision(js, replicas=3)
-    assert {d.action for d in done} == {"created"} and len(done) == 2 + len(streams.BUCKETS)
-    names = [subjects.STREAM_EXECUTIONS, subjects.STREAM_ORDERS, *(f"KV_{b}" for b in streams.BUCKETS)]
+    assert {d.action for d in done} == {"created"} and len(done) == 3 + len(streams.BUCKETS)
+    names = [subjects.STREAM_EXECUTIONS, subjects.STREAM_ORDERS, *(f"KV_{b}" for b in streams.BUCKETS),
+             f"OBJ_{subjects.OBJ_CODE}"]
     for name in names:
         info = await js.stream_info(name)
         assert info.config.num_replicas == 3, name

@@ -23,7 +23,8 @@ async def test_provision_creates_everything_once_then_changes_nothing(nats_serve
         first = await streams.provision(js)
         assert {(d.kind, d.name, d.action) for d in first} == (
             {("stream", subjects.STREAM_EXECUTIONS, "created"), ("stream", subjects.STREAM_ORDERS, "created")}
-            | {("bucket", b, "created") for b in streams.BUCKETS})
+            | {("bucket", b, "created") for b in streams.BUCKETS}
+            | {("objects", subjects.OBJ_CODE, "created")})
         again = await streams.provision(js)
         assert {d.action for d in again} == {"unchanged"}
         kv = await js.key_value(subjects.KV_ORDER_IDS)  # buckets made by provision are real KV buckets
