@@ -103,6 +103,7 @@ STAGE := deploy/ci/stage.sh
 
 test: $(STAMP) sandbox-tools ## lint and types, then unit, integration, end-to-end, confinement, cluster, fault, browser and Docker tests
 	$(STAGE) lint $(VENV)/bin/ruff check desk services strategy_sdk desk_client bench tools tests sdk/split_build.py
+	$(STAGE) format $(VENV)/bin/ruff format --check desk services strategy_sdk desk_client bench tools tests sdk/split_build.py
 	$(STAGE) typecheck $(VENV)/bin/mypy desk services strategy_sdk desk_client bench tools tests sdk/split_build.py
 	$(STAGE) unit $(PYTEST) tests/unit
 	$(STAGE) integration $(PYTEST) tests/integration
@@ -167,8 +168,9 @@ $(PEERS_STAMP): bench/peers/requirements.txt
 	@touch $(PEERS_STAMP)
 # --- end of the peers' environment ---
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff check and ruff format --check
 	$(VENV)/bin/ruff check desk services strategy_sdk desk_client bench tools tests sdk/split_build.py
+	$(VENV)/bin/ruff format --check desk services strategy_sdk desk_client bench tools tests sdk/split_build.py
 
 typecheck: $(STAMP) ## mypy (strict on source, relaxed on tests)
 	$(VENV)/bin/mypy desk services strategy_sdk desk_client bench tools tests sdk/split_build.py

@@ -218,9 +218,19 @@ class DeskUp:
         env = dict(os.environ, PYTHONPATH=str(ROOT), MD_INTERVAL="0.25", COLUMNS="200", DASHBOARD_PORT="0")
         env.update(self.extra_env)
         self.process = await asyncio.create_subprocess_exec(
-            *DESK, "up", "--data-dir", str(self.data_dir), "--strategies", str(self.strategies),
-            "--port", str(self.port), *extra,
-            cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            *DESK,
+            "up",
+            "--data-dir",
+            str(self.data_dir),
+            "--strategies",
+            str(self.strategies),
+            "--port",
+            str(self.port),
+            *extra,
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )
         self._reader = asyncio.create_task(self._read())
@@ -249,8 +259,15 @@ class DeskUp:
 
     def cli(self, *args: str) -> Any:
         result = subprocess.run(
-            [*DESK, "--nats-url", f"nats://127.0.0.1:{self.port}", *args, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-            env=dict(os.environ, PYTHONPATH=str(ROOT), DESK_CREDENTIALS=str(self.data_dir / "credentials" / "cli.json")),
+            [*DESK, "--nats-url", f"nats://127.0.0.1:{self.port}", *args, "--json"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=dict(
+                os.environ, PYTHONPATH=str(ROOT), DESK_CREDENTIALS=str(self.data_dir / "credentials" / "cli.json")
+            ),
         )
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
@@ -267,8 +284,9 @@ def member_cli(home: Path, *args: str, check: bool = True, timeout: float = 90) 
     no admin credentials, no NATS_* settings: what `desk login` stored under ``home`` is all it has."""
     env = {k: v for k, v in os.environ.items() if k not in _OPERATOR_ENV}
     env.update(HOME=str(home), PYTHONPATH=str(ROOT), COLUMNS="200")
-    result = subprocess.run([*DESK, *args], cwd=home, env=env, capture_output=True, text=True, timeout=timeout,
-                            check=False)
+    result = subprocess.run(
+        [*DESK, *args], cwd=home, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
     if check:
         assert result.returncode == 0, (args, result.stdout, result.stderr)
     return result

@@ -72,14 +72,23 @@ strategy_inbox_prefix = confine.strategy_inbox_prefix
 # publishing somewhere still cannot write another's bucket, purge or delete a stream, or publish
 # executions). Subscriptions stay open to services: they read, the permissions guard writes.
 
+
 def _stream_rights(stream: str) -> list[str]:
     """Use one stream: create/update/inspect it, read it, run consumers on it, ack and flow-control."""
     api = "$JS.API"
     return [
-        f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.CREATE.{stream}", f"{api}.STREAM.UPDATE.{stream}",
-        f"{api}.STREAM.MSG.GET.{stream}", f"{api}.DIRECT.GET.{stream}", f"{api}.DIRECT.GET.{stream}.>",
-        f"{api}.CONSUMER.*.{stream}", f"{api}.CONSUMER.*.{stream}.>", f"{api}.CONSUMER.DURABLE.CREATE.{stream}.>",
-        f"{api}.CONSUMER.MSG.NEXT.{stream}.>", f"$JS.ACK.{stream}.>", f"$JS.FC.{stream}.>",
+        f"{api}.STREAM.INFO.{stream}",
+        f"{api}.STREAM.CREATE.{stream}",
+        f"{api}.STREAM.UPDATE.{stream}",
+        f"{api}.STREAM.MSG.GET.{stream}",
+        f"{api}.DIRECT.GET.{stream}",
+        f"{api}.DIRECT.GET.{stream}.>",
+        f"{api}.CONSUMER.*.{stream}",
+        f"{api}.CONSUMER.*.{stream}.>",
+        f"{api}.CONSUMER.DURABLE.CREATE.{stream}.>",
+        f"{api}.CONSUMER.MSG.NEXT.{stream}.>",
+        f"$JS.ACK.{stream}.>",
+        f"$JS.FC.{stream}.>",
     ]
 
 
@@ -115,14 +124,19 @@ SERVICE_PUBLISH: dict[str, list[str]] = {
     "orchestrator": [
         *_bucket_rights(subjects.KV_STRATEGIES, write=True),
         # uploaded strategies' versions (an object store): write, and purge its own replaced chunks
-        *_stream_rights(f"OBJ_{subjects.OBJ_CODE}"), f"$O.{subjects.OBJ_CODE}.>",
+        *_stream_rights(f"OBJ_{subjects.OBJ_CODE}"),
+        f"$O.{subjects.OBJ_CODE}.>",
         f"$JS.API.STREAM.PURGE.OBJ_{subjects.OBJ_CODE}",
         "$JS.API.STREAM.NAMES",  # read-only: nats-py's object store finds its stream by subject with it
         # a member's halt/resume of their own strategy, checked and passed on to the router
-        subjects.RISK_HALT, subjects.RISK_RESUME,
+        subjects.RISK_HALT,
+        subjects.RISK_RESUME,
     ],
     "dashboard": [
-        "desk.ledger.>", "desk.ctl.strategy.>", "desk.risk.>", "$SRV.>",
+        "desk.ledger.>",
+        "desk.ctl.strategy.>",
+        "desk.risk.>",
+        "$SRV.>",
         *_bucket_rights(subjects.KV_PRICES, write=False),
     ],
 }
@@ -222,8 +236,12 @@ def read_members(path: Path) -> dict[str, str]:
     for entry in raw if isinstance(raw, list) else []:
         member = entry.get("member") if isinstance(entry, dict) else None
         hashed = entry.get("password") if isinstance(entry, dict) else None
-        if isinstance(member, str) and subjects.MEMBER_LOGIN_RE.match(member) and isinstance(hashed, str) \
-                and is_bcrypt(hashed):
+        if (
+            isinstance(member, str)
+            and subjects.MEMBER_LOGIN_RE.match(member)
+            and isinstance(hashed, str)
+            and is_bcrypt(hashed)
+        ):
             members[member] = hashed
         else:
             _log.warning("members.bad_entry", path=str(path))
@@ -231,6 +249,7 @@ def read_members(path: Path) -> dict[str, str]:
 
 
 # Compose: `python -m desk.bus.auth init /auth` (the one-shot nats-auth service) ---------------------
+
 
 def init_directory(directory: Path, services: Iterable[str], group_id: int | None = None) -> bool:
     """Make the users of a compose desk in ``directory`` once: ``base-users.json`` and ``auth.conf``

@@ -130,8 +130,5 @@ def to_dict(message: Message) -> dict[str, object]:
 
 def to_json(message: Message, indent: int | None = None) -> str:
     return json_format.MessageToJson(
-        message,
-        preserving_proto_field_name=True,
-        always_print_fields_with_no_presence=True,
-        indent=indent,
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True, indent=indent
     )

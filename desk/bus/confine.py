@@ -50,7 +50,7 @@ def asker(subject: str) -> str | None:
     """The strategy a strategy-scoped request subject belongs to; None for every other subject."""
     for prefix in _SCOPED_PREFIXES:
         if subject.startswith(prefix):
-            strategy_id = subject[len(prefix):]
+            strategy_id = subject[len(prefix) :]
             return strategy_id if strategy_id and "." not in strategy_id else None
     return None
 

@@ -53,8 +53,15 @@ _MARKER_REASON = "Nats-Marker-Reason"  # nats-server 2.11+: TTL / purge markers
 _WRONG_LAST_SEQUENCE = 10071  # JetStream's "wrong last sequence" error code
 
 
-async def put(js: JetStreamContext, bucket: str, key: str, message: Message, *, deadline: float | None = 0.0,
-              stop: asyncio.Event | None = None) -> int:
+async def put(
+    js: JetStreamContext,
+    bucket: str,
+    key: str,
+    message: Message,
+    *,
+    deadline: float | None = 0.0,
+    stop: asyncio.Event | None = None,
+) -> int:
     """Write ``message`` under ``key`` with its ``Desk-Type`` label; returns the new revision.
 
     ``deadline``: seconds to retry an election's errors for (desk.bus.retry; None: until ``stop``);
@@ -172,12 +179,13 @@ class KvFollower(Generic[M]):
 
     def _ignore(self, key: str, reason: str, detail: str) -> None:
         self.ignored[reason] += 1
-        log.warning("kv.value_ignored", bucket=self.bucket, key=key, reason=reason, detail=detail,
-                    ignored=self.ignored[reason])
+        log.warning(
+            "kv.value_ignored", bucket=self.bucket, key=key, reason=reason, detail=detail, ignored=self.ignored[reason]
+        )
 
     def _change(self, msg: Msg, initial: bool) -> Change[M] | None:
         meta = msg.metadata
-        key = msg.subject[len(self._prefix):]
+        key = msg.subject[len(self._prefix) :]
         created = meta.timestamp
         when = created if isinstance(created, datetime) else None
         if when is not None and when.tzinfo is None:
@@ -230,17 +238,19 @@ async def create(js: JetStreamContext, bucket: str, key: str, message: Message) 
 # What each bucket holds and whose each value is ------------------------------------------------------
 
 
-
 def _order_id_key(key: str) -> bool:
     """``<strategy_id>.<client_order_id>``, each as subjects' patterns say."""
     strategy_id, _, client_order_id = key.partition(".")
     return bool(subjects.STRATEGY_ID_RE.match(strategy_id) and subjects.CLIENT_ORDER_ID_RE.match(client_order_id))
 
+
 #: bucket -> (value type, the key a value belongs under (None: not checkable), key check)
 BUCKET_VALUES: dict[str, tuple[type[Message], Callable[[Any], str] | None, Callable[[str], bool]]] = {
     subjects.KV_PRICES: (marketdata_pb2.Trade, lambda t: t.symbol, lambda k: bool(subjects.SYMBOL_RE.match(k))),
     subjects.KV_STRATEGIES: (
-        strategy_pb2.StrategySpec, lambda s: s.strategy_id, lambda k: bool(subjects.STRATEGY_ID_RE.match(k))
+        strategy_pb2.StrategySpec,
+        lambda s: s.strategy_id,
+        lambda k: bool(subjects.STRATEGY_ID_RE.match(k)),
     ),
     subjects.KV_RISK: (
         orders_pb2.HaltRequest,
@@ -256,7 +266,11 @@ BUCKET_VALUES: dict[str, tuple[type[Message], Callable[[Any], str] | None, Calla
 
 
 def follower(
-    js: JetStreamContext, bucket: str, apply: Callable[[Change[Any]], Awaitable[None] | None], *, meta_only: bool = False
+    js: JetStreamContext,
+    bucket: str,
+    apply: Callable[[Change[Any]], Awaitable[None] | None],
+    *,
+    meta_only: bool = False,
 ) -> KvFollower[Any]:
     """A :class:`KvFollower` of one of the desk's buckets, with its type and checks."""
     message_type, key_of, valid_key = BUCKET_VALUES[bucket]

@@ -75,8 +75,15 @@ class DeskService:
         now = time.monotonic()
         last, since = self._drop_logged.get(asker, (float("-inf"), 0))
         if now - last >= DROP_LOG_INTERVAL:
-            log.warning("request.dropped", endpoint=endpoint, subject=req.subject, reply=(reply or "")[:120],
-                        reason=reason, strategy_id=confine.asker(req.subject) or "", dropped_since_last_log=since)
+            log.warning(
+                "request.dropped",
+                endpoint=endpoint,
+                subject=req.subject,
+                reply=(reply or "")[:120],
+                reason=reason,
+                strategy_id=confine.asker(req.subject) or "",
+                dropped_since_last_log=since,
+            )
             self._drop_logged[asker] = (now, 0)
             if len(self._drop_logged) > 10_000:  # bounded: forget the quietest askers
                 self._drop_logged.pop(next(iter(self._drop_logged)))

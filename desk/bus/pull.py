@@ -56,8 +56,8 @@ log = get_logger("desk.bus")
 class Outcome(enum.Enum):
     """What to tell JetStream about one message once the handler is done with it."""
 
-    ACK = "ack"    # done: never again
-    NAK = "nak"    # not now: redeliver (after ``nak_delay``)
+    ACK = "ack"  # done: never again
+    NAK = "nak"  # not now: redeliver (after ``nak_delay``)
     TERM = "term"  # never: it will not get better (bad data)
 
 
@@ -65,15 +65,15 @@ class Outcome(enum.Enum):
 class PullStats:
     """What one :class:`DurablePull` has done (since it was made)."""
 
-    fetched: int = 0          # messages fetched
-    handled: int = 0          # messages the handler has given an outcome
+    fetched: int = 0  # messages fetched
+    handled: int = 0  # messages the handler has given an outcome
     acked: int = 0
     naked: int = 0
     termed: int = 0
-    handler_errors: int = 0   # messages whose handler raised (then settled as ``on_handler_error``)
-    retries: int = 0          # transient errors retried (subscribe, fetch, ack)
-    ack_failures: int = 0     # acks/naks/terms that did not reach the server (redelivered later)
-    resubscribes: int = 0     # subscriptions re-created (reconnect, error, consumer gone)
+    handler_errors: int = 0  # messages whose handler raised (then settled as ``on_handler_error``)
+    retries: int = 0  # transient errors retried (subscribe, fetch, ack)
+    ack_failures: int = 0  # acks/naks/terms that did not reach the server (redelivered later)
+    resubscribes: int = 0  # subscriptions re-created (reconnect, error, consumer gone)
     consumers_created: int = 0  # the durable was missing and was created
 
     def as_dict(self) -> dict[str, int]:
@@ -288,8 +288,9 @@ class DurablePull:
         self._attempt += 1
         self.stats.retries += 1
         delay = self.backoff.delay(self._attempt)
-        self._log.warning("pull.retry", phase=retry.phase, attempt=self._attempt, delay=round(delay, 3),
-                          error=repr(retry.error))
+        self._log.warning(
+            "pull.retry", phase=retry.phase, attempt=self._attempt, delay=round(delay, 3), error=repr(retry.error)
+        )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), delay)
 
@@ -351,8 +352,13 @@ class DurablePull:
                 result = await self.batch_handler(prepared)
             except Exception as exc:
                 self.stats.handler_errors += len(msgs)
-                self._log.error("pull.handler_failed", messages=len(msgs), error=repr(exc), exc_info=exc,
-                                outcome=self.on_handler_error.value if self.on_handler_error else "raised")
+                self._log.error(
+                    "pull.handler_failed",
+                    messages=len(msgs),
+                    error=repr(exc),
+                    exc_info=exc,
+                    outcome=self.on_handler_error.value if self.on_handler_error else "raised",
+                )
                 if self.on_handler_error is None:
                     raise
                 result = self.on_handler_error
@@ -369,8 +375,13 @@ class DurablePull:
             return (await self.handler(msg) if self.handler else None) or Outcome.ACK
         except Exception as exc:
             self.stats.handler_errors += 1
-            self._log.warning("pull.handler_failed", subject=msg.subject, stream_seq=_stream_seq(msg),
-                              error=repr(exc), outcome=self.on_handler_error.value if self.on_handler_error else "raised")
+            self._log.warning(
+                "pull.handler_failed",
+                subject=msg.subject,
+                stream_seq=_stream_seq(msg),
+                error=repr(exc),
+                outcome=self.on_handler_error.value if self.on_handler_error else "raised",
+            )
             if self.on_handler_error is None:
                 raise
             return self.on_handler_error

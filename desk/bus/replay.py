@@ -84,8 +84,14 @@ async def replay_to_last(
         async with asyncio.timeout(timeout):
             return await _replay(js, stream, subject_filter, apply, state, stall, backoff)
     except TimeoutError:
-        log.error("replay.timed_out", stream=stream, timeout=timeout, applied=state.count,
-                  next_seq=state.next_seq, last_seq=state.last_seq)
+        log.error(
+            "replay.timed_out",
+            stream=stream,
+            timeout=timeout,
+            applied=state.count,
+            next_seq=state.next_seq,
+            last_seq=state.last_seq,
+        )
         raise
 
 
@@ -135,8 +141,7 @@ class _Reader:
 
 
 async def _replay(
-    js: JetStreamContext, stream: str, subject_filter: str, apply: Apply, state: _State, stall: float,
-    backoff: Backoff,
+    js: JetStreamContext, stream: str, subject_filter: str, apply: Apply, state: _State, stall: float, backoff: Backoff
 ) -> Replayed:
     attempt = 0
 
@@ -145,8 +150,15 @@ async def _replay(
         attempt += 1
         state.retries += 1
         delay = backoff.delay(attempt)
-        log.warning("replay.retry", stream=stream, phase=phase, attempt=attempt, delay=round(delay, 3),
-                    next_seq=state.next_seq, error=repr(exc))
+        log.warning(
+            "replay.retry",
+            stream=stream,
+            phase=phase,
+            attempt=attempt,
+            delay=round(delay, 3),
+            next_seq=state.next_seq,
+            error=repr(exc),
+        )
         await asyncio.sleep(delay)  # a retry pause, not synchronisation
 
     while True:
@@ -168,9 +180,13 @@ async def _replay(
         sub: Subscription | None = None
         try:
             sub = await js.subscribe(
-                subject_filter, stream=stream, cb=reader.on_msg, ordered_consumer=True,
+                subject_filter,
+                stream=stream,
+                cb=reader.on_msg,
+                ordered_consumer=True,
                 config=ConsumerConfig(
-                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=state.next_seq,
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=state.next_seq,
                     inactive_threshold=INACTIVE_THRESHOLD,
                 ),
             )
@@ -184,8 +200,14 @@ async def _replay(
             reader.closed = True
             if sub is not None:
                 await _close(js, stream, sub)
-    log.info("replay.done", stream=stream, last_seq=state.last_seq, count=state.count, failed=state.failed,
-             retries=state.retries)
+    log.info(
+        "replay.done",
+        stream=stream,
+        last_seq=state.last_seq,
+        count=state.count,
+        failed=state.failed,
+        retries=state.retries,
+    )
     return Replayed(state.last_seq, state.count, state.failed, state.retries)
 
 

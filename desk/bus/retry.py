@@ -41,13 +41,21 @@ T = TypeVar("T")
 log = get_logger("desk.bus")
 
 #: JetStream error codes that clear on their own once a leader is elected again.
-TRANSIENT_CODES = frozenset({
-    10008,  # JetStream system temporarily unavailable (no meta leader / no quorum)
-    10009,  # JetStream cluster can not handle request (not the leader)
-})
+TRANSIENT_CODES = frozenset(
+    {
+        10008,  # JetStream system temporarily unavailable (no meta leader / no quorum)
+        10009,  # JetStream cluster can not handle request (not the leader)
+    }
+)
 #: Descriptions of the same conditions where the code is missing or another one.
-TRANSIENT_TEXT = ("temporarily unavailable", "not currently available", "offline", "leadership",
-                  "no response from stream", "can not handle request")
+TRANSIENT_TEXT = (
+    "temporarily unavailable",
+    "not currently available",
+    "offline",
+    "leadership",
+    "no response from stream",
+    "can not handle request",
+)
 
 #: Closed or closing for good: the service is ending; never retried.
 CLOSED = (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError)
@@ -92,8 +100,9 @@ def transient(exc: BaseException) -> bool:
         if any(marker in text for marker in TRANSIENT_TEXT):
             return True
         # 503 is "unavailable"; a 500 on a cluster is a leader that is not one (yet). 4xx: our mistake.
-        return exc.code in (500, 503) and not isinstance(exc, (nats.js.errors.BadRequestError,
-                                                                nats.js.errors.NotFoundError))
+        return exc.code in (500, 503) and not isinstance(
+            exc, (nats.js.errors.BadRequestError, nats.js.errors.NotFoundError)
+        )
     return False
 
 
@@ -178,6 +187,13 @@ async def publish(
             options["timeout"] = timeout
         return await js.publish(subject, data, **options)
 
-    ack = await retrying(once, what=what or f"publish {subject}", log=log, deadline=deadline, backoff=backoff,
-                         stop=stop, on_retry=on_retry)
+    ack = await retrying(
+        once,
+        what=what or f"publish {subject}",
+        log=log,
+        deadline=deadline,
+        backoff=backoff,
+        stop=stop,
+        on_retry=on_retry,
+    )
     return Published(ack, attempts)

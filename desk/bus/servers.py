@@ -48,8 +48,9 @@ def server_list(urls: str | Sequence[str]) -> list[str]:
         except ValueError:
             raise ValueError(f"NATS server {entry!r} is not an address like nats://host:4222") from None
         if parts.scheme not in SCHEMES or not parts.hostname or parts.path not in ("", "/") or parts.query:
-            raise ValueError(f"NATS server {entry!r} is not an address like nats://host:4222 "
-                             f"(schemes: {', '.join(SCHEMES)})")
+            raise ValueError(
+                f"NATS server {entry!r} is not an address like nats://host:4222 (schemes: {', '.join(SCHEMES)})"
+            )
         del port
         servers.append(url)
     if not servers:
@@ -106,13 +107,19 @@ async def open_connection(
 
     reconnect: dict[str, Any] = (
         {"allow_reconnect": True, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5}
-        if forever else
+        if forever
         # max_reconnect_attempts must be > 0 for nats-py to give up on an unreachable server
-        {"max_reconnect_attempts": 1, "reconnect_time_wait": 0.2}
+        else {"max_reconnect_attempts": 1, "reconnect_time_wait": 0.2}
     )
     if "tls" not in options:
         context = tls_context(tls_ca, tls_ca_pem)
         if context is not None:
             options["tls"] = context
-    return await nats.connect(servers=server_list(servers), name=name, connect_timeout=connect_timeout,
-                              error_cb=report, **reconnect, **options)
+    return await nats.connect(
+        servers=server_list(servers),
+        name=name,
+        connect_timeout=connect_timeout,
+        error_cb=report,
+        **reconnect,
+        **options,
+    )

@@ -28,12 +28,14 @@ class BusSettings(BaseSettings):
         default=None, description="CA certificate (PEM file) to check the NATS server's TLS certificate with"
     )
     nats_tls_cert: str | None = Field(
-        default=None, description="desk up: the NATS server's TLS certificate (PEM); with NATS_TLS_KEY, TLS on the "
-        "client port"
+        default=None,
+        description="desk up: the NATS server's TLS certificate (PEM); with NATS_TLS_KEY, TLS on the client port",
     )
     nats_tls_key: str | None = Field(default=None, description="desk up: the NATS server's TLS private key (PEM)")
     nats_connect_timeout: float = Field(default=5.0, gt=0, description="seconds allowed for one connection attempt")
-    log_level: str = Field(default="info", pattern=r"^(?i)(debug|info|warning|error)$", description="debug, info, warning or error")
+    log_level: str = Field(
+        default="info", pattern=r"^(?i)(debug|info|warning|error)$", description="debug, info, warning or error"
+    )
     log_format: str = Field(
         default="auto", pattern=r"^(auto|json|console)$", description="json, console, or auto (console on a terminal)"
     )

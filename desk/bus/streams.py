@@ -72,18 +72,22 @@ BUCKETS: dict[str, KeyValueConfig] = {
 #: Uploaded strategies (``desk deploy ./folder``): ``<strategy>/<version>`` = the folder as a tar,
 #: ``<strategy>/current`` = which version runs and whose it is. Bounded: 1 GiB in all.
 CODE_STORE = ObjectStoreConfig(
-    bucket=subjects.OBJ_CODE, description="uploaded strategy folders: <strategy>/<version>, <strategy>/current",
-    storage=StorageType.FILE, max_bytes=1024**3,
+    bucket=subjects.OBJ_CODE,
+    description="uploaded strategy folders: <strategy>/<version>, <strategy>/current",
+    storage=StorageType.FILE,
+    max_bytes=1024**3,
 )
 
 
-async def ensure_object_store(js: JetStreamContext, config: ObjectStoreConfig = CODE_STORE, *,
-                              deadline: float | None = 60.0) -> ObjectStore:
+async def ensure_object_store(
+    js: JetStreamContext, config: ObjectStoreConfig = CODE_STORE, *, deadline: float | None = 60.0
+) -> ObjectStore:
     """Open object store ``config.bucket``, creating it (one replica) when it is missing (an existing
     desk upgraded to this release has none until ``desk provision`` or the orchestrator makes it).
     An election's errors are retried for up to ``deadline`` seconds."""
-    return await retrying(lambda: _ensure_object_store(js, config), what=f"ensure object store {config.bucket}",
-                          deadline=deadline)
+    return await retrying(
+        lambda: _ensure_object_store(js, config), what=f"ensure object store {config.bucket}", deadline=deadline
+    )
 
 
 async def _ensure_object_store(js: JetStreamContext, config: ObjectStoreConfig) -> ObjectStore:
@@ -111,8 +115,9 @@ def _same(have: object, want: object, unordered: bool) -> bool:
     return have == want
 
 
-def differences(found: Any, wanted: Any, fields: tuple[str, ...] = CHECKED,
-                unordered: frozenset[str] = frozenset({"subjects"})) -> dict[str, tuple[object, object]]:
+def differences(
+    found: Any, wanted: Any, fields: tuple[str, ...] = CHECKED, unordered: frozenset[str] = frozenset({"subjects"})
+) -> dict[str, tuple[object, object]]:
     """The ``fields`` ``wanted`` (a stream's or a consumer's config) sets that ``found`` has otherwise:
     name -> (found, wanted). Durations compare within a nanosecond; the ``unordered`` lists as sets."""
     out: dict[str, tuple[object, object]] = {}
@@ -146,8 +151,12 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             info = await js.stream_info(config.name or "")
     diff = differences(info.config, config)
     if diff:
-        log.warning("stream.differs", stream=config.name, differences={k: f"{v[0]!r} (desk: {v[1]!r})" for k, v in diff.items()},
-                    hint="run `desk provision` to bring it to the desk's settings")
+        log.warning(
+            "stream.differs",
+            stream=config.name,
+            differences={k: f"{v[0]!r} (desk: {v[1]!r})" for k, v in diff.items()},
+            hint="run `desk provision` to bring it to the desk's settings",
+        )
 
 
 async def ensure_bucket(js: JetStreamContext, bucket: str, *, deadline: float | None = 60.0) -> KeyValue:
@@ -191,8 +200,12 @@ def _bucket_stream(bucket: str, replicas: int) -> StreamConfig:
     """The stream behind KV ``bucket`` as nats-py's create_key_value makes it, with ``replicas``."""
     config = BUCKETS[bucket]
     return StreamConfig(
-        name=f"KV_{bucket}", description=config.description, subjects=[f"$KV.{bucket}.>"],
-        max_msgs_per_subject=config.history, max_age=config.ttl, storage=config.storage,
+        name=f"KV_{bucket}",
+        description=config.description,
+        subjects=[f"$KV.{bucket}.>"],
+        max_msgs_per_subject=config.history,
+        max_age=config.ttl,
+        storage=config.storage,
         num_replicas=replicas,
     )
 
@@ -206,7 +219,8 @@ async def provision(js: JetStreamContext, replicas: int = 1, *, log_actions: boo
         raise ValueError(f"replicas must be 1 to 5, got {replicas}")
     done: list[Provisioned] = []
     wanted: list[tuple[str, str, StreamConfig]] = [
-        ("stream", c.name or "", dataclasses.replace(c, num_replicas=replicas)) for c in (EXECUTIONS, ORDERS)]
+        ("stream", c.name or "", dataclasses.replace(c, num_replicas=replicas)) for c in (EXECUTIONS, ORDERS)
+    ]
     wanted += [("bucket", b, _bucket_stream(b, replicas)) for b in BUCKETS]
     for kind, name, config in wanted:
         stream = config.name or ""
@@ -231,8 +245,9 @@ async def provision(js: JetStreamContext, replicas: int = 1, *, log_actions: boo
         await js.update_stream(update)
         done.append(Provisioned(kind, name, "updated", diff, replicas))
         if log_actions:
-            log.info("provision.updated", kind=kind, name=name,
-                     changes={k: f"{a!r} -> {b!r}" for k, (a, b) in diff.items()})
+            log.info(
+                "provision.updated", kind=kind, name=name, changes={k: f"{a!r} -> {b!r}" for k, (a, b) in diff.items()}
+            )
     done.append(await _provision_objects(js, replicas, log_actions))
     return done
 

@@ -60,8 +60,7 @@ CTL_MEMBER_LIST = "desk.ctl.member.list"
 #: publish them (server-enforced), so the orchestrator knows the member from the subject it got.
 MEMBER_CTL = "desk.ctl.m.{member}.{op}"
 MEMBER_CTL_PREFIX = "desk.ctl.m."
-MEMBER_OPS = ("deploy", "start", "stop", "restart", "status", "logs", "upload", "commit", "rollback",
-              "halt", "resume")
+MEMBER_OPS = ("deploy", "start", "stop", "restart", "status", "logs", "upload", "commit", "rollback", "halt", "resume")
 
 # JetStream ----------------------------------------------------------------------------------------
 STREAM_EXECUTIONS = "EXECUTIONS"

@@ -195,19 +195,37 @@ class NatsCluster:
     named ``n1``..``nN``), for tests of replicas, elections and fail-over. ``url`` lists every server,
     as a client's ``NATS_URL`` would."""
 
-    def __init__(self, base_dir: str | os.PathLike[str], size: int = 3, name: str = "desk",
-                 config_file: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        base_dir: str | os.PathLike[str],
+        size: int = 3,
+        name: str = "desk",
+        config_file: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.base_dir = Path(base_dir)
         ports = _free_ports(3 * size)
         self.client_ports, self.cluster_ports = ports[:size], ports[size : 2 * size]
         self.monitor_ports = ports[2 * size :]  # HTTP monitoring (/jsz: the meta leader, replicas)
         routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.cluster_ports)
         self.servers = [
-            NatsServer(store_dir=self.base_dir / f"n{i + 1}", port=self.client_ports[i], config_file=config_file,
-                       log_file=self.base_dir / f"n{i + 1}.log",
-                       extra_args=["--cluster", f"nats://127.0.0.1:{self.cluster_ports[i]}", "--routes", routes,
-                                   "--cluster_name", name, "--server_name", f"n{i + 1}",
-                                   "-m", str(self.monitor_ports[i])])
+            NatsServer(
+                store_dir=self.base_dir / f"n{i + 1}",
+                port=self.client_ports[i],
+                config_file=config_file,
+                log_file=self.base_dir / f"n{i + 1}.log",
+                extra_args=[
+                    "--cluster",
+                    f"nats://127.0.0.1:{self.cluster_ports[i]}",
+                    "--routes",
+                    routes,
+                    "--cluster_name",
+                    name,
+                    "--server_name",
+                    f"n{i + 1}",
+                    "-m",
+                    str(self.monitor_ports[i]),
+                ],
+            )
             for i in range(size)
         ]
 

@@ -42,8 +42,21 @@ SERVICES = ("marketdata", "ledger", "broker_gateway", "order_router", "orchestra
 
 
 #: What every child process gets from ``desk up``'s environment besides its own settings.
-PASS_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH", "PYTHONUNBUFFERED",
-                "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR", "COLUMNS")
+PASS_THROUGH = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "PYTHONPATH",
+    "PYTHONUNBUFFERED",
+    "VIRTUAL_ENV",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "COLUMNS",
+)
 
 
 def service_environment(name: str, env: dict[str, str]) -> dict[str, str]:
@@ -146,8 +159,11 @@ class EmbeddedDesk:
         cert, key = self._setting("NATS_TLS_CERT"), self._setting("NATS_TLS_KEY")
         if not cert or not key:
             return None
-        return (str(Path(cert).resolve()), str(Path(key).resolve()),
-                str(Path(self._setting("NATS_TLS_CA") or cert).resolve()))
+        return (
+            str(Path(cert).resolve()),
+            str(Path(key).resolve()),
+            str(Path(self._setting("NATS_TLS_CA") or cert).resolve()),
+        )
 
     @property
     def local_url(self) -> str:
@@ -217,12 +233,10 @@ class EmbeddedDesk:
             cert, key, _ = self.tls
             tls = f"tls {{\n  cert_file: {json.dumps(cert)}\n  key_file: {json.dumps(key)}\n  timeout: 5\n}}\n"
         auth.write_private(
-            self.nats_dir / "nats.conf",
-            f'pid_file: "{self.nats_dir / "nats.pid"}"\ninclude "auth.conf"\n' + tls,
+            self.nats_dir / "nats.conf", f'pid_file: "{self.nats_dir / "nats.pid"}"\ninclude "auth.conf"\n' + tls
         )
         auth.write_private(
-            self.credentials_file,
-            json.dumps({"user": auth.ADMIN_USER, "password": passwords[auth.ADMIN_USER]}),
+            self.credentials_file, json.dumps({"user": auth.ADMIN_USER, "password": passwords[auth.ADMIN_USER]})
         )
         return passwords
 
@@ -230,13 +244,19 @@ class EmbeddedDesk:
         """Start everything, supervise until ``stop``, shut down cleanly. Returns an exit code."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.listen_host not in ("127.0.0.1", "localhost", "::1") and self.tls is None:
-            log.error("desk.exposed_without_tls", host=self.listen_host,
-                      hint="set NATS_TLS_CERT and NATS_TLS_KEY to expose the desk (README: Members)")
+            log.error(
+                "desk.exposed_without_tls",
+                host=self.listen_host,
+                hint="set NATS_TLS_CERT and NATS_TLS_KEY to expose the desk (README: Members)",
+            )
             return 2
         passwords = await asyncio.to_thread(self._make_identities)
         self.server = NatsServer(
-            store_dir=self.nats_dir, port=self.port, log_file=self.log_dir / "nats-server.log",
-            config_file=self.nats_dir / "nats.conf", host=self.listen_host,
+            store_dir=self.nats_dir,
+            port=self.port,
+            log_file=self.log_dir / "nats-server.log",
+            config_file=self.nats_dir / "nats.conf",
+            host=self.listen_host,
         )
         try:
             await asyncio.to_thread(self.server.start)
@@ -245,9 +265,13 @@ class EmbeddedDesk:
             return 1
         code = 0
         try:
-            nc = await open_connection(self.local_url, forever=True, tls_ca=self.tls[2] if self.tls else None,
-                                       user=auth.ADMIN_USER,
-                                       password=passwords[auth.ADMIN_USER])
+            nc = await open_connection(
+                self.local_url,
+                forever=True,
+                tls_ca=self.tls[2] if self.tls else None,
+                user=auth.ADMIN_USER,
+                password=passwords[auth.ADMIN_USER],
+            )
             try:
                 for done in await streams.provision(nc.jetstream(), replicas=1):  # one server: one copy
                     if done.action != "unchanged":
@@ -269,8 +293,11 @@ class EmbeddedDesk:
                 self.dashboard_url = await self._metadata(nc, "dashboard", "url", "")
                 self.confinement = await self._metadata(nc, "orchestrator", "confinement", "unknown")
                 if self.confinement.startswith("none"):
-                    log.error("desk.strategies_unconfined", confinement=self.confinement,
-                              hint="install bubblewrap (apt-get install bubblewrap); README: Security")
+                    log.error(
+                        "desk.strategies_unconfined",
+                        confinement=self.confinement,
+                        hint="install bubblewrap (apt-get install bubblewrap); README: Security",
+                    )
                 self.ready.set()
                 log.info("desk.up", nats=self.server.url, tls=self.tls is not None, data_dir=str(self.data_dir))
                 code = await self._supervise()

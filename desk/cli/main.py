@@ -132,20 +132,26 @@ LimitOpt = Annotated[int, typer.Option("--limit", "-n", min=1, max=10000, help="
 @app.callback()
 def main(
     nats_url: Annotated[
-        str | None, typer.Option("--nats-url", envvar="NATS_URL",
-                                 help=f"NATS server to talk to (default: a member login's url, else {opts.nats_url}).")
+        str | None,
+        typer.Option(
+            "--nats-url",
+            envvar="NATS_URL",
+            help=f"NATS server to talk to (default: a member login's url, else {opts.nats_url}).",
+        ),
     ] = None,
     timeout: Annotated[
         float | None,
         typer.Option(
-            "--timeout", min=0.1,
+            "--timeout",
+            min=0.1,
             help=f"Seconds to wait for a reply (default 5; {LIFECYCLE_TIMEOUT:g} for deploy, start, restart, stop).",
         ),
     ] = None,
     credentials: Annotated[
         Path,
         typer.Option(
-            "--credentials", envvar="DESK_CREDENTIALS",
+            "--credentials",
+            envvar="DESK_CREDENTIALS",
             help="NATS credentials of the embedded desk (written by `desk up`); NATS_USER/NATS_PASSWORD win.",
         ),
     ] = Options.credentials,
@@ -181,8 +187,9 @@ async def cli_connection(errors: list[Exception] | None = None, **options: Any) 
     refused credentials, no server. ``errors`` collects what nats-py reports, also after connecting."""
     seen: list[Exception] = [] if errors is None else errors  # a refused login, an unreachable server
     try:
-        return await open_connection(opts.nats_url, forever=False, connect_timeout=CONNECT_TIMEOUT, errors=seen,
-                                     **nats_auth(), **options)
+        return await open_connection(
+            opts.nats_url, forever=False, connect_timeout=CONNECT_TIMEOUT, errors=seen, **nats_auth(), **options
+        )
     except ValueError as exc:  # not a server address
         raise DeskError("BAD_URL", f"--nats-url / NATS_URL: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any connect failure means the same thing to the user
@@ -250,23 +257,30 @@ def up(
     no_strategies: Annotated[bool, typer.Option("--no-strategies", help="Start the services only.")] = False,
     feed: Annotated[
         str | None,
-        typer.Option(help="Market data feed: synthetic, replay or alpaca (default: MD_FEED, else alpaca with "
-                          "BROKER=alpaca, else synthetic)."),
+        typer.Option(
+            help="Market data feed: synthetic, replay or alpaca (default: MD_FEED, else alpaca with "
+            "BROKER=alpaca, else synthetic)."
+        ),
     ] = None,
     symbols: Annotated[str, typer.Option(help="Comma-separated symbols for the synthetic feed.")] = "",
     replay_file: Annotated[
-        Path | None, typer.Option(help="--feed replay: the bars to replay (desk CSV, Yahoo CSV, Alpaca bars; MD_REPLAY_FILE).")
+        Path | None,
+        typer.Option(help="--feed replay: the bars to replay (desk CSV, Yahoo CSV, Alpaca bars; MD_REPLAY_FILE)."),
     ] = None,
     replay_speed: Annotated[
-        float | None, typer.Option(help="--feed replay: the file's spacing divided by this (0 = at once; MD_REPLAY_SPEED).")
+        float | None,
+        typer.Option(help="--feed replay: the file's spacing divided by this (0 = at once; MD_REPLAY_SPEED)."),
     ] = None,
     replay_pace: Annotated[
-        float | None, typer.Option(help="--feed replay: seconds between bars instead, whatever the file's spacing "
-                                        "(MD_REPLAY_PACE).")
+        float | None,
+        typer.Option(help="--feed replay: seconds between bars instead, whatever the file's spacing (MD_REPLAY_PACE)."),
     ] = None,
     replay_wait_for: Annotated[
-        str, typer.Option(help="--feed replay: comma-separated strategy ids; the replay starts once each has "
-                               "started (its first heartbeat), so they see every bar (MD_REPLAY_WAIT_FOR).")
+        str,
+        typer.Option(
+            help="--feed replay: comma-separated strategy ids; the replay starts once each has "
+            "started (its first heartbeat), so they see every bar (MD_REPLAY_WAIT_FOR)."
+        ),
     ] = "",
     dashboard_port: Annotated[
         int, typer.Option(envvar="DASHBOARD_PORT", help="Port of the web dashboard on 127.0.0.1 (0 = any free port).")
@@ -295,8 +309,9 @@ def up(
     raise typer.Exit(asyncio.run(_run_embedded(desk, port, venues, data_dir)))
 
 
-def _feed_environment(symbols: str, replay_file: Path | None, replay_speed: float | None,
-                      replay_pace: float | None, replay_wait_for: str) -> dict[str, str]:
+def _feed_environment(
+    symbols: str, replay_file: Path | None, replay_speed: float | None, replay_pace: float | None, replay_wait_for: str
+) -> dict[str, str]:
     """The MD_* variables ``desk up``'s feed options set (an option left out sets none)."""
     extra: dict[str, str] = {}
     if symbols:
@@ -341,7 +356,8 @@ def _announce_up(desk: EmbeddedDesk, port: int, venues: dict[str, str], data_dir
         f"{data_dir}/logs/.\nTry: [bold]{cli} status[/bold], [bold]{cli} positions[/bold], "
         f"[bold]{cli} leaderboard[/bold] (`nats sub` needs the desk-admin user of {desk.credentials_file}: "
         "see the README). Ctrl-C stops the desk.",
-        highlight=False, soft_wrap=True,  # never a line break inside the command to copy
+        highlight=False,
+        soft_wrap=True,  # never a line break inside the command to copy
     )
     if desk.confinement.startswith("none"):
         console.print(
@@ -360,7 +376,10 @@ def _control(subject: str, name: str) -> strategy_pb2.StrategyStatusList:
     if lifecycle:
         timeout = opts.timeout if opts.timeout_given else LIFECYCLE_TIMEOUT
     return _call(
-        _member_subject(subject), strategy_pb2.StrategyControl(strategy_id=name), strategy_pb2.StrategyStatusList, "orchestrator",
+        _member_subject(subject),
+        strategy_pb2.StrategyControl(strategy_id=name),
+        strategy_pb2.StrategyStatusList,
+        "orchestrator",
         timeout=timeout,
     )
 
@@ -392,8 +411,12 @@ def _print_status(result: strategy_pb2.StrategyStatusList, as_json: bool) -> Non
 
 @app.command()
 def deploy(
-    name: Annotated[str, typer.Argument(help="Strategy folder name; all strategies if omitted; a path "
-                                             "(./my_strategy) uploads that folder.")] = "",
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="Strategy folder name; all strategies if omitted; a path (./my_strategy) uploads that folder."
+        ),
+    ] = "",
     as_json: JsonOpt = False,
 ) -> None:
     """(Re)read a strategy's folder, register it and start it. Without NAME: every enabled strategy,
@@ -421,8 +444,10 @@ def _upload(folder: Path) -> strategy_pb2.StrategyStatusList:
         except nats.errors.NoRespondersError:
             raise DeskError("NO_SERVICE", f"no orchestrator is running on {opts.nats_url}") from None
         except nats.errors.TimeoutError:
-            raise DeskError("TIMEOUT", "the orchestrator did not answer the upload in time "
-                            "(it may still be deploying: see `desk status`)") from None
+            raise DeskError(
+                "TIMEOUT",
+                "the orchestrator did not answer the upload in time (it may still be deploying: see `desk status`)",
+            ) from None
         finally:
             await nc.close()
 
@@ -471,7 +496,10 @@ def logs(
 ) -> None:
     """A strategy's recent output (stdout and stderr)."""
     reply = _call(
-        _member_subject(subjects.CTL_LOGS), strategy_pb2.LogsRequest(strategy_id=name, tail=tail), strategy_pb2.LogsReply, "orchestrator"
+        _member_subject(subjects.CTL_LOGS),
+        strategy_pb2.LogsRequest(strategy_id=name, tail=tail),
+        strategy_pb2.LogsReply,
+        "orchestrator",
     )
     if as_json:
         print_json(reply)
@@ -497,8 +525,12 @@ def positions(
 ) -> None:
     """Open positions per strategy, with average cost and P&L."""
     reply = _call(
-        subjects.LEDGER_POSITIONS, _query(strategy, member, symbol, limit), ledger_pb2.PositionsReply, "ledger",
-        strategy=strategy, empty=lambda r: not r.positions,
+        subjects.LEDGER_POSITIONS,
+        _query(strategy, member, symbol, limit),
+        ledger_pb2.PositionsReply,
+        "ledger",
+        strategy=strategy,
+        empty=lambda r: not r.positions,
     )
     if as_json:
         print_json(reply)
@@ -533,8 +565,14 @@ def orders(
     as_json: JsonOpt = False,
 ) -> None:
     """Orders, newest first, with their status."""
-    reply = _call(subjects.LEDGER_ORDERS, _query(strategy, member, symbol, limit), ledger_pb2.OrdersReply, "ledger",
-                  strategy=strategy, empty=lambda r: not r.orders)
+    reply = _call(
+        subjects.LEDGER_ORDERS,
+        _query(strategy, member, symbol, limit),
+        ledger_pb2.OrdersReply,
+        "ledger",
+        strategy=strategy,
+        empty=lambda r: not r.orders,
+    )
     if as_json:
         print_json(reply)
         return
@@ -588,8 +626,14 @@ def fills(
     as_json: JsonOpt = False,
 ) -> None:
     """Fills (executions), newest first."""
-    reply = _call(subjects.LEDGER_FILLS, _query(strategy, member, symbol, limit), ledger_pb2.FillsReply, "ledger",
-                  strategy=strategy, empty=lambda r: not r.fills)
+    reply = _call(
+        subjects.LEDGER_FILLS,
+        _query(strategy, member, symbol, limit),
+        ledger_pb2.FillsReply,
+        "ledger",
+        strategy=strategy,
+        empty=lambda r: not r.fills,
+    )
     if as_json:
         print_json(reply)
         return
@@ -633,8 +677,14 @@ def _pnl_figures(r: ledger_pb2.PnlRow) -> list[Any]:
 @app.command()
 def pnl(strategy: StrategyOpt = "", member: MemberOpt = "", as_json: JsonOpt = False) -> None:
     """Realized and unrealized P&L per strategy and per member."""
-    reply = _call(subjects.LEDGER_PNL, _query(strategy, member, "", 1000), ledger_pb2.PnlReply, "ledger",
-                  strategy=strategy, empty=lambda r: not r.strategies)
+    reply = _call(
+        subjects.LEDGER_PNL,
+        _query(strategy, member, "", 1000),
+        ledger_pb2.PnlReply,
+        "ledger",
+        strategy=strategy,
+        empty=lambda r: not r.strategies,
+    )
     if as_json:
         print_json(reply)
         return
@@ -658,7 +708,15 @@ def leaderboard(limit: LimitOpt = 20, as_json: JsonOpt = False) -> None:
         "leaderboard",
         ["#", "member", "equity", "total P&L", "return", "strategies", "fills"],
         [
-            [r.rank, r.member_id, money(r.equity), signed_money(r.total_pnl), percent(r.return_pct), r.strategies, r.fills]
+            [
+                r.rank,
+                r.member_id,
+                money(r.equity),
+                signed_money(r.total_pnl),
+                percent(r.return_pct),
+                r.strategies,
+                r.fills,
+            ]
             for r in reply.rows
         ],
         numeric=["equity", "total P&L", "return", "strategies", "fills"],
@@ -668,8 +726,14 @@ def leaderboard(limit: LimitOpt = 20, as_json: JsonOpt = False) -> None:
 @app.command()
 def equity(strategy: StrategyOpt = "", member: MemberOpt = "", limit: LimitOpt = 100, as_json: JsonOpt = False) -> None:
     """Equity snapshots over time (the data behind equity curves)."""
-    reply = _call(subjects.LEDGER_EQUITY, _query(strategy, member, "", limit), ledger_pb2.EquityReply, "ledger",
-                  strategy=strategy, empty=lambda r: not r.points)
+    reply = _call(
+        subjects.LEDGER_EQUITY,
+        _query(strategy, member, "", limit),
+        ledger_pb2.EquityReply,
+        "ledger",
+        strategy=strategy,
+        empty=lambda r: not r.points,
+    )
     if as_json:
         print_json(reply)
         return
@@ -738,8 +802,10 @@ def reconcile(
         baseline = rc.Baseline(account.account_id, account.cash, ledger.cash_flow, now)
         baseline.save(baseline_file)
         result.not_checked = [r for r in result.not_checked if not r.startswith("cash: no baseline")]
-        recorded = (f"cash baseline recorded in {baseline_file}: account cash {account.cash}, ledger cash flow "
-                    f"{ledger.cash_flow}")
+        recorded = (
+            f"cash baseline recorded in {baseline_file}: account cash {account.cash}, ledger cash flow "
+            f"{ledger.cash_flow}"
+        )
     if as_json:
         print_json({**result.as_dict(venue), "baseline_recorded": str(baseline_file) if recorded else ""})
     else:
@@ -762,16 +828,21 @@ def _reconcile_account(venue: str, since_ns: int) -> rc.Account:
         from requests.exceptions import RequestException
 
         client = rc.make_trading_client(
-            key, secret, paper=os.environ.get("ALPACA_PAPER", "true").lower() not in ("0", "false", "no"),
-            rest_url=os.environ.get("ALPACA_REST_URL") or None, timeout=max(opts.timeout, 10.0))
+            key,
+            secret,
+            paper=os.environ.get("ALPACA_PAPER", "true").lower() not in ("0", "false", "no"),
+            rest_url=os.environ.get("ALPACA_REST_URL") or None,
+            timeout=max(opts.timeout, 10.0),
+        )
         try:
             return rc.fetch_account(client, since_ns)
         except APIError as exc:
             _fail(f"Alpaca refused the reconcile's reads (HTTP {exc.status_code}): {str(exc)[:200]}")
         except RequestException as exc:
             _fail(f"Alpaca unreachable: {type(exc).__name__}")
-    broker = _call(subjects.broker_positions(venue), ledger_pb2.LedgerQuery(), ledger_pb2.PositionsReply,
-                   f"{venue} broker gateway")
+    broker = _call(
+        subjects.broker_positions(venue), ledger_pb2.LedgerQuery(), ledger_pb2.PositionsReply, f"{venue} broker gateway"
+    )
     return rc.Account(positions=list(broker.positions))
 
 
@@ -805,8 +876,12 @@ def _halt(subject: str, name: str, reason: str, as_json: bool) -> None:
     member = current_member()
     if member:  # a member halts their own strategies, through the orchestrator, which checks whose they are
         op = "halt" if subject == subjects.RISK_HALT else "resume"
-        ack = _call(subjects.member_ctl(member, op), strategy_pb2.StrategyControl(strategy_id=name),
-                    orders_pb2.HaltAck, "orchestrator")
+        ack = _call(
+            subjects.member_ctl(member, op),
+            strategy_pb2.StrategyControl(strategy_id=name),
+            orders_pb2.HaltAck,
+            "orchestrator",
+        )
     else:
         ack = _call(
             subject,
@@ -847,8 +922,12 @@ def resume(
 
 @app.command()
 def provision(
-    replicas: Annotated[int, typer.Option(min=1, max=5, envvar="JS_REPLICAS",
-                                          help="Copies of every stream and bucket (3 on a 3-node cluster).")] = 1,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=1, max=5, envvar="JS_REPLICAS", help="Copies of every stream and bucket (3 on a 3-node cluster)."
+        ),
+    ] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Create or bring every JetStream stream and KV bucket of the desk to its settings, with REPLICAS
@@ -873,13 +952,26 @@ def provision(
     except Exception as exc:  # noqa: BLE001 - JetStream refused (e.g. more replicas than servers)
         _fail(f"provisioning failed: {exc!r}")
     if as_json:
-        print_json([{"kind": d.kind, "name": d.name, "action": d.action, "replicas": d.replicas,
-                     "changes": {k: [str(a), str(b)] for k, (a, b) in d.changes.items()}} for d in done])
+        print_json(
+            [
+                {
+                    "kind": d.kind,
+                    "name": d.name,
+                    "action": d.action,
+                    "replicas": d.replicas,
+                    "changes": {k: [str(a), str(b)] for k, (a, b) in d.changes.items()},
+                }
+                for d in done
+            ]
+        )
         return
     for d in done:
         changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in d.changes.items())
-        console.print(f"{d.kind:6} {d.name:18} {d.action:9} R{d.replicas}" + (f"  ({changes})" if changes else ""),
-                      highlight=False, markup=False)
+        console.print(
+            f"{d.kind:6} {d.name:18} {d.action:9} R{d.replicas}" + (f"  ({changes})" if changes else ""),
+            highlight=False,
+            markup=False,
+        )
 
 
 # ----------------------------------------------------------------------------------------- decode

@@ -56,7 +56,7 @@ def read_credential(path: Path) -> dict[str, str] | None:
 def member_of_user(user: str) -> str | None:
     """The member a NATS user name stands for (``member-alice`` -> ``alice``)."""
     prefix = auth.member_user("")
-    member = user[len(prefix):] if user.startswith(prefix) else ""
+    member = user[len(prefix) :] if user.startswith(prefix) else ""
     return member if subjects.MEMBER_LOGIN_RE.match(member) else None
 
 
@@ -88,8 +88,9 @@ def pack_folder(folder: Path) -> bytes:
                 archive.addfile(info, io.BytesIO(data))
             for d in dirnames:
                 if (Path(dirpath) / d).is_symlink():
-                    raise DeskError("BAD_FILE", f"{(Path(dirpath) / d).relative_to(folder)} is a link: only files "
-                                    "are uploaded")
+                    raise DeskError(
+                        "BAD_FILE", f"{(Path(dirpath) / d).relative_to(folder)} is a link: only files are uploaded"
+                    )
     return buffer.getvalue()
 
 
@@ -98,26 +99,41 @@ def is_folder_argument(name: str) -> bool:
     return "/" in name or os.sep in name or name in (".", "..")
 
 
-async def upload(nc: Any, folder: Path, member: str | None, timeout: float, commit_timeout: float) -> (
-        strategy_pb2.StrategyStatusList):
+async def upload(
+    nc: Any, folder: Path, member: str | None, timeout: float, commit_timeout: float
+) -> strategy_pb2.StrategyStatusList:
     """Upload ``folder`` on the member's subjects (the operator's when ``member`` is None) and commit it."""
     from desk.bus.request import request
 
     strategy_id = (await asyncio.to_thread(folder.resolve)).name
     if not subjects.STRATEGY_ID_RE.match(strategy_id):
-        raise DeskError("BAD_NAME", f"folder name {strategy_id!r} is not a strategy name: 1-32 of a-z 0-9 _ -, "
-                        "starting with a letter or digit")
+        raise DeskError(
+            "BAD_NAME",
+            f"folder name {strategy_id!r} is not a strategy name: 1-32 of a-z 0-9 _ -, starting with a letter or digit",
+        )
     data = await asyncio.to_thread(pack_folder, folder)
     upload_id = secrets.token_hex(12)
     chunk_subject = subjects.member_ctl(member, "upload") if member else subjects.CTL_UPLOAD
     commit_subject = subjects.member_ctl(member, "commit") if member else subjects.CTL_COMMIT
     for offset in range(0, max(len(data), 1), CHUNK):
-        await request(nc, chunk_subject, strategy_pb2.UploadChunk(
-            strategy_id=strategy_id, upload_id=upload_id, offset=offset, data=data[offset:offset + CHUNK]),
-            strategy_pb2.UploadAck, timeout=timeout)
-    return await request(nc, commit_subject, strategy_pb2.UploadCommit(
-        strategy_id=strategy_id, upload_id=upload_id, size=len(data), sha256=hashlib.sha256(data).hexdigest()),
-        strategy_pb2.StrategyStatusList, timeout=commit_timeout)
+        await request(
+            nc,
+            chunk_subject,
+            strategy_pb2.UploadChunk(
+                strategy_id=strategy_id, upload_id=upload_id, offset=offset, data=data[offset : offset + CHUNK]
+            ),
+            strategy_pb2.UploadAck,
+            timeout=timeout,
+        )
+    return await request(
+        nc,
+        commit_subject,
+        strategy_pb2.UploadCommit(
+            strategy_id=strategy_id, upload_id=upload_id, size=len(data), sha256=hashlib.sha256(data).hexdigest()
+        ),
+        strategy_pb2.StrategyStatusList,
+        timeout=commit_timeout,
+    )
 
 
 # ------------------------------------------------------------------------------------ commands
@@ -129,8 +145,11 @@ def _print_members(reply: strategy_pb2.MemberList, as_json: bool) -> None:
     if as_json:
         print_json(reply)
         return
-    table("members", ["member", "NATS user", "strategies"],
-          [[m.member_id, m.user, ", ".join(m.strategies)] for m in reply.members])
+    table(
+        "members",
+        ["member", "NATS user", "strategies"],
+        [[m.member_id, m.user, ", ".join(m.strategies)] for m in reply.members],
+    )
     if reply.message:
         console.print(reply.message, markup=False, highlight=False)
 
@@ -138,12 +157,21 @@ def _print_members(reply: strategy_pb2.MemberList, as_json: bool) -> None:
 @member_app.command("add")
 def member_add(
     name: Annotated[str, typer.Argument(help="The member's name (config.json user_id of their strategies).")],
-    url: Annotated[str, typer.Option(help="The desk's address as the member reaches it (default: --nats-url), "
-                                          "e.g. tls://desk.club.example:4222.")] = "",
-    ca: Annotated[Path | None, typer.Option(help="CA certificate the member's CLI checks the desk's TLS "
-                                                  "certificate with (copied into the credential).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Where to write the credential (default: "
-                                                   "<credentials dir>/members/NAME.json).")] = None,
+    url: Annotated[
+        str,
+        typer.Option(
+            help="The desk's address as the member reaches it (default: --nats-url), e.g. tls://desk.club.example:4222."
+        ),
+    ] = "",
+    ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="CA certificate the member's CLI checks the desk's TLS certificate with (copied into the credential)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write the credential (default: <credentials dir>/members/NAME.json).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Give a member a login (a new password if they had one): writes their credential file, 0600."""
@@ -153,17 +181,24 @@ def member_add(
     if not subjects.MEMBER_LOGIN_RE.match(name):
         cli._fail(f"member name {name!r}: use 1-32 of a-z 0-9 _ -, starting with a letter or digit", 2)
     password = auth.new_password()
-    reply = cli._call(subjects.CTL_MEMBER_ADD, strategy_pb2.MemberRequest(
-        member_id=name, password_hash=auth.hash_password(password)), strategy_pb2.MemberList, "orchestrator")
-    credential = {"url": url or cli.opts.nats_url, "user": auth.member_user(name), "password": password,
-                  "member": name}
+    reply = cli._call(
+        subjects.CTL_MEMBER_ADD,
+        strategy_pb2.MemberRequest(member_id=name, password_hash=auth.hash_password(password)),
+        strategy_pb2.MemberList,
+        "orchestrator",
+    )
+    credential = {"url": url or cli.opts.nats_url, "user": auth.member_user(name), "password": password, "member": name}
     if ca is not None:
         credential["ca"] = ca.read_text()
     target = out or cli.opts.credentials.parent / "members" / f"{name}.json"
     write_private_json(target, credential)
     if not as_json:
-        console.print(f"member {name}: login made; give them {target} (secret: it holds their password). "
-                          f"On their laptop: desk login {target.name}", highlight=False, soft_wrap=True)
+        console.print(
+            f"member {name}: login made; give them {target} (secret: it holds their password). "
+            f"On their laptop: desk login {target.name}",
+            highlight=False,
+            soft_wrap=True,
+        )
     _print_members(reply, as_json)
 
 
@@ -172,8 +207,10 @@ def member_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     """The members with a login, and their strategies."""
     from desk.cli import main as cli
 
-    _print_members(cli._call(subjects.CTL_MEMBER_LIST, strategy_pb2.MemberRequest(), strategy_pb2.MemberList,
-                             "orchestrator"), as_json)
+    _print_members(
+        cli._call(subjects.CTL_MEMBER_LIST, strategy_pb2.MemberRequest(), strategy_pb2.MemberList, "orchestrator"),
+        as_json,
+    )
 
 
 @member_app.command("remove")
@@ -184,13 +221,18 @@ def member_remove(
     """Revoke a member's login (their connections are closed). Their strategies are stopped and kept."""
     from desk.cli import main as cli
 
-    _print_members(cli._call(subjects.CTL_MEMBER_REMOVE, strategy_pb2.MemberRequest(member_id=name),
-                             strategy_pb2.MemberList, "orchestrator"), as_json)
+    _print_members(
+        cli._call(
+            subjects.CTL_MEMBER_REMOVE,
+            strategy_pb2.MemberRequest(member_id=name),
+            strategy_pb2.MemberList,
+            "orchestrator",
+        ),
+        as_json,
+    )
 
 
-def login(
-    file: Annotated[Path, typer.Argument(help="The credential file the operator gave you (NAME.json).")],
-) -> None:
+def login(file: Annotated[Path, typer.Argument(help="The credential file the operator gave you (NAME.json).")]) -> None:
     """Log in as a member: keep the credential where `desk` finds it (~/.config/quant-desk, 0600);
     later commands use it and reach the desk at its url."""
     from desk.cli import main as cli
@@ -202,8 +244,11 @@ def login(
     assert credential is not None
     target = login_path()
     write_private_json(target, credential)
-    console.print(f"logged in as {credential.get('member') or member_of_user(credential['user'])} "
-                      f"({credential['url']}); credential kept in {target}", highlight=False)
+    console.print(
+        f"logged in as {credential.get('member') or member_of_user(credential['user'])} "
+        f"({credential['url']}); credential kept in {target}",
+        highlight=False,
+    )
 
 
 def rollback(
@@ -216,5 +261,13 @@ def rollback(
     member = cli.current_member()
     subject = subjects.member_ctl(member, "rollback") if member else subjects.CTL_ROLLBACK
     timeout = cli.opts.timeout if cli.opts.timeout_given else cli.LIFECYCLE_TIMEOUT
-    cli._print_status(cli._call(subject, strategy_pb2.StrategyControl(strategy_id=name),
-                                strategy_pb2.StrategyStatusList, "orchestrator", timeout=timeout), as_json)
+    cli._print_status(
+        cli._call(
+            subject,
+            strategy_pb2.StrategyControl(strategy_id=name),
+            strategy_pb2.StrategyStatusList,
+            "orchestrator",
+            timeout=timeout,
+        ),
+        as_json,
+    )

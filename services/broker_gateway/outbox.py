@@ -179,9 +179,7 @@ class ExecutionOutbox:
             data, headers = codec.encode(report)
             headers[MSG_ID] = report.execution_id
             try:
-                future = await self.js.publish_async(
-                    subjects.execution(report.strategy_id), data, headers=headers
-                )
+                future = await self.js.publish_async(subjects.execution(report.strategy_id), data, headers=headers)
             except Exception as exc:  # noqa: BLE001 - kept in the outbox and retried
                 self._publish_failed(report, exc)
                 return sent, False
@@ -200,7 +198,13 @@ def _log_report(report: executions_pb2.ExecutionReport, seq: int, duplicate: boo
         log.debug("execution.published", stream_seq=seq, duplicate=duplicate)
         event, level = _EXEC_EVENTS.get(report.exec_type, ("order.event", "info"))
         getattr(log, level)(
-            event, symbol=report.symbol, status=executions_pb2.OrderStatus.Name(report.status),
-            fill_qty=report.fill_qty, fill_price=report.fill_price, cum_qty=report.cum_qty,
-            leaves_qty=report.leaves_qty, fee=report.fee, text=report.text,
+            event,
+            symbol=report.symbol,
+            status=executions_pb2.OrderStatus.Name(report.status),
+            fill_qty=report.fill_qty,
+            fill_price=report.fill_price,
+            cum_qty=report.cum_qty,
+            leaves_qty=report.leaves_qty,
+            fee=report.fee,
+            text=report.text,
         )

@@ -85,8 +85,9 @@ class BrokerGatewayService:
     """One gateway process: one venue, one durable consumer, one outbox of reports. Without
     ``broker``, the one the settings name (:func:`.factory.build_broker`; no I/O)."""
 
-    def __init__(self, settings: Settings, broker: Broker | None = None,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self, settings: Settings, broker: Broker | None = None, clock: Callable[[], int] = time.time_ns
+    ) -> None:
         self.settings = settings
         self.broker = broker if broker is not None else build_broker(settings)
         self.venue = self.broker.venue
@@ -107,16 +108,17 @@ class BrokerGatewayService:
         await streams.ensure_stream(runtime.js, streams.ORDERS)
         await self._restore_book(runtime)  # before the broker starts, any order or any price
         service = await add_service(
-            runtime, NAME, desk.__version__, f"routed orders -> {self.venue} -> execution reports",
+            runtime,
+            NAME,
+            desk.__version__,
+            f"routed orders -> {self.venue} -> execution reports",
             metadata={"venue": self.venue},
         )
         # Our counters ride in every endpoint's STATS data next to the refusals (reason: add_service
         # builds the DeskService itself, so its stats hook is replaced on the instance).
         service.stats_data = self._stats_data  # type: ignore[method-assign]
         self._service = service
-        await service.add_endpoint(
-            "book", f"desk.broker.{self.venue}.book", ledger_pb2.LedgerQuery, self._book
-        )
+        await service.add_endpoint("book", f"desk.broker.{self.venue}.book", ledger_pb2.LedgerQuery, self._book)
         # Unwound in reverse: the order loop finishes first, then resting orders expire, then
         # the micro service stops and the lifecycle drains.
         runtime.stack.push_async_callback(self._expire_resting_orders)
@@ -156,14 +158,22 @@ class BrokerGatewayService:
             if report.venue == self.venue:
                 stored.append(report)
 
-        replayed = await replay_to_last(runtime.js, subjects.STREAM_EXECUTIONS, subjects.EXEC_ALL, on_report,
-                                        timeout=RESTORE_TIMEOUT)
+        replayed = await replay_to_last(
+            runtime.js, subjects.STREAM_EXECUTIONS, subjects.EXEC_ALL, on_report, timeout=RESTORE_TIMEOUT
+        )
         last_seq = replayed.last_seq
         made = self.broker.restore(stored)
         unreadable += self.broker.stats()["restore_skipped"]
         self.counts["restored_open_orders"] = len(self.broker.open_orders())
-        log.info("book.restored", venue=self.venue, last_seq=last_seq, reports=len(stored),
-                 open_orders=self.counts["restored_open_orders"], canceled=len(made), unreadable=unreadable)
+        log.info(
+            "book.restored",
+            venue=self.venue,
+            last_seq=last_seq,
+            reports=len(stored),
+            open_orders=self.counts["restored_open_orders"],
+            canceled=len(made),
+            unreadable=unreadable,
+        )
         if made:
             self.outbox.extend(made)
             if not await self.outbox.flush():
@@ -208,9 +218,17 @@ class BrokerGatewayService:
         elections and a lost consumer (:class:`desk.bus.pull.DurablePull`). A consumer found with
         other settings is kept as it is, with a warning (creating and changing it is provisioning's)."""
         self._orders_pull = DurablePull(
-            runtime.js, subjects.STREAM_ORDERS, self._consumer_config(), batch_handler=self._handle_orders,
-            batch=self.fetch_batch(), fetch_timeout=FETCH_TIMEOUT, ack_sync=True, ack_timeout=PUBLISH_TIMEOUT,
-            nak_delay=RETRY_PAUSE, update=False, stop=runtime.stop,
+            runtime.js,
+            subjects.STREAM_ORDERS,
+            self._consumer_config(),
+            batch_handler=self._handle_orders,
+            batch=self.fetch_batch(),
+            fetch_timeout=FETCH_TIMEOUT,
+            ack_sync=True,
+            ack_timeout=PUBLISH_TIMEOUT,
+            nak_delay=RETRY_PAUSE,
+            update=False,
+            stop=runtime.stop,
         )
         if await self._orders_pull.ensure() is not None:
             log.info("orders.subscribed", durable=self.durable, subject=self.orders_subject)
@@ -317,7 +335,8 @@ class BrokerGatewayService:
 
     async def _book(self, query: ledger_pb2.LedgerQuery, subject: str) -> ledger_pb2.OrdersReply:
         orders = [
-            o for o in self.broker.open_orders()
+            o
+            for o in self.broker.open_orders()
             if (not query.strategy_id or o.strategy_id == query.strategy_id)
             and (not query.symbol or o.symbol == query.symbol)
             and (not query.member_id or o.member_id == query.member_id)

@@ -47,7 +47,9 @@ class LedgerReads:
             params,
         )
         return [
-            AccountRow(r[0], r[1], Account(initial_cash=dec(r[2]), cash=dec(r[3]), realized_pnl=dec(r[4]), fees=dec(r[5])))
+            AccountRow(
+                r[0], r[1], Account(initial_cash=dec(r[2]), cash=dec(r[3]), realized_pnl=dec(r[4]), fees=dec(r[5]))
+            )
             for r in rows
         ]
 
@@ -85,12 +87,21 @@ class LedgerReads:
         """The newest ``limit`` fills matching ``query`` (since ``since_ns``), newest first."""
         return await self._newest(ledger_pb2.Fill, "fills", _FILL_COLUMNS, "event_ns", query, limit)
 
-    async def _newest(self, message: type[M], table: str, columns: Sequence[Column], time_column: str,
-                      query: ledger_pb2.LedgerQuery, limit: int) -> list[M]:
+    async def _newest(
+        self,
+        message: type[M],
+        table: str,
+        columns: Sequence[Column],
+        time_column: str,
+        query: ledger_pb2.LedgerQuery,
+        limit: int,
+    ) -> list[M]:
         """Rows of ``table`` (each with strategy_id, member_id and symbol) matching ``query``, newest
         ``time_column`` first, as ``message``s: one field per column, enums read back from their names."""
         where, params = _where(
-            ("strategy_id", query.strategy_id), ("member_id", query.member_id), ("symbol", query.symbol),
+            ("strategy_id", query.strategy_id),
+            ("member_id", query.member_id),
+            ("symbol", query.symbol),
             since=(time_column, query.since_ns),
         )
         rows = await self._fetchall(
@@ -102,8 +113,9 @@ class LedgerReads:
 
     async def equity(self, query: ledger_pb2.LedgerQuery, limit: int) -> list[ledger_pb2.EquityPoint]:
         """The newest ``limit`` snapshots matching ``query``, returned oldest first (a curve's tail)."""
-        where, params = _where(("e.strategy_id", query.strategy_id), ("a.member_id", query.member_id),
-                               since=("e.ts_ns", query.since_ns))
+        where, params = _where(
+            ("e.strategy_id", query.strategy_id), ("a.member_id", query.member_id), since=("e.ts_ns", query.since_ns)
+        )
         rows = await self._fetchall(
             f"""SELECT e.strategy_id, COALESCE(a.member_id, ''), e.ts_ns, e.equity, e.cash, e.realized, e.unrealized
                 FROM equity_snapshots e LEFT JOIN accounts a ON a.strategy_id = e.strategy_id{where}
@@ -113,7 +125,13 @@ class LedgerReads:
         rows.reverse()
         return [
             ledger_pb2.EquityPoint(
-                strategy_id=r[0], member_id=r[1], ts_ns=r[2], equity=r[3], cash=r[4], realized_pnl=r[5], unrealized_pnl=r[6]
+                strategy_id=r[0],
+                member_id=r[1],
+                ts_ns=r[2],
+                equity=r[3],
+                cash=r[4],
+                realized_pnl=r[5],
+                unrealized_pnl=r[6],
             )
             for r in rows
         ]
@@ -132,8 +150,10 @@ def _where(*filters: tuple[str, str], since: tuple[str, int] = ("", 0)) -> tuple
 
 
 def _message(message: type[M], columns: Sequence[Column], row: Sequence[Any]) -> M:
-    values = {field: value if enum is None else enum_value(enum, value)
-              for (field, _, enum), value in zip(columns, row, strict=True)}
+    values = {
+        field: value if enum is None else enum_value(enum, value)
+        for (field, _, enum), value in zip(columns, row, strict=True)
+    }
     return message(**values)
 
 
@@ -141,7 +161,9 @@ Column = tuple[str, str, Any]
 """A message field, the column it is read from, and its protobuf enum when the column holds an enum's name."""
 
 _ENUM_OF: dict[str, Any] = {
-    "side": common_pb2.Side, "type": common_pb2.OrderType, "time_in_force": common_pb2.TimeInForce,
+    "side": common_pb2.Side,
+    "type": common_pb2.OrderType,
+    "time_in_force": common_pb2.TimeInForce,
     "status": executions_pb2.OrderStatus,
 }
 _COLUMN_OF = {"time_in_force": "tif"}  # the other fields are read from the column of their name
@@ -152,7 +174,10 @@ def _columns(fields: str) -> tuple[Column, ...]:
 
 
 #: ledger_pb2.OrderRecord from the orders table, ledger_pb2.Fill from the fills table.
-_ORDER_COLUMNS = _columns("order_id client_order_id strategy_id member_id symbol side type time_in_force qty "
-                          "limit_price stop_price status filled_qty avg_price venue text created_ns updated_ns notional")
-_FILL_COLUMNS = _columns("execution_id order_id client_order_id strategy_id member_id symbol side qty price fee "
-                         "venue event_ns")
+_ORDER_COLUMNS = _columns(
+    "order_id client_order_id strategy_id member_id symbol side type time_in_force qty "
+    "limit_price stop_price status filled_qty avg_price venue text created_ns updated_ns notional"
+)
+_FILL_COLUMNS = _columns(
+    "execution_id order_id client_order_id strategy_id member_id symbol side qty price fee venue event_ns"
+)

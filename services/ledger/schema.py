@@ -94,7 +94,7 @@ MIGRATIONS: list[list[str]] = [
             unrealized TEXT NOT NULL,
             PRIMARY KEY (strategy_id, ts_ns))""",
         "CREATE INDEX equity_by_time ON equity_snapshots(ts_ns)",
-    ],
+    ]
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -124,10 +124,16 @@ class LedgerService:
         await kv.follower(js, subjects.KV_PRICES, self._on_price).start(runtime)
 
         self.consumer = consumer = DurablePull(
-            js, subjects.STREAM_EXECUTIONS, self._consumer_config(),
-            batch_handler=self._book, prepare=self._decode_yielding, after=self._booked,
-            batch=self.settings.ledger_batch_size, fetch_timeout=self.settings.ledger_fetch_timeout,
-            prefetch=PREFETCH, linger=self.settings.ledger_linger,
+            js,
+            subjects.STREAM_EXECUTIONS,
+            self._consumer_config(),
+            batch_handler=self._book,
+            prepare=self._decode_yielding,
+            after=self._booked,
+            batch=self.settings.ledger_batch_size,
+            fetch_timeout=self.settings.ledger_fetch_timeout,
+            prefetch=PREFETCH,
+            linger=self.settings.ledger_linger,
             on_handler_error=None,  # the store failed: stop, nothing of the batch acked
             stop=runtime.stop,
         )
@@ -147,10 +153,15 @@ class LedgerService:
         await svc.add_endpoint("leaderboard", subjects.LEDGER_LEADERBOARD, ledger_pb2.LedgerQuery, self.leaderboard)
         await svc.add_endpoint("equity", subjects.LEDGER_EQUITY, ledger_pb2.LedgerQuery, self.equity)
         # A strategy's own books (its NATS user may publish only these): scoped by the subject.
-        for kind, handler in ((subjects.LEDGER_POSITIONS, self.positions), (subjects.LEDGER_ORDERS, self.orders),
-                              (subjects.LEDGER_PNL, self.pnl)):
+        for kind, handler in (
+            (subjects.LEDGER_POSITIONS, self.positions),
+            (subjects.LEDGER_ORDERS, self.orders),
+            (subjects.LEDGER_PNL, self.pnl),
+        ):
             await svc.add_endpoint(
-                f"own_{subjects.token(kind, -1)}", subjects.ledger_own(kind, "*"), ledger_pb2.LedgerQuery,
+                f"own_{subjects.token(kind, -1)}",
+                subjects.ledger_own(kind, "*"),
+                ledger_pb2.LedgerQuery,
                 _scoped_to_subject(handler),
             )
 
@@ -209,8 +220,7 @@ class LedgerService:
             except DeskError as err:
                 batch.bad.append(msg)
                 with structlog.contextvars.bound_contextvars(
-                    execution_id=report.execution_id if report else "",
-                    strategy_id=report.strategy_id if report else "",
+                    execution_id=report.execution_id if report else "", strategy_id=report.strategy_id if report else ""
                 ):
                     log.warning(
                         "execution.malformed",
@@ -326,7 +336,11 @@ class LedgerService:
             by_strategy.setdefault(row.strategy_id, []).append(row.position)
         return [
             queries.value_strategy(
-                a.strategy_id, a.member_id, a.account, by_strategy.get(a.strategy_id, []), self.prices,
+                a.strategy_id,
+                a.member_id,
+                a.account,
+                by_strategy.get(a.strategy_id, []),
+                self.prices,
                 counts.get(a.strategy_id, 0),
             )
             for a in accounts
@@ -337,7 +351,9 @@ class LedgerService:
         rows = await self.store.positions(query.strategy_id, query.member_id, query.symbol)
         reply = ledger_pb2.PositionsReply(
             positions=[
-                queries.position_message(r.strategy_id, r.member_id, r.position, self.prices.get(r.position.symbol), r.updated_ns)
+                queries.position_message(
+                    r.strategy_id, r.member_id, r.position, self.prices.get(r.position.symbol), r.updated_ns
+                )
                 for r in rows[: queries.effective_limit(query.limit)]
             ]
         )

@@ -12,7 +12,9 @@ from desk.bus.settings import BusSettings
 class Settings(BusSettings):
     """Read from the environment once, validated, frozen."""
 
-    ledger_db_path: str = Field(default="var/ledger.db", description="SQLite file of the books (parent dirs are created)")
+    ledger_db_path: str = Field(
+        default="var/ledger.db", description="SQLite file of the books (parent dirs are created)"
+    )
     ledger_batch_size: int = Field(
         default=256, ge=1, le=10000, description="executions fetched and booked per SQLite transaction"
     )

@@ -27,7 +27,12 @@ from services.ledger.reads import LedgerReads
 from services.ledger.rows import AccountRow, PositionRow
 from services.ledger.writer import BatchResult, LedgerWriter
 
-WRITER_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=5000")
+WRITER_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=5000",
+)
 READER_PRAGMAS = ("PRAGMA query_only=ON", "PRAGMA busy_timeout=5000")
 
 

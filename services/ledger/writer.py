@@ -25,7 +25,7 @@ from decimal import Decimal
 from typing import Any
 
 from desk.bus.decimals import dec, fmt
-from desk.core.books import Account, Booking, Position
+from desk.core.books import Account, Booking, FillBooking, Position
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2
 from services.ledger.connection import SQLiteThread
 from services.ledger.rows import AccountRow, PositionRow, enum_name
@@ -182,7 +182,9 @@ class _WriteSet:
         return state
 
     def open_account(self, strategy_id: str, member_id: str, initial: Decimal, now_ns: int) -> _AccountState:
-        state = self.accounts[strategy_id] = _AccountState(member_id, Account(initial_cash=initial, cash=initial), now_ns)
+        state = self.accounts[strategy_id] = _AccountState(
+            member_id, Account(initial_cash=initial, cash=initial), now_ns
+        )
         return state
 
     def ensure_account(self, strategy_id: str, member_id: str, now_ns: int) -> str:
@@ -210,8 +212,15 @@ class _WriteSet:
 
     def write_accounts(self, db: sqlite3.Connection) -> None:
         rows = [
-            (sid, s.member_id, fmt(s.account.initial_cash), fmt(s.account.cash), fmt(s.account.realized_pnl),
-             fmt(s.account.fees), s.updated_ns)
+            (
+                sid,
+                s.member_id,
+                fmt(s.account.initial_cash),
+                fmt(s.account.cash),
+                fmt(s.account.realized_pnl),
+                fmt(s.account.fees),
+                s.updated_ns,
+            )
             for sid, s in self.accounts.items()
             if sid not in self._written_accounts
         ]
@@ -227,8 +236,16 @@ class _WriteSet:
                 db,
                 _UPSERT_POSITION,
                 [
-                    (sid, symbol, fmt(s.position.qty), fmt(s.position.avg_cost), fmt(s.position.cost_basis),
-                     fmt(s.position.realized_pnl), fmt(s.position.fees), s.updated_ns)
+                    (
+                        sid,
+                        symbol,
+                        fmt(s.position.qty),
+                        fmt(s.position.avg_cost),
+                        fmt(s.position.cost_basis),
+                        fmt(s.position.realized_pnl),
+                        fmt(s.position.fees),
+                        s.updated_ns,
+                    )
                     for (sid, symbol), s in self.positions.items()
                 ],
             )
@@ -314,16 +331,17 @@ class LedgerWriter:
             member_id = changes.ensure_account(r.strategy_id, r.member_id, event_ns)
             side = enum_name(common_pb2.Side, r.side)
             status = enum_name(executions_pb2.OrderStatus, r.status)
-            order_rows.append((
-                booking.order_id, r.client_order_id, r.strategy_id, member_id, r.symbol, side,
-                enum_name(common_pb2.OrderType, r.type), enum_name(common_pb2.TimeInForce, r.time_in_force),
-                r.order_qty, r.notional, r.limit_price, r.stop_price, status, r.cum_qty, r.avg_price, r.venue,
-                r.text, event_ns, event_ns,
-            ))
-            event_rows.append((
-                execution_id, booking.order_id, enum_name(executions_pb2.ExecType, r.exec_type), status,
-                booking.payload, event_ns,
-            ))
+            order_rows.append(_order_row(booking, member_id, side, status))
+            event_rows.append(
+                (
+                    execution_id,
+                    booking.order_id,
+                    enum_name(executions_pb2.ExecType, r.exec_type),
+                    status,
+                    booking.payload,
+                    event_ns,
+                )
+            )
             result.events_stored += 1
             fill = booking.fill
             if fill is None:
@@ -331,17 +349,23 @@ class LedgerWriter:
             if execution_id in stored_fills:  # belt and braces: the event row normally guards this
                 result.duplicates.append(execution_id)
                 continue
-            fill_rows.append((
-                execution_id, booking.order_id, r.client_order_id, r.strategy_id, member_id, r.symbol, side,
-                fmt(fill.qty), fmt(fill.price), fmt(fill.fee), r.venue, event_ns,
-            ))
-            position = changes.position(r.strategy_id, r.symbol)
-            realized = position.position.apply_fill(fill.side, fill.qty, fill.price, fill.fee)
-            position.updated_ns = event_ns
-            account = changes.account(r.strategy_id)
-            assert account is not None, "the account is opened before any fill is booked"
-            account.account.apply_fill(fill.side, fill.qty, fill.price, fill.fee, realized)
-            account.updated_ns = event_ns
+            fill_rows.append(
+                (
+                    execution_id,
+                    booking.order_id,
+                    r.client_order_id,
+                    r.strategy_id,
+                    member_id,
+                    r.symbol,
+                    side,
+                    fmt(fill.qty),
+                    fmt(fill.price),
+                    fmt(fill.fee),
+                    r.venue,
+                    event_ns,
+                )
+            )
+            _apply_fill(changes, r.strategy_id, r.symbol, fill, event_ns)
             result.fills_booked += 1
         changes.write_accounts(db)  # before the rows that reference them
         _insert_rows(db, _UPSERT_ORDER, order_rows)
@@ -365,7 +389,13 @@ class LedgerWriter:
             await self._db.run(self._upsert_strategy_sync, strategy_id, member_id, initial, name, now_ns, context)
 
     def _upsert_strategy_sync(
-        self, db: sqlite3.Connection, strategy_id: str, member_id: str, initial: Decimal, name: str, now_ns: int,
+        self,
+        db: sqlite3.Connection,
+        strategy_id: str,
+        member_id: str,
+        initial: Decimal,
+        name: str,
+        now_ns: int,
         context: decimal.Context,
     ) -> None:
         def work(changes: _WriteSet) -> None:
@@ -384,11 +414,18 @@ class LedgerWriter:
 
     async def cached_books(self) -> tuple[dict[str, AccountRow], dict[tuple[str, str], PositionRow]]:
         """The writer's in-memory accounts and positions (copies; those loaded so far), for tests and checks."""
+
         def copy(_db: sqlite3.Connection) -> tuple[dict[str, AccountRow], dict[tuple[str, str], PositionRow]]:
-            accounts = {k: AccountRow(k, s.member_id, dataclasses.replace(s.account)) for k, s in self._accounts.items()}
+            accounts = {
+                k: AccountRow(k, s.member_id, dataclasses.replace(s.account)) for k, s in self._accounts.items()
+            }
             positions = {
-                k: PositionRow(k[0], accounts[k[0]].member_id if k[0] in accounts else "",
-                               dataclasses.replace(s.position), s.updated_ns)
+                k: PositionRow(
+                    k[0],
+                    accounts[k[0]].member_id if k[0] in accounts else "",
+                    dataclasses.replace(s.position),
+                    s.updated_ns,
+                )
                 for k, s in self._positions.items()
             }
             return accounts, positions
@@ -421,15 +458,15 @@ class LedgerWriter:
             ).fetchone()
             if row is None:
                 return _PositionState(Position(symbol=symbol), 0)  # not held: nothing committed yet
-            position = Position(symbol=symbol, qty=dec(row[0]), cost_basis=dec(row[1]), realized_pnl=dec(row[2]), fees=dec(row[3]))
+            position = Position(
+                symbol=symbol, qty=dec(row[0]), cost_basis=dec(row[1]), realized_pnl=dec(row[2]), fees=dec(row[3])
+            )
             state = self._positions[key] = _PositionState(position, int(row[4]))
         return state
 
     async def write_snapshots(self, rows: Iterable[ledger_pb2.EquityPoint]) -> int:
         """Insert equity snapshot rows in one transaction; returns how many."""
-        values = [
-            (p.strategy_id, p.ts_ns, p.equity, p.cash, p.realized_pnl, p.unrealized_pnl) for p in rows
-        ]
+        values = [(p.strategy_id, p.ts_ns, p.equity, p.cash, p.realized_pnl, p.unrealized_pnl) for p in rows]
         if not values:
             return 0
         async with self.lock:
@@ -449,3 +486,40 @@ def _write_snapshots_sync(db: sqlite3.Connection, values: list[tuple[Any, ...]])
 
 def now_ns() -> int:
     return time.time_ns()
+
+
+def _order_row(booking: Booking, member_id: str, side: str, status: str) -> tuple[Any, ...]:
+    """The ``orders`` row (an upsert) of one booked report."""
+    r, event_ns = booking.report, booking.event_ns
+    return (
+        booking.order_id,
+        r.client_order_id,
+        r.strategy_id,
+        member_id,
+        r.symbol,
+        side,
+        enum_name(common_pb2.OrderType, r.type),
+        enum_name(common_pb2.TimeInForce, r.time_in_force),
+        r.order_qty,
+        r.notional,
+        r.limit_price,
+        r.stop_price,
+        status,
+        r.cum_qty,
+        r.avg_price,
+        r.venue,
+        r.text,
+        event_ns,
+        event_ns,
+    )
+
+
+def _apply_fill(changes: _WriteSet, strategy_id: str, symbol: str, fill: FillBooking, event_ns: int) -> None:
+    """A fill on the strategy's position in ``symbol`` and on its account (cash, realized P&L)."""
+    position = changes.position(strategy_id, symbol)
+    realized = position.position.apply_fill(fill.side, fill.qty, fill.price, fill.fee)
+    position.updated_ns = event_ns
+    account = changes.account(strategy_id)
+    assert account is not None, "the account is opened before any fill is booked"
+    account.account.apply_fill(fill.side, fill.qty, fill.price, fill.fee, realized)
+    account.updated_ns = event_ns

@@ -7,9 +7,7 @@ from desk.bus.settings import service_settings
 from services.marketdata.service import NAME, MarketDataService
 from services.marketdata.settings import Settings
 
-DESCRIPTION = (
-    "Quant Desk market data: the synthetic or replay feed, published on md.* over NATS."
-)
+DESCRIPTION = "Quant Desk market data: the synthetic or replay feed, published on md.* over NATS."
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -52,7 +52,9 @@ def build_feed(settings: Settings) -> Feed:
         for bad in data.bad_rows:
             log.warning("replay.bad_row", file=str(path), line=bad.line, reason=bad.reason)
         feed = ReplayFeed(data, settings.md_replay_speed, settings.md_replay_loop, settings.md_replay_pace)
-        log.info("replay.loaded", file=str(path), rows=len(data.rows), bad_rows=len(data.bad_rows), symbols=feed.symbols)
+        log.info(
+            "replay.loaded", file=str(path), rows=len(data.rows), bad_rows=len(data.bad_rows), symbols=feed.symbols
+        )
         return feed
     return SyntheticFeed(settings.symbols, settings.md_seed, int(settings.md_interval * 1e9), time.time_ns())
 
@@ -70,7 +72,9 @@ class MarketDataService:
         await ensure_bucket(runtime.js, subjects.KV_PRICES)
         # Known before ready: the router learns the symbol universe from DESK_PRICES.
         for trade in feed.initial():  # retried through an election (desk.bus.retry)
-            await kv.put(runtime.js, subjects.KV_PRICES, trade.symbol, trade, deadline=START_DEADLINE, stop=runtime.stop)
+            await kv.put(
+                runtime.js, subjects.KV_PRICES, trade.symbol, trade, deadline=START_DEADLINE, stop=runtime.stop
+            )
         await add_service(
             runtime,
             NAME,
@@ -153,7 +157,6 @@ class MarketDataService:
         self.stats.finished = True
         log.info("feed.finished", feed=feed.name, ticks=self.stats.ticks)
 
-
     async def _start_alpaca(self, runtime: ServiceRuntime) -> None:
         """MD_FEED=alpaca: StockDataStream for the deployed strategies' symbols (feeds/alpaca.py)."""
         from services.marketdata.feeds.alpaca import AlpacaFeed, wanted_symbols
@@ -165,8 +168,11 @@ class MarketDataService:
         await ensure_bucket(runtime.js, subjects.KV_STRATEGIES)
 
         async def publish(message: marketdata_pb2.Bar | marketdata_pb2.Trade | marketdata_pb2.Quote) -> None:
-            subject = {marketdata_pb2.Bar: subjects.md_bar, marketdata_pb2.Trade: subjects.md_trade,
-                       marketdata_pb2.Quote: subjects.md_quote}[type(message)](message.symbol)
+            subject = {
+                marketdata_pb2.Bar: subjects.md_bar,
+                marketdata_pb2.Trade: subjects.md_trade,
+                marketdata_pb2.Quote: subjects.md_quote,
+            }[type(message)](message.symbol)
             body, headers = codec.encode(message)
             await runtime.nc.publish(subject, body, headers=headers)
             if isinstance(message, marketdata_pb2.Trade):
@@ -174,10 +180,16 @@ class MarketDataService:
             self.stats.ticks += 1
             self.stats.per_symbol[message.symbol] = self.stats.per_symbol.get(message.symbol, 0) + 1
 
-        feed = AlpacaFeed(key.get_secret_value(), secret.get_secret_value(), publish, url=self.settings.md_alpaca_url,
-                          feed=self.settings.md_alpaca_feed)
+        feed = AlpacaFeed(
+            key.get_secret_value(),
+            secret.get_secret_value(),
+            publish,
+            url=self.settings.md_alpaca_url,
+            feed=self.settings.md_alpaca_feed,
+        )
         self.alpaca_feed = feed
         specs: dict[str, strategy_pb2.StrategySpec] = {}
+
         async def on_spec(change: kv.Change[strategy_pb2.StrategySpec]) -> None:
             if change.value is None:
                 return  # an undeployed strategy's symbols stay subscribed until the next restart
@@ -187,11 +199,12 @@ class MarketDataService:
 
         await kv.follower(runtime.js, subjects.KV_STRATEGIES, on_spec).start(runtime, 10)
         await add_service(
-            runtime, NAME, desk.__version__,
+            runtime,
+            NAME,
+            desk.__version__,
             "market data: publishes md.bar|quote|trade.<SYMBOL> and the last price per symbol in DESK_PRICES",
             metadata={"feed": feed.name},
         )
         runtime.stack.push_async_callback(feed.stop)
         await feed.start(wanted_symbols(specs.values(), self.settings.symbols))
         log.info("feed.started", feed=feed.name, symbols=sorted(feed.symbols))
-

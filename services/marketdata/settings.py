@@ -38,7 +38,9 @@ class Settings(BusSettings):
     )
     md_replay_loop: bool = Field(default=False, description="start the replay file again when it ends")
     md_replay_pace: float = Field(
-        default=0.0, ge=0, le=3600,
+        default=0.0,
+        ge=0,
+        le=3600,
         description="replay: seconds between consecutive bars whatever the file's spacing (0 = use MD_REPLAY_SPEED)",
     )
     md_replay_wait_for: str = Field(
@@ -55,7 +57,9 @@ class Settings(BusSettings):
             raise ValueError("at least one symbol is needed")
         bad = [s for s in symbols if not subjects.SYMBOL_RE.match(s)]
         if bad:
-            raise ValueError(f"invalid symbols {bad}: expected upper-case tickers like AAPL or BRKB (no dots: a symbol is one subject token)")
+            raise ValueError(
+                f"invalid symbols {bad}: expected upper-case tickers like AAPL or BRKB (no dots: a symbol is one subject token)"
+            )
         return ",".join(dict.fromkeys(symbols))
 
     @field_validator("md_replay_wait_for")

@@ -7,9 +7,7 @@ from desk.bus.settings import service_settings
 from services.orchestrator.service import NAME, OrchestratorService
 from services.orchestrator.settings import Settings
 
-DESCRIPTION = (
-    "Quant Desk orchestrator: deploys, runs, restarts and stops strategies (desk.ctl.strategy.*)."
-)
+DESCRIPTION = "Quant Desk orchestrator: deploys, runs, restarts and stops strategies (desk.ctl.strategy.*)."
 
 
 def main(argv: list[str] | None = None) -> None:

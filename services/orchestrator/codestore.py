@@ -34,20 +34,30 @@ class Pointer:
         return max(older) if older else None
 
     def to_json(self) -> bytes:
-        return json.dumps({"strategy_id": self.strategy_id, "member": self.member, "current": self.current,
-                           "versions": sorted(self.versions)}).encode()
+        return json.dumps(
+            {
+                "strategy_id": self.strategy_id,
+                "member": self.member,
+                "current": self.current,
+                "versions": sorted(self.versions),
+            }
+        ).encode()
 
     @classmethod
     def from_json(cls, strategy_id: str, data: bytes) -> Pointer | None:
         """The record, when it is well formed and about ``strategy_id`` (anything else is not believed)."""
         try:
             raw = json.loads(data)
-            pointer = cls(str(raw["strategy_id"]), str(raw["member"]), int(raw["current"]),
-                          [int(v) for v in raw["versions"]])
+            pointer = cls(
+                str(raw["strategy_id"]), str(raw["member"]), int(raw["current"]), [int(v) for v in raw["versions"]]
+            )
         except (ValueError, KeyError, TypeError):
             return None
-        if (pointer.strategy_id != strategy_id or not subjects.MEMBER_LOGIN_RE.match(pointer.member)
-                or pointer.current not in pointer.versions):
+        if (
+            pointer.strategy_id != strategy_id
+            or not subjects.MEMBER_LOGIN_RE.match(pointer.member)
+            or pointer.current not in pointer.versions
+        ):
             return None
         return pointer
 

@@ -30,8 +30,15 @@ from desk.v1 import strategy_pb2
 
 STRATEGY_FILE = "strategy.py"
 CONFIG_FILE = "config.json"
-__all__ = ["ENV_NAME_RE", "FORBIDDEN_ENV_PREFIXES", "MEMBER_ID_RE", "RUNTIMES", "discover", "load_folder",
-           "validate_strategy"]
+__all__ = [
+    "ENV_NAME_RE",
+    "FORBIDDEN_ENV_PREFIXES",
+    "MEMBER_ID_RE",
+    "RUNTIMES",
+    "discover",
+    "load_folder",
+    "validate_strategy",
+]
 # A class deriving from the SDK's Strategy: `class X(Strategy)` or `class X(strategy_sdk.Strategy)`.
 _SDK_SUBCLASS_RE = re.compile(r"^\s*class\s+\w+\s*\([^)]*\bStrategy\s*\)", re.MULTILINE)
 _RISK_KEYS = ("max_order_notional", "max_position_notional", "max_orders_per_minute", "allow_short")
@@ -96,7 +103,7 @@ def _env(value: Any) -> dict[str, str]:
             raise StrategyConfigError(f"env.{key}: broker keys are not allowed in a strategy's environment")
         if not isinstance(item, str):
             raise StrategyConfigError(
-                f"env.{key} must be a string, got {type(item).__name__} {item!r} (quote it: \"{item}\")"
+                f'env.{key} must be a string, got {type(item).__name__} {item!r} (quote it: "{item}")'
             )
         env[key] = item
     return env
@@ -157,7 +164,7 @@ def _resources(value: Any) -> strategy_pb2.Resources:
     memory = value.get("memory")
     if memory is not None:
         if not isinstance(memory, str) or not _MEMORY_RE.match(memory.lower()):
-            raise StrategyConfigError(f"resources.memory must look like \"256m\" or \"1g\", got {memory!r}")
+            raise StrategyConfigError(f'resources.memory must look like "256m" or "1g", got {memory!r}')
         resources.memory = memory.lower()
     cpus = value.get("cpus")
     if cpus is not None:
@@ -185,7 +192,9 @@ def validate_strategy(
     try:
         config = json.loads(config_text, parse_float=Decimal)
     except json.JSONDecodeError as exc:
-        raise StrategyConfigError(f"{CONFIG_FILE} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise StrategyConfigError(
+            f"{CONFIG_FILE} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     if not isinstance(config, dict):
         raise StrategyConfigError(f"{CONFIG_FILE} must hold a JSON object, got {type(config).__name__}")
     if "user_id" not in config or config["user_id"] in (None, ""):
@@ -261,4 +270,3 @@ def load_folder(strategy_id: str, folder: Path, default_runtime: str = "process"
     except (OSError, UnicodeDecodeError) as exc:
         raise StrategyConfigError(f"cannot read the strategy's files: {exc}") from None
     return validate_strategy(strategy_id, config_text, source, str(folder.resolve()), default_runtime)
-

@@ -103,8 +103,9 @@ class NatsIdentities:
         return True
 
     def _save_members(self, members: dict[str, str]) -> None:
-        auth.write_private(self.members_file,
-                           json.dumps([{"member": m, "password": h} for m, h in sorted(members.items())]))
+        auth.write_private(
+            self.members_file, json.dumps([{"member": m, "password": h} for m, h in sorted(members.items())])
+        )
         self._write()
 
     def _write(self) -> None:
@@ -130,8 +131,13 @@ class NatsIdentities:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             try:
-                nc = await open_connection(self.nats_url, forever=False, user=auth.strategy_user(strategy_id),
-                                           password=password, error_cb=quiet)
+                nc = await open_connection(
+                    self.nats_url,
+                    forever=False,
+                    user=auth.strategy_user(strategy_id),
+                    password=password,
+                    error_cb=quiet,
+                )
                 await nc.close()
                 return
             except Exception as exc:  # noqa: BLE001 - not applied yet; bounded by the deadline

@@ -188,8 +188,9 @@ class OrchestratorService:
             try:
                 await self._materialise(pointer.strategy_id, pointer.current)
             except Exception as exc:  # noqa: BLE001 - one bad version must not keep the others from running
-                log.error("code.materialise_failed", strategy_id=pointer.strategy_id, version=pointer.current,
-                          error=repr(exc))
+                log.error(
+                    "code.materialise_failed", strategy_id=pointer.strategy_id, version=pointer.current, error=repr(exc)
+                )
         if self.identities is not None:
             await self.identities.sync()  # members log in again after a restart
         svc = await add_service(
@@ -197,8 +198,11 @@ class OrchestratorService:
             NAME,
             desk.__version__,
             "strategy lifecycle: deploy, start, stop, restart, status, list, logs; watches heartbeats",
-            metadata={"runtime": self.runtime.name, "confinement": self.runtime.confinement,
-                      "strategies_dir": str(self.settings.orch_strategies_dir)},
+            metadata={
+                "runtime": self.runtime.name,
+                "confinement": self.runtime.confinement,
+                "strategies_dir": str(self.settings.orch_strategies_dir),
+            },
         )
         svc.__class__ = MemberAwareService  # the same service, with the members' reply rule (below)
         control = strategy_pb2.StrategyControl
@@ -225,8 +229,9 @@ class OrchestratorService:
         """Launch every enabled strategy, in parallel, without waiting for their heartbeats; those a
         user stopped (recorded in DESK_STRATEGIES) are registered, STOPPED, and not launched."""
         found = await self._discover()
-        results = await asyncio.gather(*(self._deploy(s, wait=False, keep_stopped=True) for s in found.enabled),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._deploy(s, wait=False, keep_stopped=True) for s in found.enabled), return_exceptions=True
+        )
         for strategy, result in zip(found.enabled, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("strategy.autodeploy_failed", strategy_id=strategy.spec.strategy_id, error=repr(result))
@@ -251,14 +256,21 @@ class OrchestratorService:
         else:
             targets = found.enabled
         keep = not request.strategy_id  # deploy-all leaves what a user stopped stopped; deploy X runs X
-        results = await asyncio.gather(*(self._deploy(s, wait=True, keep_stopped=keep) for s in targets),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._deploy(s, wait=True, keep_stopped=keep) for s in targets), return_exceptions=True
+        )
         errors = self._raise_or_note(targets, results)
-        held = sorted(s.spec.strategy_id for s in targets
-                      if s.spec.strategy_id in self.managed and self.managed[s.spec.strategy_id].held)
+        held = sorted(
+            s.spec.strategy_id
+            for s in targets
+            if s.spec.strategy_id in self.managed and self.managed[s.spec.strategy_id].held
+        )
         if held:
-            errors.append("stopped by request, left stopped: " + ", ".join(held)
-                          + f" (desk start {held[0] if len(held) == 1 else 'NAME'} runs it)")
+            errors.append(
+                "stopped by request, left stopped: "
+                + ", ".join(held)
+                + f" (desk start {held[0] if len(held) == 1 else 'NAME'} runs it)"
+            )
         deployed = [self.managed[s.spec.strategy_id] for s in targets if s.spec.strategy_id in self.managed]
         return await self._outcome_list(deployed, errors)
 
@@ -336,26 +348,37 @@ class OrchestratorService:
         control = strategy_pb2.StrategyControl
         many = CONTROL_CONCURRENCY
         await svc.add_endpoint("upload", subjects.CTL_UPLOAD, strategy_pb2.UploadChunk, self.on_upload)
-        await svc.add_endpoint("commit", subjects.CTL_COMMIT, strategy_pb2.UploadCommit, self.on_commit,
-                               concurrency=many)
+        await svc.add_endpoint(
+            "commit", subjects.CTL_COMMIT, strategy_pb2.UploadCommit, self.on_commit, concurrency=many
+        )
         await svc.add_endpoint("rollback", subjects.CTL_ROLLBACK, control, self.on_rollback, concurrency=many)
         await svc.add_endpoint("member_add", subjects.CTL_MEMBER_ADD, strategy_pb2.MemberRequest, self.on_member_add)
-        await svc.add_endpoint("member_remove", subjects.CTL_MEMBER_REMOVE, strategy_pb2.MemberRequest,
-                               self.on_member_remove)
-        await svc.add_endpoint("member_list", subjects.CTL_MEMBER_LIST, strategy_pb2.MemberRequest,
-                               self.on_member_list)
+        await svc.add_endpoint(
+            "member_remove", subjects.CTL_MEMBER_REMOVE, strategy_pb2.MemberRequest, self.on_member_remove
+        )
+        await svc.add_endpoint("member_list", subjects.CTL_MEMBER_LIST, strategy_pb2.MemberRequest, self.on_member_list)
         member = {
-            "deploy": (control, self.on_member_deploy), "start": (control, self.on_member_start),
-            "stop": (control, self.on_member_stop), "restart": (control, self.on_member_restart),
-            "status": (control, self.on_member_status), "logs": (strategy_pb2.LogsRequest, self.on_member_logs),
-            "upload": (strategy_pb2.UploadChunk, self.on_upload), "commit": (strategy_pb2.UploadCommit, self.on_commit),
-            "rollback": (control, self.on_rollback), "halt": (control, self.on_member_halt),
+            "deploy": (control, self.on_member_deploy),
+            "start": (control, self.on_member_start),
+            "stop": (control, self.on_member_stop),
+            "restart": (control, self.on_member_restart),
+            "status": (control, self.on_member_status),
+            "logs": (strategy_pb2.LogsRequest, self.on_member_logs),
+            "upload": (strategy_pb2.UploadChunk, self.on_upload),
+            "commit": (strategy_pb2.UploadCommit, self.on_commit),
+            "rollback": (control, self.on_rollback),
+            "halt": (control, self.on_member_halt),
             "resume": (control, self.on_member_halt),
         }
         assert set(member) == set(subjects.MEMBER_OPS)
         for op, (request_type, handler) in member.items():
-            await svc.add_endpoint(f"m_{op}", subjects.member_ctl("*", op), request_type, handler,  # type: ignore[arg-type]
-                                   concurrency=1 if op == "upload" else many)
+            await svc.add_endpoint(
+                f"m_{op}",
+                subjects.member_ctl("*", op),
+                request_type,
+                handler,  # type: ignore[arg-type]
+                concurrency=1 if op == "upload" else many,
+            )
 
     @staticmethod
     def _member(subject: str) -> str:
@@ -383,8 +406,11 @@ class OrchestratorService:
         if owner is None:
             raise self._unknown(strategy_id)
         if owner != member:
-            raise DeskError("NOT_YOURS", f"strategy {strategy_id!r} is not yours ({member}): only its owner "
-                            "or the operator may control it", status=403)
+            raise DeskError(
+                "NOT_YOURS",
+                f"strategy {strategy_id!r} is not yours ({member}): only its owner or the operator may control it",
+                status=403,
+            )
 
     def _own_targets(self, member: str, strategy_id: str) -> list[Managed]:
         if not strategy_id:
@@ -398,24 +424,34 @@ class OrchestratorService:
         reply.message = " | ".join(n for n in reply.message.split(" | ") if not n.startswith("invalid strategies"))
         return reply
 
-    async def on_member_status(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
+    async def on_member_status(
+        self, request: strategy_pb2.StrategyControl, subject: str
+    ) -> strategy_pb2.StrategyStatusList:
         return self._for_member(self._status_list(self._own_targets(self._member(subject), request.strategy_id)))
 
-    async def on_member_start(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
+    async def on_member_start(
+        self, request: strategy_pb2.StrategyControl, subject: str
+    ) -> strategy_pb2.StrategyStatusList:
         targets = self._own_targets(self._member(subject), request.strategy_id)
         return self._for_member(await self._start_targets(targets))
 
-    async def on_member_stop(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
+    async def on_member_stop(
+        self, request: strategy_pb2.StrategyControl, subject: str
+    ) -> strategy_pb2.StrategyStatusList:
         targets = self._own_targets(self._member(subject), request.strategy_id)
         return self._for_member(await self._stop_targets(targets))
 
-    async def on_member_restart(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
+    async def on_member_restart(
+        self, request: strategy_pb2.StrategyControl, subject: str
+    ) -> strategy_pb2.StrategyStatusList:
         if not request.strategy_id:
             raise DeskError("NAME_REQUIRED", "name the strategy to restart")
         targets = self._own_targets(self._member(subject), request.strategy_id)
         return self._for_member(await self._restart_targets(targets))
 
-    async def on_member_deploy(self, request: strategy_pb2.StrategyControl, subject: str) -> strategy_pb2.StrategyStatusList:
+    async def on_member_deploy(
+        self, request: strategy_pb2.StrategyControl, subject: str
+    ) -> strategy_pb2.StrategyStatusList:
         """Run a member's strategy again from what the desk has (its current version); a new version
         comes with an upload (desk deploy ./folder)."""
         member = self._member(subject)
@@ -438,20 +474,33 @@ class OrchestratorService:
         operator's): checked here, passed on to the router with the orchestrator's identity."""
         member = self._member(subject)
         if not request.strategy_id:
-            raise DeskError("NAME_REQUIRED", "members halt their own strategies: name one (the whole desk is the "
-                            "operator's)", status=403)
+            raise DeskError(
+                "NAME_REQUIRED",
+                "members halt their own strategies: name one (the whole desk is the operator's)",
+                status=403,
+            )
         self._own(member, request.strategy_id)
         assert self._nc is not None
         target = subjects.RISK_HALT if subject.endswith(".halt") else subjects.RISK_RESUME
         try:
-            ack = await bus_request(self._nc, target, orders_pb2.HaltRequest(
-                strategy_id=request.strategy_id, reason=f"halted by member {member}", requested_by=f"member:{member}"),
-                orders_pb2.HaltAck, timeout=5.0)
+            ack = await bus_request(
+                self._nc,
+                target,
+                orders_pb2.HaltRequest(
+                    strategy_id=request.strategy_id,
+                    reason=f"halted by member {member}",
+                    requested_by=f"member:{member}",
+                ),
+                orders_pb2.HaltAck,
+                timeout=5.0,
+            )
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
             raise DeskError("NO_SERVICE", "the order router did not answer the halt", status=503) from None
         own = {m.strategy_id for m in self.managed.values() if m.spec.member_id == member}
         del ack.halted_strategies[:]
-        ack.halted_strategies.extend(s for s in sorted(own) if s == request.strategy_id and target == subjects.RISK_HALT)
+        ack.halted_strategies.extend(
+            s for s in sorted(own) if s == request.strategy_id and target == subjects.RISK_HALT
+        )
         return ack
 
     # uploads
@@ -463,22 +512,33 @@ class OrchestratorService:
     def _uploads_supported(self) -> None:
         # The docker runtime bind-mounts <host strategies dir>/<folder>; uploaded versions live elsewhere.
         if self.runtime.name != "process":
-            raise DeskError("NOT_SUPPORTED", f"deploying by upload needs the process runtime (this desk runs "
-                            f"{self.runtime.name}): put the folder in the strategies folder instead", status=501)
+            raise DeskError(
+                "NOT_SUPPORTED",
+                f"deploying by upload needs the process runtime (this desk runs "
+                f"{self.runtime.name}): put the folder in the strategies folder instead",
+                status=501,
+            )
 
     async def on_upload(self, request: strategy_pb2.UploadChunk, subject: str) -> strategy_pb2.UploadAck:
         self._uploads_supported()
         member = self._uploader(subject)
         if not subjects.STRATEGY_ID_RE.match(request.strategy_id):
-            raise uploads.refuse("BAD_NAME", f"strategy name {request.strategy_id[:40]!r} is not valid: 1-32 of "
-                                 "a-z 0-9 _ -, starting with a letter or digit (the folder's name)")
+            raise uploads.refuse(
+                "BAD_NAME",
+                f"strategy name {request.strategy_id[:40]!r} is not valid: 1-32 of "
+                "a-z 0-9 _ -, starting with a letter or digit (the folder's name)",
+            )
         if member is not None:  # refused before any byte is kept: a name another member owns
             owner = self._owner(request.strategy_id, await self._discover() if request.offset == 0 else None)
             if owner is not None and owner != member:
-                raise DeskError("NOT_YOURS", f"strategy name {request.strategy_id!r} is taken by another member; "
-                                "choose another folder name", status=403)
-        held = self.uploads.add(member or "", request.strategy_id, request.upload_id, request.offset,
-                                bytes(request.data))
+                raise DeskError(
+                    "NOT_YOURS",
+                    f"strategy name {request.strategy_id!r} is taken by another member; choose another folder name",
+                    status=403,
+                )
+        held = self.uploads.add(
+            member or "", request.strategy_id, request.upload_id, request.offset, bytes(request.data)
+        )
         return strategy_pb2.UploadAck(upload_id=request.upload_id, received=held, limit=self.uploads.max_bytes)
 
     async def on_commit(self, request: strategy_pb2.UploadCommit, subject: str) -> strategy_pb2.StrategyStatusList:
@@ -499,36 +559,52 @@ class OrchestratorService:
         except StrategyConfigError as exc:
             raise uploads.refuse("BAD_CONFIG", f"{strategy_id}: {exc}") from None
         if member is not None and spec.member_id != member:
-            raise uploads.refuse("WRONG_MEMBER", f"{CONFIG_FILE} says user_id {spec.member_id!r}, but you are "
-                                 f"{member!r}: set \"user_id\": \"{member}\"")
+            raise uploads.refuse(
+                "WRONG_MEMBER",
+                f'{CONFIG_FILE} says user_id {spec.member_id!r}, but you are {member!r}: set "user_id": "{member}"',
+            )
         if not subjects.MEMBER_LOGIN_RE.match(spec.member_id):
             raise uploads.refuse("BAD_CONFIG", f"user_id {spec.member_id!r} is not a member name (a-z 0-9 _ -)")
         found = await self._discover()
         owner = self._owner(strategy_id, found)
         if owner is not None and owner != spec.member_id:
-            raise DeskError("NOT_YOURS", f"strategy name {strategy_id!r} is {owner}'s; choose another folder name",
-                            status=403)
+            raise DeskError(
+                "NOT_YOURS", f"strategy name {strategy_id!r} is {owner}'s; choose another folder name", status=403
+            )
         assert self.code is not None
         if strategy_id not in self.pointers and member is not None:
             mine = sum(1 for p in self.pointers.values() if p.member == member)
             if mine >= self.settings.orch_member_max_strategies:
-                raise DeskError("TOO_MANY_STRATEGIES", f"{member} has {mine} uploaded strategies, the most a member "
-                                "may have (ORCH_MEMBER_MAX_STRATEGIES)", status=403)
+                raise DeskError(
+                    "TOO_MANY_STRATEGIES",
+                    f"{member} has {mine} uploaded strategies, the most a member may have (ORCH_MEMBER_MAX_STRATEGIES)",
+                    status=403,
+                )
         async with self._code_lock(strategy_id):
             pointer = self.pointers.get(strategy_id)
             version = max(pointer.versions) + 1 if pointer else 1
             await self.code.put_version(strategy_id, version, data)
             await asyncio.to_thread(uploads.materialise, files, self._code_path(strategy_id, version))
             versions = sorted([*(pointer.versions if pointer else []), version])
-            dropped, versions = versions[:-self.settings.orch_code_versions], versions[-self.settings.orch_code_versions:]
+            dropped, versions = (
+                versions[: -self.settings.orch_code_versions],
+                versions[-self.settings.orch_code_versions :],
+            )
             updated = Pointer(strategy_id, spec.member_id, version, versions)
             await self.code.set_pointer(updated)
             self.pointers[strategy_id] = updated
             for old in dropped:  # bounded history: the oldest versions go (never the one running)
                 await self.code.delete_version(strategy_id, old)
                 await asyncio.to_thread(shutil.rmtree, self._code_path(strategy_id, old), True)
-        log.info("code.version_stored", strategy_id=strategy_id, member_id=spec.member_id, version=version,
-                 bytes=len(data), files=len(files), by=member or "operator")
+        log.info(
+            "code.version_stored",
+            strategy_id=strategy_id,
+            member_id=spec.member_id,
+            version=version,
+            bytes=len(data),
+            files=len(files),
+            by=member or "operator",
+        )
         reply = await self._deploy_one(await self._discover(), strategy_id)
         reply.message = f"{strategy_id}: version {version} deployed" + (f" | {reply.message}" if reply.message else "")
         return self._for_member(reply) if member is not None else reply
@@ -538,24 +614,29 @@ class OrchestratorService:
         strategy_id = request.strategy_id
         pointer = self.pointers.get(strategy_id)
         if pointer is None:
-            raise DeskError("NOT_UPLOADED", f"strategy {strategy_id!r} has no uploaded versions to roll back "
-                            "(desk deploy ./folder uploads one)", status=404)
+            raise DeskError(
+                "NOT_UPLOADED",
+                f"strategy {strategy_id!r} has no uploaded versions to roll back (desk deploy ./folder uploads one)",
+                status=404,
+            )
         if member is not None and pointer.member != member:
             raise DeskError("NOT_YOURS", f"strategy {strategy_id!r} is not yours ({member})", status=403)
         assert self.code is not None
         async with self._code_lock(strategy_id):
             previous = pointer.previous()
             if previous is None:
-                raise DeskError("NO_PREVIOUS", f"{strategy_id} runs version {pointer.current}, its first: nothing "
-                                "to roll back to")
+                raise DeskError(
+                    "NO_PREVIOUS", f"{strategy_id} runs version {pointer.current}, its first: nothing to roll back to"
+                )
             await self._materialise(strategy_id, previous)
             updated = Pointer(strategy_id, pointer.member, previous, list(pointer.versions))
             await self.code.set_pointer(updated)
             self.pointers[strategy_id] = updated
         log.info("code.rolled_back", strategy_id=strategy_id, version=previous, was=pointer.current)
         reply = await self._deploy_one(await self._discover(), strategy_id)
-        reply.message = (f"{strategy_id}: rolled back to version {previous} (from {pointer.current})"
-                         + (f" | {reply.message}" if reply.message else ""))
+        reply.message = f"{strategy_id}: rolled back to version {previous} (from {pointer.current})" + (
+            f" | {reply.message}" if reply.message else ""
+        )
         return self._for_member(reply) if member is not None else reply
 
     async def _deploy_one(self, found: Discovery, strategy_id: str) -> strategy_pb2.StrategyStatusList:
@@ -583,15 +664,21 @@ class OrchestratorService:
 
     def _need_identities(self) -> NatsIdentities:
         if self.identities is None:
-            raise DeskError("NO_AUTH", "this desk runs without NATS users (ORCH_NATS_AUTH_FILE): members need the "
-                            "embedded desk (desk up) or compose", status=409)
+            raise DeskError(
+                "NO_AUTH",
+                "this desk runs without NATS users (ORCH_NATS_AUTH_FILE): members need the "
+                "embedded desk (desk up) or compose",
+                status=409,
+            )
         return self.identities
 
     async def on_member_add(self, request: strategy_pb2.MemberRequest, subject: str) -> strategy_pb2.MemberList:
         identities = self._need_identities()
         if not subjects.MEMBER_LOGIN_RE.match(request.member_id):
-            raise DeskError("BAD_NAME", f"member name {request.member_id[:40]!r}: use 1-32 of a-z 0-9 _ -, starting "
-                            "with a letter or digit")
+            raise DeskError(
+                "BAD_NAME",
+                f"member name {request.member_id[:40]!r}: use 1-32 of a-z 0-9 _ -, starting with a letter or digit",
+            )
         if not is_bcrypt(request.password_hash):
             raise DeskError("BAD_HASH", "password_hash must be a bcrypt hash (the CLI makes it)")
         await identities.set_member(request.member_id, request.password_hash)
@@ -607,8 +694,9 @@ class OrchestratorService:
         theirs = [m for m in self.managed.values() if m.spec.member_id == request.member_id]
         await self._stop_targets(theirs)
         listed = self._member_list([])
-        listed.message = (f"{request.member_id}: login revoked; strategies stopped and kept: "
-                          + (", ".join(sorted(m.strategy_id for m in theirs)) or "none"))
+        listed.message = f"{request.member_id}: login revoked; strategies stopped and kept: " + (
+            ", ".join(sorted(m.strategy_id for m in theirs)) or "none"
+        )
         return listed
 
     async def on_member_list(self, request: strategy_pb2.MemberRequest, subject: str) -> strategy_pb2.MemberList:
@@ -623,9 +711,12 @@ class OrchestratorService:
             owned.setdefault(str(m.spec.member_id), set()).add(m.strategy_id)
         for p in self.pointers.values():
             owned.setdefault(p.member, set()).add(p.strategy_id)
-        return strategy_pb2.MemberList(members=[
-            strategy_pb2.Member(member_id=n, user=auth.member_user(n), strategies=sorted(owned.get(n, set())))
-            for n in names])
+        return strategy_pb2.MemberList(
+            members=[
+                strategy_pb2.Member(member_id=n, user=auth.member_user(n), strategies=sorted(owned.get(n, set())))
+                for n in names
+            ]
+        )
 
     # -- heartbeats ----------------------------------------------------------------------------
 
@@ -634,13 +725,12 @@ class OrchestratorService:
         try:
             heartbeat = codec.decode(msg.data, strategy_pb2.Heartbeat, msg.headers)
             if heartbeat.strategy_id and heartbeat.strategy_id != strategy_id:
-                raise DeskError(
-                    "WRONG_STRATEGY", f"heartbeat for {heartbeat.strategy_id!r} published on {msg.subject}"
-                )
+                raise DeskError("WRONG_STRATEGY", f"heartbeat for {heartbeat.strategy_id!r} published on {msg.subject}")
         except DeskError as err:
             self.bad_heartbeats += 1
-            log.warning("heartbeat.malformed", subject=msg.subject, code=err.code, reason=err.message,
-                        count=self.bad_heartbeats)
+            log.warning(
+                "heartbeat.malformed", subject=msg.subject, code=err.code, reason=err.message, count=self.bad_heartbeats
+            )
             return
         self.heartbeats[strategy_id] = time.time_ns()
         m = self.managed.get(strategy_id)
@@ -651,8 +741,9 @@ class OrchestratorService:
             log.info("strategy.running", strategy_id=strategy_id, pid=m.supervisor.pid)
             m.outcome.set()
         if had_error and not m.supervisor.last_error:  # kept here: status shows the current run's error
-            log.info("strategy.recovered", strategy_id=strategy_id, restarts=m.supervisor.restarts,
-                     previous_error=had_error)
+            log.info(
+                "strategy.recovered", strategy_id=strategy_id, restarts=m.supervisor.restarts, previous_error=had_error
+            )
 
     # -- watchdog ------------------------------------------------------------------------------
 
@@ -751,7 +842,9 @@ class OrchestratorService:
 
     def _raise_or_note(self, targets: list[DiscoveredStrategy], results: list[BaseException | None]) -> list[str]:
         """A single target's failure is the reply's error; with several, each becomes a note."""
-        failures = [(t.spec.strategy_id, r) for t, r in zip(targets, results, strict=True) if isinstance(r, BaseException)]
+        failures = [
+            (t.spec.strategy_id, r) for t, r in zip(targets, results, strict=True) if isinstance(r, BaseException)
+        ]
         for strategy_id, error in failures:
             log.error("strategy.deploy_failed", strategy_id=strategy_id, error=repr(error))
         if len(targets) == 1 and failures:
@@ -776,8 +869,15 @@ class OrchestratorService:
             m.spec = spec
             m.held = hold
             await self._write_spec(spec, stopped=hold)
-            log.info("strategy.deployed", strategy_id=spec.strategy_id, member_id=spec.member_id,
-                     legacy=spec.legacy, runtime=spec.runtime, path=spec.path, stopped_by_request=hold)
+            log.info(
+                "strategy.deployed",
+                strategy_id=spec.strategy_id,
+                member_id=spec.member_id,
+                legacy=spec.legacy,
+                runtime=spec.runtime,
+                path=spec.path,
+                stopped_by_request=hold,
+            )
             if hold:
                 return
             await self._start_locked(m)
@@ -807,8 +907,9 @@ class OrchestratorService:
         entry for that id: anything else is not believed)."""
         assert self._js is not None
         try:
-            raw = await self._js.get_last_msg(f"KV_{subjects.KV_STRATEGIES}",
-                                              f"$KV.{subjects.KV_STRATEGIES}.{strategy_id}")
+            raw = await self._js.get_last_msg(
+                f"KV_{subjects.KV_STRATEGIES}", f"$KV.{subjects.KV_STRATEGIES}.{strategy_id}"
+            )
         except nats.js.errors.NotFoundError:
             return False
         except Exception as exc:  # noqa: BLE001 - unreadable: run it, as before this was recorded
@@ -859,8 +960,13 @@ class OrchestratorService:
             return
         m.handle = handle
         m.supervisor.started(handle.pid)
-        log.info("strategy.started", strategy_id=m.strategy_id, pid=handle.pid, restarts=m.supervisor.restarts,
-                 requested=m.supervisor.requested_run)
+        log.info(
+            "strategy.started",
+            strategy_id=m.strategy_id,
+            pid=handle.pid,
+            restarts=m.supervisor.restarts,
+            requested=m.supervisor.requested_run,
+        )
         m.watcher = asyncio.create_task(self._watch(m, handle), name=f"watch.{m.strategy_id}")
 
     async def _watch(self, m: Managed, handle: RunHandle) -> None:
@@ -880,14 +986,23 @@ class OrchestratorService:
         if decision.state == STOPPED:
             log.info("strategy.stopped", strategy_id=strategy_id, exit_code=info.exit_code, reason=info.reason)
             return
-        log.warning("strategy.crashed", strategy_id=strategy_id, exit_code=info.exit_code, reason=info.reason,
-                    last_error=info.last_error)
+        log.warning(
+            "strategy.crashed",
+            strategy_id=strategy_id,
+            exit_code=info.exit_code,
+            reason=info.reason,
+            last_error=info.last_error,
+        )
         if decision.restart_in is None:
             log.error("strategy.failed", strategy_id=strategy_id, message=decision.message)
             return
         m.supervisor.backoff(decision.restart_in)
-        log.info("strategy.restart_scheduled", strategy_id=strategy_id, delay=decision.restart_in,
-                 attempt=m.supervisor.consecutive_crashes)
+        log.info(
+            "strategy.restart_scheduled",
+            strategy_id=strategy_id,
+            delay=decision.restart_in,
+            attempt=m.supervisor.consecutive_crashes,
+        )
         m.restart_task = asyncio.create_task(self._restart_later(m, decision.restart_in), name=f"restart.{strategy_id}")
 
     async def _restart_later(self, m: Managed, delay: float) -> None:
@@ -951,7 +1066,9 @@ class OrchestratorService:
             code_version=self.pointers[m.strategy_id].current if m.strategy_id in self.pointers else 0,
         )
 
-    async def _outcome_list(self, targets: list[Managed], notes: list[str] | None = None) -> strategy_pb2.StrategyStatusList:
+    async def _outcome_list(
+        self, targets: list[Managed], notes: list[str] | None = None
+    ) -> strategy_pb2.StrategyStatusList:
         """The reply to deploy/start/restart: statuses, and the log tail of each run that ended."""
         tails: dict[str, list[str]] = {}
         for m in targets:
@@ -989,8 +1106,10 @@ class OrchestratorService:
                     )
                 notes.append(note)
         if not self.confined:
-            notes.append(f"WARNING: strategies run UNCONFINED ({self.runtime.confinement}): they can read your "
-                         "files and see other processes; see the README's security section")
+            notes.append(
+                f"WARNING: strategies run UNCONFINED ({self.runtime.confinement}): they can read your "
+                "files and see other processes; see the README's security section"
+            )
         if self.invalid:
             notes.append(
                 "invalid strategies (not deployable): "
@@ -1037,6 +1156,12 @@ class MemberAwareService(DeskService):
         if member is None or reply.startswith((auth.member_inbox_prefix(member) + ".", confine.ADMIN_INBOX_ROOT + ".")):
             return True
         self.dropped[endpoint][confine.REPLY_FOREIGN_INBOX] += 1
-        log.warning("request.dropped", endpoint=endpoint, subject=req.subject, reply=reply[:120],
-                    reason=confine.REPLY_FOREIGN_INBOX, member=member)
+        log.warning(
+            "request.dropped",
+            endpoint=endpoint,
+            subject=req.subject,
+            reply=reply[:120],
+            reason=confine.REPLY_FOREIGN_INBOX,
+            member=member,
+        )
         return False

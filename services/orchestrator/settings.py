@@ -38,7 +38,8 @@ class Settings(BusSettings):
     )
     orch_stop_timeout: float = Field(default=10.0, gt=0, description="seconds between SIGTERM and SIGKILL on stop")
     orch_heartbeat_interval: float = Field(
-        default=5.0, gt=0,
+        default=5.0,
+        gt=0,
         description="seconds between a strategy's heartbeats (given to it as DESK_HEARTBEAT_INTERVAL unless its "
         "config.json env asks for a shorter one)",
     )
@@ -46,7 +47,8 @@ class Settings(BusSettings):
         default=3, ge=1, description="missed heartbeat intervals after which a running strategy is killed and restarted"
     )
     orch_start_timeout: float = Field(
-        default=30.0, gt=0,
+        default=30.0,
+        gt=0,
         description="seconds a strategy has to send its first heartbeat; deploy/start/restart wait this long at most",
     )
     orch_nats_auth_file: Path | None = Field(
@@ -56,15 +58,18 @@ class Settings(BusSettings):
         default=None, description="JSON list of the service and admin users the users file always holds"
     )
     orch_nats_members_file: Path | None = Field(
-        default=None, description="members' NATS users (bcrypt hashes; desk member add); default: members.json "
-        "beside ORCH_NATS_AUTH_FILE"
+        default=None,
+        description="members' NATS users (bcrypt hashes; desk member add); default: members.json "
+        "beside ORCH_NATS_AUTH_FILE",
     )
     orch_code_dir: Path = Field(
         default=Path("var/deployed"),
         description="where uploaded strategies (desk deploy ./folder) are unpacked: <id>/<version>/",
     )
     orch_upload_max_bytes: int = Field(
-        default=5 * 1024**2, ge=64 * 1024, le=64 * 1024**2,
+        default=5 * 1024**2,
+        ge=64 * 1024,
+        le=64 * 1024**2,
         description="largest upload of a strategy folder (an uncompressed tar), bytes",
     )
     orch_code_versions: int = Field(
@@ -77,7 +82,9 @@ class Settings(BusSettings):
     orch_nats_reload: Literal["pid", "docker"] = Field(
         default="pid", description="how to make NATS reload its users: pid (SIGHUP via the pid file) or docker"
     )
-    orch_docker_image: str = Field(default="quantdesk/strategy:latest", description="docker: the strategy runtime image")
+    orch_docker_image: str = Field(
+        default="quantdesk/strategy:latest", description="docker: the strategy runtime image"
+    )
     orch_docker_host_strategies_dir: Path | None = Field(
         default=None,
         description="docker: the strategies folder's path on the Docker host (for bind mounts); "
@@ -117,7 +124,8 @@ class Settings(BusSettings):
     )
     orch_log_backups: int = Field(default=3, ge=0, le=100, description="rotated logs kept: <id>.log.1 ... .log.N")
     orch_log_rate: int = Field(
-        default=256 * 1024, ge=1024,
+        default=256 * 1024,
+        ge=1024,
         description="bytes/s a strategy may log (bursts of 4x); lines beyond are dropped and counted",
     )
 

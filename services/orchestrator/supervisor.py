@@ -181,7 +181,9 @@ class Supervisor:
             waited = now - self.started_at
             if waited < policy.start_timeout:
                 return None
-            reason = f"no heartbeat within {_secs(waited)} s of starting (ORCH_START_TIMEOUT {policy.start_timeout:g} s)"
+            reason = (
+                f"no heartbeat within {_secs(waited)} s of starting (ORCH_START_TIMEOUT {policy.start_timeout:g} s)"
+            )
         else:
             silent = now - self.last_heartbeat_at
             if silent < policy.heartbeat_timeout:

@@ -78,7 +78,7 @@ class Uploads:
         if upload.strategy_id != strategy_id:
             raise refuse("BAD_UPLOAD", f"upload {upload_id!r} is for {upload.strategy_id!r}, not {strategy_id!r}")
         held = len(upload.data)
-        if offset < held and bytes(upload.data[offset:offset + len(data)]) == data:
+        if offset < held and bytes(upload.data[offset : offset + len(data)]) == data:
             return held  # a retried chunk
         if offset != held:
             raise refuse("BAD_UPLOAD", f"chunk at offset {offset}, expected {held}: send chunks in order")
@@ -161,8 +161,10 @@ def read_tar(data: bytes, max_bytes: int) -> dict[str, bytes]:
             parent = parent.rpartition("/")[0]
     for required in (STRATEGY_FILE, CONFIG_FILE):
         if required not in files:
-            raise refuse("MISSING_FILE", f"the upload has no {required} at its top (the folder's layout: "
-                                         f"{STRATEGY_FILE} + {CONFIG_FILE})")
+            raise refuse(
+                "MISSING_FILE",
+                f"the upload has no {required} at its top (the folder's layout: {STRATEGY_FILE} + {CONFIG_FILE})",
+            )
     return files
 
 

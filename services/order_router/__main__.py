@@ -7,9 +7,7 @@ from desk.bus.settings import service_settings
 from services.order_router.service import NAME, OrderRouterService
 from services.order_router.settings import Settings
 
-DESCRIPTION = (
-    "Quant Desk order router: validates orders, checks pre-trade risk, routes to the broker gateway."
-)
+DESCRIPTION = "Quant Desk order router: validates orders, checks pre-trade risk, routes to the broker gateway."
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -87,9 +87,9 @@ class OrderRouterService:
             max_orders_per_minute=settings.router_default_max_orders_per_minute,
             allow_short=False,
         )
-        self.prices: dict[str, Decimal | None] = {}          # symbol -> last price (None: unusable)
+        self.prices: dict[str, Decimal | None] = {}  # symbol -> last price (None: unusable)
         self.strategies: dict[str, strategy_pb2.StrategySpec] = {}
-        self.halts = Halts()                                 # DESK_RISK, by the KV revisions applied
+        self.halts = Halts()  # DESK_RISK, by the KV revisions applied
         self.accounts: dict[str, VirtualAccount] = {}
         self.applied_executions: set[str] = set()
         self._changed = asyncio.Condition()  # notified after every KV update and execution report
@@ -123,7 +123,10 @@ class OrderRouterService:
         runtime.stack.push_async_callback(self._finish_storing)
 
         svc = await add_service(
-            runtime, NAME, desk.__version__, "validation, pre-trade risk and routing of strategy orders",
+            runtime,
+            NAME,
+            desk.__version__,
+            "validation, pre-trade risk and routing of strategy orders",
             metadata={"venue": self.settings.router_venue},
         )
         await svc.add_endpoint(
@@ -214,7 +217,10 @@ class OrderRouterService:
         """Every report of EXECUTIONS up to its last sequence now, then each new one as it comes;
         returns once the start-up backlog is applied."""
         replayed = await replay_to_last(
-            runtime.js, subjects.STREAM_EXECUTIONS, subjects.EXEC_ALL, self._on_report,
+            runtime.js,
+            subjects.STREAM_EXECUTIONS,
+            subjects.EXEC_ALL,
+            self._on_report,
             timeout=self.settings.router_startup_timeout,
         )
         sub = await follow(
@@ -256,8 +262,10 @@ class OrderRouterService:
             strategy_id=report.strategy_id, client_order_id=report.client_order_id, execution_id=report.execution_id
         ):
             if report_numbers(report) is None:
-                log.warning("execution.refused", reason="no execution id, or a fill number that is not a finite, "
-                            "non-negative decimal")
+                log.warning(
+                    "execution.refused",
+                    reason="no execution id, or a fill number that is not a finite, non-negative decimal",
+                )
             elif self.account(report.strategy_id).apply(report):
                 log.debug("execution.applied", exec_type=executions_pb2.ExecType.Name(report.exec_type))
         self.applied_executions.add(report.execution_id)
@@ -308,9 +316,7 @@ class OrderRouterService:
             del self._in_flight[key]
             attempt.set_result(ack_or_none)
 
-    async def _submit_once(
-        self, order: ValidOrder, request: orders_pb2.OrderRequest, key: str
-    ) -> orders_pb2.OrderAck:
+    async def _submit_once(self, order: ValidOrder, request: orders_pb2.OrderRequest, key: str) -> orders_pb2.OrderAck:
         if key in self.order_ids:
             return await self._duplicate_ack(order, key, reason="stored")
         if self.venue is not None and not await self.venue.served():
@@ -408,14 +414,13 @@ class OrderRouterService:
             headers[MSG_ID] = msg_id
         try:
             ack = await self._runtime.js.publish(
-                subjects.broker_orders(self.settings.router_venue),
-                data,
-                headers=headers,
-                stream=subjects.STREAM_ORDERS,
+                subjects.broker_orders(self.settings.router_venue), data, headers=headers, stream=subjects.STREAM_ORDERS
             )
         except Exception as exc:  # answered as a specific, retryable refusal
             log.error("order.route_failed", order_id=routed.order_id, error=repr(exc))
-            raise refusal("INTERNAL", f"could not route the order ({exc!r}); retry with the same client_order_id") from exc
+            raise refusal(
+                "INTERNAL", f"could not route the order ({exc!r}); retry with the same client_order_id"
+            ) from exc
         return bool(ack.duplicate)
 
     def _order_refused(

@@ -17,18 +17,26 @@ class Settings(BusSettings):
         default="sim", pattern=r"^[a-z0-9_-]{1,16}$", description="venue whose gateway gets routed orders"
     )
     router_venue_wait: float = Field(
-        default=2.0, ge=0, le=4.0,
+        default=2.0,
+        ge=0,
+        le=4.0,
         description="seconds an order waits for ROUTER_VENUE's gateway to appear (its durable consumer gateway-<venue> "
         "on ORDERS) before it is refused as VENUE_UNAVAILABLE; covers a desk that is just starting",
     )
     router_default_max_order_notional: Decimal = Field(
-        default=DEFAULT_LIMITS.max_order_notional, gt=0, description="largest order notional when a strategy's spec sets none"
+        default=DEFAULT_LIMITS.max_order_notional,
+        gt=0,
+        description="largest order notional when a strategy's spec sets none",
     )
     router_default_max_position_notional: Decimal = Field(
-        default=DEFAULT_LIMITS.max_position_notional, gt=0, description="largest absolute position notional per symbol, by default"
+        default=DEFAULT_LIMITS.max_position_notional,
+        gt=0,
+        description="largest absolute position notional per symbol, by default",
     )
     router_default_max_orders_per_minute: int = Field(
-        default=DEFAULT_LIMITS.max_orders_per_minute, gt=0, description="orders a strategy may send in any 60 s window, by default"
+        default=DEFAULT_LIMITS.max_orders_per_minute,
+        gt=0,
+        description="orders a strategy may send in any 60 s window, by default",
     )
     router_default_initial_cash: Decimal = Field(
         default=DEFAULT_INITIAL_CASH, gt=0, description="virtual account cash when a strategy's spec sets none"

@@ -39,8 +39,9 @@ def gateway_durable(venue: str) -> str:
 class VenueCheck:
     """Whether a gateway serves ``venue`` (its durable consumer exists on ``ORDERS``), cached."""
 
-    def __init__(self, js: JetStreamContext, venue: str, wait: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, js: JetStreamContext, venue: str, wait: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.js, self.venue, self.wait = js, venue, wait
         self.durable = gateway_durable(venue)
         self._clock = clock
@@ -49,9 +50,11 @@ class VenueCheck:
         self.checks = 0
 
     def reason(self) -> str:
-        return (f"no broker gateway serves venue {self.venue!r} (no consumer {self.durable} on "
-                f"{subjects.STREAM_ORDERS}): start the gateway with BROKER={self.venue}, or set ROUTER_VENUE "
-                "to the venue of the running gateway")
+        return (
+            f"no broker gateway serves venue {self.venue!r} (no consumer {self.durable} on "
+            f"{subjects.STREAM_ORDERS}): start the gateway with BROKER={self.venue}, or set ROUTER_VENUE "
+            "to the venue of the running gateway"
+        )
 
     async def served(self) -> bool:
         if self._clock() < self._served_until:

@@ -55,8 +55,12 @@ async def test_provision_makes_every_stream_and_bucket_r3_and_a_service_start_ke
     js = nc.jetstream()
     done = await streams.provision(js, replicas=3)
     assert {d.action for d in done} == {"created"} and len(done) == 3 + len(streams.BUCKETS)
-    names = [subjects.STREAM_EXECUTIONS, subjects.STREAM_ORDERS, *(f"KV_{b}" for b in streams.BUCKETS),
-             f"OBJ_{subjects.OBJ_CODE}"]
+    names = [
+        subjects.STREAM_EXECUTIONS,
+        subjects.STREAM_ORDERS,
+        *(f"KV_{b}" for b in streams.BUCKETS),
+        f"OBJ_{subjects.OBJ_CODE}",
+    ]
     for name in names:
         info = await js.stream_info(name)
         assert info.config.num_replicas == 3, name
@@ -81,9 +85,15 @@ async def test_a_durable_consumer_rides_out_the_loss_of_its_streams_leader(clust
         seen[key] = seen.get(key, 0) + 1
         return Outcome.ACK
 
-    pull = DurablePull(js, subjects.STREAM_ORDERS,
-                       ConsumerConfig(durable_name="cluster-test", ack_policy=AckPolicy.EXPLICIT, filter_subject=subject),
-                       handle, batch=8, fetch_timeout=1.0, ack_sync=True)
+    pull = DurablePull(
+        js,
+        subjects.STREAM_ORDERS,
+        ConsumerConfig(durable_name="cluster-test", ack_policy=AckPolicy.EXPLICIT, filter_subject=subject),
+        handle,
+        batch=8,
+        fetch_timeout=1.0,
+        ack_sync=True,
+    )
     runner = asyncio.create_task(pull.run())
 
     async def publish(n: int) -> None:

@@ -91,17 +91,21 @@ class Load:
                 if stop.is_set():
                     return
             order = orders_pb2.OrderRequest(
-                strategy_id=self.strategy_id, client_order_id=f"{self.strategy_id}-{i:06d}",
+                strategy_id=self.strategy_id,
+                client_order_id=f"{self.strategy_id}-{i:06d}",
                 symbol=SYMBOLS[i % len(SYMBOLS)],
                 side=common_pb2.SIDE_BUY if (i // len(SYMBOLS)) % 3 != 2 else common_pb2.SIDE_SELL,
-                type=common_pb2.ORDER_TYPE_MARKET, time_in_force=common_pb2.TIME_IN_FORCE_DAY, qty="1",
+                type=common_pb2.ORDER_TYPE_MARKET,
+                time_in_force=common_pb2.TIME_IN_FORCE_DAY,
+                qty="1",
             )
             self.figures.sent += 1
             ack = await submit(nc, order, self.figures)  # the same client order id until answered
             i += 1
             if not ack.accepted:
                 self.figures.rejected.append(
-                    f"{order.client_order_id}: {orders_pb2.RejectReason.Name(ack.reason)} {ack.message[:160]}")
+                    f"{order.client_order_id}: {orders_pb2.RejectReason.Name(ack.reason)} {ack.message[:160]}"
+                )
                 continue
             assert ack.order_id not in self.qty, f"order id {ack.order_id} acked for two client order ids"
             self.qty[ack.order_id] = Decimal(order.qty)
@@ -114,8 +118,10 @@ class Load:
             try:
                 await asyncio.wait_for(self.accepted.wait_for(lambda: len(self.acked_at) >= count), BOUND)
             except TimeoutError:
-                raise AssertionError(f"{self.strategy_id}: {count} orders accepted not within {BOUND:g} s "
-                                     f"({what}; {len(self.acked_at)} so far, retries {dict(self.figures.retries)})") from None
+                raise AssertionError(
+                    f"{self.strategy_id}: {count} orders accepted not within {BOUND:g} s "
+                    f"({what}; {len(self.acked_at)} so far, retries {dict(self.figures.retries)})"
+                ) from None
 
     def longest_gap_ms(self) -> float:
         times = self.acked_at
@@ -171,13 +177,28 @@ class Ledger:
         self.log = data / "ledger.log"
 
     async def start(self, nc: Client) -> None:
-        env = {**os.environ, "NATS_URL": self.url, "LEDGER_DB_PATH": str(self.data / "ledger.db"),
-               "LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", "DRAIN_TIMEOUT": "5",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
+        env = {
+            **os.environ,
+            "NATS_URL": self.url,
+            "LEDGER_DB_PATH": str(self.data / "ledger.db"),
+            "LOG_FORMAT": "json",
+            "PYTHONUNBUFFERED": "1",
+            "DRAIN_TIMEOUT": "5",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
+        }
         with self.log.open("ab") as handle:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "services.ledger", env=env, cwd=str(ROOT), stdin=asyncio.subprocess.DEVNULL,
-                stdout=handle, stderr=handle, start_new_session=True, preexec_fn=die_with_parent)
+                sys.executable,
+                "-m",
+                "services.ledger",
+                env=env,
+                cwd=str(ROOT),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=handle,
+                stderr=handle,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
         if not await wait_until_serving(nc, "ledger", BOUND, self.exited):
             raise AssertionError(f"the ledger is not serving (exit {self.process.returncode}):\n{self.tail()}")
 
@@ -204,8 +225,9 @@ async def start_desk(cluster: NatsCluster) -> list[InProcessService]:
     url = cluster.url
     started: list[InProcessService] = []
     try:
-        md = MarketDataSettings(nats_url=url, md_feed="synthetic", md_symbols=",".join(SYMBOLS), md_interval=0.25,
-                                drain_timeout=5)
+        md = MarketDataSettings(
+            nats_url=url, md_feed="synthetic", md_symbols=",".join(SYMBOLS), md_interval=0.25, drain_timeout=5
+        )
         started.append(await run_in_process(MARKETDATA, md, MarketDataService(md).start, timeout=BOUND))
         gateway = GatewaySettings(nats_url=url, broker="sim", drain_timeout=5)
         started.append(await run_in_process(GATEWAY, gateway, BrokerGatewayService(gateway).start, timeout=BOUND))
@@ -224,11 +246,15 @@ async def stop_desk(services: list[InProcessService]) -> None:
 
 
 def check_running(services: list[InProcessService], ledger: Ledger) -> None:
-    ended = [f"{s.name} (exit {s.task.result() if not s.task.cancelled() and s.task.exception() is None else s.task})"
-             for s in services if s.task.done()]
+    ended = [
+        f"{s.name} (exit {s.task.result() if not s.task.cancelled() and s.task.exception() is None else s.task})"
+        for s in services
+        if s.task.done()
+    ]
     assert not ended, f"a service ended during an election: {ended}"
-    assert not ledger.exited(), f"the ledger ended (exit {ledger.process.returncode if ledger.process else None}):\n" \
-                                f"{ledger.tail()}"
+    assert not ledger.exited(), (
+        f"the ledger ended (exit {ledger.process.returncode if ledger.process else None}):\n{ledger.tail()}"
+    )
 
 
 async def stream_names(js: JetStreamContext) -> list[str]:
@@ -252,8 +278,10 @@ async def all_current(js: JetStreamContext, cluster: NatsCluster, names: list[st
         if info.config.num_replicas != 3:
             return f"{name} has {info.config.num_replicas} replicas"
         if not (info.cluster and info.cluster.leader) or len(replicas) != 2 or not all(r.current for r in replicas):
-            return f"{name}: leader {info.cluster.leader if info.cluster else None}, " \
-                   f"followers {[(r.name, r.current) for r in replicas]}"
+            return (
+                f"{name}: leader {info.cluster.leader if info.cluster else None}, "
+                f"followers {[(r.name, r.current) for r in replicas]}"
+            )
     return None
 
 
@@ -306,8 +334,15 @@ async def pick(nc: Client, js: JetStreamContext, cluster: NatsCluster, names: li
             await move_orders_leader_off(nc, js, meta)
         node = meta
     leader, followers = await orders_leader(js)
-    roles = [r for r, n in (("ORDERS follower", node in followers), ("ORDERS leader", node == leader),
-                            ("meta leader", node == meta)) if n]
+    roles = [
+        r
+        for r, n in (
+            ("ORDERS follower", node in followers),
+            ("ORDERS leader", node == leader),
+            ("meta leader", node == meta),
+        )
+        if n
+    ]
     led = []
     for name in names:
         if name != subjects.STREAM_ORDERS:
@@ -315,8 +350,10 @@ async def pick(nc: Client, js: JetStreamContext, cluster: NatsCluster, names: li
                 info = await js.stream_info(name)
                 if info.cluster and info.cluster.leader == node:
                     led.append(name.removeprefix("KV_DESK_").removeprefix("KV_"))
-    for stream, durable in ((subjects.STREAM_ORDERS, GATEWAY_DURABLE),
-                            (subjects.STREAM_EXECUTIONS, subjects.LEDGER_DURABLE)):
+    for stream, durable in (
+        (subjects.STREAM_ORDERS, GATEWAY_DURABLE),
+        (subjects.STREAM_EXECUTIONS, subjects.LEDGER_DURABLE),
+    ):
         with contextlib.suppress(Exception):
             consumer = await js.consumer_info(stream, durable)
             if consumer.cluster and consumer.cluster.leader == node:
@@ -325,14 +362,20 @@ async def pick(nc: Client, js: JetStreamContext, cluster: NatsCluster, names: li
 
 
 async def ledger_fills(nc: Client, strategy_id: str) -> list[ledger_pb2.Fill]:
-    reply = await request(nc, subjects.LEDGER_FILLS, ledger_pb2.LedgerQuery(strategy_id=strategy_id, limit=1000),
-                          ledger_pb2.FillsReply, timeout=10)
+    reply = await request(
+        nc,
+        subjects.LEDGER_FILLS,
+        ledger_pb2.LedgerQuery(strategy_id=strategy_id, limit=1000),
+        ledger_pb2.FillsReply,
+        timeout=10,
+    )
     return list(reply.fills)
 
 
 async def ledger_positions(nc: Client) -> dict[tuple[str, str], Decimal]:
-    reply = await request(nc, subjects.LEDGER_POSITIONS, ledger_pb2.LedgerQuery(limit=1000),
-                          ledger_pb2.PositionsReply, timeout=10)
+    reply = await request(
+        nc, subjects.LEDGER_POSITIONS, ledger_pb2.LedgerQuery(limit=1000), ledger_pb2.PositionsReply, timeout=10
+    )
     return {(p.strategy_id, p.symbol): Decimal(p.qty) for p in reply.positions}
 
 
@@ -340,8 +383,9 @@ def strategy_of(fault: str) -> str:
     return f"cf-{fault.replace('_', '-')}"
 
 
-async def run_phase(nc: Client, cluster: NatsCluster, services: list[InProcessService], ledger: Ledger,
-                    names: list[str], fault: str) -> Phase:
+async def run_phase(
+    nc: Client, cluster: NatsCluster, services: list[InProcessService], ledger: Ledger, names: list[str], fault: str
+) -> Phase:
     js = nc.jetstream()
     load = Load(strategy_of(fault))
     stop = asyncio.Event()
@@ -429,9 +473,11 @@ async def test_kill_9_each_node_under_order_load_loses_and_duplicates_nothing(
             booked_qty[f.order_id] += Decimal(f.qty)
         executions = collections.Counter(f.execution_id for f in fills[sid])
         lost = [oid for oid in p.load.qty if booked[oid] == 0]
-        duplicated = sorted({oid for oid, n in booked.items() if n > 1}
-                            | {oid for oid, q in booked_qty.items() if q > p.load.qty.get(oid, Decimal(0))}
-                            | {oid for oid in booked if oid not in p.load.qty})
+        duplicated = sorted(
+            {oid for oid, n in booked.items() if n > 1}
+            | {oid for oid, q in booked_qty.items() if q > p.load.qty.get(oid, Decimal(0))}
+            | {oid for oid in booked if oid not in p.load.qty}
+        )
         twice_in_stream = [e for e, n in broker.execution_ids.items() if n > 1 and e in executions]
         sums: dict[str, Decimal] = collections.defaultdict(Decimal)
         for f in fills[sid]:
@@ -456,8 +502,10 @@ async def test_kill_9_each_node_under_order_load_loses_and_duplicates_nothing(
             f"{len(lost):>4} {len(duplicated) + len(twice_in_stream):>5} {p.gap_ms:>8.0f} "
             f"{p.down_s:>6.1f} {p.current_s:>8.1f}  {dict(p.load.figures.retries)}"
         )
-    header = (f"{'fault':<14} {'node':<4} {'was':<48} {'sent':>5} {'accepted':>8} {'filled':>6} {'booked':>6} {'lost':>4} {'dupl.':>5} "
-              f"{'gap ms':>8} {'down s':>6} {'current s':>8}  retries (why)")
+    header = (
+        f"{'fault':<14} {'node':<4} {'was':<48} {'sent':>5} {'accepted':>8} {'filled':>6} {'booked':>6} {'lost':>4} {'dupl.':>5} "
+        f"{'gap ms':>8} {'down s':>6} {'current s':>8}  retries (why)"
+    )
     table = "\n".join([header, *rows])
     pytestconfig.pluginmanager.register(_Summary(table), "cluster-fault-table")  # shown without -s too
     assert not problems, "\n".join([table, *problems])

@@ -59,13 +59,21 @@ def fake() -> Iterator[FakeAlpaca]:
 
 @pytest.fixture
 async def desk(tmp_path: Path, fake: FakeAlpaca) -> AsyncIterator[Desk]:
-    running = Desk(tmp_path, extra_env={
-        "BROKER": "alpaca", "ROUTER_VENUE": "alpaca",
-        "ALPACA_API_KEY": fake.key, "ALPACA_SECRET_KEY": fake.secret,
-        "ALPACA_REST_URL": fake.rest_url, "ALPACA_STREAM_URL": fake.stream_url,
-        "ALPACA_RETRY_BACKOFF": "0.05", "ALPACA_RETRY_BUDGET": "600", "ALPACA_RECONNECT_BACKOFF": "0.05",
-        "GATEWAY_ACK_WAIT": "3",  # a routed order left unacked by the kill comes back soon after the restart
-    })
+    running = Desk(
+        tmp_path,
+        extra_env={
+            "BROKER": "alpaca",
+            "ROUTER_VENUE": "alpaca",
+            "ALPACA_API_KEY": fake.key,
+            "ALPACA_SECRET_KEY": fake.secret,
+            "ALPACA_REST_URL": fake.rest_url,
+            "ALPACA_STREAM_URL": fake.stream_url,
+            "ALPACA_RETRY_BACKOFF": "0.05",
+            "ALPACA_RETRY_BUDGET": "600",
+            "ALPACA_RECONNECT_BACKOFF": "0.05",
+            "GATEWAY_ACK_WAIT": "3",  # a routed order left unacked by the kill comes back soon after the restart
+        },
+    )
     try:
         await running.start(["alpha", "bravo"])
         yield running
@@ -77,10 +85,18 @@ async def desk(tmp_path: Path, fake: FakeAlpaca) -> AsyncIterator[Desk]:
 async def alpaca_quotes(nc: Client) -> AsyncIterator[None]:
     """The Alpaca feed's quotes for AAPL on md.quote.AAPL (what marketdata publishes with MD_FEED=alpaca),
     fresh all along: the gateway prices crosses only from a quote at most ALPACA_CROSS_MAX_AGE old."""
+
     async def feed() -> None:
         while True:
-            message = marketdata_pb2.Quote(symbol="AAPL", bid_price=BID, bid_size="100", ask_price=ASK,
-                                           ask_size="100", ts_ns=time.time_ns(), source="alpaca")
+            message = marketdata_pb2.Quote(
+                symbol="AAPL",
+                bid_price=BID,
+                bid_size="100",
+                ask_price=ASK,
+                ask_size="100",
+                ts_ns=time.time_ns(),
+                source="alpaca",
+            )
             data, headers = codec.encode(message)
             await nc.publish("md.quote.AAPL", data, headers=headers)
             await asyncio.sleep(0.2)  # a feed's pace, not synchronisation
@@ -94,13 +110,18 @@ async def alpaca_quotes(nc: Client) -> AsyncIterator[None]:
             await task
 
 
-def order(strategy_id: str, client_order_id: str, side: int, qty: str, limit: str | None = None) -> orders_pb2.OrderRequest:
+def order(
+    strategy_id: str, client_order_id: str, side: int, qty: str, limit: str | None = None
+) -> orders_pb2.OrderRequest:
     return orders_pb2.OrderRequest(
-        strategy_id=strategy_id, client_order_id=client_order_id, symbol="AAPL",
+        strategy_id=strategy_id,
+        client_order_id=client_order_id,
+        symbol="AAPL",
         side=side,  # type: ignore[arg-type]
         type=common_pb2.ORDER_TYPE_LIMIT if limit else common_pb2.ORDER_TYPE_MARKET,
         time_in_force=common_pb2.TIME_IN_FORCE_GTC if limit else common_pb2.TIME_IN_FORCE_DAY,
-        qty=qty, limit_price=limit or "",
+        qty=qty,
+        limit_price=limit or "",
     )
 
 
@@ -110,17 +131,22 @@ B_ID = order_id_for("bravo", "b-1")
 
 def at_alpaca(fake: FakeAlpaca, client_order_id: str) -> tuple[str, Decimal, Decimal] | None:
     """(status, qty, filled) of the Alpaca order with this client order id, if it exists."""
+
     def look() -> tuple[str, Decimal, Decimal] | None:
         for o in fake.orders.values():
             if o.client_order_id == client_order_id:
                 return o.status, o.qty, o.filled_qty
         return None
+
     return fake.call(look)
 
 
 def desk_orders_at_alpaca(fake: FakeAlpaca, strategy_id: str) -> list[str]:
-    return fake.call(lambda: sorted(o.client_order_id for o in fake.orders.values()
-                                    if o.client_order_id.startswith(f"{strategy_id}.")))
+    return fake.call(
+        lambda: sorted(
+            o.client_order_id for o in fake.orders.values() if o.client_order_id.startswith(f"{strategy_id}.")
+        )
+    )
 
 
 async def executions(desk: Desk) -> Broker:
@@ -138,20 +164,44 @@ async def settled(desk: Desk) -> None:
         gateway = await js.consumer_info(subjects.STREAM_ORDERS, "gateway-alpaca")
         ledger = await js.consumer_info(subjects.STREAM_EXECUTIONS, subjects.LEDGER_DURABLE)
         last = (await js.stream_info(subjects.STREAM_EXECUTIONS)).state.last_seq
-        return (gateway.num_pending == 0 and gateway.num_ack_pending == 0
-                and ledger.ack_floor.stream_seq >= last and ledger.num_ack_pending == 0)
+        return (
+            gateway.num_pending == 0
+            and gateway.num_ack_pending == 0
+            and ledger.ack_floor.stream_seq >= last
+            and ledger.num_ack_pending == 0
+        )
+
     await poll(done, "routed orders settled and every report booked by the ledger", timeout=TIMEOUT)
 
 
 async def desk_reconcile(desk: Desk, fake: FakeAlpaca, *args: str) -> tuple[int, str]:
     """``desk reconcile`` as an operator runs it: the account through alpaca-py with the keys in its env."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ALPACA_", "NATS_"))}
-    env.update(PYTHONPATH=str(ROOT), ALPACA_API_KEY=fake.key, ALPACA_SECRET_KEY=fake.secret,
-               ALPACA_REST_URL=fake.rest_url, COLUMNS="400")
+    env.update(
+        PYTHONPATH=str(ROOT),
+        ALPACA_API_KEY=fake.key,
+        ALPACA_SECRET_KEY=fake.secret,
+        ALPACA_REST_URL=fake.rest_url,
+        COLUMNS="400",
+    )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "desk.cli", "--nats-url", desk.server.url, "--credentials",
-        str(desk.data_dir / "none.json"), "reconcile", "--baseline", str(desk.data_dir / "baseline.json"),
-        "--since", "1d", *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "desk.cli",
+        "--nats-url",
+        desk.server.url,
+        "--credentials",
+        str(desk.data_dir / "none.json"),
+        "reconcile",
+        "--baseline",
+        str(desk.data_dir / "baseline.json"),
+        "--since",
+        "1d",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(process.communicate(), TIMEOUT)
     assert process.returncode is not None
     return process.returncode, out.decode() + err.decode()
@@ -183,6 +233,7 @@ async def alpaca_fills_the_rest_and_books_are_exact(desk: Desk, fake: FakeAlpaca
         books = await executions(desk)
         trail = books.orders.get(A_ID)
         return books if trail is not None and trail.status == E.ORDER_STATUS_FILLED else None
+
     books = await poll(alpha_filled, "alpha's order FILLED once Alpaca fills its 6")
     alpha, bravo = books.orders[A_ID], books.orders[B_ID]
     assert (alpha.filled, alpha.finals) == (Decimal(10), [E.EXEC_TYPE_FILL])  # one end, after every fill
@@ -199,11 +250,19 @@ async def alpaca_fills_the_rest_and_books_are_exact(desk: Desk, fake: FakeAlpaca
     assert (report["differences"], report["not_checked"]) == ([], [])
     # the ledger's order: 10 of 10 at (4 x 153 + 6 x 152) / 10
     assert desk.nc is not None
-    reply = await request(desk.nc, subjects.LEDGER_ORDERS, ledger_pb2.LedgerQuery(strategy_id="alpha", limit=10),
-                          ledger_pb2.OrdersReply, timeout=10)
+    reply = await request(
+        desk.nc,
+        subjects.LEDGER_ORDERS,
+        ledger_pb2.LedgerQuery(strategy_id="alpha", limit=10),
+        ledger_pb2.OrdersReply,
+        timeout=10,
+    )
     (ledger_order,) = [o for o in reply.orders if o.order_id == A_ID]
     assert (ledger_order.status, Decimal(ledger_order.filled_qty), Decimal(ledger_order.avg_price)) == (
-        E.ORDER_STATUS_FILLED, Decimal(10), Decimal("152.4"))
+        E.ORDER_STATUS_FILLED,
+        Decimal(10),
+        Decimal("152.4"),
+    )
 
 
 async def test_a_restart_after_a_cross_and_re_place_keeps_the_order_alive_and_books_its_fill(
@@ -245,8 +304,10 @@ async def test_a_re_place_interrupted_by_kill_9_is_completed_and_the_crossed_ord
         ack = await submit(desk.nc, order("bravo", "b-1", common_pb2.SIDE_SELL, "4"), figures)
         assert ack.accepted, ack
         await poll(lambda: _filled(desk, B_ID, Decimal(4)), "bravo's 4 crossed (in EXECUTIONS)")
-        await poll(lambda: fake.call(lambda: sum(1 for s, _ in fake.refusals[refused:] if s == 500) >= 3),
-                   "the re-place POST being retried after 5xx")
+        await poll(
+            lambda: fake.call(lambda: sum(1 for s, _ in fake.refusals[refused:] if s == 500) >= 3),
+            "the re-place POST being retried after 5xx",
+        )
         assert at_alpaca(fake, "alpha.a-1") == ("canceled", Decimal(10), Decimal(0))
         assert at_alpaca(fake, "alpha.a-1.2") is None
 
@@ -290,8 +351,10 @@ async def test_a_kill_between_the_pull_record_and_the_cancel_crosses_once_after_
         refused = fake.call(lambda: len(fake.refusals))
         ack = await submit(desk.nc, order("bravo", "b-1", common_pb2.SIDE_SELL, "4"), figures)
         assert ack.accepted, ack
-        await poll(lambda: fake.call(lambda: sum(1 for s, _ in fake.refusals[refused:] if s == 500) >= 3),
-                   "the pull's DELETE being retried after 5xx")
+        await poll(
+            lambda: fake.call(lambda: sum(1 for s, _ in fake.refusals[refused:] if s == 500) >= 3),
+            "the pull's DELETE being retried after 5xx",
+        )
         books = await executions(desk)
         assert books.orders.get(B_ID) is not None and books.orders[B_ID].filled == 0  # only the pull record
         assert at_alpaca(fake, "alpha.a-1") == ("new", Decimal(10), Decimal(0))
@@ -350,6 +413,7 @@ async def test_a_kill_while_a_lock_out_pull_waits_to_re_place_completes_the_re_p
             books = await executions(desk)
             trail = books.orders.get(A_ID)
             return books if trail is not None and trail.status == E.ORDER_STATUS_FILLED else None
+
         books = await poll(alpha_filled, "alpha's order FILLED once Alpaca fills its 10")
         alpha, bravo = books.orders[A_ID], books.orders[B_ID]
         assert (alpha.filled, alpha.finals) == (Decimal(10), [E.EXEC_TYPE_FILL])

@@ -37,8 +37,15 @@ async def deploy(nc: Client, strategy_id: str, *symbols: str) -> None:
 @pytest.fixture
 async def marketdata(nats_server: NatsServer, nc: Client, fake: FakeAlpaca) -> AsyncIterator[InProcessService]:
     await deploy(nc, "alpha", "AAPL")
-    settings = Settings(nats_url=nats_server.url, drain_timeout=5, md_feed="alpaca", md_symbols="SPY",
-                        alpaca_api_key=SecretStr(fake.key), alpaca_secret_key=SecretStr(fake.secret), md_alpaca_url=fake.data_url)
+    settings = Settings(
+        nats_url=nats_server.url,
+        drain_timeout=5,
+        md_feed="alpaca",
+        md_symbols="SPY",
+        alpaca_api_key=SecretStr(fake.key),
+        alpaca_secret_key=SecretStr(fake.secret),
+        md_alpaca_url=fake.data_url,
+    )
     service = await run_in_process(NAME, settings, MarketDataService(settings).start)
     try:
         yield service
@@ -48,14 +55,37 @@ async def marketdata(nats_server: NatsServer, nc: Client, fake: FakeAlpaca) -> A
 
 def market(symbol: str, price: float) -> list[dict[str, object]]:
     """A trade, a quote and a bar as Alpaca sends them (prices as the wire's float64s)."""
+
     def p(offset: float) -> float:
         return round(price + offset, 2)
+
     return [
         {"T": "t", "S": symbol, "i": 96921, "x": "V", "p": price, "s": 100, "t": T0, "c": ["@"], "z": "C"},
-        {"T": "q", "S": symbol, "bx": "V", "bp": p(-0.01), "bs": 2, "ax": "V", "ap": p(0.01), "as": 3,
-         "t": T0, "c": ["R"], "z": "C"},
-        {"T": "b", "S": symbol, "o": price, "h": p(1), "l": p(-1), "c": p(0.5), "v": 4200,
-         "n": 37, "vw": p(0.25), "t": T0.replace(microsecond=0)},
+        {
+            "T": "q",
+            "S": symbol,
+            "bx": "V",
+            "bp": p(-0.01),
+            "bs": 2,
+            "ax": "V",
+            "ap": p(0.01),
+            "as": 3,
+            "t": T0,
+            "c": ["R"],
+            "z": "C",
+        },
+        {
+            "T": "b",
+            "S": symbol,
+            "o": price,
+            "h": p(1),
+            "l": p(-1),
+            "c": p(0.5),
+            "v": 4200,
+            "n": 37,
+            "vw": p(0.25),
+            "t": T0.replace(microsecond=0),
+        },
     ]
 
 
@@ -87,11 +117,26 @@ async def test_the_deployed_strategies_symbols_are_streamed_onto_md_subjects_and
     assert all("SPY" not in s["trades"] for s in fake.data_subscriptions())  # MD_SYMBOLS is only the fallback
     got = await receive(nc, "AAPL", fake, 187.42)
     trade, quote, bar = got["trade"], got["quote"], got["bar"]
-    assert isinstance(trade, marketdata_pb2.Trade) and (trade.price, trade.size, trade.source) == ("187.42", "100", "alpaca")
+    assert isinstance(trade, marketdata_pb2.Trade) and (trade.price, trade.size, trade.source) == (
+        "187.42",
+        "100",
+        "alpaca",
+    )
     assert trade.ts_ns == int(T0.timestamp()) * 10**9 + 123456000
-    assert isinstance(quote, marketdata_pb2.Quote) and (quote.bid_price, quote.ask_price, quote.ask_size) == ("187.41", "187.43", "3")
+    assert isinstance(quote, marketdata_pb2.Quote) and (quote.bid_price, quote.ask_price, quote.ask_size) == (
+        "187.41",
+        "187.43",
+        "3",
+    )
     assert isinstance(bar, marketdata_pb2.Bar)
-    assert (bar.open, bar.high, bar.close, bar.volume, bar.trade_count, bar.vwap) == ("187.42", "188.42", "187.92", "4200", 37, "187.67")
+    assert (bar.open, bar.high, bar.close, bar.volume, bar.trade_count, bar.vwap) == (
+        "187.42",
+        "188.42",
+        "187.92",
+        "4200",
+        37,
+        "187.67",
+    )
     kv = await nc.jetstream().key_value(subjects.KV_PRICES)
     last = marketdata_pb2.Trade.FromString((await kv.get("AAPL")).value or b"")
     assert last.price == "187.42"

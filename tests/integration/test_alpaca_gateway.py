@@ -51,7 +51,9 @@ class Reports:
         self.seen.append(report)
         return report
 
-    async def until(self, predicate: Callable[[executions_pb2.ExecutionReport], bool]) -> executions_pb2.ExecutionReport:
+    async def until(
+        self, predicate: Callable[[executions_pb2.ExecutionReport], bool]
+    ) -> executions_pb2.ExecutionReport:
         while True:
             report = await self.next()
             if predicate(report):
@@ -69,10 +71,16 @@ def fake() -> Iterator[FakeAlpaca]:
 
 def settings_for(nats_server: NatsServer, fake: FakeAlpaca, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "nats_url": nats_server.url, "drain_timeout": 5, "broker": "alpaca",
-        "alpaca_api_key": fake.key, "alpaca_secret_key": fake.secret,
-        "alpaca_rest_url": fake.rest_url, "alpaca_stream_url": fake.stream_url,
-        "alpaca_retry_backoff": 0.05, "alpaca_retry_budget": 10, "alpaca_reconnect_backoff": 0.05,
+        "nats_url": nats_server.url,
+        "drain_timeout": 5,
+        "broker": "alpaca",
+        "alpaca_api_key": fake.key,
+        "alpaca_secret_key": fake.secret,
+        "alpaca_rest_url": fake.rest_url,
+        "alpaca_stream_url": fake.stream_url,
+        "alpaca_retry_backoff": 0.05,
+        "alpaca_retry_budget": 10,
+        "alpaca_reconnect_backoff": 0.05,
         "gateway_ack_wait": 5,
     }
     values.update(overrides)
@@ -116,20 +124,29 @@ def oid(name: str, strategy: str = "alpha") -> str:
 
 def routed(name: str, strategy: str = "alpha", **fields: Any) -> orders_pb2.RoutedOrder:
     request_fields: dict[str, Any] = {
-        "strategy_id": strategy, "client_order_id": f"c-{name}", "symbol": "AAPL",
-        "side": common_pb2.SIDE_BUY, "type": common_pb2.ORDER_TYPE_MARKET,
-        "time_in_force": common_pb2.TIME_IN_FORCE_DAY, "qty": "10",
+        "strategy_id": strategy,
+        "client_order_id": f"c-{name}",
+        "symbol": "AAPL",
+        "side": common_pb2.SIDE_BUY,
+        "type": common_pb2.ORDER_TYPE_MARKET,
+        "time_in_force": common_pb2.TIME_IN_FORCE_DAY,
+        "qty": "10",
     }
     request_fields.update(fields)
     return orders_pb2.RoutedOrder(
-        order_id=oid(name, strategy), strategy_id=strategy, member_id="m1", routed_ns=1,
+        order_id=oid(name, strategy),
+        strategy_id=strategy,
+        member_id="m1",
+        routed_ns=1,
         new_order=orders_pb2.OrderRequest(**request_fields),
     )
 
 
 def cancel(name: str, strategy: str = "alpha") -> orders_pb2.RoutedOrder:
     return orders_pb2.RoutedOrder(
-        order_id=oid(name, strategy), strategy_id=strategy, member_id="m1",
+        order_id=oid(name, strategy),
+        strategy_id=strategy,
+        member_id="m1",
         cancel=orders_pb2.CancelRequest(strategy_id=strategy, client_order_id=f"c-{name}"),
     )
 
@@ -165,7 +182,13 @@ async def test_market_order_goes_to_alpaca_with_the_strategys_client_order_id_an
     assert fake.secret not in repr(logs.entries) and fake.key not in repr(logs.entries)
     assert (new.exec_type, new.order_id, new.venue, new.order_qty) == (E.EXEC_TYPE_NEW, oid("o1"), "alpaca", "10")
     assert (fill.exec_type, fill.status, fill.fill_qty, fill.fill_price, fill.cum_qty, fill.leaves_qty) == (
-        E.EXEC_TYPE_FILL, E.ORDER_STATUS_FILLED, "10", "100", "10", "0")
+        E.EXEC_TYPE_FILL,
+        E.ORDER_STATUS_FILLED,
+        "10",
+        "100",
+        "10",
+        "0",
+    )
     placed = fake.order("alpha.c-o1")
     assert fill.venue_order_id == placed.id and (placed.status, placed.filled_qty) == ("filled", 10)
     assert fill.text.startswith("alpaca execution ") and fill.text.split()[-1] in fake.activities[0]["id"]
@@ -181,12 +204,18 @@ async def test_partial_fills_then_a_cancel_are_reported_in_order(
     fake.fill("alpha.c-lim", "4", "94.5")
     first, second = await reports.next(), await reports.next()
     assert [(r.exec_type, r.fill_qty, r.fill_price, r.cum_qty, r.leaves_qty) for r in (first, second)] == [
-        (E.EXEC_TYPE_PARTIAL_FILL, "3", "95", "3", "7"), (E.EXEC_TYPE_PARTIAL_FILL, "4", "94.5", "7", "3")]
+        (E.EXEC_TYPE_PARTIAL_FILL, "3", "95", "3", "7"),
+        (E.EXEC_TYPE_PARTIAL_FILL, "4", "94.5", "7", "3"),
+    ]
     assert second.avg_price == "94.71428571428571428571428571"
     await route(nc, cancel("lim"))
     canceled = await reports.next()
     assert (canceled.exec_type, canceled.status, canceled.cum_qty, canceled.leaves_qty) == (
-        E.EXEC_TYPE_CANCELED, E.ORDER_STATUS_CANCELED, "7", "0")
+        E.EXEC_TYPE_CANCELED,
+        E.ORDER_STATUS_CANCELED,
+        "7",
+        "0",
+    )
     assert fake.order("alpha.c-lim").status == "canceled"
 
 
@@ -214,10 +243,15 @@ async def test_a_post_whose_reply_was_lost_is_retried_refused_as_duplicate_and_l
     # orders are handled one at a time: once "next" is reported, "lost" is done with
     await reports.until(lambda r: r.order_id == oid("next"))
     assert [E.ExecType.Name(r.exec_type) for r in reports.seen if r.order_id == oid("lost")] == [
-        "EXEC_TYPE_NEW", "EXEC_TYPE_FILL"]
+        "EXEC_TYPE_NEW",
+        "EXEC_TYPE_FILL",
+    ]
     assert (422, 40010001) in fake.refusals and (504, 50400000) in fake.refusals
     assert ("GET", "/v2/orders:by_client_order_id") in fake.requests
-    assert [o.client_order_id for o in fake.call(lambda: list(fake.orders.values()))] == ["alpha.c-lost", "alpha.c-next"]
+    assert [o.client_order_id for o in fake.call(lambda: list(fake.orders.values()))] == [
+        "alpha.c-lost",
+        "alpha.c-next",
+    ]
     assert len(fake.activities) == 2
 
 
@@ -298,23 +332,38 @@ async def test_book_and_positions_endpoints_answer_from_alpaca(
 def run_gateway(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith(("ALPACA_", "BROKER"))}
     full.update(env)
-    return subprocess.run([sys.executable, "-m", "services.broker_gateway"], env=full, capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "services.broker_gateway"],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_without_keys_the_alpaca_gateway_exits_2_with_one_line() -> None:
     result = run_gateway({"BROKER": "alpaca", "NATS_URL": "nats://127.0.0.1:1"})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "broker_gateway: BROKER=alpaca needs ALPACA_API_KEY and ALPACA_SECRET_KEY (paper keys)"]
+        "broker_gateway: BROKER=alpaca needs ALPACA_API_KEY and ALPACA_SECRET_KEY (paper keys)"
+    ]
 
 
 def test_a_wrong_key_exits_2_with_one_line_that_does_not_show_the_secret(fake: FakeAlpaca) -> None:
-    result = run_gateway({"BROKER": "alpaca", "NATS_URL": "nats://127.0.0.1:1", "ALPACA_API_KEY": fake.key,
-                          "ALPACA_SECRET_KEY": "wrong-secret-value", "ALPACA_REST_URL": fake.rest_url})
+    result = run_gateway(
+        {
+            "BROKER": "alpaca",
+            "NATS_URL": "nats://127.0.0.1:1",
+            "ALPACA_API_KEY": fake.key,
+            "ALPACA_SECRET_KEY": "wrong-secret-value",
+            "ALPACA_REST_URL": fake.rest_url,
+        }
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "broker_gateway: Alpaca refused ALPACA_API_KEY/ALPACA_SECRET_KEY (HTTP 401); check the paper keys"]
+        "broker_gateway: Alpaca refused ALPACA_API_KEY/ALPACA_SECRET_KEY (HTTP 401); check the paper keys"
+    ]
     assert "wrong-secret-value" not in result.stdout + result.stderr
     assert (401, 40110000) in fake.refusals
 
@@ -357,18 +406,26 @@ async def market_data(nc: Client, gateway: Gateway, message: marketdata_pb2.Quot
     def taken() -> bool:
         seen = table.get(message.symbol)
         return sum(market.ignored.values()) > ignored or (seen is not None and seen.ts_ns == message.ts_ns)
+
     await until(taken, f"the gateway to take md.{kind}.{message.symbol}")
 
 
-async def quote(nc: Client, gateway: Gateway, symbol: str, bid: str, ask: str, *, age: float = 0.0,
-                source: str = "alpaca") -> None:
+async def quote(
+    nc: Client, gateway: Gateway, symbol: str, bid: str, ask: str, *, age: float = 0.0, source: str = "alpaca"
+) -> None:
     ts = time.time_ns() - int(age * 1e9)
-    await market_data(nc, gateway, marketdata_pb2.Quote(
-        symbol=symbol, bid_price=bid, bid_size="100", ask_price=ask, ask_size="100", ts_ns=ts, source=source))
+    await market_data(
+        nc,
+        gateway,
+        marketdata_pb2.Quote(
+            symbol=symbol, bid_price=bid, bid_size="100", ask_price=ask, ask_size="100", ts_ns=ts, source=source
+        ),
+    )
 
 
-async def trade(nc: Client, gateway: Gateway, symbol: str, price: str, *, age: float = 0.0,
-                source: str = "alpaca") -> None:
+async def trade(
+    nc: Client, gateway: Gateway, symbol: str, price: str, *, age: float = 0.0, source: str = "alpaca"
+) -> None:
     ts = time.time_ns() - int(age * 1e9)
     await market_data(nc, gateway, marketdata_pb2.Trade(symbol=symbol, price=price, size="5", ts_ns=ts, source=source))
 
@@ -397,7 +454,11 @@ async def test_two_strategies_cross_inside_the_desk_without_a_wash_trade_and_boo
     alpha_fill = await reports.until(lambda r: r.order_id == oid("a-buy") and bool(r.fill_qty))
     beta_fill = await reports.until(lambda r: r.order_id == oid("b-sell", "beta") and bool(r.fill_qty))
     assert (alpha_fill.exec_type, alpha_fill.fill_qty, alpha_fill.fill_price, alpha_fill.leaves_qty) == (
-        E.EXEC_TYPE_PARTIAL_FILL, "6", "100", "4")
+        E.EXEC_TYPE_PARTIAL_FILL,
+        "6",
+        "100",
+        "4",
+    )
     assert (beta_fill.exec_type, beta_fill.fill_qty, beta_fill.fill_price) == (E.EXEC_TYPE_FILL, "6", "100")
     assert "internal cross" in beta_fill.text and "alpha" in beta_fill.text
     assert fake.order("alpha.c-a-buy").status == "canceled" and fake.order("alpha.c-a-buy.2").qty == 4
@@ -441,8 +502,18 @@ async def test_a_market_buy_against_another_strategys_far_sell_pulls_it_sends_an
     """The lock-out of issue 13: alpha's sell far above the market no longer blocks beta's buy."""
     await quote(nc, gateway, "AAPL", "99.5", "100.5")
     await route(nc, routed("a-buy", strategy="alpha", qty="10"))
-    await route(nc, routed("a-sell", strategy="alpha", side=common_pb2.SIDE_SELL, type=common_pb2.ORDER_TYPE_LIMIT,
-                           limit_price="150", time_in_force=common_pb2.TIME_IN_FORCE_GTC, qty="10"))
+    await route(
+        nc,
+        routed(
+            "a-sell",
+            strategy="alpha",
+            side=common_pb2.SIDE_SELL,
+            type=common_pb2.ORDER_TYPE_LIMIT,
+            limit_price="150",
+            time_in_force=common_pb2.TIME_IN_FORCE_GTC,
+            qty="10",
+        ),
+    )
     assert await reports.kinds(3) == ["NEW", "FILL", "NEW"]
     fake.fill("alpha.c-a-sell", "3", "150")  # alpha's sell fills 3 of 10 at Alpaca first
     assert (await reports.next()).cum_qty == "3"
@@ -450,8 +521,10 @@ async def test_a_market_buy_against_another_strategys_far_sell_pulls_it_sends_an
     beta_fill = await reports.until(lambda r: r.order_id == oid("b-buy", "beta") and bool(r.fill_qty))
     assert (beta_fill.exec_type, beta_fill.fill_qty, beta_fill.fill_price) == (E.EXEC_TYPE_FILL, "4", "100")
     assert "alpaca execution" in beta_fill.text  # filled at Alpaca, not crossed
-    await until(lambda: fake.call(lambda: any(o.client_order_id == "alpha.c-a-sell.2" for o in fake.orders.values())),
-                "alpha's leaves placed again")
+    await until(
+        lambda: fake.call(lambda: any(o.client_order_id == "alpha.c-a-sell.2" for o in fake.orders.values())),
+        "alpha's leaves placed again",
+    )
     again = fake.order("alpha.c-a-sell.2")
     assert (again.status, again.qty, again.limit_price, again.time_in_force) == ("new", 7, 150, "gtc")
     assert fake.order("alpha.c-a-sell").status == "canceled" and fake.order("beta.c-b-buy").status == "filled"
@@ -476,8 +549,10 @@ async def test_without_a_fresh_price_a_market_order_still_works_by_pull_send_re_
     with watch_logs() as logs:
         await route(nc, routed("b-sell", strategy="beta", side=common_pb2.SIDE_SELL, qty="6"))
         sold = await reports.until(lambda r: r.order_id == oid("b-sell", "beta") and bool(r.fill_qty))
-        await until(lambda: fake.call(lambda: any(o.client_order_id == "alpha.c-a-buy.2" for o in fake.orders.values())),
-                    "alpha's bid placed again")
+        await until(
+            lambda: fake.call(lambda: any(o.client_order_id == "alpha.c-a-buy.2" for o in fake.orders.values())),
+            "alpha's bid placed again",
+        )
     assert (sold.fill_qty, sold.fill_price) == ("6", "100") and "internal cross" not in sold.text
     assert fake.order("alpha.c-a-buy.2").qty == 10 and no_wash_refusal(fake)
     not_crossed = [e for e in logs.entries if e["event"] == "order.not_crossed"]
@@ -521,14 +596,26 @@ async def test_a_resting_stop_of_another_strategy_is_pulled_for_a_market_order_a
 ) -> None:
     await quote(nc, gateway, "AAPL", "99.5", "100.5")
     await route(nc, routed("a-buy", strategy="alpha", qty="5"))
-    await route(nc, routed("a-stop", strategy="alpha", side=common_pb2.SIDE_SELL, type=common_pb2.ORDER_TYPE_STOP,
-                           stop_price="90", time_in_force=common_pb2.TIME_IN_FORCE_GTC, qty="5"))
+    await route(
+        nc,
+        routed(
+            "a-stop",
+            strategy="alpha",
+            side=common_pb2.SIDE_SELL,
+            type=common_pb2.ORDER_TYPE_STOP,
+            stop_price="90",
+            time_in_force=common_pb2.TIME_IN_FORCE_GTC,
+            qty="5",
+        ),
+    )
     assert await reports.kinds(3) == ["NEW", "FILL", "NEW"]
     await route(nc, routed("b-buy", strategy="beta", qty="2"))  # Alpaca refuses a buy opposite a stop: 42210000
     bought = await reports.until(lambda r: r.order_id == oid("b-buy", "beta") and bool(r.fill_qty))
     assert (bought.exec_type, bought.fill_qty) == (E.EXEC_TYPE_FILL, "2")
-    await until(lambda: fake.call(lambda: any(o.client_order_id == "alpha.c-a-stop.2" for o in fake.orders.values())),
-                "alpha's stop placed again")
+    await until(
+        lambda: fake.call(lambda: any(o.client_order_id == "alpha.c-a-stop.2" for o in fake.orders.values())),
+        "alpha's stop placed again",
+    )
     stop_again = fake.order("alpha.c-a-stop.2")
     assert (stop_again.status, stop_again.type, stop_again.qty, stop_again.stop_price) == ("new", "stop", 5, 90)
     assert no_wash_refusal(fake)
@@ -540,8 +627,18 @@ async def test_a_limit_that_would_rest_opposite_another_strategys_stop_waits_at_
 ) -> None:
     await quote(nc, gateway, "AAPL", "99.5", "100.5")
     await route(nc, routed("a-buy", strategy="alpha", qty="5"))
-    await route(nc, routed("a-stop", strategy="alpha", side=common_pb2.SIDE_SELL, type=common_pb2.ORDER_TYPE_STOP,
-                           stop_price="90", time_in_force=common_pb2.TIME_IN_FORCE_GTC, qty="5"))
+    await route(
+        nc,
+        routed(
+            "a-stop",
+            strategy="alpha",
+            side=common_pb2.SIDE_SELL,
+            type=common_pb2.ORDER_TYPE_STOP,
+            stop_price="90",
+            time_in_force=common_pb2.TIME_IN_FORCE_GTC,
+            qty="5",
+        ),
+    )
     assert await reports.kinds(3) == ["NEW", "FILL", "NEW"]
     # beta bids 95 (would rest at 100): it cannot rest at Alpaca beside alpha's stop, which was first
     await route(nc, routed("b-bid", strategy="beta", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="95", qty="3"))
@@ -552,12 +649,16 @@ async def test_a_limit_that_would_rest_opposite_another_strategys_stop_waits_at_
     assert oid("b-bid", "beta") in {o.order_id for o in book.orders}  # open at the desk
     # the market comes down to 95: beta's bid would execute now: alpha's stop is pulled, the bid sent
     await quote(nc, gateway, "AAPL", "94.9", "95.1")
-    await until(lambda: fake.call(lambda: any(o.client_order_id == "beta.c-b-bid" for o in fake.orders.values())),
-                "beta's bid sent to Alpaca")
+    await until(
+        lambda: fake.call(lambda: any(o.client_order_id == "beta.c-b-bid" for o in fake.orders.values())),
+        "beta's bid sent to Alpaca",
+    )
     assert fake.order("alpha.c-a-stop").status == "canceled"
     fake.fill("beta.c-b-bid", "3", "95")  # done at Alpaca: alpha's stop goes back
-    await until(lambda: fake.call(lambda: any(o.client_order_id == "alpha.c-a-stop.2" for o in fake.orders.values())),
-                "alpha's stop placed again once beta's bid is done")
+    await until(
+        lambda: fake.call(lambda: any(o.client_order_id == "alpha.c-a-stop.2" for o in fake.orders.values())),
+        "alpha's stop placed again once beta's bid is done",
+    )
     assert fake.order("alpha.c-a-stop.2").qty == 5 and no_wash_refusal(fake)
     await positions_agree(nc)
 
@@ -568,8 +669,18 @@ async def test_an_order_held_at_the_desk_is_still_held_after_a_gateway_restart_a
     first = await start_gateway(nats_server, fake)
     await quote(nc, first, "AAPL", "99.5", "100.5")
     await route(nc, routed("a-buy", strategy="alpha", qty="5"))
-    await route(nc, routed("a-stop", strategy="alpha", side=common_pb2.SIDE_SELL, type=common_pb2.ORDER_TYPE_STOP,
-                           stop_price="90", time_in_force=common_pb2.TIME_IN_FORCE_GTC, qty="5"))
+    await route(
+        nc,
+        routed(
+            "a-stop",
+            strategy="alpha",
+            side=common_pb2.SIDE_SELL,
+            type=common_pb2.ORDER_TYPE_STOP,
+            stop_price="90",
+            time_in_force=common_pb2.TIME_IN_FORCE_GTC,
+            qty="5",
+        ),
+    )
     await route(nc, routed("b-bid", strategy="beta", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="95", qty="3"))
     held = await reports.until(lambda r: r.order_id == oid("b-bid", "beta"))
     assert "held at the desk" in held.text
@@ -578,11 +689,15 @@ async def test_an_order_held_at_the_desk_is_still_held_after_a_gateway_restart_a
     try:
         assert [o.client_order_id for o in second.broker.book.held_orders()] == ["c-b-bid"]
         await quote(nc, second, "AAPL", "94.9", "95.1")
-        await until(lambda: fake.call(lambda: any(o.client_order_id == "beta.c-b-bid" for o in fake.orders.values())),
-                    "beta's bid sent to Alpaca after the restart")
+        await until(
+            lambda: fake.call(lambda: any(o.client_order_id == "beta.c-b-bid" for o in fake.orders.values())),
+            "beta's bid sent to Alpaca after the restart",
+        )
         fake.fill("beta.c-b-bid", "3", "95")
-        await until(lambda: fake.call(lambda: any(o.client_order_id == "alpha.c-a-stop.2" for o in fake.orders.values())),
-                    "alpha's stop placed again")
+        await until(
+            lambda: fake.call(lambda: any(o.client_order_id == "alpha.c-a-stop.2" for o in fake.orders.values())),
+            "alpha's stop placed again",
+        )
         assert no_wash_refusal(fake)
         await positions_agree(nc)
     finally:
@@ -593,15 +708,28 @@ async def test_an_order_held_at_the_desk_can_be_canceled_by_its_strategy(
     nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
 ) -> None:
     await quote(nc, gateway, "AAPL", "99.5", "100.5")
-    await route(nc, routed("a-stop", strategy="alpha", side=common_pb2.SIDE_SELL, type=common_pb2.ORDER_TYPE_STOP,
-                           stop_price="90", time_in_force=common_pb2.TIME_IN_FORCE_GTC, qty="5"))
+    await route(
+        nc,
+        routed(
+            "a-stop",
+            strategy="alpha",
+            side=common_pb2.SIDE_SELL,
+            type=common_pb2.ORDER_TYPE_STOP,
+            stop_price="90",
+            time_in_force=common_pb2.TIME_IN_FORCE_GTC,
+            qty="5",
+        ),
+    )
     assert await reports.kinds(1) == ["NEW"]
     await route(nc, routed("b-bid", strategy="beta", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="95", qty="3"))
     assert "held at the desk" in (await reports.next()).text
     await route(nc, cancel("b-bid", "beta"))
     ended = await reports.next()
-    assert (ended.order_id, ended.exec_type, ended.status) == (oid("b-bid", "beta"), E.EXEC_TYPE_CANCELED,
-                                                              E.ORDER_STATUS_CANCELED)
+    assert (ended.order_id, ended.exec_type, ended.status) == (
+        oid("b-bid", "beta"),
+        E.EXEC_TYPE_CANCELED,
+        E.ORDER_STATUS_CANCELED,
+    )
 
 
 async def test_an_order_against_the_strategys_own_resting_order_is_refused_naming_it(
@@ -613,7 +741,10 @@ async def test_an_order_against_the_strategys_own_resting_order_is_refused_namin
     await route(nc, routed("dump", strategy="alpha", side=common_pb2.SIDE_SELL, qty="3"))
     refused = await reports.next()
     assert (refused.order_id, refused.exec_type) == (oid("dump"), E.EXEC_TYPE_REJECTED)
-    assert "this strategy's own resting buy limit 90 c-low-bid" in refused.text and "cancel that order first" in refused.text
+    assert (
+        "this strategy's own resting buy limit 90 c-low-bid" in refused.text
+        and "cancel that order first" in refused.text
+    )
     assert no_wash_refusal(fake)
     assert [o.client_order_id for o in fake.call(lambda: list(fake.orders.values()))] == ["alpha.c-low-bid"]
 
@@ -622,16 +753,32 @@ async def test_a_notional_order_is_crossed_at_the_fair_price_converted_to_shares
     nc: Client, fake: FakeAlpaca, gateway: Gateway, reports: Reports
 ) -> None:
     await quote(nc, gateway, "AAPL", "99.5", "100.5")
-    await route(nc, routed("a-sell", strategy="alpha", side=common_pb2.SIDE_SELL, type=common_pb2.ORDER_TYPE_LIMIT,
-                           limit_price="99", time_in_force=common_pb2.TIME_IN_FORCE_GTC, qty="10"))
+    await route(
+        nc,
+        routed(
+            "a-sell",
+            strategy="alpha",
+            side=common_pb2.SIDE_SELL,
+            type=common_pb2.ORDER_TYPE_LIMIT,
+            limit_price="99",
+            time_in_force=common_pb2.TIME_IN_FORCE_GTC,
+            qty="10",
+        ),
+    )
     assert await reports.kinds(1) == ["NEW"]
     await route(nc, routed("b-usd", strategy="beta", qty="", notional="500"))  # $500 at 100: 5 shares
     bought = await reports.until(lambda r: r.order_id == oid("b-usd", "beta") and bool(r.fill_qty))
     assert (bought.exec_type, bought.fill_qty, bought.fill_price, bought.status) == (
-        E.EXEC_TYPE_FILL, "5", "100", E.ORDER_STATUS_FILLED)
+        E.EXEC_TYPE_FILL,
+        "5",
+        "100",
+        E.ORDER_STATUS_FILLED,
+    )
     assert "internal cross" in bought.text
-    await until(lambda: fake.call(lambda: any(o.client_order_id == "alpha.c-a-sell.2" for o in fake.orders.values())),
-                "alpha's leaves placed again")
+    await until(
+        lambda: fake.call(lambda: any(o.client_order_id == "alpha.c-a-sell.2" for o in fake.orders.values())),
+        "alpha's leaves placed again",
+    )
     assert fake.order("alpha.c-a-sell.2").qty == 5
     assert not fake.call(lambda: any(o.client_order_id.startswith("beta.") for o in fake.orders.values()))
     assert no_wash_refusal(fake)
@@ -643,8 +790,18 @@ async def test_one_strategys_resting_sell_does_not_block_anothers_sell_of_the_he
 ) -> None:
     await quote(nc, gateway, "AAPL", "99.5", "100.5")
     await route(nc, routed("a-buy", strategy="alpha", qty="10"))
-    await route(nc, routed("a-exit", strategy="alpha", side=common_pb2.SIDE_SELL, type=common_pb2.ORDER_TYPE_LIMIT,
-                           limit_price="120", time_in_force=common_pb2.TIME_IN_FORCE_GTC, qty="10"))
+    await route(
+        nc,
+        routed(
+            "a-exit",
+            strategy="alpha",
+            side=common_pb2.SIDE_SELL,
+            type=common_pb2.ORDER_TYPE_LIMIT,
+            limit_price="120",
+            time_in_force=common_pb2.TIME_IN_FORCE_GTC,
+            qty="10",
+        ),
+    )
     assert await reports.kinds(3) == ["NEW", "FILL", "NEW"]  # alpha's 10 shares are now held by its exit
     # beta sells 10: at Alpaca that is 403 40310000 (available 0, held_for_orders 10); the desk steps
     # alpha's exit aside, sells, and places alpha's exit again
@@ -668,7 +825,10 @@ async def test_one_strategys_resting_sell_does_not_block_anothers_sell_of_the_he
     books = ledger_positions(await stream_reports(nc))
     broker = await request(nc, "desk.broker.alpaca.positions", ledger_pb2.LedgerQuery(), ledger_pb2.PositionsReply)
     assert [(p.strategy_id, p.symbol, p.qty) for p in books] == [
-        ("alpha", "AAPL", "0"), ("alpha", "MSFT", "1"), ("beta", "AAPL", "-10")]
+        ("alpha", "AAPL", "0"),
+        ("alpha", "MSFT", "1"),
+        ("beta", "AAPL", "-10"),
+    ]
     assert [(p.symbol, p.qty) for p in broker.positions] == [("AAPL", "-10"), ("MSFT", "1")]
     assert reconcile.compare(books, broker.positions) == []
 
@@ -683,13 +843,17 @@ async def test_crossing_a_gateway_restart_and_the_real_ledger_end_with_a_clean_r
     for strategy, member in (("alpha", "alice"), ("beta", "bob")):
         spec = strategy_pb2.StrategySpec(strategy_id=strategy, member_id=member, initial_cash="100000")
         await desk_kv.put(nc.jetstream(), subjects.KV_STRATEGIES, strategy, spec)
-    ledger_settings = LedgerSettings(nats_url=nats_server.url, ledger_db_path=str(tmp_path / "ledger.db"), drain_timeout=5)
+    ledger_settings = LedgerSettings(
+        nats_url=nats_server.url, ledger_db_path=str(tmp_path / "ledger.db"), drain_timeout=5
+    )
     ledger = LedgerService(ledger_settings)
     ledger_proc = await run_in_process("ledger", ledger_settings, ledger.start)
     try:
         first = await start_gateway(nats_server, fake)
         await quote(nc, first, "AAPL", "99.5", "100.5")
-        await route(nc, routed("a-buy", strategy="alpha", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="101", qty="10"))
+        await route(
+            nc, routed("a-buy", strategy="alpha", type=common_pb2.ORDER_TYPE_LIMIT, limit_price="101", qty="10")
+        )
         await route(nc, routed("b-sell", strategy="beta", side=common_pb2.SIDE_SELL, qty="6"))
         await reports.until(lambda r: r.order_id == oid("b-sell", "beta") and bool(r.fill_qty))
         await route(nc, routed("mark", qty="1", symbol="MSFT"))  # once reported, b-sell's re-placing is done
@@ -703,14 +867,21 @@ async def test_crossing_a_gateway_restart_and_the_real_ledger_end_with_a_clean_r
             assert (last.fill_qty, last.fill_price) == ("4", "100.5")
             stored = (await nc.jetstream().stream_info(subjects.STREAM_EXECUTIONS)).state.messages
             await ledger.wait_for(lambda s: s.messages >= stored, timeout=TIMEOUT)
-            books = await request(nc, subjects.LEDGER_POSITIONS, ledger_pb2.LedgerQuery(limit=1000), ledger_pb2.PositionsReply)
-            broker = await request(nc, "desk.broker.alpaca.positions", ledger_pb2.LedgerQuery(), ledger_pb2.PositionsReply)
+            books = await request(
+                nc, subjects.LEDGER_POSITIONS, ledger_pb2.LedgerQuery(limit=1000), ledger_pb2.PositionsReply
+            )
+            broker = await request(
+                nc, "desk.broker.alpaca.positions", ledger_pb2.LedgerQuery(), ledger_pb2.PositionsReply
+            )
         finally:
             await second.service.stop()
     finally:
         await ledger_proc.stop()
     assert sorted((p.strategy_id, p.symbol, p.qty) for p in books.positions if p.qty != "0") == [
-        ("alpha", "AAPL", "10"), ("alpha", "MSFT", "1"), ("beta", "AAPL", "-6")]
+        ("alpha", "AAPL", "10"),
+        ("alpha", "MSFT", "1"),
+        ("beta", "AAPL", "-6"),
+    ]
     assert sorted((p.symbol, p.qty) for p in broker.positions) == [("AAPL", "4"), ("MSFT", "1")]
     assert reconcile.compare(books.positions, broker.positions) == []
 
@@ -726,9 +897,13 @@ def test_broker_alpaca_implies_the_alpaca_feed_and_venue_for_desk_up_and_a_chose
 
     assert venue_environment({}) == ({"BROKER": "sim", "MD_FEED": "synthetic", "ROUTER_VENUE": "sim"}, [])
     assert venue_environment({"BROKER": "alpaca"}) == (
-        {"BROKER": "alpaca", "MD_FEED": "alpaca", "ROUTER_VENUE": "alpaca"}, [])
+        {"BROKER": "alpaca", "MD_FEED": "alpaca", "ROUTER_VENUE": "alpaca"},
+        [],
+    )
     assert venue_environment({"BROKER": "sim", "MD_FEED": "alpaca"}) == (  # the simulator on real prices: fine
-        {"BROKER": "sim", "MD_FEED": "alpaca", "ROUTER_VENUE": "sim"}, [])
+        {"BROKER": "sim", "MD_FEED": "alpaca", "ROUTER_VENUE": "sim"},
+        [],
+    )
     chosen, warnings = venue_environment({"BROKER": "alpaca", "MD_FEED": "synthetic"})
     assert chosen["MD_FEED"] == "synthetic" and len(warnings) == 1
     assert warnings[0].startswith("BROKER=alpaca with MD_FEED=synthetic: ") and "no orders are crossed" in warnings[0]

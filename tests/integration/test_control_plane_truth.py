@@ -278,8 +278,12 @@ async def _desk_cli(server: NatsServer, *args: str) -> tuple[int, str, str]:
 async def ledger(nats_server: NatsServer, nc: Client, tmp_path: Path) -> AsyncIterator[None]:
     # no equity snapshot during the test: "nothing yet" is what a strategy without books shows, however
     # long the reads take on a busy machine (a snapshot every 10 s would give it an equity row)
-    settings = LedgerSettings(nats_url=nats_server.url, ledger_db_path=str(tmp_path / "ledger.db"), drain_timeout=5,
-                              ledger_snapshot_interval=3600)
+    settings = LedgerSettings(
+        nats_url=nats_server.url,
+        ledger_db_path=str(tmp_path / "ledger.db"),
+        drain_timeout=5,
+        ledger_snapshot_interval=3600,
+    )
     proc = await run_in_process("ledger", settings, LedgerService(settings).start)
     try:
         yield

@@ -32,7 +32,7 @@ from tests.support import DeskUp, free_port, member_cli, poll, write_strategy
 pytestmark = pytest.mark.e2e
 UPLOAD_LIMIT = 256 * 1024
 
-SDK_STRATEGY = '''
+SDK_STRATEGY = """
 from strategy_sdk import Strategy
 
 CODE_VERSION = "%s"
@@ -41,9 +41,9 @@ CODE_VERSION = "%s"
 class Versioned(Strategy):
     def on_start(self) -> None:
         self.log.info("code version %%s", CODE_VERSION)
-'''
+"""
 
-LEGACY_STRATEGY = '''
+LEGACY_STRATEGY = """
 # Old-desk form: JSON lines on stdin, desk_client.
 import sys
 from desk_client import place_order
@@ -51,7 +51,7 @@ from desk_client import place_order
 print("legacy code version L1", flush=True)
 for line in sys.stdin:
     pass
-'''
+"""
 
 
 @pytest.fixture
@@ -88,8 +88,13 @@ async def member_connection(credential: dict[str, str], errors: asyncio.Queue[st
             errors.put_nowait(str(exc))
 
     member = credential["member"]
-    return await nats.connect(credential["url"], user=credential["user"], password=credential["password"],
-                              inbox_prefix=auth.member_inbox_prefix(member), error_cb=record)
+    return await nats.connect(
+        credential["url"],
+        user=credential["user"],
+        password=credential["password"],
+        inbox_prefix=auth.member_inbox_prefix(member),
+        error_cb=record,
+    )
 
 
 def tar_of(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
@@ -107,21 +112,38 @@ def regular(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
 
 
 def good_files(member: str) -> list[tuple[tarfile.TarInfo, bytes | None]]:
-    return [regular("strategy.py", (SDK_STRATEGY % "H").encode()),
-            regular("config.json", json.dumps({"user_id": member}).encode())]
+    return [
+        regular("strategy.py", (SDK_STRATEGY % "H").encode()),
+        regular("config.json", json.dumps({"user_id": member}).encode()),
+    ]
 
 
-async def send(nc: Client, member: str, strategy_id: str, data: bytes, sha256: str | None = None) -> (
-        strategy_pb2.StrategyStatusList):
+async def send(
+    nc: Client, member: str, strategy_id: str, data: bytes, sha256: str | None = None
+) -> strategy_pb2.StrategyStatusList:
     """An upload by hand, chunk by chunk, on the member's subjects."""
     upload_id = hashlib.sha256(data).hexdigest()[:16]
     for offset in range(0, max(len(data), 1), 40 * 1024):
-        await request(nc, subjects.member_ctl(member, "upload"), strategy_pb2.UploadChunk(
-            strategy_id=strategy_id, upload_id=upload_id, offset=offset, data=data[offset:offset + 40 * 1024]),
-            strategy_pb2.UploadAck)
-    return await request(nc, subjects.member_ctl(member, "commit"), strategy_pb2.UploadCommit(
-        strategy_id=strategy_id, upload_id=upload_id, size=len(data),
-        sha256=sha256 or hashlib.sha256(data).hexdigest()), strategy_pb2.StrategyStatusList, timeout=60)
+        await request(
+            nc,
+            subjects.member_ctl(member, "upload"),
+            strategy_pb2.UploadChunk(
+                strategy_id=strategy_id, upload_id=upload_id, offset=offset, data=data[offset : offset + 40 * 1024]
+            ),
+            strategy_pb2.UploadAck,
+        )
+    return await request(
+        nc,
+        subjects.member_ctl(member, "commit"),
+        strategy_pb2.UploadCommit(
+            strategy_id=strategy_id,
+            upload_id=upload_id,
+            size=len(data),
+            sha256=sha256 or hashlib.sha256(data).hexdigest(),
+        ),
+        strategy_pb2.StrategyStatusList,
+        timeout=60,
+    )
 
 
 async def test_members_deploy_from_their_laptops_and_control_only_their_own(desk: DeskUp, tmp_path: Path) -> None:
@@ -144,7 +166,9 @@ async def test_members_deploy_from_their_laptops_and_control_only_their_own(desk
     # alice deploys a folder by upload; status, logs, stop, start
     folder = write_strategy(alice / "alpha", "alice", SDK_STRATEGY % "A")
     deployed = cli_json(alice, "deploy", "./alpha")
-    assert [(s["strategy_id"], s["state"], s["code_version"]) for s in deployed["strategies"]] == [("alpha", "running", 1)]
+    assert [(s["strategy_id"], s["state"], s["code_version"]) for s in deployed["strategies"]] == [
+        ("alpha", "running", 1)
+    ]
     assert "version 1 deployed" in deployed["message"]
     assert cli_json(alice, "status")["strategies"][0]["state"] == "running"
     await poll(lambda: logged_versions(alice, "alpha") == ["A"], "alpha logs its code version A")
@@ -163,17 +187,28 @@ async def test_members_deploy_from_their_laptops_and_control_only_their_own(desk
     assert "NO_PREVIOUS" in refused(alice, "rollback", "alpha")
 
     # an old-style strategy (desk_client, stdin) deploys the same way
-    write_strategy(bob / "oldie", "bob", LEGACY_STRATEGY, description="old desk", version="0.9.0",
-                   env={"SYMBOLS": "AAPL"})
+    write_strategy(
+        bob / "oldie", "bob", LEGACY_STRATEGY, description="old desk", version="0.9.0", env={"SYMBOLS": "AAPL"}
+    )
     old = cli_json(bob, "deploy", "./oldie")
     assert old["strategies"][0]["state"] == "running", old
-    await poll(lambda: any("legacy code version L1" in line for line in cli_json(bob, "logs", "oldie")["lines"]),
-               "the legacy strategy runs from its upload")
+    await poll(
+        lambda: any("legacy code version L1" in line for line in cli_json(bob, "logs", "oldie")["lines"]),
+        "the legacy strategy runs from its upload",
+    )
 
     # bob sees only his own, and every control of alice's strategy is refused by the orchestrator
     assert [s["strategy_id"] for s in cli_json(bob, "status")["strategies"]] == ["oldie"]
-    for args in (("stop", "alpha"), ("start", "alpha"), ("restart", "alpha"), ("halt", "alpha"),
-                 ("logs", "alpha"), ("rollback", "alpha"), ("deploy", "alpha"), ("status", "alpha")):
+    for args in (
+        ("stop", "alpha"),
+        ("start", "alpha"),
+        ("restart", "alpha"),
+        ("halt", "alpha"),
+        ("logs", "alpha"),
+        ("rollback", "alpha"),
+        ("deploy", "alpha"),
+        ("status", "alpha"),
+    ):
         assert "NOT_YOURS" in refused(bob, *args), args
     write_strategy(bob / "takeover" / "alpha", "bob", SDK_STRATEGY % "EVIL")
     result = member_cli(bob, "deploy", "./takeover/alpha", check=False)
@@ -193,13 +228,19 @@ async def test_members_deploy_from_their_laptops_and_control_only_their_own(desk
             await nc.publish(subjects.member_ctl("alice", op), b"", reply=f"{auth.member_inbox_prefix('bob')}.x")
             error = await asyncio.wait_for(errors.get(), 10)
             assert "permissions violation for publish" in error.lower() and f"desk.ctl.m.alice.{op}" in error.lower()
-        for forbidden in (subjects.CTL_STOP, subjects.CTL_MEMBER_ADD, "$JS.API.STREAM.INFO.OBJ_DESK_CODE",
-                          "$O.DESK_CODE.C.x", subjects.LEDGER_POSITIONS):
+        for forbidden in (
+            subjects.CTL_STOP,
+            subjects.CTL_MEMBER_ADD,
+            "$JS.API.STREAM.INFO.OBJ_DESK_CODE",
+            "$O.DESK_CODE.C.x",
+            subjects.LEDGER_POSITIONS,
+        ):
             await nc.publish(forbidden, b"")
             assert "permissions violation" in (await asyncio.wait_for(errors.get(), 10)).lower(), forbidden
         # the leaderboard is the club's: readable
-        board = await request(nc, subjects.LEDGER_LEADERBOARD, ledger_pb2.LedgerQuery(limit=5),
-                              ledger_pb2.LeaderboardReply)
+        board = await request(
+            nc, subjects.LEDGER_LEADERBOARD, ledger_pb2.LedgerQuery(limit=5), ledger_pb2.LeaderboardReply
+        )
         assert isinstance(board, ledger_pb2.LeaderboardReply)
     finally:
         await nc.close()
@@ -261,22 +302,31 @@ async def test_hostile_uploads_are_refused_and_write_nothing_outside_the_store(d
         # replies only to alice's own inbox: pointed elsewhere, a request on any of her endpoints is
         # dropped unanswered (before it is decoded: nothing happens), and counted
         for op in subjects.MEMBER_OPS:
-            for reply in ("$KV.DESK_STRATEGIES.victim", "_INBOX_S.victim.x", f"{auth.member_inbox_prefix('bob')}.x",
-                          "$JS.API.STREAM.PURGE.OBJ_DESK_CODE"):
+            for reply in (
+                "$KV.DESK_STRATEGIES.victim",
+                "_INBOX_S.victim.x",
+                f"{auth.member_inbox_prefix('bob')}.x",
+                "$JS.API.STREAM.PURGE.OBJ_DESK_CODE",
+            ):
                 data, headers = codec.encode(strategy_pb2.StrategyControl(strategy_id="fine"))
                 await nc.publish(subjects.member_ctl("alice", op), data, reply=reply, headers=headers)
         await nc.flush()
 
         admin = await nats.connect(desk.url)
         try:
+
             async def dropped() -> dict[str, dict[str, int]] | None:
                 stats = json.loads((await admin.request("$SRV.STATS.orchestrator", b"", timeout=5)).data)
-                found = {e["name"]: (e.get("data") or {}).get("dropped", {}) for e in stats["endpoints"]
-                         if e["name"].startswith("m_")}
+                found = {
+                    e["name"]: (e.get("data") or {}).get("dropped", {})
+                    for e in stats["endpoints"]
+                    if e["name"].startswith("m_")
+                }
                 return found if all(sum(d.values()) == 4 for d in found.values()) else None
 
             assert await poll(dropped, "the misdirected requests counted as dropped") == {
-                f"m_{op}": {"REPLY_NOT_INBOX": 2, "REPLY_FOREIGN_INBOX": 2} for op in subjects.MEMBER_OPS}
+                f"m_{op}": {"REPLY_NOT_INBOX": 2, "REPLY_FOREIGN_INBOX": 2} for op in subjects.MEMBER_OPS
+            }
             # nothing stored, nothing deployed
             store = await admin.jetstream().stream_info("OBJ_DESK_CODE")
             assert store.state.messages == 0
@@ -299,14 +349,35 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     import subprocess
 
     cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return cert, key
 
 
-async def test_a_member_reaches_a_desk_with_tls_on_its_client_port(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_member_reaches_a_desk_with_tls_on_its_client_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cert, key = self_signed(tmp_path)
     monkeypatch.setenv("NATS_TLS_CA", str(cert))  # the operator's CLI (DeskUp.cli) checks the certificate
     strategies = tmp_path / "strategies"
@@ -329,8 +400,14 @@ async def test_a_member_reaches_a_desk_with_tls_on_its_client_port(tmp_path: Pat
         # without the CA, the desk's certificate is not trusted; the server requires TLS of every client
         monkeypatch.delenv("NATS_TLS_CA")
         with pytest.raises(Exception):  # noqa: B017 - nats-py raises the ssl error or gives up
-            await nats.connect(url, user="member-carol", password="x", max_reconnect_attempts=1, connect_timeout=2,
-                               allow_reconnect=False)
+            await nats.connect(
+                url,
+                user="member-carol",
+                password="x",
+                max_reconnect_attempts=1,
+                connect_timeout=2,
+                allow_reconnect=False,
+            )
         reader, writer = await asyncio.open_connection("127.0.0.1", up.port)
         try:
             info = json.loads((await asyncio.wait_for(reader.readline(), 10)).decode().removeprefix("INFO "))
@@ -365,6 +442,7 @@ async def test_members_and_uploaded_versions_outlive_a_desk_restart(tmp_path: Pa
     shutil.rmtree(up.data_dir / "deployed")  # the store is the truth: unpacked again from it
     await up.start()
     try:
+
         def keeper() -> tuple[str, int]:  # dave's login still works; autodeploy does not wait for heartbeats
             row = cli_json(laptop, "status", "keeper")["strategies"][0]
             return row["state"], row["code_version"]

@@ -35,9 +35,15 @@ async def serve_venue(nc: Client, venue: str = "sim") -> None:
     """What a gateway of ``venue`` does first: its durable consumer on ORDERS, so the router routes to it."""
     js = nc.jetstream()
     await streams.ensure_stream(js, streams.ORDERS)
-    await js.add_consumer(subjects.STREAM_ORDERS, ConsumerConfig(
-        durable_name=gateway_durable(venue), ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-        filter_subject=subjects.broker_orders(venue)))
+    await js.add_consumer(
+        subjects.STREAM_ORDERS,
+        ConsumerConfig(
+            durable_name=gateway_durable(venue),
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=subjects.broker_orders(venue),
+        ),
+    )
 
 
 async def _set_up_desk(nc: Client) -> None:
@@ -67,7 +73,9 @@ class RouterHarness:
             assert await self.service.stop() == 0
             self.service = None
 
-    async def submit(self, strategy_id: str = "alpha", subject: str | None = None, **fields: Any) -> orders_pb2.OrderAck:
+    async def submit(
+        self, strategy_id: str = "alpha", subject: str | None = None, **fields: Any
+    ) -> orders_pb2.OrderAck:
         base: dict[str, Any] = {
             "strategy_id": strategy_id,
             "client_order_id": "c-1",
@@ -169,7 +177,10 @@ async def test_each_bad_request_gets_its_specific_reason_and_the_router_keeps_se
     assert ack.reason == orders_pb2.REJECT_REASON_UNKNOWN_STRATEGY
 
     ack = await desk.submit(type=common_pb2.ORDER_TYPE_LIMIT)
-    assert (ack.reason, ack.message) == (orders_pb2.REJECT_REASON_INVALID_FIELD, "limit_price is required for LIMIT orders")
+    assert (ack.reason, ack.message) == (
+        orders_pb2.REJECT_REASON_INVALID_FIELD,
+        "limit_price is required for LIMIT orders",
+    )
 
     ack = await desk.submit(client_order_id="")
     assert ack.reason == orders_pb2.REJECT_REASON_INVALID_FIELD and "client_order_id" in ack.message
@@ -349,7 +360,11 @@ async def test_an_ack_stored_long_ago_answers_a_retry_and_routes_nothing(desk: R
     # An ack in DESK_ORDER_IDS from before JetStream's duplicate window: only the router's own record
     # of accepted orders (the watched bucket) can tell that this client order id was used.
     old = orders_pb2.OrderAck(
-        strategy_id="alpha", client_order_id="old-1", order_id=order_id_for("alpha", "old-1"), accepted=True, ts_ns=12345
+        strategy_id="alpha",
+        client_order_id="old-1",
+        order_id=order_id_for("alpha", "old-1"),
+        accepted=True,
+        ts_ns=12345,
     )
     key = subjects.order_id_key("alpha", "old-1")
     await _put(nc, subjects.KV_ORDER_IDS, key, old)
@@ -384,8 +399,14 @@ async def test_a_cancel_through_another_replica_right_after_the_ack_finds_the_or
     try:
         assert desk.router is not None
         order = orders_pb2.OrderRequest(
-            strategy_id="alpha", client_order_id="x-1", symbol="AAPL", side=common_pb2.SIDE_BUY,
-            type=common_pb2.ORDER_TYPE_LIMIT, limit_price="90", time_in_force=common_pb2.TIME_IN_FORCE_DAY, qty="1",
+            strategy_id="alpha",
+            client_order_id="x-1",
+            symbol="AAPL",
+            side=common_pb2.SIDE_BUY,
+            type=common_pb2.ORDER_TYPE_LIMIT,
+            limit_price="90",
+            time_in_force=common_pb2.TIME_IN_FORCE_DAY,
+            qty="1",
         )
         ack = await desk.router.submit(order, subjects.order_submit("alpha"))
         cancel = orders_pb2.CancelRequest(strategy_id="alpha", client_order_id="x-1")
@@ -431,9 +452,11 @@ async def test_an_order_sent_while_the_gateway_is_starting_waits_for_its_consume
     harness.settings = Settings(nats_url=nats_server.url, router_venue="alpaca", router_venue_wait=3)
     await harness.start()
     try:
+
         async def gateway_comes_up() -> None:
             await asyncio.sleep(0.5)
             await serve_venue(nc, "alpaca")
+
         starting = asyncio.create_task(gateway_comes_up())
         ack = await harness.submit(client_order_id="early-1")
         await starting

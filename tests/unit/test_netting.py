@@ -19,8 +19,16 @@ from services.broker_gateway.brokers.netting import (
 D = Decimal
 
 
-def order(oid: str, strategy: str, side: str, qty: str, kind: str = "market", limit: str | None = None,
-          created: int = 0, symbol: str = "AAPL") -> NetOrder:
+def order(
+    oid: str,
+    strategy: str,
+    side: str,
+    qty: str,
+    kind: str = "market",
+    limit: str | None = None,
+    created: int = 0,
+    symbol: str = "AAPL",
+) -> NetOrder:
     return NetOrder(oid, strategy, symbol, side, kind, D(qty), D(limit) if limit else None, None, created)
 
 
@@ -112,12 +120,16 @@ def test_an_incoming_stop_is_held_until_triggered_then_crosses_as_a_market_order
     fired = plan(stop("b1", "beta", "buy", "5", "105"), resting, D("106"))
     assert fired.crosses == (Cross("b1", "a1", D("5"), D("106")),) and fired.send_qty == 0
     assert effective_type(stop("x", "s", "buy", "1", "105", "107"), D("106")) == "limit"
-    assert not triggered(stop("x", "s", "sell", "1", "90"), D("91")) and triggered(stop("x", "s", "sell", "1", "90"), D("90"))
+    assert not triggered(stop("x", "s", "sell", "1", "90"), D("91")) and triggered(
+        stop("x", "s", "sell", "1", "90"), D("90")
+    )
 
 
 def test_partial_crosses_then_the_rest_pulls_what_still_blocks_it_and_keeps_leaves_exact() -> None:
-    resting = [order("a1", "alpha", "sell", "4", "limit", "99", created=1),
-               order("g1", "gamma", "sell", "10", "limit", "120", created=2)]
+    resting = [
+        order("a1", "alpha", "sell", "4", "limit", "99", created=1),
+        order("g1", "gamma", "sell", "10", "limit", "120", created=2),
+    ]
     result = plan(order("b1", "beta", "buy", "10"), resting, D("100"))
     assert result.crosses == (Cross("b1", "a1", D("4"), D("100")),)
     assert (result.send_qty, result.pulls) == (D("6"), ("g1",))  # a1 has no leaves left: nothing to pull

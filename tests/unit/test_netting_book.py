@@ -4,6 +4,7 @@ restored after a restart, canceled), and orders by value crossed in full."""
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from desk.core.ids import order_id_for
 from desk.v1 import common_pb2, executions_pb2, orders_pb2
@@ -14,15 +15,24 @@ E = executions_pb2
 D = Decimal
 
 
-def routed(strategy: str, client_id: str, **fields: object) -> orders_pb2.RoutedOrder:
-    request: dict[str, object] = {
-        "strategy_id": strategy, "client_order_id": client_id, "symbol": "AAPL", "side": common_pb2.SIDE_BUY,
-        "type": common_pb2.ORDER_TYPE_LIMIT, "time_in_force": common_pb2.TIME_IN_FORCE_GTC, "qty": "3",
+def routed(strategy: str, client_id: str, **fields: Any) -> orders_pb2.RoutedOrder:
+    request: dict[str, Any] = {
+        "strategy_id": strategy,
+        "client_order_id": client_id,
+        "symbol": "AAPL",
+        "side": common_pb2.SIDE_BUY,
+        "type": common_pb2.ORDER_TYPE_LIMIT,
+        "time_in_force": common_pb2.TIME_IN_FORCE_GTC,
+        "qty": "3",
         "limit_price": "95",
     }
     request.update(fields)
-    return orders_pb2.RoutedOrder(order_id=order_id_for(strategy, client_id), strategy_id=strategy, member_id="m1",
-                                  new_order=orders_pb2.OrderRequest(**request))  # type: ignore[arg-type]
+    return orders_pb2.RoutedOrder(
+        order_id=order_id_for(strategy, client_id),
+        strategy_id=strategy,
+        member_id="m1",
+        new_order=orders_pb2.OrderRequest(**request),
+    )
 
 
 REASON = "3 AAPL held at the desk: it could trade against strategy alpha's resting sell stop 90 ..."
@@ -54,7 +64,8 @@ def test_a_held_order_after_partial_crosses_gets_a_record_not_a_second_new() -> 
     book.cross(order, resting, D(2), D(100))
     reports = book.hold(order, REASON)
     assert [(r.exec_type, r.status, r.cum_qty) for r in reports] == [
-        (E.EXEC_TYPE_NEW, E.ORDER_STATUS_PARTIALLY_FILLED, "2")]
+        (E.EXEC_TYPE_NEW, E.ORDER_STATUS_PARTIALLY_FILLED, "2")
+    ]
     after = AlpacaBook(clock=lambda: 6)
     after.restore([*book_reports(book, order), *reports])
     assert after.is_held(after.orders[order.order_id])
@@ -80,8 +91,17 @@ def test_a_held_order_canceled_by_its_strategy_ends_canceled() -> None:
 def test_an_order_by_value_crossed_for_all_its_dollars_is_filled_and_netting_sees_what_is_left() -> None:
     book = AlpacaBook(clock=lambda: 5)
     resting = book.remember(routed("alpha", "a1", side=common_pb2.SIDE_SELL, qty="10", limit_price="99"))
-    order = book.remember(routed("beta", "b1", type=common_pb2.ORDER_TYPE_MARKET, qty="", limit_price="",
-                                 time_in_force=common_pb2.TIME_IN_FORCE_DAY, notional="500"))
+    order = book.remember(
+        routed(
+            "beta",
+            "b1",
+            type=common_pb2.ORDER_TYPE_MARKET,
+            qty="",
+            limit_price="",
+            time_in_force=common_pb2.TIME_IN_FORCE_DAY,
+            notional="500",
+        )
+    )
     (new, part) = book.cross(order, resting, D(3), D(100))[2:]  # resting's NEW and fill, then the order's
     assert (part.exec_type, part.cum_qty) == (E.EXEC_TYPE_PARTIAL_FILL, "3")
     assert net_view(order).notional == D(200) and net_view(order).leaves == 0

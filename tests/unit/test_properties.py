@@ -135,8 +135,12 @@ class _Shape:
     stop: bool
 
 
-_ALL_TIFS = (common_pb2.TIME_IN_FORCE_DAY, common_pb2.TIME_IN_FORCE_GTC, common_pb2.TIME_IN_FORCE_IOC,
-             common_pb2.TIME_IN_FORCE_FOK)
+_ALL_TIFS = (
+    common_pb2.TIME_IN_FORCE_DAY,
+    common_pb2.TIME_IN_FORCE_GTC,
+    common_pb2.TIME_IN_FORCE_IOC,
+    common_pb2.TIME_IN_FORCE_FOK,
+)
 _SHAPES = (
     [_Shape(common_pb2.ORDER_TYPE_MARKET, tif, False, False) for tif in _ALL_TIFS]
     + [_Shape(common_pb2.ORDER_TYPE_LIMIT, tif, True, False) for tif in _ALL_TIFS]

@@ -155,7 +155,9 @@ def describe(exc: BaseException) -> str:
 class AlpacaRest:
     """alpaca-py's REST calls off the event loop, with a retry budget for 429/5xx/timeouts."""
 
-    def __init__(self, client: TradingClient, config: AlpacaConfig, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    def __init__(
+        self, client: TradingClient, config: AlpacaConfig, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    ) -> None:
         self.client = client
         self.config = config
         self._sleep = sleep
@@ -183,8 +185,7 @@ class DeskTradingStream(TradingStream):
     """alpaca-py's TradingStream, plus a hook run after every (re)connect, before events are consumed."""
 
     def __init__(self, config: AlpacaConfig, on_connected: Callable[[], Awaitable[None]]) -> None:
-        super().__init__(config.api_key, config.secret_key, paper=config.paper,
-                         url_override=config.stream_url)  # type: ignore[arg-type]  # alpaca-py types it str, None is its default
+        super().__init__(config.api_key, config.secret_key, paper=config.paper, url_override=config.stream_url)  # type: ignore[arg-type]  # alpaca-py types it str, None is its default
         self._on_connected = on_connected
         self._reconnect_min_backoff = config.reconnect_backoff
 
@@ -224,8 +225,12 @@ class AlpacaPrices:
         if update.source != FEED_SOURCE:
             source = update.source or "(none)"
             if source not in self.ignored:
-                log.warning("marketdata.not_alpaca", source=source, symbol=update.symbol,
-                            hint="internal crosses are priced only from MD_FEED=alpaca; set MD_FEED=alpaca")
+                log.warning(
+                    "marketdata.not_alpaca",
+                    source=source,
+                    symbol=update.symbol,
+                    hint="internal crosses are priced only from MD_FEED=alpaca; set MD_FEED=alpaca",
+                )
             self.ignored[source] = self.ignored.get(source, 0) + 1
             return
         ts_ns = update.ts_ns or self._clock()
@@ -261,14 +266,19 @@ class AlpacaPrices:
         if described:
             why += ": " + ", ".join(described)
         elif self.ignored:
-            why += ": the feed is " + "/".join(sorted(self.ignored)) + ", whose prices never price a cross (MD_FEED=alpaca)"
+            why += (
+                ": the feed is "
+                + "/".join(sorted(self.ignored))
+                + ", whose prices never price a cross (MD_FEED=alpaca)"
+            )
         else:
             why += ": none received (MD_FEED=alpaca?)"
         return None, why
 
 
-def order_request(routed: orders_pb2.RoutedOrder, qty: Decimal | None = None, placement: int = 1,
-                  notional: Decimal | None = None) -> OrderRequest:
+def order_request(
+    routed: orders_pb2.RoutedOrder, qty: Decimal | None = None, placement: int = 1, notional: Decimal | None = None
+) -> OrderRequest:
     """The alpaca-py request for a routed order (client_order_id = ``<strategy_id>.<client_order_id>``),
     for ``qty`` (or, for an order by value, ``notional`` dollars) when only part of it goes to Alpaca
     (the rest was crossed inside the desk)."""
@@ -304,10 +314,16 @@ def net_view(order: DeskOrder) -> netting.NetOrder:
     """``order`` as netting sees it; an order by value carries the dollars it has still to trade."""
     by_value = order.qty is None and order.notional is not None and not order.is_final
     return netting.NetOrder(
-        order_id=order.order_id, strategy_id=order.strategy_id, symbol=order.symbol,
-        side=SIDE_WORDS.get(order.side, ""), type=ORDER_TYPE_WORDS.get(order.type, ""),
-        leaves=order.leaves_qty or Decimal(0), limit_price=order.limit_price, stop_price=order.stop_price,
-        created_ns=order.created_ns, client_order_id=order.client_order_id,
+        order_id=order.order_id,
+        strategy_id=order.strategy_id,
+        symbol=order.symbol,
+        side=SIDE_WORDS.get(order.side, ""),
+        type=ORDER_TYPE_WORDS.get(order.type, ""),
+        leaves=order.leaves_qty or Decimal(0),
+        limit_price=order.limit_price,
+        stop_price=order.stop_price,
+        created_ns=order.created_ns,
+        client_order_id=order.client_order_id,
         notional=max((order.notional or Decimal(0)) - order.cost, Decimal(0)) if by_value else None,
     )
 
@@ -315,8 +331,10 @@ def net_view(order: DeskOrder) -> netting.NetOrder:
 def fill_from_activity(row: dict[str, Any]) -> Fill:
     activity_id = str(row.get("id", ""))
     return Fill(
-        alpaca_order_id=str(row["order_id"]), cum_qty=dec(row["cum_qty"]) or Decimal(0),
-        qty=dec(row["qty"]) or Decimal(0), price=dec(row["price"]) or Decimal(0),
+        alpaca_order_id=str(row["order_id"]),
+        cum_qty=dec(row["cum_qty"]) or Decimal(0),
+        qty=dec(row["qty"]) or Decimal(0),
+        price=dec(row["price"]) or Decimal(0),
         event_ns=to_ns(dt.datetime.fromisoformat(str(row["transaction_time"]))),
         alpaca_execution_id=activity_id.split("::")[-1],
     )
@@ -331,8 +349,9 @@ class AlpacaBroker:
     wants_market_data = True  # the Alpaca feed's quotes and trades price internal crosses (AlpacaPrices)
     reports_async = True
 
-    def __init__(self, config: AlpacaConfig, clock: Callable[[], int] = time.time_ns,
-                 client: TradingClient | None = None) -> None:
+    def __init__(
+        self, config: AlpacaConfig, clock: Callable[[], int] = time.time_ns, client: TradingClient | None = None
+    ) -> None:
         if not config.api_key or not config.secret_key:
             raise AlpacaCredentialsError("BROKER=alpaca needs ALPACA_API_KEY and ALPACA_SECRET_KEY (paper keys)")
         self.config = config
@@ -385,6 +404,7 @@ class AlpacaBroker:
 
     async def start(self, emit: Sink, prices: PriceSource | None = None, timeout: float = 30.0) -> None:
         """Connect the stream; return once the first reconcile is done (before any new work)."""
+
         def emit_and_notify(reports: Reports) -> Awaitable[bool] | None:
             stored = emit(reports)
             for report in reports:
@@ -399,8 +419,7 @@ class AlpacaBroker:
         self._prices = prices
         self._stream = DeskTradingStream(self.config, self._on_connected)
         self._stream.subscribe_trade_updates(self._on_trade_update)
-        self._stream_task = asyncio.create_task(
-            self._stream._run_forever(), name="alpaca.trade_updates")  # type: ignore[no-untyped-call]  # untyped in alpaca-py
+        self._stream_task = asyncio.create_task(self._stream._run_forever(), name="alpaca.trade_updates")  # type: ignore[no-untyped-call]  # untyped in alpaca-py
         ready = asyncio.create_task(self._ready.wait())
         done, _ = await asyncio.wait({ready, self._stream_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if ready not in done:
@@ -483,8 +502,12 @@ class AlpacaBroker:
         """An order live at Alpaca that ``order`` could trade against there (Alpaca would refuse it: 42210000)."""
         view = net_view(order)
         for other in self.book.orders.values():
-            if other.symbol == order.symbol and other.order_id != order.order_id and self._live(other) \
-                    and netting.could_wash(view, net_view(other)):
+            if (
+                other.symbol == order.symbol
+                and other.order_id != order.order_id
+                and self._live(other)
+                and netting.could_wash(view, net_view(other))
+            ):
                 return other
         return None
 
@@ -494,22 +517,30 @@ class AlpacaBroker:
         if known is not None:
             return known
         request = orders_pb2.OrderRequest(
-            strategy_id=order.strategy_id, client_order_id=order.client_order_id, symbol=order.symbol,
-            side=order.side,  # type: ignore[arg-type]  # int values of the generated enums
-            type=order.type,  # type: ignore[arg-type]
-            time_in_force=order.tif,  # type: ignore[arg-type]
-            qty=fmt(order.qty), notional=fmt(order.notional), limit_price=fmt(order.limit_price),
+            strategy_id=order.strategy_id,
+            client_order_id=order.client_order_id,
+            symbol=order.symbol,
+            side=order.side,
+            type=order.type,
+            time_in_force=order.tif,
+            qty=fmt(order.qty),
+            notional=fmt(order.notional),
+            limit_price=fmt(order.limit_price),
             stop_price=fmt(order.stop_price),
         )
-        return orders_pb2.RoutedOrder(order_id=order.order_id, strategy_id=order.strategy_id,
-                                      member_id=order.member_id, new_order=request)
+        return orders_pb2.RoutedOrder(
+            order_id=order.order_id, strategy_id=order.strategy_id, member_id=order.member_id, new_order=request
+        )
 
     async def _complete_replacements(self, symbol: str | None = None, locked: bool = False) -> None:
         """Place again the leaves of every order whose Alpaca order the desk canceled to cross it and
         whose re-place did not happen (a crash, or Alpaca unavailable past the budget): as the next
         ``<id>.<n>``. Alpaca's fills of the canceled order not yet booked are not leaves."""
-        pending = [o for o in self.book.orders.values()
-                   if (symbol is None or o.symbol == symbol) and self.book.needs_replacing(o)]
+        pending = [
+            o
+            for o in self.book.orders.values()
+            if (symbol is None or o.symbol == symbol) and self.book.needs_replacing(o)
+        ]
         for order in pending:
             if locked:
                 await self._replace(order)
@@ -532,19 +563,32 @@ class AlpacaBroker:
             return
         blocker = self._blocker(order)
         if blocker is not None:  # the order it was pulled for still works at Alpaca: placed once that is done
-            log.info("alpaca.replace_waits", order_id=order.order_id, for_order=blocker.order_id,
-                     for_strategy=blocker.strategy_id)
+            log.info(
+                "alpaca.replace_waits",
+                order_id=order.order_id,
+                for_order=blocker.order_id,
+                for_strategy=blocker.strategy_id,
+            )
             return
-        log.info("alpaca.replacing_leaves", order_id=order.order_id, strategy_id=order.strategy_id,
-                 client_order_id=order.client_order_id, qty=fmt(leaves), placement=order.next_placement,
-                 canceled_alpaca_order=latest)
+        log.info(
+            "alpaca.replacing_leaves",
+            order_id=order.order_id,
+            strategy_id=order.strategy_id,
+            client_order_id=order.client_order_id,
+            qty=fmt(leaves),
+            placement=order.next_placement,
+            canceled_alpaca_order=latest,
+        )
         await self._place(self._routed_of(order), order, leaves, placement=order.next_placement)
 
     async def _net(self, order: DeskOrder) -> tuple[netting.NettingPlan, Decimal | None, str]:
         """Cross ``order`` with other strategies' orders live at Alpaca (netting.plan) and make the
         crosses; the plan for the rest, the fair price used and where it came from."""
-        resting = [net_view(o) for o in self.book.orders.values()
-                   if o.symbol == order.symbol and o.order_id != order.order_id and self._live(o)]
+        resting = [
+            net_view(o)
+            for o in self.book.orders.values()
+            if o.symbol == order.symbol and o.order_id != order.order_id and self._live(o)
+        ]
         incoming = net_view(order)
         if not resting:
             return netting.NettingPlan((), incoming.leaves, send_notional=incoming.notional), None, ""
@@ -558,8 +602,14 @@ class AlpacaBroker:
             room = order.qty - order.cum_qty if order.qty is not None else cross.qty
             qty = min(cross.qty, left, room)
             if qty > 0:
-                log.info("order.crossed_internally", with_order=other.order_id, with_strategy=other.strategy_id,
-                         qty=fmt(qty), price=fmt(cross.price), price_source=how)
+                log.info(
+                    "order.crossed_internally",
+                    with_order=other.order_id,
+                    with_strategy=other.strategy_id,
+                    qty=fmt(qty),
+                    price=fmt(cross.price),
+                    price_source=how,
+                )
                 # stored before the routed order is acked (the shell flushes first); a cross lost
                 # in a crash is made again when the routed order comes back, and the re-place
                 # below is then pulled again: the pull record already covers the resting order
@@ -584,7 +634,11 @@ class AlpacaBroker:
         if order.is_final:
             return
         if plan.conflict is not None:
-            reason = plan.conflict if price is not None or not how else f"{plan.conflict}; not crossed inside the desk: {how}"
+            reason = (
+                plan.conflict
+                if price is not None or not how
+                else f"{plan.conflict}; not crossed inside the desk: {how}"
+            )
             log.warning("order.net_refused", reason=reason)
             self._emit(self.book.refused_remainder(order, reason))
             return
@@ -599,8 +653,12 @@ class AlpacaBroker:
             return
         pulled = [self.book.orders[i] for i in plan.pulls if self._live(self.book.orders[i])]
         if pulled:
-            log.info("alpaca.pulling_for_order", order_id=order.order_id, orders=[o.order_id for o in pulled],
-                     price_source=how or None)
+            log.info(
+                "alpaca.pulling_for_order",
+                order_id=order.order_id,
+                orders=[o.order_id for o in pulled],
+                price_source=how or None,
+            )
         for other in pulled:
             await self._pull(other, order)  # pull record stored first; leaves placed again below
         done = self._final.setdefault(order.order_id, asyncio.Event())
@@ -617,8 +675,9 @@ class AlpacaBroker:
     async def _work_held(self, symbol: str | None = None) -> None:
         """Work again the orders held at the desk (of ``symbol``): a fresh price may make them
         executable, or what they could trade against may be gone."""
-        held = sorted((o for o in self.book.held_orders() if symbol is None or o.symbol == symbol),
-                      key=lambda o: o.created_ns)
+        held = sorted(
+            (o for o in self.book.held_orders() if symbol is None or o.symbol == symbol), key=lambda o: o.created_ns
+        )
         for order in held:
             async with self._lock(order.symbol):
                 if not self.book.is_held(order):
@@ -641,6 +700,7 @@ class AlpacaBroker:
                 await self._work_held(symbol)
             finally:
                 self._working.discard(symbol)
+
         task = asyncio.create_task(run(), name=f"alpaca.work.{symbol}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -657,19 +717,28 @@ class AlpacaBroker:
         except APIError as exc:
             log.info("alpaca.pull_refused", alpaca_order_id=alpaca_id, error=describe(exc))
         snapshot = AlpacaOrder.from_model(
-            await self.rest.call("get_order_by_id", self.rest.client.get_order_by_id, alpaca_id))
+            await self.rest.call("get_order_by_id", self.rest.client.get_order_by_id, alpaca_id)
+        )
         self._emit(self.book.on_order(snapshot))  # its state (canceled, or filled by a race): never an end here
         racing = snapshot.filled_qty - order.filled_at_alpaca.get(alpaca_id, Decimal(0))  # fills not yet seen
         assert order.qty is not None
         return max(order.qty - order.cum_qty - racing, Decimal(0))
 
-    async def _place(self, routed: orders_pb2.RoutedOrder, order: DeskOrder, qty: Decimal | None,
-                     placement: int, may_pull: bool = True, notional: Decimal | None = None) -> None:
+    async def _place(
+        self,
+        routed: orders_pb2.RoutedOrder,
+        order: DeskOrder,
+        qty: Decimal | None,
+        placement: int,
+        may_pull: bool = True,
+        notional: Decimal | None = None,
+    ) -> None:
         client_order_id = alpaca_client_order_id(routed.strategy_id, routed.new_order.client_order_id, placement)
         self.book.expect(order, client_order_id)
         try:
-            placed = await self.rest.call("submit_order", self.rest.client.submit_order,
-                                          order_request(routed, qty, placement, notional))
+            placed = await self.rest.call(
+                "submit_order", self.rest.client.submit_order, order_request(routed, qty, placement, notional)
+            )
         except APIError as exc:
             if may_pull and placement == 1 and self._held_by_others(exc, order):
                 await self._sell_past_held_shares(routed, order, qty)
@@ -679,14 +748,22 @@ class AlpacaBroker:
                 self._emit(self.book.refused_remainder(order, describe(exc)))
                 return
             log.info("alpaca.duplicate_client_order_id", alpaca_client_order_id=client_order_id)
-            placed = await self.rest.call("get_order_by_client_id", self.rest.client.get_order_by_client_id,
-                                          client_order_id)
+            placed = await self.rest.call(
+                "get_order_by_client_id", self.rest.client.get_order_by_client_id, client_order_id
+            )
         self._emit(self.book.on_order(AlpacaOrder.from_model(placed)))
 
     def _resting_sells_of_others(self, order: DeskOrder) -> list[DeskOrder]:
-        return [o for o in self.book.orders.values()
-                if o.symbol == order.symbol and o.side == common_pb2.SIDE_SELL and o.strategy_id != order.strategy_id
-                and o.alpaca_ids and not o.is_final and o.order_id != order.order_id]
+        return [
+            o
+            for o in self.book.orders.values()
+            if o.symbol == order.symbol
+            and o.side == common_pb2.SIDE_SELL
+            and o.strategy_id != order.strategy_id
+            and o.alpaca_ids
+            and not o.is_final
+            and o.order_id != order.order_id
+        ]
 
     def _held_by_others(self, exc: APIError, order: DeskOrder) -> bool:
         """A 403 40310000 on a sell whose shares are held by other strategies' resting sells."""
@@ -698,8 +775,9 @@ class AlpacaBroker:
             return False
         return held > 0 and bool(self._resting_sells_of_others(order))
 
-    async def _sell_past_held_shares(self, routed: orders_pb2.RoutedOrder, order: DeskOrder,
-                                     qty: Decimal | None) -> None:
+    async def _sell_past_held_shares(
+        self, routed: orders_pb2.RoutedOrder, order: DeskOrder, qty: Decimal | None
+    ) -> None:
         """Another strategy's resting sell holds the shares: pull it, sell, then place it again.
 
         One account cannot both keep shares reserved for strategy A's resting sell and sell them
@@ -727,8 +805,9 @@ class AlpacaBroker:
         if order is None:
             client_order_id = alpaca_client_order_id(routed.strategy_id, routed.cancel.client_order_id)
             try:
-                found = await self.rest.call("get_order_by_client_id", self.rest.client.get_order_by_client_id,
-                                             client_order_id)
+                found = await self.rest.call(
+                    "get_order_by_client_id", self.rest.client.get_order_by_client_id, client_order_id
+                )
             except APIError as exc:
                 return self.book.cancel_rejected(routed, f"unknown order {routed.order_id}: {describe(exc)}")
             self._emit(self.book.on_order(AlpacaOrder.from_model(found)))
@@ -759,8 +838,11 @@ class AlpacaBroker:
 
     async def on_market_data(self, update: MarketUpdate) -> Reports:
         self.market.update(update)
-        if self.book.held and not isinstance(update, marketdata_pb2.Bar) and any(
-                o.symbol == update.symbol for o in self.book.held_orders()):
+        if (
+            self.book.held
+            and not isinstance(update, marketdata_pb2.Bar)
+            and any(o.symbol == update.symbol for o in self.book.held_orders())
+        ):
             self._schedule(update.symbol)  # a fresh price may make a held order executable
         return []
 
@@ -785,12 +867,18 @@ class AlpacaBroker:
             side = str(getattr(row.side, "value", row.side))
             if side == "short" and qty > 0:
                 qty = -qty
-            result.append(ledger_pb2.Position(
-                symbol=str(row.symbol), qty=fmt(qty), avg_cost=fmt(dec(row.avg_entry_price)),
-                cost_basis=fmt(dec(row.cost_basis)), last_price=fmt(dec(row.current_price)),
-                market_value=fmt(dec(row.market_value)), unrealized_pnl=fmt(dec(row.unrealized_pl)),
-                updated_ns=self._clock(),
-            ))
+            result.append(
+                ledger_pb2.Position(
+                    symbol=str(row.symbol),
+                    qty=fmt(qty),
+                    avg_cost=fmt(dec(row.avg_entry_price)),
+                    cost_basis=fmt(dec(row.cost_basis)),
+                    last_price=fmt(dec(row.current_price)),
+                    market_value=fmt(dec(row.market_value)),
+                    unrealized_pnl=fmt(dec(row.unrealized_pl)),
+                    updated_ns=self._clock(),
+                )
+            )
         return result
 
     # --- stream and reconciliation -----------------------------------------------------------------
@@ -802,8 +890,11 @@ class AlpacaBroker:
             fill = None
             if update.qty is not None and update.price is not None:
                 fill = Fill(
-                    alpaca_order_id=alpaca.id, cum_qty=alpaca.filled_qty, qty=dec(update.qty) or Decimal(0),
-                    price=dec(update.price) or Decimal(0), event_ns=to_ns(update.timestamp),
+                    alpaca_order_id=alpaca.id,
+                    cum_qty=alpaca.filled_qty,
+                    qty=dec(update.qty) or Decimal(0),
+                    price=dec(update.price) or Decimal(0),
+                    event_ns=to_ns(update.timestamp),
                     alpaca_execution_id=str(update.execution_id or ""),
                 )
             self._emit(self.book.on_update(event, alpaca, fill))
@@ -818,13 +909,19 @@ class AlpacaBroker:
     async def reconcile(self) -> None:
         """Open orders, then orders and fills since the last event seen, into the book (idempotent)."""
         async with self._reconcile_lock:
-            since_ns = (self.book.last_event_ns or self._started_ns - int(self.config.reconcile_lookback * 1e9))
+            since_ns = self.book.last_event_ns or self._started_ns - int(self.config.reconcile_lookback * 1e9)
             since = dt.datetime.fromtimestamp((since_ns - 5_000_000_000) / 1e9, dt.UTC)  # 5 s of overlap
             client = self.rest.client
-            open_orders = await self.rest.call("get_orders", client.get_orders,
-                                               GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=PAGE, direction=Sort.ASC))
-            recent = await self.rest.call("get_orders", client.get_orders, GetOrdersRequest(
-                status=QueryOrderStatus.ALL, after=since, limit=PAGE, direction=Sort.ASC))
+            open_orders = await self.rest.call(
+                "get_orders",
+                client.get_orders,
+                GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=PAGE, direction=Sort.ASC),
+            )
+            recent = await self.rest.call(
+                "get_orders",
+                client.get_orders,
+                GetOrdersRequest(status=QueryOrderStatus.ALL, after=since, limit=PAGE, direction=Sort.ASC),
+            )
             orders = {str(o.id): AlpacaOrder.from_model(o) for o in [*open_orders, *recent]}
             fills = await self._fills_since(since)
             reports: Reports = []
@@ -840,16 +937,18 @@ class AlpacaBroker:
             for alpaca in orders.values():
                 reports += self.book.on_order(alpaca)
             self.reconciles += 1
-            log.info("alpaca.reconciled", orders=len(orders), fills=len(fills), reports=len(reports),
-                     since=since.isoformat())
+            log.info(
+                "alpaca.reconciled", orders=len(orders), fills=len(fills), reports=len(reports), since=since.isoformat()
+            )
             self._emit(reports)
 
     async def _fills_since(self, since: dt.datetime) -> list[Fill]:
         fills: list[Fill] = []
         params: dict[str, Any] = {"after": since.isoformat(), "direction": "asc", "page_size": 100}
         while True:
-            rows = await self.rest.call("account_activities_fill", self.rest.client.get,
-                                        "/account/activities/FILL", dict(params))
+            rows = await self.rest.call(
+                "account_activities_fill", self.rest.client.get, "/account/activities/FILL", dict(params)
+            )
             rows = rows if isinstance(rows, list) else []
             fills.extend(fill_from_activity(r) for r in rows if r.get("order_id"))
             if len(rows) < params["page_size"]:
@@ -864,9 +963,15 @@ def alpaca_config(settings: Any) -> AlpacaConfig:
     if not key or not secret:
         raise AlpacaCredentialsError("BROKER=alpaca needs ALPACA_API_KEY and ALPACA_SECRET_KEY (paper keys)")
     return AlpacaConfig(
-        api_key=key, secret_key=secret, paper=settings.alpaca_paper, rest_url=settings.alpaca_rest_url,
-        stream_url=settings.alpaca_stream_url, timeout=settings.alpaca_timeout,
-        retry_budget=settings.alpaca_retry_budget, retry_backoff=settings.alpaca_retry_backoff,
-        reconcile_lookback=settings.alpaca_reconcile_lookback, reconnect_backoff=settings.alpaca_reconnect_backoff,
+        api_key=key,
+        secret_key=secret,
+        paper=settings.alpaca_paper,
+        rest_url=settings.alpaca_rest_url,
+        stream_url=settings.alpaca_stream_url,
+        timeout=settings.alpaca_timeout,
+        retry_budget=settings.alpaca_retry_budget,
+        retry_backoff=settings.alpaca_retry_backoff,
+        reconcile_lookback=settings.alpaca_reconcile_lookback,
+        reconnect_backoff=settings.alpaca_reconnect_backoff,
         cross_max_age=settings.alpaca_cross_max_age,
     )

@@ -31,7 +31,7 @@ from typing import Any
 from desk.bus.decimals import fmt
 from desk.core.ids import order_id_for
 from desk.core.orders import ORDER_TYPES, SIDES, TIMES_IN_FORCE, OrderProgress, Reports
-from desk.v1 import executions_pb2, ledger_pb2, orders_pb2
+from desk.v1 import common_pb2, executions_pb2, ledger_pb2, orders_pb2
 
 E = executions_pb2
 ER = executions_pb2.ExecutionReport
@@ -133,12 +133,20 @@ class AlpacaOrder:
     @classmethod
     def from_model(cls, order: Any) -> AlpacaOrder:
         return cls(
-            id=str(order.id), client_order_id=str(order.client_order_id), symbol=str(order.symbol),
-            side=enum_value(order.side), type=enum_value(order.type or order.order_type),
-            time_in_force=enum_value(order.time_in_force), status=enum_value(order.status),
-            qty=dec(order.qty), notional=dec(order.notional), filled_qty=dec(order.filled_qty) or ZERO,
-            limit_price=dec(order.limit_price), stop_price=dec(order.stop_price),
-            updated_ns=to_ns(order.updated_at), created_ns=to_ns(order.created_at),
+            id=str(order.id),
+            client_order_id=str(order.client_order_id),
+            symbol=str(order.symbol),
+            side=enum_value(order.side),
+            type=enum_value(order.type or order.order_type),
+            time_in_force=enum_value(order.time_in_force),
+            status=enum_value(order.status),
+            qty=dec(order.qty),
+            notional=dec(order.notional),
+            filled_qty=dec(order.filled_qty) or ZERO,
+            limit_price=dec(order.limit_price),
+            stop_price=dec(order.stop_price),
+            updated_ns=to_ns(order.updated_at),
+            created_ns=to_ns(order.created_at),
         )
 
 
@@ -163,9 +171,9 @@ class DeskOrder(OrderProgress):
     member_id: str
     client_order_id: str
     symbol: str
-    side: int
-    type: int
-    tif: int
+    side: common_pb2.Side
+    type: common_pb2.OrderType
+    tif: common_pb2.TimeInForce
     qty: Decimal | None
     notional: Decimal | None
     limit_price: Decimal | None
@@ -223,10 +231,19 @@ class AlpacaBook:
             order = self.orders.get(r.order_id)
             if order is None:
                 order = DeskOrder(
-                    order_id=r.order_id, strategy_id=r.strategy_id, member_id=r.member_id,
-                    client_order_id=r.client_order_id, symbol=r.symbol, side=r.side, type=r.type,
-                    tif=r.time_in_force, qty=dec(r.order_qty), notional=dec(r.notional),
-                    limit_price=dec(r.limit_price), stop_price=dec(r.stop_price), created_ns=r.event_ns,
+                    order_id=r.order_id,
+                    strategy_id=r.strategy_id,
+                    member_id=r.member_id,
+                    client_order_id=r.client_order_id,
+                    symbol=r.symbol,
+                    side=r.side,
+                    type=r.type,
+                    tif=r.time_in_force,
+                    qty=dec(r.order_qty),
+                    notional=dec(r.notional),
+                    limit_price=dec(r.limit_price),
+                    stop_price=dec(r.stop_price),
+                    created_ns=r.event_ns,
                 )
                 self.orders[order.order_id] = order
                 self._by_client_id[alpaca_client_order_id(order.strategy_id, order.client_order_id)] = order
@@ -260,10 +277,19 @@ class AlpacaBook:
             return known
         request = routed.new_order
         order = DeskOrder(
-            order_id=routed.order_id, strategy_id=routed.strategy_id, member_id=routed.member_id,
-            client_order_id=request.client_order_id, symbol=request.symbol, side=request.side,
-            type=request.type, tif=request.time_in_force, qty=dec(request.qty), notional=dec(request.notional),
-            limit_price=dec(request.limit_price), stop_price=dec(request.stop_price), created_ns=self._clock(),
+            order_id=routed.order_id,
+            strategy_id=routed.strategy_id,
+            member_id=routed.member_id,
+            client_order_id=request.client_order_id,
+            symbol=request.symbol,
+            side=request.side,
+            type=request.type,
+            tif=request.time_in_force,
+            qty=dec(request.qty),
+            notional=dec(request.notional),
+            limit_price=dec(request.limit_price),
+            stop_price=dec(request.stop_price),
+            created_ns=self._clock(),
         )
         self.orders[order.order_id] = order
         self._by_client_id[alpaca_client_order_id(order.strategy_id, order.client_order_id)] = order
@@ -283,10 +309,18 @@ class AlpacaBook:
         order = self._by_client_id.get(base) or self.orders.get(order_id)
         if order is None:
             order = DeskOrder(
-                order_id=order_id, strategy_id=strategy_id, member_id=self.members.get(strategy_id, ""),
-                client_order_id=client_order_id, symbol=alpaca.symbol, side=SIDES.get(alpaca.side, 0),
-                type=ORDER_TYPES.get(alpaca.type, 0), tif=TIMES_IN_FORCE.get(alpaca.time_in_force, 0), qty=alpaca.qty,
-                notional=alpaca.notional, limit_price=alpaca.limit_price, stop_price=alpaca.stop_price,
+                order_id=order_id,
+                strategy_id=strategy_id,
+                member_id=self.members.get(strategy_id, ""),
+                client_order_id=client_order_id,
+                symbol=alpaca.symbol,
+                side=SIDES.get(alpaca.side, common_pb2.SIDE_UNSPECIFIED),
+                type=ORDER_TYPES.get(alpaca.type, common_pb2.ORDER_TYPE_UNSPECIFIED),
+                tif=TIMES_IN_FORCE.get(alpaca.time_in_force, common_pb2.TIME_IN_FORCE_UNSPECIFIED),
+                qty=alpaca.qty,
+                notional=alpaca.notional,
+                limit_price=alpaca.limit_price,
+                stop_price=alpaca.stop_price,
                 created_ns=alpaca.created_ns,
             )
             self.orders[order_id] = order
@@ -326,8 +360,14 @@ class AlpacaBook:
             filled_here = self._filled_from(order, alpaca.id)
             if filled_here >= alpaca.filled_qty:
                 exec_type, status = TERMINAL[alpaca.status]
-                reports += self._emit(order, execution_id(alpaca.id, alpaca.status), exec_type, status,
-                                      event_ns=alpaca.updated_ns, text=f"alpaca order {alpaca.status}")
+                reports += self._emit(
+                    order,
+                    execution_id(alpaca.id, alpaca.status),
+                    exec_type,
+                    status,
+                    event_ns=alpaca.updated_ns,
+                    text=f"alpaca order {alpaca.status}",
+                )
         return reports
 
     def on_fill(self, alpaca: AlpacaOrder, fill: Fill) -> Reports:
@@ -358,12 +398,23 @@ class AlpacaBook:
             done = order.cum_qty >= order.qty
         else:  # a notional order: done when Alpaca says so and every fill is in
             done = alpaca.status == "filled" and order.filled_at_alpaca[fill.alpaca_order_id] >= alpaca.filled_qty
-        exec_type, status = (E.EXEC_TYPE_FILL, E.ORDER_STATUS_FILLED) if done else (
-            E.EXEC_TYPE_PARTIAL_FILL, E.ORDER_STATUS_PARTIALLY_FILLED)
+        exec_type, status = (
+            (E.EXEC_TYPE_FILL, E.ORDER_STATUS_FILLED)
+            if done
+            else (E.EXEC_TYPE_PARTIAL_FILL, E.ORDER_STATUS_PARTIALLY_FILLED)
+        )
         text = f"alpaca execution {fill.alpaca_execution_id}" if fill.alpaca_execution_id else ""
-        reports += self._emit(order, exec_id, exec_type, status, event_ns=fill.event_ns,
-                              fill_qty=fill.qty, fill_price=fill.price, text=text,
-                              venue_order_id=fill.alpaca_order_id)
+        reports += self._emit(
+            order,
+            exec_id,
+            exec_type,
+            status,
+            event_ns=fill.event_ns,
+            fill_qty=fill.qty,
+            fill_price=fill.price,
+            text=text,
+            venue_order_id=fill.alpaca_order_id,
+        )
         if alpaca.status in TERMINAL and not done:
             reports += self.on_order(alpaca)  # a cancel that arrived with (or before) its last fill
         return reports
@@ -387,17 +438,32 @@ class AlpacaBook:
             if exec_id in order.reported:
                 continue
             if execution_id(order.order_id, "new") not in order.reported:
-                reports += self._emit(order, execution_id(order.order_id, "new"), E.EXEC_TYPE_NEW,
-                                      E.ORDER_STATUS_NEW, event_ns=now)
+                reports += self._emit(
+                    order, execution_id(order.order_id, "new"), E.EXEC_TYPE_NEW, E.ORDER_STATUS_NEW, event_ns=now
+                )
             order.cum_qty += qty
             order.cost += qty * price
             order.crosses += 1
-            done = order.cum_qty >= order.qty if order.qty is not None else (
-                order.notional is not None and order.notional - order.cost < CENT)  # by value: all spent
-            exec_type, status = (E.EXEC_TYPE_FILL, E.ORDER_STATUS_FILLED) if done else (
-                E.EXEC_TYPE_PARTIAL_FILL, E.ORDER_STATUS_PARTIALLY_FILLED)
-            reports += self._emit(order, exec_id, exec_type, status, event_ns=now, fill_qty=qty, fill_price=price,
-                                  text=f"internal cross with strategy {other.strategy_id} order {other.order_id}")
+            done = (
+                order.cum_qty >= order.qty
+                if order.qty is not None
+                else (order.notional is not None and order.notional - order.cost < CENT)
+            )  # by value: all spent
+            exec_type, status = (
+                (E.EXEC_TYPE_FILL, E.ORDER_STATUS_FILLED)
+                if done
+                else (E.EXEC_TYPE_PARTIAL_FILL, E.ORDER_STATUS_PARTIALLY_FILLED)
+            )
+            reports += self._emit(
+                order,
+                exec_id,
+                exec_type,
+                status,
+                event_ns=now,
+                fill_qty=qty,
+                fill_price=price,
+                text=f"internal cross with strategy {other.strategy_id} order {other.order_id}",
+            )
         return reports
 
     def pulling(self, order: DeskOrder, alpaca_id: str, incoming: DeskOrder) -> Reports:
@@ -412,8 +478,10 @@ class AlpacaBook:
         exec_id = pull_execution_id(alpaca_id)
         self.pull_records.add(exec_id)
         again = alpaca_client_order_id(order.strategy_id, order.client_order_id, order.next_placement)
-        text = (f"{PULL_TEXT} {alpaca_id} of strategy {order.strategy_id} order {order.order_id}: canceled by "
-                f"the desk for this order; its leaves go to alpaca again as {again}")
+        text = (
+            f"{PULL_TEXT} {alpaca_id} of strategy {order.strategy_id} order {order.order_id}: canceled by "
+            f"the desk for this order; its leaves go to alpaca again as {again}"
+        )
         return self._emit(incoming, exec_id, E.EXEC_TYPE_NEW, incoming.status, event_ns=self._clock(), text=text)
 
     def is_held(self, order: DeskOrder) -> bool:
@@ -441,9 +509,14 @@ class AlpacaBook:
     def cancel_held(self, order: DeskOrder) -> Reports:
         """The strategy canceled an order held at the desk: CANCELED (nothing of it is at Alpaca)."""
         self.held.discard(order.order_id)
-        return self._emit(order, execution_id("canceled", order.order_id), E.EXEC_TYPE_CANCELED,
-                          E.ORDER_STATUS_CANCELED, event_ns=self._clock(),
-                          text="canceled while held at the desk (never sent to alpaca)")
+        return self._emit(
+            order,
+            execution_id("canceled", order.order_id),
+            E.EXEC_TYPE_CANCELED,
+            E.ORDER_STATUS_CANCELED,
+            event_ns=self._clock(),
+            text="canceled while held at the desk (never sent to alpaca)",
+        )
 
     def expect(self, order: DeskOrder, alpaca_client_id: str) -> None:
         """An Alpaca order about to be placed for ``order`` (so its events find it first)."""
@@ -454,23 +527,43 @@ class AlpacaBook:
         if order.cum_qty > 0:
             if execution_id(order.order_id, "new") not in order.reported:
                 return []
-            return self._emit(order, execution_id("remainder", order.order_id), E.EXEC_TYPE_CANCELED,
-                              E.ORDER_STATUS_CANCELED, event_ns=self._clock(), text=text)
+            return self._emit(
+                order,
+                execution_id("remainder", order.order_id),
+                E.EXEC_TYPE_CANCELED,
+                E.ORDER_STATUS_CANCELED,
+                event_ns=self._clock(),
+                text=text,
+            )
         return self.rejected(order, text)
 
     def rejected(self, order: DeskOrder, text: str) -> Reports:
         """Alpaca refused the POST (403/422...): one REJECTED report."""
-        return self._emit(order, execution_id("rejected", order.order_id), E.EXEC_TYPE_REJECTED,
-                          E.ORDER_STATUS_REJECTED, event_ns=self._clock(), text=text)
+        return self._emit(
+            order,
+            execution_id("rejected", order.order_id),
+            E.EXEC_TYPE_REJECTED,
+            E.ORDER_STATUS_REJECTED,
+            event_ns=self._clock(),
+            text=text,
+        )
 
     def cancel_rejected(self, routed: orders_pb2.RoutedOrder, text: str) -> Reports:
         order = self.orders.get(routed.order_id)
         now = self._clock()
         report = ER(
-            execution_id=str(uuid.uuid4()), order_id=routed.order_id, client_order_id=routed.cancel.client_order_id,
-            strategy_id=routed.strategy_id, member_id=routed.member_id, exec_type=E.EXEC_TYPE_CANCEL_REJECTED,
+            execution_id=str(uuid.uuid4()),
+            order_id=routed.order_id,
+            client_order_id=routed.cancel.client_order_id,
+            strategy_id=routed.strategy_id,
+            member_id=routed.member_id,
+            exec_type=E.EXEC_TYPE_CANCEL_REJECTED,
             status=order.status if order else E.ORDER_STATUS_UNSPECIFIED,  # type: ignore[arg-type]
-            symbol=order.symbol if order else "", venue=VENUE, text=text, event_ns=now, report_ns=now,
+            symbol=order.symbol if order else "",
+            venue=VENUE,
+            text=text,
+            event_ns=now,
+            report_ns=now,
         )
         return [report]
 
@@ -509,8 +602,16 @@ class AlpacaBook:
         return self._emit(order, exec_id, E.EXEC_TYPE_NEW, E.ORDER_STATUS_NEW, event_ns=alpaca.created_ns)
 
     def _emit(
-        self, order: DeskOrder, exec_id: str, exec_type: int, status: int, *, event_ns: int,
-        fill_qty: Decimal | None = None, fill_price: Decimal | None = None, text: str = "",
+        self,
+        order: DeskOrder,
+        exec_id: str,
+        exec_type: int,
+        status: int,
+        *,
+        event_ns: int,
+        fill_qty: Decimal | None = None,
+        fill_price: Decimal | None = None,
+        text: str = "",
         venue_order_id: str | None = None,
     ) -> Reports:
         if exec_id in order.reported:
@@ -518,30 +619,53 @@ class AlpacaBook:
         order.reported.add(exec_id)
         order.status = status
         report = ER(
-            execution_id=exec_id, order_id=order.order_id, client_order_id=order.client_order_id,
+            execution_id=exec_id,
+            order_id=order.order_id,
+            client_order_id=order.client_order_id,
             venue_order_id=venue_order_id or (order.alpaca_ids[-1] if order.alpaca_ids else ""),
             strategy_id=order.strategy_id,
             member_id=order.member_id or self.members.get(order.strategy_id, ""),
             exec_type=exec_type,  # type: ignore[arg-type]  # int values of the generated enums
             status=order.status,  # type: ignore[arg-type]
-            symbol=order.symbol, side=order.side,  # type: ignore[arg-type]
-            type=order.type,  # type: ignore[arg-type]
-            time_in_force=order.tif,  # type: ignore[arg-type]
-            order_qty=fmt(order.qty), notional=fmt(order.notional), limit_price=fmt(order.limit_price),
-            stop_price=fmt(order.stop_price), fill_qty=fmt(fill_qty), fill_price=fmt(fill_price),
-            cum_qty=fmt(order.cum_qty), avg_price=fmt(order.avg_price), leaves_qty=fmt(order.leaves_qty),
-            fee=fmt(ZERO) if fill_qty is not None else "", venue=VENUE, text=text,
-            event_ns=event_ns or self._clock(), report_ns=self._clock(),
+            symbol=order.symbol,
+            side=order.side,
+            type=order.type,
+            time_in_force=order.tif,
+            order_qty=fmt(order.qty),
+            notional=fmt(order.notional),
+            limit_price=fmt(order.limit_price),
+            stop_price=fmt(order.stop_price),
+            fill_qty=fmt(fill_qty),
+            fill_price=fmt(fill_price),
+            cum_qty=fmt(order.cum_qty),
+            avg_price=fmt(order.avg_price),
+            leaves_qty=fmt(order.leaves_qty),
+            fee=fmt(ZERO) if fill_qty is not None else "",
+            venue=VENUE,
+            text=text,
+            event_ns=event_ns or self._clock(),
+            report_ns=self._clock(),
         )
         return [report]
 
 
 def _record(order: DeskOrder) -> ledger_pb2.OrderRecord:
     return ledger_pb2.OrderRecord(
-        order_id=order.order_id, client_order_id=order.client_order_id, strategy_id=order.strategy_id,
-        member_id=order.member_id, symbol=order.symbol,
-        side=order.side, type=order.type, time_in_force=order.tif,  # type: ignore[arg-type]
-        qty=fmt(order.qty), notional=fmt(order.notional), limit_price=fmt(order.limit_price),
-        stop_price=fmt(order.stop_price), status=order.status,  # type: ignore[arg-type]
-        filled_qty=fmt(order.cum_qty), avg_price=fmt(order.avg_price), venue=VENUE, created_ns=order.created_ns,
+        order_id=order.order_id,
+        client_order_id=order.client_order_id,
+        strategy_id=order.strategy_id,
+        member_id=order.member_id,
+        symbol=order.symbol,
+        side=order.side,
+        type=order.type,
+        time_in_force=order.tif,
+        qty=fmt(order.qty),
+        notional=fmt(order.notional),
+        limit_price=fmt(order.limit_price),
+        stop_price=fmt(order.stop_price),
+        status=order.status,  # type: ignore[arg-type]
+        filled_qty=fmt(order.cum_qty),
+        avg_price=fmt(order.avg_price),
+        venue=VENUE,
+        created_ns=order.created_ns,
     )

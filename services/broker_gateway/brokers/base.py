@@ -66,8 +66,7 @@ class Broker(Protocol):
         any order or price); the reports the restore itself makes."""
         ...
 
-    async def start(self, emit: Sink, prices: PriceSource | None = None,
-                    timeout: float = 30.0) -> None:
+    async def start(self, emit: Sink, prices: PriceSource | None = None, timeout: float = 30.0) -> None:
         """Connect and reconcile; return once the broker may take new work (after :meth:`restore`)."""
         ...
 

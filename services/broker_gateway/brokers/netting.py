@@ -168,6 +168,39 @@ def _describe(order: NetOrder) -> str:
     return f"{' '.join(words)} {name}"
 
 
+def _crosses(
+    incoming: NetOrder, book: list[NetOrder], price: Decimal | None
+) -> tuple[list[Cross], Decimal, dict[str, Decimal]]:
+    """Rule 2: ``incoming`` crossed, oldest first, against the other strategies' opposite orders in
+    ``book`` that accept ``price``; (the crosses, what is left of it in shares, each resting order's
+    leaves after them). A notional order is counted in shares at ``price``."""
+    notional = incoming.notional
+    if notional is not None:
+        remaining = notional / price if price is not None else ZERO  # in shares, at P
+    else:
+        remaining = incoming.leaves
+    crosses: list[Cross] = []
+    left: dict[str, Decimal] = {r.order_id: r.leaves for r in book}
+    if price is None or not accepts(incoming, price):
+        return crosses, remaining, left
+    for other in book:
+        if remaining <= 0:
+            break
+        if other.side == incoming.side or other.strategy_id == incoming.strategy_id or other.leaves <= 0:
+            continue
+        if not resting_accepts(other, price):
+            continue
+        qty = min(remaining, other.leaves)
+        if notional is not None and qty < other.leaves:
+            qty = qty.to_integral_value(ROUND_FLOOR)  # never leave a resting order fractional leaves
+            if qty <= 0:
+                break
+        crosses.append(Cross(incoming.order_id, other.order_id, qty, price))
+        remaining -= qty
+        left[other.order_id] -= qty
+    return crosses, remaining, left
+
+
 def plan(incoming: NetOrder, resting: Iterable[NetOrder], price: Decimal | None) -> NettingPlan:
     """Cross ``incoming`` against the other strategies' orders resting at Alpaca at ``price``, then
     decide what happens to the rest (send, pull-send-re-place, hold, or refuse: the module docstring).
@@ -176,31 +209,12 @@ def plan(incoming: NetOrder, resting: Iterable[NetOrder], price: Decimal | None)
     again, and orders held at the desk, are not at Alpaca and do not belong here)."""
     if price is not None and price <= 0:
         price = None
-    book = sorted((r for r in resting if r.symbol == incoming.symbol and r.order_id != incoming.order_id),
-                  key=lambda r: (r.created_ns, r.order_id))
+    book = sorted(
+        (r for r in resting if r.symbol == incoming.symbol and r.order_id != incoming.order_id),
+        key=lambda r: (r.created_ns, r.order_id),
+    )
     notional = incoming.notional
-    if notional is not None:
-        remaining = notional / price if price is not None else ZERO  # in shares, at P
-    else:
-        remaining = incoming.leaves
-    crosses: list[Cross] = []
-    left: dict[str, Decimal] = {r.order_id: r.leaves for r in book}
-    if price is not None and accepts(incoming, price):
-        for other in book:
-            if remaining <= 0:
-                break
-            if other.side == incoming.side or other.strategy_id == incoming.strategy_id or other.leaves <= 0:
-                continue
-            if not resting_accepts(other, price):
-                continue
-            qty = min(remaining, other.leaves)
-            if notional is not None and qty < other.leaves:
-                qty = qty.to_integral_value(ROUND_FLOOR)  # never leave a resting order fractional leaves
-                if qty <= 0:
-                    break
-            crosses.append(Cross(incoming.order_id, other.order_id, qty, price))
-            remaining -= qty
-            left[other.order_id] -= qty
+    crosses, remaining, left = _crosses(incoming, book, price)
     send_notional: Decimal | None = None
     if notional is not None:
         spent = sum((c.qty * c.price for c in crosses), ZERO)
@@ -215,16 +229,23 @@ def plan(incoming: NetOrder, resting: Iterable[NetOrder], price: Decimal | None)
     what = f"${send_notional}" if send_notional is not None else str(remaining)
     own = [b for b in blockers if b.strategy_id == incoming.strategy_id]
     if own:
-        return NettingPlan(tuple(crosses), ZERO, send_notional=ZERO, conflict=(
-            f"{what} {incoming.symbol} not sent: it could trade against this strategy's own resting "
-            f"{_describe(own[0])} at Alpaca (a wash trade, which Alpaca refuses with 42210000); cancel "
-            "that order first"))
+        return NettingPlan(
+            tuple(crosses),
+            ZERO,
+            send_notional=ZERO,
+            conflict=(
+                f"{what} {incoming.symbol} not sent: it could trade against this strategy's own resting "
+                f"{_describe(own[0])} at Alpaca (a wash trade, which Alpaca refuses with 42210000); cancel "
+                "that order first"
+            ),
+        )
     if not blockers:
         return NettingPlan(tuple(crosses), remaining, send_notional=send_notional)
     unpullable = [b for b in blockers if b.notional is not None]
     if executes_now(rest, price) and not unpullable:
-        return NettingPlan(tuple(crosses), remaining, pulls=tuple(b.order_id for b in blockers),
-                           send_notional=send_notional)
+        return NettingPlan(
+            tuple(crosses), remaining, pulls=tuple(b.order_id for b in blockers), send_notional=send_notional
+        )
     blocker = (unpullable or blockers)[0]
     if unpullable:
         why = "it is a notional order (its leaves cannot be placed again)"
@@ -232,10 +253,16 @@ def plan(incoming: NetOrder, resting: Iterable[NetOrder], price: Decimal | None)
         why = "there is no fresh Alpaca price to tell whether this order would execute now"
     else:
         why = f"this order would rest at the fair price {price}"
-    return NettingPlan(tuple(crosses), ZERO, send_notional=ZERO, hold=(
-        f"{what} {incoming.symbol} held at the desk: it could trade against strategy {blocker.strategy_id}'s "
-        f"resting {_describe(blocker)} at Alpaca and {why}; it goes to Alpaca when it would execute "
-        "(a fresh price reaching it) or when that order is gone"))
+    return NettingPlan(
+        tuple(crosses),
+        ZERO,
+        send_notional=ZERO,
+        hold=(
+            f"{what} {incoming.symbol} held at the desk: it could trade against strategy {blocker.strategy_id}'s "
+            f"resting {_describe(blocker)} at Alpaca and {why}; it goes to Alpaca when it would execute "
+            "(a fresh price reaching it) or when that order is gone"
+        ),
+    )
 
 
 def allocate(total: Decimal, shares: Iterable[tuple[str, Decimal]]) -> list[tuple[str, Decimal]]:

@@ -52,21 +52,38 @@ def _ns(ts: dt.datetime) -> int:
 
 def bar_message(bar: Any) -> marketdata_pb2.Bar:
     return marketdata_pb2.Bar(
-        symbol=bar.symbol, open=fmt(_dec(bar.open)), high=fmt(_dec(bar.high)), low=fmt(_dec(bar.low)),
-        close=fmt(_dec(bar.close)), volume=fmt(_dec(bar.volume)), start_ns=_ns(bar.timestamp),
-        interval_ns=MINUTE_NS, vwap=fmt(_dec(bar.vwap)), trade_count=int(bar.trade_count or 0), source=SOURCE,
+        symbol=bar.symbol,
+        open=fmt(_dec(bar.open)),
+        high=fmt(_dec(bar.high)),
+        low=fmt(_dec(bar.low)),
+        close=fmt(_dec(bar.close)),
+        volume=fmt(_dec(bar.volume)),
+        start_ns=_ns(bar.timestamp),
+        interval_ns=MINUTE_NS,
+        vwap=fmt(_dec(bar.vwap)),
+        trade_count=int(bar.trade_count or 0),
+        source=SOURCE,
     )
 
 
 def trade_message(trade: Any) -> marketdata_pb2.Trade:
-    return marketdata_pb2.Trade(symbol=trade.symbol, price=fmt(_dec(trade.price)), size=fmt(_dec(trade.size)),
-                                ts_ns=_ns(trade.timestamp), source=SOURCE)
+    return marketdata_pb2.Trade(
+        symbol=trade.symbol,
+        price=fmt(_dec(trade.price)),
+        size=fmt(_dec(trade.size)),
+        ts_ns=_ns(trade.timestamp),
+        source=SOURCE,
+    )
 
 
 def quote_message(quote: Any) -> marketdata_pb2.Quote:
     return marketdata_pb2.Quote(
-        symbol=quote.symbol, bid_price=fmt(_dec(quote.bid_price)), bid_size=fmt(_dec(quote.bid_size)),
-        ask_price=fmt(_dec(quote.ask_price)), ask_size=fmt(_dec(quote.ask_size)), ts_ns=_ns(quote.timestamp),
+        symbol=quote.symbol,
+        bid_price=fmt(_dec(quote.bid_price)),
+        bid_size=fmt(_dec(quote.bid_size)),
+        ask_price=fmt(_dec(quote.ask_price)),
+        ask_size=fmt(_dec(quote.ask_size)),
+        ts_ns=_ns(quote.timestamp),
         source=SOURCE,
     )
 
@@ -82,11 +99,17 @@ class AlpacaFeed:
 
     name = SOURCE
 
-    def __init__(self, api_key: str, secret_key: str, publish: Publish, url: str | None = None,
-                 feed: str = "iex", reconnect_backoff: float = 1.0) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        secret_key: str,
+        publish: Publish,
+        url: str | None = None,
+        feed: str = "iex",
+        reconnect_backoff: float = 1.0,
+    ) -> None:
         self._publish = publish
-        self.stream = StockDataStream(api_key, secret_key, feed=DataFeed(feed),
-                                      url_override=url)
+        self.stream = StockDataStream(api_key, secret_key, feed=DataFeed(feed), url_override=url)
         self.stream._reconnect_min_backoff = reconnect_backoff
         self.symbols: set[str] = set()
         self.received = 0

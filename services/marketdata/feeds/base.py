@@ -31,7 +31,7 @@ class Feed(Protocol):
 
     @property
     def name(self) -> str:
-        """"synthetic", "replay"...; also the ``source`` field of what it emits."""
+        """ "synthetic", "replay"...; also the ``source`` field of what it emits."""
         ...
 
     def initial(self) -> list[marketdata_pb2.Trade]:

@@ -27,8 +27,16 @@ from services.marketdata.feeds.base import Scheduled
 SOURCE = REPLAY_SOURCE
 HEADER = ["timestamp", "symbol", "open", "high", "low", "close", "volume"]
 __all__ = [
-    "DEFAULT_INTERVAL_NS", "BadRow", "ReplayData", "ReplayFeed", "ReplayFileError", "ReplayRow", "delays",
-    "infer_intervals", "parse_replay", "parse_timestamp",
+    "DEFAULT_INTERVAL_NS",
+    "BadRow",
+    "ReplayData",
+    "ReplayFeed",
+    "ReplayFileError",
+    "ReplayRow",
+    "delays",
+    "infer_intervals",
+    "parse_replay",
+    "parse_timestamp",
 ]
 
 
@@ -72,7 +80,9 @@ def _row(line: int, cells: list[str]) -> ReplayRow:
     if not subjects.SYMBOL_RE.match(symbol):
         raise ValueError(f"symbol {symbol!r} is not a valid symbol")
     try:
-        open_, high, low, close = (parse_decimal(name, value) for name, value in zip(HEADER[2:6], numbers[:4], strict=True))
+        open_, high, low, close = (
+            parse_decimal(name, value) for name, value in zip(HEADER[2:6], numbers[:4], strict=True)
+        )
         volume = parse_decimal("volume", numbers[4], positive=False)
     except DeskError as err:
         raise ValueError(err.message) from None
@@ -93,8 +103,10 @@ def parse_replay(lines: Iterable[str]) -> ReplayData:
     header = next(csv.reader([first]), [])
     if [h.strip().lower() for h in header] != HEADER:
         if loaders.detect(first) is None:
-            raise ReplayFileError(f"bad header {','.join(header)!r}: expected {','.join(HEADER)!r} "
-                                  "(or another format desk.data.loaders reads)")
+            raise ReplayFileError(
+                f"bad header {','.join(header)!r}: expected {','.join(HEADER)!r} "
+                "(or another format desk.data.loaders reads)"
+            )
         return _from_loaders(first, iterator, getattr(lines, "name", "<replay>"))
     reader = csv.reader(iterator)
     data = ReplayData()
@@ -115,14 +127,19 @@ def _from_loaders(first: str, rest: Iterator[str], name: str) -> ReplayData:
     from pathlib import Path
 
     try:
-        bars = loaders.parse_lines(itertools.chain([first], rest), name=Path(str(name)).name,
-                                   symbol=loaders.symbol_from_name(Path(str(name))), errors="skip")
+        bars = loaders.parse_lines(
+            itertools.chain([first], rest),
+            name=Path(str(name)).name,
+            symbol=loaders.symbol_from_name(Path(str(name))),
+            errors="skip",
+        )
     except loaders.BarFileError as err:
         raise ReplayFileError(str(err)) from None
     data = ReplayData(bad_rows=[BadRow(line, reason) for line, reason in bars.report.skipped])
     for index, bar in enumerate(bars):
-        data.rows.append(ReplayRow(index + 2, bar.start_ns, bar.symbol, bar.open, bar.high, bar.low, bar.close,
-                                   bar.volume))
+        data.rows.append(
+            ReplayRow(index + 2, bar.start_ns, bar.symbol, bar.open, bar.high, bar.low, bar.close, bar.volume)
+        )
     return data
 
 
@@ -198,5 +215,14 @@ class ReplayFeed:
 
     def tick(self, row: ReplayRow, offset_ns: int = 0) -> Tick:
         """The bar of ``row`` with its quote and trade (:func:`desk.core.marketdata.replay_tick`)."""
-        return replay_tick(row.symbol, row.open, row.high, row.low, row.close, row.volume,
-                           row.ts_ns + offset_ns, self.intervals[row.symbol], SOURCE)
+        return replay_tick(
+            row.symbol,
+            row.open,
+            row.high,
+            row.low,
+            row.close,
+            row.volume,
+            row.ts_ns + offset_ns,
+            self.intervals[row.symbol],
+            SOURCE,
+        )

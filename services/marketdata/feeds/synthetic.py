@@ -79,7 +79,9 @@ class SyntheticFeed:
     def initial(self) -> list[marketdata_pb2.Trade]:
         """The start price of every symbol, stamped at ``start_ns``."""
         return [
-            marketdata_pb2.Trade(symbol=w.symbol, price=price_str(w.price), size="100", ts_ns=self.start_ns, source=SOURCE)
+            marketdata_pb2.Trade(
+                symbol=w.symbol, price=price_str(w.price), size="100", ts_ns=self.start_ns, source=SOURCE
+            )
             for w in self._walks
         ]
 

@@ -54,7 +54,7 @@ class ExitInfo:
 class Runtime(Protocol):
     @property
     def name(self) -> str:
-        """"process", "docker"..."""
+        """ "process", "docker"..."""
         ...
 
     @property

@@ -48,7 +48,7 @@ _SIZE_RE = re.compile(r"^(\d+)([kmg]?)$")
 
 
 def parse_memory(value: str) -> int:
-    """"256m" -> bytes."""
+    """ "256m" -> bytes."""
     match = _SIZE_RE.match(value.strip().lower())
     if not match:
         raise ValueError(f"memory {value!r} must look like 256m or 1g")
@@ -159,11 +159,7 @@ class DockerRuntime:
             "network": network,
             "environment": self.environment(spec, secrets),
             "volumes": {str(self.host_strategies_dir / folder): {"bind": "/strategy", "mode": "ro"}},
-            "labels": {
-                LABEL_STRATEGY: spec.strategy_id,
-                LABEL_MEMBER: spec.member_id,
-                LABEL_MANAGED: "orchestrator",
-            },
+            "labels": {LABEL_STRATEGY: spec.strategy_id, LABEL_MEMBER: spec.member_id, LABEL_MANAGED: "orchestrator"},
         }
 
     # -- networks ------------------------------------------------------------------------------
@@ -176,7 +172,9 @@ class DockerRuntime:
         me = self.client.containers.get(socket.gethostname())
         project = me.labels.get("com.docker.compose.project")
         if not project:
-            raise RuntimeError("ORCH_DOCKER_NATS_CONTAINER is not set and this orchestrator is not in a compose project")
+            raise RuntimeError(
+                "ORCH_DOCKER_NATS_CONTAINER is not set and this orchestrator is not in a compose project"
+            )
         found = self.client.containers.list(
             filters={"label": [f"com.docker.compose.project={project}", "com.docker.compose.service=nats"]}
         )
@@ -288,7 +286,7 @@ class DockerRuntime:
             with contextlib.suppress(Exception):
                 container.remove(force=True)
         for network in self.client.networks.list(filters={"label": LABEL_STRATEGY}):
-            self._remove_network(network.name[len(NETWORK_PREFIX):])
+            self._remove_network(network.name[len(NETWORK_PREFIX) :])
 
     async def cleanup(self) -> None:
         await asyncio.to_thread(self._cleanup)

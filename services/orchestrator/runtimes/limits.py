@@ -346,7 +346,13 @@ class LogSink:
     files together never exceed ``max_bytes * (backups + 1)``."""
 
     def __init__(
-        self, path: Path, *, max_bytes: int, backups: int, rate: int, burst: int | None = None,
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        backups: int,
+        rate: int,
+        burst: int | None = None,
         on_marker: Callable[[str], None] | None = None,
     ) -> None:
         self.on_marker = on_marker

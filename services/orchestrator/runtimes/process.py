@@ -142,8 +142,11 @@ class ProcessRuntime:
                 self._unconfined_why = f"bubblewrap unusable: {detail}"
         if not self.sandboxed:
             log.warning(
-                "sandbox.unavailable", mode=sandbox, why=self._unconfined_why,
-                effect="refusing to start strategies" if sandbox == "bwrap"
+                "sandbox.unavailable",
+                mode=sandbox,
+                why=self._unconfined_why,
+                effect="refusing to start strategies"
+                if sandbox == "bwrap"
                 else "STRATEGIES RUN UNCONFINED: they can read your files, other processes' environments, var/",
             )
 
@@ -172,7 +175,7 @@ class ProcessRuntime:
 
     @property
     def confinement(self) -> str:
-        """"bwrap sandbox", or "none: <why>" (for ``desk status``)."""
+        """ "bwrap sandbox", or "none: <why>" (for ``desk status``)."""
         return "bwrap sandbox" if self.sandboxed else f"none: {self._unconfined_why}"
 
     @property
@@ -235,24 +238,40 @@ class ProcessRuntime:
                 log.warning("limits.partial", strategy_id=spec.strategy_id, applied=cgroup.applied, missing=problems)
             return limits, cgroup, False
         log.warning(
-            "limits.degraded", strategy_id=spec.strategy_id, why=problems,
+            "limits.degraded",
+            strategy_id=spec.strategy_id,
+            why=problems,
             applied=f"memory {limits.memory} as address space (RLIMIT_AS + headroom)",
             missing=f"cpus {limits.cpus}, pids {limits.pids}",
         )
         return limits, None, True
 
-    async def start(self, spec: strategy_pb2.StrategySpec, secrets: dict[str, str] | None = None) -> RunHandle:
-        if not self.sandboxed:
-            if self.sandbox_mode == "bwrap":
-                raise RuntimeError(f"ORCH_SANDBOX=bwrap but the sandbox cannot run: {self._unconfined_why}")
-            log.warning("sandbox.unavailable", strategy_id=spec.strategy_id, why=self._unconfined_why,
-                        effect="running UNCONFINED")
-        env = self.environment(spec, secrets)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_file = LogSink(
-            self.log_dir / f"{spec.strategy_id}.log", max_bytes=self.log_max_bytes, backups=self.log_backups,
-            rate=self.log_rate, burst=max(4 * self.log_rate, 64 * 1024), on_marker=self._ring(spec.strategy_id).append,
+    def _check_sandbox(self, spec: strategy_pb2.StrategySpec) -> None:
+        """Refuse to start unconfined when the sandbox was asked for; else warn that it is."""
+        if self.sandboxed:
+            return
+        if self.sandbox_mode == "bwrap":
+            raise RuntimeError(f"ORCH_SANDBOX=bwrap but the sandbox cannot run: {self._unconfined_why}")
+        log.warning(
+            "sandbox.unavailable", strategy_id=spec.strategy_id, why=self._unconfined_why, effect="running UNCONFINED"
         )
+
+    def _log_sink(self, spec: strategy_pb2.StrategySpec) -> LogSink:
+        """The strategy's log file: rotated, rate-limited, its markers kept in the in-memory ring."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        return LogSink(
+            self.log_dir / f"{spec.strategy_id}.log",
+            max_bytes=self.log_max_bytes,
+            backups=self.log_backups,
+            rate=self.log_rate,
+            burst=max(4 * self.log_rate, 64 * 1024),
+            on_marker=self._ring(spec.strategy_id).append,
+        )
+
+    async def start(self, spec: strategy_pb2.StrategySpec, secrets: dict[str, str] | None = None) -> RunHandle:
+        self._check_sandbox(spec)
+        env = self.environment(spec, secrets)
+        log_file = self._log_sink(spec)
         try:
             limits, cgroup, rlimited = await asyncio.to_thread(self._make_limits, spec)
         except BaseException:
@@ -297,13 +316,22 @@ class ProcessRuntime:
         handle = RunHandle(strategy_id=spec.strategy_id, pid=process.pid, started_ns=time.time_ns())
         how = "bwrap sandbox" if self.sandboxed else "UNCONFINED"
         applied = ", ".join(cgroup.applied) if cgroup else (f"memory {limits.memory} (rlimit)" if rlimited else "none")
-        banner = (f"--- started pid {process.pid} at {datetime.now(UTC).isoformat(timespec='seconds')} "
-                  f"({how}; limits: {applied}) ---")
+        banner = (
+            f"--- started pid {process.pid} at {datetime.now(UTC).isoformat(timespec='seconds')} "
+            f"({how}; limits: {applied}) ---"
+        )
         log_file.write_banner(banner)
         log_file.flush()
         self._ring(spec.strategy_id).append(banner)
-        run = _Run(handle=handle, process=process, log_file=log_file, sandboxed=self.sandboxed, cgroup=cgroup,
-                   limits=limits, rlimited=rlimited)
+        run = _Run(
+            handle=handle,
+            process=process,
+            log_file=log_file,
+            sandboxed=self.sandboxed,
+            cgroup=cgroup,
+            limits=limits,
+            rlimited=rlimited,
+        )
         assert process.stdout is not None and process.stderr is not None
         run.readers = [
             asyncio.create_task(self._read(run, process.stdout, is_stderr=False), name=f"{spec.strategy_id}.stdout"),

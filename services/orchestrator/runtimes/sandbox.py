@@ -49,8 +49,13 @@ from pathlib import Path
 DESK_PACKAGES = ("strategy_sdk", "desk", "desk_client")
 #: /etc files a Python process may need to resolve names, know the time zone, check TLS certificates.
 ETC_FILES = (
-    "/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/host.conf", "/etc/gai.conf",
-    "/etc/localtime", "/etc/ssl/certs",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/nsswitch.conf",
+    "/etc/host.conf",
+    "/etc/gai.conf",
+    "/etc/localtime",
+    "/etc/ssl/certs",
 )
 ROOT_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
@@ -86,10 +91,17 @@ class Sandbox:
     def base_args(self) -> list[str]:
         args = [
             self.bwrap,
-            "--unshare-all", "--unshare-user", "--share-net",
+            "--unshare-all",
+            "--unshare-user",
+            "--share-net",
             *(["--disable-userns"] if self.disable_userns else []),
-            "--cap-drop", "ALL", "--die-with-parent", "--new-session",
-            "--ro-bind", "/usr", "/usr",
+            "--cap-drop",
+            "ALL",
+            "--die-with-parent",
+            "--new-session",
+            "--ro-bind",
+            "/usr",
+            "/usr",
         ]
         for link in ROOT_LINKS:
             if os.path.islink(link):
@@ -161,7 +173,10 @@ class Sandbox:
         try:
             result = subprocess.run(
                 [*self.base_args(), "--remount-ro", "/", "--", "/usr/bin/true"],
-                capture_output=True, timeout=10, env={}, check=False,
+                capture_output=True,
+                timeout=10,
+                env={},
+                check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return False, f"{path} did not run: {exc}"

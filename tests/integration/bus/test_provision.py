@@ -24,7 +24,8 @@ async def test_provision_creates_everything_once_then_changes_nothing(nats_serve
         assert {(d.kind, d.name, d.action) for d in first} == (
             {("stream", subjects.STREAM_EXECUTIONS, "created"), ("stream", subjects.STREAM_ORDERS, "created")}
             | {("bucket", b, "created") for b in streams.BUCKETS}
-            | {("objects", subjects.OBJ_CODE, "created")})
+            | {("objects", subjects.OBJ_CODE, "created")}
+        )
         again = await streams.provision(js)
         assert {d.action for d in again} == {"unchanged"}
         kv = await js.key_value(subjects.KV_ORDER_IDS)  # buckets made by provision are real KV buckets
@@ -55,7 +56,8 @@ async def test_a_service_start_does_not_undo_an_operators_change_provision_does(
 
 
 def test_desk_provision_on_the_command_line_and_a_clear_error_for_more_replicas_than_servers(
-        nats_server: NatsServer) -> None:
+    nats_server: NatsServer,
+) -> None:
     runner = CliRunner()
     done = runner.invoke(app, ["--nats-url", nats_server.url, "provision", "--json"])
     assert done.exit_code == 0, done.output

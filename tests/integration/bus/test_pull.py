@@ -33,8 +33,12 @@ FAST = Backoff(initial=0.05, maximum=0.5)
 
 def config(**overrides: object) -> ConsumerConfig:
     options: dict[str, object] = {
-        "durable_name": DURABLE, "ack_policy": AckPolicy.EXPLICIT, "deliver_policy": DeliverPolicy.ALL,
-        "ack_wait": 30.0, "max_ack_pending": 100, "filter_subject": SUBJECT,
+        "durable_name": DURABLE,
+        "ack_policy": AckPolicy.EXPLICIT,
+        "deliver_policy": DeliverPolicy.ALL,
+        "ack_wait": 30.0,
+        "max_ack_pending": 100,
+        "filter_subject": SUBJECT,
     }
     options.update(overrides)
     return ConsumerConfig(**options)  # type: ignore[arg-type]
@@ -155,8 +159,16 @@ async def test_batch_outcomes_ack_nak_and_term_each_message(client: Client) -> N
         return outcomes
 
     pull = DurablePull(
-        js, STREAM, config(), batch_handler=handle, prepare=prepare, after=lambda b, o: after.append(len(b)),
-        batch=10, prefetch=3, nak_delay=0.05, backoff=FAST,
+        js,
+        STREAM,
+        config(),
+        batch_handler=handle,
+        prepare=prepare,
+        after=lambda b, o: after.append(len(b)),
+        batch=10,
+        prefetch=3,
+        nak_delay=0.05,
+        backoff=FAST,
     )
     async with running(pull):
         await publish(js, "b-1", "b-retry", "b-junk", "b-2")
@@ -198,8 +210,9 @@ async def test_a_consumer_deleted_under_the_loop_is_created_again(client: Client
     async def handle(msg: Msg) -> None:
         await seen.add(msg.data.decode())
 
-    pull = DurablePull(js, STREAM, config(deliver_policy=DeliverPolicy.NEW), handle, batch=5,
-                       fetch_timeout=0.3, backoff=FAST)
+    pull = DurablePull(
+        js, STREAM, config(deliver_policy=DeliverPolicy.NEW), handle, batch=5, fetch_timeout=0.3, backoff=FAST
+    )
     with structlog.testing.capture_logs() as logs:
         async with running(pull):
             await poll(lambda: pull.stats.consumers_created == 1, "consumer created", timeout=BOUND, every=0.02)

@@ -23,23 +23,31 @@ BOUND = 15.0
 API = nats.js.errors
 
 
-@pytest.mark.parametrize(("error", "expected"), [
-    (TimeoutError(), True),
-    (nats.errors.TimeoutError(), True),
-    (nats.errors.NoRespondersError(), True),
-    (API.ServiceUnavailableError(code=503, err_code=10008, description="JetStream system temporarily unavailable"), True),
-    (API.APIError(code=503, err_code=10008, description="JetStream system temporarily unavailable"), True),
-    (API.ServerError(code=500, err_code=10009, description="JetStream cluster can not handle request"), True),
-    (API.ServerError(code=500, description="stream is offline"), True),
-    (API.NoStreamResponseError(), True),
-    (API.BadRequestError(code=400, err_code=10058, description="stream name already in use"), False),
-    (API.NotFoundError(code=404, err_code=10059, description="stream not found"), False),
-    (API.APIError(code=403, description="permissions violation"), False),
-    (nats.errors.ConnectionClosedError(), False),
-    (nats.errors.ConnectionDrainingError(), False),
-    (nats.errors.AuthorizationError(), False),
-    (ValueError("bad config"), False),
-])
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (TimeoutError(), True),
+        (nats.errors.TimeoutError(), True),
+        (nats.errors.NoRespondersError(), True),
+        (
+            API.ServiceUnavailableError(
+                code=503, err_code=10008, description="JetStream system temporarily unavailable"
+            ),
+            True,
+        ),
+        (API.APIError(code=503, err_code=10008, description="JetStream system temporarily unavailable"), True),
+        (API.ServerError(code=500, err_code=10009, description="JetStream cluster can not handle request"), True),
+        (API.ServerError(code=500, description="stream is offline"), True),
+        (API.NoStreamResponseError(), True),
+        (API.BadRequestError(code=400, err_code=10058, description="stream name already in use"), False),
+        (API.NotFoundError(code=404, err_code=10059, description="stream not found"), False),
+        (API.APIError(code=403, description="permissions violation"), False),
+        (nats.errors.ConnectionClosedError(), False),
+        (nats.errors.ConnectionDrainingError(), False),
+        (nats.errors.AuthorizationError(), False),
+        (ValueError("bad config"), False),
+    ],
+)
 def test_an_elections_errors_are_transient_and_the_rest_are_not(error: BaseException, expected: bool) -> None:
     assert transient(error) is expected
 
@@ -99,8 +107,18 @@ async def test_a_publish_retried_through_a_server_restart_lands_once(nats_server
     await js.add_stream(name="DEDUP", subjects=["dedup.>"], duplicate_window=60.0)
     retried = asyncio.Event()
     await asyncio.to_thread(nats_server.stop)  # mid-retry: the publish starts with the server down
-    task = asyncio.create_task(publish(js, "dedup.a", b"one", msg_id="m-1", timeout=0.5, deadline=BOUND,
-                                       backoff=FAST, on_retry=lambda *_: retried.set()))
+    task = asyncio.create_task(
+        publish(
+            js,
+            "dedup.a",
+            b"one",
+            msg_id="m-1",
+            timeout=0.5,
+            deadline=BOUND,
+            backoff=FAST,
+            on_retry=lambda *_: retried.set(),
+        )
+    )
     await asyncio.wait_for(retried.wait(), BOUND)
     await asyncio.to_thread(nats_server.start)  # same port, same store
     published = await asyncio.wait_for(task, BOUND + 5)
@@ -115,8 +133,18 @@ async def test_a_publish_retried_through_a_server_restart_lands_once(nats_server
 async def test_a_publish_to_a_stream_not_there_yet_is_retried_until_it_is(client: Client) -> None:
     js = client.jetstream()
     retried = asyncio.Event()
-    task = asyncio.create_task(publish(js, "later.a", b"x", msg_id="l-1", timeout=0.5, deadline=BOUND, backoff=FAST,
-                                       on_retry=lambda *_: retried.set()))
+    task = asyncio.create_task(
+        publish(
+            js,
+            "later.a",
+            b"x",
+            msg_id="l-1",
+            timeout=0.5,
+            deadline=BOUND,
+            backoff=FAST,
+            on_retry=lambda *_: retried.set(),
+        )
+    )
     await asyncio.wait_for(retried.wait(), BOUND)  # 503 no responders: what a stream without a leader answers
     await js.add_stream(name="LATER", subjects=["later.>"])
     published = await asyncio.wait_for(task, BOUND + 5)

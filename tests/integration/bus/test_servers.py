@@ -32,6 +32,10 @@ async def test_a_list_with_a_dead_server_first_reaches_the_live_one(nats_server:
 async def test_a_command_gives_up_when_no_server_answers() -> None:
     errors: list[Exception] = []
     with pytest.raises(nats.errors.NoServersError):
-        await open_connection(f"nats://127.0.0.1:{free_port()},nats://127.0.0.1:{free_port()}", forever=False,
-                              connect_timeout=0.5, errors=errors)
+        await open_connection(
+            f"nats://127.0.0.1:{free_port()},nats://127.0.0.1:{free_port()}",
+            forever=False,
+            connect_timeout=0.5,
+            errors=errors,
+        )
     assert errors  # what nats-py reported, for a command to explain
