@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
@@ -42,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from desk.bus.decimals import fmt
-from desk.core.ids import order_id_for
+from desk.core.ids import alpaca_fill_execution_id, order_id_for, parse_alpaca_client_order_id
 from desk.v1 import common_pb2, ledger_pb2
 
 ZERO = Decimal(0)
@@ -110,18 +109,7 @@ def format_differences(differences: list[Difference], venue: str) -> list[str]:
 # --- what each side says -----------------------------------------------------------------------------
 
 
-def alpaca_fill_execution_id(alpaca_order_id: str, cum_qty: Decimal) -> str:
-    """The execution id the gateway gives an Alpaca fill (``brokers/alpaca_book.py``: ``execution_id``
-    of ``(alpaca order id, "fill", canonical(cum qty))``; desk/ cannot import a service, a test pins both)."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"alpaca:{alpaca_order_id}:fill:{format(cum_qty.normalize(), 'f')}"))
-
-
-def desk_order_of(client_order_id: str) -> tuple[str, str] | None:
-    """``(strategy_id, client_order_id)`` of an Alpaca order the desk placed (``<strategy>.<id>[.<n>]``)."""
-    parts = client_order_id.split(".")
-    if len(parts) not in (2, 3) or not all(parts) or (len(parts) == 3 and not parts[2].isdigit()):
-        return None
-    return parts[0], parts[1]
+desk_order_of = parse_alpaca_client_order_id
 
 
 @dataclass(frozen=True)

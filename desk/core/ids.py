@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from decimal import Decimal
 from sys import intern
 
 _NAMESPACE = uuid.NAMESPACE_URL.bytes
@@ -21,3 +22,28 @@ def order_id_for(strategy_id: str, client_order_id: str) -> str:
     digest[8] = (digest[8] & 0x3F) | 0x80
     h = digest.hex()
     return intern(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")  # one object per id wherever it is kept
+
+
+def alpaca_execution_id(*parts: object) -> str:
+    """An execution id of an Alpaca event: ``uuid5(NAMESPACE_URL, "alpaca:<part>:<part>...")``; a fill
+    is ``("<alpaca order id>", "fill", canonical cum qty)`` (the gateway makes it, reconcile checks it)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "alpaca:" + ":".join(str(p) for p in parts)))
+
+
+def canonical_qty(value: Decimal) -> str:
+    """A quantity as a stable key: ``10``, ``10.0`` and ``1E+1`` are one fill."""
+    return format(value.normalize(), "f")
+
+
+def alpaca_fill_execution_id(alpaca_order_id: str, cum_qty: Decimal) -> str:
+    """The execution id of the Alpaca fill that took ``alpaca_order_id`` to ``cum_qty``."""
+    return alpaca_execution_id(alpaca_order_id, "fill", canonical_qty(cum_qty))
+
+
+def parse_alpaca_client_order_id(value: str) -> tuple[str, str] | None:
+    """``(strategy_id, client_order_id)`` of an Alpaca order the desk placed
+    (``<strategy>.<client order id>[.<n>]``, the n-th placement), else ``None``."""
+    parts = value.split(".")
+    if len(parts) not in (2, 3) or not all(parts) or (len(parts) == 3 and not parts[2].isdigit()):
+        return None
+    return parts[0], parts[1]

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +21,7 @@ from desk import reconcile
 from desk.bus import kv as desk_kv
 from desk.bus import subjects
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
-from desk.core.ids import order_id_for
+from desk.core.ids import alpaca_execution_id, alpaca_fill_execution_id, order_id_for
 from desk.v1 import common_pb2, ledger_pb2, strategy_pb2
 from services.broker_gateway.brokers.alpaca_book import canonical, execution_id, parse_client_order_id
 from services.ledger.service import LedgerService
@@ -153,10 +154,24 @@ async def trade_two_strategies(desk: Desk, reports: Reports) -> None:
 
 
 def test_the_reconcile_computes_the_gateways_execution_ids_and_reads_its_client_order_ids() -> None:
-    for alpaca_id, cum in (("9c7a-1", Decimal(4)), ("x", Decimal("10.50")), ("y", Decimal("1E+1"))):
-        assert reconcile.alpaca_fill_execution_id(alpaca_id, cum) == execution_id(alpaca_id, "fill", canonical(cum))
-    for client_id in ("alpha.c-1", "alpha.c-1.2", "manual", "a.b.c", "a..1", "alpha.c-1.x"):
-        assert reconcile.desk_order_of(client_id) == parse_client_order_id(client_id)
+    # one formula (desk.core.ids), used by the gateway and the reconcile alike; pinned here
+    assert reconcile.desk_order_of is parse_client_order_id and execution_id is alpaca_execution_id
+    for alpaca_id, cum, text in (
+        ("9c7a-1", Decimal(4), "4"),
+        ("x", Decimal("10.50"), "10.5"),
+        ("y", Decimal("1E+1"), "10"),
+    ):
+        want = str(uuid.uuid5(uuid.NAMESPACE_URL, f"alpaca:{alpaca_id}:fill:{text}"))
+        assert alpaca_fill_execution_id(alpaca_id, cum) == execution_id(alpaca_id, "fill", canonical(cum)) == want
+    for client_id, parsed in (
+        ("alpha.c-1", ("alpha", "c-1")),
+        ("alpha.c-1.2", ("alpha", "c-1")),
+        ("manual", None),
+        ("a.b.c", None),
+        ("a..1", None),
+        ("alpha.c-1.x", None),
+    ):
+        assert parse_client_order_id(client_id) == parsed
     now = 1_000_000 * 1_000_000_000
     assert reconcile.parse_since("90m", now) == now - 5400 * 1_000_000_000
     assert reconcile.parse_since("2026-12-01T09:30", now) == reconcile._ns("2026-12-01T09:30:00+00:00")
@@ -276,7 +291,7 @@ def test_a_fill_booked_to_the_wrong_strategy_and_an_unbalanced_cross_are_differe
     since = 1_000 * 1_000_000_000
     order = reconcile.AlpacaOrder("A1", "alpha.c-1", "AAPL", "buy", "filled", Decimal(3), Decimal(10), since + 1)
     activity = reconcile.AlpacaFill("A1", "AAPL", "buy", Decimal(3), Decimal(10), Decimal(3), since + 2)
-    exec_id = reconcile.alpaca_fill_execution_id("A1", Decimal(3))
+    exec_id = alpaca_fill_execution_id("A1", Decimal(3))
     beta_order = order_id_for("beta", "c-9")
     wrong = ledger_pb2.Fill(
         execution_id=exec_id,

@@ -29,7 +29,7 @@ from decimal import Decimal
 from typing import Any
 
 from desk.bus.decimals import fmt
-from desk.core.ids import order_id_for
+from desk.core.ids import alpaca_execution_id, canonical_qty, order_id_for, parse_alpaca_client_order_id
 from desk.core.orders import ORDER_TYPES, SIDES, TIMES_IN_FORCE, OrderProgress, Reports
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2, orders_pb2
 
@@ -72,22 +72,11 @@ def pull_execution_id(alpaca_order_id: str) -> str:
     return execution_id("pull", alpaca_order_id)
 
 
-def parse_client_order_id(value: str) -> tuple[str, str] | None:
-    """``(strategy_id, client_order_id)`` of an Alpaca order the desk placed, else ``None``."""
-    parts = value.split(".")
-    if len(parts) not in (2, 3) or not all(parts) or (len(parts) == 3 and not parts[2].isdigit()):
-        return None
-    return parts[0], parts[1]
+parse_client_order_id = parse_alpaca_client_order_id
 
 
-def execution_id(*parts: object) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, "alpaca:" + ":".join(str(p) for p in parts)))
-
-
-def canonical(value: Decimal) -> str:
-    """A quantity as a stable key: ``10``, ``10.0`` and ``1E+1`` are one fill."""
-    text = format(value.normalize(), "f")
-    return text
+execution_id = alpaca_execution_id
+canonical = canonical_qty
 
 
 def to_ns(ts: dt.datetime | None) -> int:
