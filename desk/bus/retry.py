@@ -94,13 +94,15 @@ def transient(exc: BaseException) -> bool:
     if isinstance(exc, _TRANSIENT_TYPES):
         return True
     if isinstance(exc, nats.js.errors.APIError):
-        if exc.err_code in TRANSIENT_CODES:
+        # nats-py's KV errors (KeyNotFoundError, KeyWrongLastSequenceError...) are APIErrors whose
+        # __init__ sets none of these: an answer about the key, never an election's
+        if getattr(exc, "err_code", None) in TRANSIENT_CODES:
             return True
-        text = (exc.description or "").lower()
+        text = (getattr(exc, "description", None) or "").lower()
         if any(marker in text for marker in TRANSIENT_TEXT):
             return True
         # 503 is "unavailable"; a 500 on a cluster is a leader that is not one (yet). 4xx: our mistake.
-        return exc.code in (500, 503) and not isinstance(
+        return getattr(exc, "code", None) in (500, 503) and not isinstance(
             exc, (nats.js.errors.BadRequestError, nats.js.errors.NotFoundError)
         )
     return False

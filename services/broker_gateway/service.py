@@ -22,7 +22,10 @@ Start-up (sim, and alpaca before its stream starts): before the service answers,
 order or sees market data, the broker's book is rebuilt from EXECUTIONS
 (:meth:`BrokerGatewayService._restore_book`: every stored report of this venue, up to the stream's last
 sequence at start, through an ordered consumer), so resting orders survive a crash (SIGKILL) and a
-redelivered routed order is recognised (docs/faults.md, docs/alpaca.md "Crashes").
+redelivered routed order is recognised (docs/faults.md, docs/alpaca.md "Crashes"). Then the durable
+consumer ``gateway-<venue>`` is created (retried through an election), and only then is the micro
+service registered: a gateway that answers has its consumer, which is what the router's venue check
+looks for (``services/order_router/venue.py``); routed orders queue in it until the broker has started.
 
 The broker is built from the settings by :mod:`.factory`; the shell sees only the
 :class:`~.brokers.base.Broker` protocol (restore, start, stats, ...), never which broker it has.
@@ -60,6 +63,7 @@ from desk.bus.logging import get_logger
 from desk.bus.micro import DeskService, add_service
 from desk.bus.pull import DurablePull, Outcome
 from desk.bus.replay import replay_to_last
+from desk.bus.retry import transient
 from desk.core.matching import MarketUpdate
 from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2
 
@@ -70,6 +74,7 @@ from .settings import Settings
 
 NAME = "broker_gateway"
 FETCH_TIMEOUT = 1.0  # seconds one pull waits; bounds how long a stop waits for the order loop
+PRICE_TIMEOUT = 1.0  # seconds one DESK_PRICES read may take (an election answers nothing)
 RESTORE_TIMEOUT = 120.0  # seconds the start-up read of EXECUTIONS may take (sim)
 
 log = get_logger(NAME)
@@ -98,6 +103,7 @@ class BrokerGatewayService:
         self._service: DeskService | None = None
         self._md_subs: list[Subscription] = []
         self._prices: KeyValue | None = None
+        self._prices_failing = False  # the last DESK_PRICES read failed (logged once per run of failures)
         self._orders_pull: DurablePull | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -107,6 +113,13 @@ class BrokerGatewayService:
         await streams.ensure_stream(runtime.js, streams.EXECUTIONS)
         await streams.ensure_stream(runtime.js, streams.ORDERS)
         await self._restore_book(runtime)  # before the broker starts, any order or any price
+        # The durable consumer before the micro service: once the gateway answers (desk up waits for
+        # that), the router's venue check finds gateway-<venue> (services/order_router/venue.py).
+        # Orders routed from then on queue in it until the loop below fetches them.
+        self._orders_pull = self._pull(runtime)
+        if await self._orders_pull.ensure() is None:
+            return  # stopped while the cluster did not answer
+        log.info("orders.subscribed", durable=self.durable, subject=self.orders_subject)
         service = await add_service(
             runtime,
             NAME,
@@ -132,7 +145,7 @@ class BrokerGatewayService:
         if self.broker.wants_market_data:
             for subject in _MD_TYPES:
                 self._md_subs.append(await runtime.nc.subscribe(subject, cb=self._on_market_data))
-        loop = runtime.spawn(self._consume_orders(runtime), name="gateway.orders")
+        loop = runtime.spawn(self._consume_orders(), name="gateway.orders")
         runtime.stack.push_async_callback(self._wait_for, loop)
         log.info("gateway.started", venue=self.venue, subject=self.orders_subject, durable=self.durable)
 
@@ -213,11 +226,11 @@ class BrokerGatewayService:
             return 1
         return max(1, min(self.settings.gateway_fetch_batch, self.settings.gateway_max_ack_pending))
 
-    async def _consume_orders(self, runtime: ServiceRuntime) -> None:
-        """Fetch routed orders (a batch at a time) until the service stops, through reconnects,
-        elections and a lost consumer (:class:`desk.bus.pull.DurablePull`). A consumer found with
-        other settings is kept as it is, with a warning (creating and changing it is provisioning's)."""
-        self._orders_pull = DurablePull(
+    def _pull(self, runtime: ServiceRuntime) -> DurablePull:
+        """The routed orders' durable pull consumer (:class:`desk.bus.pull.DurablePull`). A consumer
+        found with other settings is kept as it is, with a warning (creating and changing it is
+        provisioning's)."""
+        return DurablePull(
             runtime.js,
             subjects.STREAM_ORDERS,
             self._consumer_config(),
@@ -230,9 +243,12 @@ class BrokerGatewayService:
             update=False,
             stop=runtime.stop,
         )
-        if await self._orders_pull.ensure() is not None:
-            log.info("orders.subscribed", durable=self.durable, subject=self.orders_subject)
-            await self._orders_pull.run()
+
+    async def _consume_orders(self) -> None:
+        """Fetch routed orders (a batch at a time) until the service stops, through reconnects,
+        elections and a lost consumer (the consumer was created in :meth:`start`)."""
+        assert self._orders_pull is not None
+        await self._orders_pull.run()
 
     async def _handle_orders(self, messages: list[Msg]) -> Outcome:
         """Hand a batch to the broker in order and publish every report; then the routed orders owed
@@ -321,15 +337,29 @@ class BrokerGatewayService:
     # --- prices (a streaming broker crosses orders internally at the last trade) ----------------
 
     async def _price_of(self, symbol: str) -> Decimal | None:
-        """The last trade price in DESK_PRICES (the fair price internal crosses use), if any."""
+        """The last trade price in DESK_PRICES (the fair price internal crosses use), if any. An
+        election's error (desk.bus.retry.transient) is no price too (the broker goes on without an
+        internal cross), logged once per run of failures."""
         if self._prices is None:
             return None
         try:
-            entry = await self._prices.get(symbol)
+            entry = await asyncio.wait_for(self._prices.get(symbol), PRICE_TIMEOUT)
             trade = codec.decode(entry.value or b"", marketdata_pb2.Trade)
-            return parse_decimal("price", trade.price, required=False)
-        except (nats.js.errors.KeyNotFoundError, DeskError):
+            price = parse_decimal("price", trade.price, required=False)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError, DeskError):
+            price = None
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            self.counts["price_unreadable"] += 1
+            if not self._prices_failing:
+                log.warning("price.unreadable", symbol=symbol, error=repr(exc))
+            self._prices_failing = True
             return None
+        if self._prices_failing:
+            log.info("price.readable", symbol=symbol, failed=self.counts["price_unreadable"])
+        self._prices_failing = False
+        return price
 
     # --- micro -------------------------------------------------------------------------------------
 

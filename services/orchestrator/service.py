@@ -69,6 +69,7 @@ from desk.bus.lifecycle import ServiceRuntime
 from desk.bus.logging import get_logger
 from desk.bus.micro import DeskService, add_service
 from desk.bus.request import request as bus_request
+from desk.bus.retry import retrying
 from desk.bus.streams import ensure_bucket
 from desk.v1 import orders_pb2, strategy_pb2
 from services.orchestrator import uploads
@@ -107,6 +108,11 @@ BANNER = "--- started pid"
 #: Header on a DESK_STRATEGIES entry: the desired state a user asked for (absent: run it).
 DESIRED_HEADER = "Desk-Desired"
 DESIRED_STOPPED = "stopped"
+#: DESK_STRATEGIES through an election (desk.bus.retry): seconds per attempt, and retried for at
+#: most (a spec write is a put, safe to repeat; a deploy waits for it, well inside the CLI's wait).
+KV_ATTEMPT_TIMEOUT = 2.0
+SPEC_WRITE_DEADLINE = 10.0
+SPEC_READ_DEADLINE = 5.0
 #: The owner of a name taken by an invalid folder in the strategies folder (no member may take it).
 FOLDER_OWNER = "the desk's strategies folder"
 
@@ -892,7 +898,14 @@ class OrchestratorService:
         data, headers = codec.encode(spec)
         if stopped:
             headers = {**headers, DESIRED_HEADER: DESIRED_STOPPED}
-        await self._js.publish(f"$KV.{subjects.KV_STRATEGIES}.{spec.strategy_id}", data, headers=headers)
+        js, subject = self._js, f"$KV.{subjects.KV_STRATEGIES}.{spec.strategy_id}"
+        # a put, safe to repeat (the last value is the value): retried through an election
+        await retrying(
+            lambda: js.publish(subject, data, headers=headers, timeout=KV_ATTEMPT_TIMEOUT),
+            what=f"write spec {spec.strategy_id}",
+            log=log,
+            deadline=SPEC_WRITE_DEADLINE,
+        )
 
     async def _set_held(self, m: Managed, held: bool) -> None:
         """Record (the lock is held) whether a user wants the strategy stopped across restarts."""
@@ -905,10 +918,17 @@ class OrchestratorService:
     async def _recorded_stopped(self, strategy_id: str) -> bool:
         """Whether DESK_STRATEGIES records a user's stop for ``strategy_id`` (on our own labelled
         entry for that id: anything else is not believed)."""
-        assert self._js is not None
+        js = self._js
+        assert js is not None
         try:
-            raw = await self._js.get_last_msg(
-                f"KV_{subjects.KV_STRATEGIES}", f"$KV.{subjects.KV_STRATEGIES}.{strategy_id}"
+            raw = await retrying(
+                lambda: asyncio.wait_for(
+                    js.get_last_msg(f"KV_{subjects.KV_STRATEGIES}", f"$KV.{subjects.KV_STRATEGIES}.{strategy_id}"),
+                    KV_ATTEMPT_TIMEOUT,
+                ),
+                what=f"read spec {strategy_id}",
+                log=log,
+                deadline=SPEC_READ_DEADLINE,
             )
         except nats.js.errors.NotFoundError:
             return False

@@ -6,8 +6,10 @@ All decisions live in :mod:`desk.core.orders` and :mod:`desk.core.risk`, the kil
 
 * ``submit`` (``desk.order.submit.*``): decode -> subject/fields -> known strategy and symbol -> halt
   -> idempotency -> a gateway serves ``ROUTER_VENUE`` (:mod:`.venue`; else ``VENUE_UNAVAILABLE``) -> risk
-  -> publish ``RoutedOrder`` (``Nats-Msg-Id`` = order id) -> reply, and store
-  the ack in ``DESK_ORDER_IDS`` (written as the reply goes out, not awaited before it). Up to
+  -> publish ``RoutedOrder`` (``Nats-Msg-Id`` = order id, retried through an election for
+  :data:`ROUTE_DEADLINE` with that id: :meth:`OrderRouterService._routed_before` says when a
+  ``duplicate`` PubAck is our own attempt) -> reply, and store the ack in ``DESK_ORDER_IDS`` (written
+  as the reply goes out, not awaited before it; the create is retried, docs/cluster.md). Up to
   ``SUBMIT_CONCURRENCY`` orders are handled at once: the risk check and the reservation are one step
   (no await between), a reservation is released if routing fails, and a request repeating a client
   order id that is still being handled waits for its ack.
@@ -32,7 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -42,7 +45,7 @@ from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequen
 from nats.js.kv import KV_DEL, KV_OP, KeyValue
 
 import desk
-from desk.bus import codec, kv, streams, subjects
+from desk.bus import codec, kv, retry, streams, subjects
 from desk.bus.decimals import dec, fmt
 from desk.bus.errors import DeskError
 from desk.bus.kv import Change, KvFollower
@@ -63,7 +66,6 @@ NAME = "order_router"
 
 log = get_logger(NAME)
 
-MSG_ID = "Nats-Msg-Id"
 #: Orders one replica handles at once (each waits on three server round trips). Safe because the
 #: risk check and the reservation happen without an await between them, and a second request with
 #: the same client order id waits for the first (``OrderRouterService._in_flight``).
@@ -73,6 +75,19 @@ CANCEL_GRACE = 0.25
 #: The bucket's TTL (desk.bus.streams), and how often the router forgets the keys it has expired.
 ORDER_IDS_TTL = streams.BUCKETS[subjects.KV_ORDER_IDS].ttl or 7 * streams.DAY
 ORDER_IDS_PRUNE_EVERY = 600.0
+#: Routing a publish to ORDERS through an election (desk.bus.retry.publish, same Nats-Msg-Id): each
+#: attempt waits ROUTE_TIMEOUT at the most, and no attempt starts after ROUTE_DEADLINE, so an order
+#: is answered (INTERNAL when the stream still has no leader) within ~1.1 s: below the fault suites'
+#: 2 s request timeout and the SDK's 5 s one, which re-send it with the same client order id.
+ROUTE_TIMEOUT = 0.5
+ROUTE_DEADLINE = 1.0
+#: Reading a stored ack (DESK_ORDER_IDS) inside a request: per attempt, and retried for at most.
+READ_TIMEOUT = 0.5
+READ_DEADLINE = 1.0
+#: Storing an ack (DESK_ORDER_IDS, in the background): retried well inside ORDERS' 2-minute window.
+STORE_DEADLINE = 30.0
+#: The kill switch's KV writes (a halt's put, a resume's delete marker), retried for at most.
+RISK_DEADLINE = 3.0
 
 
 class OrderRouterService:
@@ -342,11 +357,11 @@ class OrderRouterService:
             new_order=request,
         )
         try:
-            routed_before = await self._route(routed, msg_id=order_id)
+            published = await self._route(routed, msg_id=order_id)
         except BaseException:
             account.release(hold)  # not routed: the reservation and the rate-limit slot go back
             raise
-        if routed_before:
+        if await self._routed_before(published, key):
             # JetStream had this order id within its duplicate window: another replica (or an attempt
             # that died before answering) routed it. That attempt holds the reservation, or its reports will.
             account.release(hold)
@@ -364,6 +379,23 @@ class OrderRouterService:
         )
         return ack
 
+    async def _routed_before(self, published: retry.Published, key: str) -> bool:
+        """Whether the order was routed before this request routed it: its publish was answered
+        ``duplicate``. After one attempt that is certain. After several, the duplicate may be our own
+        earlier attempt that landed while its PubAck was lost in an election: the order is then ours
+        (kept reserved, answered as accepted, its ack stored), unless another attempt has recorded
+        its ack meanwhile (a replica's ``DESK_ORDER_IDS`` entry: that attempt answered first)."""
+        if not published.ack.duplicate:
+            return False
+        if published.attempts == 1 or key in self.order_ids:
+            return True
+        try:
+            stored = await self._stored_ack(key)
+        except DeskError:
+            stored = None  # unreadable now: what we know is that one of our attempts may have landed
+        log.info("order.route_retried", attempts=published.attempts, stored_before=stored is not None)
+        return stored is not None
+
     async def _duplicate_ack(self, order: ValidOrder, key: str, reason: str) -> orders_pb2.OrderAck:
         """The first ack of an order seen before, marked duplicate (rebuilt if not stored yet)."""
         stored = await self._stored_ack(key)
@@ -373,10 +405,21 @@ class OrderRouterService:
         return ack
 
     async def _stored_ack(self, key: str) -> orders_pb2.OrderAck | None:
+        """The ack stored under ``key`` (None: none, or not that key's). Read through an election for
+        READ_DEADLINE at the most; then ``INTERNAL`` (the caller's answer: "retry")."""
+        bucket = self._kv[subjects.KV_ORDER_IDS]
         try:
-            entry = await self._kv[subjects.KV_ORDER_IDS].get(key)
+            entry = await self._retry(
+                lambda: asyncio.wait_for(bucket.get(key), READ_TIMEOUT), f"read {key}", READ_DEADLINE
+            )
         except (KeyNotFoundError, KeyDeletedError):
             return None
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            raise refusal(
+                "INTERNAL", f"could not read the order's ack ({exc!r}); retry with the same client_order_id"
+            ) from exc
         ack = codec.decode(entry.value or b"", orders_pb2.OrderAck)
         if not stored_ack_matches(key, ack):
             log.warning("kv.value_ignored", bucket=subjects.KV_ORDER_IDS, key=key, reason=kv.KEY_MISMATCH)
@@ -390,11 +433,30 @@ class OrderRouterService:
         self._storing.add(task)
         task.add_done_callback(self._storing.discard)
 
-    async def _write_ack(self, key: str, ack: orders_pb2.OrderAck) -> None:
+    async def _retry(self, op: Callable[[], Awaitable[Any]], what: str, deadline: float) -> Any:
+        """``op`` retried through an election (desk.bus.retry) for ``deadline`` s, or until the stop."""
         assert self._runtime is not None
+        return await retry.retrying(
+            op, what=what, log=log, deadline=deadline, stop=self._runtime.stop, is_transient=_transient
+        )
+
+    async def _write_ack(self, key: str, ack: orders_pb2.OrderAck) -> None:
+        """Store the first ack (create: only if the key holds nothing), retried through an election.
+        A retried create whose earlier attempt landed is refused "wrong last sequence": the value
+        stored is read back and, when it is this ack, that is our own write."""
+        assert self._runtime is not None
+        js = self._runtime.js
         try:
-            await kv.create(self._runtime.js, subjects.KV_ORDER_IDS, key, ack)
+            await self._retry(lambda: kv.create(js, subjects.KV_ORDER_IDS, key, ack), f"store {key}", STORE_DEADLINE)
         except KeyWrongLastSequenceError:
+            try:
+                stored = await self._stored_ack(key)
+            except Exception as exc:  # noqa: BLE001 - logged: the order is routed, only its record is unsure
+                log.warning("order.ack_unverified", key=key, order_id=ack.order_id, error=repr(exc))
+                return
+            if stored == ack:
+                log.debug("order.ack_stored_by_retry", key=key, order_id=ack.order_id)
+                return
             # Stored by an attempt older than JetStream's duplicate window that this replica had not
             # seen: the order id was routed twice. Nothing more to do here but say so loudly.
             log.error("order.routed_twice", key=key, order_id=ack.order_id)
@@ -406,22 +468,31 @@ class OrderRouterService:
         if self._storing:
             await asyncio.gather(*self._storing, return_exceptions=True)
 
-    async def _route(self, routed: orders_pb2.RoutedOrder, msg_id: str | None = None) -> bool:
-        """Publish to the venue's work stream; True when JetStream says it already had it."""
+    async def _route(self, routed: orders_pb2.RoutedOrder, msg_id: str) -> retry.Published:
+        """Publish to the venue's work stream with ``Nats-Msg-Id: msg_id``, retried through an
+        election with that id (desk.bus.retry.publish) for ROUTE_DEADLINE at the most; its PubAck
+        (``duplicate``: JetStream had that id already; see :meth:`_routed_before`) and attempts."""
         assert self._runtime is not None
         data, headers = codec.encode(routed)
-        if msg_id:
-            headers[MSG_ID] = msg_id
         try:
-            ack = await self._runtime.js.publish(
-                subjects.broker_orders(self.settings.router_venue), data, headers=headers, stream=subjects.STREAM_ORDERS
+            return await retry.publish(
+                self._runtime.js,
+                subjects.broker_orders(self.settings.router_venue),
+                data,
+                msg_id=msg_id,
+                headers=headers,
+                stream=subjects.STREAM_ORDERS,
+                timeout=ROUTE_TIMEOUT,
+                deadline=ROUTE_DEADLINE,
+                stop=self._runtime.stop,
+                what=f"route {routed.order_id}",
+                log=log,
             )
         except Exception as exc:  # answered as a specific, retryable refusal
             log.error("order.route_failed", order_id=routed.order_id, error=repr(exc))
             raise refusal(
                 "INTERNAL", f"could not route the order ({exc!r}); retry with the same client_order_id"
             ) from exc
-        return bool(ack.duplicate)
 
     def _order_refused(
         self, err: DeskError, subject: str, request: orders_pb2.OrderRequest | None
@@ -478,7 +549,8 @@ class OrderRouterService:
                 routed_ns=time.time_ns(),
                 cancel=request,
             )
-            await self._route(routed)
+            # its own message id, the same on each attempt: a retried cancel is forwarded once
+            await self._route(routed, msg_id=f"{order_id}.cancel.{uuid.uuid4().hex}")
             log.info("cancel.forwarded", order_id=order_id)
             return orders_pb2.CancelAck(
                 strategy_id=request.strategy_id,
@@ -498,7 +570,9 @@ class OrderRouterService:
         validate_halt(request)
         key = subjects.halt_key(request.strategy_id)
         assert self._runtime is not None
-        revision = await kv.put(self._runtime.js, subjects.KV_RISK, key, request)
+        revision = await kv.put(
+            self._runtime.js, subjects.KV_RISK, key, request, deadline=RISK_DEADLINE, stop=self._runtime.stop
+        )
         self.halts.apply(key, revision, request)
         log.warning(
             "risk.halted",
@@ -514,10 +588,30 @@ class OrderRouterService:
         assert self._runtime is not None
         # kv.delete() does not return the marker's revision, which we need to order it against the
         # watch; so publish the KV delete marker ourselves (the KV protocol: KV-Operation: DEL).
-        ack = await self._runtime.js.publish(f"$KV.{subjects.KV_RISK}.{key}", b"", headers={KV_OP: KV_DEL})
-        self.halts.apply(key, ack.seq, None)
+        # Retried through an election with one message id: a marker that landed is not written twice.
+        published = await retry.publish(
+            self._runtime.js,
+            f"$KV.{subjects.KV_RISK}.{key}",
+            b"",
+            msg_id=f"resume.{key}.{uuid.uuid4().hex}",
+            headers={KV_OP: KV_DEL},
+            timeout=ROUTE_TIMEOUT * 2,
+            deadline=RISK_DEADLINE,
+            stop=self._runtime.stop,
+            log=log,
+        )
+        self.halts.apply(key, published.ack.seq, None)
         log.info("risk.resumed", strategy_id=request.strategy_id or "*", requested_by=request.requested_by)
         return self.halts.state(f"resumed {'the desk' if not request.strategy_id else request.strategy_id}")
 
     async def risk_status(self, request: orders_pb2.HaltRequest, subject: str) -> orders_pb2.HaltAck:
         return self.halts.state("")
+
+
+def _transient(exc: BaseException) -> bool:
+    """desk.bus.retry.transient, minus the KV answers: nats-py's KeyNotFoundError, KeyDeletedError and
+    KeyWrongLastSequenceError are APIErrors without ``err_code`` (retry.transient would raise
+    AttributeError on them), and each is an answer, not an election."""
+    if isinstance(exc, (KeyNotFoundError, KeyDeletedError, KeyWrongLastSequenceError)):
+        return False
+    return retry.transient(exc)

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
+import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -225,3 +227,54 @@ async def test_gateway_keeps_taking_orders_after_the_server_restarts(
     finally:
         await fresh.close()
     assert [(k, r.order_id) for k, r in got] == [("NEW", "after-restart"), ("FILL", "after-restart")]
+
+
+async def test_the_gateway_has_its_consumer_before_it_answers(nats_server: NatsServer, nc: Client) -> None:
+    """desk up waits for the gateway to answer; the router's venue check then finds gateway-sim
+    (services/order_router/venue.py), even while the broker is still starting."""
+    settings = Settings(nats_url=nats_server.url, drain_timeout=5)
+    gateway = BrokerGatewayService(settings)
+    starting, release = asyncio.Event(), asyncio.Event()
+    real_start = gateway.broker.start
+
+    async def slow_start(*args: Any, **kwargs: Any) -> None:  # Alpaca: its stream and first reconcile
+        starting.set()
+        await release.wait()
+        await real_start(*args, **kwargs)
+
+    gateway.broker.start = slow_start  # type: ignore[method-assign]
+    task = asyncio.create_task(run_in_process(NAME, settings, gateway.start, timeout=60))
+    try:
+        await asyncio.wait_for(starting.wait(), 60)
+        pong = await nc.request(f"$SRV.PING.{NAME}", b"", timeout=TIMEOUT)  # it answers ...
+        assert json.loads(pong.data)["name"] == NAME
+        info = await nc.jetstream().consumer_info(subjects.STREAM_ORDERS, "gateway-sim")  # ... and has its consumer
+        assert info.config.filter_subject == ORDERS_SUBJECT
+    finally:
+        release.set()
+        service = await asyncio.wait_for(task, 60)
+        await service.stop()
+
+
+async def test_a_price_unreadable_in_an_election_is_no_price_and_logged_once(nats_server: NatsServer) -> None:
+    gateway = BrokerGatewayService(Settings(nats_url=nats_server.url))
+
+    class Electing:
+        def __init__(self, error: BaseException) -> None:
+            self.error = error
+
+        async def get(self, key: str) -> Any:
+            raise self.error
+
+    gateway._prices = Electing(nats.errors.TimeoutError())  # type: ignore[assignment]
+    with capture_logs() as logs:
+        assert await gateway._price_of("AAPL") is None
+        assert await gateway._price_of("AAPL") is None
+    assert [e["event"] for e in logs] == ["price.unreadable"] and gateway.counts["price_unreadable"] == 2
+    gateway._prices = Electing(nats.js.errors.KeyNotFoundError())  # type: ignore[assignment]
+    with capture_logs() as logs:
+        assert await gateway._price_of("AAPL") is None
+    assert [e["event"] for e in logs] == ["price.readable"]  # no price, not a failure: the failing run ended
+    gateway._prices = Electing(nats.js.errors.BadRequestError())  # type: ignore[assignment]
+    with pytest.raises(nats.js.errors.BadRequestError):  # not an election: a bug, raised
+        await gateway._price_of("AAPL")

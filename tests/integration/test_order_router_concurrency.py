@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from desk.bus import codec, subjects
 from desk.bus import kv as desk_kv
 from desk.bus.request import request
+from desk.bus.retry import Published
 from desk.bus.testing import InProcessService, NatsServer, run_in_process
 from desk.core.ids import order_id_for
 from desk.v1 import common_pb2, marketdata_pb2, orders_pb2, strategy_pb2
@@ -46,7 +47,7 @@ class GatedRouter(OrderRouterService):
             self.submitted.notify_all()
         return await super().submit(request, subject)
 
-    async def _route(self, routed: orders_pb2.RoutedOrder, msg_id: str | None = None) -> bool:
+    async def _route(self, routed: orders_pb2.RoutedOrder, msg_id: str) -> Published:
         if not self.held:
             self.held = True
             self.at_gate.set()

@@ -46,6 +46,9 @@ API = nats.js.errors
         (nats.errors.ConnectionDrainingError(), False),
         (nats.errors.AuthorizationError(), False),
         (ValueError("bad config"), False),
+        (API.KeyNotFoundError(), False),  # answers about a key: no err_code, not an election
+        (API.KeyWrongLastSequenceError(), False),
+        (API.KeyDeletedError(), False),
     ],
 )
 def test_an_elections_errors_are_transient_and_the_rest_are_not(error: BaseException, expected: bool) -> None:
