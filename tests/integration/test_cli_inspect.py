@@ -324,7 +324,7 @@ async def test_streams_lists_the_desks_streams_and_buckets_with_their_counts(
     assert buckets[subjects.KV_PRICES]["values"] == 2 and buckets[subjects.KV_PRICES]["history"] == 1
     assert buckets[subjects.KV_STRATEGIES]["history"] == 5 and buckets[subjects.KV_STRATEGIES]["ttl_seconds"] == 0
     assert buckets[subjects.KV_ORDER_IDS]["ttl_seconds"] == 7 * 24 * 3600
-    assert [o["name"] for o in listing["object_stores"]] == ["REPORTS"]
+    assert [o["name"] for o in listing["object_stores"]] == sorted([subjects.OBJ_CODE, "REPORTS"])  # the desk's, ours
 
     code, out, err = await _desk(nats_server.url, "streams")
     assert code == 0, err
