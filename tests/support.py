@@ -42,6 +42,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_run(count: int, attempts: int = 50) -> int:
+    """The first of ``count`` consecutive ports free on 127.0.0.1 now (`desk up --cluster N` takes
+    ``--port`` and the next ones)."""
+    for _ in range(attempts):
+        first = free_port()
+        if first + count > 65535:
+            continue
+        sockets = [socket.socket() for _ in range(count - 1)]
+        try:
+            for offset, sock in enumerate(sockets, start=1):
+                sock.bind(("127.0.0.1", first + offset))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no run of {count} free ports found")
+
+
 async def follow(nc: Client, subject: str) -> asyncio.Queue[Msg]:
     """Every message on ``subject`` from now on, in a queue."""
     queue: asyncio.Queue[Msg] = asyncio.Queue()
@@ -199,8 +219,9 @@ def watch_logs() -> Iterator[LogWatch]:
 class DeskUp:
     """`desk up` in a child process of its own session, as a terminal user would run it."""
 
-    def __init__(self, data_dir: Path, strategies: Path, port: int) -> None:
+    def __init__(self, data_dir: Path, strategies: Path, port: int, cluster: int = 1) -> None:
         self.data_dir, self.strategies, self.port = data_dir, strategies, port
+        self.cluster = cluster  # `desk up --cluster N`: nats-servers on port, port+1, ... (1: one server)
         self.extra_env: dict[str, str] = {}  # more of desk up's environment (ORCH_* settings...)
         self.process: asyncio.subprocess.Process | None = None
         self.output: list[str] = []
@@ -211,6 +232,25 @@ class DeskUp:
     def url(self) -> str:
         """With the admin credentials of this run (NATS runs with authorization)."""
         return desk_url(self.port, self.data_dir)
+
+    @property
+    def ports(self) -> list[int]:
+        """Every nats-server's client port (one without a cluster)."""
+        return [self.port + i for i in range(self.cluster)]
+
+    @property
+    def servers(self) -> str:
+        """Every nats-server, comma-separated, without credentials (as the banner prints them)."""
+        return ",".join(f"nats://127.0.0.1:{port}" for port in self.ports)
+
+    @property
+    def urls(self) -> str:
+        """Every nats-server with the admin credentials of this run, comma-separated (a NATS_URL)."""
+        return ",".join(desk_url(port, self.data_dir) for port in self.ports)
+
+    def nats_pids(self) -> list[int]:
+        """The pids of this run's nats-servers, as the orchestrator reads them (one a line)."""
+        return [int(token) for token in (self.data_dir / "nats" / "nats.pid").read_text().split()]
 
     async def start(self, *extra: str) -> None:
         self.up.clear()
@@ -226,6 +266,7 @@ class DeskUp:
             str(self.strategies),
             "--port",
             str(self.port),
+            *(["--cluster", str(self.cluster)] if self.cluster > 1 else []),
             *extra,
             cwd=ROOT,
             env=env,
@@ -259,7 +300,7 @@ class DeskUp:
 
     def cli(self, *args: str) -> Any:
         result = subprocess.run(
-            [*DESK, "--nats-url", f"nats://127.0.0.1:{self.port}", *args, "--json"],
+            [*DESK, "--nats-url", self.servers, *args, "--json"],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -190,6 +190,11 @@ def _free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports free on ``host`` now (a cluster's routes: ``desk up --cluster``)."""
+    return _free_ports(count, host)
+
+
 class NatsCluster:
     """``size`` nats-servers clustered on loopback (routes between all of them, JetStream on each,
     named ``n1``..``nN``), for tests of replicas, elections and fail-over. ``url`` lists every server,

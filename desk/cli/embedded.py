@@ -13,6 +13,13 @@ the client port (every client then checks the certificate: ``NATS_TLS_CA``, by d
 certificate itself, for a self-signed one), and ``DESK_NATS_HOST`` (default 127.0.0.1) is the address
 nats-server listens on, e.g. ``0.0.0.0``; listening beyond this machine without TLS is refused.
 The services still connect through 127.0.0.1, so the certificate must name it too.
+
+``desk up --cluster 3`` runs three nats-servers clustered on loopback instead of one (docs/cluster.md):
+servers ``n1``..``n3`` on client ports ``--port``, ``--port``+1, ``--port``+2 (routes on free ports of
+127.0.0.1, cluster name ``desk``), each with its JetStream store in ``<data dir>/nats/n<i>/``, all
+including the same users file; every stream and bucket is provisioned R3 once the JetStream meta leader
+is elected, and every service and strategy is given the three servers as NATS_URL. The orchestrator
+reloads every node when it adds a user (the pid file lists one pid per node).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from desk.bus import auth, streams
 from desk.bus.logging import get_logger
 from desk.bus.process import die_with_parent, terminate, wait_until_serving
 from desk.bus.servers import open_connection
-from desk.bus.testing import NatsServer
+from desk.bus.testing import NatsServer, free_ports
 
 log = get_logger("desk.up")
 
@@ -57,6 +64,15 @@ PASS_THROUGH = (
     "SSL_CERT_DIR",
     "COLUMNS",
 )
+
+
+def validate_cluster(size: int) -> str | None:
+    """Why ``desk up --cluster size`` cannot run (None when it can): 1 (one server), 3 or 5 (JetStream
+    needs a majority of its nodes, so an even count adds no fault tolerance; a stream has at most 5
+    replicas, and every stream gets one per node)."""
+    if size == 1 or size in (3, 5):  # a stream has at most 5 replicas: one per node
+        return None
+    return f"--cluster {size}: give 1 (one nats-server), 3 or 5 (an odd number of nodes, at most 5 replicas)"
 
 
 def service_environment(name: str, env: dict[str, str]) -> dict[str, str]:
@@ -98,15 +114,16 @@ def venue_environment(env: Mapping[str, str], feed: str | None = None) -> tuple[
     return {"BROKER": broker, "MD_FEED": chosen_feed, "ROUTER_VENUE": venue}, warnings
 
 
-def cli_command(port: int, credentials_file: Path, env: Mapping[str, str], cwd: Path) -> str:
+def cli_command(port: int | str, credentials_file: Path, env: Mapping[str, str], cwd: Path) -> str:
     """The ``desk`` invocation that reaches this desk from ``cwd`` with ``env`` (what ``desk up``'s
-    banner suggests): ``--nats-url`` when the CLI would not find port ``port`` by itself (NATS_URL, else
-    nats://127.0.0.1:4222), ``--credentials`` when it would not find ``credentials_file`` (DESK_CREDENTIALS,
-    else var/credentials/cli.json under the current directory)."""
+    banner suggests): ``--nats-url`` when the CLI would not find port ``port`` (or the server list
+    ``port``, a cluster's comma-separated URLs) by itself (NATS_URL, else nats://127.0.0.1:4222),
+    ``--credentials`` when it would not find ``credentials_file`` (DESK_CREDENTIALS, else
+    var/credentials/cli.json under the current directory)."""
     import shlex
 
     parts = ["desk"]
-    url = f"nats://127.0.0.1:{port}"
+    url = port if isinstance(port, str) else f"nats://127.0.0.1:{port}"
     if (env.get("NATS_URL") or "nats://127.0.0.1:4222").rstrip("/") != url:
         parts += ["--nats-url", url]
     default = Path(env.get("DESK_CREDENTIALS") or "var/credentials/cli.json")
@@ -136,12 +153,14 @@ class EmbeddedDesk:
     data_dir: Path
     strategies_dir: Path
     port: int = 4222
+    cluster: int = 1  # nats-servers: 1, or an odd number >= 3 clustered on loopback (validate_cluster)
     extra_env: dict[str, str] = field(default_factory=dict)
     deploy_strategies: bool = True
     max_restarts: int = 5
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    server: NatsServer | None = None
+    server: NatsServer | None = None  # the first (or only) nats-server
+    nodes: list[NatsServer] = field(default_factory=list)  # every nats-server (one without --cluster)
     dashboard_url: str = ""
     confinement: str = ""  # what confines strategies (the orchestrator says, once it is up)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
@@ -166,9 +185,17 @@ class EmbeddedDesk:
         )
 
     @property
+    def client_ports(self) -> list[int]:
+        """The nats-servers' client ports: ``port`` and, with a cluster, the next ones."""
+        return [self.port + i for i in range(self.cluster)]
+
+    @property
     def local_url(self) -> str:
-        """How this machine's services reach nats-server (loopback, whatever it listens on)."""
-        return f"nats://127.0.0.1:{self.server.port if self.server else self.port}"
+        """How this machine's services reach nats-server (loopback, whatever it listens on): every
+        node, comma-separated, with a cluster."""
+        if self.server and self.cluster == 1:
+            return f"nats://127.0.0.1:{self.server.port}"
+        return ",".join(f"nats://127.0.0.1:{port}" for port in self.client_ports)
 
     @property
     def log_dir(self) -> Path:
@@ -228,17 +255,98 @@ class EmbeddedDesk:
         auth.write_private(self.nats_dir / "base-users.json", json.dumps(base))
         members = [auth.member_entry(m, h) for m, h in sorted(auth.read_members(self.members_file).items())]
         auth.write_private(self.nats_dir / "auth.conf", auth.render_users(base + members))
-        tls = ""
-        if self.tls is not None:
-            cert, key, _ = self.tls
-            tls = f"tls {{\n  cert_file: {json.dumps(cert)}\n  key_file: {json.dumps(key)}\n  timeout: 5\n}}\n"
-        auth.write_private(
-            self.nats_dir / "nats.conf", f'pid_file: "{self.nats_dir / "nats.pid"}"\ninclude "auth.conf"\n' + tls
-        )
+        if self.cluster == 1:  # a cluster's node configs are written with their routes (_make_nodes)
+            auth.write_private(
+                self.nats_dir / "nats.conf",
+                f'pid_file: "{self.nats_dir / "nats.pid"}"\ninclude "auth.conf"\n' + self._tls_block(),
+            )
         auth.write_private(
             self.credentials_file, json.dumps({"user": auth.ADMIN_USER, "password": passwords[auth.ADMIN_USER]})
         )
         return passwords
+
+    @property
+    def node_names(self) -> list[str]:
+        return [f"n{i + 1}" for i in range(self.cluster)]
+
+    def _tls_block(self) -> str:
+        import json
+
+        if self.tls is None:
+            return ""
+        cert, key, _ = self.tls
+        return f"tls {{\n  cert_file: {json.dumps(cert)}\n  key_file: {json.dumps(key)}\n  timeout: 5\n}}\n"
+
+    def _node_config(self, name: str, route_port: int, routes: list[str]) -> Path:
+        """Node ``name``'s config: its name, cluster block and the shared users file (the JetStream store
+        is NatsServer's ``-sd`` flag). In the file, not as flags: a reload (a new user) re-reads the
+        file, and nats-server refuses a reload that loses the cluster's ``server_name``. ``no_advertise``:
+        clients are given every node already; a client told of the others (nats-py adds them to its pool
+        anew on every INFO) never gives up on a login that every node refuses."""
+        import json
+
+        config = self.nats_dir / f"{name}.conf"
+        auth.write_private(
+            config,
+            f"server_name: {name}\n"
+            f'pid_file: "{self.nats_dir / f"{name}.pid"}"\n'
+            f'cluster {{\n  name: desk\n  listen: "127.0.0.1:{route_port}"\n  routes: {json.dumps(routes)}\n'
+            "  no_advertise: true\n}\n"
+            'include "auth.conf"\n' + self._tls_block(),
+        )
+        return config
+
+    def _make_nodes(self) -> list[NatsServer]:
+        """The nats-server(s) of this desk, not started: one on ``port`` with its store in the nats
+        folder, or a cluster's nodes n1..nN on ``port``, ``port``+1... (routes on free loopback ports,
+        chosen anew each run: the nodes know each other by name), each its own store n<i>/."""
+        if self.cluster == 1:
+            config = self.nats_dir / "nats.conf"
+            log_file = self.log_dir / "nats-server.log"
+            return [NatsServer(self.nats_dir, self.port, self.listen_host, config, log_file=log_file)]
+        route_ports = free_ports(self.cluster)
+        routes = [f"nats://127.0.0.1:{p}" for p in route_ports]
+        return [
+            NatsServer(
+                store_dir=self.nats_dir / name,
+                port=port,
+                host=self.listen_host,
+                config_file=self._node_config(name, route, routes),
+                log_file=self.log_dir / f"nats-server-{name}.log",
+            )
+            for name, port, route in zip(self.node_names, self.client_ports, route_ports, strict=True)
+        ]
+
+    async def _start_nats(self) -> bool:
+        """Start the nats-server(s); with a cluster, write every node's pid into the pid file the
+        orchestrator signals (one per line: it reloads every node)."""
+        self.nodes = self._make_nodes()
+        self.server = self.nodes[0]
+        try:
+            for node in self.nodes:  # from one thread: a server's parent-death signal is tied to it
+                await asyncio.to_thread(node.start)
+        except RuntimeError as exc:
+            log.error("desk.nats_failed", error=str(exc), hint=f"is port {node.requested_port} taken? try --port")
+            return False
+        if self.cluster > 1:
+            pids = [str(node.process.pid) for node in self.nodes if node.process is not None]
+            auth.write_private(self.nats_dir / "nats.pid", "\n".join(pids) + "\n")
+        return True
+
+    async def _provision(self, nc: Client) -> None:
+        """Every stream and bucket with one copy per server (R1 alone, R3 on three nodes), once the
+        cluster has elected its JetStream meta leader (bounded: elections and R3 creation retried)."""
+        from desk.bus.retry import retrying
+
+        js = nc.jetstream()
+        if self.cluster > 1:
+            await retrying(js.account_info, what="the JetStream meta leader", deadline=120, stop=self.stop)
+        provisioned = await retrying(
+            lambda: streams.provision(js, replicas=self.cluster), what="provision", deadline=120, stop=self.stop
+        )
+        for done in provisioned:
+            if done.action != "unchanged":
+                log.info("desk.provisioned", kind=done.kind, name=done.name, action=done.action, replicas=done.replicas)
 
     async def run(self) -> int:
         """Start everything, supervise until ``stop``, shut down cleanly. Returns an exit code."""
@@ -251,17 +359,8 @@ class EmbeddedDesk:
             )
             return 2
         passwords = await asyncio.to_thread(self._make_identities)
-        self.server = NatsServer(
-            store_dir=self.nats_dir,
-            port=self.port,
-            log_file=self.log_dir / "nats-server.log",
-            config_file=self.nats_dir / "nats.conf",
-            host=self.listen_host,
-        )
-        try:
-            await asyncio.to_thread(self.server.start)
-        except RuntimeError as exc:
-            log.error("desk.nats_failed", error=str(exc), hint=f"is port {self.port} taken? try --port")
+        if not await self._start_nats():
+            await self._shutdown()
             return 1
         code = 0
         try:
@@ -273,9 +372,7 @@ class EmbeddedDesk:
                 password=passwords[auth.ADMIN_USER],
             )
             try:
-                for done in await streams.provision(nc.jetstream(), replicas=1):  # one server: one copy
-                    if done.action != "unchanged":
-                        log.info("desk.provisioned", kind=done.kind, name=done.name, action=done.action)
+                await self._provision(nc)
                 env = self._env(self.local_url)
                 for name in SERVICES:
                     user = auth.service_user(name)
@@ -299,7 +396,7 @@ class EmbeddedDesk:
                         hint="install bubblewrap (apt-get install bubblewrap); README: Security",
                     )
                 self.ready.set()
-                log.info("desk.up", nats=self.server.url, tls=self.tls is not None, data_dir=str(self.data_dir))
+                log.info("desk.up", nats=self.local_url, tls=self.tls is not None, data_dir=str(self.data_dir))
                 code = await self._supervise()
             finally:
                 await nc.close()
@@ -389,8 +486,8 @@ class EmbeddedDesk:
             if await terminate(svc.process, 20):
                 log.warning("desk.service_killed", service=name, reason="did not stop within 20 s")
             log.info("desk.service_stopped", service=name, exit_code=svc.process.returncode)
-        if self.server is not None:
-            await asyncio.to_thread(self.server.stop)
+        for node in reversed(self.nodes):
+            await asyncio.to_thread(node.stop)
         log.info("desk.down")
 
     @staticmethod

@@ -254,6 +254,13 @@ def up(
         "strategies"
     ),
     port: Annotated[int, typer.Option(help="Port for the local nats-server (127.0.0.1).")] = 4222,
+    cluster: Annotated[
+        int,
+        typer.Option(
+            help="nats-servers to run, clustered on this machine (3 or 5; streams get one copy per server): "
+            "client ports PORT, PORT+1, ...; 1 = one server."
+        ),
+    ] = 1,
     no_strategies: Annotated[bool, typer.Option("--no-strategies", help="Start the services only.")] = False,
     feed: Annotated[
         str | None,
@@ -291,9 +298,11 @@ def up(
     Ctrl-C stops everything; the ledger and JetStream data stay in DATA_DIR."""
     import os
 
-    from desk.cli.embedded import EmbeddedDesk, venue_environment
+    from desk.cli.embedded import EmbeddedDesk, validate_cluster, venue_environment
 
     configure_logging("desk", "info", "console")
+    if (why := validate_cluster(cluster)) is not None:
+        _fail(why, 2)
     venues, mismatches = venue_environment(os.environ, feed)
     for mismatch in mismatches:
         err_console.print(f"[bold red]WARNING:[/bold red] {mismatch}", highlight=False)
@@ -303,6 +312,7 @@ def up(
         data_dir=data_dir.resolve(),
         strategies_dir=strategies_dir.resolve(),
         port=port,
+        cluster=cluster,
         extra_env=extra,
         deploy_strategies=not no_strategies,
     )
@@ -348,9 +358,11 @@ def _announce_up(desk: EmbeddedDesk, port: int, venues: dict[str, str], data_dir
 
     from desk.cli.embedded import cli_command
 
-    cli = escape(cli_command(port, desk.credentials_file, os.environ, Path.cwd()))
+    servers = desk.local_url if desk.cluster > 1 else f"nats://127.0.0.1:{port}"
+    cli = escape(cli_command(port if desk.cluster == 1 else servers, desk.credentials_file, os.environ, Path.cwd()))
+    nodes = f" ({desk.cluster} clustered nats-servers, streams R{desk.cluster})" if desk.cluster > 1 else ""
     console.print(
-        f"[bold green]desk is up[/bold green] on nats://127.0.0.1:{port} (broker {venues['BROKER']}, "
+        f"[bold green]desk is up[/bold green] on {servers}{nodes} (broker {venues['BROKER']}, "
         f"feed {venues['MD_FEED']}), dashboard on "
         f"{desk.dashboard_url or '(not running)'} — data in {data_dir}/, logs in "
         f"{data_dir}/logs/.\nTry: [bold]{cli} status[/bold], [bold]{cli} positions[/bold], "

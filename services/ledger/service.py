@@ -11,9 +11,9 @@ booked twice. Messages that do not decode are logged (``execution.malformed``), 
 terminated so they never block the consumer. A batch the store fails to commit ends the service
 (nothing of it acked: redelivered to the next ledger).
 
-Test hook: :meth:`LedgerService.wait_for` awaits a condition on :class:`LedgerStats`, which is
-updated and notified after every committed-and-acked batch and every equity snapshot (an
-``asyncio.Condition``; no polling).
+Observable state: :meth:`LedgerService.wait_for` awaits a condition on :class:`LedgerStats`, which
+is updated after every committed-and-acked batch and every equity snapshot (an ``asyncio.Event``
+set per change, no lock on the booking path; no polling). Tests wait on it rather than on time.
 """
 
 from __future__ import annotations
@@ -91,21 +91,22 @@ class LedgerService:
         self.store = LedgerStore(settings.ledger_db_path, settings.ledger_default_initial_cash)
         self.stats = LedgerStats()
         self.prices: dict[str, Decimal] = {}
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()
         self._runtime: ServiceRuntime | None = None
         self.consumer: DurablePull | None = None
 
-    # -- test hook ------------------------------------------------------------------------------
+    # -- observable state -------------------------------------------------------------------------
 
     async def wait_for(self, predicate: Callable[[LedgerStats], bool], timeout: float = 10.0) -> LedgerStats:
         """Wait until ``predicate(stats)`` holds (checked after every batch, snapshot and KV update)."""
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self.stats)), timeout)
+        async with asyncio.timeout(timeout):
+            while not predicate(self.stats):
+                await self._changed.wait()
         return self.stats
 
     async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        changed, self._changed = self._changed, asyncio.Event()  # wake every waiter, for the next change
+        changed.set()
 
     # -- start ----------------------------------------------------------------------------------
 

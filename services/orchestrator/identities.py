@@ -10,6 +10,12 @@ Members (people, from their own laptops: ``desk member add``) are users too, kep
 only) in a members file that outlives restarts (``<data dir>/nats/members.json`` in the embedded
 desk); the users file is always the base users + the members + the strategies. A desk made by an
 earlier release has no members file: it opens with no members.
+
+A cluster (``desk up --cluster 3``): every node includes the same users file, the pid file lists one
+pid per node (one a line) and every node is reloaded; a new user is proven on every node that answers
+(a node that is down reads the users file when it starts again). That works only where the orchestrator
+can signal every node and they share one file (one machine); across machines decentralized JWT users
+(signed by an account key the orchestrator holds) would be the next step: docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 from desk.bus import auth
 from desk.bus.auth import is_bcrypt, read_members
 from desk.bus.logging import get_logger
-from desk.bus.servers import open_connection
+from desk.bus.servers import open_connection, server_list
 
 log = get_logger("orchestrator")
 
@@ -119,31 +125,91 @@ class NatsIdentities:
             return
         if self.pid_file is None:
             raise RuntimeError("no way to reload NATS: set ORCH_NATS_PID_FILE or ORCH_NATS_RELOAD=docker")
-        pid = int(self.pid_file.read_text().strip())
-        os.kill(pid, signal.SIGHUP)
+        reload_pids(self.pid_file)
 
     async def _prove(self, strategy_id: str, password: str, timeout: float = 10.0) -> None:
-        """Until the reloaded server accepts the new user (the reload is asynchronous)."""
+        """Until every server of NATS_URL that answers accepts the new user (a reload is asynchronous);
+        a cluster node that is down is skipped (it reads the users file when it starts), but at least
+        one server must accept it."""
+        servers = server_list(self.nats_url)
+        results = await asyncio.gather(*(self._prove_on(s, strategy_id, password, timeout) for s in servers))
+        if not any(results):
+            raise RuntimeError(f"NATS did not accept the new user of {strategy_id}: no server of {self.nats_url}")
+
+    @staticmethod
+    async def _prove_on(server: str, strategy_id: str, password: str, timeout: float) -> bool:
+        """True once ``server`` accepts the user; False when it is unreachable (a failure without a word
+        about authorization: a node down); RuntimeError when it still refuses the user at the deadline."""
 
         async def quiet(exc: Exception) -> None:
             pass
 
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
+            seen: list[Exception] = []
             try:
-                nc = await open_connection(
-                    self.nats_url,
-                    forever=False,
-                    user=auth.strategy_user(strategy_id),
-                    password=password,
-                    error_cb=quiet,
+                # bounded: nats-py adds the nodes a server advertises to its pool anew on every INFO,
+                # so a login refused by a cluster would be tried again and again
+                nc = await asyncio.wait_for(
+                    open_connection(
+                        server,
+                        forever=False,
+                        user=auth.strategy_user(strategy_id),
+                        password=password,
+                        error_cb=quiet,
+                        errors=seen,
+                    ),
+                    max(deadline - asyncio.get_running_loop().time(), 1.0),
                 )
                 await nc.close()
-                return
+                return True
             except Exception as exc:  # noqa: BLE001 - not applied yet; bounded by the deadline
+                if not any(_is_authorization(e) for e in [*seen, exc]):  # down, not refusing the user
+                    log.warning("strategy.identity_unproven", strategy_id=strategy_id, server=server, error=repr(exc))
+                    return False
                 if asyncio.get_running_loop().time() > deadline:
-                    raise RuntimeError(f"NATS did not accept the new user of {strategy_id}: {exc!r}") from None
+                    raise RuntimeError(
+                        f"NATS at {server} did not accept the new user of {strategy_id}: {exc!r}"
+                    ) from None
                 await asyncio.sleep(0.1)
 
 
-__all__ = ["NatsIdentities", "is_bcrypt", "read_members"]
+def _is_authorization(exc: BaseException) -> bool:
+    import nats.errors
+
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization" in str(exc).lower()
+
+
+def _is_nats_server(pid: int) -> bool:
+    """Whether ``pid`` is a nats-server now (Linux: /proc; elsewhere assumed): a node killed since the
+    pid file was written may have left its pid to another process, which must not get a SIGHUP."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "nats-server"
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()
+    except OSError:
+        return False
+
+
+def reload_pids(pid_file: Path) -> list[int]:
+    """SIGHUP to every nats-server whose pid is in ``pid_file`` (one server's, or a cluster's: one pid
+    a line): each re-reads its config and so the users file. A pid that is gone (a node down) is
+    skipped with a warning; RuntimeError when no server could be signalled. Returns the pids reloaded."""
+    pids = [int(token) for token in pid_file.read_text().split()]
+    reloaded = []
+    for pid in pids:
+        if not _is_nats_server(pid):
+            log.warning("nats.reload_skipped", pid=pid, reason="not a running nats-server (a node down?)")
+            continue
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            log.warning("nats.reload_skipped", pid=pid, reason="no such process (a node down?)")
+            continue
+        reloaded.append(pid)
+    if not reloaded:
+        raise RuntimeError(f"no nats-server to reload: none of the pids in {pid_file} ({pids}) runs")
+    return reloaded
+
+
+__all__ = ["NatsIdentities", "is_bcrypt", "read_members", "reload_pids"]

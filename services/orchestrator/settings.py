@@ -78,7 +78,10 @@ class Settings(BusSettings):
     orch_member_max_strategies: int = Field(
         default=10, ge=1, le=1000, description="uploaded strategies a member may have"
     )
-    orch_nats_pid_file: Path | None = Field(default=None, description="nats-server's pid file, to signal a reload")
+    orch_nats_pid_file: Path | None = Field(
+        default=None,
+        description="nats-server's pid file, to signal a reload (a cluster's: one pid a line, every node reloaded)",
+    )
     orch_nats_reload: Literal["pid", "docker"] = Field(
         default="pid", description="how to make NATS reload its users: pid (SIGHUP via the pid file) or docker"
     )

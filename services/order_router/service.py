@@ -107,7 +107,8 @@ class OrderRouterService:
         self.halts = Halts()  # DESK_RISK, by the KV revisions applied
         self.accounts: dict[str, VirtualAccount] = {}
         self.applied_executions: set[str] = set()
-        self._changed = asyncio.Condition()  # notified after every KV update and execution report
+        # set (and replaced) after every KV update and execution report: what wait_until waits on
+        self._changed = asyncio.Event()
         self._runtime: ServiceRuntime | None = None
         self._kv: dict[str, KeyValue] = {}
         self.followers: dict[str, KvFollower[Any]] = {}  # bucket -> its checked follower
@@ -287,16 +288,20 @@ class OrderRouterService:
         await self._notify()
 
     async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        # one Event.set() per change: no lock, no await (nothing else runs for whoever never waits)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Test hook: return once ``predicate()`` holds after some KV update or execution report."""
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
+        """Return once ``predicate()`` holds on the router's state (halts, accounts, prices, specs,
+        applied reports), checked after each KV update and execution report; TimeoutError after
+        ``timeout`` s. The router's state is observable this way (tests wait on it, not on time)."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await self._changed.wait()
 
     async def wait_for_execution(self, execution_id: str, timeout: float = 5.0) -> None:
-        """Test hook: return once the report ``execution_id`` has been applied."""
+        """Return once the report ``execution_id`` has been applied (see :meth:`wait_until`)."""
         await self.wait_until(lambda: execution_id in self.applied_executions, timeout)
 
     # -- submit -----------------------------------------------------------------------------------

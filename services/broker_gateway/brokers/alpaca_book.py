@@ -171,7 +171,7 @@ class DeskOrder(OrderProgress):
     alpaca_ids: list[str] = field(default_factory=list)
     cum_qty: Decimal = ZERO
     cost: Decimal = ZERO
-    status: int = E.ORDER_STATUS_NEW
+    status: E.OrderStatus = E.ORDER_STATUS_NEW
     reported: set[str] = field(default_factory=set)  # execution ids already reported
     filled_at_alpaca: dict[str, Decimal] = field(default_factory=dict)  # alpaca order id -> qty booked
     superseded: set[str] = field(default_factory=set)  # alpaca orders canceled by the desk to re-place leaves
@@ -547,7 +547,7 @@ class AlpacaBook:
             strategy_id=routed.strategy_id,
             member_id=routed.member_id,
             exec_type=E.EXEC_TYPE_CANCEL_REJECTED,
-            status=order.status if order else E.ORDER_STATUS_UNSPECIFIED,  # type: ignore[arg-type]
+            status=order.status if order else E.ORDER_STATUS_UNSPECIFIED,
             symbol=order.symbol if order else "",
             venue=VENUE,
             text=text,
@@ -594,8 +594,8 @@ class AlpacaBook:
         self,
         order: DeskOrder,
         exec_id: str,
-        exec_type: int,
-        status: int,
+        exec_type: E.ExecType,
+        status: E.OrderStatus,
         *,
         event_ns: int,
         fill_qty: Decimal | None = None,
@@ -614,8 +614,8 @@ class AlpacaBook:
             venue_order_id=venue_order_id or (order.alpaca_ids[-1] if order.alpaca_ids else ""),
             strategy_id=order.strategy_id,
             member_id=order.member_id or self.members.get(order.strategy_id, ""),
-            exec_type=exec_type,  # type: ignore[arg-type]  # int values of the generated enums
-            status=order.status,  # type: ignore[arg-type]
+            exec_type=exec_type,
+            status=order.status,
             symbol=order.symbol,
             side=order.side,
             type=order.type,
@@ -652,7 +652,7 @@ def _record(order: DeskOrder) -> ledger_pb2.OrderRecord:
         notional=fmt(order.notional),
         limit_price=fmt(order.limit_price),
         stop_price=fmt(order.stop_price),
-        status=order.status,  # type: ignore[arg-type]
+        status=order.status,
         filled_qty=fmt(order.cum_qty),
         avg_price=fmt(order.avg_price),
         venue=VENUE,
