@@ -21,7 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.dashboard.auth import LoginThrottle, OperatorAuth
 from services.dashboard.live import LiveFeed
-from services.dashboard.pages import desk, events, leaderboard, login, operator, strategy
+from services.dashboard.members import MemberSessions
+from services.dashboard.pages import desk, events, leaderboard, login, member, member_login, operator, strategy
 from services.dashboard.pages.site import Site
 from services.dashboard.reader import DeskReader
 
@@ -53,7 +54,9 @@ class SecurityHeaders:
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+                headers = list(message.get("headers", []))
+                own = {name.lower() for name, _ in headers}  # a response's own CSP (the backtest report) stays
+                message["headers"] = [*headers, *(h for h in SECURITY_HEADERS if h[0] not in own)]
             await send(message)
 
         await self.app(scope, receive, with_headers)
@@ -71,20 +74,28 @@ def create_app(
     secure_cookie: bool = False,
     login_throttle: LoginThrottle | None = None,
     trusted_proxies: Collection[str] = (),
+    members: MemberSessions | None = None,
+    reports_dir: Path | None = None,
 ) -> Starlette:
     """``login_throttle``: defaults to :class:`LoginThrottle`'s defaults; ``trusted_proxies``: peers
-    whose ``X-Forwarded-For`` names the login's client (none by default: headers are ignored)."""
+    whose ``X-Forwarded-For`` names the login's client (none by default: headers are ignored);
+    ``members``: member logins (none without it); ``reports_dir``: where backtest reports are found
+    (``<strategy_id>.html``). The operator's and the members' logins share one throttle."""
     templates = Jinja2Templates(directory=str(HERE / "templates"))  # .html: autoescape on
-    site = Site(reader=reader, live=live, auth=auth, templates=templates)
+    if members is None:
+        members = MemberSessions([], b"", 1.0)  # no servers: member logins disabled
+    site = Site(reader=reader, live=live, auth=auth, templates=templates, members=members, reports_dir=reports_dir)
     throttle = login_throttle if login_throttle is not None else LoginThrottle()
     routes: list[BaseRoute] = [
         Route("/favicon.ico", favicon),
         *leaderboard.routes(site),
         *strategy.routes(site),
+        *member.routes(site),
         *desk.routes(site),
         *events.routes(site),
         *login.routes(site, throttle, trusted_proxies, secure_cookie),
         *operator.routes(site),
+        *member_login.routes(site, throttle, trusted_proxies, secure_cookie),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     app = Starlette(routes=routes)

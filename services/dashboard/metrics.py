@@ -41,6 +41,17 @@ def max_drawdown(equities: Iterable[Decimal]) -> Decimal:
     return worst
 
 
+def drawdown_series(points: Sequence[Point]) -> list[Point]:
+    """At each point, the fall from the running peak as a fraction of that peak (0 at a new high)."""
+    out: list[Point] = []
+    peak: Decimal | None = None
+    for ts, equity in points:
+        if peak is None or equity > peak:
+            peak = equity
+        out.append((ts, (peak - equity) / peak if peak > 0 else ZERO))
+    return out
+
+
 def period_returns(equities: Sequence[Decimal]) -> list[Decimal]:
     """Simple returns between consecutive values; a step from a non-positive value is skipped."""
     return [(b - a) / a for a, b in itertools.pairwise(equities) if a > 0]

@@ -52,6 +52,40 @@ def money(value: Decimal) -> str:
     return _no_negative_zero(f"{value:,.2f}")
 
 
+def price_text(value: str) -> str:
+    """A USD price to the cent ("187.123456" -> "187.12"); "" stays ""."""
+    if not value:
+        return ""
+    try:
+        return _no_negative_zero(f"{Decimal(value):.2f}")
+    except ArithmeticError:
+        return value
+
+
+def qty_text(value: str) -> str:
+    """A quantity without trailing zeros ("10.000000" -> "10", "0.5000" -> "0.5")."""
+    if not value:
+        return ""
+    try:
+        number = Decimal(value)
+    except ArithmeticError:
+        return value
+    text = f"{number:f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return _no_negative_zero(text) or "0"
+
+
+def money_text(value: str) -> str:
+    """A money string from the ledger to the cent, with thousands separators."""
+    if not value:
+        return ""
+    try:
+        return money(Decimal(value))
+    except ArithmeticError:
+        return value
+
+
 def return_text(value: Decimal) -> str:
     """Percent with three places: desk returns are often small fractions of a percent."""
     return _no_negative_zero(f"{value:.3f}")
@@ -74,6 +108,14 @@ def performance_row(p: metrics.Performance, rank: int) -> dict[str, Any]:
         "trades": p.trades,
         "strategies": p.strategies,
     }
+
+
+def split_traded(rows: Sequence[metrics.Performance]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows with at least one fill, ranked; the others apart (unranked, by name): a strategy that
+    never traded has a return of 0, which would rank it above every one that lost a cent."""
+    traded = [performance_row(p, i) for i, p in enumerate(metrics.rank(r for r in rows if r.trades > 0), 1)]
+    untraded = [performance_row(p, 0) for p in sorted((r for r in rows if r.trades <= 0), key=lambda r: r.key)]
+    return traded, untraded
 
 
 def series(points: Sequence[ledger_pb2.EquityPoint]) -> list[metrics.Point]:
@@ -159,19 +201,22 @@ class DeskReader:
                     strategies=len(own),
                 )
             )
+        ranked_strategies, untraded_strategies = split_traded(strategies)
+        ranked_members, untraded_members = split_traded(members)
         return {
-            "strategies": [performance_row(p, i) for i, p in enumerate(metrics.rank(strategies), 1)],
-            "members": [performance_row(p, i) for i, p in enumerate(metrics.rank(members), 1)],
+            "strategies": ranked_strategies,
+            "members": ranked_members,
+            "untraded_strategies": untraded_strategies,
+            "untraded_members": untraded_members,
             "errors": errors,
         }
 
     # -- one strategy ---------------------------------------------------------------------------
 
-    async def strategy(self, strategy_id: str) -> dict[str, Any]:
-        errors: list[str] = []
+    async def _strategy_books(self, strategy_id: str, errors: list[str]) -> tuple[Any, ...]:
         query = ledger_pb2.LedgerQuery(strategy_id=strategy_id, limit=TABLE_ROWS)
-        # Two gathers of four: asyncio.gather is typed for at most six awaitables.
         control = strategy_pb2.StrategyControl(strategy_id=strategy_id)
+        # Two gathers of four: asyncio.gather is typed for at most six awaitables.
         status, specs, pnl, logs = await asyncio.gather(
             self._ask_soft(subjects.CTL_STATUS, control, strategy_pb2.StrategyStatusList, errors),
             self._ask_soft(subjects.CTL_LIST, control, strategy_pb2.StrategyList, errors),
@@ -196,14 +241,23 @@ class DeskReader:
             ),
             self._soft(self.equity_series(strategy_id), [], errors),
         )
-        spec = specs.strategies[0] if specs.strategies else None
+        return status, specs, pnl, logs, positions, orders, fills, curve
+
+    async def strategy(self, strategy_id: str) -> dict[str, Any] | None:
+        """The strategy page's data; None when the desk knows no such strategy (no spec, no status,
+        no books), so the page can answer 404 instead of showing the services' errors."""
+        errors: list[str] = []
+        status, specs, pnl, logs, positions, orders, fills, curve = await self._strategy_books(strategy_id, errors)
+        spec = next((s for s in specs.strategies if s.strategy_id == strategy_id), None)
+        row = next((r for r in pnl.strategies if r.strategy_id == strategy_id), None)
+        st = next((s for s in status.strategies if s.strategy_id == strategy_id), None)
+        if spec is None and row is None and st is None and not fills.fills:
+            return None
         # Benchmark: buy-and-hold of the strategy's first traded symbol (its earliest fill; the
         # fills come newest first), or of its first configured symbol before it has traded.
         first_symbol = fills.fills[-1].symbol if fills.fills else (spec.symbols[0] if spec and spec.symbols else "")
         prices = await self._soft(self.price_path(first_symbol), [], errors) if first_symbol else []
         benchmark = metrics.buy_and_hold(curve, prices)
-        row = next((r for r in pnl.strategies if r.strategy_id == strategy_id), None)
-        st = status.strategies[0] if status.strategies else None
         return {
             "strategy_id": strategy_id,
             "member_id": (row.member_id if row else "")
@@ -220,13 +274,76 @@ class DeskReader:
             "benchmark_symbol": first_symbol,
             # Seconds, not nanoseconds: JavaScript numbers are exact only up to 2**53.
             "equity": [[ts / 1e9, str(v)] for ts, v in curve],
+            "drawdown": drawdown_points(curve),
             "benchmark": [[ts / 1e9, str(v.quantize(CENTS))] for ts, v in benchmark],
+            "price": price_points(prices),
+            "trades": trade_points(fills.fills, first_symbol),
             "positions": [_position(p) for p in positions.positions],
             "orders": [_order(o) for o in orders.orders],
             "fills": [_fill(f) for f in fills.fills[:TABLE_ROWS]],
             "logs": list(logs.lines),
             "errors": errors,
         }
+
+    # -- one member -------------------------------------------------------------------------------
+
+    async def member_strategies(self, member_id: str, errors: list[str]) -> tuple[list[str], ledger_pb2.PnlReply]:
+        """The member's strategy ids (booked in the ledger or known to the orchestrator), and their P&L."""
+        pnl, status = await asyncio.gather(
+            self._ask_soft(
+                subjects.LEDGER_PNL, ledger_pb2.LedgerQuery(member_id=member_id), ledger_pb2.PnlReply, errors
+            ),
+            self._ask_soft(
+                subjects.CTL_STATUS, strategy_pb2.StrategyControl(), strategy_pb2.StrategyStatusList, errors
+            ),
+        )
+        ids = {r.strategy_id for r in pnl.strategies if r.member_id == member_id}
+        ids |= {s.strategy_id for s in status.strategies if s.member_id == member_id}
+        return sorted(ids), pnl
+
+    async def member(self, member_id: str) -> dict[str, Any] | None:
+        """The member page's data; None when no strategy on the desk is the member's."""
+        errors: list[str] = []
+        ids, pnl = await self.member_strategies(member_id, errors)
+        if not ids:
+            return None
+        query = ledger_pb2.LedgerQuery(member_id=member_id, limit=TABLE_ROWS)
+        status, positions, orders, fills = await asyncio.gather(
+            self._ask_soft(
+                subjects.CTL_STATUS, strategy_pb2.StrategyControl(), strategy_pb2.StrategyStatusList, errors
+            ),
+            self._ask_soft(subjects.LEDGER_POSITIONS, query, ledger_pb2.PositionsReply, errors),
+            self._ask_soft(subjects.LEDGER_ORDERS, query, ledger_pb2.OrdersReply, errors),
+            self._ask_soft(subjects.LEDGER_FILLS, query, ledger_pb2.FillsReply, errors),
+        )
+        curves = await asyncio.gather(*(self._soft(self.equity_series(i), [], errors) for i in ids))
+        combined = metrics.combine_series(dict(zip(ids, curves, strict=True)))
+        states = {s.strategy_id: _status(s) for s in status.strategies if s.member_id == member_id}
+        rows = {r.strategy_id: r for r in pnl.strategies}
+        total = next((r for r in pnl.members if r.member_id == member_id), None)
+        return {
+            "member_id": member_id,
+            "strategies": [
+                {"strategy_id": i, "state": states[i]["state"] if i in states else "unknown", "pnl": _pnl(rows.get(i))}
+                for i in ids
+            ],
+            "pnl": _pnl(total),
+            "max_drawdown_pct": pct(metrics.max_drawdown(v for _, v in combined)),
+            "sharpe": ratio(metrics.sharpe_ratio(combined)),
+            "equity": [[ts / 1e9, str(v)] for ts, v in combined],
+            "drawdown": drawdown_points(combined),
+            "positions": [_position(p) for p in positions.positions if p.member_id == member_id],
+            "orders": [_order(o) for o in orders.orders if o.member_id == member_id],
+            "fills": [_fill(f) for f in fills.fills if f.member_id == member_id],
+            "logs": {},
+            "errors": errors,
+        }
+
+    async def logs(self, strategy_id: str, tail: int = LOG_LINES) -> list[str]:
+        reply = await self._ask(
+            subjects.CTL_LOGS, strategy_pb2.LogsRequest(strategy_id=strategy_id, tail=tail), strategy_pb2.LogsReply
+        )
+        return list(reply.lines)
 
     async def price_path(self, symbol: str) -> list[metrics.Point]:
         """The symbol's prices, oldest first: the feed's trades the dashboard recorded since it
@@ -402,27 +519,29 @@ def _pnl(row: ledger_pb2.PnlRow | None) -> Mapping[str, str]:
 
 def _position(p: ledger_pb2.Position) -> dict[str, str]:
     return {
+        "strategy_id": p.strategy_id,
         "symbol": p.symbol,
-        "qty": p.qty,
-        "avg_cost": p.avg_cost,
-        "last_price": p.last_price,
-        "market_value": p.market_value,
-        "realized_pnl": p.realized_pnl,
-        "unrealized_pnl": p.unrealized_pnl,
+        "qty": qty_text(p.qty),
+        "avg_cost": price_text(p.avg_cost),
+        "last_price": price_text(p.last_price),
+        "market_value": money_text(p.market_value),
+        "realized_pnl": money_text(p.realized_pnl),
+        "unrealized_pnl": money_text(p.unrealized_pnl),
     }
 
 
 def _order(o: ledger_pb2.OrderRecord) -> dict[str, Any]:
     return {
+        "strategy_id": o.strategy_id,
         "client_order_id": o.client_order_id,
         "symbol": o.symbol,
         "side": codec.enum_word(common_pb2.Side, o.side),
         "type": codec.enum_word(common_pb2.OrderType, o.type),
-        "qty": o.qty or o.notional,
-        "limit_price": o.limit_price,
+        "qty": qty_text(o.qty) if o.qty else money_text(o.notional),
+        "limit_price": price_text(o.limit_price),
         "status": codec.enum_word(executions_pb2.OrderStatus, o.status),
-        "filled_qty": o.filled_qty,
-        "avg_price": o.avg_price,
+        "filled_qty": qty_text(o.filled_qty),
+        "avg_price": price_text(o.avg_price),
         "text": o.text,
         "ts_ns": o.updated_ns,
     }
@@ -430,12 +549,39 @@ def _order(o: ledger_pb2.OrderRecord) -> dict[str, Any]:
 
 def _fill(f: ledger_pb2.Fill) -> dict[str, Any]:
     return {
+        "strategy_id": f.strategy_id,
         "execution_id": f.execution_id,
         "client_order_id": f.client_order_id,
         "symbol": f.symbol,
         "side": codec.enum_word(common_pb2.Side, f.side),
-        "qty": f.qty,
-        "price": f.price,
-        "fee": f.fee,
+        "qty": qty_text(f.qty),
+        "price": price_text(f.price),
+        "fee": money_text(f.fee),
         "ts_ns": f.event_ns,
     }
+
+
+CHART_POINTS = 1500  # at most this many points of a price path go to the page
+
+
+def drawdown_points(curve: Sequence[metrics.Point]) -> list[list[Any]]:
+    """The fall from the running peak at each snapshot, in percent (0 or negative), for the chart."""
+    return [[ts / 1e9, f"{-dd * 100:.3f}"] for ts, dd in metrics.drawdown_series(curve)]
+
+
+def price_points(prices: Sequence[metrics.Point]) -> list[list[Any]]:
+    """The price path for the chart, thinned to at most :data:`CHART_POINTS` (the last point kept)."""
+    step = max(1, -(-len(prices) // CHART_POINTS))
+    kept = list(prices[::step])
+    if prices and kept[-1] != prices[-1]:
+        kept.append(prices[-1])
+    return [[ts / 1e9, price_text(str(v))] for ts, v in kept]
+
+
+def trade_points(fills: Sequence[ledger_pb2.Fill], symbol: str) -> list[list[Any]]:
+    """The strategy's fills in ``symbol``, oldest first: ``[seconds, side, price, qty]`` (trade markers)."""
+    return [
+        [f.event_ns / 1e9, codec.enum_word(common_pb2.Side, f.side), price_text(f.price), qty_text(f.qty)]
+        for f in sorted(fills, key=lambda f: f.event_ns)
+        if f.symbol == symbol
+    ]

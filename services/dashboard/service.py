@@ -9,6 +9,7 @@ import contextlib
 import secrets
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 
@@ -19,6 +20,7 @@ from desk.bus.micro import add_service
 from services.dashboard.app import create_app
 from services.dashboard.auth import OperatorAuth
 from services.dashboard.live import LiveFeed
+from services.dashboard.members import MemberSessions
 from services.dashboard.reader import DeskReader
 from services.dashboard.settings import Settings
 
@@ -52,10 +54,16 @@ class DashboardService:
         self.live = LiveFeed(settings.dashboard_price_history)
         password = settings.dashboard_operator_password
         key = settings.dashboard_secret_key
+        secret = key.get_secret_value().encode() if key else secrets.token_bytes(32)
         self.auth = OperatorAuth(
-            password.get_secret_value() if password else None,
-            key.get_secret_value().encode() if key else secrets.token_bytes(32),
+            password.get_secret_value() if password else None, secret, settings.dashboard_session_hours * 3600
+        )
+        self.members = MemberSessions(
+            settings.servers if settings.dashboard_member_logins else [],
+            secret,
             settings.dashboard_session_hours * 3600,
+            tls_ca=settings.nats_tls_ca,
+            timeout=max(settings.dashboard_request_timeout, settings.nats_connect_timeout),
         )
         self.server: EmbeddedServer | None = None
         self.url = ""
@@ -71,6 +79,8 @@ class DashboardService:
             secure_cookie=settings.dashboard_secure_cookie,
             login_throttle=settings.login_throttle(),
             trusted_proxies=settings.trusted_proxies,
+            members=self.members,
+            reports_dir=Path(settings.dashboard_reports_dir) if settings.dashboard_reports_dir else None,
         )
         config = uvicorn.Config(
             app,
@@ -88,6 +98,7 @@ class DashboardService:
         async def stop_http() -> None:
             # Runs before the spawn's cancel (LIFO): end the event streams, then let uvicorn close.
             await self.live.stop()
+            await self.members.close_all()  # every member's own connection
             server.should_exit = True
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(task), settings.drain_timeout)

@@ -58,6 +58,13 @@ class Settings(BusSettings):
         le=10_000_000,
         description="client addresses the login throttle remembers (the oldest is forgotten)",
     )
+    dashboard_reports_dir: str = Field(
+        default="var/reports",
+        description="folder of backtest reports (<strategy>.html, from `desk backtest --html`) linked from strategy pages",
+    )
+    dashboard_member_logins: bool = Field(
+        default=True, description="let members log in with their desk password (checked by the NATS server)"
+    )
     dashboard_trusted_proxies: str = Field(
         default="",
         description=(

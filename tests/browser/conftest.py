@@ -146,6 +146,7 @@ def running_desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDe
         COLUMNS="200",
         DASHBOARD_PORT="0",
         DASHBOARD_OPERATOR_PASSWORD=OPERATOR_PASSWORD,
+        DASHBOARD_REPORTS_DIR=str(base / "reports"),  # backtest reports: <strategy>.html
     )
     desk = Child(
         [

@@ -212,7 +212,8 @@ async def test_a_logged_in_operator_halts_and_resumes_the_desk(running_desk: Run
 
 
 async def test_screenshots_of_every_page(running_desk: RunningDesk, browser: Browser, tmp_path: Path) -> None:
-    """Each page renders in full; with DASHBOARD_SCREENSHOT_DIR set (docs/screenshots) they are kept."""
+    """Each page renders in full; with DASHBOARD_SCREENSHOT_DIR set (docs/screenshots) they are kept
+    (strategy.png and member.png: test_members.py, after trades that put markers on the chart)."""
     target = Path(os.environ.get("DASHBOARD_SCREENSHOT_DIR") or tmp_path)
     target.mkdir(parents=True, exist_ok=True)
     nc = await nats.connect(running_desk.nats_url)
@@ -222,7 +223,6 @@ async def test_screenshots_of_every_page(running_desk: RunningDesk, browser: Bro
         await nc.close()
     shots = {
         "leaderboard.png": ("/", "#strategies-board tbody tr[data-key]"),
-        "strategy.png": ("/strategy/ma_crossover", "#equity-chart canvas"),
         "desk.png": ("/desk", "#prices tbody tr[data-symbol]"),
     }
     for name, (path, ready) in shots.items():
