@@ -138,8 +138,9 @@ class NatsIdentities:
 
     @staticmethod
     async def _prove_on(server: str, strategy_id: str, password: str, timeout: float) -> bool:
-        """True once ``server`` accepts the user; False when it is unreachable (a failure without a word
-        about authorization: a node down); RuntimeError when it still refuses the user at the deadline."""
+        """True once ``server`` accepts the user; False when it was unreachable until the deadline (a
+        node down: no word about authorization); RuntimeError when it still refuses the user then. A
+        slow answer (a busy machine) is asked again, never taken for a node down at once."""
 
         async def quiet(exc: Exception) -> None:
             pass
@@ -163,14 +164,18 @@ class NatsIdentities:
                 )
                 await nc.close()
                 return True
-            except Exception as exc:  # noqa: BLE001 - not applied yet; bounded by the deadline
-                if not any(_is_authorization(e) for e in [*seen, exc]):  # down, not refusing the user
-                    log.warning("strategy.identity_unproven", strategy_id=strategy_id, server=server, error=repr(exc))
-                    return False
+            except Exception as exc:  # noqa: BLE001 - not applied yet, or slow; bounded by the deadline
+                refused = any(_is_authorization(e) for e in [*seen, exc])
                 if asyncio.get_running_loop().time() > deadline:
+                    if not refused:  # unreachable the whole time, never refusing the user: a node down
+                        log.warning(
+                            "strategy.identity_unproven", strategy_id=strategy_id, server=server, error=repr(exc)
+                        )
+                        return False
                     raise RuntimeError(
                         f"NATS at {server} did not accept the new user of {strategy_id}: {exc!r}"
                     ) from None
+                # a refusal: the reload is not applied yet; no answer: a busy or restarting server
                 await asyncio.sleep(0.1)
 
 
