@@ -361,15 +361,25 @@ async def pick(nc: Client, js: JetStreamContext, cluster: NatsCluster, names: li
     return node, " + ".join(roles) + (f"; leads {','.join(led)}" if led else "")
 
 
+#: A ledger reply holds at most what fits in the desk's 64 KiB message (the oldest rows are left out):
+#: ~300 fills. The fills are read per symbol, each read well under that; more rows than this in one
+#: read would mean it may have been cut, and the test says so instead of counting fills as lost.
+FILLS_PER_READ = 200
+
+
 async def ledger_fills(nc: Client, strategy_id: str) -> list[ledger_pb2.Fill]:
-    reply = await request(
-        nc,
-        subjects.LEDGER_FILLS,
-        ledger_pb2.LedgerQuery(strategy_id=strategy_id, limit=1000),
-        ledger_pb2.FillsReply,
-        timeout=10,
-    )
-    return list(reply.fills)
+    fills: list[ledger_pb2.Fill] = []
+    for symbol in SYMBOLS:
+        reply = await request(
+            nc,
+            subjects.LEDGER_FILLS,
+            ledger_pb2.LedgerQuery(strategy_id=strategy_id, symbol=symbol, limit=1000),
+            ledger_pb2.FillsReply,
+            timeout=10,
+        )
+        assert len(reply.fills) < FILLS_PER_READ, f"{len(reply.fills)} fills of {symbol} in one read: it may be cut"
+        fills.extend(reply.fills)
+    return fills
 
 
 async def ledger_positions(nc: Client) -> dict[tuple[str, str], Decimal]:
