@@ -299,6 +299,7 @@ async def test_the_member_page_shows_combined_equity_books_and_logs_only_to_the_
         await expect(page.locator(".op-control")).to_have_count(0)
         await expect(page.locator("pre[data-logs]")).to_have_count(0)
         await page.click('#session form button[type="submit"]')
+        await page.wait_for_url(running_desk.url + "/")  # the logout's navigation done before the page closes
         await page.close()
     finally:
         await anonymous.close()
