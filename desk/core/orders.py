@@ -27,13 +27,13 @@ import re
 from collections.abc import Container
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import cast
+from typing import Protocol, cast
 
 from desk.bus import subjects
-from desk.bus.decimals import parse_decimal
+from desk.bus.decimals import fmt, parse_decimal
 from desk.bus.errors import DeskError
 from desk.core.ids import order_id_for
-from desk.v1 import common_pb2, executions_pb2, orders_pb2
+from desk.v1 import common_pb2, executions_pb2, ledger_pb2, orders_pb2
 
 # --- the words for the wire's enums -------------------------------------------------------------------
 
@@ -200,6 +200,51 @@ AnyReport = executions_pb2.ExecutionReport | Report
 
 def to_protos(reports: LocalReports) -> Reports:
     return [report.to_proto() for report in reports]
+
+
+class OrderFields(Protocol):
+    """What an order record of any venue holds (the sim engine's SimOrder, the Alpaca book's DeskOrder)."""
+
+    order_id: str
+    client_order_id: str
+    strategy_id: str
+    member_id: str
+    symbol: str
+    side: common_pb2.Side
+    type: common_pb2.OrderType
+    tif: common_pb2.TimeInForce
+    qty: Decimal | None
+    notional: Decimal | None
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    status: executions_pb2.OrderStatus
+    cum_qty: Decimal
+
+    @property
+    def avg_price(self) -> Decimal | None: ...
+
+
+def order_record(order: OrderFields, venue: str, created_ns: int) -> ledger_pb2.OrderRecord:
+    """The ``OrderRecord`` a venue answers its book query with (the same fields for every venue)."""
+    return ledger_pb2.OrderRecord(
+        order_id=order.order_id,
+        client_order_id=order.client_order_id,
+        strategy_id=order.strategy_id,
+        member_id=order.member_id,
+        symbol=order.symbol,
+        side=order.side,
+        type=order.type,
+        time_in_force=order.tif,
+        qty=fmt(order.qty),
+        notional=fmt(order.notional),
+        limit_price=fmt(order.limit_price),
+        stop_price=fmt(order.stop_price),
+        status=order.status,
+        filled_qty=fmt(order.cum_qty),
+        avg_price=fmt(order.avg_price),
+        venue=venue,
+        created_ns=created_ns,
+    )
 
 
 class OrderProgress:

@@ -30,7 +30,7 @@ from typing import Any
 
 from desk.bus.decimals import fmt
 from desk.core.ids import alpaca_execution_id, canonical_qty, order_id_for, parse_alpaca_client_order_id
-from desk.core.orders import ORDER_TYPES, SIDES, TIMES_IN_FORCE, OrderProgress, Reports
+from desk.core.orders import ORDER_TYPES, SIDES, TIMES_IN_FORCE, OrderProgress, Reports, order_record
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2, orders_pb2
 
 E = executions_pb2
@@ -639,22 +639,4 @@ class AlpacaBook:
 
 
 def _record(order: DeskOrder) -> ledger_pb2.OrderRecord:
-    return ledger_pb2.OrderRecord(
-        order_id=order.order_id,
-        client_order_id=order.client_order_id,
-        strategy_id=order.strategy_id,
-        member_id=order.member_id,
-        symbol=order.symbol,
-        side=order.side,
-        type=order.type,
-        time_in_force=order.tif,
-        qty=fmt(order.qty),
-        notional=fmt(order.notional),
-        limit_price=fmt(order.limit_price),
-        stop_price=fmt(order.stop_price),
-        status=order.status,
-        filled_qty=fmt(order.cum_qty),
-        avg_price=fmt(order.avg_price),
-        venue=VENUE,
-        created_ns=order.created_ns,
-    )
+    return order_record(order, VENUE, order.created_ns)

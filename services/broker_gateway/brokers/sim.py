@@ -16,10 +16,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from desk.bus.decimals import fmt
 from desk.bus.errors import DeskError
 from desk.core.matching import SHUTDOWN_TEXT, MarketUpdate, SimEngine, SimOrder
-from desk.core.orders import Reports
+from desk.core.orders import Reports, order_record
 from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2
 
 from .base import BrokerStats, PriceSource, Sink
@@ -98,22 +97,4 @@ class SimBroker:
 
 
 def _record(order: SimOrder) -> ledger_pb2.OrderRecord:
-    return ledger_pb2.OrderRecord(
-        order_id=order.order_id,
-        client_order_id=order.client_order_id,
-        strategy_id=order.strategy_id,
-        member_id=order.member_id,
-        symbol=order.symbol,
-        side=order.side,
-        type=order.type,
-        time_in_force=order.tif,
-        qty=fmt(order.qty),
-        notional=fmt(order.notional),
-        limit_price=fmt(order.limit_price),
-        stop_price=fmt(order.stop_price),
-        status=order.status,
-        filled_qty=fmt(order.cum_qty),
-        avg_price=fmt(order.avg_price),
-        venue=SimEngine.venue,
-        created_ns=order.submitted_ns,
-    )
+    return order_record(order, SimEngine.venue, order.submitted_ns)
