@@ -5,8 +5,6 @@ stream's leader, and a client given the server list fails over to another node."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import nats.errors
 import nats.js.errors
@@ -22,33 +20,6 @@ from desk.bus.testing import NatsCluster
 from tests.support import poll
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    nodes = NatsCluster(tmp_path / "cluster").start()
-    try:
-        yield nodes
-    finally:
-        nodes.stop()
-
-
-@pytest.fixture
-async def nc(cluster: NatsCluster) -> AsyncIterator[Client]:
-    client = await open_connection(cluster.url, forever=True, connect_timeout=5)
-
-    async def jetstream_ready() -> bool:
-        try:
-            await client.jetstream().account_info()
-            return True
-        except Exception:  # noqa: BLE001 - no meta leader yet: asked again
-            return False
-
-    await poll(jetstream_ready, "the cluster's JetStream meta leader", timeout=60)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def test_provision_makes_every_stream_and_bucket_r3_and_a_service_start_keeps_it(nc: Client) -> None:

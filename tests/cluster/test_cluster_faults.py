@@ -27,7 +27,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -40,7 +39,6 @@ from desk.bus import kv as desk_kv
 from desk.bus import streams, subjects
 from desk.bus.process import die_with_parent, terminate, wait_until_serving
 from desk.bus.request import request
-from desk.bus.servers import open_connection
 from desk.bus.testing import InProcessService, NatsCluster, NatsServer, run_in_process
 from desk.v1 import common_pb2, ledger_pb2, orders_pb2
 from services.broker_gateway.service import NAME as GATEWAY
@@ -139,33 +137,6 @@ class Phase:
     down_s: float = 0.0  # kill -> restarted
     current_s: float = 0.0  # restarted -> every stream current again
     gap_ms: float = 0.0  # the longest time between two accepted orders of the phase
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    nodes = NatsCluster(tmp_path / "cluster").start()
-    try:
-        yield nodes
-    finally:
-        nodes.stop()
-
-
-@pytest.fixture
-async def nc(cluster: NatsCluster) -> AsyncIterator[Client]:
-    client = await open_connection(cluster.url, forever=True, connect_timeout=5)
-
-    async def jetstream_ready() -> bool:
-        try:
-            await client.jetstream().account_info()
-            return True
-        except Exception:  # noqa: BLE001 - no meta leader yet: asked again
-            return False
-
-    await poll(jetstream_ready, "the cluster's JetStream meta leader", timeout=BOUND)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 class Ledger:
