@@ -131,6 +131,8 @@ SERVICE_PUBLISH: dict[str, list[str]] = {
         # a member's halt/resume of their own strategy, checked and passed on to the router
         subjects.RISK_HALT,
         subjects.RISK_RESUME,
+        # the kill switch followed (read-only) so status shows which strategies are halted
+        *_bucket_rights(subjects.KV_RISK, write=False),
     ],
     "dashboard": [
         "desk.ledger.>",

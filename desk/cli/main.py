@@ -181,6 +181,29 @@ async def _strategy_known(nc: Any, strategy_id: str) -> bool | None:
     return True
 
 
+async def _member_known(nc: Any, member: str) -> bool | None:
+    """Whether ``member`` has a strategy on the desk (a ``StrategySpec`` in DESK_STRATEGIES with that
+    member); None when that cannot be read."""
+    js = nc.jetstream()
+    stream = f"KV_{subjects.KV_STRATEGIES}"
+    try:
+        keys = await (await js.key_value(subjects.KV_STRATEGIES)).keys()
+    except nats.js.errors.NoKeysError:  # an empty bucket: nobody's
+        return False
+    except nats.js.errors.NotFoundError:  # no bucket at all: never deployed here
+        return False
+    except Exception:  # noqa: BLE001 - no JetStream, no permission, a timeout: we cannot tell
+        return None
+    for key in keys:
+        spec = strategy_pb2.StrategySpec()
+        with contextlib.suppress(Exception):  # gone meanwhile, or not a spec: not this member's
+            raw = await js.get_last_msg(stream, f"$KV.{subjects.KV_STRATEGIES}.{key}")
+            spec = codec.decode(raw.data or b"", strategy_pb2.StrategySpec, raw.headers)
+        if spec.member_id == member:
+            return True
+    return False
+
+
 async def cli_connection(errors: list[Exception] | None = None, **options: Any) -> Client:
     """A connection to the desk at --nats-url with the CLI's credentials (``options`` go to
     :func:`desk.bus.servers.open_connection`), or a DeskError a person can act on: a bad address,
@@ -212,10 +235,12 @@ def _call(
     timeout: float | None = None,
     *,
     strategy: str = "",
+    member: str = "",
     empty: Callable[[R], bool] | None = None,
 ) -> R:
-    """One request to a running desk, with errors a person can act on. With ``strategy`` (a read
-    filtered by -s) and an ``empty`` reply, an unknown strategy is an error, not "nothing yet"."""
+    """One request to a running desk, with errors a person can act on. With ``strategy`` or
+    ``member`` (a read filtered by -s / -m) and an ``empty`` reply, an unknown strategy or member is an
+    error, not "nothing yet"."""
     wait = opts.timeout if timeout is None else timeout
 
     async def go() -> R:
@@ -224,6 +249,10 @@ def _call(
             reply = await request(nc, subject, message, reply_type, timeout=wait)
             if strategy and empty is not None and empty(reply) and await _strategy_known(nc, strategy) is False:
                 raise DeskError("NOT_FOUND", f"no strategy {strategy!r} on the desk (`desk status` lists them)")
+            if member and empty is not None and empty(reply) and await _member_known(nc, member) is False:
+                raise DeskError(
+                    "NOT_FOUND", f"no member {member!r} on the desk: no strategy of theirs (`desk status` lists them)"
+                )
             return reply
         except nats.errors.NoRespondersError:
             raise DeskError(
@@ -400,14 +429,17 @@ def _print_status(result: strategy_pb2.StrategyStatusList, as_json: bool) -> Non
     if as_json:
         print_json(result)
         return
+    if result.desk_halted:
+        console.print("[bold red]the whole desk is HALTED[/bold red]: no strategy's orders pass (desk resume)")
     table(
         "strategies",
-        ["strategy", "member", "state", "runtime", "pid / container", "restarts", "last heartbeat", "error"],
+        ["strategy", "member", "state", "orders", "runtime", "pid / container", "restarts", "last heartbeat", "error"],
         [
             [
                 s.strategy_id,
                 s.member_id,
                 codec.enum_word(strategy_pb2.StrategyState, s.state),
+                "[red]HALTED[/red]" if s.halted else ("halted (desk)" if result.desk_halted else "open"),
                 s.runtime,
                 s.pid or s.container_id[:12],
                 s.restarts,
@@ -504,9 +536,15 @@ def status(
 def logs(
     name: Annotated[str, typer.Argument(help="Strategy whose output to show.")],
     tail: Annotated[int, typer.Option("--tail", "-n", min=1, max=10000, help="Lines from the end.")] = 100,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Then print new lines as the strategy writes them, until Ctrl-C.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """A strategy's recent output (stdout and stderr)."""
+    """A strategy's recent output (stdout and stderr); with -f, followed live (like tail -f)."""
+    if follow:
+        _follow_logs(name, tail, as_json)
+        return
     reply = _call(
         _member_subject(subjects.CTL_LOGS),
         strategy_pb2.LogsRequest(strategy_id=name, tail=tail),
@@ -518,6 +556,89 @@ def logs(
         return
     for line in reply.lines:
         sys.stdout.write(line.rstrip("\n") + "\n")
+
+
+#: Seconds between two reads of a followed log (at once while the orchestrator has more).
+FOLLOW_EVERY = 0.5
+
+
+def _write_lines(reply: strategy_pb2.LogsReply, as_json: bool) -> None:
+    import json
+
+    for line in reply.lines:
+        text = json.dumps({"strategy_id": reply.strategy_id, "line": line}) if as_json else line.rstrip("\n")
+        sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _follow_logs(name: str, tail: int, as_json: bool) -> None:
+    """`desk logs -f`: the last ``tail`` lines, then every line after the reply's cursor, asked every
+    FOLLOW_EVERY s (so each line is shown once, none left out while the orchestrator holds it), until
+    SIGINT/SIGTERM (exit 0). An orchestrator that does not answer is waited for; a refusal ends it."""
+    subject = _member_subject(subjects.CTL_LOGS)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        nc = await cli_connection()
+        try:
+            try:
+                reply = await request(
+                    nc,
+                    subject,
+                    strategy_pb2.LogsRequest(strategy_id=name, tail=tail),
+                    strategy_pb2.LogsReply,
+                    timeout=opts.timeout,
+                )
+            except nats.errors.NoRespondersError:
+                raise DeskError("NO_SERVICE", f"no orchestrator is running on {opts.nats_url}") from None
+            except nats.errors.TimeoutError:
+                raise DeskError(
+                    "TIMEOUT", f"the orchestrator did not answer {subject} within {opts.timeout:g}s"
+                ) from None
+            _write_lines(reply, as_json)
+            await _follow_from(nc, subject, reply, stop, as_json)
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(go())
+    except DeskError as err:
+        _fail(f"{err.code}: {err.message}")
+
+
+async def _follow_from(
+    nc: Client, subject: str, reply: strategy_pb2.LogsReply, stop: asyncio.Event, as_json: bool
+) -> None:
+    cursor, epoch, waiting = reply.next, reply.epoch, False
+    more = reply.more
+    while not stop.is_set():
+        if not more:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), FOLLOW_EVERY)
+            if stop.is_set():
+                return
+        asked = strategy_pb2.LogsRequest(strategy_id=reply.strategy_id, follow=True, after=cursor, epoch=epoch)
+        try:
+            reply = await request(nc, subject, asked, strategy_pb2.LogsReply, timeout=opts.timeout)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            if not waiting:
+                err_console.print("[yellow]the orchestrator does not answer; still following[/yellow]")
+            waiting, more = True, False
+            continue
+        if waiting or reply.epoch != epoch:
+            if reply.epoch != epoch:
+                err_console.print("[yellow]--- the orchestrator restarted: its log from here on ---[/yellow]")
+            waiting = False
+        if reply.skipped:
+            err_console.print(
+                f"[yellow]--- {reply.skipped} lines not shown: more came between two reads than the "
+                "orchestrator keeps (the log file has them) ---[/yellow]"
+            )
+        _write_lines(reply, as_json)
+        cursor, epoch, more = reply.next, reply.epoch, reply.more
 
 
 # ------------------------------------------------------------------------------------------ books
@@ -542,6 +663,7 @@ def positions(
         ledger_pb2.PositionsReply,
         "ledger",
         strategy=strategy,
+        member=member,
         empty=lambda r: not r.positions,
     )
     if as_json:
@@ -583,6 +705,7 @@ def orders(
         ledger_pb2.OrdersReply,
         "ledger",
         strategy=strategy,
+        member=member,
         empty=lambda r: not r.orders,
     )
     if as_json:
@@ -644,6 +767,7 @@ def fills(
         ledger_pb2.FillsReply,
         "ledger",
         strategy=strategy,
+        member=member,
         empty=lambda r: not r.fills,
     )
     if as_json:
@@ -695,6 +819,7 @@ def pnl(strategy: StrategyOpt = "", member: MemberOpt = "", as_json: JsonOpt = F
         ledger_pb2.PnlReply,
         "ledger",
         strategy=strategy,
+        member=member,
         empty=lambda r: not r.strategies,
     )
     if as_json:
@@ -744,6 +869,7 @@ def equity(strategy: StrategyOpt = "", member: MemberOpt = "", limit: LimitOpt =
         ledger_pb2.EquityReply,
         "ledger",
         strategy=strategy,
+        member=member,
         empty=lambda r: not r.points,
     )
     if as_json:

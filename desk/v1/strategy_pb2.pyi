@@ -102,7 +102,7 @@ class Heartbeat(_message.Message):
     def __init__(self, strategy_id: _Optional[str] = ..., ts_ns: _Optional[int] = ..., bars_seen: _Optional[int] = ..., orders_sent: _Optional[int] = ..., errors: _Optional[int] = ..., sdk_version: _Optional[str] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class StrategyStatus(_message.Message):
-    __slots__ = ("strategy_id", "member_id", "state", "runtime", "pid", "container_id", "restarts", "last_error", "exit_code", "started_ns", "last_heartbeat_ns", "next_restart_ns", "code_version")
+    __slots__ = ("strategy_id", "member_id", "state", "runtime", "pid", "container_id", "restarts", "last_error", "exit_code", "started_ns", "last_heartbeat_ns", "next_restart_ns", "code_version", "halted")
     STRATEGY_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,7 @@ class StrategyStatus(_message.Message):
     LAST_HEARTBEAT_NS_FIELD_NUMBER: _ClassVar[int]
     NEXT_RESTART_NS_FIELD_NUMBER: _ClassVar[int]
     CODE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HALTED_FIELD_NUMBER: _ClassVar[int]
     strategy_id: str
     member_id: str
     state: StrategyState
@@ -129,7 +130,8 @@ class StrategyStatus(_message.Message):
     last_heartbeat_ns: int
     next_restart_ns: int
     code_version: int
-    def __init__(self, strategy_id: _Optional[str] = ..., member_id: _Optional[str] = ..., state: _Optional[_Union[StrategyState, str]] = ..., runtime: _Optional[str] = ..., pid: _Optional[int] = ..., container_id: _Optional[str] = ..., restarts: _Optional[int] = ..., last_error: _Optional[str] = ..., exit_code: _Optional[int] = ..., started_ns: _Optional[int] = ..., last_heartbeat_ns: _Optional[int] = ..., next_restart_ns: _Optional[int] = ..., code_version: _Optional[int] = ...) -> None: ...
+    halted: bool
+    def __init__(self, strategy_id: _Optional[str] = ..., member_id: _Optional[str] = ..., state: _Optional[_Union[StrategyState, str]] = ..., runtime: _Optional[str] = ..., pid: _Optional[int] = ..., container_id: _Optional[str] = ..., restarts: _Optional[int] = ..., last_error: _Optional[str] = ..., exit_code: _Optional[int] = ..., started_ns: _Optional[int] = ..., last_heartbeat_ns: _Optional[int] = ..., next_restart_ns: _Optional[int] = ..., code_version: _Optional[int] = ..., halted: _Optional[bool] = ...) -> None: ...
 
 class StrategyControl(_message.Message):
     __slots__ = ("strategy_id",)
@@ -138,12 +140,14 @@ class StrategyControl(_message.Message):
     def __init__(self, strategy_id: _Optional[str] = ...) -> None: ...
 
 class StrategyStatusList(_message.Message):
-    __slots__ = ("strategies", "message")
+    __slots__ = ("strategies", "message", "desk_halted")
     STRATEGIES_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DESK_HALTED_FIELD_NUMBER: _ClassVar[int]
     strategies: _containers.RepeatedCompositeFieldContainer[StrategyStatus]
     message: str
-    def __init__(self, strategies: _Optional[_Iterable[_Union[StrategyStatus, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...
+    desk_halted: bool
+    def __init__(self, strategies: _Optional[_Iterable[_Union[StrategyStatus, _Mapping]]] = ..., message: _Optional[str] = ..., desk_halted: _Optional[bool] = ...) -> None: ...
 
 class StrategyList(_message.Message):
     __slots__ = ("strategies",)
@@ -152,20 +156,34 @@ class StrategyList(_message.Message):
     def __init__(self, strategies: _Optional[_Iterable[_Union[StrategySpec, _Mapping]]] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
-    __slots__ = ("strategy_id", "tail")
+    __slots__ = ("strategy_id", "tail", "follow", "after", "epoch")
     STRATEGY_ID_FIELD_NUMBER: _ClassVar[int]
     TAIL_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     strategy_id: str
     tail: int
-    def __init__(self, strategy_id: _Optional[str] = ..., tail: _Optional[int] = ...) -> None: ...
+    follow: bool
+    after: int
+    epoch: str
+    def __init__(self, strategy_id: _Optional[str] = ..., tail: _Optional[int] = ..., follow: _Optional[bool] = ..., after: _Optional[int] = ..., epoch: _Optional[str] = ...) -> None: ...
 
 class LogsReply(_message.Message):
-    __slots__ = ("strategy_id", "lines")
+    __slots__ = ("strategy_id", "lines", "next", "epoch", "skipped", "more")
     STRATEGY_ID_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     strategy_id: str
     lines: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, strategy_id: _Optional[str] = ..., lines: _Optional[_Iterable[str]] = ...) -> None: ...
+    next: int
+    epoch: str
+    skipped: int
+    more: bool
+    def __init__(self, strategy_id: _Optional[str] = ..., lines: _Optional[_Iterable[str]] = ..., next: _Optional[int] = ..., epoch: _Optional[str] = ..., skipped: _Optional[int] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
     __slots__ = ("strategy_id", "upload_id", "offset", "data")

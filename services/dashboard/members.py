@@ -3,7 +3,7 @@
 A member logs in with their name and the password of their credential file (``desk member add``).
 The dashboard does not check that password itself: it opens a NATS connection as ``member-<name>``
 with it, and the NATS server decides. The password is used for that connection only and never
-kept. The member's controls (start/stop/restart of their strategies) and their logs are then asked
+kept. The member's controls (start/stop/restart and halt/resume of their strategies) and their logs are then asked
 over that connection, on ``desk.ctl.m.<name>.<op>``: what the member may do is what the server and
 the orchestrator allow (another member's strategy is refused with ``NOT_YOURS``), not what the page
 shows. Logout, expiry and the dashboard's shutdown close the connection.
@@ -30,11 +30,12 @@ from desk.bus.errors import DeskError
 from desk.bus.logging import get_logger
 from desk.bus.request import request
 from desk.bus.servers import server_list, tls_context
-from desk.v1 import strategy_pb2
+from desk.v1 import orders_pb2, strategy_pb2
 
 log = get_logger("dashboard")
 NS_PER_SECOND = 1_000_000_000
 MEMBER_OPS = ("start", "stop", "restart")
+HALT_OPS = ("halt", "resume")
 MAX_PASSWORD = 200
 Connector = Callable[[str, str, list[Exception]], Awaitable[Client]]
 
@@ -226,6 +227,15 @@ class MemberSessions:
             raise ValueError(f"unknown action {op!r}: start, stop or restart")
         reply: strategy_pb2.StrategyStatusList = await self.ask(
             session, op, strategy_pb2.StrategyControl(strategy_id=strategy_id), strategy_pb2.StrategyStatusList
+        )
+        return reply
+
+    async def halt(self, session: MemberSession, op: str, strategy_id: str) -> orders_pb2.HaltAck:
+        """The kill switch of one of the member's own strategies (the orchestrator checks whose it is)."""
+        if op not in HALT_OPS:
+            raise ValueError(f"unknown action {op!r}: halt or resume")
+        reply: orders_pb2.HaltAck = await self.ask(
+            session, op, strategy_pb2.StrategyControl(strategy_id=strategy_id), orders_pb2.HaltAck
         )
         return reply
 

@@ -267,6 +267,7 @@ class DeskReader:
             "description": spec.description if spec else "",
             "symbols": list(spec.symbols) if spec else [],
             "status": _status(st),
+            "desk_halted": status.desk_halted,
             "heartbeat": self.live.heartbeats.get(strategy_id),
             "pnl": _pnl(row),
             "max_drawdown_pct": pct(metrics.max_drawdown(v for _, v in curve)),
@@ -324,9 +325,15 @@ class DeskReader:
         return {
             "member_id": member_id,
             "strategies": [
-                {"strategy_id": i, "state": states[i]["state"] if i in states else "unknown", "pnl": _pnl(rows.get(i))}
+                {
+                    "strategy_id": i,
+                    "state": states[i]["state"] if i in states else "unknown",
+                    "halted": bool(states[i]["halted"]) if i in states else False,
+                    "pnl": _pnl(rows.get(i)),
+                }
                 for i in ids
             ],
+            "desk_halted": status.desk_halted,
             "pnl": _pnl(total),
             "max_drawdown_pct": pct(metrics.max_drawdown(v for _, v in combined)),
             "sharpe": ratio(metrics.sharpe_ratio(combined)),
@@ -454,6 +461,7 @@ class DeskReader:
             },
             "prices": prices,
             "strategies": [_status(s) for s in status.strategies],
+            "desk_halted": status.desk_halted,
             "errors": errors,
         }
 
@@ -488,6 +496,7 @@ def _status(s: strategy_pb2.StrategyStatus | None) -> dict[str, Any]:
             "started_ns": 0,
             "last_heartbeat_ns": 0,
             "member_id": "",
+            "halted": False,
         }
     return {
         "strategy_id": s.strategy_id,
@@ -498,6 +507,7 @@ def _status(s: strategy_pb2.StrategyStatus | None) -> dict[str, Any]:
         "pid": s.pid,
         "started_ns": s.started_ns,
         "last_heartbeat_ns": s.last_heartbeat_ns,
+        "halted": s.halted,  # its own kill switch (the desk-wide one is the list's desk_halted)
     }
 
 

@@ -32,6 +32,12 @@ write it back without the header and run it. ``desk deploy`` without a name re-r
 leaves the strategies stopped by request stopped (their spec refreshed), and says so. The
 orchestrator's own shutdown stops strategies without recording anything.
 
+**Halts and logs.** The orchestrator follows the router's ``DESK_RISK`` bucket (read-only), so every
+status says which strategies are halted (``halted``) and whether the whole desk is (``desk_halted``);
+a member's halt/resume through it is shown at once. ``logs`` answers with a cursor (``next`` in
+``epoch``, the runtime's count of lines); a request with ``follow`` gets the lines after the cursor it
+passes back, each line once (``desk logs -f``), ``skipped`` counting those the ring no longer held.
+
 Invalid strategy folders are not deployable; since ``StrategyList`` has no room for errors, their
 messages are reported in the ``message`` of every ``StrategyStatusList`` reply (status, deploy...).
 
@@ -63,8 +69,9 @@ from nats.js import JetStreamContext
 from nats.micro.request import Request
 
 import desk
-from desk.bus import auth, codec, confine, subjects
+from desk.bus import auth, codec, confine, kv, subjects
 from desk.bus.errors import DeskError
+from desk.bus.kv import Change
 from desk.bus.lifecycle import ServiceRuntime
 from desk.bus.logging import get_logger
 from desk.bus.micro import DeskService, add_service
@@ -181,11 +188,16 @@ class OrchestratorService:
         #: uploaded strategies (DESK_CODE): whose, and which version runs
         self.pointers: dict[str, Pointer] = {}
         self._code_locks: dict[str, asyncio.Lock] = {}
+        #: DESK_RISK keys holding a halt (``halt._global``, ``halt.<id>``), followed from the bucket the
+        #: router writes: what status shows as halted
+        self.halted: set[str] = set()
 
     # -- service shell -------------------------------------------------------------------------
 
     async def start(self, runtime: ServiceRuntime) -> None:
         await ensure_bucket(runtime.js, subjects.KV_STRATEGIES)
+        await ensure_bucket(runtime.js, subjects.KV_RISK)
+        await kv.follower(runtime.js, subjects.KV_RISK, self._on_risk).start(runtime, self.settings.orch_start_timeout)
         self._js = runtime.js
         self._nc = runtime.nc
         self.code = await CodeStore.open(runtime.js)
@@ -230,6 +242,13 @@ class OrchestratorService:
         if self.settings.orch_autodeploy:
             await self._autodeploy()
         # The server has our subscriptions once this returns: no "no responders" right after ready.
+
+    def _on_risk(self, change: Change[orders_pb2.HaltRequest]) -> None:
+        """The kill switch as the router keeps it (the follower applies checked values only, in order)."""
+        if change.value is None:
+            self.halted.discard(change.key)
+        else:
+            self.halted.add(change.key)
 
     async def _autodeploy(self) -> None:
         """Launch every enabled strategy, in parallel, without waiting for their heartbeats; those a
@@ -334,14 +353,25 @@ class OrchestratorService:
         return strategy_pb2.StrategyList(strategies=specs)
 
     async def on_logs(self, request: strategy_pb2.LogsRequest, subject: str) -> strategy_pb2.LogsReply:
+        """The last ``tail`` lines, or with ``follow`` the lines after the cursor (``after``, ``epoch``)
+        of a previous reply; every reply carries the cursor after its lines (`desk logs -f`)."""
         strategy_id = request.strategy_id
         if strategy_id not in self.managed and not subjects.STRATEGY_ID_RE.match(strategy_id):
             raise self._unknown(strategy_id)
+        after = request.after if request.follow and request.epoch == self.runtime.log_epoch else 0
         tail = min(request.tail or DEFAULT_TAIL, MAX_TAIL)
-        lines = await self.runtime.logs(strategy_id, tail)
-        if not lines and strategy_id not in self.managed:  # not deployed now, and no log of an earlier run
+        part = await self.runtime.follow_logs(strategy_id, after if request.follow else None, tail)
+        # not deployed now, and no log of an earlier run (a follow: nor of one under this orchestrator)
+        if not part.lines and strategy_id not in self.managed and (not request.follow or part.next == 0):
             raise self._unknown(strategy_id)
-        return strategy_pb2.LogsReply(strategy_id=strategy_id, lines=lines)
+        return strategy_pb2.LogsReply(
+            strategy_id=strategy_id,
+            lines=part.lines,
+            next=part.next,
+            epoch=self.runtime.log_epoch,
+            skipped=part.skipped,
+            more=part.more,
+        )
 
     # -- members and uploads -------------------------------------------------------------------
     #
@@ -502,11 +532,16 @@ class OrchestratorService:
             )
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
             raise DeskError("NO_SERVICE", "the order router did not answer the halt", status=503) from None
+        # what the router did is known now: status says so before the DESK_RISK watch brings it
+        key = subjects.halt_key(request.strategy_id)
+        if target == subjects.RISK_HALT:
+            self.halted.add(key)
+        else:
+            self.halted.discard(key)
         own = {m.strategy_id for m in self.managed.values() if m.spec.member_id == member}
+        halted = sorted(own & set(ack.halted_strategies))  # the member's own halted strategies only
         del ack.halted_strategies[:]
-        ack.halted_strategies.extend(
-            s for s in sorted(own) if s == request.strategy_id and target == subjects.RISK_HALT
-        )
+        ack.halted_strategies.extend(halted)
         return ack
 
     # uploads
@@ -1084,6 +1119,7 @@ class OrchestratorService:
             last_heartbeat_ns=self.heartbeats.get(m.strategy_id, 0),
             next_restart_ns=time.time_ns() + int(wait * 1e9) if wait is not None else 0,
             code_version=self.pointers[m.strategy_id].current if m.strategy_id in self.pointers else 0,
+            halted=subjects.halt_key(m.strategy_id) in self.halted,
         )
 
     async def _outcome_list(
@@ -1138,7 +1174,11 @@ class OrchestratorService:
         message = " | ".join(notes)
         if len(message) > MESSAGE_CHARS:
             message = message[: MESSAGE_CHARS - 40] + " ... (cut; see desk logs NAME)"
-        return strategy_pb2.StrategyStatusList(strategies=[self.status(m) for m in targets], message=message)
+        return strategy_pb2.StrategyStatusList(
+            strategies=[self.status(m) for m in targets],
+            message=message,
+            desk_halted=subjects.halt_key("") in self.halted,
+        )
 
 
 def make_runtime(settings: Settings) -> Runtime:

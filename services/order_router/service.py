@@ -574,6 +574,11 @@ class OrderRouterService:
     async def halt(self, request: orders_pb2.HaltRequest, subject: str) -> orders_pb2.HaltAck:
         validate_halt(request)
         key = subjects.halt_key(request.strategy_id)
+        if request.strategy_id and request.strategy_id not in self.strategies:
+            raise refusal(
+                "UNKNOWN_STRATEGY",
+                f"no strategy {request.strategy_id!r} on the desk: nothing to halt (`desk status` lists them)",
+            )
         assert self._runtime is not None
         revision = await kv.put(
             self._runtime.js, subjects.KV_RISK, key, request, deadline=RISK_DEADLINE, stop=self._runtime.stop
@@ -590,6 +595,13 @@ class OrderRouterService:
     async def resume(self, request: orders_pb2.HaltRequest, subject: str) -> orders_pb2.HaltAck:
         validate_halt(request)
         key = subjects.halt_key(request.strategy_id)
+        # A halt stays liftable after its strategy's spec is gone (a stale halt.<id> in DESK_RISK would
+        # otherwise refuse the strategy's orders for ever once it is deployed again).
+        if request.strategy_id and request.strategy_id not in self.strategies and key not in self.halts:
+            raise refusal(
+                "UNKNOWN_STRATEGY",
+                f"no strategy {request.strategy_id!r} on the desk and no halt of it: nothing to resume",
+            )
         assert self._runtime is not None
         # kv.delete() does not return the marker's revision, which we need to order it against the
         # watch; so publish the KV delete marker ourselves (the KV protocol: KV-Operation: DEL).

@@ -3,8 +3,9 @@
 Members alice (owns ma_crossover) and bob (owns mean_reversion) get logins from the operator (the
 orchestrator's ``desk.ctl.member.add``, as ``desk member add`` sends it). Alice logs in from a
 second browser (her own context: no operator cookie), sees controls on her strategy only, stops and
-starts it; a stop of bob's strategy forged from her session is refused by the desk (403 with the
-orchestrator's NOT_YOURS), not just hidden. The member page and the strategy page draw their charts
+starts it, halts and resumes it (its page shows HALTED meanwhile); a stop or a halt of bob's
+strategy forged from her session is refused by the desk (403 with the orchestrator's NOT_YOURS), not
+just hidden. The member page and the strategy page draw their charts
 (equity, drawdown, price with trade markers), unknown names answer 404 without bus errors, and a
 390 px phone viewport does not overflow. Screenshots: member.png and strategy.png.
 """
@@ -97,6 +98,10 @@ async def state_of(nc: Client, strategy_id: str) -> str:
     return strategy_pb2.StrategyState.Name(reply.strategies[0].state) if reply.strategies else ""
 
 
+async def risk_status(nc: Client) -> orders_pb2.HaltAck:
+    return await request(nc, subjects.RISK_STATUS, orders_pb2.HaltRequest(), orders_pb2.HaltAck)
+
+
 async def new_page(context: BrowserContext, url: str) -> Page:
     page = await context.new_page()
     errors: list[str] = []
@@ -147,7 +152,7 @@ async def test_a_member_logs_in_and_controls_only_her_own_strategies(
 
         page = await log_in(context, running_desk, "alice")
         own, other = OWN["alice"], OWN["bob"]
-        await expect(page.locator(f'#member-strategies tr[data-strategy="{own}"] .op-control')).to_have_count(3)
+        await expect(page.locator(f'#member-strategies tr[data-strategy="{own}"] .op-control')).to_have_count(5)
         await expect(page.locator(f'.op-control[data-strategy="{other}"]')).to_have_count(0)
         await expect(page.locator(f'pre[data-logs="{own}"]')).to_have_count(1)  # her own logs, read as her
         # Her strategy's page has her controls; bob's has none.
@@ -155,7 +160,7 @@ async def test_a_member_logs_in_and_controls_only_her_own_strategies(
         await expect(page.locator("#strategy-id")).to_have_text(other)
         await expect(page.locator(".op-control")).to_have_count(0)
         await page.goto(f"{running_desk.url}/strategy/{own}")
-        await expect(page.locator(".op-control")).to_have_count(3)
+        await expect(page.locator(".op-control")).to_have_count(5)  # start, stop, restart, halt, resume
 
         await page.click('.op-control[data-action="stop"]')
         await expect(page.locator("#op-result")).to_have_text(f"stop {own}", timeout=WAIT_MS)
@@ -175,12 +180,33 @@ async def test_a_member_logs_in_and_controls_only_her_own_strategies(
         await expect(page.locator("#op-result")).to_have_text(f"start {own}", timeout=WAIT_MS)
         assert await state_of(admin, own) == "STRATEGY_STATE_RUNNING"
 
+        # Her kill switch: the router holds the halt, her page and her member page show it.
+        await expect(page.locator("#halt-state")).to_have_text("open")
+        await page.click('.op-control[data-action="halt"]')
+        await expect(page.locator("#op-result")).to_have_text(f"halted {own}", timeout=WAIT_MS)
+        assert own in (await risk_status(admin)).halted_strategies
+        await expect(page.locator("#halt-state")).to_have_text("HALTED", timeout=WAIT_MS)
+        await page.goto(f"{running_desk.url}/members/alice")
+        badge = page.locator(f'#member-strategies tr[data-strategy="{own}"] .halt-state')
+        await expect(badge).to_have_text("halted", timeout=WAIT_MS)
+        status, error = await post_control(page, other, "halt")  # bob's, forged: the desk refuses it
+        assert status == 403 and "NOT_YOURS" in error, (status, error)
+        assert other not in (await risk_status(admin)).halted_strategies
+        await page.click(f'#member-strategies tr[data-strategy="{own}"] .op-control[data-action="resume"]')
+        await expect(page.locator("#op-result")).to_have_text(f"resumed {own}", timeout=WAIT_MS)
+        assert own not in (await risk_status(admin)).halted_strategies
+        await expect(badge).to_have_text("open", timeout=WAIT_MS)
+
         # Logout closes her connection: the same session cannot act any more.
         await page.click('#session form button[type="submit"]')
         await page.wait_for_url(running_desk.url + "/")
         response = await page.request.post(f"{running_desk.url}/member/strategy/{own}/stop")
         assert response.status == 401
     finally:
+        if OWN["alice"] in (await risk_status(admin)).halted_strategies:
+            await request(
+                admin, subjects.RISK_RESUME, orders_pb2.HaltRequest(strategy_id=OWN["alice"]), orders_pb2.HaltAck
+            )
         if await state_of(admin, OWN["alice"]) != "STRATEGY_STATE_RUNNING":
             await request(
                 admin,

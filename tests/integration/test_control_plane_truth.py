@@ -7,7 +7,11 @@ strategy_sdk` commands as subprocesses.
 - `-s NAME` of an unknown strategy is an error (exit 1), a known strategy without books "nothing yet";
 - `--json` writes words for enums and numbers for counts;
 - the SDK runner without credentials says so in one line and exits EXIT_CONNECT; SIGTERM/SIGINT
-  stop it at once while it connects or starts.
+  stop it at once while it connects or starts;
+- `desk halt NAME` / `desk resume NAME` of a strategy the desk does not know are refused by the router
+  (a stale halt of a strategy whose spec is gone can still be lifted); `-m MEMBER` of an unknown member
+  is an error; halts show in `desk status` (table and --json);
+- `desk logs -f NAME` prints each new line once as the strategy writes it, and SIGINT ends it with 0.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from services.ledger.settings import Settings as LedgerSettings
 from services.orchestrator.service import DESIRED_HEADER, NAME, OrchestratorService
 from services.orchestrator.settings import Settings
 from services.orchestrator.supervisor import RUNNING, STOPPED
+from services.order_router.service import NAME as ROUTER
+from services.order_router.service import OrderRouterService
+from services.order_router.settings import Settings as RouterSettings
 from strategy_sdk.client import EXIT_CONNECT
 from tests.support import poll
 
@@ -457,3 +464,166 @@ async def test_desk_up_prints_a_command_that_reaches_it_on_another_port_and_data
         assert json.loads(out)["strategies"] == []
     finally:
         assert await up.interrupt() == 0
+
+
+# -- 7. unknown names in halts and -m; halts in `desk status` --------------------------------------
+
+
+@pytest.fixture
+async def router(nats_server: NatsServer, nc: Client) -> AsyncIterator[OrderRouterService]:
+    settings = RouterSettings(nats_url=nats_server.url, drain_timeout=5)
+    service = OrderRouterService(settings)
+    proc = await run_in_process(ROUTER, settings, service.start)
+    try:
+        yield service
+    finally:
+        await proc.stop()
+
+
+async def _halted(nc: Client, strategy_id: str, halted: bool, desk_halted: bool) -> None:
+    """Until the orchestrator's status shows ``strategy_id`` (and the desk) so (it follows DESK_RISK)."""
+
+    async def shown() -> bool:
+        reply = await _ctl(nc, subjects.CTL_STATUS, strategy_id)
+        return reply.strategies[0].halted == halted and reply.desk_halted == desk_halted
+
+    await poll(shown, f"status shows {strategy_id} halted={halted}, desk halted={desk_halted}", timeout=30, every=0.05)
+
+
+async def test_halts_of_unknown_strategies_are_refused_and_halts_show_in_status(
+    desk: Desk, nc: Client, nats_server: NatsServer, router: OrderRouterService
+) -> None:
+    await desk.start(autodeploy=False)
+    await _ctl(nc, subjects.CTL_DEPLOY, "keeper")
+    await router.wait_until(lambda: "keeper" in router.strategies, timeout=30)
+    for command in ("halt", "resume"):
+        code, out, err = await _desk_cli(nats_server, command, "nosuch")
+        assert code == 1, (command, out, err)
+        assert "UNKNOWN_STRATEGY" in err and "'nosuch'" in err, (command, err)
+    assert router.halts.keys() == []  # nothing was written for it
+
+    code, out, err = await _desk_cli(nats_server, "halt", "keeper")
+    assert code == 0 and "halted strategies: keeper" in out, (out, err)
+    await _halted(nc, "keeper", True, False)
+    code, out, err = await _desk_cli(nats_server, "status", "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["desk_halted"] is False and shown["strategies"][0]["halted"] is True
+    code, out, err = await _desk_cli(nats_server, "status")
+    assert code == 0 and "HALTED" in out and "the whole desk is HALTED" not in out, out
+
+    assert (await _desk_cli(nats_server, "halt"))[0] == 0  # the whole desk
+    await _halted(nc, "keeper", True, True)
+    code, out, err = await _desk_cli(nats_server, "status")
+    assert code == 0 and "the whole desk is HALTED" in out, out
+    assert json.loads((await _desk_cli(nats_server, "status", "--json"))[1])["desk_halted"] is True
+    assert (await _desk_cli(nats_server, "resume"))[0] == 0
+    await _halted(nc, "keeper", True, False)
+
+    # keeper's spec is removed while it is halted: no new halt of it, but its stale halt can be lifted
+    await (await nc.jetstream().key_value(subjects.KV_STRATEGIES)).delete("keeper")
+    await router.wait_until(lambda: "keeper" not in router.strategies, timeout=30)
+    code, out, err = await _desk_cli(nats_server, "halt", "keeper")
+    assert code == 1 and "UNKNOWN_STRATEGY" in err, (out, err)
+    code, out, err = await _desk_cli(nats_server, "resume", "keeper")
+    assert code == 0 and "halted strategies: none" in out, (out, err)
+    await _halted(nc, "keeper", False, False)
+    code, out, err = await _desk_cli(nats_server, "resume", "keeper")  # nothing left to lift
+    assert code == 1 and "UNKNOWN_STRATEGY" in err, (out, err)
+
+
+@pytest.mark.usefixtures("ledger")
+async def test_reads_of_an_unknown_member_say_so_and_a_known_one_without_books_is_nothing_yet(
+    desk: Desk, nc: Client, nats_server: NatsServer
+) -> None:
+    await desk.start(autodeploy=False)
+    await _ctl(nc, subjects.CTL_DEPLOY, "keeper")  # alice's
+    for command in ("positions", "orders", "fills", "pnl", "equity"):
+        code, out, err = await _desk_cli(nats_server, command, "-m", "nosuch")
+        assert code == 1 and "no member 'nosuch' on the desk" in err, (command, out, err)
+        code, out, err = await _desk_cli(nats_server, command, "-m", "alice")
+        assert code == 0 and err == "", (command, out, err)
+        if command != "pnl":  # pnl has alice's row from the start (keeper's initial cash)
+            assert "nothing yet" in out, (command, out)
+
+
+# -- 8. desk logs -f ---------------------------------------------------------------------------------
+
+# Prints "tick N" every 20 ms, and heartbeats.
+PRINTER = """
+import asyncio, os, time
+import nats
+from desk.bus import codec, subjects
+from desk.v1 import strategy_pb2
+
+SID = os.environ["DESK_STRATEGY_ID"]
+
+async def main():
+    nc = await nats.connect(os.environ["NATS_URL"])
+    interval = float(os.environ["DESK_HEARTBEAT_INTERVAL"])
+    n, beat = 0, 0.0
+    while True:
+        if time.monotonic() - beat >= interval:
+            body, headers = codec.encode(strategy_pb2.Heartbeat(strategy_id=SID, ts_ns=1))
+            await nc.publish(subjects.heartbeat(SID), body, headers=headers)
+            beat = time.monotonic()
+        print(f"tick {n}", flush=True)
+        n += 1
+        await asyncio.sleep(0.02)
+
+asyncio.run(main())
+"""
+
+
+async def test_desk_logs_follow_prints_each_new_line_once_and_ends_on_sigint(
+    desk: Desk, nc: Client, nats_server: NatsServer
+) -> None:
+    folder = desk.root / "printer"
+    folder.mkdir()
+    (folder / "strategy.py").write_text(PRINTER)
+    (folder / "config.json").write_text(json.dumps({"user_id": "carol"}))
+    await desk.start(autodeploy=False)
+    await _ctl(nc, subjects.CTL_DEPLOY, "printer")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "desk.cli",
+        "--nats-url",
+        nats_server.url,
+        "--credentials",
+        "/nonexistent/cli.json",
+        "logs",
+        "-f",
+        "printer",
+        "-n",
+        "3",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k not in ("NATS_USER", "NATS_PASSWORD", "NATS_URL")},
+    )
+    assert proc.stdout is not None
+    ticks: list[int] = []
+
+    def take(line: bytes) -> None:
+        text = line.decode().strip()
+        if text.startswith("tick "):
+            ticks.append(int(text.split()[1]))
+
+    try:
+        async with asyncio.timeout(60):  # the first 3 lines, then at least 80 more as they are written
+            while len(ticks) < 83:
+                line = await proc.stdout.readline()
+                assert line, "desk logs -f ended by itself"
+                take(line)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, err = await asyncio.wait_for(proc.communicate(), 30)
+    for line in rest.splitlines():
+        take(line)
+    assert proc.returncode == 0, err.decode()
+    assert ticks == list(range(ticks[0], ticks[0] + len(ticks))), ticks  # none left out, none twice
+    assert desk.orch is not None and desk.orch.managed["printer"].supervisor.state == RUNNING
+    # a follow of a strategy nobody has is an error at once, not an endless wait
+    code, _, err_text = await _desk_cli(nats_server, "logs", "-f", "nosuch")
+    assert code == 1 and "NOT_FOUND" in err_text, err_text

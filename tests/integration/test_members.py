@@ -14,6 +14,8 @@ import asyncio
 import hashlib
 import io
 import json
+import os
+import signal
 import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,7 +29,7 @@ from desk.bus import auth, codec, subjects
 from desk.bus.errors import DeskError
 from desk.bus.request import request
 from desk.v1 import ledger_pb2, strategy_pb2
-from tests.support import DeskUp, free_port, member_cli, poll, write_strategy
+from tests.support import DESK, ROOT, DeskUp, free_port, member_cli, poll, write_strategy
 
 pytestmark = pytest.mark.e2e
 UPLOAD_LIMIT = 256 * 1024
@@ -80,6 +82,47 @@ def refused(home: Path, *args: str) -> str:
 def logged_versions(home: Path, strategy: str) -> list[str]:
     lines = cli_json(home, "logs", strategy, "--tail", "500")["lines"]
     return [line.rsplit("code version", 1)[1].strip() for line in lines if "code version" in line]
+
+
+async def follow_as_member(home: Path, strategy: str) -> asyncio.subprocess.Process:
+    """`desk logs -f STRATEGY -n 1` run as the member of ``home`` (as member_cli does), once it has
+    printed its first line (the log's last)."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("NATS_URL", "NATS_USER", "NATS_PASSWORD", "DESK_CREDENTIALS")
+    }
+    env.update(HOME=str(home), PYTHONPATH=str(ROOT), COLUMNS="200")
+    proc = await asyncio.create_subprocess_exec(
+        *DESK,
+        "logs",
+        "-f",
+        strategy,
+        "-n",
+        "1",
+        cwd=home,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert await asyncio.wait_for(proc.stdout.readline(), 60), "desk logs -f printed nothing"
+    return proc
+
+
+async def lines_until(proc: asyncio.subprocess.Process, text: str) -> list[str]:
+    """What a followed log prints until a line holds ``text``; then SIGINT, which must end it with 0."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(90):
+            while not any(text in line for line in lines):
+                line = await proc.stdout.readline()
+                assert line, "desk logs -f ended by itself"
+                lines.append(line.decode().rstrip("\n"))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    return lines
 
 
 async def member_connection(credential: dict[str, str], errors: asyncio.Queue[str] | None = None) -> Client:
@@ -186,6 +229,13 @@ async def test_members_deploy_from_their_laptops_and_control_only_their_own(desk
     await poll(lambda: logged_versions(alice, "alpha")[-1:] == ["A"], "alpha runs code version A again")
     assert "NO_PREVIOUS" in refused(alice, "rollback", "alpha")
 
+    # alice follows her strategy's log live: the lines of a restart come while `desk logs -f` runs
+    following = await follow_as_member(alice, "alpha")
+    member_cli(alice, "restart", "alpha")
+    followed = await lines_until(following, "code version A")
+    assert any(line.startswith("--- started pid") for line in followed), followed  # the new run's banner
+    assert len(followed) == len(set(followed)), followed  # no line twice
+
     # an old-style strategy (desk_client, stdin) deploys the same way
     write_strategy(
         bob / "oldie", "bob", LEGACY_STRATEGY, description="old desk", version="0.9.0", env={"SYMBOLS": "AAPL"}
@@ -205,6 +255,7 @@ async def test_members_deploy_from_their_laptops_and_control_only_their_own(desk
         ("restart", "alpha"),
         ("halt", "alpha"),
         ("logs", "alpha"),
+        ("logs", "-f", "alpha"),
         ("rollback", "alpha"),
         ("deploy", "alpha"),
         ("status", "alpha"),
@@ -215,9 +266,13 @@ async def test_members_deploy_from_their_laptops_and_control_only_their_own(desk
     assert result.returncode == 1 and "NOT_YOURS" in result.stderr and "taken by another member" in result.stderr
     # a member halts their own strategy only (the desk-wide switch is the operator's)
     assert "NAME_REQUIRED" in refused(bob, "halt")
+    assert "NOT_FOUND" in refused(bob, "halt", "nosuch")
     halted = cli_json(bob, "halt", "oldie")
     assert halted["halted_strategies"] == ["oldie"]
-    cli_json(bob, "resume", "oldie")
+    assert cli_json(bob, "status", "oldie")["strategies"][0]["halted"] is True  # halts show in his status
+    assert "HALTED" in member_cli(bob, "status").stdout
+    assert cli_json(bob, "resume", "oldie")["halted_strategies"] == []
+    assert cli_json(bob, "status", "oldie")["strategies"][0]["halted"] is False
 
     # bob by hand, on alice's subject: the server refuses the publish itself
     bob_credential = json.loads((members_dir / "bob.json").read_text())

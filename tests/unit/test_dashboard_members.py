@@ -13,7 +13,7 @@ from nats.aio.client import Client
 from starlette.testclient import TestClient
 
 from desk.bus.errors import DeskError
-from desk.v1 import common_pb2, ledger_pb2, strategy_pb2
+from desk.v1 import common_pb2, ledger_pb2, orders_pb2, strategy_pb2
 from services.dashboard import members as members_module
 from services.dashboard import metrics
 from services.dashboard.app import create_app
@@ -114,10 +114,32 @@ class FakeReader(DeskReader):
         return [f"{strategy_id} operator-visible line"]
 
 
-def app_client(connector: Connector, throttle: LoginThrottle | None = None) -> tuple[TestClient, MemberSessions]:
+class HaltedReader(FakeReader):
+    """The same desk with ma_crossover's kill switch on."""
+
+    async def strategy(self, strategy_id: str) -> dict[str, Any] | None:
+        data = await super().strategy(strategy_id)
+        if data is not None:
+            data["status"]["halted"] = True
+        return data
+
+    async def member(self, member_id: str) -> dict[str, Any] | None:
+        data = await super().member(member_id)
+        if data is not None:
+            data["strategies"][0]["halted"] = True
+        return data
+
+
+def app_client(
+    connector: Connector, throttle: LoginThrottle | None = None, reader: DeskReader | None = None
+) -> tuple[TestClient, MemberSessions]:
     sessions = MemberSessions(["nats://127.0.0.1:1"], b"k" * 32, 3600, connector=connector)
     app = create_app(
-        FakeReader(), LiveFeed(), OperatorAuth("op", b"k" * 32, 3600), login_throttle=throttle, members=sessions
+        reader or FakeReader(),
+        LiveFeed(),
+        OperatorAuth("op", b"k" * 32, 3600),
+        login_throttle=throttle,
+        members=sessions,
     )
     return TestClient(app, base_url=BASE, follow_redirects=False), sessions
 
@@ -212,6 +234,58 @@ def test_a_control_of_another_members_strategy_is_the_desks_refusal(monkeypatch:
         assert sent == [("desk.ctl.m.alice.stop", "mean_reversion"), ("desk.ctl.m.alice.stop", "ma_crossover")]
         c.post("/member/logout")
         assert c.post("/member/strategy/ma_crossover/stop", headers={"X-CSRF-Token": csrf}).status_code == 401
+
+
+def test_a_member_halts_and_resumes_her_own_strategy_and_the_desk_refuses_anothers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent: list[tuple[str, str]] = []
+
+    async def orchestrator(nc: Any, subject: str, message: Any, reply_type: Any, timeout: float) -> Any:
+        if subject.endswith(".logs"):
+            return reply_type()
+        sent.append((subject, message.strategy_id))
+        if message.strategy_id != "ma_crossover":
+            raise DeskError("NOT_YOURS", f"strategy {message.strategy_id!r} is not yours (alice)", status=403)
+        assert reply_type is orders_pb2.HaltAck
+        return orders_pb2.HaltAck(halted_strategies=["ma_crossover"] if subject.endswith(".halt") else [])
+
+    monkeypatch.setattr(members_module, "request", orchestrator)
+    client, _ = app_client(Connector())
+    with client as c:
+        c.post("/member/login", data={"name": "alice", "password": "alice-pw"})
+        page = c.get("/members/alice")
+        for action in ("halt", "resume"):
+            assert f'data-url="/member/strategy/ma_crossover/{action}"' in page.text
+        csrf = page.text.split('name="csrf-token" content="')[1].split('"')[0]
+        assert c.post("/member/strategy/ma_crossover/halt").status_code == 403  # no CSRF token
+        refused = c.post("/member/strategy/mean_reversion/halt", headers={"X-CSRF-Token": csrf})
+        assert refused.status_code == 403 and "NOT_YOURS" in refused.json()["error"]
+        halted = c.post("/member/strategy/ma_crossover/halt", headers={"X-CSRF-Token": csrf})
+        assert halted.status_code == 200, halted.text
+        assert halted.json()["message"] == "halted ma_crossover"
+        assert halted.json()["halted_strategies"] == ["ma_crossover"]
+        resumed = c.post("/member/strategy/ma_crossover/resume", headers={"X-CSRF-Token": csrf})
+        assert resumed.status_code == 200 and resumed.json()["message"] == "resumed ma_crossover"
+        assert sent == [
+            ("desk.ctl.m.alice.halt", "mean_reversion"),
+            ("desk.ctl.m.alice.halt", "ma_crossover"),
+            ("desk.ctl.m.alice.resume", "ma_crossover"),
+        ]
+    anonymous, _ = app_client(Connector())
+    with anonymous as c:  # a visitor sees the state, not the controls
+        page = c.get("/strategy/ma_crossover")
+        assert 'id="halt-state" class="trading">open<' in page.text
+        assert "/member/strategy/ma_crossover/halt" not in page.text
+
+
+def test_a_halted_strategy_is_shown_halted_on_its_page_and_its_members() -> None:
+    client, _ = app_client(Connector(), reader=HaltedReader())
+    with client as c:
+        page = c.get("/strategy/ma_crossover")
+        assert 'id="halt-state" class="halted">HALTED<' in page.text
+        member = c.get("/members/alice")
+        assert '<td class="halt-state halted">halted</td>' in member.text
 
 
 def test_unknown_names_are_404_pages() -> None:

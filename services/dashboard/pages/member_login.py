@@ -1,6 +1,6 @@
 """A member's ``/member/login`` (GET: the form; POST: name + password, checked by the NATS server,
 throttled per client as the operator's login), ``/member/logout`` and the member's own controls
-``/member/strategy/{strategy_id}/{start|stop|restart}``, sent over the member's own connection."""
+``/member/strategy/{strategy_id}/{start|stop|restart|halt|resume}``, sent over the member's own connection."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from desk.bus.logging import get_logger
 from services.dashboard.auth import LoginThrottle, client_address, same_origin
-from services.dashboard.members import DeskUnreachable, LoginRefused, MemberRefused
+from services.dashboard.members import HALT_OPS, DeskUnreachable, LoginRefused, MemberRefused
 from services.dashboard.pages.operator import strategy_target
 from services.dashboard.pages.site import MEMBER_COOKIE, Site
 
@@ -22,7 +22,7 @@ log = get_logger("dashboard")
 
 
 def control_endpoint(site: Site) -> Callable[[Request], Awaitable[Response]]:
-    """The member's own start/stop/restart, over the member's own NATS connection."""
+    """The member's own start/stop/restart and halt/resume, over the member's own NATS connection."""
 
     async def control(request: Request) -> Response:
         token = request.cookies.get(MEMBER_COOKIE)
@@ -43,13 +43,19 @@ def control_endpoint(site: Site) -> Callable[[Request], Awaitable[Response]]:
             return refused(403, "missing or wrong CSRF token")
         try:
             target = strategy_target(str(request.path_params["strategy_id"]))
-            reply = await site.members.control(session, action, target)
+            if action in HALT_OPS:
+                ack = await site.members.halt(session, action, target)
+            else:
+                reply = await site.members.control(session, action, target)
         except ValueError as exc:
             return refused(400, str(exc))
         except MemberRefused as exc:
             return refused(exc.status, str(exc))
-        states = [(s.strategy_id, s.state) for s in reply.strategies]
         log.warning("member.action", action=action, member=session.member, strategy=target, client=client)
+        if action in HALT_OPS:
+            message = f"{'halted' if action == 'halt' else 'resumed'} {target}"
+            return JSONResponse({"ok": True, "message": message, "halted_strategies": list(ack.halted_strategies)})
+        states = [(s.strategy_id, s.state) for s in reply.strategies]
         return JSONResponse({"ok": True, "message": f"{action} {target}", "strategies": json.dumps(states)})
 
     return control

@@ -250,6 +250,9 @@
       }), "no orders", 10);
       const logs = document.getElementById("logs");
       logs.textContent = data.logs.length ? data.logs.join("\n") : "(no output yet)";
+      const halt = document.getElementById("halt-state");
+      halt.textContent = data.status.halted ? "HALTED" : (data.desk_halted ? "HALTED (the whole desk)" : "open");
+      halt.className = data.status.halted || data.desk_halted ? "halted" : "trading";
     }
     const refresh = debounce(async function () {
       const data = await getJSON("/api/strategy/" + encodeURIComponent(id));
@@ -300,7 +303,11 @@
       const states = document.getElementById("member-strategies");
       data.strategies.forEach(function (s) {
         const tr = states.querySelector('tr[data-strategy="' + CSS.escape(s.strategy_id) + '"]');
-        if (tr) { tr.cells[1].textContent = s.state; tr.cells[1].className = "state state-" + s.state; }
+        if (!tr) return;
+        tr.cells[1].textContent = s.state;
+        tr.cells[1].className = "state state-" + s.state;
+        tr.cells[2].textContent = s.halted ? "halted" : (data.desk_halted ? "halted (desk)" : "open");
+        tr.cells[2].className = "halt-state " + (s.halted || data.desk_halted ? "halted" : "trading");
       });
     }
     const refresh = debounce(async function () { draw(await getJSON("/api/members/" + encodeURIComponent(id))); }, 700);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +30,60 @@ def last_error_line(lines: Iterable[str]) -> str:
             if is_error_line(line):
                 last_error = line.strip()
     return last_error or last_line
+
+
+#: Lines a follow reply holds at most, and their bytes (a reply stays well under the 64 KiB message limit).
+FOLLOW_LINES = 1000
+FOLLOW_BYTES = 48 * 1024
+
+
+@dataclass(frozen=True)
+class LogSlice:
+    """Lines of a strategy's log and the cursor after them (`desk logs -f`): ``next`` is how many lines
+    the log has had so far; ``skipped`` the lines after the asked cursor no longer held; ``more`` says
+    the reply was cut to fit and more lines are there now."""
+
+    lines: list[str]
+    next: int
+    skipped: int = 0
+    more: bool = False
+
+
+class LogRing:
+    """The last ``size`` lines of a strategy's log, each numbered: line ``n`` (from 0) of everything
+    appended since this ring was made. A reader that passes back ``next`` gets each line once."""
+
+    def __init__(self, size: int) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=size)
+        self.total = 0  # lines ever appended
+
+    def append(self, line: str) -> None:
+        self.lines.append(line)
+        self.total += 1
+
+    def extend(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.append(line)
+
+    def tail(self, count: int) -> list[str]:
+        return list(self.lines)[-count:] if count > 0 else []
+
+    def after(self, cursor: int, max_lines: int = FOLLOW_LINES, max_bytes: int = FOLLOW_BYTES) -> LogSlice:
+        """The lines after ``cursor`` (a ``next`` of before), at most ``max_lines`` and about
+        ``max_bytes``; a cursor beyond the count (another ring's) starts from the oldest line held."""
+        first = self.total - len(self.lines)  # number of the oldest line held
+        if cursor > self.total:
+            cursor = first
+        start = max(cursor, first)
+        lines: list[str] = []
+        size = 0
+        for line in list(self.lines)[start - first :]:
+            size += len(line.encode("utf-8", "replace")) + 4
+            if lines and (len(lines) >= max_lines or size > max_bytes):
+                break
+            lines.append(line)
+        end = start + len(lines)
+        return LogSlice(lines=lines, next=end, skipped=start - cursor, more=end < self.total)
 
 
 @dataclass(frozen=True)
@@ -79,6 +134,16 @@ class Runtime(Protocol):
 
     async def logs(self, strategy_id: str, tail: int) -> list[str]:
         """The last ``tail`` lines the strategy wrote (across its runs)."""
+        ...
+
+    @property
+    def log_epoch(self) -> str:
+        """Which count the cursors of :meth:`follow_logs` are (new for every runtime made)."""
+        ...
+
+    async def follow_logs(self, strategy_id: str, after: int | None, tail: int) -> LogSlice:
+        """``after`` None: the last ``tail`` lines and the cursor after them; else the lines after the
+        cursor ``after`` (the ``next`` of an earlier slice); raises DeskError where it cannot follow."""
         ...
 
     async def cleanup(self) -> None:

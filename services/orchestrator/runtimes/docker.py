@@ -31,9 +31,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from desk.bus.errors import DeskError
 from desk.bus.logging import get_logger
 from desk.v1 import strategy_pb2
-from services.orchestrator.runtimes.base import ExitInfo, RunHandle, last_error_line
+from services.orchestrator.runtimes.base import ExitInfo, LogSlice, RunHandle, last_error_line
 
 log = get_logger("orchestrator")
 
@@ -278,6 +279,21 @@ class DockerRuntime:
 
     async def logs(self, strategy_id: str, tail: int) -> list[str]:
         return await asyncio.to_thread(self._logs, strategy_id, tail)
+
+    @property
+    def log_epoch(self) -> str:
+        return ""
+
+    async def follow_logs(self, strategy_id: str, after: int | None, tail: int) -> LogSlice:
+        """A container's output reaches the desk's ring only when it ends: no cursor to follow here."""
+        if after is None:
+            return LogSlice(lines=await self.logs(strategy_id, tail), next=0)
+        raise DeskError(
+            "NOT_SUPPORTED",
+            f"desk logs -f follows strategies of the process runtime (desk up); under compose: "
+            f"docker logs -f {CONTAINER_PREFIX}{strategy_id}",
+            status=501,
+        )
 
     def _cleanup(self) -> None:
         """Containers and networks a previous orchestrator left behind (it crashed, say)."""

@@ -22,8 +22,9 @@ and ``desk`` import), PYTHONUNBUFFERED, the strategy's ``config.json`` env, then
 Its stdout and stderr go, line by line, to ``<log_dir>/<strategy_id>.log`` (appended, one
 "--- started pid N at <iso> ---" line per start), rotated at ORCH_LOG_MAX_BYTES into ``.log.1`` ...
 ``.log.<ORCH_LOG_BACKUPS>`` and rate-limited (ORCH_LOG_RATE bytes/s; dropped lines are counted in a
-"--- N lines dropped (log rate limit) ---" line), and to a ring buffer of the last lines for the
-``logs`` endpoint. The last stderr line that looks like an error becomes ``last_error``.
+"--- N lines dropped (log rate limit) ---" line), and to a ring of the last lines for the
+``logs`` endpoint, numbered (:class:`~services.orchestrator.runtimes.base.LogRing`) so that
+:meth:`ProcessRuntime.follow_logs` gives a follower each line once. The last stderr line that looks like an error becomes ``last_error``.
 
 When the main process exits, whatever it left (its process group, the sandbox, the cgroup) is
 killed and its output pipes are read for at most ``reader_grace`` seconds more: a stray child that
@@ -41,6 +42,7 @@ import shlex
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,7 +51,7 @@ from typing import TYPE_CHECKING, Literal
 from desk.bus.logging import get_logger
 from desk.bus.process import die_with_parent
 from desk.v1 import strategy_pb2
-from services.orchestrator.runtimes.base import ExitInfo, RunHandle, is_error_line
+from services.orchestrator.runtimes.base import ExitInfo, LogRing, LogSlice, RunHandle, is_error_line
 from services.orchestrator.runtimes.limits import (
     Limits,
     LogSink,
@@ -129,7 +131,8 @@ class ProcessRuntime:
         self.log_rate = log_rate
         self.reader_grace = reader_grace
         self.sandbox = Sandbox(bwrap=bwrap, repo_root=repo_root, python=python)
-        self._rings: dict[str, collections.deque[str]] = {}
+        self._rings: dict[str, LogRing] = {}
+        self._epoch = uuid.uuid4().hex
         self._runs: dict[int, _Run] = {}
         self.sandboxed = False
         self._unconfined_why = ""
@@ -224,8 +227,8 @@ class ProcessRuntime:
             pids=spec.resources.pids or self.default_pids,
         )
 
-    def _ring(self, strategy_id: str) -> collections.deque[str]:
-        return self._rings.setdefault(strategy_id, collections.deque(maxlen=RING_LINES))
+    def _ring(self, strategy_id: str) -> LogRing:
+        return self._rings.setdefault(strategy_id, LogRing(RING_LINES))
 
     def _make_limits(self, spec: strategy_pb2.StrategySpec) -> tuple[Limits, RunCgroup | None, bool]:
         limits = self.limits(spec)
@@ -474,11 +477,26 @@ class ProcessRuntime:
     async def logs(self, strategy_id: str, tail: int) -> list[str]:
         ring = self._rings.get(strategy_id)
         if ring is not None:
-            return list(ring)[-tail:] if tail > 0 else []
+            return ring.tail(tail)
         path = self.log_dir / f"{strategy_id}.log"
         if not path.is_file():
             return []
         return await asyncio.to_thread(_tail_file, path, tail)
+
+    @property
+    def log_epoch(self) -> str:
+        return self._epoch
+
+    async def follow_logs(self, strategy_id: str, after: int | None, tail: int) -> LogSlice:
+        """Every line a run writes goes to the strategy's ring as it is read (:meth:`_lines`), so a
+        cursor into the ring sees each line once. Before any run under this runtime there is no ring:
+        the tail comes from the log file, and the cursor 0 means every line from the first run on."""
+        ring = self._rings.get(strategy_id)
+        if after is not None:
+            return ring.after(after) if ring is not None else LogSlice(lines=[], next=0)
+        if ring is not None:
+            return LogSlice(lines=ring.tail(tail), next=ring.total)
+        return LogSlice(lines=await self.logs(strategy_id, tail), next=0)
 
 
 def _tail_file(path: Path, tail: int) -> list[str]:
