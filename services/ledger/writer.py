@@ -40,15 +40,24 @@ class BatchResult:
     duplicates: list[str] = field(default_factory=list)
 
 
-_UPSERT_ORDER = """INSERT INTO orders (order_id, client_order_id, strategy_id, member_id, symbol, side, type, tif,
+#: A report's place in its order's life, for the ``orders`` row: a final status beats an open one, then
+#: more filled beats less, then the later venue time. Venue time alone is not an order: the sim venue's
+#: clock is its market data's, and a fill priced from one symbol's update can carry an earlier stamp
+#: than the NEW of an order placed after another symbol's later bar (kill -9 suite, under load: the
+#: row stayed NEW after its FILL). A report with no status (a cancel refused) never sets the status.
+_FINALS = "('ORDER_STATUS_FILLED', 'ORDER_STATUS_CANCELED', 'ORDER_STATUS_EXPIRED', 'ORDER_STATUS_REJECTED')"
+_PLACE = "({t}.status IN {finals}, COALESCE(CAST(NULLIF({t}.filled_qty, '') AS REAL), 0), {t}.updated_ns)"
+_NEWER = (
+    f"excluded.status NOT IN ('', 'ORDER_STATUS_UNSPECIFIED') AND "
+    f"{_PLACE.format(t='excluded', finals=_FINALS)} >= {_PLACE.format(t='orders', finals=_FINALS)}"
+)
+_UPSERT_ORDER = f"""INSERT INTO orders (order_id, client_order_id, strategy_id, member_id, symbol, side, type, tif,
        qty, notional, limit_price, stop_price, status, filled_qty, avg_price, venue, text, created_ns, updated_ns)
    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
    ON CONFLICT(order_id) DO UPDATE SET
-       status = CASE WHEN excluded.updated_ns >= orders.updated_ns THEN excluded.status ELSE orders.status END,
-       filled_qty = CASE WHEN excluded.updated_ns >= orders.updated_ns AND excluded.filled_qty != ''
-                         THEN excluded.filled_qty ELSE orders.filled_qty END,
-       avg_price = CASE WHEN excluded.updated_ns >= orders.updated_ns AND excluded.avg_price != ''
-                        THEN excluded.avg_price ELSE orders.avg_price END,
+       status = CASE WHEN {_NEWER} THEN excluded.status ELSE orders.status END,
+       filled_qty = CASE WHEN {_NEWER} AND excluded.filled_qty != '' THEN excluded.filled_qty ELSE orders.filled_qty END,
+       avg_price = CASE WHEN {_NEWER} AND excluded.avg_price != '' THEN excluded.avg_price ELSE orders.avg_price END,
        text = CASE WHEN excluded.text != '' THEN excluded.text ELSE orders.text END,
        qty = CASE WHEN orders.qty = '' THEN excluded.qty ELSE orders.qty END,
        member_id = CASE WHEN orders.member_id = '' THEN excluded.member_id ELSE orders.member_id END,

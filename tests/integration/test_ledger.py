@@ -446,3 +446,24 @@ async def test_a_strategys_own_queries_answer_for_that_strategy_only(nc: Client,
     # the desk-wide query still sees everyone (the CLI, the dashboard)
     everyone = (await query(nc, subjects.LEDGER_POSITIONS, ledger_pb2.PositionsReply)).positions
     assert sorted(p.strategy_id for p in everyone) == ["alpha", "beta"]
+
+
+async def test_an_orders_row_follows_its_life_not_its_venue_stamps(nc: Client, ledger: Ledger) -> None:
+    """The sim venue's clock is its market data's: a fill priced from one symbol's update can be
+    stamped before the NEW of an order placed after another symbol's later bar. The row must still
+    end FILLED, and a refused cancel (a report with no status) must not change it."""
+    await ledger.start()
+    new = report("alpha", "o1", E.EXEC_TYPE_NEW, status=E.ORDER_STATUS_NEW, cum_qty="0", order_qty="1")
+    fill = report(
+        "alpha", "o1", E.EXEC_TYPE_FILL, status=E.ORDER_STATUS_FILLED, fill_qty="1", fill_price="10", cum_qty="1"
+    )
+    fill.order_id = new.order_id = "o1-id"
+    fill.event_ns = new.event_ns - 300_000_000  # 0.3 s "earlier" than the NEW
+    refused = report("alpha", "o1", E.EXEC_TYPE_CANCEL_REJECTED, status=E.ORDER_STATUS_UNSPECIFIED)
+    refused.order_id = "o1-id"
+    refused.event_ns = new.event_ns + 1
+    for r in (new, fill, refused):
+        await publish(nc, r)
+    await ledger.wait(lambda s: s.messages >= 3)
+    orders = (await query(nc, subjects.LEDGER_ORDERS, ledger_pb2.OrdersReply, strategy_id="alpha")).orders
+    assert [(o.order_id, o.status, o.filled_qty) for o in orders] == [("o1-id", E.ORDER_STATUS_FILLED, "1")]
