@@ -99,8 +99,11 @@ def _bucket_rights(bucket: str, *, write: bool) -> list[str]:
 #: Every service: answer requests (replies go to inboxes only), JetStream account info.
 _COMMON_PUBLISH = [f"{confine.ADMIN_INBOX_ROOT}.>", f"{confine.STRATEGY_INBOX_ROOT}.>", "$JS.API.INFO"]
 
+#: Active/standby (SERVICE_LEASE, desk.bus.lease): the lease bucket, read and written.
+_LEASE = _bucket_rights(subjects.KV_LEASES, write=True)
+
 SERVICE_PUBLISH: dict[str, list[str]] = {
-    "marketdata": [subjects.MD_ALL, *_bucket_rights(subjects.KV_PRICES, write=True)],
+    "marketdata": [subjects.MD_ALL, *_bucket_rights(subjects.KV_PRICES, write=True), *_LEASE],
     "ledger": [
         *_stream_rights(subjects.STREAM_EXECUTIONS),
         *_bucket_rights(subjects.KV_STRATEGIES, write=False),
@@ -111,6 +114,7 @@ SERVICE_PUBLISH: dict[str, list[str]] = {
         *_stream_rights(subjects.STREAM_EXECUTIONS),
         *_stream_rights(subjects.STREAM_ORDERS),
         *_bucket_rights(subjects.KV_PRICES, write=False),
+        *_LEASE,
     ],
     "order_router": [
         subjects.BROKER_ORDERS.format(venue="*"),
@@ -122,6 +126,7 @@ SERVICE_PUBLISH: dict[str, list[str]] = {
         *_bucket_rights(subjects.KV_ORDER_IDS, write=True),
     ],
     "orchestrator": [
+        *_LEASE,
         *_bucket_rights(subjects.KV_STRATEGIES, write=True),
         # uploaded strategies' versions (an object store): write, and purge its own replaced chunks
         *_stream_rights(f"OBJ_{subjects.OBJ_CODE}"),

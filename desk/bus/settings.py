@@ -46,6 +46,26 @@ class BusSettings(BaseSettings):
         description="asyncio event loop: uvloop, asyncio's own, or auto (uvloop when installed)",
     )
 
+    service_lease: bool = Field(
+        default=False,
+        description="run active/standby: serve only while holding this service's lease in DESK_LEASES (a standby "
+        "waits, registering and consuming nothing); off: serve at once, as a single instance",
+    )
+    lease_ttl: float = Field(
+        default=5.0,
+        ge=1.0,
+        le=60.0,
+        description="seconds an unrenewed lease lives: DESK_LEASES' max_age when a service creates the bucket (an "
+        "existing bucket's own max_age is the TTL used); renewed every TTL/3",
+    )
+    service_instance: str = Field(
+        default="",
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]*$",
+        description="this instance's name in its lease and logs (default: <host>-<pid>); the ledger's per-instance "
+        "consumer and file are named by LEDGER_INSTANCE",
+    )
+
     @field_validator("nats_url")
     @classmethod
     def _servers_are_addresses(cls, value: str) -> str:

@@ -25,6 +25,9 @@ from desk.bus.retry import retrying
 log = get_logger("desk.bus")
 
 DAY = 24 * 3600.0
+#: Seconds a lease lives unrenewed (the DESK_LEASES bucket's max_age; desk.bus.lease reads it from the
+#: bucket, which is the server's truth). Changed only by re-creating the bucket or `nats kv` edit.
+LEASE_TTL = 5.0
 
 EXECUTIONS = StreamConfig(
     name=subjects.STREAM_EXECUTIONS,
@@ -66,6 +69,13 @@ BUCKETS: dict[str, KeyValueConfig] = {
         history=1,
         storage=StorageType.FILE,
         ttl=7 * DAY,
+    ),
+    subjects.KV_LEASES: KeyValueConfig(
+        bucket=subjects.KV_LEASES,
+        description="active/standby leases: key = lease name, value = its holder; max_age = the lease TTL",
+        history=1,
+        storage=StorageType.FILE,
+        ttl=LEASE_TTL,  # a dead holder's key expires on its own (desk.bus.lease)
     ),
 }
 
@@ -159,19 +169,23 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         )
 
 
-async def ensure_bucket(js: JetStreamContext, bucket: str, *, deadline: float | None = 60.0) -> KeyValue:
-    """Open KV ``bucket`` (one of :data:`BUCKETS`), creating it (one replica) if it is missing; an
-    existing bucket is used as it is. An election's errors are retried for up to ``deadline`` seconds."""
-    return await retrying(lambda: _ensure_bucket(js, bucket), what=f"ensure bucket {bucket}", deadline=deadline)
+async def ensure_bucket(
+    js: JetStreamContext, bucket: str, *, deadline: float | None = 60.0, config: KeyValueConfig | None = None
+) -> KeyValue:
+    """Open KV ``bucket`` (one of :data:`BUCKETS`), creating it (one replica; ``config`` instead of the
+    declared one when given) if it is missing; an existing bucket is used as it is. An election's
+    errors are retried for up to ``deadline`` seconds."""
+    wanted = config or BUCKETS[bucket]
+    return await retrying(lambda: _ensure_bucket(js, bucket, wanted), what=f"ensure bucket {bucket}", deadline=deadline)
 
 
-async def _ensure_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
+async def _ensure_bucket(js: JetStreamContext, bucket: str, config: KeyValueConfig) -> KeyValue:
     try:
         return await js.key_value(bucket)
     except (NotFoundError, BucketNotFoundError):
         pass
     try:
-        return await js.create_key_value(BUCKETS[bucket])
+        return await js.create_key_value(config)
     except BadRequestError:  # created meanwhile
         return await js.key_value(bucket)
 

@@ -73,6 +73,7 @@ KV_PRICES = "DESK_PRICES"  # key = symbol, value = Trade (last price)
 KV_STRATEGIES = "DESK_STRATEGIES"  # key = strategy_id, value = StrategySpec
 KV_RISK = "DESK_RISK"  # key = "halt._global" / "halt.<strategy_id>", value = HaltRequest
 KV_ORDER_IDS = "DESK_ORDER_IDS"  # key = "<strategy_id>.<client_order_id>", value = OrderAck
+KV_LEASES = "DESK_LEASES"  # key = lease name ("gateway-sim", "marketdata"...), value = its holder (JSON)
 
 # Object store -------------------------------------------------------------------------------------
 OBJ_CODE = "DESK_CODE"  # "<strategy_id>/<version>" = the uploaded folder (tar); "<strategy_id>/current" = JSON

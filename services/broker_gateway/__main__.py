@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     except BrokerNotAvailable as exc:
         print(f"{NAME}: {exc.code}", file=sys.stderr)
         raise SystemExit(2) from None
-    run(NAME, settings, BrokerGatewayService(settings, broker).start)
+    gateway = BrokerGatewayService(settings, broker)
+    run(NAME, settings, gateway.start, lease=gateway.durable)  # one active gateway per venue (SERVICE_LEASE)
 
 
 if __name__ == "__main__":

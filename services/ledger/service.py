@@ -1,5 +1,11 @@
 """The ledger's async shell: EXECUTIONS consumer -> SQLite, KV watches, snapshots, query endpoints.
 
+Replicas: every ledger instance is a full replica of the books, with its own SQLite file (one ledger
+per file: :mod:`services.ledger.filelock`) and its own durable consumer (``ledger``, or
+``ledger-<LEDGER_INSTANCE>``); each books every execution and answers the read endpoints (one queue
+group: a query goes to any replica). The ledger publishes nothing but its own consumer's acks, so no
+lease is needed: there is no side effect for two replicas to duplicate (docs/cluster.md).
+
 Consumption: durable pull consumer ``ledger`` on ``EXECUTIONS`` (explicit ack), run by
 :class:`desk.bus.pull.DurablePull` (re-subscribes after a reconnect, retries timeouts, 503s and
 elections, re-creates a deleted consumer; its counters are in every endpoint's STATS data under
@@ -42,6 +48,7 @@ from desk.bus.pull import DurablePull, Outcome
 from desk.core.books import Booking, parse_booking
 from desk.v1 import executions_pb2, ledger_pb2, marketdata_pb2, strategy_pb2
 from services.ledger import queries
+from services.ledger.filelock import FileLock
 from services.ledger.settings import Settings
 from services.ledger.store import LedgerStore
 from services.ledger.writer import BatchResult, now_ns
@@ -110,8 +117,16 @@ class LedgerService:
 
     # -- start ----------------------------------------------------------------------------------
 
+    @property
+    def durable(self) -> str:
+        """This replica's consumer on EXECUTIONS: ``ledger`` (the single ledger's) or ``ledger-<instance>``."""
+        instance = self.settings.ledger_instance
+        return f"{subjects.LEDGER_DURABLE}-{instance}" if instance else subjects.LEDGER_DURABLE
+
     async def start(self, runtime: ServiceRuntime) -> None:
         self._runtime = runtime
+        lock = FileLock(self.settings.ledger_db_path).take()  # FileInUse: another ledger writes this file
+        runtime.stack.callback(lock.release)
         await self.store.open()
         runtime.stack.push_async_callback(self.store.close)
 
@@ -179,6 +194,7 @@ class LedgerService:
         log.info(
             "ledger.ready",
             db=str(self.store.path),
+            consumer=self.durable,
             resume_stream_seq=info.ack_floor.stream_seq if info and info.ack_floor else 0,
             pending=info.num_pending if info else 0,
             ack_pending=info.num_ack_pending if info else 0,
@@ -189,8 +205,8 @@ class LedgerService:
 
     def _consumer_config(self) -> ConsumerConfig:
         return ConsumerConfig(
-            durable_name=subjects.LEDGER_DURABLE,
-            name=subjects.LEDGER_DURABLE,
+            durable_name=self.durable,
+            name=self.durable,
             filter_subject=subjects.EXEC_ALL,
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,

@@ -15,6 +15,14 @@ class Settings(BusSettings):
     ledger_db_path: str = Field(
         default="var/ledger.db", description="SQLite file of the books (parent dirs are created)"
     )
+    ledger_instance: str = Field(
+        default="",
+        max_length=32,
+        pattern=r"^[A-Za-z0-9_-]*$",
+        description="this ledger replica's name: its durable consumer on EXECUTIONS is ledger-<name> (empty: "
+        "ledger, the single ledger's); each replica needs its own LEDGER_DB_PATH (a second ledger on one file is "
+        "refused)",
+    )
     ledger_batch_size: int = Field(
         default=256, ge=1, le=10000, description="executions fetched and booked per SQLite transaction"
     )

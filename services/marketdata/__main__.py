@@ -12,7 +12,7 @@ DESCRIPTION = "Quant Desk market data: the synthetic or replay feed, published o
 
 def main(argv: list[str] | None = None) -> None:
     settings = service_settings("python -m services.marketdata", DESCRIPTION, Settings, argv)
-    run(NAME, settings, MarketDataService(settings).start)
+    run(NAME, settings, MarketDataService(settings).start, lease=NAME)  # one active feed (SERVICE_LEASE)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ DESCRIPTION = "Quant Desk orchestrator: deploys, runs, restarts and stops strate
 
 def main(argv: list[str] | None = None) -> None:
     settings = service_settings("python -m services.orchestrator", DESCRIPTION, Settings, argv)
-    run(NAME, settings, OrchestratorService(settings).start)
+    run(NAME, settings, OrchestratorService(settings).start, lease=NAME)  # one active orchestrator (SERVICE_LEASE)
 
 
 if __name__ == "__main__":
