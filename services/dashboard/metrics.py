@@ -8,7 +8,9 @@ oldest first. Definitions, stated once so the page and the tests agree:
 * **Sharpe** — risk-free rate 0; the returns are the simple returns between consecutive snapshots;
   ``mean / sample standard deviation``, annualised by ``sqrt(periods per year)`` where a period is the
   median snapshot interval and a year is 252 trading days of 6.5 hours. ``None`` with fewer than
-  three snapshots (two returns) or when the returns do not vary.
+  three snapshots (two returns), when the returns do not vary, or when the snapshots span less than
+  one trading day (:data:`MIN_SHARPE_SPAN_NS`): annualising a few minutes of seconds-apart snapshots
+  multiplies by sqrt(5.9 million) and gave the leaderboard figures like 348 or -208.
 * **Benchmark** — buy-and-hold of one symbol: ``equity_0 * price(t) / price(t_0)``, where ``t_0`` is
   the first snapshot for which a price is known at or before it.
 """
@@ -24,6 +26,8 @@ from decimal import Decimal
 ZERO = Decimal(0)
 NS_PER_SECOND = 1_000_000_000
 TRADING_SECONDS_PER_YEAR = Decimal(252 * 6.5 * 3600).quantize(Decimal(1))
+#: The least span of snapshots a Sharpe ratio is given for: one trading day (6.5 hours).
+MIN_SHARPE_SPAN_NS = int(6.5 * 3600) * NS_PER_SECOND
 
 Point = tuple[int, Decimal]  # (ts_ns, value)
 
@@ -66,8 +70,11 @@ def median_interval_ns(timestamps: Sequence[int]) -> int:
     return gaps[middle] if len(gaps) % 2 else (gaps[middle - 1] + gaps[middle]) // 2
 
 
-def sharpe_ratio(points: Sequence[Point]) -> Decimal | None:
-    """Annualised Sharpe ratio (risk-free 0) of the returns between snapshots; see the module doc."""
+def sharpe_ratio(points: Sequence[Point], min_span_ns: int = MIN_SHARPE_SPAN_NS) -> Decimal | None:
+    """Annualised Sharpe ratio (risk-free 0) of the returns between snapshots; see the module doc.
+    ``None`` when ``points`` span less than ``min_span_ns``."""
+    if len(points) < 2 or points[-1][0] - points[0][0] < min_span_ns:
+        return None
     returns = period_returns([equity for _, equity in points])
     if len(returns) < 2:
         return None

@@ -46,24 +46,34 @@ def test_sharpe_is_mean_over_sample_std_annualised_by_snapshot_frequency() -> No
     points = [(0, Decimal(100)), (S, Decimal(110)), (2 * S, Decimal("104.5"))]
     per_period = Decimal("0.025") / (Decimal("0.1") - Decimal("-0.05")).copy_abs() * Decimal(2).sqrt()
     expected = per_period * (Decimal(252 * 6.5 * 3600)).sqrt()
-    assert metrics.sharpe_ratio(points) == pytest.approx(expected, rel=Decimal("1e-20"))
+    assert metrics.sharpe_ratio(points, min_span_ns=0) == pytest.approx(expected, rel=Decimal("1e-20"))
 
 
 def test_sharpe_scales_with_the_square_root_of_the_snapshot_frequency() -> None:
     fast = [(i * S, v) for i, v in enumerate(d(100, 110, "104.5", 107))]
     slow = [(i * 4 * S, v) for i, v in enumerate(d(100, 110, "104.5", 107))]
-    ratio_fast, ratio_slow = metrics.sharpe_ratio(fast), metrics.sharpe_ratio(slow)
+    ratio_fast, ratio_slow = metrics.sharpe_ratio(fast, min_span_ns=0), metrics.sharpe_ratio(slow, min_span_ns=0)
     assert ratio_fast is not None and ratio_slow is not None
     assert ratio_fast / ratio_slow == pytest.approx(Decimal(2))
 
 
 def test_sharpe_is_undefined_without_enough_points_or_without_variation() -> None:
-    assert metrics.sharpe_ratio([(0, Decimal(100)), (S, Decimal(101))]) is None
-    assert metrics.sharpe_ratio([(i * S, Decimal(100)) for i in range(5)]) is None
+    assert metrics.sharpe_ratio([(0, Decimal(100)), (S, Decimal(101))], min_span_ns=0) is None
+    assert metrics.sharpe_ratio([(i * S, Decimal(100)) for i in range(5)], min_span_ns=0) is None
+
+
+def test_sharpe_needs_a_trading_day_of_snapshots() -> None:
+    """Minutes of seconds-apart snapshots, annualised, gave figures like 348: no Sharpe below a day."""
+    values = d(100, 110, "104.5", 107)
+    short = [(i * 60 * S, v) for i, v in enumerate(values)]  # three minutes
+    day = [(i * 7800 * S, v) for i, v in enumerate(values)]  # 3 x 2h10 = 6.5 hours
+    assert metrics.sharpe_ratio(short) is None
+    assert metrics.sharpe_ratio(day) == metrics.sharpe_ratio(day, min_span_ns=0) is not None
+    assert metrics.MIN_SHARPE_SPAN_NS == 23_400 * S
 
 
 def test_sharpe_is_negative_for_a_losing_curve() -> None:
-    ratio = metrics.sharpe_ratio([(i * S, v) for i, v in enumerate(d(100, 98, 97, 93))])
+    ratio = metrics.sharpe_ratio([(i * S, v) for i, v in enumerate(d(100, 98, 97, 93))], min_span_ns=0)
     assert ratio is not None and ratio < 0
 
 
