@@ -185,8 +185,13 @@ def place_order(
     limit_price: float | str | Decimal | None = None,
     stop_price: float | str | Decimal | None = None,
     client_order_id: str | None = None,
+    trail_price: float | str | Decimal | None = None,
+    trail_percent: float | str | Decimal | None = None,
 ) -> dict[str, Any]:
-    """Send an order and wait for the desk's answer; returns the old desk's result dict."""
+    """Send an order and wait for the desk's answer; returns the old desk's result dict.
+
+    ``order_type`` "trailing_stop" takes exactly one of ``trail_price`` and ``trail_percent`` (the
+    desk checks it: a wrong combination comes back ``rejected`` with reason ``INVALID_FIELD``)."""
     if not isinstance(symbol, str) or not subjects.SYMBOL_RE.match(symbol):
         raise ValueError(f"symbol must be upper case like 'AAPL', got {symbol!r}")
     side_value = _choice("side", side, SIDES)
@@ -216,6 +221,8 @@ def place_order(
         qty=fmt(qty_d),
         limit_price=fmt(limit_d),
         stop_price=fmt(stop_d),
+        trail_price=fmt(_decimal("trail_price", trail_price, False)),
+        trail_percent=fmt(_decimal("trail_percent", trail_percent, False)),
     )
     answer = desk.run(
         desk.ask(subjects.order_submit(desk.strategy_id), order, orders_pb2.OrderAck), timeout=4 * REQUEST_TIMEOUT

@@ -178,8 +178,15 @@ async def unsubscribe_all(subs: Iterable[Subscription]) -> None:
 
 
 # Orders over NATS ----------------------------------------------------------------------------------
+#: Sends of one order (the same client order id each time) before it is reported TIMEOUT: with the
+#: default 5 s timeout, 15 s, which covers a router's failover (the lease TTL, 5 s, plus a tick).
+ORDER_ATTEMPTS = 3
+
+
 class NatsGateway:
-    """Sends a strategy's orders to the router; one retry with the same client order id on timeout."""
+    """Sends a strategy's orders to the router; re-sent with the same client order id on timeout, up to
+    :data:`ORDER_ATTEMPTS` times in all: a router's failover (its partitions move to another replica
+    after the lease TTL, 5 s: docs/cluster.md) leaves a request unanswered for that long."""
 
     def __init__(self, nc: Client, strategy_id: str, timeout: float = 5.0) -> None:
         self.nc = nc
@@ -187,13 +194,13 @@ class NatsGateway:
         self.timeout = timeout
 
     async def _ask(self, subject: str, message: Any, reply_type: Any) -> Any:
-        """The reply, or a (reason, message) pair after a second failure."""
-        last = ("TIMEOUT", f"no answer on {subject} within {self.timeout}s (tried twice)")
-        for attempt in (1, 2):
+        """The reply, or a (reason, message) pair after the last failure."""
+        last = ("TIMEOUT", f"no answer on {subject} within {self.timeout}s (tried {ORDER_ATTEMPTS} times)")
+        for attempt in range(1, ORDER_ATTEMPTS + 1):
             try:
                 return await request(self.nc, subject, message, reply_type, timeout=self.timeout)
             except NatsTimeoutError:
-                last = ("TIMEOUT", f"no answer on {subject} within {self.timeout}s (tried twice)")
+                last = ("TIMEOUT", f"no answer on {subject} within {self.timeout}s (tried {ORDER_ATTEMPTS} times)")
             except NoRespondersError:
                 last = ("UNAVAILABLE", f"nobody serves {subject}: is the order router running?")
                 if attempt == 1:

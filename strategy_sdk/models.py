@@ -277,3 +277,6 @@ class OpenOrder:
     filled_qty: Decimal = Decimal(0)
     status: str = "pending_new"
     created_ns: int = 0
+    trail_price: Decimal | None = None  # trailing_stop: the trail (stop_price is the stop as last reported)
+    trail_percent: Decimal | None = None
+    parent_order_id: str = ""  # an exit of a bracket / OTO / OCO order: the order it belongs to

@@ -21,8 +21,10 @@ from typing import Any
 
 from desk.bus import subjects
 from desk.bus.decimals import ABSURD, dec, fmt
+from desk.bus.errors import DeskError
 from desk.core.orders import (
     FINAL_STATUSES,
+    ORDER_CLASSES,
     ORDER_TYPE_WORDS,
     ORDER_TYPES,
     SIDES,
@@ -32,6 +34,7 @@ from desk.core.orders import (
     needs_limit_price,
     needs_stop_price,
     side_name,
+    validate_order,
 )
 from desk.v1 import common_pb2, executions_pb2, orders_pb2
 from strategy_sdk.models import Fill, OpenOrder, OrderUpdate
@@ -96,8 +99,68 @@ def build_order_request(
     time_in_force: str = "day",
     client_order_id: str | None = None,
     extended_hours: bool = False,
+    *,
+    trail_price: Number | None = None,
+    trail_percent: Number | None = None,
+    order_class: str | None = None,
+    take_profit: Number | None = None,
+    stop_loss: Number | None = None,
+    stop_loss_limit: Number | None = None,
+    replaces: str | None = None,
 ) -> orders_pb2.OrderRequest:
-    """Validate the arguments once, here (ValueError with a clear message), and build the request."""
+    """Validate the arguments once, here (ValueError with a clear message), and build the request.
+
+    ``order_class`` defaults to "bracket" when both ``take_profit`` and ``stop_loss`` are given, "oto"
+    when one is, else "simple"; the advanced fields are checked by the router's own rules
+    (:func:`desk.core.orders.validate_order`)."""
+    request = _simple_request(
+        strategy_id,
+        symbol,
+        side,
+        qty,
+        notional,
+        type,
+        limit_price,
+        stop_price,
+        time_in_force,
+        client_order_id,
+        extended_hours,
+        oco=order_class == "oco",
+    )
+    exits = (take_profit is not None) + (stop_loss is not None)
+    klass = order_class if order_class is not None else {0: "simple", 1: "oto", 2: "bracket"}[exits]
+    request.order_class = _choice("order_class", klass, ORDER_CLASSES)
+    request.trail_price = fmt(to_decimal("trail_price", trail_price))
+    request.trail_percent = fmt(to_decimal("trail_percent", trail_percent))
+    request.take_profit_limit_price = fmt(to_decimal("take_profit", take_profit))
+    request.stop_loss_stop_price = fmt(to_decimal("stop_loss", stop_loss))
+    request.stop_loss_limit_price = fmt(to_decimal("stop_loss_limit", stop_loss_limit))
+    request.replaces = replaces or ""
+    advanced = request.order_class or request.type == common_pb2.ORDER_TYPE_TRAILING_STOP or request.replaces
+    if advanced or request.trail_price or request.trail_percent:
+        try:
+            validate_order(request, subjects.order_submit(strategy_id))
+        except DeskError as err:
+            raise ValueError(err.message) from None
+    return request
+
+
+def _simple_request(
+    strategy_id: str,
+    symbol: str,
+    side: str,
+    qty: Number | None,
+    notional: Number | None,
+    type: str,
+    limit_price: Number | None,
+    stop_price: Number | None,
+    time_in_force: str,
+    client_order_id: str | None,
+    extended_hours: bool,
+    *,
+    oco: bool,
+) -> orders_pb2.OrderRequest:
+    """The fields every order has, checked (an OCO's limit price may be left to its take-profit)."""
     if not isinstance(symbol, str) or not subjects.SYMBOL_RE.match(symbol):
         raise ValueError(f"symbol must match {subjects.SYMBOL_RE.pattern} (upper case), got {symbol!r}")
     side_value = _choice("side", side, SIDES)
@@ -113,7 +176,7 @@ def build_order_request(
     stop_d = to_decimal("stop_price", stop_price)
     needs_limit = needs_limit_price(type_value)
     needs_stop = needs_stop_price(type_value)
-    if needs_limit and limit_d is None:
+    if needs_limit and limit_d is None and not oco:
         raise ValueError(f"{type} orders need a limit_price")
     if not needs_limit and limit_d is not None:
         raise ValueError(f"{type} orders take no limit_price")
@@ -153,6 +216,8 @@ def open_order_from_request(request: orders_pb2.OrderRequest, order_id: str) -> 
         limit_price=Decimal(request.limit_price) if request.limit_price else None,
         stop_price=Decimal(request.stop_price) if request.stop_price else None,
         created_ns=time.time_ns(),
+        trail_price=Decimal(request.trail_price) if request.trail_price else None,
+        trail_percent=Decimal(request.trail_percent) if request.trail_percent else None,
     )
 
 
@@ -214,9 +279,16 @@ class Account:
                     qty=Decimal(report.order_qty) if report.order_qty else None,
                     limit_price=Decimal(report.limit_price) if report.limit_price else None,
                     stop_price=Decimal(report.stop_price) if report.stop_price else None,
+                    trail_price=Decimal(report.trail_price) if report.trail_price else None,
+                    trail_percent=Decimal(report.trail_percent) if report.trail_percent else None,
+                    parent_order_id=report.parent_order_id,
                 )
                 self.open_orders[cid] = order
             if order is not None:
                 order.status = update.status
                 order.filled_qty = dec(report.cum_qty)
+                if report.order_qty:  # a replacement's quantity is the total less what it replaced filled
+                    order.qty = dec(report.order_qty)
+                if report.stop_price:  # a trailing stop's stop moves
+                    order.stop_price = dec(report.stop_price)
         return fill, update

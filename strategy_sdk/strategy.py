@@ -200,11 +200,31 @@ class Strategy:
         time_in_force: str = "day",
         client_order_id: str | None = None,
         extended_hours: bool = False,
+        *,
+        trail_price: Number | None = None,
+        trail_percent: Number | None = None,
+        take_profit: Number | None = None,
+        stop_loss: Number | None = None,
+        stop_loss_limit: Number | None = None,
+        order_class: str | None = None,
     ) -> OrderResult:
         """Send an order; returns the desk's answer. Nonsense arguments raise ValueError.
 
-        ``side`` is "buy" or "sell"; ``type`` "market", "limit", "stop" or "stop_limit";
-        ``time_in_force`` "day", "gtc", "ioc" or "fok". Give exactly one of ``qty`` and ``notional``.
+        ``side`` is "buy" or "sell"; ``type`` "market", "limit", "stop", "stop_limit" or
+        "trailing_stop"; ``time_in_force`` "day", "gtc", "ioc" or "fok". Give exactly one of ``qty`` and
+        ``notional``.
+
+        A ``trailing_stop`` takes exactly one of ``trail_price`` (an amount) and ``trail_percent``: its
+        stop follows the best price seen (the highest for a sell, the lowest for a buy) at that distance
+        and never moves back; once the price reaches it, it is a market order.
+
+        Exits (Alpaca's order classes): ``take_profit`` (a limit price) and ``stop_loss`` (a stop
+        price; with ``stop_loss_limit`` a stop-limit) make a market or limit entry a **bracket**:
+        once the entry fills, both exits are placed for the quantity it filled, as client order ids
+        ``<id>-tp`` and ``<id>-sl``, and a fill of one reduces (or cancels) the other. One of them alone
+        is an **OTO** (``order_class="oto"``). ``order_class="oco"`` on a ``limit`` order that closes a
+        position places both exits at once: the order itself is the take-profit (its limit is
+        ``take_profit``) and ``<id>-sl`` the stop-loss. Canceling one of two OCO exits cancels both.
         Numbers may be Decimal, int or str; a float is converted through ``str()`` (0.1 -> "0.1") with a
         one-time warning, and no float arithmetic is ever done.
         A client order id is generated when absent; re-sending with the same id is safe (the router
@@ -225,12 +245,73 @@ class Strategy:
             time_in_force=time_in_force,
             client_order_id=client_order_id,
             extended_hours=extended_hours,
+            trail_price=trail_price,
+            trail_percent=trail_percent,
+            take_profit=take_profit,
+            stop_loss=stop_loss,
+            stop_loss_limit=stop_loss_limit,
+            order_class=order_class,
         )
+        return await self._send(request)
+
+    async def _send(self, request: orders_pb2.OrderRequest) -> OrderResult:
+        ctx = self.context
         ctx.orders_sent += 1
         result = await ctx.gateway.submit(request)
         if result.accepted:
             ctx.account.order_accepted(request, result.order_id)
         return result
+
+    async def replace_order(
+        self,
+        client_order_id: str,
+        qty: Number | None = None,
+        limit_price: Number | None = None,
+        stop_price: Number | None = None,
+        *,
+        trail_price: Number | None = None,
+        trail_percent: Number | None = None,
+        time_in_force: str | None = None,
+        new_client_order_id: str | None = None,
+    ) -> OrderResult:
+        """Amend an open order (Alpaca's replace): a new order takes its place with the numbers given
+        and the old one's for the rest; returns the desk's answer for the new order.
+
+        ``qty`` is the new **total**: what the old order filled counts towards it, so the new order's own
+        quantity is ``qty`` less that (by default the total stays as it was, and the new order's own
+        quantity is the old one's leaves). The old order is closed (canceled, its text ``replaced by
+        <new id>``) and the new one placed in one step at the venue; if the old one filled or closed
+        meanwhile, or ``qty`` is not more than it filled, the new one is rejected and the old one stays
+        as it was. Symbol, side and type stay; an exit of a bracket or OCO stays tied to the other exit.
+        The new client order id is generated unless given. Raises ValueError for an order this strategy
+        has no open record of.
+        """
+        ctx = self.context
+        old = ctx.account.open_orders.get(client_order_id)
+        if old is None:
+            raise ValueError(f"no open order {client_order_id!r} to replace")
+        if old.qty is None:
+            raise ValueError(f"order {client_order_id!r} is a notional order; notional orders cannot be replaced")
+        if new_client_order_id is None and ctx.new_client_order_id is not None:
+            new_client_order_id = ctx.new_client_order_id()
+        trailing = old.type == "trailing_stop"
+        if trailing and trail_price is None and trail_percent is None:
+            trail_price, trail_percent = old.trail_price, old.trail_percent
+        request = build_order_request(
+            ctx.strategy_id,
+            old.symbol,
+            old.side,
+            qty=qty if qty is not None else old.qty,
+            type=old.type,
+            limit_price=limit_price if limit_price is not None else old.limit_price,
+            stop_price=None if trailing else (stop_price if stop_price is not None else old.stop_price),
+            time_in_force=time_in_force or old.time_in_force,
+            client_order_id=new_client_order_id,
+            trail_price=trail_price,
+            trail_percent=trail_percent,
+            replaces=client_order_id,
+        )
+        return await self._send(request)
 
     async def buy(
         self,
@@ -242,8 +323,15 @@ class Strategy:
         stop_price: Number | None = None,
         time_in_force: str = "day",
         client_order_id: str | None = None,
+        trail_price: Number | None = None,
+        trail_percent: Number | None = None,
+        take_profit: Number | None = None,
+        stop_loss: Number | None = None,
+        stop_loss_limit: Number | None = None,
+        order_class: str | None = None,
     ) -> OrderResult:
-        """Buy ``qty`` of ``symbol`` (a market order unless ``type`` says otherwise)."""
+        """Buy ``qty`` of ``symbol`` (a market order unless ``type`` says otherwise); the other
+        arguments are :meth:`submit_order`'s."""
         return await self.submit_order(
             symbol,
             "buy",
@@ -253,6 +341,12 @@ class Strategy:
             stop_price=stop_price,
             time_in_force=time_in_force,
             client_order_id=client_order_id,
+            trail_price=trail_price,
+            trail_percent=trail_percent,
+            take_profit=take_profit,
+            stop_loss=stop_loss,
+            stop_loss_limit=stop_loss_limit,
+            order_class=order_class,
         )
 
     async def sell(
@@ -265,8 +359,15 @@ class Strategy:
         stop_price: Number | None = None,
         time_in_force: str = "day",
         client_order_id: str | None = None,
+        trail_price: Number | None = None,
+        trail_percent: Number | None = None,
+        take_profit: Number | None = None,
+        stop_loss: Number | None = None,
+        stop_loss_limit: Number | None = None,
+        order_class: str | None = None,
     ) -> OrderResult:
-        """Sell ``qty`` of ``symbol`` (a market order unless ``type`` says otherwise)."""
+        """Sell ``qty`` of ``symbol`` (a market order unless ``type`` says otherwise); the other
+        arguments are :meth:`submit_order`'s."""
         return await self.submit_order(
             symbol,
             "sell",
@@ -276,6 +377,12 @@ class Strategy:
             stop_price=stop_price,
             time_in_force=time_in_force,
             client_order_id=client_order_id,
+            trail_price=trail_price,
+            trail_percent=trail_percent,
+            take_profit=take_profit,
+            stop_loss=stop_loss,
+            stop_loss_limit=stop_loss_limit,
+            order_class=order_class,
         )
 
     async def cancel(self, client_order_id: str) -> CancelResult:

@@ -449,11 +449,35 @@ class _Desk:
                 self.all_reports.append(report.to_proto().SerializeToString())
             record = self.orders.get(report.order_id)
             order = self.engine.get(report.order_id)
+            if record is None and order is not None and order.parent_order_id and not order.replaces:
+                record = self._leg_record(report)  # an exit the venue placed for a bracket / OTO / OCO
             if record is not None and order is not None:
                 record.status = status_name(order.status)
                 record.filled_qty = order.cum_qty
                 record.avg_price = order.avg_price
                 record.triggered = order.triggered
+
+    def _leg_record(self, report: Report) -> BacktestOrder:
+        def number(text: str) -> Decimal | None:
+            return dec(text) if text else None
+
+        record = BacktestOrder(
+            client_order_id=report.client_order_id,
+            order_id=report.order_id,
+            symbol=report.symbol,
+            side=side_name(report.side),
+            type=ORDER_TYPE_WORDS.get(report.type, ""),
+            time_in_force=TIME_IN_FORCE_WORDS.get(report.time_in_force, ""),
+            qty=number(report.order_qty),
+            notional=None,
+            limit_price=number(report.limit_price),
+            stop_price=number(report.stop_price),
+            accepted=True,
+            placed_at=self.bar_index,
+        )
+        self.orders[report.order_id] = record
+        self.order_list.append(record)
+        return record
 
     # OrderGateway ---------------------------------------------------------------------------------------
     async def submit(self, request: orders_pb2.OrderRequest) -> OrderResult:
@@ -477,6 +501,11 @@ class _Desk:
     def _route(self, order: ValidOrder, order_id: str, request: orders_pb2.OrderRequest) -> None:
         if order.symbol not in self.prices:
             raise refusal("UNKNOWN_SYMBOL", f"symbol {order.symbol!r} has no market data on the desk")
+        if order.replaces:  # the router's check: the order replaced is known (a final one: ORDER_CLOSED)
+            replaced = order_id_for(self.strategy_id, order.replaces)
+            known = self.account.is_open(replaced) or self.account.is_closed(replaced)
+            if not known and order.replaces not in self.accepted:
+                raise refusal("UNKNOWN_ORDER", f"no order {order.replaces} for strategy {self.strategy_id} to replace")
         reservation = self.account.check(order, self.limits, self.prices.get(order.symbol))
         self.account.reserve(order_id, reservation, by_notional=order.notional is not None)
         self.accepted.add(order.client_order_id)

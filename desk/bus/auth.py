@@ -124,6 +124,7 @@ SERVICE_PUBLISH: dict[str, list[str]] = {
         *_bucket_rights(subjects.KV_STRATEGIES, write=False),
         *_bucket_rights(subjects.KV_RISK, write=True),
         *_bucket_rights(subjects.KV_ORDER_IDS, write=True),
+        *_LEASE,  # its partitions (services.order_router.partitions)
     ],
     "orchestrator": [
         *_LEASE,

@@ -3,6 +3,7 @@
 * **Acquire** = ``kv.create(key)``: it succeeds only while the key is absent (never written, deleted by
   a holder that stopped cleanly, or expired). A standby asks again every :attr:`Lease.poll` seconds
   (TTL/5, at most 0.5 s); it registers and consumes nothing meanwhile (desk.bus.lifecycle).
+  :meth:`Lease.try_acquire` is one such attempt, for a holder of many leases (the router's partitions).
 * **TTL** = the bucket's ``max_age``, read from the server (the bucket's config is the truth: a service
   whose ``LEASE_TTL`` differs is told so in its log). A holder that dies (kill -9) stops renewing, and the
   server drops its key ``max_age`` after its last write, on any nats-server version (no per-message TTL).
@@ -161,6 +162,20 @@ class Lease:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.poll)  # the next ask; a standby's pace
         return False
+
+    async def try_acquire(self) -> bool:
+        """One attempt to take the lease (no waiting): True when this holder has it now, False when
+        another holds it. A transient error (an election) is raised for the caller to retry."""
+        sent = time.monotonic()
+        try:
+            self.revision = await self._create_once()
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        self.acquired_at = sent
+        self.valid_until = sent + self.ttl
+        self.renewals = 0
+        log.info("lease.acquired", key=self.key, holder=self.holder.describe(), revision=self.revision)
+        return True
 
     async def _create_once(self) -> int:
         try:

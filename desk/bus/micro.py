@@ -101,6 +101,7 @@ class DeskService:
         error_body: ErrorBody[Req] | None = None,
         queue_group: str | None = None,
         concurrency: int = 1,
+        accept: Callable[[str], bool] | None = None,
     ) -> None:
         """Serve ``subject`` with ``handler(request, subject) -> reply``.
 
@@ -114,6 +115,9 @@ class DeskService:
         nats-py, not in memory here). The handler must then be safe under interleaving. Shutdown
         waits up to ``drain_timeout`` for requests in flight, then cancels the rest. With
         concurrency, micro's own ``processing_time`` covers only taking the request, not handling it.
+
+        ``accept(subject)`` False: the request is not this instance's to answer (another instance
+        answers it: the router's partitions) and is left unanswered, before anything else is done.
         """
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -138,7 +142,7 @@ class DeskService:
         if concurrency == 1:
 
             async def handle(req: Request) -> None:
-                if self._admit(name, req):
+                if (accept is None or accept(req.subject)) and self._admit(name, req):
                     await serve(req)
 
             await self.service.add_endpoint(name=name, subject=subject, handler=handle, queue_group=queue_group)
@@ -153,7 +157,7 @@ class DeskService:
                 log.error("endpoint.reply_failed", endpoint=name, subject=req.subject, error=repr(exc), exc_info=exc)
 
         async def dispatch(req: Request) -> None:
-            if not self._admit(name, req):
+            if (accept is not None and not accept(req.subject)) or not self._admit(name, req):
                 return
             await slots.acquire()
             task = asyncio.create_task(handle_in_task(req), name=f"{name}-request")

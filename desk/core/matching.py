@@ -22,6 +22,27 @@ Model (the numbers come from the gateway's ``SIM_*`` settings, listed in docs/ar
   ``max(stop, open)`` plus slippage. A stop-limit triggers the same way, then behaves as a limit.
 * DAY orders expire at the first update dated (UTC) after the day they were submitted; GTC orders
   rest until canceled.
+* A trailing stop (``trail_price`` or ``trail_percent``) keeps the best price seen since it was
+  placed (``hwm``: the highest for a sell, the lowest for a buy; at first the reference price) and its
+  stop at that price less (a sell) or plus (a buy) the trail. Each update first checks the stop as it
+  stood (a sell triggers when the low reaches it), then ratchets it with the update's high (a sell) or
+  low (a buy); it never moves back. Triggered, it fills as a market order at ``min(stop, open)``
+  (sells; buys mirror) plus slippage.
+* A replace (``replaces``: the client order id of an open order of the same strategy, same symbol,
+  side and type) closes the old order (CANCELED, text ``replaced by <new id>``) and places the new one
+  in the same call, for its ``qty`` less what the old one filled; a trailing stop keeps its ``hwm``, an
+  exit its OCO partner. The new one is REJECTED, and the old one left as it is, when the old one is
+  unknown (UNKNOWN_ORDER), final (ORDER_CLOSED), a bracket / OTO entry not done yet, or has filled
+  ``qty`` or more already.
+* Exits (client order ids ``<id>-tp``, ``<id>-sl``; ``parent_order_id`` = the order's id): a bracket
+  (market or limit entry) places a take-profit limit and a stop-loss stop (stop-limit with
+  ``stop_loss_limit_price``) on the other side once the entry is FILLED, for its quantity, or once it
+  is canceled or expired after fills, for what it filled; an OTO places its one exit the same way.
+  Exits placed by a fill trade from the next update on (they never see the update that filled the
+  entry). An OCO order is a limit exit (its take-profit) placed together with its stop-loss on the
+  same side. The two exits of a bracket or an OCO are tied: a fill of one shrinks the other by as much,
+  and the other is CANCELED (``OCO: <id> filled``) once nothing is left of it; a cancel of one cancels
+  both.
 * Fee per execution: ``max(fee_min, qty * fee_per_share + qty * price * fee_bps / 10000)``.
 * Notional market orders get ``qty = notional / expected fill price`` rounded down to 9 decimals,
   fixed when the order first meets a price.
@@ -52,9 +73,12 @@ from decimal import ROUND_DOWN, Decimal
 
 from desk.bus.decimals import fmt, parse_decimal
 from desk.bus.errors import DeskError
+from desk.core.ids import order_id_for
 from desk.core.orders import (
     REQUIRED_PRICES,
     SIDE_WORDS,
+    STOP_LOSS_SUFFIX,
+    TAKE_PROFIT_SUFFIX,
     TIME_IN_FORCE_WORDS,
     LocalReports,
     OrderProgress,
@@ -75,6 +99,8 @@ Clock = Callable[[], int]
 BUY, SELL = common_pb2.SIDE_BUY, common_pb2.SIDE_SELL
 MARKET, LIMIT = common_pb2.ORDER_TYPE_MARKET, common_pb2.ORDER_TYPE_LIMIT
 STOP, STOP_LIMIT = common_pb2.ORDER_TYPE_STOP, common_pb2.ORDER_TYPE_STOP_LIMIT
+TRAILING_STOP = common_pb2.ORDER_TYPE_TRAILING_STOP
+BRACKET, OCO, OTO = orders_pb2.ORDER_CLASS_BRACKET, orders_pb2.ORDER_CLASS_OCO, orders_pb2.ORDER_CLASS_OTO
 DAY, GTC = common_pb2.TIME_IN_FORCE_DAY, common_pb2.TIME_IN_FORCE_GTC
 IOC, FOK = common_pb2.TIME_IN_FORCE_IOC, common_pb2.TIME_IN_FORCE_FOK
 
@@ -145,6 +171,17 @@ class SimOrder(OrderProgress):
     triggered: bool = False  # stop / stop-limit: the stop price has been reached
     canceled_by_request: bool = False
     reports: int = 0  # reports made for this order; numbers its execution ids
+    trail_price: Decimal | None = None  # trailing stop: the trail as an amount ...
+    trail_percent: Decimal | None = None  # ... or as a percentage of the best price seen
+    hwm: Decimal | None = None  # trailing stop: best price seen (highest for a sell, lowest for a buy)
+    replaces: str = ""  # the order id this order replaced
+    parent_order_id: str = ""  # an exit leg: the bracket / OTO / OCO order it belongs to
+    order_class: orders_pb2.OrderClass = orders_pb2.ORDER_CLASS_UNSPECIFIED
+    take_profit: Decimal | None = None  # bracket / OTO / OCO: the take-profit exit's limit
+    stop_loss: Decimal | None = None  # ... the stop-loss exit's stop
+    stop_loss_limit: Decimal | None = None  # ... and its limit (a stop-limit exit)
+    legs_placed: bool = False  # bracket / OTO: its exits have been placed (the entry is done)
+    oco_with: str = ""  # one of two OCO exits: the other one's order id
 
 
 @dataclass
@@ -240,7 +277,7 @@ class SimEngine:
         request = routed.new_order
         order = SimOrder(
             order_id=routed.order_id,
-            venue_order_id=f"sim-{self._next_venue_id:08d}",
+            venue_order_id="",
             strategy_id=routed.strategy_id,
             member_id=routed.member_id,
             client_order_id=request.client_order_id,
@@ -254,16 +291,52 @@ class SimEngine:
             stop_price=None,
             submitted_ns=self._clock(),
         )
-        self._next_venue_id += 1
-        self._orders[order.order_id] = order
-        self._by_client_id[(order.strategy_id, order.client_order_id)] = order.order_id
+        self._register(order)
+        replaced: SimOrder | None = None
         try:
             _fill_in_fields(order, request)
+            if request.replaces:
+                replaced = self._replaced(order, request.replaces)
         except DeskError as err:
             order.status = E.ORDER_STATUS_REJECTED
             return [self._report(order, E.EXEC_TYPE_REJECTED, text=f"{err.code}: {err.message}")]
 
-        reports = [self._report(order, E.EXEC_TYPE_NEW)]
+        reports: LocalReports = []
+        if replaced is not None:
+            self._replace(replaced, order, reports)
+        if order.type == TRAILING_STOP:
+            self._start_trail(order)
+        reports.append(self._report(order, E.EXEC_TYPE_NEW))
+        if order.order_class == OCO:  # both exits are live at once: the order itself and its stop-loss
+            leg = self._new_leg(order, STOP_LOSS_SUFFIX, order.qty)
+            self._link(order, leg)
+            reports.append(self._report(leg, E.EXEC_TYPE_NEW))
+            self._work(order, reports)
+            if not leg.is_final:
+                self._work(leg, reports)
+            return reports
+        self._work(order, reports)
+        return reports
+
+    def _start_trail(self, order: SimOrder) -> None:
+        """A new trailing stop's best price is the market's now (a replacement keeps its old one), so
+        its NEW report carries its stop; with no price yet the first update sets it."""
+        if order.hwm is None:
+            market = self._markets.get(order.symbol)
+            order.hwm = market.reference(order.side) if market else None
+        if order.hwm is not None:
+            order.stop_price = _trail_stop(order)
+
+    def _register(self, order: SimOrder) -> None:
+        """A new order of this venue: its venue id, and known by order id and client order id."""
+        order.venue_order_id = f"sim-{self._next_venue_id:08d}"
+        self._next_venue_id += 1
+        self._orders[order.order_id] = order
+        self._by_client_id[(order.strategy_id, order.client_order_id)] = order.order_id
+
+    def _work(self, order: SimOrder, reports: LocalReports) -> None:
+        """A newly accepted order meets the market: what fills at once fills; the rest rests (DAY,
+        GTC) or is canceled (IOC, FOK)."""
         market = self._markets.get(order.symbol)
         reference = market.reference(order.side) if market else None
         if market is None or reference is None:
@@ -277,11 +350,11 @@ class SimEngine:
                 )
             else:
                 self._resting[order.order_id] = order
-            return reports
+            return
 
         self._try_fill(order, market, _Touch.at(reference), immediate=True, reports=reports)
         if order.is_final:
-            return reports
+            return
         if order.tif in (IOC, FOK):
             text = (
                 f"{_tif_name(order.tif)}: unfilled remainder canceled"
@@ -291,7 +364,116 @@ class SimEngine:
             self._finish(order, E.ORDER_STATUS_CANCELED, E.EXEC_TYPE_CANCELED, reports, text)
         else:
             self._resting[order.order_id] = order
-        return reports
+
+    # --- replace, and the exits of bracket / OTO / OCO orders ----------------------------------------
+
+    def _replaced(self, order: SimOrder, replaces: str) -> SimOrder:
+        """The open order ``order`` may replace (client order id ``replaces``); DeskError if none."""
+        old_id = self._by_client_id.get((order.strategy_id, replaces))
+        old = self._orders.get(old_id) if old_id is not None else None
+        if old is None:
+            raise DeskError("UNKNOWN_ORDER", f"no order {replaces} of this strategy to replace")
+        if old.is_final:
+            status = E.OrderStatus.Name(old.status).removeprefix("ORDER_STATUS_").lower()
+            raise DeskError("ORDER_CLOSED", f"order {replaces} is already {status}; there is nothing to replace")
+        if (old.symbol, old.side, old.type) != (order.symbol, order.side, order.type):
+            raise DeskError(
+                "INVALID_FIELD",
+                f"a replacing order keeps the symbol, side and type of the order it replaces ({replaces})",
+            )
+        if old.order_class in (BRACKET, OTO) and not old.legs_placed:
+            raise DeskError(
+                "INVALID_FIELD", f"{replaces} is a bracket or OTO entry: cancel it and send a new one to change it"
+            )
+        if order.qty is None or order.qty <= old.cum_qty:
+            raise DeskError(
+                "INVALID_FIELD",
+                f"qty {fmt(order.qty)} must be more than the {fmt(old.cum_qty)} that {replaces} has filled already",
+            )
+        return old
+
+    def _replace(self, old: SimOrder, new: SimOrder, reports: LocalReports) -> None:
+        """``new`` replaces ``old``: old is closed (CANCELED, "replaced by ..."), new takes what is left of
+        the total (its qty minus old's fills), old's trailing high-water mark and OCO partner."""
+        self._finish(old, E.ORDER_STATUS_CANCELED, E.EXEC_TYPE_CANCELED, reports, f"replaced by {new.client_order_id}")
+        assert new.qty is not None
+        new.qty -= old.cum_qty
+        new.replaces = old.order_id
+        new.parent_order_id = old.parent_order_id
+        if new.type == TRAILING_STOP:
+            new.hwm = old.hwm
+        partner = self._orders.get(old.oco_with) if old.oco_with else None
+        if partner is not None and not partner.is_final:
+            self._link(new, partner)
+
+    def _new_leg(self, parent: SimOrder, suffix: str, qty: Decimal | None) -> SimOrder:
+        """An exit of ``parent``: a take-profit limit (``-tp``) or a stop-loss stop / stop-limit (``-sl``)
+        for ``qty``; the opposite side, except an OCO order's own stop-loss (same side: both exit)."""
+        client_order_id = parent.client_order_id + suffix
+        take_profit = suffix == TAKE_PROFIT_SUFFIX
+        if take_profit:
+            kind, limit, stop = LIMIT, parent.take_profit, None
+        else:
+            kind = STOP_LIMIT if parent.stop_loss_limit is not None else STOP
+            limit, stop = parent.stop_loss_limit, parent.stop_loss
+        side = parent.side if parent.order_class == OCO else (SELL if parent.side == BUY else BUY)
+        leg = SimOrder(
+            order_id=order_id_for(parent.strategy_id, client_order_id),
+            venue_order_id="",
+            strategy_id=parent.strategy_id,
+            member_id=parent.member_id,
+            client_order_id=client_order_id,
+            symbol=parent.symbol,
+            side=side,
+            type=kind,
+            tif=parent.tif,
+            qty=qty,
+            notional=None,
+            limit_price=limit,
+            stop_price=stop,
+            submitted_ns=self._clock(),
+            parent_order_id=parent.order_id,
+        )
+        self._register(leg)
+        return leg
+
+    def _link(self, one: SimOrder, other: SimOrder) -> None:
+        one.oco_with, other.oco_with = other.order_id, one.order_id
+
+    def _place_exits(self, parent: SimOrder, reports: LocalReports) -> None:
+        """A bracket / OTO entry is done with fills: its exits go live for the quantity it filled (a
+        bracket's two are OCO)."""
+        parent.legs_placed = True
+        legs = []
+        if parent.take_profit is not None:
+            legs.append(self._new_leg(parent, TAKE_PROFIT_SUFFIX, parent.cum_qty))
+        if parent.stop_loss is not None:
+            legs.append(self._new_leg(parent, STOP_LOSS_SUFFIX, parent.cum_qty))
+        if len(legs) == 2:
+            self._link(legs[0], legs[1])
+        for leg in legs:
+            reports.append(self._report(leg, E.EXEC_TYPE_NEW))
+        for leg in legs:
+            if not leg.is_final:
+                self._work(leg, reports)
+
+    def _after_fill(self, order: SimOrder, qty: Decimal, reports: LocalReports) -> None:
+        """What a fill of ``qty`` does beyond the order: its OCO partner shrinks by as much (closed when
+        nothing is left of it), a bracket / OTO entry that is filled places its exits."""
+        partner = self._orders.get(order.oco_with) if order.oco_with else None
+        if partner is not None and not partner.is_final and partner.qty is not None:
+            partner.qty -= qty
+            if partner.qty <= partner.cum_qty:
+                partner.qty = partner.cum_qty
+                self._finish(
+                    partner,
+                    E.ORDER_STATUS_CANCELED,
+                    E.EXEC_TYPE_CANCELED,
+                    reports,
+                    f"OCO: {order.client_order_id} filled",
+                )
+        if order.status == E.ORDER_STATUS_FILLED and order.order_class in (BRACKET, OTO) and not order.legs_placed:
+            self._place_exits(order, reports)
 
     def cancel(self, routed: orders_pb2.RoutedOrder) -> Reports:
         """Cancel ``routed.order_id``: CANCELED if it rests, CANCEL_REJECTED otherwise.
@@ -320,13 +502,19 @@ class SimEngine:
         order.canceled_by_request = True
         reports: LocalReports = []
         self._finish(order, E.ORDER_STATUS_CANCELED, E.EXEC_TYPE_CANCELED, reports, CANCELED_ON_REQUEST)
+        partner = self._orders.get(order.oco_with) if order.oco_with else None
+        if partner is not None and not partner.is_final:
+            partner.canceled_by_request = True
+            text = f"OCO: {order.client_order_id} was canceled"
+            self._finish(partner, E.ORDER_STATUS_CANCELED, E.EXEC_TYPE_CANCELED, reports, text)
         return reports
 
     def expire_all(self, text: str = SHUTDOWN_TEXT) -> Reports:
         """Expire every resting order (the venue is stopping; its book cannot survive)."""
         reports: LocalReports = []
-        for order in list(self._resting.values()):
-            self._finish(order, E.ORDER_STATUS_EXPIRED, E.EXEC_TYPE_EXPIRED, reports, text)
+        while self._resting:  # a bracket entry that expires with fills places its exits: they expire too
+            for order in list(self._resting.values()):
+                self._finish(order, E.ORDER_STATUS_EXPIRED, E.EXEC_TYPE_EXPIRED, reports, text)
         return to_protos(reports)
 
     def open_orders(self) -> list[SimOrder]:
@@ -364,8 +552,13 @@ class SimEngine:
         Returns the reports the restore itself makes: an IOC/FOK order left open (the process died
         between its NEW and its fill or cancel) must not rest, so it is canceled now.
         What the reports do not carry is lost: the sim's last prices (the next update brings
-        them) and a stop-limit's trigger when it triggered without filling (it waits for its stop
-        again).
+        them), a stop-limit's trigger when it triggered without filling (it waits for its stop
+        again) and how far a trailing stop ratcheted since its last report (it trails on from the
+        stop and ``hwm`` that report holds). The ties of exits are rebuilt from ``parent_order_id``
+        and ``replaces``, and a bracket / OTO entry done with fills whose exits' NEW reports were
+        never stored (a crash between them) places its exits now, with the same execution ids. (The
+        gateway's outbox may store the exits' NEW reports before the entry's FILL; a crash between
+        the two restores the entry open with its exits placed, and the entry fills again later.)
         """
         for report in reports:
             if report.venue != self.venue or not report.order_id:
@@ -375,6 +568,9 @@ class SimEngine:
             except DeskError:
                 self.restore_skipped += 1  # an unreadable number: the gateway logs the count
         made: LocalReports = []
+        for order in list(self._orders.values()):  # an entry done with fills whose exits a crash left unplaced
+            if order.order_class in (BRACKET, OTO) and order.cum_qty and order.is_final and not order.legs_placed:
+                self._place_exits(order, made)
         for order in list(self._resting.values()):
             if order.tif in (IOC, FOK):
                 self._finish(
@@ -397,16 +593,23 @@ class SimEngine:
             match = _VENUE_ID_RE.match(order.venue_order_id)
             if match:
                 self._next_venue_id = max(self._next_venue_id, int(match.group(1)) + 1)
+            self._restore_links(order)
         order.reports += 1
         if report.exec_type == E.EXEC_TYPE_CANCEL_REJECTED:
             return  # says nothing new about the order
         if report.order_qty and order.qty is None:  # a notional order's qty, fixed at its first price
             order.qty = parse_decimal("order_qty", report.order_qty)
+        if order.type == TRAILING_STOP and report.hwm:  # where it trailed to when this report was made
+            order.hwm = parse_decimal("hwm", report.hwm)
+            order.stop_price = parse_decimal("stop_price", report.stop_price, required=False) or order.stop_price
         if report.exec_type in (E.EXEC_TYPE_FILL, E.EXEC_TYPE_PARTIAL_FILL):
             fill_qty = _price("fill_qty", report.fill_qty)
             order.cum_qty += fill_qty
             order.cost += fill_qty * _price("fill_price", report.fill_price)
-            order.triggered = order.type in (STOP, STOP_LIMIT)
+            order.triggered = order.type in (STOP, STOP_LIMIT, TRAILING_STOP)
+            partner = self._orders.get(order.oco_with) if order.oco_with else None
+            if partner is not None and partner.qty is not None and not partner.is_final:
+                partner.qty = max(partner.cum_qty, partner.qty - fill_qty)  # as _after_fill did
         if report.status:
             order.status = report.status
         if report.exec_type == E.EXEC_TYPE_CANCELED and report.text == CANCELED_ON_REQUEST:
@@ -415,6 +618,26 @@ class SimEngine:
             self._resting.setdefault(order.order_id, order)
         else:
             self._resting.pop(order.order_id, None)
+
+    def _restore_links(self, order: SimOrder) -> None:
+        """A restored order's ties, as they were made: a replacement takes its old order's OCO partner;
+        an exit leg marks its parent's exits placed and is OCO with its parent (an OCO order) or with
+        the bracket's other leg."""
+        if order.replaces:
+            old = self._orders.get(order.replaces)
+            partner = self._orders.get(old.oco_with) if old is not None and old.oco_with else None
+            if partner is not None and not partner.is_final:
+                self._link(order, partner)
+        parent = self._orders.get(order.parent_order_id) if order.parent_order_id else None
+        if parent is None or order.replaces:
+            return
+        parent.legs_placed = True
+        if parent.order_class == OCO:
+            self._link(parent, order)
+        elif parent.order_class == BRACKET and order.client_order_id.endswith(STOP_LOSS_SUFFIX):
+            tp_id = self._by_client_id.get((order.strategy_id, parent.client_order_id + TAKE_PROFIT_SUFFIX))
+            if tp_id is not None and tp_id in self._orders:
+                self._link(self._orders[tp_id], order)
 
     def get(self, order_id: str) -> SimOrder | None:
         return self._orders.get(order_id)
@@ -553,7 +776,7 @@ class SimEngine:
         self._expire_day_orders(ts_ns or self._clock(), reports)
         for order in [o for o in self._resting.values() if o.symbol == symbol]:
             touch = touches.get(order.side)
-            if touch is not None:
+            if touch is not None and not order.is_final:  # an OCO partner may have closed it just now
                 self._try_fill(order, market, touch, immediate=False, reports=reports)
         return reports
 
@@ -573,7 +796,12 @@ class SimEngine:
         """The price ``order`` fills at against ``touch``, or ``None`` if it does not trade."""
         buy = order.side == BUY
         base = touch.open
-        if order.type in (STOP, STOP_LIMIT) and not order.triggered:
+        if order.type == TRAILING_STOP and not order.triggered:
+            trigger = _trail(order, touch)
+            if trigger is None:
+                return None
+            base = trigger
+        elif order.type in (STOP, STOP_LIMIT) and not order.triggered:
             assert order.stop_price is not None
             if buy and touch.high >= order.stop_price:
                 base = max(order.stop_price, touch.open)
@@ -582,7 +810,7 @@ class SimEngine:
             else:
                 return None
             order.triggered = True
-        if order.type in (MARKET, STOP):
+        if order.type in (MARKET, STOP, TRAILING_STOP):
             return self.config.slip(base, order.side)
         limit = order.limit_price
         assert limit is not None
@@ -633,6 +861,7 @@ class SimEngine:
         )
         if filled:
             self._resting.pop(order.order_id, None)
+        self._after_fill(order, qty, reports)
 
     def _finish(
         self,
@@ -645,6 +874,8 @@ class SimEngine:
         order.status = status
         self._resting.pop(order.order_id, None)
         reports.append(self._report(order, exec_type, text=text))
+        if order.order_class in (BRACKET, OTO) and order.cum_qty and not order.legs_placed:
+            self._place_exits(order, reports)  # canceled or expired after fills: protect what it bought
 
     def _report(
         self,
@@ -688,6 +919,15 @@ class SimEngine:
             text=text,
             event_ns=now,
             report_ns=now,
+            trail_price=fmt(order.trail_price),
+            trail_percent=fmt(order.trail_percent),
+            hwm=fmt(order.hwm),
+            replaces=order.replaces,
+            parent_order_id=order.parent_order_id,
+            order_class=order.order_class,
+            take_profit_limit_price=fmt(order.take_profit),
+            stop_loss_stop_price=fmt(order.stop_loss),
+            stop_loss_limit_price=fmt(order.stop_loss_limit),
         )
 
     def _retire(self, order: SimOrder) -> None:
@@ -737,7 +977,7 @@ def _fill_in_fields(order: SimOrder, request: orders_pb2.OrderRequest) -> None:
     if order.side not in SIDE_WORDS:
         raise DeskError("INVALID_FIELD", "side must be BUY or SELL")
     if order.type not in REQUIRED_PRICES:
-        raise DeskError("INVALID_FIELD", "type must be MARKET, LIMIT, STOP or STOP_LIMIT")
+        raise DeskError("INVALID_FIELD", "type must be MARKET, LIMIT, STOP, STOP_LIMIT or TRAILING_STOP")
     if order.tif not in TIME_IN_FORCE_WORDS:
         raise DeskError("INVALID_FIELD", "time_in_force must be DAY, GTC, IOC or FOK")
     order.qty = parse_decimal("qty", request.qty, required=False)
@@ -748,14 +988,93 @@ def _fill_in_fields(order: SimOrder, request: orders_pb2.OrderRequest) -> None:
         raise DeskError("INVALID_FIELD", f"qty {request.qty} has more than 9 decimals")
     if order.notional is not None and order.type != MARKET:
         raise DeskError("INVALID_FIELD", "notional is allowed on market orders only")
+    oco = request.order_class == OCO
     needs_limit = needs_limit_price(order.type)
     needs_stop = needs_stop_price(order.type)
-    order.limit_price = parse_decimal("limit_price", request.limit_price, required=needs_limit)
+    order.limit_price = parse_decimal("limit_price", request.limit_price, required=needs_limit and not oco)
     order.stop_price = parse_decimal("stop_price", request.stop_price, required=needs_stop)
     if order.limit_price is not None and not needs_limit:
         raise DeskError("INVALID_FIELD", "limit_price is allowed on LIMIT and STOP_LIMIT orders only")
     if order.stop_price is not None and not needs_stop:
         raise DeskError("INVALID_FIELD", "stop_price is allowed on STOP and STOP_LIMIT orders only")
+    order.trail_price = parse_decimal("trail_price", request.trail_price, required=False)
+    order.trail_percent = parse_decimal("trail_percent", request.trail_percent, required=False)
+    trails = (order.trail_price is not None) + (order.trail_percent is not None)
+    if order.type == TRAILING_STOP and trails != 1:
+        raise DeskError("INVALID_FIELD", "TRAILING_STOP orders need exactly one of trail_price and trail_percent")
+    if order.type != TRAILING_STOP and trails:
+        raise DeskError("INVALID_FIELD", "trail_price and trail_percent are allowed on TRAILING_STOP orders only")
+    if order.trail_percent is not None and order.trail_percent >= 100:
+        raise DeskError("INVALID_FIELD", "trail_percent must be below 100")
+    _fill_in_class(order, request)
+
+
+def _fill_in_class(order: SimOrder, request: orders_pb2.OrderRequest) -> None:
+    """A bracket / OTO / OCO order's exits (Alpaca's rules; desk.core.orders checks them in full)."""
+    order.order_class = request.order_class
+    order.take_profit = parse_decimal("take_profit_limit_price", request.take_profit_limit_price, required=False)
+    order.stop_loss = parse_decimal("stop_loss_stop_price", request.stop_loss_stop_price, required=False)
+    order.stop_loss_limit = parse_decimal("stop_loss_limit_price", request.stop_loss_limit_price, required=False)
+    exits = (order.take_profit is not None) + (order.stop_loss is not None)
+    if order.order_class == orders_pb2.ORDER_CLASS_UNSPECIFIED:
+        if exits or order.stop_loss_limit is not None:
+            raise DeskError("INVALID_FIELD", "take_profit and stop_loss need order_class BRACKET, OCO or OTO")
+        return
+    if order.order_class not in (BRACKET, OCO, OTO):
+        raise DeskError("INVALID_FIELD", "order_class must be BRACKET, OCO or OTO")
+    if order.qty is None:
+        raise DeskError("INVALID_FIELD", "bracket, OCO and OTO orders need qty")
+    if order.stop_loss_limit is not None and order.stop_loss is None:
+        raise DeskError("INVALID_FIELD", "stop_loss_limit_price needs stop_loss_stop_price")
+    if order.order_class == OTO and exits != 1:
+        raise DeskError("INVALID_FIELD", "OTO orders need exactly one of take_profit and stop_loss")
+    if order.order_class != OTO and exits != 2:
+        raise DeskError("INVALID_FIELD", "bracket and OCO orders need take_profit and stop_loss")
+    if order.order_class == OCO:
+        if order.type != LIMIT:
+            raise DeskError("INVALID_FIELD", "OCO orders must be LIMIT orders")
+        if order.limit_price is not None and order.limit_price != order.take_profit:
+            raise DeskError("INVALID_FIELD", "an OCO order's limit_price must equal its take_profit_limit_price")
+        order.limit_price = order.take_profit
+    elif order.type not in (MARKET, LIMIT):
+        raise DeskError("INVALID_FIELD", "bracket and OTO entries must be MARKET or LIMIT orders")
+    if len(order.client_order_id) > 64 - len(TAKE_PROFIT_SUFFIX):
+        raise DeskError("INVALID_FIELD", "client_order_id too long for an order with legs")
+
+
+def _trail(order: SimOrder, touch: _Touch) -> Decimal | None:
+    """A trailing stop against ``touch``: the price it triggers at (its stop, or the open when the
+    market gapped through it), or ``None``, having ratcheted its stop with the best price ``touch``
+    shows. The stop is checked before it ratchets: an update's high (for a sell) never raises the
+    stop that the same update's low then hits, since the order of the two within a bar is unknown."""
+    sell = order.side == SELL
+    if order.hwm is None:
+        order.hwm = touch.open
+        order.stop_price = _trail_stop(order)
+    stop = order.stop_price
+    assert stop is not None
+    if sell and touch.low <= stop:
+        order.triggered = True
+        return min(stop, touch.open)
+    if not sell and touch.high >= stop:
+        order.triggered = True
+        return max(stop, touch.open)
+    best = max(order.hwm, touch.high) if sell else min(order.hwm, touch.low)
+    if best != order.hwm:
+        order.hwm = best
+        order.stop_price = _trail_stop(order)
+    return None
+
+
+def _trail_stop(order: SimOrder) -> Decimal:
+    """The stop of a trailing stop: its best price less the trail (a sell), plus the trail (a buy)."""
+    hwm = order.hwm
+    assert hwm is not None
+    if order.trail_price is not None:
+        return hwm - order.trail_price if order.side == SELL else hwm + order.trail_price
+    assert order.trail_percent is not None
+    offset = hwm * order.trail_percent / 100
+    return hwm - offset if order.side == SELL else hwm + offset
 
 
 def _order_from_report(report: executions_pb2.ExecutionReport) -> SimOrder:
@@ -797,6 +1116,15 @@ def _order_from_report(report: executions_pb2.ExecutionReport) -> SimOrder:
         stop_price=parse_decimal("stop_price", report.stop_price, required=False),
         submitted_ns=report.event_ns,
         status=report.status,
+        trail_price=parse_decimal("trail_price", report.trail_price, required=False),
+        trail_percent=parse_decimal("trail_percent", report.trail_percent, required=False),
+        hwm=parse_decimal("hwm", report.hwm, required=False),
+        replaces=report.replaces,
+        parent_order_id=report.parent_order_id,
+        order_class=report.order_class,
+        take_profit=parse_decimal("take_profit_limit_price", report.take_profit_limit_price, required=False),
+        stop_loss=parse_decimal("stop_loss_stop_price", report.stop_loss_stop_price, required=False),
+        stop_loss_limit=parse_decimal("stop_loss_limit_price", report.stop_loss_limit_price, required=False),
     )
 
 

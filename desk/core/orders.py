@@ -44,6 +44,7 @@ ORDER_TYPES: dict[str, common_pb2.OrderType] = {
     "limit": common_pb2.ORDER_TYPE_LIMIT,
     "stop": common_pb2.ORDER_TYPE_STOP,
     "stop_limit": common_pb2.ORDER_TYPE_STOP_LIMIT,
+    "trailing_stop": common_pb2.ORDER_TYPE_TRAILING_STOP,
 }
 TIMES_IN_FORCE: dict[str, common_pb2.TimeInForce] = {
     "day": common_pb2.TIME_IN_FORCE_DAY,
@@ -51,10 +52,18 @@ TIMES_IN_FORCE: dict[str, common_pb2.TimeInForce] = {
     "ioc": common_pb2.TIME_IN_FORCE_IOC,
     "fok": common_pb2.TIME_IN_FORCE_FOK,
 }
+#: Order classes (Alpaca's ``order_class``): ``"simple"`` is the wire's UNSPECIFIED.
+ORDER_CLASSES: dict[str, orders_pb2.OrderClass] = {
+    "simple": orders_pb2.ORDER_CLASS_UNSPECIFIED,
+    "bracket": orders_pb2.ORDER_CLASS_BRACKET,
+    "oco": orders_pb2.ORDER_CLASS_OCO,
+    "oto": orders_pb2.ORDER_CLASS_OTO,
+}
 #: The wire's values -> the words; a value missing here is not a valid side, type or time in force.
 SIDE_WORDS: dict[int, str] = {v: k for k, v in SIDES.items()}
 ORDER_TYPE_WORDS: dict[int, str] = {v: k for k, v in ORDER_TYPES.items()}
 TIME_IN_FORCE_WORDS: dict[int, str] = {v: k for k, v in TIMES_IN_FORCE.items()}
+ORDER_CLASS_WORDS: dict[int, str] = {v: k for k, v in ORDER_CLASSES.items()}
 
 
 def side_name(side: int) -> str:
@@ -95,7 +104,14 @@ REQUIRED_PRICES: dict[int, frozenset[str]] = {
     common_pb2.ORDER_TYPE_LIMIT: frozenset({"limit_price"}),
     common_pb2.ORDER_TYPE_STOP: frozenset({"stop_price"}),
     common_pb2.ORDER_TYPE_STOP_LIMIT: frozenset({"limit_price", "stop_price"}),
+    common_pb2.ORDER_TYPE_TRAILING_STOP: frozenset(),  # and exactly one of trail_price, trail_percent
 }
+
+#: Suffixes of the client order ids of an order's exit legs (bracket, OCO, OTO): the take-profit leg
+#: of order ``c1`` is ``c1-tp``, its stop-loss ``c1-sl``; so an order with legs has at most 61 characters.
+TAKE_PROFIT_SUFFIX = "-tp"
+STOP_LOSS_SUFFIX = "-sl"
+LEG_ID_MAX = 64 - len(TAKE_PROFIT_SUFFIX)
 
 
 def needs_limit_price(order_type: int) -> bool:
@@ -158,6 +174,15 @@ class Report:
     event_ns: int = 0
     report_ns: int = 0
     notional: str = ""
+    trail_price: str = ""
+    trail_percent: str = ""
+    hwm: str = ""
+    replaces: str = ""
+    parent_order_id: str = ""
+    order_class: orders_pb2.OrderClass = orders_pb2.ORDER_CLASS_UNSPECIFIED
+    take_profit_limit_price: str = ""
+    stop_loss_stop_price: str = ""
+    stop_loss_limit_price: str = ""
 
     def to_proto(self) -> executions_pb2.ExecutionReport:
         """The ``ExecutionReport`` with these fields."""
@@ -188,6 +213,15 @@ class Report:
             event_ns=self.event_ns,
             report_ns=self.report_ns,
             notional=self.notional,
+            trail_price=self.trail_price,
+            trail_percent=self.trail_percent,
+            hwm=self.hwm,
+            replaces=self.replaces,
+            parent_order_id=self.parent_order_id,
+            order_class=self.order_class,
+            take_profit_limit_price=self.take_profit_limit_price,
+            stop_loss_stop_price=self.stop_loss_stop_price,
+            stop_loss_limit_price=self.stop_loss_limit_price,
         )
 
 
@@ -340,6 +374,13 @@ class ValidOrder:
     limit_price: Decimal | None
     stop_price: Decimal | None
     extended_hours: bool
+    trail_price: Decimal | None = None
+    trail_percent: Decimal | None = None
+    replaces: str = ""  # the client order id of the open order this one replaces
+    order_class: orders_pb2.OrderClass = orders_pb2.ORDER_CLASS_UNSPECIFIED
+    take_profit: Decimal | None = None  # the take-profit exit's limit price
+    stop_loss: Decimal | None = None  # the stop-loss exit's stop price
+    stop_loss_limit: Decimal | None = None  # ... and its limit (a stop-limit exit)
 
     @property
     def order_id(self) -> str:
@@ -400,7 +441,7 @@ def validate_order(request: orders_pb2.OrderRequest, subject: str) -> ValidOrder
     if request.side not in SIDE_WORDS:
         raise refusal("INVALID_FIELD", "side must be BUY or SELL")
     if request.type not in REQUIRED_PRICES:
-        raise refusal("INVALID_FIELD", "type must be MARKET, LIMIT, STOP or STOP_LIMIT")
+        raise refusal("INVALID_FIELD", "type must be MARKET, LIMIT, STOP, STOP_LIMIT or TRAILING_STOP")
     if request.time_in_force not in TIME_IN_FORCE_WORDS:
         raise refusal("INVALID_FIELD", "time_in_force must be DAY, GTC, IOC or FOK")
 
@@ -413,23 +454,16 @@ def validate_order(request: orders_pb2.OrderRequest, subject: str) -> ValidOrder
     ):
         raise refusal("INVALID_FIELD", "notional orders must be MARKET orders with time_in_force DAY")
 
-    type_name = common_pb2.OrderType.Name(request.type).removeprefix("ORDER_TYPE_")
-    needs_limit, needs_stop = needs_limit_price(request.type), needs_stop_price(request.type)
-    if needs_limit and not request.limit_price:
-        raise refusal("INVALID_FIELD", f"limit_price is required for {type_name} orders")
-    if not needs_limit and request.limit_price:
-        raise refusal("INVALID_FIELD", f"limit_price is not allowed on {type_name} orders")
-    if needs_stop and not request.stop_price:
-        raise refusal("INVALID_FIELD", f"stop_price is required for {type_name} orders")
-    if not needs_stop and request.stop_price:
-        raise refusal("INVALID_FIELD", f"stop_price is not allowed on {type_name} orders")
-    limit_price = _number("limit_price", request.limit_price, PRICE_PLACES)
-    stop_price = _number("stop_price", request.stop_price, PRICE_PLACES)
-
+    limit_price, stop_price = _check_prices(request)
+    trail_price, trail_percent = _check_trail(request)
     if request.extended_hours and (
         request.type != common_pb2.ORDER_TYPE_LIMIT or request.time_in_force != common_pb2.TIME_IN_FORCE_DAY
     ):
         raise refusal("INVALID_FIELD", "extended_hours orders must be LIMIT orders with time_in_force DAY")
+    take_profit, stop_loss, stop_loss_limit = _check_class(request, qty, limit_price)
+    if request.order_class == orders_pb2.ORDER_CLASS_OCO:
+        limit_price = take_profit  # an OCO order is its own take-profit leg
+    _check_replace(request)
 
     return ValidOrder(
         strategy_id=request.strategy_id,
@@ -443,7 +477,119 @@ def validate_order(request: orders_pb2.OrderRequest, subject: str) -> ValidOrder
         limit_price=limit_price,
         stop_price=stop_price,
         extended_hours=request.extended_hours,
+        trail_price=trail_price,
+        trail_percent=trail_percent,
+        replaces=request.replaces,
+        order_class=request.order_class,
+        take_profit=take_profit,
+        stop_loss=stop_loss,
+        stop_loss_limit=stop_loss_limit,
     )
+
+
+def _check_prices(request: orders_pb2.OrderRequest) -> tuple[Decimal | None, Decimal | None]:
+    """The limit and stop prices the order type requires (and none it does not take)."""
+    type_name = common_pb2.OrderType.Name(request.type).removeprefix("ORDER_TYPE_")
+    needs_limit, needs_stop = needs_limit_price(request.type), needs_stop_price(request.type)
+    oco = request.order_class == orders_pb2.ORDER_CLASS_OCO  # its limit is take_profit_limit_price
+    if needs_limit and not request.limit_price and not oco:
+        raise refusal("INVALID_FIELD", f"limit_price is required for {type_name} orders")
+    if not needs_limit and request.limit_price:
+        raise refusal("INVALID_FIELD", f"limit_price is not allowed on {type_name} orders")
+    if needs_stop and not request.stop_price:
+        raise refusal("INVALID_FIELD", f"stop_price is required for {type_name} orders")
+    if not needs_stop and request.stop_price:
+        raise refusal("INVALID_FIELD", f"stop_price is not allowed on {type_name} orders")
+    return _number("limit_price", request.limit_price, PRICE_PLACES), _number(
+        "stop_price", request.stop_price, PRICE_PLACES
+    )
+
+
+def _check_trail(request: orders_pb2.OrderRequest) -> tuple[Decimal | None, Decimal | None]:
+    """A TRAILING_STOP order's trail: exactly one of trail_price and trail_percent (Alpaca's rule),
+    time in force DAY or GTC; no other type takes one."""
+    if request.type != common_pb2.ORDER_TYPE_TRAILING_STOP:
+        if request.trail_price or request.trail_percent:
+            raise refusal("INVALID_FIELD", "trail_price and trail_percent are allowed on TRAILING_STOP orders only")
+        return None, None
+    if bool(request.trail_price) == bool(request.trail_percent):
+        raise refusal("INVALID_FIELD", "TRAILING_STOP orders need exactly one of trail_price and trail_percent")
+    if request.time_in_force not in (common_pb2.TIME_IN_FORCE_DAY, common_pb2.TIME_IN_FORCE_GTC):
+        raise refusal("INVALID_FIELD", "TRAILING_STOP orders must have time_in_force DAY or GTC")
+    trail_price = _number("trail_price", request.trail_price, PRICE_PLACES)
+    trail_percent = _number("trail_percent", request.trail_percent, PRICE_PLACES)
+    if trail_percent is not None and trail_percent >= 100:
+        raise refusal("INVALID_FIELD", f"trail_percent {request.trail_percent} must be below 100")
+    return trail_price, trail_percent
+
+
+_SIMPLE_TYPES = (common_pb2.ORDER_TYPE_MARKET, common_pb2.ORDER_TYPE_LIMIT)
+
+
+def _check_class(
+    request: orders_pb2.OrderRequest, qty: Decimal | None, limit_price: Decimal | None
+) -> tuple[Decimal | None, Decimal | None, Decimal | None]:
+    """The exit legs of a BRACKET, OCO or OTO order (take-profit limit, stop-loss stop and limit),
+    checked the way Alpaca checks them; a simple order takes none."""
+    klass = request.order_class
+    take_profit = _number("take_profit_limit_price", request.take_profit_limit_price, PRICE_PLACES)
+    stop_loss = _number("stop_loss_stop_price", request.stop_loss_stop_price, PRICE_PLACES)
+    stop_loss_limit = _number("stop_loss_limit_price", request.stop_loss_limit_price, PRICE_PLACES)
+    if klass == orders_pb2.ORDER_CLASS_UNSPECIFIED:
+        if take_profit is not None or stop_loss is not None or stop_loss_limit is not None:
+            raise refusal("INVALID_FIELD", "take_profit and stop_loss prices need order_class BRACKET, OCO or OTO")
+        return None, None, None
+    name = ORDER_CLASS_WORDS.get(klass, "").upper()
+    if not name:
+        raise refusal("INVALID_FIELD", "order_class must be SIMPLE (unspecified), BRACKET, OCO or OTO")
+    if stop_loss_limit is not None and stop_loss is None:
+        raise refusal("INVALID_FIELD", "stop_loss_limit_price needs stop_loss_stop_price")
+    if qty is None:
+        raise refusal("INVALID_FIELD", f"{name} orders need qty (not notional)")
+    if request.time_in_force not in (common_pb2.TIME_IN_FORCE_DAY, common_pb2.TIME_IN_FORCE_GTC):
+        raise refusal("INVALID_FIELD", f"{name} orders must have time_in_force DAY or GTC")
+    if request.extended_hours:
+        raise refusal("INVALID_FIELD", f"{name} orders cannot be extended_hours")
+    if len(request.client_order_id) > LEG_ID_MAX:
+        raise refusal(
+            "INVALID_FIELD",
+            f"client_order_id of a {name} order has at most {LEG_ID_MAX} characters (its legs add -tp / -sl)",
+        )
+    if klass == orders_pb2.ORDER_CLASS_OTO:
+        if (take_profit is None) == (stop_loss is None):
+            raise refusal("INVALID_FIELD", "OTO orders need exactly one of take_profit and stop_loss")
+    elif take_profit is None or stop_loss is None:
+        raise refusal("INVALID_FIELD", f"{name} orders need both take_profit_limit_price and stop_loss_stop_price")
+    if klass == orders_pb2.ORDER_CLASS_OCO:
+        if request.type != common_pb2.ORDER_TYPE_LIMIT:
+            raise refusal("INVALID_FIELD", "OCO orders must be LIMIT orders (the take-profit leg)")
+        if limit_price is not None and limit_price != take_profit:
+            raise refusal("INVALID_FIELD", "an OCO order's limit_price, when given, must equal take_profit_limit_price")
+        exit_is_sell = request.side == common_pb2.SIDE_SELL  # an OCO order is itself the exit
+    else:
+        if request.type not in _SIMPLE_TYPES:
+            raise refusal("INVALID_FIELD", f"{name} orders must be MARKET or LIMIT entries")
+        exit_is_sell = request.side == common_pb2.SIDE_BUY  # the legs close what the entry opens
+    if take_profit is not None and stop_loss is not None:
+        if exit_is_sell and not take_profit > stop_loss:
+            raise refusal("INVALID_FIELD", "take_profit_limit_price must be above stop_loss_stop_price (sell exits)")
+        if not exit_is_sell and not take_profit < stop_loss:
+            raise refusal("INVALID_FIELD", "take_profit_limit_price must be below stop_loss_stop_price (buy exits)")
+    return take_profit, stop_loss, stop_loss_limit
+
+
+def _check_replace(request: orders_pb2.OrderRequest) -> None:
+    """A replace names another client order id of this strategy; it carries qty and no order class."""
+    if not request.replaces:
+        return
+    if not subjects.CLIENT_ORDER_ID_RE.match(request.replaces):
+        raise refusal("INVALID_FIELD", f"replaces {request.replaces[:64]!r} must match [A-Za-z0-9_-]{{1,64}}")
+    if request.replaces == request.client_order_id:
+        raise refusal("INVALID_FIELD", "a replacing order needs a client_order_id of its own (not the one it replaces)")
+    if not request.qty:
+        raise refusal("INVALID_FIELD", "a replacing order needs qty (the new total quantity)")
+    if request.order_class != orders_pb2.ORDER_CLASS_UNSPECIFIED:
+        raise refusal("INVALID_FIELD", "only simple orders can be replaced")
 
 
 def check_known(order: ValidOrder, strategies: Container[str], symbols: Container[str]) -> None:

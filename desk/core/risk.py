@@ -10,13 +10,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from sys import intern
 
 from desk.bus.decimals import ZERO, dec, fmt, parse_decimal
 from desk.bus.errors import DeskError
+from desk.core.ids import order_id_for
 from desk.core.orders import FINAL_STATUSES, ORDER_TYPE_WORDS, AnyReport, ValidOrder, refusal
 from desk.v1 import common_pb2, executions_pb2, strategy_pb2
 
@@ -85,6 +86,7 @@ class OpenOrder:
     unit_price: Decimal
     by_notional: bool = False
     reported: bool = False  # an execution report has been applied to it
+    parent_order_id: str = ""  # an exit leg (bracket, OTO, OCO): the order it belongs to
 
 
 @dataclass(frozen=True)
@@ -174,9 +176,33 @@ class VirtualAccount:
             self._accepted_at.popleft()
         return len(self._accepted_at)
 
+    def restore_window(self, accepted_at: Iterable[float]) -> None:
+        """Replace the rate-limit window with these acceptance times (on :attr:`clock`): the orders
+        accepted in the last minute by whichever replica answered this strategy then."""
+        self._accepted_at = collections.deque(sorted(accepted_at))
+        self.orders_in_window()
+
     # -- pre-trade check --------------------------------------------------------------------------
     def check(self, order: ValidOrder, limits: Limits, last_price: Decimal | None) -> Reservation:
-        """Refuse ``order`` (DeskError) if it breaks a limit; else what accepting it would reserve."""
+        """Refuse ``order`` (DeskError) if it breaks a limit; else what accepting it would reserve.
+
+        A replace (``order.replaces``) of a final order is refused (ORDER_CLOSED); otherwise the
+        limits are checked with the new quantity and prices in place of the replaced order's (its
+        reservation is left out of the check, and released when its final report arrives). A bracket's
+        or an OTO's risk is its entry: the exits only close what it opens."""
+        if not order.replaces:
+            return self._check(order, limits, last_price)
+        replaced_id = order_id_for(self.strategy_id, order.replaces)
+        if replaced_id in self.closed_orders:
+            raise refusal("ORDER_CLOSED", f"order {order.replaces} is already final; there is nothing to replace")
+        held = self.open_orders.pop(replaced_id, None)
+        try:
+            return self._check(order, limits, last_price)
+        finally:
+            if held is not None:
+                self.open_orders[replaced_id] = held
+
+    def _check(self, order: ValidOrder, limits: Limits, last_price: Decimal | None) -> Reservation:
         if self.orders_in_window() >= limits.max_orders_per_minute:
             raise refusal(
                 "RATE_LIMIT", f"more than {limits.max_orders_per_minute} orders in {RATE_WINDOW_SECONDS:g} seconds"
@@ -247,14 +273,17 @@ class VirtualAccount:
         self.open_orders[order_id] = opened
         return Hold(order_id, accepted_at, opened)
 
-    def release(self, hold: Hold) -> None:
+    def release(self, hold: Hold, keep_slot: bool = False) -> None:
         """Undo :meth:`reserve` for an order that was not routed after all (or was routed before).
 
-        The rate-limit slot is given back. The reservation is dropped unless an execution report has
-        touched it meanwhile: then the order exists at the venue, and its reports keep it up to date.
+        The rate-limit slot is given back, unless ``keep_slot`` (the order was routed before, by an
+        earlier owner of this strategy this account never heard of: it counts). The reservation is
+        dropped unless an execution report has touched it meanwhile: then the order exists at the
+        venue, and its reports keep it up to date.
         """
-        with contextlib.suppress(ValueError):  # already aged out of the window
-            self._accepted_at.remove(hold.accepted_at)
+        if not keep_slot:
+            with contextlib.suppress(ValueError):  # already aged out of the window
+                self._accepted_at.remove(hold.accepted_at)
         opened = hold.created
         if opened is not None and not opened.reported and self.open_orders.get(hold.order_id) is opened:
             del self.open_orders[hold.order_id]
@@ -327,6 +356,8 @@ class VirtualAccount:
             remaining = notional / unit_price if unit_price else ZERO
         else:
             notional = remaining * unit_price
+        if self._has_oco_partner(report):  # the two exits of one position hold its shares once
+            remaining = notional = ZERO
         self.open_orders[report.order_id] = OpenOrder(
             order_id=report.order_id,
             symbol=report.symbol,
@@ -335,4 +366,15 @@ class VirtualAccount:
             reserved_notional=notional,
             unit_price=unit_price,
             by_notional=by_notional,
+            parent_order_id=report.parent_order_id,
         )
+
+    def _has_oco_partner(self, report: AnyReport) -> bool:
+        """Whether ``report``'s order is the second of two OCO exits whose first is open here: an OCO
+        order's stop-loss (its parent is the OCO order itself) or a bracket's second exit."""
+        parent = report.parent_order_id
+        if not parent:
+            return False
+        if parent in self.open_orders and self.open_orders[parent].side == report.side:
+            return True
+        return any(o.parent_order_id == parent for o in self.open_orders.values())

@@ -18,6 +18,7 @@ class OrderType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ORDER_TYPE_LIMIT: _ClassVar[OrderType]
     ORDER_TYPE_STOP: _ClassVar[OrderType]
     ORDER_TYPE_STOP_LIMIT: _ClassVar[OrderType]
+    ORDER_TYPE_TRAILING_STOP: _ClassVar[OrderType]
 
 class TimeInForce(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -34,6 +35,7 @@ ORDER_TYPE_MARKET: OrderType
 ORDER_TYPE_LIMIT: OrderType
 ORDER_TYPE_STOP: OrderType
 ORDER_TYPE_STOP_LIMIT: OrderType
+ORDER_TYPE_TRAILING_STOP: OrderType
 TIME_IN_FORCE_UNSPECIFIED: TimeInForce
 TIME_IN_FORCE_DAY: TimeInForce
 TIME_IN_FORCE_GTC: TimeInForce

@@ -1,4 +1,5 @@
 from desk.v1 import common_pb2 as _common_pb2
+from desk.v1 import orders_pb2 as _orders_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -43,7 +44,7 @@ ORDER_STATUS_EXPIRED: OrderStatus
 ORDER_STATUS_REJECTED: OrderStatus
 
 class ExecutionReport(_message.Message):
-    __slots__ = ("execution_id", "order_id", "client_order_id", "venue_order_id", "strategy_id", "member_id", "exec_type", "status", "symbol", "side", "type", "time_in_force", "order_qty", "limit_price", "stop_price", "fill_qty", "fill_price", "cum_qty", "avg_price", "leaves_qty", "fee", "venue", "text", "event_ns", "report_ns", "notional")
+    __slots__ = ("execution_id", "order_id", "client_order_id", "venue_order_id", "strategy_id", "member_id", "exec_type", "status", "symbol", "side", "type", "time_in_force", "order_qty", "limit_price", "stop_price", "fill_qty", "fill_price", "cum_qty", "avg_price", "leaves_qty", "fee", "venue", "text", "event_ns", "report_ns", "notional", "trail_price", "trail_percent", "hwm", "replaces", "parent_order_id", "order_class", "take_profit_limit_price", "stop_loss_stop_price", "stop_loss_limit_price")
     EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +71,15 @@ class ExecutionReport(_message.Message):
     EVENT_NS_FIELD_NUMBER: _ClassVar[int]
     REPORT_NS_FIELD_NUMBER: _ClassVar[int]
     NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    TRAIL_PRICE_FIELD_NUMBER: _ClassVar[int]
+    TRAIL_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    HWM_FIELD_NUMBER: _ClassVar[int]
+    REPLACES_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORDER_CLASS_FIELD_NUMBER: _ClassVar[int]
+    TAKE_PROFIT_LIMIT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    STOP_LOSS_STOP_PRICE_FIELD_NUMBER: _ClassVar[int]
+    STOP_LOSS_LIMIT_PRICE_FIELD_NUMBER: _ClassVar[int]
     execution_id: str
     order_id: str
     client_order_id: str
@@ -96,4 +106,13 @@ class ExecutionReport(_message.Message):
     event_ns: int
     report_ns: int
     notional: str
-    def __init__(self, execution_id: _Optional[str] = ..., order_id: _Optional[str] = ..., client_order_id: _Optional[str] = ..., venue_order_id: _Optional[str] = ..., strategy_id: _Optional[str] = ..., member_id: _Optional[str] = ..., exec_type: _Optional[_Union[ExecType, str]] = ..., status: _Optional[_Union[OrderStatus, str]] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[_common_pb2.Side, str]] = ..., type: _Optional[_Union[_common_pb2.OrderType, str]] = ..., time_in_force: _Optional[_Union[_common_pb2.TimeInForce, str]] = ..., order_qty: _Optional[str] = ..., limit_price: _Optional[str] = ..., stop_price: _Optional[str] = ..., fill_qty: _Optional[str] = ..., fill_price: _Optional[str] = ..., cum_qty: _Optional[str] = ..., avg_price: _Optional[str] = ..., leaves_qty: _Optional[str] = ..., fee: _Optional[str] = ..., venue: _Optional[str] = ..., text: _Optional[str] = ..., event_ns: _Optional[int] = ..., report_ns: _Optional[int] = ..., notional: _Optional[str] = ...) -> None: ...
+    trail_price: str
+    trail_percent: str
+    hwm: str
+    replaces: str
+    parent_order_id: str
+    order_class: _orders_pb2.OrderClass
+    take_profit_limit_price: str
+    stop_loss_stop_price: str
+    stop_loss_limit_price: str
+    def __init__(self, execution_id: _Optional[str] = ..., order_id: _Optional[str] = ..., client_order_id: _Optional[str] = ..., venue_order_id: _Optional[str] = ..., strategy_id: _Optional[str] = ..., member_id: _Optional[str] = ..., exec_type: _Optional[_Union[ExecType, str]] = ..., status: _Optional[_Union[OrderStatus, str]] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[_common_pb2.Side, str]] = ..., type: _Optional[_Union[_common_pb2.OrderType, str]] = ..., time_in_force: _Optional[_Union[_common_pb2.TimeInForce, str]] = ..., order_qty: _Optional[str] = ..., limit_price: _Optional[str] = ..., stop_price: _Optional[str] = ..., fill_qty: _Optional[str] = ..., fill_price: _Optional[str] = ..., cum_qty: _Optional[str] = ..., avg_price: _Optional[str] = ..., leaves_qty: _Optional[str] = ..., fee: _Optional[str] = ..., venue: _Optional[str] = ..., text: _Optional[str] = ..., event_ns: _Optional[int] = ..., report_ns: _Optional[int] = ..., notional: _Optional[str] = ..., trail_price: _Optional[str] = ..., trail_percent: _Optional[str] = ..., hwm: _Optional[str] = ..., replaces: _Optional[str] = ..., parent_order_id: _Optional[str] = ..., order_class: _Optional[_Union[_orders_pb2.OrderClass, str]] = ..., take_profit_limit_price: _Optional[str] = ..., stop_loss_stop_price: _Optional[str] = ..., stop_loss_limit_price: _Optional[str] = ...) -> None: ...

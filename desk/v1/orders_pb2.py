@@ -25,27 +25,29 @@ _sym_db = _symbol_database.Default()
 from desk.v1 import common_pb2 as desk_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x64\x65sk/v1/orders.proto\x12\x07\x64\x65sk.v1\x1a\x14\x64\x65sk/v1/common.proto\"\x98\x02\n\x0cOrderRequest\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63lient_order_id\x18\x02 \x01(\t\x12\x0e\n\x06symbol\x18\x03 \x01(\t\x12\x1b\n\x04side\x18\x04 \x01(\x0e\x32\r.desk.v1.Side\x12 \n\x04type\x18\x05 \x01(\x0e\x32\x12.desk.v1.OrderType\x12+\n\rtime_in_force\x18\x06 \x01(\x0e\x32\x14.desk.v1.TimeInForce\x12\x0b\n\x03qty\x18\x07 \x01(\t\x12\x10\n\x08notional\x18\x08 \x01(\t\x12\x13\n\x0blimit_price\x18\t \x01(\t\x12\x12\n\nstop_price\x18\n \x01(\t\x12\x16\n\x0e\x65xtended_hours\x18\x0b \x01(\x08\"\xb6\x01\n\x08OrderAck\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63lient_order_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x08\x12%\n\x06reason\x18\x05 \x01(\x0e\x32\x15.desk.v1.RejectReason\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x11\n\tduplicate\x18\x07 \x01(\x08\x12\r\n\x05ts_ns\x18\x08 \x01(\x03\"=\n\rCancelRequest\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63lient_order_id\x18\x02 \x01(\t\"\xa4\x01\n\tCancelAck\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63lient_order_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x08\x12%\n\x06reason\x18\x05 \x01(\x0e\x32\x15.desk.v1.RejectReason\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\r\n\x05ts_ns\x18\x07 \x01(\x03\"\xba\x01\n\x0bRoutedOrder\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0bstrategy_id\x18\x02 \x01(\t\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x11\n\trouted_ns\x18\x04 \x01(\x03\x12*\n\tnew_order\x18\n \x01(\x0b\x32\x15.desk.v1.OrderRequestH\x00\x12(\n\x06\x63\x61ncel\x18\x0b \x01(\x0b\x32\x16.desk.v1.CancelRequestH\x00\x42\x08\n\x06\x61\x63tion\"H\n\x0bHaltRequest\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\"L\n\x07HaltAck\x12\x15\n\rglobal_halted\x18\x01 \x01(\x08\x12\x19\n\x11halted_strategies\x18\x02 \x03(\t\x12\x0f\n\x07message\x18\x03 \x01(\t*\xf5\x04\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17REJECT_REASON_MALFORMED\x10\x01\x12\x1f\n\x1bREJECT_REASON_INVALID_FIELD\x10\x02\x12\x1f\n\x1bREJECT_REASON_WRONG_SUBJECT\x10\x03\x12 \n\x1cREJECT_REASON_UNKNOWN_SYMBOL\x10\x04\x12\"\n\x1eREJECT_REASON_UNKNOWN_STRATEGY\x10\x05\x12\x18\n\x14REJECT_REASON_HALTED\x10\x06\x12$\n REJECT_REASON_MAX_ORDER_NOTIONAL\x10\x07\x12\'\n#REJECT_REASON_MAX_POSITION_NOTIONAL\x10\x08\x12\x1c\n\x18REJECT_REASON_RATE_LIMIT\x10\t\x12+\n\'REJECT_REASON_INSUFFICIENT_BUYING_POWER\x10\n\x12#\n\x1fREJECT_REASON_SHORT_NOT_ALLOWED\x10\x0b\x12#\n\x1fREJECT_REASON_PAYLOAD_TOO_LARGE\x10\x0c\x12!\n\x1dREJECT_REASON_NO_MARKET_PRICE\x10\r\x12\x1f\n\x1bREJECT_REASON_UNKNOWN_ORDER\x10\x0e\x12\x1e\n\x1aREJECT_REASON_ORDER_CLOSED\x10\x0f\x12\x1a\n\x16REJECT_REASON_INTERNAL\x10\x10\x12#\n\x1fREJECT_REASON_VENUE_UNAVAILABLE\x10\x11\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x64\x65sk/v1/orders.proto\x12\x07\x64\x65sk.v1\x1a\x14\x64\x65sk/v1/common.proto\"\xde\x03\n\x0cOrderRequest\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63lient_order_id\x18\x02 \x01(\t\x12\x0e\n\x06symbol\x18\x03 \x01(\t\x12\x1b\n\x04side\x18\x04 \x01(\x0e\x32\r.desk.v1.Side\x12 \n\x04type\x18\x05 \x01(\x0e\x32\x12.desk.v1.OrderType\x12+\n\rtime_in_force\x18\x06 \x01(\x0e\x32\x14.desk.v1.TimeInForce\x12\x0b\n\x03qty\x18\x07 \x01(\t\x12\x10\n\x08notional\x18\x08 \x01(\t\x12\x13\n\x0blimit_price\x18\t \x01(\t\x12\x12\n\nstop_price\x18\n \x01(\t\x12\x16\n\x0e\x65xtended_hours\x18\x0b \x01(\x08\x12\x13\n\x0btrail_price\x18\x0c \x01(\t\x12\x15\n\rtrail_percent\x18\r \x01(\t\x12\x10\n\x08replaces\x18\x0e \x01(\t\x12(\n\x0border_class\x18\x0f \x01(\x0e\x32\x13.desk.v1.OrderClass\x12\x1f\n\x17take_profit_limit_price\x18\x10 \x01(\t\x12\x1c\n\x14stop_loss_stop_price\x18\x11 \x01(\t\x12\x1d\n\x15stop_loss_limit_price\x18\x12 \x01(\t\"\xb6\x01\n\x08OrderAck\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63lient_order_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x08\x12%\n\x06reason\x18\x05 \x01(\x0e\x32\x15.desk.v1.RejectReason\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x11\n\tduplicate\x18\x07 \x01(\x08\x12\r\n\x05ts_ns\x18\x08 \x01(\x03\"=\n\rCancelRequest\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63lient_order_id\x18\x02 \x01(\t\"\xa4\x01\n\tCancelAck\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63lient_order_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x08\x12%\n\x06reason\x18\x05 \x01(\x0e\x32\x15.desk.v1.RejectReason\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\r\n\x05ts_ns\x18\x07 \x01(\x03\"\xba\x01\n\x0bRoutedOrder\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0bstrategy_id\x18\x02 \x01(\t\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x11\n\trouted_ns\x18\x04 \x01(\x03\x12*\n\tnew_order\x18\n \x01(\x0b\x32\x15.desk.v1.OrderRequestH\x00\x12(\n\x06\x63\x61ncel\x18\x0b \x01(\x0b\x32\x16.desk.v1.CancelRequestH\x00\x42\x08\n\x06\x61\x63tion\"H\n\x0bHaltRequest\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\"L\n\x07HaltAck\x12\x15\n\rglobal_halted\x18\x01 \x01(\x08\x12\x19\n\x11halted_strategies\x18\x02 \x03(\t\x12\x0f\n\x07message\x18\x03 \x01(\t*l\n\nOrderClass\x12\x1b\n\x17ORDER_CLASS_UNSPECIFIED\x10\x00\x12\x17\n\x13ORDER_CLASS_BRACKET\x10\x01\x12\x13\n\x0fORDER_CLASS_OCO\x10\x02\x12\x13\n\x0fORDER_CLASS_OTO\x10\x03*\xf5\x04\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17REJECT_REASON_MALFORMED\x10\x01\x12\x1f\n\x1bREJECT_REASON_INVALID_FIELD\x10\x02\x12\x1f\n\x1bREJECT_REASON_WRONG_SUBJECT\x10\x03\x12 \n\x1cREJECT_REASON_UNKNOWN_SYMBOL\x10\x04\x12\"\n\x1eREJECT_REASON_UNKNOWN_STRATEGY\x10\x05\x12\x18\n\x14REJECT_REASON_HALTED\x10\x06\x12$\n REJECT_REASON_MAX_ORDER_NOTIONAL\x10\x07\x12\'\n#REJECT_REASON_MAX_POSITION_NOTIONAL\x10\x08\x12\x1c\n\x18REJECT_REASON_RATE_LIMIT\x10\t\x12+\n\'REJECT_REASON_INSUFFICIENT_BUYING_POWER\x10\n\x12#\n\x1fREJECT_REASON_SHORT_NOT_ALLOWED\x10\x0b\x12#\n\x1fREJECT_REASON_PAYLOAD_TOO_LARGE\x10\x0c\x12!\n\x1dREJECT_REASON_NO_MARKET_PRICE\x10\r\x12\x1f\n\x1bREJECT_REASON_UNKNOWN_ORDER\x10\x0e\x12\x1e\n\x1aREJECT_REASON_ORDER_CLOSED\x10\x0f\x12\x1a\n\x16REJECT_REASON_INTERNAL\x10\x10\x12#\n\x1fREJECT_REASON_VENUE_UNAVAILABLE\x10\x11\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'desk.v1.orders_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REJECTREASON']._serialized_start=1095
-  _globals['_REJECTREASON']._serialized_end=1724
+  _globals['_ORDERCLASS']._serialized_start=1292
+  _globals['_ORDERCLASS']._serialized_end=1400
+  _globals['_REJECTREASON']._serialized_start=1403
+  _globals['_REJECTREASON']._serialized_end=2032
   _globals['_ORDERREQUEST']._serialized_start=56
-  _globals['_ORDERREQUEST']._serialized_end=336
-  _globals['_ORDERACK']._serialized_start=339
-  _globals['_ORDERACK']._serialized_end=521
-  _globals['_CANCELREQUEST']._serialized_start=523
-  _globals['_CANCELREQUEST']._serialized_end=584
-  _globals['_CANCELACK']._serialized_start=587
-  _globals['_CANCELACK']._serialized_end=751
-  _globals['_ROUTEDORDER']._serialized_start=754
-  _globals['_ROUTEDORDER']._serialized_end=940
-  _globals['_HALTREQUEST']._serialized_start=942
-  _globals['_HALTREQUEST']._serialized_end=1014
-  _globals['_HALTACK']._serialized_start=1016
-  _globals['_HALTACK']._serialized_end=1092
+  _globals['_ORDERREQUEST']._serialized_end=534
+  _globals['_ORDERACK']._serialized_start=537
+  _globals['_ORDERACK']._serialized_end=719
+  _globals['_CANCELREQUEST']._serialized_start=721
+  _globals['_CANCELREQUEST']._serialized_end=782
+  _globals['_CANCELACK']._serialized_start=785
+  _globals['_CANCELACK']._serialized_end=949
+  _globals['_ROUTEDORDER']._serialized_start=952
+  _globals['_ROUTEDORDER']._serialized_end=1138
+  _globals['_HALTREQUEST']._serialized_start=1140
+  _globals['_HALTREQUEST']._serialized_end=1212
+  _globals['_HALTACK']._serialized_start=1214
+  _globals['_HALTACK']._serialized_end=1290
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class OrderClass(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ORDER_CLASS_UNSPECIFIED: _ClassVar[OrderClass]
+    ORDER_CLASS_BRACKET: _ClassVar[OrderClass]
+    ORDER_CLASS_OCO: _ClassVar[OrderClass]
+    ORDER_CLASS_OTO: _ClassVar[OrderClass]
+
 class RejectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     REJECT_REASON_UNSPECIFIED: _ClassVar[RejectReason]
@@ -28,6 +35,10 @@ class RejectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECT_REASON_ORDER_CLOSED: _ClassVar[RejectReason]
     REJECT_REASON_INTERNAL: _ClassVar[RejectReason]
     REJECT_REASON_VENUE_UNAVAILABLE: _ClassVar[RejectReason]
+ORDER_CLASS_UNSPECIFIED: OrderClass
+ORDER_CLASS_BRACKET: OrderClass
+ORDER_CLASS_OCO: OrderClass
+ORDER_CLASS_OTO: OrderClass
 REJECT_REASON_UNSPECIFIED: RejectReason
 REJECT_REASON_MALFORMED: RejectReason
 REJECT_REASON_INVALID_FIELD: RejectReason
@@ -48,7 +59,7 @@ REJECT_REASON_INTERNAL: RejectReason
 REJECT_REASON_VENUE_UNAVAILABLE: RejectReason
 
 class OrderRequest(_message.Message):
-    __slots__ = ("strategy_id", "client_order_id", "symbol", "side", "type", "time_in_force", "qty", "notional", "limit_price", "stop_price", "extended_hours")
+    __slots__ = ("strategy_id", "client_order_id", "symbol", "side", "type", "time_in_force", "qty", "notional", "limit_price", "stop_price", "extended_hours", "trail_price", "trail_percent", "replaces", "order_class", "take_profit_limit_price", "stop_loss_stop_price", "stop_loss_limit_price")
     STRATEGY_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +71,13 @@ class OrderRequest(_message.Message):
     LIMIT_PRICE_FIELD_NUMBER: _ClassVar[int]
     STOP_PRICE_FIELD_NUMBER: _ClassVar[int]
     EXTENDED_HOURS_FIELD_NUMBER: _ClassVar[int]
+    TRAIL_PRICE_FIELD_NUMBER: _ClassVar[int]
+    TRAIL_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    REPLACES_FIELD_NUMBER: _ClassVar[int]
+    ORDER_CLASS_FIELD_NUMBER: _ClassVar[int]
+    TAKE_PROFIT_LIMIT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    STOP_LOSS_STOP_PRICE_FIELD_NUMBER: _ClassVar[int]
+    STOP_LOSS_LIMIT_PRICE_FIELD_NUMBER: _ClassVar[int]
     strategy_id: str
     client_order_id: str
     symbol: str
@@ -71,7 +89,14 @@ class OrderRequest(_message.Message):
     limit_price: str
     stop_price: str
     extended_hours: bool
-    def __init__(self, strategy_id: _Optional[str] = ..., client_order_id: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[_common_pb2.Side, str]] = ..., type: _Optional[_Union[_common_pb2.OrderType, str]] = ..., time_in_force: _Optional[_Union[_common_pb2.TimeInForce, str]] = ..., qty: _Optional[str] = ..., notional: _Optional[str] = ..., limit_price: _Optional[str] = ..., stop_price: _Optional[str] = ..., extended_hours: _Optional[bool] = ...) -> None: ...
+    trail_price: str
+    trail_percent: str
+    replaces: str
+    order_class: OrderClass
+    take_profit_limit_price: str
+    stop_loss_stop_price: str
+    stop_loss_limit_price: str
+    def __init__(self, strategy_id: _Optional[str] = ..., client_order_id: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[_common_pb2.Side, str]] = ..., type: _Optional[_Union[_common_pb2.OrderType, str]] = ..., time_in_force: _Optional[_Union[_common_pb2.TimeInForce, str]] = ..., qty: _Optional[str] = ..., notional: _Optional[str] = ..., limit_price: _Optional[str] = ..., stop_price: _Optional[str] = ..., extended_hours: _Optional[bool] = ..., trail_price: _Optional[str] = ..., trail_percent: _Optional[str] = ..., replaces: _Optional[str] = ..., order_class: _Optional[_Union[OrderClass, str]] = ..., take_profit_limit_price: _Optional[str] = ..., stop_loss_stop_price: _Optional[str] = ..., stop_loss_limit_price: _Optional[str] = ...) -> None: ...
 
 class OrderAck(_message.Message):
     __slots__ = ("strategy_id", "client_order_id", "order_id", "accepted", "reason", "message", "duplicate", "ts_ns")

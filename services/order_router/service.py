@@ -19,6 +19,10 @@ All decisions live in :mod:`desk.core.orders` and :mod:`desk.core.risk`, the kil
   recorded yet (milliseconds) is caught by JetStream's duplicate window on the routed order's
   ``Nats-Msg-Id`` (the order id is derived from strategy and client order id), and then its stored ack
   is read. One round trip (the routed order's publish) stands between a request and its ack.
+* **Partitions** (:mod:`.partitions`): every replica gets every submit and cancel (a queue group of
+  its own) and answers those of the strategies whose partition lease it holds, so one replica at a
+  time enforces a strategy's limits; a partition taken over has its rate-limit windows rebuilt from
+  ``DESK_ORDER_IDS`` first (:meth:`OrderRouterService._on_take`).
 * ``cancel`` (``desk.order.cancel.*``): forwards a ``RoutedOrder{cancel}`` for an open order (also
   while halted).
 * ``halt`` / ``resume`` / ``risk_status`` (``desk.risk.*``): the kill switch in ``DESK_RISK``; every
@@ -53,12 +57,14 @@ from desk.bus.lifecycle import ServiceRuntime
 from desk.bus.logging import get_logger
 from desk.bus.micro import add_service
 from desk.bus.replay import follow, replay_to_last
+from desk.core.ids import order_id_for
 from desk.core.orders import ValidOrder, check_known, refusal, validate_cancel, validate_halt, validate_order
-from desk.core.risk import Clock, Limits, VirtualAccount, report_numbers
+from desk.core.risk import RATE_WINDOW_SECONDS, Clock, Limits, VirtualAccount, report_numbers
 from desk.specs import validate_spec
 from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2, strategy_pb2
 from services.order_router.acks import AckT, OrderIds, accepted_ack, duplicate_of, refused_ack, stored_ack_matches
 from services.order_router.halts import Halts
+from services.order_router.partitions import Partitions
 from services.order_router.settings import Settings
 from services.order_router.venue import VenueCheck
 
@@ -119,6 +125,14 @@ class OrderRouterService:
         self.order_ids = OrderIds(ORDER_IDS_TTL, ORDER_IDS_PRUNE_EVERY, time.time())
         self._storing: set[asyncio.Task[None]] = set()  # acks being written to DESK_ORDER_IDS
         self.venue: VenueCheck | None = None  # is ROUTER_VENUE served by a gateway? (venue.py)
+        #: the strategies this replica answers for (partitions.py); set in start
+        self.partitions = Partitions(
+            settings.router_partitions,
+            settings.service_instance,
+            on_take=self._on_take,
+            drain=self._drain_partition,
+            on_change=self._signal,
+        )
 
     # -- start-up ---------------------------------------------------------------------------------
     async def start(self, runtime: ServiceRuntime) -> None:
@@ -135,6 +149,8 @@ class OrderRouterService:
         await self._watch(runtime, subjects.KV_RISK, self._on_risk)
         await self._watch(runtime, subjects.KV_ORDER_IDS, self._on_order_id, meta_only=True)
         await self._follow_executions(runtime)
+        # Accounts and order ids are current: take this replica's share of the partitions (all, alone).
+        await self.partitions.start(runtime, self.settings.lease_ttl)
         # Unwound after the endpoints have stopped and their requests finished (the stack is LIFO).
         runtime.stack.push_async_callback(self._finish_storing)
 
@@ -145,6 +161,9 @@ class OrderRouterService:
             "validation, pre-trade risk and routing of strategy orders",
             metadata={"venue": self.settings.router_venue},
         )
+        # Orders and cancels: every replica gets each one (a queue group of its own), and answers it
+        # only when it holds the strategy's partition. Halts and status: any one replica (the default).
+        own_group = f"{NAME}-{self.partitions.holder.term}"
         await svc.add_endpoint(
             "submit",
             subjects.ORDER_SUBMIT_ALL,
@@ -152,9 +171,17 @@ class OrderRouterService:
             self.submit,
             error_body=self._order_refused,
             concurrency=SUBMIT_CONCURRENCY,
+            queue_group=own_group,
+            accept=self.answers,
         )
         await svc.add_endpoint(
-            "cancel", subjects.ORDER_CANCEL_ALL, orders_pb2.CancelRequest, self.cancel, error_body=self._cancel_refused
+            "cancel",
+            subjects.ORDER_CANCEL_ALL,
+            orders_pb2.CancelRequest,
+            self.cancel,
+            error_body=self._cancel_refused,
+            queue_group=own_group,
+            accept=self.answers,
         )
         await svc.add_endpoint("halt", subjects.RISK_HALT, orders_pb2.HaltRequest, self.halt)
         await svc.add_endpoint("resume", subjects.RISK_RESUME, orders_pb2.HaltRequest, self.resume)
@@ -166,6 +193,7 @@ class OrderRouterService:
             symbols=len(self.prices),
             halts=self.halts.keys(),
             executions=len(self.applied_executions),
+            partitions=self.partitions.holds(),
         )
 
     async def _watch(
@@ -288,9 +316,42 @@ class OrderRouterService:
         await self._notify()
 
     async def _notify(self) -> None:
+        self._signal()
+
+    def _signal(self) -> None:
         # one Event.set() per change: no lock, no await (nothing else runs for whoever never waits)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+
+    # -- partitions -------------------------------------------------------------------------------
+    def answers(self, subject: str) -> bool:
+        """Whether this replica answers an order or cancel sent on ``subject`` (its strategy's
+        partition is held here). A malformed subject is answered by its token's partition's holder."""
+        return self.partitions.owns(subject.rsplit(".", 1)[-1])
+
+    def _on_take(self, partition: int) -> None:
+        """A partition just taken: rebuild its strategies' rate-limit windows from DESK_ORDER_IDS (every
+        order accepted in the last minute, by whichever replica held it then), before it is answered."""
+        now_epoch, now = time.time(), self.clock()
+        horizon = now_epoch - RATE_WINDOW_SECONDS
+        windows: dict[str, list[float]] = {}
+        for key, stored in self.order_ids.items():
+            if stored > horizon:
+                strategy_id = key.split(".", 1)[0]
+                if self.partitions.partition(strategy_id) == partition:
+                    windows.setdefault(strategy_id, []).append(now - (now_epoch - stored))
+        for strategy_id in {*windows, *(s for s in self.accounts if self.partitions.partition(s) == partition)}:
+            self.account(strategy_id).restore_window(windows.get(strategy_id, []))
+        log.info("partition.windows_restored", partition=partition, strategies=len(windows))
+
+    def _partition_busy(self, partition: int) -> bool:
+        keys = [*self._in_flight, *(task.get_name().removeprefix("store-ack-") for task in self._storing)]
+        return any(self.partitions.partition(key.split(".", 1)[0]) == partition for key in keys)
+
+    async def _drain_partition(self, partition: int) -> None:
+        """Hand-over: wait for this replica's submits of ``partition`` in flight and their acks' writes."""
+        while self._partition_busy(partition):
+            await self._changed.wait()
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         """Return once ``predicate()`` holds on the router's state (halts, accounts, prices, specs,
@@ -335,6 +396,7 @@ class OrderRouterService:
         finally:
             del self._in_flight[key]
             attempt.set_result(ack_or_none)
+            self._signal()
 
     async def _submit_once(self, order: ValidOrder, request: orders_pb2.OrderRequest, key: str) -> orders_pb2.OrderAck:
         if key in self.order_ids:
@@ -350,6 +412,8 @@ class OrderRouterService:
         self.halts.check(order.strategy_id)
         spec = self.strategies[order.strategy_id]
         account = self.account(order.strategy_id)
+        if order.replaces and not self._replaceable(account, order):
+            raise refusal("UNKNOWN_ORDER", f"no order {order.replaces} for strategy {order.strategy_id} to replace")
         reservation = account.check(order, Limits.resolve(spec.risk, self.defaults), self.prices.get(order.symbol))
         order_id = order.order_id
         hold = account.reserve(order_id, reservation, by_notional=order.notional is not None)
@@ -368,8 +432,9 @@ class OrderRouterService:
             raise
         if await self._routed_before(published, key):
             # JetStream had this order id within its duplicate window: another replica (or an attempt
-            # that died before answering) routed it. That attempt holds the reservation, or its reports will.
-            account.release(hold)
+            # that died before answering) routed it. That attempt holds the reservation, or its reports
+            # will; the order still counts against the rate limit here (its first router may be gone).
+            account.release(hold, keep_slot=True)
             return await self._duplicate_ack(order, key, reason="routed_before")
 
         ack = accepted_ack(order, time.time_ns())
@@ -383,6 +448,13 @@ class OrderRouterService:
             notional=fmt(reservation.notional, 2),
         )
         return ack
+
+    def _replaceable(self, account: VirtualAccount, order: ValidOrder) -> bool:
+        """Whether the order a replace names is known: open in the account, or accepted (its ack
+        recorded) with no report yet; a final one is refused by the risk check (ORDER_CLOSED)."""
+        replaced = order_id_for(order.strategy_id, order.replaces)
+        key = subjects.order_id_key(order.strategy_id, order.replaces)
+        return account.is_open(replaced) or account.is_closed(replaced) or key in self.order_ids
 
     async def _routed_before(self, published: retry.Published, key: str) -> bool:
         """Whether the order was routed before this request routed it: its publish was answered
@@ -436,7 +508,11 @@ class OrderRouterService:
         self.order_ids.record(key, time.time())
         task = asyncio.create_task(self._write_ack(key, ack), name=f"store-ack-{key}")
         self._storing.add(task)
-        task.add_done_callback(self._storing.discard)
+        task.add_done_callback(self._stored)
+
+    def _stored(self, task: asyncio.Task[None]) -> None:
+        self._storing.discard(task)
+        self._signal()
 
     async def _retry(self, op: Callable[[], Awaitable[Any]], what: str, deadline: float) -> Any:
         """``op`` retried through an election (desk.bus.retry) for ``deadline`` s, or until the stop."""

@@ -7,6 +7,7 @@ from decimal import Decimal
 from pydantic import Field
 
 from desk.bus.settings import BusSettings
+from desk.core.partition import MAX_PARTITIONS
 from desk.core.risk import DEFAULT_INITIAL_CASH, DEFAULT_LIMITS
 
 
@@ -40,6 +41,14 @@ class Settings(BusSettings):
     )
     router_default_initial_cash: Decimal = Field(
         default=DEFAULT_INITIAL_CASH, gt=0, description="virtual account cash when a strategy's spec sets none"
+    )
+    router_partitions: int = Field(
+        default=8,
+        ge=1,
+        le=MAX_PARTITIONS,
+        description="partitions the strategies are split into (a stable hash of the strategy id); a replica answers "
+        "a strategy's orders only while it holds its partition's lease (router-p<i> in DESK_LEASES), so limits "
+        "are exact with any number of replicas; every replica must use the same number",
     )
     router_startup_timeout: float = Field(
         default=30.0, gt=0, description="seconds allowed to load KV state and replay executions at start"

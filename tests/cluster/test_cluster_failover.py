@@ -4,8 +4,9 @@ with SIGKILL in turn, and the standby must take over.
 
 Market data, the gateway and the orchestrator run behind their lease (``SERVICE_LEASE=true``, the
 provisioned ``DESK_LEASES`` TTL of 5 s: desk.bus.lease); the two ledgers are replicas, each its own
-SQLite file and its own consumer (``LEDGER_INSTANCE``), both answering reads. The router runs in this
-process (one). A test strategy sends market orders of one share at a steady rate, re-sent with the
+SQLite file and its own consumer (``LEDGER_INSTANCE``), both answering reads. Two routers share the
+strategies' partitions (services/order_router/partitions.py: a lease ``router-p<i>`` each); killing
+the one that holds the load strategy's partition moves it to the other. A test strategy sends market orders of one share at a steady rate, re-sent with the
 same client order id when unanswered (tests/cluster/test_cluster_faults.py's load). Per fault: 40
 orders accepted, kill -9 of the active instance, the standby serving (its lease held, its micro
 service answering; the ledger: a read answered), the killed instance started again (now the standby),
@@ -35,10 +36,10 @@ from desk.bus import kv as desk_kv
 from desk.bus import streams, subjects
 from desk.bus.process import wait_until_serving
 from desk.bus.request import request
-from desk.bus.testing import InProcessService, NatsCluster, run_in_process
+from desk.bus.testing import NatsCluster
+from desk.core.partition import partition_of
 from desk.v1 import ledger_pb2, strategy_pb2
-from services.order_router.service import NAME as ROUTER
-from services.order_router.service import OrderRouterService
+from services.order_router.partitions import partition_key
 from services.order_router.settings import Settings as RouterSettings
 from tests.cluster.instances import ServiceProcess, lease_holder, wait_holder
 from tests.cluster.test_cluster_faults import Load, stream_names, wait_current
@@ -49,13 +50,18 @@ pytestmark = pytest.mark.cluster
 
 BEFORE, AFTER = 40, 40  # accepted orders before the kill, and after the killed instance is back as standby
 BOUND = 60.0  # seconds any one wait may take
+PARTITIONS = RouterSettings.model_fields["router_partitions"].default
 #: service -> (module, micro service name, lease key); the ledger has no lease (replicas).
 SERVICES = {
     "marketdata": ("marketdata", "marketdata", "marketdata"),
     "gateway": ("broker_gateway", "broker_gateway", "gateway-sim"),
     "ledger": ("ledger", "ledger", ""),
     "orchestrator": ("orchestrator", "orchestrator", "orchestrator"),
+    # the lease of the partition of this phase's strategy (fo-router): held by one of the two routers
+    "router": ("order_router", "order_router", partition_key(partition_of("fo-router", PARTITIONS))),
 }
+#: what an instance that has started as the second of its pair logs once it is ready
+READY_EVENT = {"ledger": "ledger.ready", "router": "partitions.joined"}
 
 
 @dataclass
@@ -126,10 +132,10 @@ def instances(url: str, data: Path) -> dict[str, list[ServiceProcess]]:
     return out
 
 
-def logged(proc: ServiceProcess, event: str) -> bool:
+def logged_count(proc: ServiceProcess, event: str) -> int:
     with contextlib.suppress(OSError):
-        return f'"event": "{event}"' in proc.log.read_text(errors="replace")
-    return False
+        return proc.log.read_text(errors="replace").count(f'"event": "{event}"')
+    return 0
 
 
 async def start_pair(nc: Client, service: str, pair: list[ServiceProcess]) -> float | None:
@@ -150,8 +156,11 @@ async def start_pair(nc: Client, service: str, pair: list[ServiceProcess]) -> fl
 
 async def standby_ready(service: str, proc: ServiceProcess) -> None:
     await proc.start()
-    event = "ledger.ready" if service == "ledger" else "lease.standby"
-    await poll(lambda: logged(proc, event) or proc.exited(), f"{service} {proc.instance}: {event}", timeout=BOUND)
+    event = READY_EVENT.get(service, "lease.standby")
+    seen = logged_count(proc, event)  # a restarted instance appends to its log
+    await poll(
+        lambda: logged_count(proc, event) > seen or proc.exited(), f"{service} {proc.instance}: {event}", timeout=BOUND
+    )
     assert not proc.exited(), proc.tail()
 
 
@@ -295,15 +304,12 @@ async def test_kill_9_the_active_instance_of_each_service_under_order_load(
     fills = Fills()
     supervisor = Supervisor(procs)
     exec_sub = await nc.subscribe(subjects.EXEC_ALL, cb=fills.on_msg)
-    router: InProcessService | None = None
     failovers: list[Failover] = []
     acquired: dict[str, float | None] = {}
     try:
         began = time.monotonic()
-        for service in ("marketdata", "ledger", "gateway", "orchestrator"):
+        for service in ("marketdata", "ledger", "gateway", "orchestrator", "router"):
             acquired[service] = await start_pair(nc, service, procs[service])
-        settings = RouterSettings(nats_url=cluster.url, drain_timeout=5)
-        router = await run_in_process(ROUTER, settings, OrderRouterService(settings).start, timeout=BOUND)
         started_s = time.monotonic() - began
         await wait_current(js, cluster, names)
         supervisor.task = asyncio.create_task(supervisor.run(), name="supervisor")
@@ -326,8 +332,6 @@ async def test_kill_9_the_active_instance_of_each_service_under_order_load(
             with contextlib.suppress(asyncio.CancelledError):
                 await supervisor.task
         await exec_sub.unsubscribe()
-        if router is not None:
-            await asyncio.wait_for(router.stop(), 30)
         for pair in procs.values():
             for proc in pair:
                 await proc.stop()

@@ -21,6 +21,7 @@ from desk.v1 import common_pb2, executions_pb2, marketdata_pb2, orders_pb2, stra
 from services.order_router.service import NAME, OrderRouterService
 from services.order_router.settings import Settings
 from services.order_router.venue import gateway_durable
+from tests.support import poll
 
 pytestmark = pytest.mark.integration
 
@@ -335,12 +336,26 @@ async def test_executions_are_replayed_before_the_router_serves(desk: RouterHarn
     assert refused.reason == orders_pb2.REJECT_REASON_SHORT_NOT_ALLOWED
 
 
+async def shared(*routers: OrderRouterService) -> None:
+    """Wait until ``routers`` have shared the partitions out (each holds some, together all): a
+    partition being handed over is answered by nobody for a moment, and a request then times out."""
+    count = routers[0].settings.router_partitions
+
+    def done() -> bool:
+        held = sorted(p for router in routers for p in router.partitions.holds())
+        return held == list(range(count)) and all(router.partitions.holds() for router in routers)
+
+    await poll(done, "the replicas share the partitions", timeout=30, every=0.05)
+
+
 async def test_two_replicas_route_concurrent_duplicates_once_and_share_halts(
     desk: RouterHarness, nats_server: NatsServer, nc: Client
 ) -> None:
     second = RouterHarness(nats_server, nc)
     replica = await second.start()
     try:
+        assert desk.router is not None
+        await shared(desk.router, replica)
         acks = await asyncio.gather(*(desk.submit(client_order_id="same-1") for _ in range(6)))
         assert all(ack.accepted for ack in acks)
         assert {ack.order_id for ack in acks} == {order_id_for("alpha", "same-1")}

@@ -300,11 +300,11 @@ async def test_an_unanswered_order_is_retried_once_with_the_same_client_order_id
 async def test_an_order_nobody_answers_is_reported_as_a_timeout(
     nc: Client, tmp_path: Path, start_strategy: Callable[..., Any]
 ) -> None:
-    router = await FakeRouter(nc, ignore_first=2).start()
+    router = await FakeRouter(nc, ignore_first=3).start()  # strategy_sdk.client.ORDER_ATTEMPTS sends
     hb = Heartbeats()
     run = await start_strategy(write_strategy(tmp_path / "timeouts", BUYER), hb, nc, order_timeout=0.3)
     await publish_bar(nc, "AAPL", "50")
-    await router.wait_for(2)
+    await router.wait_for(3)
     await asyncio.wait_for(run.strategy.answered.wait(), WAIT)
     result = run.strategy.results[0]
     assert (result.accepted, result.reason) == (False, "TIMEOUT")

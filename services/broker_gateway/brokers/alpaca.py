@@ -27,6 +27,11 @@
   :meth:`AlpacaBroker.restore` (crosses, fills, statuses, pull records), the reconcile attaches
   Alpaca's orders by placement ``<n>``, and a re-place that did not happen is made. A redelivered
   routed order that has an Alpaca order or is final is never sent again.
+* Bracket / OCO / OTO exits (docs/alpaca.md, "Order types at Alpaca") are desk orders ``<id>-tp`` and
+  ``<id>-sl`` placed at Alpaca as plain orders (no Alpaca ``order_class``): an entry's exits once it is
+  done with fills; of two OCO exits only the take-profit rests at Alpaca, the stop-loss is armed at the
+  desk and, once the Alpaca price reaches its stop, a trigger record is stored, the take-profit
+  canceled and the rest sent as a market (stop-limit: limit) order through netting.
 * Keys: only this process holds them (``SecretStr`` settings); they are never logged.
 """
 
@@ -48,12 +53,21 @@ import requests
 
 from desk.bus.decimals import fmt
 from desk.bus.logging import get_logger
+from desk.core.ids import order_id_for
 from desk.core.matching import MarketUpdate
-from desk.core.orders import ORDER_TYPE_WORDS, SIDE_WORDS, TIME_IN_FORCE_WORDS, Reports
+from desk.core.orders import (
+    ORDER_TYPE_WORDS,
+    SIDE_WORDS,
+    STOP_LOSS_SUFFIX,
+    TAKE_PROFIT_SUFFIX,
+    TIME_IN_FORCE_WORDS,
+    Reports,
+    status_name,
+)
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2, marketdata_pb2, orders_pb2
 
 from . import netting
-from .alpaca_book import AlpacaBook, AlpacaOrder, DeskOrder, Fill, alpaca_client_order_id, dec, to_ns
+from .alpaca_book import BRACKET, OCO, OTO, AlpacaBook, AlpacaOrder, DeskOrder, Fill, alpaca_client_order_id, dec, to_ns
 from .base import BrokerStats, BrokerUnavailable, PriceSource, Sink
 
 with warnings.catch_warnings():
@@ -70,6 +84,7 @@ with warnings.catch_warnings():
         OrderRequest,
         StopLimitOrderRequest,
         StopOrderRequest,
+        TrailingStopOrderRequest,
     )
     from alpaca.trading.stream import TradingStream
 
@@ -218,6 +233,7 @@ class AlpacaPrices:
         self.quotes: dict[str, _Seen] = {}
         self.trades: dict[str, _Seen] = {}
         self.ignored: dict[str, int] = {}  # source -> md.* messages ignored (not the Alpaca feed)
+        self._arrivals: dict[str, asyncio.Event] = {}  # symbol -> set when its next Alpaca price arrives
 
     def update(self, update: MarketUpdate) -> None:
         if isinstance(update, marketdata_pb2.Bar):
@@ -241,6 +257,9 @@ class AlpacaPrices:
                 self._keep(self.quotes, update.symbol, _Seen(mid, ts_ns))
             else:
                 self._keep(self.trades, update.symbol, _Seen(dec(update.price), ts_ns))
+            arrived = self._arrivals.pop(update.symbol, None)
+            if arrived is not None:
+                arrived.set()
         except ArithmeticError:
             log.warning("marketdata.bad_price", symbol=update.symbol, source=update.source)
 
@@ -249,6 +268,14 @@ class AlpacaPrices:
         known = table.get(symbol)
         if known is None or seen.ts_ns >= known.ts_ns:  # never replace a newer price by an older one
             table[symbol] = seen
+
+    async def wait_fresh(self, symbol: str, timeout: float) -> None:
+        """Until a fresh price of ``symbol`` is known, ``timeout`` seconds at most."""
+        deadline = time.monotonic() + timeout
+        while self.fair_price(symbol)[0] is None and (left := deadline - time.monotonic()) > 0:
+            arrived = self._arrivals.setdefault(symbol, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), left)
 
     def fair_price(self, symbol: str) -> tuple[Decimal | None, str]:
         """``(price, how)``: the quote mid or last trade and which, or ``(None, why there is none)``."""
@@ -300,32 +327,50 @@ def order_request(
     else:
         fields["notional"] = float(Decimal(request.notional))
     if request.type == common_pb2.ORDER_TYPE_LIMIT:
-        return LimitOrderRequest(limit_price=float(Decimal(request.limit_price)), **fields)
+        # an OCO order is its own take-profit: its limit may be given as take_profit_limit_price only
+        limit = request.limit_price or request.take_profit_limit_price
+        return LimitOrderRequest(limit_price=float(Decimal(limit)), **fields)
     if request.type == common_pb2.ORDER_TYPE_STOP:
         return StopOrderRequest(stop_price=float(Decimal(request.stop_price)), **fields)
     if request.type == common_pb2.ORDER_TYPE_STOP_LIMIT:
         return StopLimitOrderRequest(
             limit_price=float(Decimal(request.limit_price)), stop_price=float(Decimal(request.stop_price)), **fields
         )
+    if request.type == common_pb2.ORDER_TYPE_TRAILING_STOP:
+        if request.trail_price:
+            return TrailingStopOrderRequest(trail_price=float(Decimal(request.trail_price)), **fields)
+        return TrailingStopOrderRequest(trail_percent=float(Decimal(request.trail_percent)), **fields)
     return MarketOrderRequest(**fields)
 
 
 def net_view(order: DeskOrder) -> netting.NetOrder:
     """``order`` as netting sees it; an order by value carries the dollars it has still to trade."""
     by_value = order.qty is None and order.notional is not None and not order.is_final
+    kind = ORDER_TYPE_WORDS.get(order.type, "")
+    if order.type == common_pb2.ORDER_TYPE_TRAILING_STOP:
+        kind = "stop"  # a trailing stop is a stop at the price Alpaca last gave it (none before it is placed)
+    elif order.triggered:  # a triggered stop-loss exit goes to Alpaca as a market order (a stop-limit: its limit)
+        kind = "limit" if order.limit_price is not None else "market"
     return netting.NetOrder(
         order_id=order.order_id,
         strategy_id=order.strategy_id,
         symbol=order.symbol,
         side=SIDE_WORDS.get(order.side, ""),
-        type=ORDER_TYPE_WORDS.get(order.type, ""),
+        type=kind,
         leaves=order.leaves_qty or Decimal(0),
         limit_price=order.limit_price,
-        stop_price=order.stop_price,
+        stop_price=None if order.triggered else order.stop_price,
         created_ns=order.created_ns,
         client_order_id=order.client_order_id,
         notional=max((order.notional or Decimal(0)) - order.cost, Decimal(0)) if by_value else None,
     )
+
+
+def oco_text(done: DeskOrder) -> str:
+    """The text of an OCO exit ended because ``done``, its partner, ended (as on the sim venue)."""
+    if done.status == executions_pb2.ORDER_STATUS_FILLED:
+        return f"OCO: {done.client_order_id} filled"
+    return f"OCO: {done.client_order_id} was {status_name(done.status)}"
 
 
 def fill_from_activity(row: dict[str, Any]) -> Fill:
@@ -367,6 +412,8 @@ class AlpacaBroker:
         self._final: dict[str, asyncio.Event] = {}  # desk order id -> set once it is final
         self._tasks: set[asyncio.Task[None]] = set()  # re-places and held orders worked in the background
         self._working: set[str] = set()  # symbols with such a task running
+        self._exits_working: set[str] = set()  # symbols whose exits are being worked (_schedule_exits)
+        self._exits_again: set[str] = set()  # ... and asked for again meanwhile
         self._stream: DeskTradingStream | None = None
         self._stream_task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()  # set while reconciled and connected
@@ -374,6 +421,8 @@ class AlpacaBroker:
         self.reconciles = 0
         self.connects = 0
         self._started_ns = clock()
+        self._restored = 0  # desk orders restore() rebuilt from EXECUTIONS (> 0: a restarted gateway)
+        self._price_wait_until = 0.0  # monotonic: until then a missing Alpaca price is waited for (restart)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -398,7 +447,7 @@ class AlpacaBroker:
         orders the desk canceled itself. The reconcile in :meth:`start` then attaches Alpaca's open
         and recent orders (ordered by placement ``<n>``) and completes a re-place that did not
         happen. Nothing to publish: ``[]``."""
-        restored = self.book.restore(list(reports))
+        restored = self._restored = self.book.restore(list(reports))
         log.info("alpaca.book_restored", orders=restored)
         return []
 
@@ -412,6 +461,7 @@ class AlpacaBroker:
                 waiter = self._final.get(report.order_id)
                 if waiter is not None and order is not None and order.is_final:
                     waiter.set()
+            self._follow_exits(reports)
             return stored
 
         self._sink = emit_and_notify
@@ -428,6 +478,13 @@ class AlpacaBroker:
             raise AlpacaUnavailable(f"trade_updates stream not connected and reconciled within {timeout} s")
         await self._complete_replacements()  # re-places the last process decided but did not make
         await self._work_held()  # orders held at the desk before the restart
+        for symbol in sorted({o.symbol for o in self.book.orders.values() if o.order_class or o.parent_order_id}):
+            await self._work_exits(symbol)  # exits to place, armed stop-losses to check, triggered ones to send
+        if self._restored:
+            # a restarted gateway has no prices yet (the process before had them): for its first
+            # ALPACA_CROSS_MAX_AGE seconds an order is netted only once the feed's next price is in,
+            # so a crash does not turn a cross into a pull (docs/alpaca.md, "Crashes")
+            self._price_wait_until = time.monotonic() + self.config.cross_max_age
 
     async def _store(self, reports: Reports) -> None:
         """Publish ``reports`` and wait until EXECUTIONS holds them (a record written before acting).
@@ -455,6 +512,8 @@ class AlpacaBroker:
         log.info("alpaca.stream_connected", connects=self.connects)
         await self.reconcile()
         self._ready.set()
+        for symbol in {o.symbol for o in self.book.orders.values() if o.order_class or o.parent_order_id}:
+            self._schedule_exits(symbol)  # the reconcile may have found an entry filled, an exit done
 
     async def wait_ready(self) -> None:
         """Until the stream is connected and reconciled; AlpacaUnavailable after the retry budget."""
@@ -480,8 +539,71 @@ class AlpacaBroker:
             await self._complete_replacements(order.symbol, locked=True)
             if self._handled(order):
                 return []
+            if routed.new_order.replaces:
+                replacing = await self._replace_old(routed, order)
+                if replacing is None:
+                    return []
+                routed = self._routed[order.order_id] = replacing
+            if order.order_class == OCO and order.qty is not None:
+                # its stop-loss is armed at the desk (stored first), the order itself is the take-profit
+                stop_loss = self.book.exit_leg(order, STOP_LOSS_SUFFIX, order.qty)
+                await self._store(self.book.arm(stop_loss, order))
             await self._work(routed, order)
         return []
+
+    async def _replace_old(self, routed: orders_pb2.RoutedOrder, new: DeskOrder) -> orders_pb2.RoutedOrder | None:
+        """A replace at Alpaca: the order it names is canceled there (or ended at the desk, when nothing
+        of it is at Alpaca), and ``new`` becomes an order of its own for its total less what the old one
+        filled; the routed order to work for it, or None when it is rejected (old unknown, closed, or
+        filled up to ``new``'s total). Not Alpaca's PATCH: so the new numbers meet the netting rule as
+        any order does. ``new``'s NEW (with ``replaces``) is stored before the cancel: a restart at any
+        point finishes the replace (:meth:`AlpacaBook.restore`)."""
+        request = routed.new_order
+        old = self.book.orders.get(order_id_for(routed.strategy_id, request.replaces))
+        reason = ""
+        if old is None:
+            reason = f"UNKNOWN_ORDER: no order {request.replaces} of this strategy to replace"
+        elif old.is_final and old.replaced_by != new.order_id:
+            reason = f"ORDER_CLOSED: order {request.replaces} is already {status_name(old.status)}; nothing to replace"
+        elif (old.symbol, old.side, old.type) != (new.symbol, new.side, new.type):
+            reason = f"INVALID_FIELD: a replacing order keeps the symbol, side and type of {request.replaces}"
+        if old is None or reason:
+            self._emit(self.book.rejected(new, reason))
+            return None
+        total = Decimal(request.qty)
+        racing = Decimal(0)
+        if not old.is_final:
+            new.qty = total - old.cum_qty
+            await self._store(self.book.replacing(new, old))
+            racing = await self._end_replaced(old)
+        new.qty = total - old.cum_qty - racing
+        if new.qty <= 0:
+            filled = fmt(old.cum_qty + racing)
+            text = f"INVALID_FIELD: {request.replaces} filled {filled} of the new total {fmt(total)} before it was replaced"
+            self._emit(self.book.refused_remainder(new, text))
+            return None
+        replacing = orders_pb2.RoutedOrder()
+        replacing.CopyFrom(routed)
+        replacing.new_order.qty = fmt(new.qty)
+        return replacing
+
+    async def _end_replaced(self, old: DeskOrder) -> Decimal:
+        """The replaced order ends: its Alpaca order is canceled (fills that raced the cancel stay its
+        own), or, when nothing of it is at Alpaca (held at the desk, pulled), it is CANCELED at once.
+        Returns the fills Alpaca made that the book has not booked yet (their events are on the way)."""
+        if not self._live(old):
+            self._emit(self.book.replaced(old))
+            return Decimal(0)
+        alpaca_id = old.alpaca_ids[-1]
+        try:
+            await self.rest.call("cancel_order_by_id", self.rest.client.cancel_order_by_id, alpaca_id)
+        except APIError as exc:
+            log.info("alpaca.replace_cancel_refused", alpaca_order_id=alpaca_id, error=describe(exc))
+        snapshot = AlpacaOrder.from_model(
+            await self.rest.call("get_order_by_id", self.rest.client.get_order_by_id, alpaca_id)
+        )
+        self._emit(self.book.on_order(snapshot))  # CANCELED "replaced by ..." once its fills are in
+        return max(snapshot.filled_qty - old.filled_at_alpaca.get(alpaca_id, Decimal(0)), Decimal(0))
 
     def _lock(self, symbol: str) -> asyncio.Lock:
         return self._symbol_locks.setdefault(symbol, asyncio.Lock())
@@ -526,7 +648,9 @@ class AlpacaBroker:
             qty=fmt(order.qty),
             notional=fmt(order.notional),
             limit_price=fmt(order.limit_price),
-            stop_price=fmt(order.stop_price),
+            stop_price="" if order.type == common_pb2.ORDER_TYPE_TRAILING_STOP else fmt(order.stop_price),
+            trail_price=fmt(order.trail_price),
+            trail_percent=fmt(order.trail_percent),
         )
         return orders_pb2.RoutedOrder(
             order_id=order.order_id, strategy_id=order.strategy_id, member_id=order.member_id, new_order=request
@@ -593,6 +717,10 @@ class AlpacaBroker:
         if not resting:
             return netting.NettingPlan((), incoming.leaves, send_notional=incoming.notional), None, ""
         price, how = self.market.fair_price(order.symbol)
+        if price is None and time.monotonic() < self._price_wait_until:
+            log.info("order.waiting_for_price", symbol=order.symbol, reason=how)  # just restarted
+            await self.market.wait_fresh(order.symbol, self._price_wait_until - time.monotonic())
+            price, how = self.market.fair_price(order.symbol)
         if price is None and any(r.side != incoming.side and r.strategy_id != incoming.strategy_id for r in resting):
             log.warning("order.not_crossed", symbol=order.symbol, reason=how)
         plan = netting.plan(incoming, resting, price)
@@ -705,6 +833,161 @@ class AlpacaBroker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    # --- exits of bracket / OTO / OCO orders (docs/alpaca.md, "Order types at Alpaca") ------------
+
+    def _follow_exits(self, reports: Reports) -> None:
+        """What reports mean for exits: an OCO exit filled ends its armed stop-loss partner (nothing of
+        it is at Alpaca), one ended otherwise ends it too; a bracket / OTO entry done with fills, or an
+        armed stop-loss, has its symbol's exits worked (in the background)."""
+        for report in reports:
+            order = self.book.orders.get(report.order_id)
+            if order is None:
+                continue
+            partner = self.book.partner(order)
+            if order.is_final and partner is not None and self.book.is_armed(partner):
+                self._emit(self.book.end_at_desk(partner, oco_text(order)))
+            wanted = (order.take_profit is not None) + (order.stop_loss is not None)
+            if self._entry_done(order) and len(self.book.legs_of(order)) < wanted:
+                self._schedule_exits(order.symbol)
+
+    @staticmethod
+    def _entry_done(order: DeskOrder) -> bool:
+        """A bracket / OTO entry whose exits are due: final with fills (filled; canceled after fills)."""
+        return order.order_class in (BRACKET, OTO) and order.is_final and order.cum_qty > 0
+
+    def _schedule_exits(self, symbol: str) -> None:
+        """:meth:`_work_exits` of ``symbol`` in the background; asked again while it runs, it runs again."""
+        if not self._ready.is_set():
+            return  # the start (after the reconcile) works every symbol's exits
+        if symbol in self._exits_working:
+            self._exits_again.add(symbol)
+            return
+        self._exits_working.add(symbol)
+
+        async def run() -> None:
+            try:
+                while True:
+                    self._exits_again.discard(symbol)
+                    try:
+                        await self._work_exits(symbol)
+                    except AlpacaUnavailable as exc:  # tried again with the next price or report of the symbol
+                        log.error("alpaca.exits_deferred", symbol=symbol, error=str(exc))
+                    if symbol not in self._exits_again:
+                        return
+            finally:
+                self._exits_working.discard(symbol)
+
+        task = asyncio.create_task(run(), name=f"alpaca.exits.{symbol}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _work_exits(self, symbol: str) -> None:
+        """Under ``symbol``'s lock: the exits of its bracket / OTO entries done with fills (made once),
+        its armed stop-losses whose stop the Alpaca price reached (triggered), and triggered ones not
+        yet at Alpaca (after a restart) sent."""
+        async with self._lock(symbol):
+            orders = sorted((o for o in self.book.orders.values() if o.symbol == symbol), key=lambda o: o.created_ns)
+            for order in orders:
+                if self._entry_done(order):
+                    await self._place_exits(order)
+            for order in orders:
+                partner = self.book.partner(order)
+                if self.book.is_armed(order) and partner is not None and partner.is_final:
+                    self._emit(
+                        self.book.end_at_desk(order, oco_text(partner))
+                    )  # (its end was not seen before a restart)
+                elif self.book.is_armed(order):
+                    await self._check_trigger(order)
+                elif order.triggered and not order.alpaca_ids and not order.is_final:
+                    await self._send_stop_loss(order)
+
+    async def _place_exits(self, entry: DeskOrder) -> None:
+        """``entry``'s exits for what it filled: a bracket's take-profit goes to Alpaca (through netting,
+        as any order) with its stop-loss armed at the desk first; an OTO's one exit goes to Alpaca."""
+        legs = []
+        if entry.take_profit is not None:
+            legs.append(self.book.exit_leg(entry, TAKE_PROFIT_SUFFIX, entry.cum_qty))
+        if entry.stop_loss is not None:
+            legs.append(self.book.exit_leg(entry, STOP_LOSS_SUFFIX, entry.cum_qty))
+        if len(legs) == 2:
+            take_profit, stop_loss = legs
+            if not stop_loss.is_final and not stop_loss.triggered:
+                await self._store(self.book.arm(stop_loss, take_profit))
+            legs = [take_profit]
+        for leg in legs:
+            if not self._handled(leg) and not self.book.is_held(leg):
+                log.info("alpaca.exit_placed", order_id=leg.order_id, parent=entry.order_id, qty=fmt(leg.qty))
+                await self._work(self._routed_of(leg), leg)
+
+    def _reached(self, order: DeskOrder) -> tuple[bool, str]:
+        """Whether the Alpaca price reached ``order``'s stop (a sell stop: at or below; a buy: at or
+        above), and what that price was; never on a price older than ALPACA_CROSS_MAX_AGE."""
+        price, how = self.market.fair_price(order.symbol)
+        if price is None or order.stop_price is None:
+            return False, how
+        sell = order.side == common_pb2.SIDE_SELL
+        reached = price <= order.stop_price if sell else price >= order.stop_price
+        return reached, f"{how}: {fmt(price)} reached the stop {fmt(order.stop_price)}"
+
+    async def _check_trigger(self, order: DeskOrder) -> None:
+        reached, why = self._reached(order)
+        if not reached:
+            return
+        log.info("alpaca.stop_loss_triggered", order_id=order.order_id, why=why)
+        await self._store(self.book.trigger(order, why))  # stored first: a restart finishes what follows
+        await self._send_stop_loss(order)
+
+    async def _send_stop_loss(self, order: DeskOrder) -> None:
+        """A triggered stop-loss: its take-profit partner is canceled at Alpaca (its fills that raced the
+        cancel count), then what is left goes to Alpaca as a market order (a stop-limit as its limit),
+        through netting as any order; nothing left: it ends (``OCO: <tp> filled``)."""
+        partner = self.book.partner(order)
+        racing = Decimal(0)
+        if partner is not None and not partner.is_final:
+            if self._live(partner):
+                racing = await self._end_partner(partner)
+            else:  # held at the desk, or pulled and waiting to go again: nothing of it is at Alpaca
+                self._emit(self.book.end_at_desk(partner, partner.canceled_text))
+        assert order.qty is not None
+        left = order.qty - order.cum_qty - (partner.cum_qty + racing if partner is not None else Decimal(0))
+        if left <= 0:
+            done = partner.client_order_id if partner is not None else order.client_order_id
+            self._emit(self.book.end_at_desk(order, f"OCO: {done} filled"))
+            return
+        order.qty = order.cum_qty + left
+        routed = orders_pb2.RoutedOrder()
+        routed.CopyFrom(self._routed_of(order))
+        routed.new_order.stop_price = ""
+        routed.new_order.type = (
+            common_pb2.ORDER_TYPE_LIMIT if order.limit_price is not None else common_pb2.ORDER_TYPE_MARKET
+        )
+        await self._work(routed, order)
+
+    async def _end_partner(self, partner: DeskOrder) -> Decimal:
+        """Cancel ``partner``'s Alpaca order (an OCO exit whose other exit now acts): the fills Alpaca
+        made of it that the book has not booked yet."""
+        alpaca_id = partner.alpaca_ids[-1]
+        try:
+            await self.rest.call("cancel_order_by_id", self.rest.client.cancel_order_by_id, alpaca_id)
+        except APIError as exc:
+            log.info("alpaca.oco_cancel_refused", alpaca_order_id=alpaca_id, error=describe(exc))
+        snapshot = AlpacaOrder.from_model(
+            await self.rest.call("get_order_by_id", self.rest.client.get_order_by_id, alpaca_id)
+        )
+        self._emit(self.book.on_order(snapshot))  # CANCELED "OCO: ... triggered" once its fills are in
+        return max(snapshot.filled_qty - partner.filled_at_alpaca.get(alpaca_id, Decimal(0)), Decimal(0))
+
+    async def _cancel_partner(self, order: DeskOrder) -> None:
+        """The strategy canceled ``order``: its OCO partner ends too (``OCO: <id> was canceled``)."""
+        partner = self.book.partner(order)
+        if partner is None or partner.is_final:
+            return
+        partner.canceled_text = f"OCO: {order.client_order_id} was canceled"
+        if self._live(partner):
+            await self._end_partner(partner)
+        else:
+            self._emit(self.book.end_at_desk(partner, partner.canceled_text))
+
     async def _pull(self, order: DeskOrder, incoming: DeskOrder) -> Decimal:
         """Cancel ``order``'s Alpaca order so its leaves can be crossed (or sold past); its leaves now.
 
@@ -812,10 +1095,15 @@ class AlpacaBroker:
                 return self.book.cancel_rejected(routed, f"unknown order {routed.order_id}: {describe(exc)}")
             self._emit(self.book.on_order(AlpacaOrder.from_model(found)))
             order = self.book.orders.get(routed.order_id)
-        if order is not None and self.book.is_held(order):
+        if order is not None and (self.book.is_held(order) or self.book.is_armed(order)):
             async with self._lock(order.symbol):
+                if self.book.is_armed(order):  # a stop-loss armed at the desk: ended, and its take-profit
+                    self._emit(self.book.end_at_desk(order, "canceled on request (armed at the desk, never sent)"))
+                    await self._cancel_partner(order)
+                    return []
                 if self.book.is_held(order):  # never sent to Alpaca: the desk ends it
                     self._emit(self.book.cancel_held(order))
+                    await self._cancel_partner(order)
                     return []
         if order is None or not order.alpaca_ids:
             return self.book.cancel_rejected(routed, f"unknown order {routed.order_id}")
@@ -834,6 +1122,9 @@ class AlpacaBroker:
             return self.book.cancel_rejected(routed, describe(exc))
         snapshot = await self.rest.call("get_order_by_id", self.rest.client.get_order_by_id, alpaca_id)
         self._emit(self.book.on_order(AlpacaOrder.from_model(snapshot)))
+        if order.is_final:
+            async with self._lock(order.symbol):
+                await self._cancel_partner(order)
         return []
 
     async def on_market_data(self, update: MarketUpdate) -> Reports:
@@ -844,6 +1135,12 @@ class AlpacaBroker:
             and any(o.symbol == update.symbol for o in self.book.held_orders())
         ):
             self._schedule(update.symbol)  # a fresh price may make a held order executable
+        if (
+            self.book.armed
+            and not isinstance(update, marketdata_pb2.Bar)
+            and any(o.symbol == update.symbol and self.book.is_armed(o) for o in self.book.orders.values())
+        ):
+            self._schedule_exits(update.symbol)  # a fresh price may reach an armed stop-loss
         return []
 
     async def shutdown(self) -> Reports:

@@ -30,7 +30,16 @@ from typing import Any
 
 from desk.bus.decimals import fmt
 from desk.core.ids import alpaca_execution_id, canonical_qty, order_id_for, parse_alpaca_client_order_id
-from desk.core.orders import ORDER_TYPES, SIDES, TIMES_IN_FORCE, OrderProgress, Reports, order_record
+from desk.core.orders import (
+    ORDER_TYPES,
+    SIDES,
+    STOP_LOSS_SUFFIX,
+    TAKE_PROFIT_SUFFIX,
+    TIMES_IN_FORCE,
+    OrderProgress,
+    Reports,
+    order_record,
+)
 from desk.v1 import common_pb2, executions_pb2, ledger_pb2, orders_pb2
 
 E = executions_pb2
@@ -50,6 +59,9 @@ TERMINAL = {
 FILL_EVENTS = {"fill", "partial_fill"}
 PULL_TEXT = "pulling alpaca order"  # a pull record's text begins so (AlpacaBook.pulling)
 HELD_MARK = " held at the desk: "  # the text of a report that holds an order at the desk (AlpacaBook.hold)
+ARMED_MARK = " armed at the desk: "  # a stop-loss exit the desk keeps until the Alpaca price reaches its stop
+TRIGGERED_MARK = "stop-loss triggered: "  # the record stored before an armed stop-loss is sent (AlpacaBook.trigger)
+BRACKET, OCO, OTO = orders_pb2.ORDER_CLASS_BRACKET, orders_pb2.ORDER_CLASS_OCO, orders_pb2.ORDER_CLASS_OTO
 PULLED = {"canceled", "pending_cancel"}  # a pulled Alpaca order in these states carries no leaves any more
 CENT = Decimal("0.01")
 
@@ -118,6 +130,9 @@ class AlpacaOrder:
     stop_price: Decimal | None
     updated_ns: int
     created_ns: int
+    trail_price: Decimal | None = None
+    trail_percent: Decimal | None = None
+    hwm: Decimal | None = None  # a trailing stop's best price seen, at Alpaca (its stop_price follows it)
 
     @classmethod
     def from_model(cls, order: Any) -> AlpacaOrder:
@@ -136,6 +151,9 @@ class AlpacaOrder:
             stop_price=dec(order.stop_price),
             updated_ns=to_ns(order.updated_at),
             created_ns=to_ns(order.created_at),
+            trail_price=dec(getattr(order, "trail_price", None)),
+            trail_percent=dec(getattr(order, "trail_percent", None)),
+            hwm=dec(getattr(order, "hwm", None)),
         )
 
 
@@ -179,6 +197,18 @@ class DeskOrder(OrderProgress):
     alpaca_state: dict[str, tuple[str, Decimal]] = field(default_factory=dict)  # alpaca id -> (status, filled_qty)
     crosses: int = 0  # internal crosses booked (numbers the next one: deterministic, unique execution ids)
     unattributed: set[str] = field(default_factory=set)  # restored Alpaca fills not yet matched to their Alpaca order
+    trail_price: Decimal | None = None  # a trailing stop's trail (stop_price: its stop as Alpaca last said)
+    trail_percent: Decimal | None = None
+    hwm: Decimal | None = None
+    replaces: str = ""  # a replacing order: the desk order id it replaces
+    replaced_by: str = ""  # a replaced order: the desk order id of the one replacing it
+    order_class: orders_pb2.OrderClass = orders_pb2.ORDER_CLASS_UNSPECIFIED
+    take_profit: Decimal | None = None  # bracket / OTO / OCO: the exits' prices
+    stop_loss: Decimal | None = None
+    stop_loss_limit: Decimal | None = None
+    parent_order_id: str = ""  # an exit (``<id>-tp``, ``<id>-sl``): the bracket / OTO / OCO order
+    triggered: bool = False  # an armed stop-loss whose stop the Alpaca price reached: sent as market (limit)
+    canceled_text: str = ""  # the text of its CANCELED when the desk canceled it as an OCO exit
 
     @property
     def latest_alpaca_id(self) -> str | None:
@@ -202,6 +232,7 @@ class AlpacaBook:
         self.last_event_ns = 0  # newest event time seen from Alpaca (the reconcile's "since")
         self.pull_records: set[str] = set()  # execution ids of pull records (made, or restored from EXECUTIONS)
         self.held: set[str] = set()  # desk order ids held at the desk (made, or restored from EXECUTIONS)
+        self.armed: set[str] = set()  # stop-loss exits armed at the desk (made, or restored from EXECUTIONS)
 
     # --- restore (after a restart: what the desk decided is in EXECUTIONS) -----------------------
 
@@ -233,16 +264,32 @@ class AlpacaBook:
                     limit_price=dec(r.limit_price),
                     stop_price=dec(r.stop_price),
                     created_ns=r.event_ns,
+                    trail_price=dec(r.trail_price),
+                    trail_percent=dec(r.trail_percent),
+                    order_class=r.order_class,
+                    take_profit=dec(r.take_profit_limit_price),
+                    stop_loss=dec(r.stop_loss_stop_price),
+                    stop_loss_limit=dec(r.stop_loss_limit_price),
+                    parent_order_id=r.parent_order_id,
                 )
                 self.orders[order.order_id] = order
                 self._by_client_id[alpaca_client_order_id(order.strategy_id, order.client_order_id)] = order
             if r.execution_id in order.reported:
                 continue
             order.reported.add(r.execution_id)
+            if r.replaces:  # its NEW was stored before the replaced order's cancel was sent
+                order.replaces = r.replaces
+                replaced = self.orders.get(r.replaces)
+                if replaced is not None:
+                    replaced.replaced_by = order.order_id
             if r.text.startswith(PULL_TEXT):
                 self.pull_records.add(r.execution_id)
             if HELD_MARK in r.text and r.exec_type == E.EXEC_TYPE_NEW:
                 self.held.add(r.order_id)
+            if ARMED_MARK in r.text and r.exec_type == E.EXEC_TYPE_NEW:
+                self.armed.add(r.order_id)
+            if r.text.startswith(TRIGGERED_MARK):
+                order.triggered = True
             qty = dec(r.fill_qty)
             if r.exec_type in (E.EXEC_TYPE_FILL, E.EXEC_TYPE_PARTIAL_FILL) and qty:
                 price = dec(r.fill_price) or ZERO
@@ -253,6 +300,9 @@ class AlpacaBook:
                 else:
                     order.unattributed.add(r.execution_id)
             order.status = r.status
+        for order in self.orders.values():
+            if order.triggered:
+                self._mark_oco_end(order)
         return len(self.orders)
 
     # --- identity ----------------------------------------------------------------------------------
@@ -279,10 +329,142 @@ class AlpacaBook:
             limit_price=dec(request.limit_price),
             stop_price=dec(request.stop_price),
             created_ns=self._clock(),
+            trail_price=dec(request.trail_price),
+            trail_percent=dec(request.trail_percent),
+            order_class=request.order_class,
+            take_profit=dec(request.take_profit_limit_price),
+            stop_loss=dec(request.stop_loss_stop_price),
+            stop_loss_limit=dec(request.stop_loss_limit_price),
         )
+        if order.order_class == OCO and order.limit_price is None:
+            order.limit_price = order.take_profit  # an OCO order is its own take-profit exit
         self.orders[order.order_id] = order
         self._by_client_id[alpaca_client_order_id(order.strategy_id, order.client_order_id)] = order
         return order
+
+    # --- exits of bracket / OTO / OCO orders (docs/alpaca.md, "Order types at Alpaca") ------------
+
+    def exit_leg(self, parent: DeskOrder, suffix: str, qty: Decimal) -> DeskOrder:
+        """``parent``'s take-profit (``-tp``: a limit) or stop-loss (``-sl``: a stop, or a stop-limit),
+        made once (the same desk order after a restart: restored from its reports): the other side,
+        except an OCO order's own stop-loss (the same side: both exit)."""
+        client_order_id = parent.client_order_id + suffix
+        order_id = order_id_for(parent.strategy_id, client_order_id)
+        known = self.orders.get(order_id)
+        if known is not None:
+            known.parent_order_id = parent.order_id  # (one the reconcile found at Alpaca before its NEW was stored)
+            return known
+        take_profit = suffix == TAKE_PROFIT_SUFFIX
+        side = parent.side
+        if parent.order_class != OCO:
+            side = common_pb2.SIDE_SELL if parent.side == common_pb2.SIDE_BUY else common_pb2.SIDE_BUY
+        stop_type = (
+            common_pb2.ORDER_TYPE_STOP_LIMIT if parent.stop_loss_limit is not None else common_pb2.ORDER_TYPE_STOP
+        )
+        leg = DeskOrder(
+            order_id=order_id,
+            strategy_id=parent.strategy_id,
+            member_id=parent.member_id,
+            client_order_id=client_order_id,
+            symbol=parent.symbol,
+            side=side,
+            type=common_pb2.ORDER_TYPE_LIMIT if take_profit else stop_type,
+            tif=parent.tif,
+            qty=qty,
+            notional=None,
+            limit_price=parent.take_profit if take_profit else parent.stop_loss_limit,
+            stop_price=None if take_profit else parent.stop_loss,
+            created_ns=self._clock(),
+            parent_order_id=parent.order_id,
+        )
+        self.orders[order_id] = leg
+        self._by_client_id[alpaca_client_order_id(leg.strategy_id, client_order_id)] = leg
+        return leg
+
+    def legs_of(self, parent: DeskOrder) -> list[DeskOrder]:
+        """The exits of ``parent`` this book has (made, or restored)."""
+        found = (
+            self.orders.get(order_id_for(parent.strategy_id, parent.client_order_id + suffix))
+            for suffix in (TAKE_PROFIT_SUFFIX, STOP_LOSS_SUFFIX)
+        )
+        return [o for o in found if o is not None]
+
+    def partner(self, order: DeskOrder) -> DeskOrder | None:
+        """The other of two OCO exits (a bracket's ``-tp`` and ``-sl``; an OCO order and its ``-sl``)."""
+        if order.order_class == OCO:
+            return self.orders.get(order_id_for(order.strategy_id, order.client_order_id + STOP_LOSS_SUFFIX))
+        if not order.parent_order_id:
+            return None
+        parent = self.orders.get(order.parent_order_id)
+        if parent is not None and parent.order_class == OCO:
+            return parent
+        if parent is not None and parent.order_class != BRACKET:
+            return None  # an OTO's one exit
+        # a bracket's other exit (found by its id even before the entry's own reports are in the book)
+        if order.client_order_id.endswith(TAKE_PROFIT_SUFFIX):
+            base, other = order.client_order_id.removesuffix(TAKE_PROFIT_SUFFIX), STOP_LOSS_SUFFIX
+        else:
+            base, other = order.client_order_id.removesuffix(STOP_LOSS_SUFFIX), TAKE_PROFIT_SUFFIX
+        return self.orders.get(order_id_for(order.strategy_id, base + other))
+
+    def is_armed(self, order: DeskOrder) -> bool:
+        """``order`` is a stop-loss the desk keeps until the Alpaca price reaches its stop (not yet sent)."""
+        return order.order_id in self.armed and not order.triggered and not order.is_final
+
+    def arm(self, order: DeskOrder, partner: DeskOrder) -> Reports:
+        """``order`` (a stop-loss OCO with ``partner``, the take-profit resting at Alpaca) waits at the
+        desk: its NEW says so, so a restart knows it (:meth:`restore`)."""
+        self.armed.add(order.order_id)
+        stop = f"stop {fmt(order.stop_price)}" + (f" limit {fmt(order.limit_price)}" if order.limit_price else "")
+        text = (
+            f"{order.symbol} {order.client_order_id}{ARMED_MARK}{stop}, OCO with {partner.client_order_id}; sent to "
+            "alpaca (market, or limit for a stop-limit) once the Alpaca price reaches the stop, after "
+            f"{partner.client_order_id} is canceled there"
+        )
+        return self._emit(
+            order,
+            execution_id(order.order_id, "new"),
+            E.EXEC_TYPE_NEW,
+            E.ORDER_STATUS_NEW,
+            event_ns=self._clock(),
+            text=text,
+        )
+
+    def trigger(self, order: DeskOrder, why: str) -> Reports:
+        """The record stored before an armed stop-loss's partner is canceled and it is sent (a restart
+        finishes it): a NEW-type report, its numbers unchanged."""
+        order.triggered = True
+        self.armed.discard(order.order_id)
+        self._mark_oco_end(order)
+        return self._emit(
+            order,
+            execution_id("triggered", order.order_id),
+            E.EXEC_TYPE_NEW,
+            order.status,
+            event_ns=self._clock(),
+            text=f"{TRIGGERED_MARK}{why}",
+        )
+
+    def _mark_oco_end(self, triggered: DeskOrder) -> None:
+        partner = self.partner(triggered)
+        if partner is not None and not partner.canceled_text:
+            partner.canceled_text = f"OCO: {triggered.client_order_id} triggered"
+
+    def end_at_desk(self, order: DeskOrder, text: str) -> Reports:
+        """``order`` has nothing at Alpaca (an armed stop-loss, held, or pulled and waiting to go again)
+        and ends now: CANCELED with ``text`` (its OCO partner filled, triggered or was canceled)."""
+        self.armed.discard(order.order_id)
+        self.held.discard(order.order_id)
+        if order.qty is not None and order.parent_order_id and not order.alpaca_ids:
+            order.qty = order.cum_qty  # an exit that never traded closes at what it filled (as on sim)
+        return self._emit(
+            order,
+            execution_id("oco", order.order_id),
+            E.EXEC_TYPE_CANCELED,
+            E.ORDER_STATUS_CANCELED,
+            event_ns=self._clock(),
+            text=text,
+        )
 
     def attach(self, alpaca: AlpacaOrder) -> DeskOrder | None:
         """The desk order behind an Alpaca order (rebuilt from its client_order_id after a restart)."""
@@ -311,6 +493,9 @@ class AlpacaBook:
                 limit_price=alpaca.limit_price,
                 stop_price=alpaca.stop_price,
                 created_ns=alpaca.created_ns,
+                trail_price=alpaca.trail_price,
+                trail_percent=alpaca.trail_percent,
+                parent_order_id=self._parent_of(strategy_id, client_order_id),
             )
             self.orders[order_id] = order
             self._by_client_id[base] = order
@@ -324,6 +509,15 @@ class AlpacaBook:
                 order.superseded.add(alpaca.id)  # the desk's own cancel, recorded before it was made
         self._by_alpaca_id[alpaca.id] = order
         return order
+
+    def _parent_of(self, strategy_id: str, client_order_id: str) -> str:
+        """An exit found at Alpaca before its own NEW was stored: its bracket / OTO / OCO order's id."""
+        for suffix in (TAKE_PROFIT_SUFFIX, STOP_LOSS_SUFFIX):
+            if client_order_id.endswith(suffix):
+                parent = self.orders.get(order_id_for(strategy_id, client_order_id.removesuffix(suffix)))
+                if parent is not None and parent.order_class != orders_pb2.ORDER_CLASS_UNSPECIFIED:
+                    return parent.order_id
+        return ""
 
     def by_alpaca_id(self, alpaca_id: str) -> DeskOrder | None:
         return self._by_alpaca_id.get(alpaca_id)
@@ -355,7 +549,7 @@ class AlpacaBook:
                     exec_type,
                     status,
                     event_ns=alpaca.updated_ns,
-                    text=f"alpaca order {alpaca.status}",
+                    text=self._replaced_text(order) if alpaca.status == "canceled" else f"alpaca order {alpaca.status}",
                 )
         return reports
 
@@ -495,6 +689,42 @@ class AlpacaBook:
         exec_id = new_id if new_id not in order.reported else execution_id("held", order.order_id)
         return self._emit(order, exec_id, E.EXEC_TYPE_NEW, order.status, event_ns=self._clock(), text=text)
 
+    def _replaced_text(self, order: DeskOrder) -> str:
+        """A canceled order's text: ``replaced by <id>`` when the desk canceled it for a replace."""
+        if order.canceled_text:
+            return order.canceled_text
+        by = self.orders.get(order.replaced_by) if order.replaced_by else None
+        return f"replaced by {by.client_order_id}" if by is not None else "alpaca order canceled"
+
+    def replacing(self, new: DeskOrder, old: DeskOrder) -> Reports:
+        """``new`` replaces ``old`` (a replace at Alpaca is a cancel of old's Alpaca order, then new
+        placed as an order of its own): new's NEW, with ``replaces`` = old's order id and new's own
+        quantity (its total less what old has filled), stored before old's cancel is sent, so a restart
+        knows whose cancel it was (:meth:`restore`) and finishes the replace."""
+        new.replaces, old.replaced_by = old.order_id, new.order_id
+        text = f"replacing {old.client_order_id} (order {old.order_id})"
+        return self._emit(
+            new,
+            execution_id(new.order_id, "new"),
+            E.EXEC_TYPE_NEW,
+            E.ORDER_STATUS_NEW,
+            event_ns=self._clock(),
+            text=text,
+        )
+
+    def replaced(self, old: DeskOrder) -> Reports:
+        """``old`` has nothing at Alpaca (held at the desk, or pulled and waiting to go again): it ends
+        now, CANCELED ``replaced by <id>``."""
+        self.held.discard(old.order_id)
+        return self._emit(
+            old,
+            execution_id("replaced", old.order_id),
+            E.EXEC_TYPE_CANCELED,
+            E.ORDER_STATUS_CANCELED,
+            event_ns=self._clock(),
+            text=self._replaced_text(old),
+        )
+
     def cancel_held(self, order: DeskOrder) -> Reports:
         """The strategy canceled an order held at the desk: CANCELED (nothing of it is at Alpaca)."""
         self.held.discard(order.order_id)
@@ -557,7 +787,11 @@ class AlpacaBook:
         return [report]
 
     def open_orders(self) -> list[ledger_pb2.OrderRecord]:
-        return [_record(o) for o in self.orders.values() if not o.is_final and (o.alpaca_ids or self.is_held(o))]
+        return [
+            _record(o)
+            for o in self.orders.values()
+            if not o.is_final and (o.alpaca_ids or self.is_held(o) or self.is_armed(o))
+        ]
 
     # --- internals ---------------------------------------------------------------------------------
 
@@ -566,6 +800,10 @@ class AlpacaBook:
 
     @staticmethod
     def _state(order: DeskOrder, alpaca: AlpacaOrder) -> None:
+        if order.type == common_pb2.ORDER_TYPE_TRAILING_STOP and alpaca.id == order.latest_alpaca_id:
+            # where Alpaca's trailing stop stands now: what netting judges it by (a stop at this price)
+            order.stop_price = alpaca.stop_price or order.stop_price
+            order.hwm = alpaca.hwm or order.hwm
         known = order.alpaca_state.get(alpaca.id)
         if known is None or alpaca.filled_qty >= known[1]:
             order.alpaca_state[alpaca.id] = (alpaca.status, alpaca.filled_qty)
@@ -624,6 +862,15 @@ class AlpacaBook:
             notional=fmt(order.notional),
             limit_price=fmt(order.limit_price),
             stop_price=fmt(order.stop_price),
+            trail_price=fmt(order.trail_price),
+            trail_percent=fmt(order.trail_percent),
+            hwm=fmt(order.hwm),
+            replaces=order.replaces,
+            parent_order_id=order.parent_order_id,
+            order_class=order.order_class,
+            take_profit_limit_price=fmt(order.take_profit),
+            stop_loss_stop_price=fmt(order.stop_loss),
+            stop_loss_limit_price=fmt(order.stop_loss_limit),
             fill_qty=fmt(fill_qty),
             fill_price=fmt(fill_price),
             cum_qty=fmt(order.cum_qty),

@@ -71,6 +71,17 @@ def _fmt(value: Decimal | None) -> str | None:
     return text
 
 
+def _client_order_id(query: dict[str, str], raw: bytes) -> str:
+    """The client order id a request names: its query's, else its JSON body's."""
+    if "client_order_id" in query:
+        return query["client_order_id"]
+    with contextlib.suppress(ValueError):
+        body = json.loads(raw) if raw else None
+        if isinstance(body, dict):
+            return str(body.get("client_order_id") or "")
+    return ""
+
+
 class ApiError(Exception):
     def __init__(self, status: int, code: int, message: str, **extra: Any) -> None:
         super().__init__(message)
@@ -99,6 +110,19 @@ class FakeOrder:
     filled_at: dt.datetime | None = None
     canceled_at: dt.datetime | None = None
     asset_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    trail_price: Decimal | None = None  # trailing_stop: the trail, and
+    trail_percent: Decimal | None = None
+    hwm: Decimal | None = None  # the best price seen since it was placed (set_price ratchets it)
+    order_class: str = "simple"  # bracket / oco / oto: the parent (an oco: its take-profit) and
+    legs: list[FakeOrder] = field(default_factory=list)  # its legs (held until a bracket / oto parent fills)
+    parent_id: str | None = None  # a leg: its parent's id
+
+    def trail(self) -> None:
+        """A trailing stop's stop_price from its hwm (Alpaca's rule: hwm -/+ trail, or hwm x (1 -/+ %))."""
+        assert self.hwm is not None
+        sign = -1 if self.side == "sell" else 1
+        offset = self.trail_price if self.trail_price is not None else self.hwm * (self.trail_percent or ZERO) / 100
+        self.stop_price = self.hwm + sign * offset
 
     @property
     def leaves(self) -> Decimal:
@@ -108,7 +132,9 @@ class FakeOrder:
     def is_open(self) -> bool:
         return self.status in OPEN_STATUSES
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, nested: bool = True) -> dict[str, Any]:
+        """Alpaca's order JSON; a parent's ``legs`` when ``nested`` (a POST reply, GET of one order,
+        ``GET /v2/orders?nested=true``), else null."""
         avg = self.cost / self.filled_qty if self.filled_qty else None
         return {
             "id": self.id,
@@ -131,7 +157,7 @@ class FakeOrder:
             "qty": _fmt(self.qty),
             "filled_qty": _fmt(self.filled_qty),
             "filled_avg_price": _fmt(avg),
-            "order_class": "simple",
+            "order_class": self.order_class,
             "order_type": self.type,
             "type": self.type,
             "side": self.side,
@@ -140,10 +166,10 @@ class FakeOrder:
             "stop_price": _fmt(self.stop_price),
             "status": self.status,
             "extended_hours": False,
-            "legs": None,
-            "trail_percent": None,
-            "trail_price": None,
-            "hwm": None,
+            "legs": [leg.to_json() for leg in self.legs] if nested and self.legs else None,
+            "trail_percent": _fmt(self.trail_percent),
+            "trail_price": _fmt(self.trail_price),
+            "hwm": _fmt(self.hwm),
             "position_intent": None,
         }
 
@@ -156,6 +182,32 @@ class Injection:
     method: str = ""
     path_prefix: str = ""
     after_commit: bool = False  # POST /v2/orders: place the order, then lose the reply
+    client_order_id: str = ""  # only requests naming this client order id (POST body or query)
+
+
+@dataclass
+class Gate:
+    """Matching requests are held unanswered until :meth:`FakeAlpaca.release`: a test kills the client
+    while it waits on one (an exact step of its work). ``commit``: the request is applied to the account
+    on arrival and only its reply is held (the client dies not knowing it happened); otherwise a held
+    request released with ``proceed=False`` never reaches the account."""
+
+    method: str
+    path: str = ""  # exact path, or
+    path_prefix: str = ""  # a prefix of it
+    client_order_id: str = ""  # only requests naming this client order id (POST body or query)
+    commit: bool = False
+    reached: threading.Event = field(default_factory=threading.Event)  # set when the first one arrives
+    held: int = 0  # requests held so far
+    proceed: bool = False
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def matches(self, method: str, path: str, client_order_id: str) -> bool:
+        return (
+            self.method == method
+            and (path == self.path if self.path else path.startswith(self.path_prefix))
+            and (not self.client_order_id or self.client_order_id == client_order_id)
+        )
 
 
 class FakeAlpaca:
@@ -174,6 +226,9 @@ class FakeAlpaca:
         self.refusals: list[tuple[int, int]] = []  # (http status, code) of every error sent
         self.trade_streams_refused = False
         self.trade_connections = 0  # authorized trade_updates connections so far
+        self.trade_refusals = 0  # trade_updates handshakes refused (drop_trade_streams): reconnect attempts
+        self.gates: list[Gate] = []  # requests held until released (hold / release)
+        self.market_open = True  # GET /v2/clock's is_open; while closed market orders rest (close_market)
         self._trade_queues: set[asyncio.Queue[str | None]] = set()
         self._data_conns: dict[ServerConnection, dict[str, set[str]]] = {}
         self.data_connections = 0  # authenticated market-data connections so far
@@ -282,18 +337,84 @@ class FakeAlpaca:
     # --- test controls -----------------------------------------------------------------------------
 
     def set_price(self, symbol: str, price: str | Decimal) -> None:
-        self.call(lambda: self.prices.__setitem__(symbol, Decimal(str(price))))
+        """The symbol's last price; an open trailing stop's hwm (and stop) follows it (it never triggers:
+        fills come from :meth:`fill` here, as for stops)."""
+
+        def run() -> None:
+            value = Decimal(str(price))
+            self.prices[symbol] = value
+            for order in self.orders.values():
+                if order.is_open and order.symbol == symbol and order.hwm is not None:
+                    better = value > order.hwm if order.side == "sell" else value < order.hwm
+                    if better:
+                        order.hwm = value
+                        order.trail()
+
+        self.call(run)
 
     def inject(
-        self, status: int, count: int = 1, method: str = "", path_prefix: str = "", after_commit: bool = False
+        self,
+        status: int,
+        count: int = 1,
+        method: str = "",
+        path_prefix: str = "",
+        after_commit: bool = False,
+        client_order_id: str = "",
     ) -> None:
         """The next ``count`` matching requests get ``status`` (429, 500, 503, 504...)."""
 
         def add() -> None:
             for _ in range(count):
-                self.injections.append(Injection(status, method, path_prefix, after_commit))
+                self.injections.append(Injection(status, method, path_prefix, after_commit, client_order_id))
 
         self.call(add)
+
+    def hold(
+        self, method: str, path: str = "", path_prefix: str = "", client_order_id: str = "", commit: bool = False
+    ) -> Gate:
+        """Hold matching requests unanswered from now on (a :class:`Gate`) until :meth:`release`."""
+
+        def add() -> Gate:
+            gate = Gate(method, path, path_prefix, client_order_id, commit)
+            self.gates.append(gate)
+            return gate
+
+        return self.call(add)
+
+    def release(self, gate: Gate, proceed: bool = False) -> int:
+        """Stop holding; the held requests are answered (``proceed``) or dropped unanswered (the
+        connection closes; a request held without ``commit`` never reaches the account). How many."""
+
+        def run() -> int:
+            if gate in self.gates:
+                self.gates.remove(gate)
+            gate.proceed = proceed
+            gate.opened.set()
+            return gate.held
+
+        return self.call(run)
+
+    def close_market(self) -> None:
+        """The market closes: market orders rest (accepted, unfilled) until :meth:`open_market`."""
+
+        def run() -> None:
+            self.market_open = False
+            self.auto_fill = False
+
+        self.call(run)
+
+    def open_market(self) -> int:
+        """The market opens: every resting market order fills at its symbol's price. How many filled."""
+
+        def run() -> int:
+            self.market_open = True
+            self.auto_fill = True
+            resting = [o for o in self.orders.values() if o.is_open and o.type == "market" and o.symbol in self.prices]
+            for order in sorted(resting, key=lambda o: o.created_at):
+                self._execute(order, order.leaves, self.prices[order.symbol])
+            return len(resting)
+
+        return self.call(run)
 
     def clear_injections(self) -> int:
         """Forget the injected failures not used yet (Alpaca is healthy again); how many there were."""
@@ -397,9 +518,83 @@ class FakeAlpaca:
         return self.positions.get(symbol, (ZERO, ZERO))[0]
 
     def _held_for_sells(self, symbol: str) -> Decimal:
-        return sum(
-            (o.leaves for o in self.orders.values() if o.is_open and o.symbol == symbol and o.side == "sell"), ZERO
-        )
+        """Shares resting sells hold: a held leg none yet, the two exits of one bracket / oco once."""
+        held: dict[str, Decimal] = {}
+        for o in self.orders.values():
+            if o.is_open and o.status != "held" and o.symbol == symbol and o.side == "sell":
+                group = self._group_of(o)
+                held[group] = max(held.get(group, ZERO), o.leaves)
+        return sum(held.values(), ZERO)
+
+    def _group_of(self, order: FakeOrder) -> str:
+        """The exits one position's shares back once: a bracket's two legs, an oco order and its leg."""
+        parent = self.orders.get(order.parent_id) if order.parent_id else None
+        if parent is not None and (parent.order_class == "oco" or len(parent.legs) == 2):
+            return parent.id
+        if order.order_class == "oco":
+            return order.id
+        return order.id + ":own"
+
+    def _make_legs(self, order: FakeOrder, body: dict[str, Any]) -> None:
+        """A bracket's / oto's exits (other side, ``held`` until it fills) or an oco's stop-loss (same
+        side, ``new`` at once), each an order of its own with an Alpaca-made client_order_id."""
+        take_profit, stop_loss = body.get("take_profit") or {}, body.get("stop_loss") or {}
+        exit_side = order.side if order.order_class == "oco" else ("sell" if order.side == "buy" else "buy")
+        status = "new" if order.order_class == "oco" else "held"
+        specs: list[tuple[str, Decimal | None, Decimal | None]] = []
+        if take_profit and order.order_class != "oco":
+            specs.append(("limit", _dec(take_profit.get("limit_price")), None))
+        if stop_loss:
+            limit = _dec(stop_loss.get("limit_price"))
+            specs.append(("stop_limit" if limit is not None else "stop", limit, _dec(stop_loss.get("stop_price"))))
+        for kind, limit_price, stop_price in specs:
+            leg = FakeOrder(
+                str(uuid.uuid4()), str(uuid.uuid4()), order.symbol, exit_side, kind, order.time_in_force,
+                order.qty, limit_price, stop_price, order.created_at, status=status, parent_id=order.id,
+            )  # fmt: skip
+            order.legs.append(leg)
+            self.orders[leg.id] = leg
+
+    def _check_class(self, body: dict[str, Any], kind: str) -> str:
+        """``order_class`` as Alpaca checks it: bracket (take_profit and stop_loss), oto (one of them),
+        oco (a limit whose take_profit is its limit, and a stop_loss)."""
+        order_class = str(body.get("order_class") or "simple")
+        take_profit, stop_loss = body.get("take_profit"), body.get("stop_loss")
+        if order_class == "simple":
+            return order_class
+        if order_class not in ("bracket", "oco", "oto"):
+            raise ApiError(422, 40010000, f"invalid order_class {order_class}")
+        if order_class in ("bracket", "oco") and not (take_profit and stop_loss):
+            raise ApiError(422, 40010000, f"{order_class} orders require take_profit and stop_loss")
+        if order_class == "oto" and bool(take_profit) == bool(stop_loss):
+            raise ApiError(422, 40010000, "oto orders require exactly one of take_profit or stop_loss")
+        if order_class == "oco" and kind != "limit":
+            raise ApiError(422, 40010000, "oco orders must be limit orders")
+        if order_class != "oco" and kind not in ("market", "limit"):
+            raise ApiError(422, 40010000, f"{order_class} orders must be market or limit orders")
+        return order_class
+
+    def _legs_after_fill(self, order: FakeOrder) -> None:
+        """A bracket / oto parent filled: its legs go live; an oco exit executed: its other one is canceled."""
+        if order.status == "filled" and order.order_class in ("bracket", "oto"):
+            for leg in order.legs:
+                if leg.status == "held":
+                    leg.status, leg.updated_at = "new", _now()
+                    self._emit("new", leg)
+        for sibling in self._siblings(order):
+            if sibling.is_open:
+                sibling.status = "canceled"
+                sibling.canceled_at = sibling.updated_at = _now()
+                self._emit("canceled", sibling)
+
+    def _siblings(self, order: FakeOrder) -> list[FakeOrder]:
+        """The other exit(s) of the oco pair ``order`` belongs to (none for a simple order or an entry)."""
+        group = self._group_of(order)
+        if group.endswith(":own"):
+            return []
+        parent = self.orders[group]
+        members = [*parent.legs] if parent.order_class != "oco" else [parent, *parent.legs]
+        return [m for m in members if m.id != order.id]
 
     def _emit(self, event: str, order: FakeOrder, **extra: Any) -> None:
         data: dict[str, Any] = {"event": event, "order": order.to_json(), "timestamp": _iso(_now())}
@@ -452,6 +647,7 @@ class FakeAlpaca:
         self._emit(
             event, order, execution_id=execution_id, price=_fmt(price), qty=_fmt(qty), position_qty=_fmt(position)
         )
+        self._legs_after_fill(order)
         return activity
 
     def _place(self, body: dict[str, Any]) -> FakeOrder:
@@ -466,13 +662,21 @@ class FakeAlpaca:
             raise ApiError(422, 40010000, f"invalid order request: {exc}") from None
         if qty is None or qty <= 0:
             raise ApiError(422, 40010000, "qty must be > 0")
-        if side not in ("buy", "sell") or kind not in ("market", "limit", "stop", "stop_limit"):
+        if side not in ("buy", "sell") or kind not in ("market", "limit", "stop", "stop_limit", "trailing_stop"):
             raise ApiError(422, 40010000, "invalid side or type")
+        trail_price, trail_percent = _dec(body.get("trail_price")), _dec(body.get("trail_percent"))
+        if kind == "trailing_stop" and (trail_price is None) == (trail_percent is None):
+            raise ApiError(422, 40010000, "trailing_stop orders require exactly one of trail_price or trail_percent")
+        if kind != "trailing_stop" and (trail_price is not None or trail_percent is not None):
+            raise ApiError(422, 40010000, "trail_price and trail_percent are for trailing_stop orders")
         client_order_id = str(body.get("client_order_id") or uuid.uuid4())
         if len(client_order_id) > 128:
             raise ApiError(422, 40010000, "client_order_id must be no more than 128 characters")
         if any(o.client_order_id == client_order_id for o in self.orders.values()):
             raise ApiError(422, 40010001, "client_order_id must be unique")
+        order_class = self._check_class(body, kind)
+        if order_class == "oco" and limit_price is None:
+            limit_price = _dec((body.get("take_profit") or {}).get("limit_price"))
         self._check_wash_trade(symbol, side, kind, limit_price)
         price = limit_price or self.prices.get(symbol, Decimal(100))
         if side == "sell":
@@ -498,23 +702,32 @@ class FakeAlpaca:
         order = FakeOrder(
             str(uuid.uuid4()), client_order_id, symbol, side, kind, tif, qty, limit_price, stop_price, now
         )
+        if kind == "trailing_stop":
+            order.trail_price, order.trail_percent = trail_price, trail_percent
+            order.hwm = self.prices.get(symbol, Decimal(100))
+            order.trail()
         self.orders[order.id] = order
+        order.order_class = order_class
+        if order_class != "simple":
+            self._make_legs(order, body)
         self._emit("new", order)
+        for leg in order.legs if order_class == "oco" else []:
+            self._emit("new", leg)
         if self.auto_fill and kind == "market" and symbol in self.prices:
             self._execute(order, qty, self.prices[symbol])
         return order
 
     def _check_wash_trade(self, symbol: str, side: str, kind: str, limit_price: Decimal | None) -> None:
         for other in self.orders.values():
-            if not other.is_open or other.symbol != symbol or other.side == side:
+            if not other.is_open or other.status == "held" or other.symbol != symbol or other.side == side:
                 continue
             buy_limit, sell_limit = (
                 (limit_price, other.limit_price) if side == "buy" else (other.limit_price, limit_price)
             )
             could_cross = (
                 kind == "market"
-                or other.type in ("market", "stop", "stop_limit")
-                or kind in ("stop", "stop_limit")
+                or other.type in ("market", "stop", "stop_limit", "trailing_stop")
+                or kind in ("stop", "stop_limit", "trailing_stop")
                 or (buy_limit is not None and sell_limit is not None and buy_limit >= sell_limit)
             )
             if could_cross:
@@ -534,6 +747,13 @@ class FakeAlpaca:
         order.status = "canceled"
         order.canceled_at = order.updated_at = _now()
         self._emit("canceled", order)
+        # a parent's held legs go with it; an oco exit's other exit too
+        tied = [leg for leg in order.legs if leg.status == "held"] + self._siblings(order)
+        for other in tied:
+            if other.is_open:
+                other.status = "canceled"
+                other.canceled_at = other.updated_at = _now()
+                self._emit("canceled", other)
 
     def _account(self) -> dict[str, Any]:
         market_value = sum(
@@ -630,7 +850,7 @@ class FakeAlpaca:
             now = _now()
             return 200, {
                 "timestamp": _iso(now),
-                "is_open": True,
+                "is_open": self.market_open,
                 "next_open": _iso(now + dt.timedelta(days=1)),
                 "next_close": _iso(now + dt.timedelta(hours=6)),
             }
@@ -651,9 +871,12 @@ class FakeAlpaca:
         if "symbols" in query:
             wanted = set(query["symbols"].split(","))
             orders = [o for o in orders if o.symbol in wanted]
+        nested = query.get("nested", "").lower() == "true"
+        if nested:  # legs under their parents, not listed on their own
+            orders = [o for o in orders if o.parent_id is None]
         if query.get("direction", "desc") == "desc":
             orders.reverse()
-        return [o.to_json() for o in orders[: int(query.get("limit", 50))]]
+        return [o.to_json(nested) for o in orders[: int(query.get("limit", 50))]]
 
     def _list_activities(self, query: dict[str, str]) -> list[dict[str, Any]]:
         items = list(self.activities)
@@ -676,7 +899,11 @@ class FakeAlpaca:
         if headers.get("apca-api-key-id") != self.key or headers.get("apca-api-secret-key") != self.secret:
             raise ApiError(401, 40110000, "request is not authorized")
         for injection in list(self.injections):
-            if (not injection.method or injection.method == method) and path.startswith(injection.path_prefix):
+            if (
+                (not injection.method or injection.method == method)
+                and path.startswith(injection.path_prefix)
+                and (not injection.client_order_id or injection.client_order_id == _client_order_id(query, raw))
+            ):
                 self.injections.remove(injection)
                 if injection.status == 429:
                     raise ApiError(429, 42910000, "rate limit exceeded")
@@ -688,6 +915,21 @@ class FakeAlpaca:
         except ValueError:
             raise ApiError(400, 40010000, "request body format is invalid") from None
         return self._route(method, path, query, body)
+
+    def _answer(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
+        try:
+            return self._handle(method, target, headers, raw)
+        except ApiError as err:
+            self.refusals.append((err.status, err.code))
+            return err.status, err.body()
+
+    def _gate_for(self, method: str, target: str, raw: bytes) -> Gate | None:
+        if not self.gates:
+            return None
+        parts = urlsplit(target)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        client_order_id = _client_order_id(query, raw)
+        return next((g for g in self.gates if g.matches(method, unquote(parts.path), client_order_id)), None)
 
     async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -704,11 +946,15 @@ class FakeAlpaca:
                     name, _, value = header.decode("latin-1").partition(":")
                     headers[name.strip().lower()] = value.strip()
                 raw = await reader.readexactly(int(headers.get("content-length", "0")))
-                try:
-                    status, payload = self._handle(method, target, headers, raw)
-                except ApiError as err:
-                    self.refusals.append((err.status, err.code))
-                    status, payload = err.status, err.body()
+                gate = self._gate_for(method, target, raw)
+                answer = self._answer(method, target, headers, raw) if gate is None or gate.commit else None
+                if gate is not None:
+                    gate.held += 1
+                    gate.reached.set()
+                    await gate.opened.wait()
+                    if not gate.proceed:
+                        break  # dropped: the connection closes unanswered
+                status, payload = answer or self._answer(method, target, headers, raw)
                 data = b"" if payload is None else json.dumps(payload).encode()
                 reason = {200: "OK", 204: "No Content", 207: "Multi-Status"}.get(status, "Error")
                 head = f"HTTP/1.1 {status} {reason}\r\nContent-Length: {len(data)}\r\n"
@@ -728,6 +974,7 @@ class FakeAlpaca:
 
     def _ws_gate(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.path == "/stream" and self.trade_streams_refused:
+            self.trade_refusals += 1
             return Response(503, "Service Unavailable", Headers(), b"stream unavailable (injected)\n")
         if request.path not in ("/stream", "/v2/iex", "/v2/sip"):
             return Response(404, "Not Found", Headers(), b"not found\n")

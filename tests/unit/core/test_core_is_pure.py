@@ -22,6 +22,7 @@ def test_every_core_module_is_listed() -> None:
         "desk.core.marketdata",
         "desk.core.matching",
         "desk.core.orders",
+        "desk.core.partition",
         "desk.core.risk",
     ]
 
