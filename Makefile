@@ -90,10 +90,12 @@ down: ## stop the compose desk and its strategy containers (volumes are kept)
 	-$(DESK) stop
 	$(COMPOSE) -p $(PROJECT) down
 
-clean-docker: ## remove the compose desk, its volumes, strategy containers and networks, and the images
+clean-docker: ## remove the compose desk, its volumes, strategy containers, networks and code volumes, and the images
 	-$(COMPOSE) -p $(PROJECT) down --volumes --remove-orphans
 	-docker ps -aq --filter label=quantdesk.strategy | xargs -r docker rm -f
+	-docker ps -aq --filter label=quantdesk.code-version | xargs -r docker rm -f
 	-docker network ls -q --filter label=quantdesk.strategy | xargs -r docker network rm
+	-docker volume ls -q --filter label=quantdesk.code-version | xargs -r docker volume rm
 	-docker image rm quantdesk/service:latest quantdesk/strategy:latest quantdesk/nats:latest
 
 proto: $(STAMP) ## regenerate desk/v1/*_pb2.py(i) from protos/ with grpcio-tools
@@ -127,7 +129,7 @@ sandbox-tools: ## install Debian's bubblewrap (the process runtime's sandbox) wh
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
 	  else echo "WARNING: bwrap (bubblewrap) is missing: strategies would run unconfined; sandbox tests skip"; fi; }
 
-test-faults: $(STAMP) ## kill -9 each service and nats-server under load; prove nothing lost or duplicated (~1 min)
+test-faults: $(STAMP) ## kill -9 each service and nats-server under load; prove nothing lost or duplicated; the Alpaca netting crash matrix (~3 min)
 	$(PYTEST) -m faults tests/faults
 
 test-browser: $(STAMP) ## the dashboard in headless Chromium (installs Debian's chromium when missing)

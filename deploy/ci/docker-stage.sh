@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Docker end-to-end stage of `make test`: make sure an engine runs (installing Debian's docker.io,
 # docker-compose and debootstrap when missing, starting dockerd when none runs), build the images
-# offline, run tests/docker against the compose desk, tear everything down.
+# offline, run tests/docker against the compose desk and the compose cluster (3 nats nodes, two of
+# every service), tear everything down.
 #
 # It skips, saying so loudly, only where no engine can start at all; it never reports a pass for
 # tests that did not run.
@@ -56,5 +57,5 @@ say "engine: $(docker info --format '{{.ServerVersion}}, storage {{.Driver}}, cg
 say "building the images offline (make build OFFLINE=1)"
 make --no-print-directory build OFFLINE=1
 
-say "running tests/docker against the compose desk"
+say "running tests/docker: the compose desk (compose.yaml) and the compose cluster (compose.cluster.yaml)"
 .venv/bin/python -m pytest -q -p no:cacheprovider tests/docker

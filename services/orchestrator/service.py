@@ -47,8 +47,8 @@ the member's own strategies only (NOT_YOURS otherwise); replies go only to the m
 (:class:`MemberAwareService`). ``desk deploy ./folder`` uploads the folder in chunks (upload) and
 commits it (commit): checked by :mod:`services.orchestrator.uploads`, stored as a new version in the
 object store (:mod:`services.orchestrator.codestore`), unpacked under ORCH_CODE_DIR and run like any
-strategy (an uploaded version wins over a folder of the same name); rollback runs the previous
-version. The operator adds and removes members (``desk.ctl.member.*``; logins in
+strategy (an uploaded version wins over a folder of the same name; the docker runtime runs it from
+a volume filled from that folder); rollback runs the previous version. The operator adds and removes members (``desk.ctl.member.*``; logins in
 :mod:`services.orchestrator.identities`).
 """
 
@@ -105,6 +105,8 @@ MAX_TAIL = 1000
 START_FAILED_EXIT_CODE = 127
 #: Control requests (deploy, start, stop, restart) handled at once: each may wait on its strategies.
 CONTROL_CONCURRENCY = 16
+#: The runtimes that run uploaded versions (desk deploy ./folder); any other refuses uploads.
+UPLOAD_RUNTIMES = ("process", "docker")
 #: Log lines of a failed start quoted in the reply, each cut to LOG_LINE_CHARS.
 FAILURE_TAIL = 20
 LOG_LINE_CHARS = 300
@@ -551,11 +553,11 @@ class OrchestratorService:
         return subjects.member_of(subject)
 
     def _uploads_supported(self) -> None:
-        # The docker runtime bind-mounts <host strategies dir>/<folder>; uploaded versions live elsewhere.
-        if self.runtime.name != "process":
+        # process: runs the unpacked version's folder; docker: a volume filled from it (runtimes/docker.py)
+        if self.runtime.name not in UPLOAD_RUNTIMES:
             raise DeskError(
                 "NOT_SUPPORTED",
-                f"deploying by upload needs the process runtime (this desk runs "
+                f"deploying by upload needs the process or docker runtime (this desk runs "
                 f"{self.runtime.name}): put the folder in the strategies folder instead",
                 status=501,
             )
@@ -832,7 +834,7 @@ class OrchestratorService:
 
     async def _discover(self) -> Discovery:
         found = await asyncio.to_thread(discover, self.settings.orch_strategies_dir, self.settings.orch_runtime)
-        uploaded = self.pointers if self.runtime.name == "process" else {}
+        uploaded = self.pointers if self.runtime.name in UPLOAD_RUNTIMES else {}
         for strategy_id, pointer in list(uploaded.items()):  # an uploaded version wins over a folder
             folder = self._code_path(strategy_id, pointer.current)
             try:
@@ -1199,6 +1201,7 @@ def make_runtime(settings: Settings) -> Runtime:
             default_memory=settings.orch_docker_memory,
             default_cpus=settings.orch_docker_cpus,
             default_pids=settings.orch_docker_pids,
+            code_dir=settings.orch_code_dir,
         )
     return ProcessRuntime.from_settings(settings)
 

@@ -97,7 +97,9 @@ class Settings(BusSettings):
         default="nats://nats:4222", description="docker: NATS as strategy containers reach it on their network"
     )
     orch_docker_nats_container: str = Field(
-        default="", description="docker: the NATS container to join to strategy networks; default: compose service nats"
+        default="",
+        description="docker: the NATS containers (comma-separated) to reload and join to strategy networks; "
+        "default: those of the compose project labelled quantdesk.nats, else its service nats",
     )
     orch_docker_memory: str = Field(
         default="256m", pattern=r"^[1-9][0-9]*[kmgKMG]?$", description="docker: default memory limit per strategy"

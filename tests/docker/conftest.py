@@ -22,7 +22,8 @@ import pytest
 from tests.support import free_port, wait_for_services
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT = "quantdesk-test"
+# QUANTDESK_TEST_PROJECT: another compose project name (a second checkout's run beside this one).
+PROJECT = os.environ.get("QUANTDESK_TEST_PROJECT", "quantdesk-test")
 SERVICES = ("marketdata", "ledger", "broker_gateway", "order_router", "orchestrator")
 EXAMPLES = {"ma_crossover": "alice", "mean_reversion": "bob", "legacy_momentum": "carol"}
 BROKER_KEY = "PKTEST-never-give-this-to-a-strategy"
@@ -120,10 +121,17 @@ def docker(*args: str) -> str:
 
 
 def remove_strategy_leftovers() -> None:
-    for container in docker("ps", "-aq", "--filter", "label=quantdesk.strategy").split():
+    """This desk's strategy containers, networks and code volumes (labelled quantdesk.desk=PROJECT by
+    its orchestrator): another project's on the same engine are left alone."""
+    mine = f"label=quantdesk.desk={PROJECT}"
+    for container in docker("ps", "-aq", "--filter", "label=quantdesk.strategy", "--filter", mine).split():
         subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
-    for network in docker("network", "ls", "-q", "--filter", "label=quantdesk.strategy").split():
+    for container in docker("ps", "-aq", "--filter", "label=quantdesk.code-version", "--filter", mine).split():
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)  # a code volume's filler
+    for network in docker("network", "ls", "-q", "--filter", "label=quantdesk.strategy", "--filter", mine).split():
         subprocess.run(["docker", "network", "rm", network], capture_output=True, check=False)
+    for volume in docker("volume", "ls", "-q", "--filter", "label=quantdesk.code-version", "--filter", mine).split():
+        subprocess.run(["docker", "volume", "rm", "-f", volume], capture_output=True, check=False)  # uploaded code
 
 
 def wait_for_docker_health(desk: ComposeDesk, timeout: float = 180) -> None:

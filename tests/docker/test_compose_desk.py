@@ -9,12 +9,23 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
 
-from tests.docker.conftest import BROKER_KEY, EXAMPLES, SERVICES, ComposeDesk, docker
-from tests.support import LEDGER_ACKS, follow, follow_executions, ledger_caught_up, wait_for_fills
+from tests.docker.conftest import BROKER_KEY, EXAMPLES, PROJECT, SERVICES, ComposeDesk, docker
+from tests.support import (
+    LEDGER_ACKS,
+    follow,
+    follow_executions,
+    ledger_caught_up,
+    member_cli,
+    poll,
+    wait_for_fills,
+    write_strategy,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -272,3 +283,130 @@ def test_the_strategy_image_has_the_indicator_library(compose_desk: ComposeDesk)
         "print(json.dumps({'rsi': round(r[-1], 2)}))"
     )
     assert probe("idle_a", code) == {"rsi": 66.67}  # the README's indicator recipe works in a container
+
+
+UPLOADED = """
+from strategy_sdk import Strategy
+
+CODE_VERSION = "%s"
+
+
+class Uploaded(Strategy):
+    def on_start(self):
+        self.bought = False
+        self.log.info("code version %%s", CODE_VERSION)
+
+    async def on_bar(self, bar):
+        if not self.bought:
+            self.bought = True
+            await self.buy(bar.symbol, 1)
+"""
+
+READ_CODE = """
+import json, os
+def can_write(path):
+    try:
+        with open(path, "w") as f: f.write("x")
+        return True
+    except OSError:
+        return False
+files = {}
+for root, _, names in os.walk("/strategy"):
+    for name in names:
+        path = os.path.join(root, name)
+        files[os.path.relpath(path, "/strategy")] = open(path).read()
+print(json.dumps({"uid": os.getuid(), "files": files, "writable": can_write("/strategy/owned")}))
+"""
+
+
+def code_mount(strategy_id: str) -> dict[str, object]:
+    mounts = json.loads(docker("inspect", "-f", "{{json .Mounts}}", container(strategy_id)))
+    (mount,) = [m for m in mounts if m["Destination"] == "/strategy"]
+    return dict(mount)
+
+
+def running_code(strategy_id: str, version: int, source: str) -> str:
+    """The volume /strategy is, read-only, of ``version``, holding the uploaded files: checked from
+    the engine's side and from inside the container (as the strategy's own user)."""
+    mount = code_mount(strategy_id)
+    name = str(mount["Name"])
+    assert mount["Type"] == "volume" and mount["RW"] is False, mount
+    assert name.startswith(f"quantdesk-code-{strategy_id}-v{version}-"), name
+    labels = json.loads(docker("volume", "inspect", "-f", "{{json .Labels}}", name))
+    assert labels["quantdesk.strategy"] == strategy_id and labels["quantdesk.code-version"] == str(version)
+    assert labels["quantdesk.desk"] == PROJECT  # this desk's: its cleanup and `make clean-docker` find it
+    inside = probe(strategy_id, READ_CODE)
+    assert inside["uid"] != 0 and inside["writable"] is False
+    files = inside["files"]
+    assert isinstance(files, dict)
+    assert set(files) == {"strategy.py", "config.json", "lib/notes.txt"}
+    assert files["strategy.py"] == source and files["lib/notes.txt"] == "uploaded by alice\n"
+    return name
+
+
+def test_a_member_deploys_by_upload_and_the_compose_desk_runs_each_version_from_its_own_volume(
+    compose_desk: ComposeDesk, tmp_path: Path
+) -> None:
+    url = compose_desk.plain_url
+    compose_desk.desk("member", "add", "alice", "--url", url)
+    compose_desk.desk("member", "add", "bob", "--url", url)
+    assert compose_desk.credentials is not None
+    members_dir = compose_desk.credentials.parent / "members"
+    alice, bob = tmp_path / "alice-laptop", tmp_path / "bob-laptop"
+    for home, name in ((alice, "alice"), (bob, "bob")):
+        home.mkdir()
+        (home / f"{name}.json").write_bytes((members_dir / f"{name}.json").read_bytes())
+        member_cli(home, "login", f"{name}.json")
+
+    strategy_id = "alice_upload"
+    folder = write_strategy(alice / strategy_id, "alice", UPLOADED % "A", symbols=["AAPL"])
+    (folder / "lib").mkdir()
+    (folder / "lib" / "notes.txt").write_text("uploaded by alice\n")
+
+    def deploy(home: Path, *args: str) -> dict[str, Any]:
+        result = member_cli(home, *args, "--json", timeout=240)
+        reply: dict[str, Any] = json.loads(result.stdout)
+        return reply
+
+    first = deploy(alice, "deploy", f"./{strategy_id}")
+    assert [(s["strategy_id"], s["state"], s["code_version"]) for s in first["strategies"]] == [
+        (strategy_id, "running", 1)
+    ]
+    labels = json.loads(docker("inspect", "-f", "{{json .Config.Labels}}", container(strategy_id)))
+    assert labels["quantdesk.strategy"] == strategy_id and labels["quantdesk.member"] == "alice"
+    assert labels["quantdesk.desk"] == PROJECT
+    host = json.loads(docker("inspect", "-f", "{{json .HostConfig}}", container(strategy_id)))
+    assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"] and host["Memory"] > 0
+    assert host["NetworkMode"] == f"quantdesk-s-{strategy_id}"
+    env = probe(strategy_id, "import json, os; print(json.dumps(dict(os.environ)))")
+    assert not any(BROKER_KEY in str(value) for value in env.values())
+    v1 = running_code(strategy_id, 1, UPLOADED % "A")
+
+    async def a_fill() -> list[dict[str, Any]]:
+        fills: list[dict[str, Any]] = compose_desk.desk("fills", "-s", strategy_id)["fills"]
+        return fills
+
+    async def booked() -> None:
+        fills = await poll(a_fill, f"a fill of {strategy_id} booked by the ledger", timeout=120, every=1)
+        assert {f["member_id"] for f in fills} == {"alice"}
+
+    asyncio.run(booked())
+
+    (folder / "strategy.py").write_text(UPLOADED % "B")
+    second = deploy(alice, "deploy", f"./{strategy_id}")
+    assert [(s["state"], s["code_version"]) for s in second["strategies"]] == [("running", 2)]
+    v2 = running_code(strategy_id, 2, UPLOADED % "B")
+    assert v2 != v1
+
+    back = deploy(alice, "rollback", strategy_id)
+    assert [(s["state"], s["code_version"]) for s in back["strategies"]] == [("running", 1)]
+    assert "rolled back to version 1" in back["message"]
+    assert running_code(strategy_id, 1, UPLOADED % "A") == v1  # the same volume again
+    kept = docker("volume", "ls", "-q", "--filter", f"label=quantdesk.strategy={strategy_id}").split()
+    assert sorted(kept) == sorted([v1, v2])
+
+    # bob cannot deploy over alice's strategy: the name is hers
+    write_strategy(bob / strategy_id, "bob", UPLOADED % "BOB", symbols=["AAPL"])
+    refused = member_cli(bob, "deploy", f"./{strategy_id}", check=False, timeout=120)
+    assert refused.returncode == 1 and "NOT_YOURS" in refused.stderr, refused.stderr
+    assert running_code(strategy_id, 1, UPLOADED % "A") == v1
