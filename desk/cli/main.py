@@ -30,6 +30,7 @@ from desk.cli.data_cmd import data_app
 from desk.cli.inspect_cmd import services as services_command
 from desk.cli.inspect_cmd import streams as streams_command
 from desk.cli.inspect_cmd import watch as watch_command
+from desk.cli.leases_cmd import leases as leases_command
 from desk.cli.member_cmd import login as login_command
 from desk.cli.member_cmd import member_app
 from desk.cli.member_cmd import rollback as rollback_command
@@ -52,6 +53,7 @@ app.command("backtest")(backtest_command)  # desk backtest
 app.command("watch")(watch_command)  # desk watch [SUBJECT ...]
 app.command("streams")(streams_command)  # desk streams
 app.command("services")(services_command)  # desk services [NAME]
+app.command("leases")(leases_command)  # desk leases
 app.add_typer(member_app, name="member")  # desk member add | list | remove (operator)
 app.command("login")(login_command)  # desk login FILE (a member, on their laptop)
 app.command("rollback")(rollback_command)  # desk rollback NAME

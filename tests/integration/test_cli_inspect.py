@@ -430,3 +430,38 @@ async def test_help_shows_an_example_for_each_command(nats_server: NatsServer) -
     for command in ("watch", "streams", "services"):
         code, out, err = await _desk(nats_server.url, command, "--help")
         assert code == 0 and "Example: desk " + command in out, (command, out, err)
+
+
+# -- leases ----------------------------------------------------------------------------------------------
+
+
+async def test_leases_names_each_holder_and_shows_a_value_that_is_not_one_as_such(
+    nats_server: NatsServer, nc: Client
+) -> None:
+    from desk.bus import lease as leases
+
+    code, out, err = await _desk(nats_server.url, "leases")
+    assert code == 0 and "no leases held" in out and err == "", (out, err)
+
+    kv, ttl = await leases.open_bucket(nc.jetstream(), 30.0)
+    holder = leases.Holder(service="broker_gateway", instance="gw-a", host="club-1", pid=4242, since_ns=1)
+    held = leases.Lease(kv, "gateway-sim", ttl, holder)
+    assert await held.acquire(asyncio.Event())
+    await kv.put("router-p3", b"\xff not json")  # another writer's bytes: listed, never trusted
+
+    code, out, err = await _desk(nats_server.url, "leases", "--json")
+    assert code == 0 and err == "", err
+    rows = json.loads(out)
+    assert [r["key"] for r in rows] == ["gateway-sim", "router-p3"]
+    assert rows[0]["holder"] == {
+        "service": "broker_gateway",
+        "instance": "gw-a",
+        "host": "club-1",
+        "pid": 4242,
+        "since_ns": 1,
+    }
+    assert rows[1]["holder"] is None and rows[1]["revision"] > rows[0]["revision"]
+    code, out, err = await _desk(nats_server.url, "leases")
+    assert code == 0 and "gw-a" in out and "club-1" in out and "(not a holder)" in out, (out, err)
+    code, out, err = await _desk(nats_server.url, "leases", "--help")
+    assert code == 0 and "Example: desk leases" in out, out
