@@ -39,6 +39,8 @@ MEMBER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Never in a strategy's environment: broker keys stay with the broker gateway.
 FORBIDDEN_ENV_PREFIXES = ("ALPACA_",)
+#: A site (another machine's Docker engine, services.orchestrator.sites): a plain word.
+SITE_RE = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
 MEMORY_RE = re.compile(r"^[1-9][0-9]*[kmg]?$")
 MAX_CPUS = Decimal(64)
 PIDS_RANGE = (8, 4096)
@@ -116,6 +118,10 @@ def spec_problems(spec: strategy_pb2.StrategySpec) -> list[str]:
         problems.append(f"env {broker!r}: broker keys are not allowed in a strategy's environment")
     if spec.runtime not in ("", *RUNTIMES):
         problems.append(f"runtime {spec.runtime!r} is not one of {', '.join(RUNTIMES)}")
+    if spec.site and not SITE_RE.match(spec.site):
+        problems.append(f"site {spec.site[:40]!r} is not a site name (1-24 characters of a-z, 0-9 and -)")
+    if spec.site and spec.runtime not in ("", "docker"):
+        problems.append(f"site {spec.site} needs the docker runtime, not {spec.runtime}")
     resources = spec.resources
     if resources.memory and not MEMORY_RE.match(resources.memory):
         problems.append(f'resources.memory must look like "256m" or "1g", got {resources.memory!r}')

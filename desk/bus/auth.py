@@ -20,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ _log = get_logger("desk.bus")
 
 STRATEGY_INBOX_ROOT = confine.STRATEGY_INBOX_ROOT
 ADMIN_USER = "desk-admin"
+#: The user a site's NATS leaf node connects to the desk's NATS as (services.orchestrator.sites).
+LEAF_USER = "desk-leaf"
 
 
 def new_password() -> str:
@@ -177,6 +180,25 @@ def strategy_permissions(strategy_id: str) -> dict[str, Any]:
     }
 
 
+def leaf_permissions() -> dict[str, Any]:
+    """What a site's leaf node may carry between its strategies and the desk: any strategy's own
+    subjects (``strategy_permissions`` with the id a wildcard), never a member's replies.
+
+    Static, not the union of the site's strategies: nats-server applies a reloaded user's new
+    permissions to new connections only, and a leaf connection lives for days (measured: a reload that
+    widened a connected leaf user's permissions changed nothing on that connection). Each strategy's
+    own confinement is the site's leaf node's users file, written by the orchestrator."""
+    one = strategy_permissions("*")
+    return {
+        "publish": {"allow": one["publish"]["allow"]},
+        "subscribe": {"allow": one["subscribe"]["allow"], "deny": [f"{MEMBER_INBOX_ROOT}.>"]},
+    }
+
+
+def leaf_entry(password_hash: str) -> dict[str, Any]:
+    return user_entry(LEAF_USER, password_hash, leaf_permissions())
+
+
 def member_permissions(member: str) -> dict[str, Any]:
     """A member (a person, from their own laptop): their own control subjects and the leaderboard;
     replies only on their own inbox. No JetStream API, no other subject: an upload goes through the
@@ -267,17 +289,16 @@ def init_directory(directory: Path, services: Iterable[str], group_id: int | Non
         upgrade_permissions(directory, services)
         return False
     passwords = {service_user(name): new_password() for name in services}
-    admin_password = new_password()
+    admin_password, leaf_password = new_password(), new_password()
     base = [service_entry(name, hash_password(passwords[service_user(name)])) for name in services]
     base.append(user_entry(ADMIN_USER, hash_password(admin_password)))
+    base.append(leaf_entry(hash_password(leaf_password)))
     passwords[ADMIN_USER] = admin_password
     secrets_dir = directory / "secrets"
     secrets_dir.mkdir(parents=True, exist_ok=True)
     for user, password in passwords.items():
-        write_private(secrets_dir / user, password)
-        if group_id is not None:
-            os.chown(secrets_dir / user, 0, group_id)
-            os.chmod(secrets_dir / user, 0o640)
+        _write_secret(secrets_dir / user, password, group_id)
+    write_private(secrets_dir / LEAF_USER, leaf_password)  # root only: it leaves for a site's machine
     if group_id is not None:
         os.chown(secrets_dir, 0, group_id)
         os.chmod(secrets_dir, 0o750)
@@ -286,13 +307,47 @@ def init_directory(directory: Path, services: Iterable[str], group_id: int | Non
     return True
 
 
+def _write_secret(path: Path, password: str, group_id: int | None) -> None:
+    write_private(path, password)
+    if group_id is not None:
+        os.chown(path, 0, group_id)
+        os.chmod(path, 0o640)
+
+
+def placeholder_users() -> str:
+    """A users file no one can log in with (one user, a random password never kept): what a site's
+    leaf node starts with before the orchestrator writes its strategies' users. Never an empty list,
+    which a nats-server could take for "no authorization"."""
+    return render_users([user_entry(f"nobody-{secrets.token_hex(4)}", hash_password(new_password()))])
+
+
+def site_users(entries: Iterable[dict[str, Any]]) -> str:
+    """The users file of a site's leaf node: its strategies' users (the placeholder when none)."""
+    users = list(entries)
+    return render_users(users) if users else placeholder_users()
+
+
+def leaf_url(directory: Path, hub: str) -> str:
+    """``hub`` (``nats-leaf://host:7422``) with the leaf user's credentials: a site's LEAF_HUB_URL."""
+    if not hub.startswith("nats-leaf://") or "@" in hub:
+        raise ValueError(f"--hub must look like nats-leaf://host:7422 (no credentials), got {hub!r}")
+    password = (directory / "secrets" / LEAF_USER).read_text().strip()
+    return f"nats-leaf://{LEAF_USER}:{password}@{hub.removeprefix('nats-leaf://')}"
+
+
 def upgrade_permissions(directory: Path, services: Iterable[str]) -> bool:
     """Bring the service users of an existing desk (made by an earlier release, when services could
     publish anything) up to today's permissions, keeping their passwords. True when it changed any."""
     path = directory / "base-users.json"
     users = read_users(path)
     wanted = {service_user(name): service_permissions(name) for name in services}
+    wanted[LEAF_USER] = leaf_permissions()
     changed = False
+    if not any(entry.get("user") == LEAF_USER for entry in users):  # a desk from before sites
+        password = new_password()
+        write_private(directory / "secrets" / LEAF_USER, password)
+        users.append(leaf_entry(hash_password(password)))
+        changed = True
     for entry in users:
         permissions = wanted.get(entry.get("user", ""))
         if permissions is not None and entry.get("permissions") != permissions:
@@ -315,10 +370,31 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("--group", type=int, default=10001, help="group that may read the service passwords")
     cli = commands.add_parser("cli-credentials", help="print the admin credentials as the desk CLI reads them")
     cli.add_argument("directory", type=Path)
+    leaf = commands.add_parser(
+        "leaf-url", help="print a site's LEAF_HUB_URL: the desk's leaf port with the leaf user's credentials"
+    )
+    leaf.add_argument("directory", type=Path)
+    leaf.add_argument("--hub", required=True, help="the desk's leaf port as the site reaches it: nats-leaf://host:7422")
+    site = commands.add_parser("site-init", help="a site's leaf node: its first users file (no one can log in)")
+    site.add_argument("directory", type=Path)
     args = parser.parse_args(argv)
     if args.command == "init":
         made = init_directory(args.directory, args.services.split(","), args.group)
         print("made the desk's NATS users" if made else "the desk's NATS users exist already")
+        return 0
+    if args.command == "leaf-url":
+        try:
+            print(leaf_url(args.directory, args.hub))
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "site-init":
+        if (args.directory / "auth.conf").exists():
+            print("the site's users file exists already (the orchestrator keeps it)")
+            return 0
+        write_private(args.directory / "auth.conf", placeholder_users())
+        print("made the site's first users file")
         return 0
     password = (args.directory / "secrets" / ADMIN_USER).read_text().strip()
     print(json.dumps({"user": ADMIN_USER, "password": password}))

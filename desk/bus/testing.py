@@ -56,7 +56,9 @@ class NatsServer:
         config_file: str | os.PathLike[str] | None = None,
         extra_args: list[str] | None = None,
         log_file: str | os.PathLike[str] | None = None,
+        jetstream: bool = True,
     ) -> None:
+        self.jetstream = jetstream
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if store_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="desk-nats-")
@@ -78,16 +80,9 @@ class NatsServer:
 
     def start(self, timeout: float = 15.0) -> Self:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            nats_server_binary(),
-            "-a",
-            self.host,
-            "-p",
-            str(self.requested_port if self.port == 0 else self.port),
-            "-js",
-            "-sd",
-            str(self.store_dir),
-        ]
+        args = [nats_server_binary(), "-a", self.host, "-p", str(self.requested_port if self.port == 0 else self.port)]
+        if self.jetstream:
+            args += ["-js", "-sd", str(self.store_dir)]
         if self.config_file:
             args += ["-c", str(self.config_file)]
         args += self.extra_args

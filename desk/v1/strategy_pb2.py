@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64\x65sk/v1/strategy.proto\x12\x07\x64\x65sk.v1\"{\n\nRiskLimits\x12\x1a\n\x12max_order_notional\x18\x01 \x01(\t\x12\x1d\n\x15max_position_notional\x18\x02 \x01(\t\x12\x1d\n\x15max_orders_per_minute\x18\x03 \x01(\r\x12\x13\n\x0b\x61llow_short\x18\x04 \x01(\x08\"7\n\tResources\x12\x0e\n\x06memory\x18\x01 \x01(\t\x12\x0c\n\x04\x63pus\x18\x02 \x01(\t\x12\x0c\n\x04pids\x18\x03 \x01(\r\"\xe3\x02\n\x0cStrategySpec\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12+\n\x03\x65nv\x18\x06 \x03(\x0b\x32\x1e.desk.v1.StrategySpec.EnvEntry\x12\x14\n\x0cinitial_cash\x18\x07 \x01(\t\x12!\n\x04risk\x18\x08 \x01(\x0b\x32\x13.desk.v1.RiskLimits\x12\x0f\n\x07symbols\x18\t \x03(\t\x12\x0e\n\x06legacy\x18\n \x01(\x08\x12\x0c\n\x04path\x18\x0b \x01(\t\x12\x0f\n\x07runtime\x18\x0c \x01(\t\x12%\n\tresources\x18\r \x01(\x0b\x32\x12.desk.v1.Resources\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x01\n\tHeartbeat\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\r\n\x05ts_ns\x18\x02 \x01(\x03\x12\x11\n\tbars_seen\x18\x03 \x01(\x04\x12\x13\n\x0borders_sent\x18\x04 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x05 \x01(\x04\x12\x13\n\x0bsdk_version\x18\x06 \x01(\t\x12\x12\n\nlast_error\x18\x07 \x01(\t\"\xba\x02\n\x0eStrategyStatus\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.desk.v1.StrategyState\x12\x0f\n\x07runtime\x18\x04 \x01(\t\x12\x0b\n\x03pid\x18\x05 \x01(\x05\x12\x14\n\x0c\x63ontainer_id\x18\x06 \x01(\t\x12\x10\n\x08restarts\x18\x07 \x01(\r\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x11\n\texit_code\x18\t \x01(\x05\x12\x12\n\nstarted_ns\x18\n \x01(\x03\x12\x19\n\x11last_heartbeat_ns\x18\x0b \x01(\x03\x12\x17\n\x0fnext_restart_ns\x18\x0c \x01(\x03\x12\x14\n\x0c\x63ode_version\x18\r \x01(\r\x12\x0e\n\x06halted\x18\x0e \x01(\x08\"&\n\x0fStrategyControl\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\"g\n\x12StrategyStatusList\x12+\n\nstrategies\x18\x01 \x03(\x0b\x32\x17.desk.v1.StrategyStatus\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65sk_halted\x18\x03 \x01(\x08\"9\n\x0cStrategyList\x12)\n\nstrategies\x18\x01 \x03(\x0b\x32\x15.desk.v1.StrategySpec\"^\n\x0bLogsRequest\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x0c\n\x04tail\x18\x02 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\r\n\x05\x61\x66ter\x18\x04 \x01(\x04\x12\r\n\x05\x65poch\x18\x05 \x01(\t\"k\n\tLogsReply\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\r\n\x05lines\x18\x02 \x03(\t\x12\x0c\n\x04next\x18\x03 \x01(\x04\x12\r\n\x05\x65poch\x18\x04 \x01(\t\x12\x0f\n\x07skipped\x18\x05 \x01(\x04\x12\x0c\n\x04more\x18\x06 \x01(\x08\"S\n\x0bUploadChunk\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x11\n\tupload_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"?\n\tUploadAck\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x10\n\x08received\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\x04\"T\n\x0cUploadCommit\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x11\n\tupload_id\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"9\n\rMemberRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x15\n\rpassword_hash\x18\x02 \x01(\t\"=\n\x06Member\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x12\n\nstrategies\x18\x03 \x03(\t\"?\n\nMemberList\x12 \n\x07members\x18\x01 \x03(\x0b\x32\x0f.desk.v1.Member\x12\x0f\n\x07message\x18\x02 \x01(\t*\xd7\x01\n\rStrategyState\x12\x1e\n\x1aSTRATEGY_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16STRATEGY_STATE_STOPPED\x10\x01\x12\x1b\n\x17STRATEGY_STATE_STARTING\x10\x02\x12\x1a\n\x16STRATEGY_STATE_RUNNING\x10\x03\x12\x1a\n\x16STRATEGY_STATE_CRASHED\x10\x04\x12\x1a\n\x16STRATEGY_STATE_BACKOFF\x10\x05\x12\x19\n\x15STRATEGY_STATE_FAILED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64\x65sk/v1/strategy.proto\x12\x07\x64\x65sk.v1\"{\n\nRiskLimits\x12\x1a\n\x12max_order_notional\x18\x01 \x01(\t\x12\x1d\n\x15max_position_notional\x18\x02 \x01(\t\x12\x1d\n\x15max_orders_per_minute\x18\x03 \x01(\r\x12\x13\n\x0b\x61llow_short\x18\x04 \x01(\x08\"7\n\tResources\x12\x0e\n\x06memory\x18\x01 \x01(\t\x12\x0c\n\x04\x63pus\x18\x02 \x01(\t\x12\x0c\n\x04pids\x18\x03 \x01(\r\"\xf1\x02\n\x0cStrategySpec\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12+\n\x03\x65nv\x18\x06 \x03(\x0b\x32\x1e.desk.v1.StrategySpec.EnvEntry\x12\x14\n\x0cinitial_cash\x18\x07 \x01(\t\x12!\n\x04risk\x18\x08 \x01(\x0b\x32\x13.desk.v1.RiskLimits\x12\x0f\n\x07symbols\x18\t \x03(\t\x12\x0e\n\x06legacy\x18\n \x01(\x08\x12\x0c\n\x04path\x18\x0b \x01(\t\x12\x0f\n\x07runtime\x18\x0c \x01(\t\x12%\n\tresources\x18\r \x01(\x0b\x32\x12.desk.v1.Resources\x12\x0c\n\x04site\x18\x0e \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x01\n\tHeartbeat\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\r\n\x05ts_ns\x18\x02 \x01(\x03\x12\x11\n\tbars_seen\x18\x03 \x01(\x04\x12\x13\n\x0borders_sent\x18\x04 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x05 \x01(\x04\x12\x13\n\x0bsdk_version\x18\x06 \x01(\t\x12\x12\n\nlast_error\x18\x07 \x01(\t\"\xc8\x02\n\x0eStrategyStatus\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.desk.v1.StrategyState\x12\x0f\n\x07runtime\x18\x04 \x01(\t\x12\x0b\n\x03pid\x18\x05 \x01(\x05\x12\x14\n\x0c\x63ontainer_id\x18\x06 \x01(\t\x12\x10\n\x08restarts\x18\x07 \x01(\r\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x11\n\texit_code\x18\t \x01(\x05\x12\x12\n\nstarted_ns\x18\n \x01(\x03\x12\x19\n\x11last_heartbeat_ns\x18\x0b \x01(\x03\x12\x17\n\x0fnext_restart_ns\x18\x0c \x01(\x03\x12\x14\n\x0c\x63ode_version\x18\r \x01(\r\x12\x0e\n\x06halted\x18\x0e \x01(\x08\x12\x0c\n\x04site\x18\x0f \x01(\t\"&\n\x0fStrategyControl\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\"g\n\x12StrategyStatusList\x12+\n\nstrategies\x18\x01 \x03(\x0b\x32\x17.desk.v1.StrategyStatus\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65sk_halted\x18\x03 \x01(\x08\"9\n\x0cStrategyList\x12)\n\nstrategies\x18\x01 \x03(\x0b\x32\x15.desk.v1.StrategySpec\"^\n\x0bLogsRequest\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x0c\n\x04tail\x18\x02 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\r\n\x05\x61\x66ter\x18\x04 \x01(\x04\x12\r\n\x05\x65poch\x18\x05 \x01(\t\"k\n\tLogsReply\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\r\n\x05lines\x18\x02 \x03(\t\x12\x0c\n\x04next\x18\x03 \x01(\x04\x12\r\n\x05\x65poch\x18\x04 \x01(\t\x12\x0f\n\x07skipped\x18\x05 \x01(\x04\x12\x0c\n\x04more\x18\x06 \x01(\x08\"S\n\x0bUploadChunk\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x11\n\tupload_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"?\n\tUploadAck\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x10\n\x08received\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\x04\"T\n\x0cUploadCommit\x12\x13\n\x0bstrategy_id\x18\x01 \x01(\t\x12\x11\n\tupload_id\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"9\n\rMemberRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x15\n\rpassword_hash\x18\x02 \x01(\t\"=\n\x06Member\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x12\n\nstrategies\x18\x03 \x03(\t\"?\n\nMemberList\x12 \n\x07members\x18\x01 \x03(\x0b\x32\x0f.desk.v1.Member\x12\x0f\n\x07message\x18\x02 \x01(\t*\xd7\x01\n\rStrategyState\x12\x1e\n\x1aSTRATEGY_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16STRATEGY_STATE_STOPPED\x10\x01\x12\x1b\n\x17STRATEGY_STATE_STARTING\x10\x02\x12\x1a\n\x16STRATEGY_STATE_RUNNING\x10\x03\x12\x1a\n\x16STRATEGY_STATE_CRASHED\x10\x04\x12\x1a\n\x16STRATEGY_STATE_BACKOFF\x10\x05\x12\x19\n\x15STRATEGY_STATE_FAILED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,40 +33,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STRATEGYSPEC_ENVENTRY']._loaded_options = None
   _globals['_STRATEGYSPEC_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_STRATEGYSTATE']._serialized_start=1872
-  _globals['_STRATEGYSTATE']._serialized_end=2087
+  _globals['_STRATEGYSTATE']._serialized_start=1900
+  _globals['_STRATEGYSTATE']._serialized_end=2115
   _globals['_RISKLIMITS']._serialized_start=35
   _globals['_RISKLIMITS']._serialized_end=158
   _globals['_RESOURCES']._serialized_start=160
   _globals['_RESOURCES']._serialized_end=215
   _globals['_STRATEGYSPEC']._serialized_start=218
-  _globals['_STRATEGYSPEC']._serialized_end=573
-  _globals['_STRATEGYSPEC_ENVENTRY']._serialized_start=531
-  _globals['_STRATEGYSPEC_ENVENTRY']._serialized_end=573
-  _globals['_HEARTBEAT']._serialized_start=576
-  _globals['_HEARTBEAT']._serialized_end=720
-  _globals['_STRATEGYSTATUS']._serialized_start=723
-  _globals['_STRATEGYSTATUS']._serialized_end=1037
-  _globals['_STRATEGYCONTROL']._serialized_start=1039
-  _globals['_STRATEGYCONTROL']._serialized_end=1077
-  _globals['_STRATEGYSTATUSLIST']._serialized_start=1079
-  _globals['_STRATEGYSTATUSLIST']._serialized_end=1182
-  _globals['_STRATEGYLIST']._serialized_start=1184
-  _globals['_STRATEGYLIST']._serialized_end=1241
-  _globals['_LOGSREQUEST']._serialized_start=1243
-  _globals['_LOGSREQUEST']._serialized_end=1337
-  _globals['_LOGSREPLY']._serialized_start=1339
-  _globals['_LOGSREPLY']._serialized_end=1446
-  _globals['_UPLOADCHUNK']._serialized_start=1448
-  _globals['_UPLOADCHUNK']._serialized_end=1531
-  _globals['_UPLOADACK']._serialized_start=1533
-  _globals['_UPLOADACK']._serialized_end=1596
-  _globals['_UPLOADCOMMIT']._serialized_start=1598
-  _globals['_UPLOADCOMMIT']._serialized_end=1682
-  _globals['_MEMBERREQUEST']._serialized_start=1684
-  _globals['_MEMBERREQUEST']._serialized_end=1741
-  _globals['_MEMBER']._serialized_start=1743
-  _globals['_MEMBER']._serialized_end=1804
-  _globals['_MEMBERLIST']._serialized_start=1806
-  _globals['_MEMBERLIST']._serialized_end=1869
+  _globals['_STRATEGYSPEC']._serialized_end=587
+  _globals['_STRATEGYSPEC_ENVENTRY']._serialized_start=545
+  _globals['_STRATEGYSPEC_ENVENTRY']._serialized_end=587
+  _globals['_HEARTBEAT']._serialized_start=590
+  _globals['_HEARTBEAT']._serialized_end=734
+  _globals['_STRATEGYSTATUS']._serialized_start=737
+  _globals['_STRATEGYSTATUS']._serialized_end=1065
+  _globals['_STRATEGYCONTROL']._serialized_start=1067
+  _globals['_STRATEGYCONTROL']._serialized_end=1105
+  _globals['_STRATEGYSTATUSLIST']._serialized_start=1107
+  _globals['_STRATEGYSTATUSLIST']._serialized_end=1210
+  _globals['_STRATEGYLIST']._serialized_start=1212
+  _globals['_STRATEGYLIST']._serialized_end=1269
+  _globals['_LOGSREQUEST']._serialized_start=1271
+  _globals['_LOGSREQUEST']._serialized_end=1365
+  _globals['_LOGSREPLY']._serialized_start=1367
+  _globals['_LOGSREPLY']._serialized_end=1474
+  _globals['_UPLOADCHUNK']._serialized_start=1476
+  _globals['_UPLOADCHUNK']._serialized_end=1559
+  _globals['_UPLOADACK']._serialized_start=1561
+  _globals['_UPLOADACK']._serialized_end=1624
+  _globals['_UPLOADCOMMIT']._serialized_start=1626
+  _globals['_UPLOADCOMMIT']._serialized_end=1710
+  _globals['_MEMBERREQUEST']._serialized_start=1712
+  _globals['_MEMBERREQUEST']._serialized_end=1769
+  _globals['_MEMBER']._serialized_start=1771
+  _globals['_MEMBER']._serialized_end=1832
+  _globals['_MEMBERLIST']._serialized_start=1834
+  _globals['_MEMBERLIST']._serialized_end=1897
 # @@protoc_insertion_point(module_scope)

@@ -47,7 +47,7 @@ class Resources(_message.Message):
     def __init__(self, memory: _Optional[str] = ..., cpus: _Optional[str] = ..., pids: _Optional[int] = ...) -> None: ...
 
 class StrategySpec(_message.Message):
-    __slots__ = ("strategy_id", "member_id", "name", "description", "version", "env", "initial_cash", "risk", "symbols", "legacy", "path", "runtime", "resources")
+    __slots__ = ("strategy_id", "member_id", "name", "description", "version", "env", "initial_cash", "risk", "symbols", "legacy", "path", "runtime", "resources", "site")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class StrategySpec(_message.Message):
     PATH_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
     strategy_id: str
     member_id: str
     name: str
@@ -81,7 +82,8 @@ class StrategySpec(_message.Message):
     path: str
     runtime: str
     resources: Resources
-    def __init__(self, strategy_id: _Optional[str] = ..., member_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., version: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., initial_cash: _Optional[str] = ..., risk: _Optional[_Union[RiskLimits, _Mapping]] = ..., symbols: _Optional[_Iterable[str]] = ..., legacy: _Optional[bool] = ..., path: _Optional[str] = ..., runtime: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
+    site: str
+    def __init__(self, strategy_id: _Optional[str] = ..., member_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., version: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., initial_cash: _Optional[str] = ..., risk: _Optional[_Union[RiskLimits, _Mapping]] = ..., symbols: _Optional[_Iterable[str]] = ..., legacy: _Optional[bool] = ..., path: _Optional[str] = ..., runtime: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., site: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("strategy_id", "ts_ns", "bars_seen", "orders_sent", "errors", "sdk_version", "last_error")
@@ -102,7 +104,7 @@ class Heartbeat(_message.Message):
     def __init__(self, strategy_id: _Optional[str] = ..., ts_ns: _Optional[int] = ..., bars_seen: _Optional[int] = ..., orders_sent: _Optional[int] = ..., errors: _Optional[int] = ..., sdk_version: _Optional[str] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class StrategyStatus(_message.Message):
-    __slots__ = ("strategy_id", "member_id", "state", "runtime", "pid", "container_id", "restarts", "last_error", "exit_code", "started_ns", "last_heartbeat_ns", "next_restart_ns", "code_version", "halted")
+    __slots__ = ("strategy_id", "member_id", "state", "runtime", "pid", "container_id", "restarts", "last_error", "exit_code", "started_ns", "last_heartbeat_ns", "next_restart_ns", "code_version", "halted", "site")
     STRATEGY_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +119,7 @@ class StrategyStatus(_message.Message):
     NEXT_RESTART_NS_FIELD_NUMBER: _ClassVar[int]
     CODE_VERSION_FIELD_NUMBER: _ClassVar[int]
     HALTED_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
     strategy_id: str
     member_id: str
     state: StrategyState
@@ -131,7 +134,8 @@ class StrategyStatus(_message.Message):
     next_restart_ns: int
     code_version: int
     halted: bool
-    def __init__(self, strategy_id: _Optional[str] = ..., member_id: _Optional[str] = ..., state: _Optional[_Union[StrategyState, str]] = ..., runtime: _Optional[str] = ..., pid: _Optional[int] = ..., container_id: _Optional[str] = ..., restarts: _Optional[int] = ..., last_error: _Optional[str] = ..., exit_code: _Optional[int] = ..., started_ns: _Optional[int] = ..., last_heartbeat_ns: _Optional[int] = ..., next_restart_ns: _Optional[int] = ..., code_version: _Optional[int] = ..., halted: _Optional[bool] = ...) -> None: ...
+    site: str
+    def __init__(self, strategy_id: _Optional[str] = ..., member_id: _Optional[str] = ..., state: _Optional[_Union[StrategyState, str]] = ..., runtime: _Optional[str] = ..., pid: _Optional[int] = ..., container_id: _Optional[str] = ..., restarts: _Optional[int] = ..., last_error: _Optional[str] = ..., exit_code: _Optional[int] = ..., started_ns: _Optional[int] = ..., last_heartbeat_ns: _Optional[int] = ..., next_restart_ns: _Optional[int] = ..., code_version: _Optional[int] = ..., halted: _Optional[bool] = ..., site: _Optional[str] = ...) -> None: ...
 
 class StrategyControl(_message.Message):
     __slots__ = ("strategy_id",)

@@ -6,7 +6,8 @@ reading of the folder. A bad strategy is reported with a clear message and never
 ``config.json`` keeps the old desk's keys (``user_id`` -> member_id, ``name``, ``description``,
 ``version``, ``env``) and accepts new optional ones: ``initial_cash``, ``risk``
 (``max_order_notional``, ``max_position_notional``, ``max_orders_per_minute``, ``allow_short``),
-``symbols``, ``enabled`` (default true) and ``runtime``. Numbers are read as Decimal, exactly.
+``symbols``, ``enabled`` (default true), ``runtime`` and ``site`` (another machine's Docker engine:
+services.orchestrator.sites). Numbers are read as Decimal, exactly.
 
 The spec it builds must also pass :func:`desk.specs.validate_spec` (the rule every service shares:
 its size, its limits...), and a ``runtime`` other than the orchestrator's own is refused: a strategy
@@ -232,6 +233,7 @@ def validate_strategy(
         path=path,
         runtime=runtime,
         resources=_resources(config.get("resources")),
+        site=_string(config, "site"),
     )
     problems = spec_problems(spec)
     if problems:

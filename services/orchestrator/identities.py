@@ -26,7 +26,7 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from desk.bus import auth
 from desk.bus.auth import is_bcrypt, read_members
@@ -34,6 +34,13 @@ from desk.bus.logging import get_logger
 from desk.bus.servers import open_connection, server_list
 
 log = get_logger("orchestrator")
+
+
+class SiteUsers(Protocol):
+    """A site's leaf node (services.orchestrator.runtimes.docker.DockerRuntime of that site)."""
+
+    def write_users(self, text: str, timeout: float = ...) -> None:
+        """Make ``text`` its users file and return once it is applied (RuntimeError when not)."""
 
 
 class NatsIdentities:
@@ -46,9 +53,11 @@ class NatsIdentities:
         pid_file: Path | None = None,
         reload: Callable[[], None] | None = None,
         members_file: Path | None = None,
+        sites: dict[str, SiteUsers] | None = None,
     ) -> None:
         """``reload`` asks the server to re-read its users (default: SIGHUP to the pid in ``pid_file``;
-        in compose, a SIGHUP through the Docker engine)."""
+        in compose, a SIGHUP through the Docker engine). ``sites``: each site's leaf node, whose users
+        file holds that site's strategies (and only theirs: the desk's own servers do not know them)."""
         self.nats_url = nats_url
         self.auth_file = auth_file
         self.base_users_file = base_users_file
@@ -57,20 +66,34 @@ class NatsIdentities:
         self.members_file = members_file if members_file is not None else auth_file.parent / "members.json"
         self._passwords: dict[str, str] = {}
         self._entries: dict[str, dict[str, Any]] = {}
+        self.sites = sites or {}
+        self._site_of: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
-    async def credentials(self, strategy_id: str) -> dict[str, str]:
-        """The environment that gives ``strategy_id`` its own NATS identity (made on first use)."""
+    async def credentials(self, strategy_id: str, site: str = "") -> dict[str, str]:
+        """The environment that gives ``strategy_id`` its own NATS identity (made on first use, and
+        anew when it moves to another site): a user of the desk's servers, or of ``site``'s leaf node."""
         async with self._lock:
-            if strategy_id not in self._passwords:
+            if strategy_id not in self._passwords or self._site_of.get(strategy_id, "") != site:
+                if site and site not in self.sites:
+                    raise RuntimeError(f"site {site!r} is not one of this desk's sites")
                 password = auth.new_password()
                 hashed = await asyncio.to_thread(auth.hash_password, password)
+                was = self._site_of.get(strategy_id) if strategy_id in self._entries else None
                 self._entries[strategy_id] = auth.strategy_entry(strategy_id, hashed)
-                await asyncio.to_thread(self._write)
-                self._reload()
-                await self._prove(strategy_id, password)
+                self._site_of[strategy_id] = site
+                if was is not None and was != site:  # it moved: its old user goes from where it was
+                    await self._apply(was)
+                await self._apply(site)
+                if not site:
+                    await self._prove(strategy_id, password)
                 self._passwords[strategy_id] = password
-                log.info("strategy.identity_issued", strategy_id=strategy_id, user=auth.strategy_user(strategy_id))
+                log.info(
+                    "strategy.identity_issued",
+                    strategy_id=strategy_id,
+                    user=auth.strategy_user(strategy_id),
+                    site=site or "-",
+                )
         return {
             "NATS_USER": auth.strategy_user(strategy_id),
             "NATS_PASSWORD": self._passwords[strategy_id],
@@ -84,11 +107,28 @@ class NatsIdentities:
         return read_members(self.members_file)
 
     async def sync(self) -> None:
-        """At start: make sure the server knows the members (the users file may hold only the base)."""
+        """At start: make sure the server knows the members (the users file may hold only the base),
+        and every site's leaf node knows no strategy yet (an earlier orchestrator's users go: their
+        passwords died with it). A site that cannot be reached is logged; its strategies' starts fail
+        until it can."""
         async with self._lock:
             if self.members():
                 await asyncio.to_thread(self._write)
                 self._reload()
+            for site in self.sites:
+                try:
+                    await self._apply(site)
+                except Exception as exc:  # noqa: BLE001 - a site down must not keep the desk from starting
+                    log.error("site.users_unwritten", site=site, error=repr(exc))
+
+    async def _apply(self, site: str) -> None:
+        """Write the users file of ``site`` ("": the desk's own servers) and have it applied."""
+        if not site:
+            await asyncio.to_thread(self._write)
+            self._reload()
+            return
+        users = [e for sid, e in sorted(self._entries.items()) if self._site_of.get(sid) == site]
+        await asyncio.to_thread(self.sites[site].write_users, auth.site_users(users))
 
     async def set_member(self, member: str, password_hash: str) -> None:
         async with self._lock:
@@ -116,7 +156,8 @@ class NatsIdentities:
 
     def _write(self) -> None:
         members = [auth.member_entry(m, h) for m, h in sorted(self.members().items())]
-        users = auth.read_users(self.base_users_file) + members + list(self._entries.values())
+        own = [e for sid, e in sorted(self._entries.items()) if not self._site_of.get(sid)]
+        users = auth.read_users(self.base_users_file) + members + own
         auth.write_private(self.auth_file, auth.render_users(users))
 
     def _reload(self) -> None:

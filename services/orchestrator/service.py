@@ -95,7 +95,9 @@ from services.orchestrator.identities import NatsIdentities, is_bcrypt
 from services.orchestrator.runtimes.base import ExitInfo, RunHandle, Runtime
 from services.orchestrator.runtimes.docker import DockerRuntime
 from services.orchestrator.runtimes.process import ProcessRuntime
+from services.orchestrator.runtimes.sited import SitedRuntime, UnknownSite
 from services.orchestrator.settings import Settings
+from services.orchestrator.sites import Site, parse_sites
 from services.orchestrator.supervisor import ACTIVE, FAILED, STOPPED, RestartPolicy, Supervisor
 
 NAME = "orchestrator"
@@ -157,9 +159,10 @@ class OrchestratorService:
         if settings.orch_nats_auth_file and settings.orch_nats_base_users:
             reload = None
             if settings.orch_nats_reload == "docker":
-                if not isinstance(self.runtime, DockerRuntime):
+                if not isinstance(self.runtime, DockerRuntime | SitedRuntime):
                     raise ValueError("ORCH_NATS_RELOAD=docker needs ORCH_RUNTIME=docker")
                 reload = self.runtime.reload_nats
+            site_users = self.runtime.sites if isinstance(self.runtime, SitedRuntime) else {}
             self.identities = NatsIdentities(
                 nats_url=settings.nats_url,
                 auth_file=settings.orch_nats_auth_file,
@@ -167,6 +170,7 @@ class OrchestratorService:
                 pid_file=settings.orch_nats_pid_file,
                 reload=reload,
                 members_file=settings.orch_nats_members_file,
+                sites=dict(site_users),
             )
         self.clock = clock
         self.policy = RestartPolicy(
@@ -898,6 +902,7 @@ class OrchestratorService:
         """Write the spec and (re)start the strategy. ``keep_stopped``: one a user stopped (in memory,
         or recorded in DESK_STRATEGIES by an earlier orchestrator) gets its new spec and stays STOPPED."""
         spec = strategy.spec
+        self._check_site(spec)
         m = self.managed.get(spec.strategy_id)
         if m is None:
             held = keep_stopped and await self._recorded_stopped(spec.strategy_id)
@@ -927,6 +932,17 @@ class OrchestratorService:
             outcome = m.outcome
         if wait:
             await self._await_outcome(outcome)
+
+    def _check_site(self, spec: strategy_pb2.StrategySpec) -> None:
+        """A spec's site must be one of ORCH_SITES (the docker runtime's): else UNKNOWN_SITE, nothing done."""
+        if not spec.site:
+            return
+        try:
+            if not isinstance(self.runtime, SitedRuntime):
+                raise UnknownSite(f"site {spec.site!r}: this desk has no sites (ORCH_SITES is empty)")
+            self.runtime.for_site(spec.site)
+        except UnknownSite as exc:
+            raise DeskError("UNKNOWN_SITE", f"{spec.strategy_id}: {exc}", status=400) from None
 
     async def _write_spec(self, spec: strategy_pb2.StrategySpec, stopped: bool) -> None:
         """The spec into DESK_STRATEGIES, labelled (as desk.bus.kv.put) and, when a user stopped the
@@ -1009,7 +1025,7 @@ class OrchestratorService:
             if self.settings.nats_tls_ca:  # TLS on the client port: the CA, as text (a sandbox sees no host files)
                 secrets["NATS_TLS_CA_PEM"] = await asyncio.to_thread(Path(self.settings.nats_tls_ca).read_text)
             if self.identities:
-                secrets.update(await self.identities.credentials(m.strategy_id))
+                secrets.update(await self.identities.credentials(m.strategy_id, m.spec.site))
             handle = await self.runtime.start(m.spec, secrets)
         except Exception as exc:  # noqa: BLE001 - a strategy that cannot start is a crash, not our failure
             log.error("strategy.start_failed", strategy_id=m.strategy_id, error=repr(exc))
@@ -1111,7 +1127,7 @@ class OrchestratorService:
             strategy_id=m.strategy_id,
             member_id=m.spec.member_id,
             state=sup.state,
-            runtime=self.runtime_label,
+            runtime=f"{self.runtime_label}@{m.spec.site}" if m.spec.site else self.runtime_label,
             pid=sup.pid,
             container_id=m.handle.container_id if m.handle else "",
             restarts=sup.restarts,
@@ -1122,6 +1138,7 @@ class OrchestratorService:
             next_restart_ns=time.time_ns() + int(wait * 1e9) if wait is not None else 0,
             code_version=self.pointers[m.strategy_id].current if m.strategy_id in self.pointers else 0,
             halted=subjects.halt_key(m.strategy_id) in self.halted,
+            site=m.spec.site,
         )
 
     async def _outcome_list(
@@ -1190,7 +1207,7 @@ def make_runtime(settings: Settings) -> Runtime:
 
         from services.orchestrator.runtimes.docker import DockerRuntime
 
-        return DockerRuntime(
+        main = DockerRuntime(
             client=docker.from_env(),
             image=settings.orch_docker_image,
             host_strategies_dir=settings.orch_docker_host_strategies_dir,
@@ -1203,7 +1220,32 @@ def make_runtime(settings: Settings) -> Runtime:
             default_pids=settings.orch_docker_pids,
             code_dir=settings.orch_code_dir,
         )
+        sites = parse_sites(settings.orch_sites)
+        if not sites:
+            return main
+        return SitedRuntime(main, {name: site_runtime(settings, main, site) for name, site in sites.items()})
+    if settings.orch_sites:
+        raise ValueError("ORCH_SITES needs ORCH_RUNTIME=docker: a site is another machine's Docker engine")
     return ProcessRuntime.from_settings(settings)
+
+
+def site_runtime(settings: Settings, main: DockerRuntime, site: Site) -> DockerRuntime:
+    """The docker runtime of ``site``: its engine, its leaf node, the desk's image and limits."""
+    return DockerRuntime(
+        client=site.docker_client(),
+        image=settings.orch_docker_image,
+        host_strategies_dir=None,
+        strategies_dir=settings.orch_strategies_dir,
+        log_dir=settings.orch_log_dir,
+        nats_container=site.leaf_container,
+        default_memory=settings.orch_docker_memory,
+        default_cpus=settings.orch_docker_cpus,
+        default_pids=settings.orch_docker_pids,
+        code_dir=settings.orch_code_dir,
+        desk=f"{main.desk or 'desk'}@{site.name}",
+        site=site.name,
+        leaf_auth_file=site.leaf_auth_file,
+    )
 
 
 class MemberAwareService(DeskService):

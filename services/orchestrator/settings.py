@@ -101,6 +101,11 @@ class Settings(BusSettings):
         description="docker: the NATS containers (comma-separated) to reload and join to strategy networks; "
         "default: those of the compose project labelled quantdesk.nats, else its service nats",
     )
+    orch_sites: str = Field(
+        default="",
+        description="docker: other machines' Docker engines a strategy's config.json site may name, JSON "
+        '{"lab": {"docker_host": ..., "docker_tls_dir": ..., "leaf_container": ...}} (docs/cluster.md)',
+    )
     orch_docker_memory: str = Field(
         default="256m", pattern=r"^[1-9][0-9]*[kmgKMG]?$", description="docker: default memory limit per strategy"
     )
@@ -133,6 +138,14 @@ class Settings(BusSettings):
         ge=1024,
         description="bytes/s a strategy may log (bursts of 4x); lines beyond are dropped and counted",
     )
+
+    @field_validator("orch_sites")
+    @classmethod
+    def _sites_are_valid(cls, value: str) -> str:
+        from services.orchestrator.sites import parse_sites
+
+        parse_sites(value)  # SitesError (a ValueError) names the site and key
+        return value
 
     @field_validator("orch_process_command")
     @classmethod

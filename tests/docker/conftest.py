@@ -193,6 +193,7 @@ def compose_desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeDe
         "DESK_STRATEGIES_DIR": str(strategies),
         "NATS_PORT": str(nats_port),
         "NATS_MONITOR_PORT": str(free_port()),
+        "LEAF_PORT": str(free_port()),
         "DASHBOARD_PORT": str(free_port()),
         "MD_INTERVAL": "0.25",
         "ALPACA_API_KEY": BROKER_KEY,

@@ -156,7 +156,14 @@ class DockerRuntime:
         tmpfs_size: str = "16m",
         user: str = "10001:10001",
         code_dir: Path | None = None,
+        desk: str | None = None,
+        site: str = "",
+        leaf_auth_file: str = "",
     ) -> None:
+        """``site``: this runtime runs the strategies of that site (services.orchestrator.sites) on its
+        engine (``client``), on networks its leaf node (``nats_container``) joins; it runs uploaded
+        versions only (a strategies folder is a folder of the desk's machine) and labels what it makes
+        ``desk`` (the desk's label and the site). ``leaf_auth_file``: the leaf node's users file."""
         self.client = client
         self.image = image
         self._host_strategies_dir = host_strategies_dir
@@ -171,7 +178,9 @@ class DockerRuntime:
         self.user = user
         #: where the orchestrator unpacks uploaded versions (ORCH_CODE_DIR): <id>/<n>/
         self.code_dir = code_dir.resolve() if code_dir is not None else None
-        self._desk: str | None = None
+        self._desk: str | None = desk
+        self.site = site
+        self.leaf_auth_file = leaf_auth_file
         self._rings: dict[str, collections.deque[str]] = {}
         self._limits: dict[str, str] = {}
 
@@ -404,6 +413,43 @@ class DockerRuntime:
             raise RuntimeError("no running NATS container to reload")
         log.info("nats.reloaded", containers=reloaded)
 
+    # -- a site's leaf node: its users --------------------------------------------------------
+
+    def write_users(self, text: str, timeout: float = 15.0) -> None:
+        """Put ``text`` as the leaf node's users file (``leaf_auth_file``, root-only) into its container
+        through this site's engine, make it re-read it (SIGHUP) and wait, bounded, for its "Reloaded
+        server configuration" line: the new users are then applied. RuntimeError when the leaf node
+        is not running, reports a failed reload, or says nothing within ``timeout``."""
+        try:
+            found = self._nats_containers(running=False)
+        except Exception as exc:  # noqa: BLE001 - no such container on that engine, or no engine
+            raise RuntimeError(f"the leaf node of site {self.site} ({self.nats_container}): {exc}") from None
+        leaf = found[0][0] if found else None
+        if leaf is None or leaf.status != "running":
+            raise RuntimeError(f"the leaf node of site {self.site} ({self.nats_container}) is not running")
+        folder, _, filename = self.leaf_auth_file.rpartition("/")
+        data = text.encode()
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            info = tarfile.TarInfo(filename)
+            info.size, info.mode, info.uid, info.gid, info.mtime = len(data), 0o600, 0, 0, int(time.time())
+            archive.addfile(info, io.BytesIO(data))
+        if not leaf.put_archive(folder or "/", buffer.getvalue()):
+            raise RuntimeError(f"the engine of site {self.site} did not write {self.leaf_auth_file}")
+        since = int(time.time()) - 1
+        before = _reload_lines(leaf.logs(since=since))
+        leaf.kill(signal="SIGHUP")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done, failed = _reload_lines(leaf.logs(since=since))
+            if failed > before[1]:
+                raise RuntimeError(f"the leaf node of site {self.site} refused its new users file (see its log)")
+            if done > before[0]:
+                log.info("site.users_applied", site=self.site, leaf=leaf.name)
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"the leaf node of site {self.site} did not reload its users within {timeout:g} s")
+
     def _ensure_network(self, strategy_id: str) -> str:
         name = NETWORK_PREFIX + strategy_id
         networks = self.client.networks.list(names=[name])
@@ -441,6 +487,11 @@ class DockerRuntime:
 
     def _start(self, spec: strategy_pb2.StrategySpec, secrets: dict[str, str] | None) -> RunHandle:
         name = CONTAINER_PREFIX + spec.strategy_id
+        if self.site and self.uploaded_version(spec) is None:
+            raise RuntimeError(
+                f"site {self.site} runs uploaded versions only (desk deploy ./folder): the strategies "
+                "folder is on the desk's own machine"
+            )
         with contextlib.suppress(Exception):  # the previous run's container, kept for its logs
             self.client.containers.get(name).remove(force=True)
         network = self._ensure_network(spec.strategy_id)
@@ -516,6 +567,15 @@ class DockerRuntime:
             status=501,
         )
 
+    def _remove(self, strategy_id: str) -> None:
+        with contextlib.suppress(Exception):
+            self.client.containers.get(CONTAINER_PREFIX + strategy_id).remove(force=True)
+        self._remove_network(strategy_id)
+
+    async def remove(self, strategy_id: str) -> None:
+        """``strategy_id``'s container and network on this engine (it moved to another site)."""
+        await asyncio.to_thread(self._remove, strategy_id)
+
     def _cleanup(self) -> None:
         """Containers and networks a previous orchestrator left behind (it crashed, say)."""
         for container in self.client.containers.list(all=True, filters={"label": self.scoped(LABEL_STRATEGY)}):
@@ -570,6 +630,12 @@ async def _in_own_thread(function: Callable[[RunHandle], ExitInfo], handle: RunH
 
     threading.Thread(target=run, name=f"docker-wait-{handle.strategy_id}", daemon=True).start()
     return await future
+
+
+def _reload_lines(raw: bytes) -> tuple[int, int]:
+    """How many reloads a nats-server's log reports done, and failed."""
+    text = raw.decode("utf-8", "replace")
+    return text.count("Reloaded server configuration"), text.count("Failed to reload")
 
 
 def _lines(raw: bytes) -> list[str]:
