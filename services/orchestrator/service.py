@@ -61,6 +61,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nats.js.errors
 from nats.aio.client import Client
@@ -612,6 +613,7 @@ class OrchestratorService:
             )
         if not subjects.MEMBER_LOGIN_RE.match(spec.member_id):
             raise uploads.refuse("BAD_CONFIG", f"user_id {spec.member_id!r} is not a member name (a-z 0-9 _ -)")
+        self._check_site(spec)  # before a version is stored
         found = await self._discover()
         owner = self._owner(strategy_id, found)
         if owner is not None and owner != spec.member_id:
@@ -1205,20 +1207,12 @@ def make_runtime(settings: Settings) -> Runtime:
     if settings.orch_runtime == "docker":
         import docker  # only the docker runtime needs the Docker SDK
 
-        from services.orchestrator.runtimes.docker import DockerRuntime
-
-        main = DockerRuntime(
-            client=docker.from_env(),
-            image=settings.orch_docker_image,
+        main = docker_runtime(
+            settings,
+            docker.from_env(),
             host_strategies_dir=settings.orch_docker_host_strategies_dir,
-            strategies_dir=settings.orch_strategies_dir,
-            log_dir=settings.orch_log_dir,
             nats_url=settings.orch_docker_nats_url,
             nats_container=settings.orch_docker_nats_container,
-            default_memory=settings.orch_docker_memory,
-            default_cpus=settings.orch_docker_cpus,
-            default_pids=settings.orch_docker_pids,
-            code_dir=settings.orch_code_dir,
         )
         sites = parse_sites(settings.orch_sites)
         if not sites:
@@ -1229,19 +1223,29 @@ def make_runtime(settings: Settings) -> Runtime:
     return ProcessRuntime.from_settings(settings)
 
 
-def site_runtime(settings: Settings, main: DockerRuntime, site: Site) -> DockerRuntime:
-    """The docker runtime of ``site``: its engine, its leaf node, the desk's image and limits."""
+def docker_runtime(settings: Settings, client: Any, **where: Any) -> DockerRuntime:
+    """A docker runtime on ``client``'s engine with the desk's image, limits and folders; ``where``: the
+    engine's own part (its NATS containers, a site's name and leaf node)."""
     return DockerRuntime(
-        client=site.docker_client(),
+        client=client,
         image=settings.orch_docker_image,
-        host_strategies_dir=None,
         strategies_dir=settings.orch_strategies_dir,
         log_dir=settings.orch_log_dir,
-        nats_container=site.leaf_container,
         default_memory=settings.orch_docker_memory,
         default_cpus=settings.orch_docker_cpus,
         default_pids=settings.orch_docker_pids,
         code_dir=settings.orch_code_dir,
+        **where,
+    )
+
+
+def site_runtime(settings: Settings, main: DockerRuntime, site: Site) -> DockerRuntime:
+    """The docker runtime of ``site``: its engine, its leaf node, the desk's image and limits."""
+    return docker_runtime(
+        settings,
+        site.docker_client(),
+        host_strategies_dir=None,
+        nats_container=site.leaf_container,
         desk=f"{main.desk or 'desk'}@{site.name}",
         site=site.name,
         leaf_auth_file=site.leaf_auth_file,

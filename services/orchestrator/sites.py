@@ -14,7 +14,7 @@ for the leaf node's "Reloaded server configuration" line, as it proves a new use
 ``ORCH_SITES`` (JSON, an object of site name -> settings)::
 
     {"lab": {"docker_host": "tcp://10.0.0.7:2376", "docker_tls_dir": "/run/secrets/lab-docker",
-             "leaf_container": "quantdesk-site-leaf-1"}}
+             "leaf_container": "quantdesk-site-leaf"}}
 
 Read here and checked strictly: an unknown key, a name that is not a plain word, a ``docker_host`` that
 is not unix:// or tcp://, a relative path: each is an error naming the site and the key, and the
@@ -33,6 +33,7 @@ from desk.specs import SITE_RE
 
 CONTAINER_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 DEFAULT_LEAF_AUTH_FILE = "/etc/nats/auth/auth.conf"
+API_VERSION = "1.41"
 _KEYS = {"docker_host", "docker_tls_dir", "leaf_container", "leaf_auth_file"}
 
 
@@ -50,7 +51,9 @@ class Site:
 
     def docker_client(self) -> Any:
         """A Docker SDK client of this site's engine (TLS with ca.pem, cert.pem and key.pem from
-        ``docker_tls_dir`` when given, as ``docker --tlsverify`` reads them)."""
+        ``docker_tls_dir`` when given, as ``docker --tlsverify`` reads them). It connects lazily: an
+        engine that is down is an error of the call that needs it, not of the orchestrator's start
+        (certificate files that are missing are: TLSParameterError, at once)."""
         import docker
 
         tls: Any = False
@@ -63,7 +66,11 @@ class Site:
                 ca_cert=str(folder / "ca.pem"),
                 verify=True,
             )
-        return docker.DockerClient(base_url=self.docker_host, tls=tls)
+        # 30 s per call (docker-py's default is 60): a site that does not answer must not hold the
+        # orchestrator's start or a deploy for long; waiting for a container's end has no timeout.
+        # An explicit API version (1.41: Docker 20.10 and later): with none, docker-py asks the engine
+        # for its version while the client is made, and a site that is down would stop the desk's start.
+        return docker.DockerClient(base_url=self.docker_host, tls=tls, timeout=30, version=API_VERSION)
 
 
 def parse_sites(text: str) -> dict[str, Site]:

@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # QUANTDESK_TEST_PROJECT: another compose project name (a second checkout's run beside this one).
 PROJECT = os.environ.get("QUANTDESK_TEST_PROJECT", "quantdesk-test")
 SERVICES = ("marketdata", "ledger", "broker_gateway", "order_router", "orchestrator")
+# The second "machine" of the site test (compose.site.yaml, its own compose project on this engine).
+SITE_PROJECT = f"{PROJECT}-site"
+SITE_LEAF = f"{SITE_PROJECT}-leaf"  # compose.site.yaml: SITE_LEAF_CONTAINER
 EXAMPLES = {"ma_crossover": "alice", "mean_reversion": "bob", "legacy_momentum": "carol"}
 BROKER_KEY = "PKTEST-never-give-this-to-a-strategy"
 
@@ -199,6 +202,8 @@ def compose_desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeDe
         "ALPACA_API_KEY": BROKER_KEY,
         "ALPACA_SECRET_KEY": BROKER_KEY + "-secret",
         "BROKER": "sim",
+        # a site whose engine is this one (its own compose project stands for the second machine)
+        "ORCH_SITES": json.dumps({"lab": {"docker_host": "unix:///var/run/docker.sock", "leaf_container": SITE_LEAF}}),
     }
     desk = ComposeDesk(strategies, nats_port, env)
     remove_strategy_leftovers()

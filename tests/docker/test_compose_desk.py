@@ -15,7 +15,19 @@ from typing import Any
 import nats
 import pytest
 
-from tests.docker.conftest import BROKER_KEY, EXAMPLES, PROJECT, SERVICES, ComposeDesk, docker
+from desk.bus.servers import open_connection
+from tests.docker.conftest import (
+    BROKER_KEY,
+    EXAMPLES,
+    PROJECT,
+    ROOT,
+    SERVICES,
+    SITE_LEAF,
+    SITE_PROJECT,
+    ComposeDesk,
+    compose_command,
+    docker,
+)
 from tests.support import (
     LEDGER_ACKS,
     follow,
@@ -410,3 +422,126 @@ def test_a_member_deploys_by_upload_and_the_compose_desk_runs_each_version_from_
     refused = member_cli(bob, "deploy", f"./{strategy_id}", check=False, timeout=120)
     assert refused.returncode == 1 and "NOT_YOURS" in refused.stderr, refused.stderr
     assert running_code(strategy_id, 1, UPLOADED % "A") == v1
+
+
+# -- a site: strategies on a second machine (issue 14) ------------------------------------------------
+
+
+def site_compose(env: dict[str, str], override: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*compose_command(), "-p", SITE_PROJECT, "-f", str(ROOT / "compose.site.yaml"), "-f", str(override), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def remove_site_leftovers() -> None:
+    """What the desk's orchestrator made on the site's engine (labelled quantdesk.desk=PROJECT@lab)."""
+    mine = f"label=quantdesk.desk={PROJECT}@lab"
+    for name in docker("ps", "-aq", "--filter", mine).split():
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+    for kind in ("network", "volume"):
+        for name in docker(kind, "ls", "-q", "--filter", mine).split():
+            subprocess.run(["docker", kind, "rm", name], capture_output=True, check=False)
+
+
+def test_a_strategy_placed_on_a_site_runs_on_its_engine_behind_its_leaf_node_and_trades(
+    compose_desk: ComposeDesk, tmp_path: Path
+) -> None:
+    """compose.site.yaml as its own compose project stands for the second machine: its leaf node joins
+    the desk's NATS over the desk's network (two machines: the LAN, LEAF_BIND), and the desk's
+    orchestrator (ORCH_SITES names the site) runs a strategy whose config.json says "site": "lab" there."""
+    override = tmp_path / "site-wan.yaml"
+    override.write_text(f"networks:\n  wan:\n    external: true\n    name: {PROJECT}_desk\n")
+    leaf_url = compose_desk.compose(
+        "run", "--rm", "--no-deps", "-T", "nats-auth",
+        "python", "-m", "desk.bus.auth", "leaf-url", "/auth", "--hub", "nats-leaf://nats:7422",
+    ).stdout.strip().splitlines()[-1]  # fmt: skip
+    assert leaf_url.startswith("nats-leaf://desk-leaf:")
+    env = {**compose_desk.env, "LEAF_HUB_URL": leaf_url, "SITE_NAME": "lab", "SITE_LEAF_CONTAINER": SITE_LEAF}
+    site_compose(env, override, "down", "--volumes")
+    up = site_compose(env, override, "up", "-d")
+    assert up.returncode == 0, up.stderr
+    url = compose_desk.plain_url
+    dana = tmp_path / "dana-laptop"
+    dana.mkdir()
+    strategy_id = "dana_lab"
+    try:
+
+        def leaf_log() -> str:
+            logs = subprocess.run(["docker", "logs", SITE_LEAF], capture_output=True, text=True, check=False)
+            return logs.stdout + logs.stderr
+
+        def joined() -> bool:
+            return "Leafnode connection created" in leaf_log()
+
+        try:
+            asyncio.run(poll(joined, "the site's leaf node joins the desk's NATS", timeout=60, every=0.5))
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its log:\n{leaf_log()[-3000:]}") from None
+
+        compose_desk.desk("member", "add", "dana", "--url", url)
+        assert compose_desk.credentials is not None
+        card = compose_desk.credentials.parent / "members" / "dana.json"
+        (dana / "dana.json").write_bytes(card.read_bytes())
+        member_cli(dana, "login", "dana.json")
+        write_strategy(dana / strategy_id, "dana", UPLOADED % "LAB", symbols=["AAPL"], site="lab")
+        result = member_cli(dana, "deploy", f"./{strategy_id}", "--json", timeout=240)
+        [status] = json.loads(result.stdout)["strategies"]
+        assert (status["state"], status["runtime"], status["code_version"]) == ("running", "docker@lab", 1), status
+
+        labels = json.loads(docker("inspect", "-f", "{{json .Config.Labels}}", container(strategy_id)))
+        assert labels["quantdesk.desk"] == f"{PROJECT}@lab" and labels["quantdesk.member"] == "dana"
+        network = json.loads(docker("network", "inspect", f"quantdesk-s-{strategy_id}"))[0]
+        attached = {c["Name"] for c in (network.get("Containers") or {}).values()}
+        assert attached == {container(strategy_id), SITE_LEAF}, attached  # its only NATS is the site's leaf node
+        assert network["Internal"] is True
+
+        # its identity is the site's: the leaf node's users file has it, the desk's own server refuses it
+        env_inside = probe(strategy_id, "import json, os; print(json.dumps(dict(os.environ)))")
+        assert env_inside["NATS_URL"] == "nats://nats:4222" and env_inside["NATS_USER"] == f"strategy-{strategy_id}"
+        users = subprocess.run(
+            ["docker", "cp", f"{SITE_LEAF}:/etc/nats/auth/auth.conf", "-"], capture_output=True, check=True
+        ).stdout
+        assert f"strategy-{strategy_id}".encode() in users and str(env_inside["NATS_PASSWORD"]).encode() not in users
+
+        async def refused_by_the_desk() -> bool:
+            seen: list[Exception] = []
+            try:
+                nc = await open_connection(
+                    url,
+                    forever=False,
+                    user=str(env_inside["NATS_USER"]),
+                    password=str(env_inside["NATS_PASSWORD"]),
+                    errors=seen,
+                )
+            except Exception as exc:  # noqa: BLE001 - told apart below
+                return any("authorization" in str(e).lower() for e in [*seen, exc])
+            await nc.close()
+            return False
+
+        assert asyncio.run(refused_by_the_desk()), "the desk's own NATS must not know a site's strategy"
+
+        async def a_fill() -> list[dict[str, Any]]:
+            fills: list[dict[str, Any]] = compose_desk.desk("fills", "-s", strategy_id)["fills"]
+            return fills
+
+        async def booked() -> list[dict[str, Any]]:
+            return await poll(a_fill, f"a fill of {strategy_id} (on the site) booked", timeout=120, every=1)
+
+        fills = asyncio.run(booked())
+        assert {(f["member_id"], f["symbol"]) for f in fills} == {("dana", "AAPL")}
+
+        # a site the desk does not have is refused before anything runs
+        write_strategy(dana / "dana_nowhere", "dana", UPLOADED % "X", symbols=["AAPL"], site="nowhere")
+        refused = member_cli(dana, "deploy", "./dana_nowhere", check=False, timeout=120)
+        assert refused.returncode == 1 and "UNKNOWN_SITE" in refused.stderr, refused.stderr
+        assert "nowhere" in refused.stderr and "lab" in refused.stderr
+    finally:
+        member_cli(dana, "stop", strategy_id, check=False, timeout=120)  # so it is not restarted meanwhile
+        remove_site_leftovers()
+        site_compose(env, override, "down", "--volumes")

@@ -12,7 +12,7 @@ from desk.specs import spec_problems
 from desk.v1 import strategy_pb2
 from services.orchestrator.sites import DEFAULT_LEAF_AUTH_FILE, SitesError, parse_sites
 
-LOCAL = {"docker_host": "unix:///var/run/docker.sock", "leaf_container": "quantdesk-site-leaf-1"}
+LOCAL = {"docker_host": "unix:///var/run/docker.sock", "leaf_container": "quantdesk-site-leaf"}
 
 
 def test_a_site_with_its_defaults() -> None:
