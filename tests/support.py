@@ -339,3 +339,17 @@ def write_strategy(folder: Path, member: str, source: str, **config: Any) -> Pat
     (folder / "strategy.py").write_text(source)
     (folder / "config.json").write_text(json.dumps({"user_id": member, "name": folder.name, **config}))
     return folder
+
+
+async def login_refused(url: str, user: str, password: str, **options: Any) -> bool:
+    """Whether the server at ``url`` refuses this login (an authorization error, not an unreachable
+    server: False then too, so a test asserting a refusal fails on a server that is down)."""
+    from desk.bus.servers import open_connection
+
+    seen: list[Exception] = []
+    try:
+        nc = await open_connection(url, forever=False, user=user, password=password, errors=seen, **options)
+    except Exception as exc:  # noqa: BLE001 - told apart below
+        return any("authorization" in str(e).lower() for e in [*seen, exc])
+    await nc.close()
+    return False

@@ -113,8 +113,7 @@ class NatsIdentities:
         until it can."""
         async with self._lock:
             if self.members():
-                await asyncio.to_thread(self._write)
-                self._reload()
+                await self._apply("")
             for site in self.sites:
                 try:
                     await self._apply(site)

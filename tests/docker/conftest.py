@@ -123,10 +123,10 @@ def docker(*args: str) -> str:
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=True, timeout=120).stdout.strip()
 
 
-def remove_strategy_leftovers() -> None:
+def remove_strategy_leftovers(desk: str = PROJECT) -> None:
     """This desk's strategy containers, networks and code volumes (labelled quantdesk.desk=PROJECT by
-    its orchestrator): another project's on the same engine are left alone."""
-    mine = f"label=quantdesk.desk={PROJECT}"
+    its orchestrator; a site's: PROJECT@<site>): another project's on the same engine are left alone."""
+    mine = f"label=quantdesk.desk={desk}"
     for container in docker("ps", "-aq", "--filter", "label=quantdesk.strategy", "--filter", mine).split():
         subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
     for container in docker("ps", "-aq", "--filter", "label=quantdesk.code-version", "--filter", mine).split():

@@ -15,7 +15,6 @@ from typing import Any
 import nats
 import pytest
 
-from desk.bus.servers import open_connection
 from tests.docker.conftest import (
     BROKER_KEY,
     EXAMPLES,
@@ -27,12 +26,14 @@ from tests.docker.conftest import (
     ComposeDesk,
     compose_command,
     docker,
+    remove_strategy_leftovers,
 )
 from tests.support import (
     LEDGER_ACKS,
     follow,
     follow_executions,
     ledger_caught_up,
+    login_refused,
     member_cli,
     poll,
     wait_for_fills,
@@ -439,16 +440,6 @@ def site_compose(env: dict[str, str], override: Path, *args: str) -> subprocess.
     )
 
 
-def remove_site_leftovers() -> None:
-    """What the desk's orchestrator made on the site's engine (labelled quantdesk.desk=PROJECT@lab)."""
-    mine = f"label=quantdesk.desk={PROJECT}@lab"
-    for name in docker("ps", "-aq", "--filter", mine).split():
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
-    for kind in ("network", "volume"):
-        for name in docker(kind, "ls", "-q", "--filter", mine).split():
-            subprocess.run(["docker", kind, "rm", name], capture_output=True, check=False)
-
-
 def test_a_strategy_placed_on_a_site_runs_on_its_engine_behind_its_leaf_node_and_trades(
     compose_desk: ComposeDesk, tmp_path: Path
 ) -> None:
@@ -509,22 +500,8 @@ def test_a_strategy_placed_on_a_site_runs_on_its_engine_behind_its_leaf_node_and
         ).stdout
         assert f"strategy-{strategy_id}".encode() in users and str(env_inside["NATS_PASSWORD"]).encode() not in users
 
-        async def refused_by_the_desk() -> bool:
-            seen: list[Exception] = []
-            try:
-                nc = await open_connection(
-                    url,
-                    forever=False,
-                    user=str(env_inside["NATS_USER"]),
-                    password=str(env_inside["NATS_PASSWORD"]),
-                    errors=seen,
-                )
-            except Exception as exc:  # noqa: BLE001 - told apart below
-                return any("authorization" in str(e).lower() for e in [*seen, exc])
-            await nc.close()
-            return False
-
-        assert asyncio.run(refused_by_the_desk()), "the desk's own NATS must not know a site's strategy"
+        refused_here = login_refused(url, str(env_inside["NATS_USER"]), str(env_inside["NATS_PASSWORD"]))
+        assert asyncio.run(refused_here), "the desk's own NATS must not know a site's strategy"
 
         async def a_fill() -> list[dict[str, Any]]:
             fills: list[dict[str, Any]] = compose_desk.desk("fills", "-s", strategy_id)["fills"]
@@ -543,5 +520,5 @@ def test_a_strategy_placed_on_a_site_runs_on_its_engine_behind_its_leaf_node_and
         assert "nowhere" in refused.stderr and "lab" in refused.stderr
     finally:
         member_cli(dana, "stop", strategy_id, check=False, timeout=120)  # so it is not restarted meanwhile
-        remove_site_leftovers()
+        remove_strategy_leftovers(f"{PROJECT}@lab")
         site_compose(env, override, "down", "--volumes")

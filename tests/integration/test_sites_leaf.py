@@ -31,6 +31,8 @@ from desk.bus import auth, subjects
 from desk.bus.servers import open_connection
 from desk.bus.testing import NatsServer, free_ports
 from services.orchestrator.identities import NatsIdentities
+from services.orchestrator.runtimes.docker import reload_counts
+from tests.support import login_refused
 
 ROOT = Path(__file__).resolve().parents[2]
 BOUND = 20.0
@@ -44,7 +46,7 @@ class ProcessLeaf:
         self.writes = 0
 
     def _reloads(self) -> int:
-        return self.log_file.read_text().count("Reloaded server configuration")
+        return reload_counts(self.log_file.read_bytes())[0]
 
     def write_users(self, text: str, timeout: float = 15.0) -> None:
         before = self._reloads()
@@ -133,14 +135,7 @@ async def login(url: str, creds: dict[str, str], errors: list[Exception] | None 
 
 
 async def refused(url: str, creds: dict[str, str]) -> bool:
-    """Whether ``url`` refuses the login (an authorization error, not an unreachable server)."""
-    seen: list[Exception] = []
-    try:
-        nc = await login(url, creds, seen)
-    except Exception as exc:  # noqa: BLE001 - told apart below
-        return any("authorization" in str(e).lower() for e in [*seen, exc])
-    await nc.close()
-    return False
+    return await login_refused(url, creds["NATS_USER"], creds["NATS_PASSWORD"])
 
 
 async def until_answered(nc: Client, subject: str) -> bytes:

@@ -437,11 +437,11 @@ class DockerRuntime:
         if not leaf.put_archive(folder or "/", buffer.getvalue()):
             raise RuntimeError(f"the engine of site {self.site} did not write {self.leaf_auth_file}")
         since = int(time.time()) - 1
-        before = _reload_lines(leaf.logs(since=since))
+        before = reload_counts(leaf.logs(since=since))
         leaf.kill(signal="SIGHUP")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            done, failed = _reload_lines(leaf.logs(since=since))
+            done, failed = reload_counts(leaf.logs(since=since))
             if failed > before[1]:
                 raise RuntimeError(f"the leaf node of site {self.site} refused its new users file (see its log)")
             if done > before[0]:
@@ -632,7 +632,7 @@ async def _in_own_thread(function: Callable[[RunHandle], ExitInfo], handle: RunH
     return await future
 
 
-def _reload_lines(raw: bytes) -> tuple[int, int]:
+def reload_counts(raw: bytes) -> tuple[int, int]:
     """How many reloads a nats-server's log reports done, and failed."""
     text = raw.decode("utf-8", "replace")
     return text.count("Reloaded server configuration"), text.count("Failed to reload")
